@@ -1,0 +1,43 @@
+"""lrgroups: rule-based, depth-aware learning rates, progressive unfreezing and early stopping over
+any torch optimizer.
+
+Example:
+    >>> import torch, torchvision, lrgroups
+    >>> model = torchvision.models.resnet18(num_classes=10)
+    >>> opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3, weight_decay=0.05,
+    ...                                   rules=[lrgroups.layer_decay(0.7), lrgroups.no_weight_decay()])
+    >>> print(opt.explain()[["name", "depth", "lr", "weight_decay"]].iloc[[0, -2, -1]].to_string(index=False))
+            name  depth      lr  weight_decay
+    conv1.weight      0 0.00004          0.05
+       fc.weight      9 0.00100          0.05
+         fc.bias      9 0.00100          0.00
+"""
+
+from .depth import param_depths
+from .optimizer import CheckpointMismatchError, LayerwiseOptimizer
+from .rules import (
+    ParamInfo,
+    ParamPlan,
+    Rule,
+    Selector,
+    head,
+    layer_decay,
+    layer_decay_between,
+    no_weight_decay,
+    plan,
+)
+
+__all__ = [
+    "CheckpointMismatchError",
+    "LayerwiseOptimizer",
+    "ParamInfo",
+    "ParamPlan",
+    "Rule",
+    "Selector",
+    "head",
+    "layer_decay",
+    "layer_decay_between",
+    "no_weight_decay",
+    "param_depths",
+    "plan",
+]

@@ -1,0 +1,379 @@
+"""Declarative rules and the pure planning step: model + rules -> one settings row per parameter.
+
+Example:
+    >>> import torch.nn as nn
+    >>> from lrgroups.rules import Rule, plan, layer_decay, no_weight_decay
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> rows = plan(model, lr=1e-3, weight_decay=0.05, rules=[layer_decay(0.5), no_weight_decay()])
+    >>> [(row.name, row.lr, row.weight_decay) for row in rows]
+    [('0.weight', 0.0005, 0.05), ('0.bias', 0.0005, 0.0), ('2.weight', 0.001, 0.05), ('2.bias', 0.001, 0.0)]
+
+Composition, the one rule to remember: every parameter starts at ``(lr, weight_decay, frozen)``
+given to the optimizer (``frozen`` from ``requires_grad``), then each rule that matches it is applied
+in order, attribute by attribute: ``lr=`` / ``weight_decay=`` / ``frozen=`` replace the running
+value, ``lr_mult=`` / ``wd_mult=`` multiply it. So a later rule overrides an earlier one and
+multipliers compose. Values may be numbers or functions of :class:`ParamInfo` (that is how
+:func:`layer_decay` reads depth).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .depth import find_head, is_norm, param_depths, unwrap_model
+
+__all__ = [
+    "ParamInfo",
+    "Selector",
+    "Rule",
+    "ParamPlan",
+    "describe",
+    "plan",
+    "plan_params",
+    "layer_decay",
+    "layer_decay_between",
+    "no_weight_decay",
+    "head",
+]
+
+Number = Union[int, float]
+Setting = Union[Number, Callable[["ParamInfo"], Number], None]
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """What a rule may look at for one parameter (tied weights appear once, under their first name).
+
+    ``depth``/``max_depth`` come from :mod:`lrgroups.depth`; ``is_head`` marks the classifier's
+    parameters; ``no_weight_decay`` marks names the model lists in its own ``no_weight_decay()``.
+    """
+
+    name: str
+    aliases: tuple[str, ...]
+    param: torch.Tensor = field(repr=False, compare=False)
+    module: nn.Module = field(repr=False, compare=False)
+    depth: int
+    max_depth: int
+    is_head: bool
+    is_norm: bool
+    no_weight_decay: bool
+
+    @property
+    def ndim(self) -> int:
+        return self.param.ndim
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which parameters something applies to. All given criteria must hold (logical and).
+
+    Args:
+        pattern: shell glob over the parameter name or any of its aliases (``"layer4.*"``).
+        regex: regular expression searched in the name (``r"blocks\\.(10|11)\\."``).
+        module_type: the owning module is an instance of this type (or tuple of types).
+        ndim: the tensor has this many dimensions (or one of a tuple of them).
+        depth: an int, or an inclusive ``(low, high)`` range; ``None`` ends are open.
+        where: any predicate of :class:`ParamInfo`.
+    """
+
+    pattern: str | None = None
+    regex: str | None = None
+    module_type: type | tuple[type, ...] | None = None
+    ndim: int | tuple[int, ...] | None = None
+    depth: int | tuple[int | None, int | None] | None = None
+    where: Callable[[ParamInfo], bool] | None = None
+
+    def matches(self, info: ParamInfo) -> bool:
+        names = (info.name, *info.aliases)
+        if self.pattern is not None and not any(fnmatch.fnmatchcase(n, self.pattern) for n in names):
+            return False
+        if self.regex is not None and not any(re.search(self.regex, n) for n in names):
+            return False
+        if self.module_type is not None and not isinstance(info.module, self.module_type):
+            return False
+        if self.ndim is not None and info.ndim not in (self.ndim if isinstance(self.ndim, tuple) else (self.ndim,)):
+            return False
+        if self.depth is not None:
+            low, high = (self.depth, self.depth) if isinstance(self.depth, int) else self.depth
+            if (low is not None and info.depth < low) or (high is not None and info.depth > high):
+                return False
+        return self.where is None or bool(self.where(info))
+
+    def criteria(self) -> str:
+        """The selector's criteria as text, for error messages."""
+        parts = [
+            f"{name}={getattr(self, name)!r}"
+            for name in ("pattern", "regex", "module_type", "ndim", "depth", "where")
+            if getattr(self, name) is not None
+        ]
+        return ", ".join(parts) or "everything"
+
+
+@dataclass(frozen=True)
+class Rule(Selector):
+    """Select parameters (see :class:`Selector`) and set their lr, weight decay or frozen flag.
+
+    Example:
+        >>> Rule("fc.*", lr=1e-3).label
+        "Rule(pattern='fc.*', lr=0.001)"
+
+    Args:
+        lr: absolute learning rate (replaces the running value).
+        lr_mult: multiplies the running learning rate.
+        weight_decay: absolute weight decay. wd_mult: multiplies it.
+        frozen: ``True`` freezes (not in the optimizer, ``requires_grad=False``), ``False`` trains.
+        name: label shown by ``explain()``; defaults to the rule's repr.
+        allow_empty: if ``False`` (default) a rule that matches no parameter is an error.
+        needs_depth: if ``True`` the rule is meaningless when every parameter has one depth, which
+            is then an error (layer decay must never be a silent no-op).
+    """
+
+    lr: Setting = None
+    lr_mult: Setting = None
+    weight_decay: Setting = None
+    wd_mult: Setting = None
+    frozen: bool | None = None
+    name: str | None = None
+    allow_empty: bool = False
+    needs_depth: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.name is not None:
+            return self.name
+        settings = [
+            f"{key}={getattr(self, key)!r}"
+            for key in ("lr", "lr_mult", "weight_decay", "wd_mult", "frozen")
+            if getattr(self, key) is not None
+        ]
+        return f"Rule({', '.join([self.criteria(), *settings])})"
+
+
+@dataclass(frozen=True)
+class ParamPlan:
+    """One row of the plan: the settings the rules give one parameter."""
+
+    name: str
+    aliases: tuple[str, ...]
+    depth: int
+    lr: float
+    weight_decay: float
+    frozen: bool
+    rules: tuple[str, ...]
+    shape: tuple[int, ...]
+
+    @property
+    def settings(self) -> tuple[float, float]:
+        """What decides the param group: parameters with equal settings share one group."""
+        return (self.lr, self.weight_decay)
+
+
+def describe(model: nn.Module, coarse: bool = False) -> list[ParamInfo]:
+    """One :class:`ParamInfo` per distinct parameter tensor of ``model``, in registration order."""
+    model = unwrap_model(model)
+    depths = param_depths(model, coarse)
+    max_depth = max(depths.values(), default=0)
+    head = find_head(model)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    no_wd = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
+
+    owner: dict[str, nn.Module] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for param_name, _ in module.named_parameters(prefix=module_name, recurse=False, remove_duplicate=False):
+            owner.setdefault(param_name, module)
+    aliases: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), []).append(name)
+
+    infos = []
+    for name, param in model.named_parameters():
+        module = owner[name]
+        infos.append(
+            ParamInfo(
+                name=name,
+                aliases=tuple(aliases[id(param)][1:]),
+                param=param,
+                module=module,
+                depth=depths[name],
+                max_depth=max_depth,
+                is_head=id(param) in head_ids,
+                is_norm=is_norm(module),
+                no_weight_decay=any(fnmatch.fnmatchcase(name, pattern) for pattern in no_wd),
+            )
+        )
+    return infos
+
+
+def _resolve(value: Setting, info: ParamInfo) -> float:
+    return float(value(info) if callable(value) else value)
+
+
+def _check_value(what: str, value: float, where: str) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be finite and >= 0, got {value!r} for {where}")
+
+
+def _no_match_message(rule: Rule, names: Sequence[str]) -> str:
+    message = f"rule {rule.label} matches no parameter"
+    probe = rule.pattern or rule.regex
+    if probe:
+        close = difflib.get_close_matches(probe, names, n=5, cutoff=0.3)
+        if close:
+            message += f"; closest names: {', '.join(close)}"
+    return message + f" (the model has {len(names)} parameters, e.g. {', '.join(names[:3])})"
+
+
+def plan(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    rules: Sequence[Rule] = (),
+    coarse: bool = False,
+) -> list[ParamPlan]:
+    """The settings of every parameter of ``model``: a pure function of the model and the rules.
+
+    Raises ``ValueError`` (one message naming the cause, nothing else done) for: a model without
+    parameters, a non-finite or negative lr or weight decay (base or produced by a rule), a rule
+    that matches nothing (with the closest names), and a depth-dependent rule on a model whose
+    parameters all sit at one depth.
+    """
+    infos = describe(model, coarse)
+    if not infos:
+        raise ValueError(f"{type(unwrap_model(model)).__name__} has no parameters to optimize")
+    return plan_params(infos, lr=lr, weight_decay=weight_decay, rules=rules)
+
+
+def plan_params(
+    infos: Sequence[ParamInfo], *, lr: float, weight_decay: float = 0.0, rules: Sequence[Rule] = ()
+) -> list[ParamPlan]:
+    """:func:`plan` on parameters already described by :func:`describe`."""
+    _check_value("lr", float(lr), "the base lr")
+    _check_value("weight_decay", float(weight_decay), "the base weight decay")
+    names = [info.name for info in infos]
+    rows = []
+    hits = [0] * len(rules)
+    for info in infos:
+        value = {"lr": float(lr), "weight_decay": float(weight_decay), "frozen": not info.param.requires_grad}
+        matched = []
+        for index, rule in enumerate(rules):
+            if not rule.matches(info):
+                continue
+            hits[index] += 1
+            matched.append(rule.label)
+            if rule.lr is not None:
+                value["lr"] = _resolve(rule.lr, info)
+            if rule.lr_mult is not None:
+                value["lr"] *= _resolve(rule.lr_mult, info)
+            if rule.weight_decay is not None:
+                value["weight_decay"] = _resolve(rule.weight_decay, info)
+            if rule.wd_mult is not None:
+                value["weight_decay"] *= _resolve(rule.wd_mult, info)
+            if rule.frozen is not None:
+                value["frozen"] = bool(rule.frozen)
+        _check_value("lr", value["lr"], f"parameter {info.name!r} (rules: {matched})")
+        _check_value("weight_decay", value["weight_decay"], f"parameter {info.name!r} (rules: {matched})")
+        rows.append(
+            ParamPlan(
+                name=info.name,
+                aliases=info.aliases,
+                depth=info.depth,
+                lr=value["lr"],
+                weight_decay=value["weight_decay"],
+                frozen=value["frozen"],
+                rules=tuple(matched),
+                shape=tuple(info.param.shape),
+            )
+        )
+    for rule, count in zip(rules, hits):
+        if count == 0 and not rule.allow_empty:
+            raise ValueError(_no_match_message(rule, names))
+        if rule.needs_depth and count and infos[0].max_depth == 0:
+            raise ValueError(
+                f"{rule.label} has no effect: every parameter has depth 0 (the model has one layer); "
+                "use a model with several layers or drop the rule"
+            )
+    return rows
+
+
+def _check_gamma(gamma: float) -> None:
+    if not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
+        raise ValueError(f"layer decay gamma must be in (0, 1], got {gamma!r}")
+
+
+def layer_decay(gamma: float, **select) -> Rule:
+    """Geometric layer decay: ``lr_mult = gamma ** (max_depth - depth)`` (BEiT, MAE, ConvNeXt).
+
+    The head (top depth) keeps the base lr; each level below it gets ``gamma`` times the level
+    above. On timm models this equals timm's ``param_groups_layer_decay(layer_decay=gamma)`` scale.
+
+    Example:
+        >>> layer_decay(0.75).label
+        'layer_decay(0.75)'
+    """
+    _check_gamma(gamma)
+    return Rule(
+        **select,
+        lr_mult=lambda info: gamma ** (info.max_depth - info.depth),
+        name=f"layer_decay({gamma})",
+        needs_depth=True,
+    )
+
+
+def layer_decay_between(first_lr: float, head_lr: float, **select) -> Rule:
+    """Layer decay given by its end points: ``first_lr`` at depth 0, ``head_lr`` at the top depth,
+    geometric in between: ``lr = first_lr * (head_lr / first_lr) ** (depth / max_depth)``.
+
+    The same two numbers mean the same thing on a 14-level ViT and a 38-level ConvNeXt, unlike a
+    per-level ``gamma``. ``first_lr=1e-5, head_lr=1e-3`` is the classic discriminative setting.
+
+    Example:
+        >>> layer_decay_between(1e-5, 1e-3).label
+        'layer_decay_between(1e-05, 0.001)'
+    """
+    for what, value in (("first_lr", first_lr), ("head_lr", head_lr)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{what} must be finite and > 0, got {value!r}")
+    ratio = head_lr / first_lr
+    return Rule(
+        **select,
+        lr=lambda info: first_lr * ratio ** (info.depth / info.max_depth),
+        name=f"layer_decay_between({first_lr}, {head_lr})",
+        needs_depth=True,
+    )
+
+
+def no_weight_decay(**select) -> Rule:
+    """Weight decay 0 for biases, norm weights, every tensor with ``ndim <= 1`` and the names the
+    model lists in its ``no_weight_decay()`` (timm: ``pos_embed``, ``cls_token``, ...).
+
+    Example:
+        >>> no_weight_decay().label
+        'no_weight_decay'
+    """
+    return Rule(
+        **select,
+        where=lambda info: info.ndim <= 1 or info.is_norm or info.name.endswith(".bias") or info.no_weight_decay,
+        weight_decay=0.0,
+        name="no_weight_decay",
+        allow_empty=True,
+    )
+
+
+def head(**settings) -> Rule:
+    """A rule for the classifier's parameters (timm's ``get_classifier()``, else the generic
+    fallback of :func:`lrgroups.depth.find_head`).
+
+    Example:
+        >>> head(lr=1e-3).label
+        'head'
+    """
+    return Rule(where=lambda info: info.is_head, name=settings.pop("name", "head"), **settings)

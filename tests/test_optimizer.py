@@ -1,0 +1,351 @@
+"""LayerwiseOptimizer: group layout, equivalence with the bare optimizer, protocol compatibility."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import timm.optim
+import timm.scheduler
+import torch
+import torch.nn as nn
+import torchvision
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lrgroups
+from strategies import module_trees, rule_lists
+
+OPTIMIZERS = {
+    "adamw": (torch.optim.AdamW, {}),
+    "adamw_foreach": (torch.optim.AdamW, {"foreach": True}),
+    "adam_foreach": (torch.optim.Adam, {"foreach": True}),
+    "adam_single": (torch.optim.Adam, {"foreach": False}),
+    "sgd_nesterov": (torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
+    "sgd_momentum": (torch.optim.SGD, {"momentum": 0.9}),
+}
+
+
+def _tree_and_rules(data):
+    tree = data.draw(module_trees())
+    max_depth = max(lrgroups.param_depths(tree).values())
+    return tree, data.draw(rule_lists(max_depth))
+
+
+@given(st.data())
+def test_every_trainable_parameter_in_exactly_one_group(data):
+    """Every trainable parameter is in exactly one param group, frozen ones in none, tied weights
+    appear once, and explain() agrees with param_groups (group index, lr, weight decay)."""
+    tree, rules = _tree_and_rules(data)
+    opt = lrgroups.LayerwiseOptimizer(tree, torch.optim.SGD, lr=1e-3, weight_decay=0.05, rules=rules)
+    in_groups = [id(p) for group in opt.param_groups for p in group["params"]]
+    assert len(in_groups) == len(set(in_groups))
+    unique = {id(p): p for p in tree.parameters()}
+    trainable = {i for i, p in unique.items() if p.requires_grad}
+    assert set(in_groups) == trainable
+    table = opt.explain()
+    assert len(table) == len(unique)
+    params = dict(tree.named_parameters())
+    for row in table.itertuples():
+        param = params[row.name]
+        assert row.frozen == (not param.requires_grad)
+        if row.frozen:
+            assert row.group == -1
+            continue
+        group = opt.param_groups[row.group]
+        assert any(p is param for p in group["params"])
+        assert (group["lr"], group["weight_decay"]) == (row.lr, row.weight_decay)
+
+
+@given(st.data())
+def test_groups_are_distinct_settings(data):
+    """Parameters with equal settings share one group: the group count equals the number of distinct
+    (lr, weight_decay) pairs the rules produce (frozen parameters included, so unfreezing never
+    needs a new group)."""
+    tree, rules = _tree_and_rules(data)
+    opt = lrgroups.LayerwiseOptimizer(tree, torch.optim.SGD, lr=1e-3, weight_decay=0.05, rules=rules)
+    table = opt.explain()
+    assert len(opt.param_groups) == len(set(zip(table.lr, table.weight_decay)))
+
+
+@given(module_trees(), st.sampled_from([0.3, 0.5, 0.9, 1.0]))
+def test_layer_decay_lr_non_decreasing_with_depth(tree, gamma):
+    """Under layer decay, lr is a non-decreasing function of depth, equals base * gamma ** (max -
+    depth), and the top depth (the head) gets the base lr."""
+    depths = lrgroups.param_depths(tree)
+    if max(depths.values()) == 0:
+        with pytest.raises(ValueError, match="has no effect"):
+            lrgroups.plan(tree, lr=1e-3, rules=[lrgroups.layer_decay(gamma)])
+        return
+    rows = lrgroups.plan(tree, lr=1e-3, rules=[lrgroups.layer_decay(gamma)])
+    top = max(row.depth for row in rows)
+    ordered = sorted(rows, key=lambda row: row.depth)
+    assert all(a.lr <= b.lr for a, b in zip(ordered, ordered[1:]))
+    assert all(row.lr == 1e-3 for row in rows if row.depth == top)
+    assert all(row.lr == pytest.approx(1e-3 * gamma ** (top - row.depth), rel=1e-12) for row in rows)
+
+
+def _set_grads(params, step):
+    generator = torch.Generator().manual_seed(step)
+    for param in params:
+        param.grad = torch.randn(param.shape, generator=generator) if param.requires_grad else None
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@given(st.data())
+def test_bitwise_equal_to_bare_optimizer(name, data):
+    """Same per-parameter settings => N steps of LayerwiseOptimizer give bitwise the same parameters
+    as the bare inner optimizer built from hand-written groups (one group per tensor, settings read
+    from the plan)."""
+    tree, rules = _tree_and_rules(data)
+    factory, kwargs = OPTIMIZERS[name]
+    reference_tree = copy.deepcopy(tree)
+    opt = lrgroups.LayerwiseOptimizer(tree, factory, lr=1e-2, weight_decay=0.1, rules=rules, **kwargs)
+    by_name = dict(reference_tree.named_parameters())
+    hand_written = [
+        {"params": [by_name[row.name]], "lr": row.lr, "weight_decay": row.weight_decay}
+        for row in opt.plan
+        if not row.frozen
+    ] or [{"params": []}]
+    for row in opt.plan:
+        by_name[row.name].requires_grad_(not row.frozen)
+    bare = factory(hand_written, lr=1e-2, **kwargs)
+    for step in range(3):
+        _set_grads(list(tree.parameters()), step)
+        _set_grads(list(reference_tree.parameters()), step)
+        opt.step()
+        bare.step()
+    for (name_a, a), (name_b, b) in zip(tree.named_parameters(), reference_tree.named_parameters()):
+        assert name_a == name_b
+        assert torch.equal(a, b), name_a
+
+
+TIMM_FAMILIES = {
+    "vit": ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 4}),
+    "resnet": ("resnet18", {}),
+    "convnext": ("convnext_atto", {}),
+    "efficientnet": ("efficientnet_b0", {}),
+    "swin": ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 4, "depths": (1, 1, 2, 1)}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(TIMM_FAMILIES))
+def test_layer_decay_matches_timm(family):
+    """On timm models, layer_decay(gamma) + no_weight_decay() give exactly the lr multiplier and weight
+    decay of timm's own param_groups_layer_decay, parameter by parameter."""
+    from timm.optim import param_groups_layer_decay
+
+    name, kwargs = TIMM_FAMILIES[family]
+    model = timm.create_model(name, pretrained=False, num_classes=7, **kwargs)
+    expected = {}
+    no_wd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    for group in param_groups_layer_decay(model, weight_decay=0.05, no_weight_decay_list=no_wd, layer_decay=0.8):
+        for param in group["params"]:
+            expected[id(param)] = (group["lr_scale"], group["weight_decay"])
+    opt = lrgroups.LayerwiseOptimizer(
+        model, torch.optim.AdamW, lr=1.0, weight_decay=0.05,
+        rules=[lrgroups.layer_decay(0.8), lrgroups.no_weight_decay()],
+    )
+    params = dict(model.named_parameters())
+    for row in opt.plan:
+        scale, decay = expected[id(params[row.name])]
+        assert row.lr == pytest.approx(scale, rel=1e-12), row.name
+        assert row.weight_decay == decay, row.name
+
+
+def test_resnet18_classic_discriminative_setup():
+    """The README's first example: torchvision resnet18, new 10-class fc, features 1e-5, head 1e-3,
+    Adam; then unfreezing layer4 adds exactly layer4's parameters to the features group."""
+    model = torchvision.models.resnet18(num_classes=10)
+    opt = lrgroups.LayerwiseOptimizer(
+        model, torch.optim.Adam, lr=1e-5,
+        rules=[lrgroups.head(lr=1e-3), lrgroups.Rule("layer4.*", frozen=True)],
+    )
+    assert [g["lr"] for g in opt.param_groups] == [1e-5, 1e-3]
+    assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in model.fc.parameters()}
+    assert not any(p.requires_grad for p in model.layer4.parameters())
+    changed = opt.unfreeze("layer4.*")
+    assert changed == [n for n, _ in model.named_parameters() if n.startswith("layer4.")]
+    assert len(opt.param_groups[0]["params"]) == len(list(model.parameters())) - 2
+    assert len(opt.param_groups) == 2
+
+
+def test_rule_composition_override_and_multiply():
+    """Later rules override earlier ones attribute by attribute; multipliers compose."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    rows = lrgroups.plan(
+        model, lr=1.0, weight_decay=0.1,
+        rules=[
+            lrgroups.Rule("0.*", lr_mult=0.5),
+            lrgroups.Rule("*.bias", lr_mult=0.5, weight_decay=0.0),
+            lrgroups.Rule("1.weight", lr=3.0, wd_mult=2.0),
+        ],
+    )
+    settings = {row.name: (row.lr, row.weight_decay, row.rules) for row in rows}
+    assert settings["0.weight"][:2] == (0.5, 0.1)
+    assert settings["0.bias"][:2] == (0.25, 0.0)
+    assert settings["1.bias"][:2] == (0.5, 0.0)
+    assert settings["1.weight"][:2] == (3.0, 0.2)
+    assert len(settings["0.bias"][2]) == 2
+
+
+def test_wrapped_models_have_bare_names_and_depths():
+    """torch.compile and DataParallel wrappers are looked through: same names, depths, settings."""
+    model = torchvision.models.resnet18(num_classes=3)
+    bare = lrgroups.plan(model, lr=1e-3, rules=[lrgroups.layer_decay(0.5)])
+    for wrapped in (torch.compile(model), nn.DataParallel(model)):
+        assert lrgroups.plan(wrapped, lr=1e-3, rules=[lrgroups.layer_decay(0.5)]) == bare
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lr": float("nan")}, "lr must be finite"),
+        ({"lr": -1.0}, "lr must be finite"),
+        ({"lr": float("inf")}, "lr must be finite"),
+        ({"lr": 1e-3, "weight_decay": -0.1}, "weight_decay must be finite"),
+        ({"lr": 1e-3, "rules": [lrgroups.Rule("layer9.*", lr=1.0)]}, "closest names: layer4"),
+        ({"lr": 1e-3, "rules": [lrgroups.Rule("fc.*", lr_mult=float("nan"))]}, "fc.weight"),
+        ({"lr": 1e-3, "momentum": -1.0}, "could not build SGD"),
+    ],
+)
+def test_bad_input_raises_before_anything_changes(kwargs, message):
+    """Bad input raises one ValueError naming the cause, and the model is left as it was."""
+    model = torchvision.models.resnet18(num_classes=3)
+    model.layer1.requires_grad_(False)
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=message):
+        lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, rules=[lrgroups.Rule("layer2.*", frozen=True)] + kwargs.pop("rules", []), **kwargs)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+
+
+@pytest.mark.parametrize("gamma", [0.0, -0.5, 1.5, float("nan")])
+def test_gamma_outside_unit_interval_raises(gamma):
+    with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\]"):
+        lrgroups.layer_decay(gamma)
+
+
+def test_model_without_parameters_raises():
+    with pytest.raises(ValueError, match="has no parameters"):
+        lrgroups.LayerwiseOptimizer(nn.ReLU(), torch.optim.SGD, lr=0.1)
+
+
+def test_layer_decay_on_single_depth_model_raises():
+    """timm's fallback is silent for models whose parameters share one depth; ours is an error."""
+    with pytest.raises(ValueError, match="has no effect"):
+        lrgroups.LayerwiseOptimizer(nn.Linear(3, 3), torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])
+
+
+def test_optimizer_instance_is_rejected_with_hint():
+    model = nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="not an instance"):
+        lrgroups.LayerwiseOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.1), lr=0.1)
+
+
+def test_weight_decay_on_optimizer_without_it_raises():
+    with pytest.raises(ValueError, match="no weight_decay option"):
+        lrgroups.LayerwiseOptimizer(nn.Linear(2, 2), torch.optim.LBFGS, lr=0.1, weight_decay=0.1)
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def test_is_a_torch_optimizer_and_accepted_by_torch_and_timm_schedulers_and_grad_scaler():
+    """isinstance holds; torch LR schedulers, a timm scheduler and GradScaler drive it."""
+    model = _mlp()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-2, rules=[lrgroups.layer_decay(0.5)])
+    assert isinstance(opt, torch.optim.Optimizer)
+    schedulers = [
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.9**step),
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10),
+    ]
+    timm_scheduler = timm.scheduler.CosineLRScheduler(opt, t_initial=10)
+    scaler = torch.amp.GradScaler("cpu")
+    for step in range(3):
+        loss = model(torch.randn(5, 4)).pow(2).mean()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+        for scheduler in schedulers:
+            scheduler.step()
+        timm_scheduler.step(step + 1)
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert lrs[0] / lrs[-1] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("factory", [timm.optim.Lion, timm.optim.Lamb, timm.optim.Adan, torch.optim.RMSprop])
+def test_timm_and_other_inner_optimizers_step(factory):
+    """timm.optim optimizers follow the param-group protocol and run under the wrapper; frozen
+    parameters stay bitwise unchanged."""
+    model = _mlp()
+    opt = lrgroups.LayerwiseOptimizer(model, factory, lr=1e-2, weight_decay=0.01,
+                                      rules=[lrgroups.layer_decay(0.5), lrgroups.Rule("0.*", frozen=True)])
+    frozen = model[0].weight.detach().clone()
+    moving = model[4].weight.detach().clone()
+    for _ in range(2):
+        model(torch.randn(5, 4)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    assert torch.equal(model[0].weight, frozen)
+    assert not torch.equal(model[4].weight, moving)
+
+
+def test_callable_factory_and_kwargs_pass_through():
+    """A callable (param_groups, **kw) -> Optimizer works, and optimizer kwargs reach it."""
+    seen = {}
+
+    def factory(groups, **kwargs):
+        seen.update(kwargs)
+        return torch.optim.SGD(groups, **kwargs)
+
+    opt = lrgroups.LayerwiseOptimizer(_mlp(), factory, lr=0.1, momentum=0.5)
+    assert seen == {"lr": 0.1, "momentum": 0.5}
+    assert opt.param_groups[0]["momentum"] == 0.5
+
+
+def test_empty_groups_work_with_fused_and_foreach_adamw():
+    """Groups whose parameters are all frozen are empty; torch accepts them with fused and foreach."""
+    for kwargs in ({"fused": True}, {"foreach": True}):
+        model = _mlp()
+        opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-2, rules=[lrgroups.layer_decay(0.5), lrgroups.Rule("0.*", frozen=True)], **kwargs)
+        assert opt.param_groups[0]["params"] == []
+        model(torch.randn(5, 4)).sum().backward()
+        opt.step()
+
+
+def test_flattening_scheduler_warns_and_per_group_keeps_ratios():
+    """OneCycleLR with one max_lr flattens the rules' ratios: a loud warning; max_lr=opt.per_group()
+    keeps them and stays silent."""
+    model = _mlp()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    with pytest.warns(UserWarning, match="ratios"):
+        opt.step()
+    model = _mlp()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opt.per_group(0.1), total_steps=10)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert lrs[0] / lrs[2] == pytest.approx(0.25)
+
+
+def test_add_param_group_is_refused():
+    opt = lrgroups.LayerwiseOptimizer(_mlp(), torch.optim.SGD, lr=0.1)
+    with pytest.raises(TypeError, match="unfreeze"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(1))]})
+
+
+def test_summary_counts_per_group():
+    model = _mlp()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5), lrgroups.Rule("0.*", frozen=True)])
+    table = opt.summary()
+    assert table["tensors"].tolist() == [2, 2, 2]
+    assert table["frozen_tensors"].tolist() == [2, 0, 0]
+    assert table["trainable_numel"].tolist() == [0, 72, 18]
