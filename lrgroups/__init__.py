@@ -14,6 +14,7 @@ Example:
 """
 
 from .depth import param_depths
+from .early_stopping import Decision, EarlyStopping, Plateau
 from .optimizer import CheckpointMismatchError, LayerwiseOptimizer
 from .rules import (
     ParamInfo,
@@ -26,9 +27,15 @@ from .rules import (
     no_weight_decay,
     plan,
 )
+from .unfreezing import ProgressiveUnfreezing, depth_stages
 
 __all__ = [
     "CheckpointMismatchError",
+    "Decision",
+    "EarlyStopping",
+    "Plateau",
+    "ProgressiveUnfreezing",
+    "depth_stages",
     "LayerwiseOptimizer",
     "ParamInfo",
     "ParamPlan",

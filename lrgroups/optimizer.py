@@ -140,9 +140,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._frozen = [row.frozen for row in rows]
         self._stash: dict[int, dict] = {}
         self._base_lr = float(lr)
-        self._check_ratios = True
         self._index = {name: i for i, row in enumerate(rows) for name in (row.name, *row.aliases)}
         self._init_optimizer_hooks()
+        self._ratio_check = self.register_step_pre_hook(self._warn_if_ratios_flattened)
         for index, info in enumerate(infos):
             info.param.requires_grad_(not rows[index].frozen)
             if rows[index].frozen:
@@ -198,9 +198,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def step(self, closure: Callable[[], float] | None = None):
         """One step of the inner optimizer (frozen parameters are in no group: untouched)."""
-        if self._check_ratios:
-            self._check_ratios = False
-            self._warn_if_ratios_flattened()
+        if self._ratio_check is not None:
+            self._drop_ratio_check()
         for attr in ("grad_scale", "found_inf"):  # set by GradScaler for fused optimizers
             if attr in self.__dict__:
                 setattr(self._inner, attr, self.__dict__.pop(attr))
@@ -279,7 +278,14 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def _group_lr(self, group: int) -> float:
         return self._rows[self._group_of.index(group)].lr
 
-    def _warn_if_ratios_flattened(self) -> None:
+    def _drop_ratio_check(self) -> None:
+        if self._ratio_check is not None:
+            self._ratio_check.remove()
+            self._ratio_check = None
+
+    def _warn_if_ratios_flattened(self, optimizer, args, kwargs) -> None:
+        """Step pre-hook for the first step only (``step`` removes it), so it sees the lrs the
+        schedulers set before any other hook changes them."""
         planned = [self._group_lr(g) for g in range(len(self.param_groups))]
         current = [group["lr"] for group in self.param_groups]
         if isinstance(current[0], torch.Tensor):
@@ -290,7 +296,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 "the param groups' lr no longer keep the ratios the rules gave them (planned "
                 f"{planned}, now {current}): a scheduler with one max_lr/base_lr for all groups "
                 "(OneCycleLR, CyclicLR) flattens them; pass max_lr=opt.per_group(peak_lr)",
-                stacklevel=3,
+                stacklevel=4,
             )
 
     # ---------------------------------------------------------------- freezing
@@ -436,7 +442,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             }
             for name, state in state_dict["stash"].items()
         }
-        self._check_ratios = False
+        self._drop_ratio_check()
 
 
 class _FrozenNormHook:

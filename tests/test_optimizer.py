@@ -336,6 +336,15 @@ def test_flattening_scheduler_warns_and_per_group_keeps_ratios():
     assert lrs[0] / lrs[2] == pytest.approx(0.25)
 
 
+def test_timm_warmup_from_a_shared_absolute_lr_warns():
+    """timm schedulers' warmup_lr_init is one absolute lr for all groups (timm expects lr_scale):
+    it flattens the ratios at the start of warm-up, which is reported; warmup_lr_init=0 keeps them."""
+    opt = lrgroups.LayerwiseOptimizer(_mlp(), torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])
+    timm.scheduler.CosineLRScheduler(opt, t_initial=10, warmup_t=2, warmup_lr_init=1e-4)
+    with pytest.warns(UserWarning, match="ratios"):
+        opt.step()
+
+
 def test_add_param_group_is_refused():
     opt = lrgroups.LayerwiseOptimizer(_mlp(), torch.optim.SGD, lr=0.1)
     with pytest.raises(TypeError, match="unfreeze"):

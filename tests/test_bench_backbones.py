@@ -1,0 +1,120 @@
+"""Tests for benchmarks.backbones: tiny CPU backbones and the offline ImageNet EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from benchmarks import backbones, data
+
+BELL_COTE, PALACE, MONASTERY, STUPA = 442, 698, 663, 832
+DAISY, BEE = 985, 309
+TABBY, TIGER_CAT, EGYPTIAN_CAT = 281, 282, 285
+ESPRESSO = 967
+
+
+@pytest.mark.parametrize("name", list(backbones.CPU_BACKBONES))
+def test_cpu_backbone_is_tiny_fast_and_grouped(name: str) -> None:
+    """Each CPU backbone classifies a 32x32 batch, has under 1M parameters and a timm group_matcher."""
+    torch.manual_seed(0)
+    model = backbones.create_backbone(name, num_classes=7).eval()
+    size = backbones.CPU_IMAGE_SIZE
+    with torch.no_grad():
+        logits = model(torch.rand(4, 3, size, size))
+    assert logits.shape == (4, 7) and torch.isfinite(logits).all()
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+    matcher = model.group_matcher()
+    assert {"stem", "blocks"} <= set(matcher)
+    grayscale = backbones.create_backbone(name, num_classes=2, in_chans=1).eval()
+    with torch.no_grad():
+        assert grayscale(torch.rand(2, 1, size, size)).shape == (2, 2)
+
+
+def test_cpu_backbones_cover_four_families() -> None:
+    families = {config["model_name"].split("_")[0] for config in backbones.CPU_BACKBONES.values()}
+    assert families == {"resnet10t", "convnext", "vit", "mobilenetv3"}
+
+
+def test_gpu_backbones_are_real_timm_models() -> None:
+    """Real sizes, by timm name (not built here: too slow for the CPU suite)."""
+    assert set(backbones.GPU_BACKBONES) == {"resnet50", "convnext_tiny", "vit_small_patch16_224", "efficientnet_b0"}
+    for config in backbones.GPU_BACKBONES.values():
+        assert timm.is_model(config["model_name"])
+
+
+def test_kwargs_override_the_configuration() -> None:
+    model = backbones.create_backbone("vit_cpu", num_classes=3, depth=2)
+    assert len(model.blocks) == 2
+    assert backbones.CPU_BACKBONES["vit_cpu"]["depth"] == 4
+
+
+def test_unknown_backbone_names_the_known_ones() -> None:
+    with pytest.raises(KeyError, match="resnet_cpu"):
+        backbones.create_backbone("resnet9000", num_classes=2)
+
+
+def test_map_state_dict_by_order_renames_and_checks() -> None:
+    source = {"_a.weight": torch.zeros(2, 3), "_a.bias": torch.ones(2)}
+    target = {"a.weight": torch.empty(2, 3), "a.bias": torch.empty(2)}
+    mapped = backbones.map_state_dict_by_order(source, target)
+    assert list(mapped) == ["a.weight", "a.bias"] and torch.equal(mapped["a.bias"], torch.ones(2))
+    with pytest.raises(ValueError, match=r"#1: _a.bias \(2,\) vs a.bias \(3,\)"):
+        backbones.map_state_dict_by_order(source, {"a.weight": torch.empty(2, 3), "a.bias": torch.empty(3)})
+    with pytest.raises(ValueError, match="#0: _a.weight"):
+        backbones.map_state_dict_by_order(source, {"a.bias": torch.empty(2, 3), "a.weight": torch.empty(2)})
+    with pytest.raises(ValueError, match="2 entries, target has 1"):
+        backbones.map_state_dict_by_order(source, {"a.weight": torch.empty(2, 3)})
+
+
+@pytest.fixture(scope="module")
+def lite0() -> nn.Module:
+    return backbones.load_efficientnet_lite0()
+
+
+@pytest.fixture(scope="module")
+def photo_probabilities(lite0: nn.Module) -> dict[str, torch.Tensor]:
+    """Softmax over ImageNet classes for centre crops of four shipped photos at 224 px."""
+    names = ("china", "flower", "chelsea", "coffee")
+    images = torch.stack([data.center_crop(data.load_photo(name), 224) for name in names])
+    with torch.no_grad():
+        logits = lite0(data.normalize(images, lite0.pretrained_cfg["mean"], lite0.pretrained_cfg["std"]))
+    return dict(zip(names, logits.softmax(-1)))
+
+
+def test_lite0_is_timm_in_eval_with_half_mean_std(lite0: nn.Module) -> None:
+    assert not lite0.training and lite0.num_classes == 1000
+    assert lite0.pretrained_cfg["mean"] == lite0.pretrained_cfg["std"] == (0.5, 0.5, 0.5)
+    assert len(lite0.state_dict()) == 296
+
+
+def top5(probabilities: torch.Tensor) -> set[int]:
+    return set(probabilities.topk(5).indices.tolist())
+
+
+def test_lite0_classifies_the_temple(photo_probabilities: dict[str, torch.Tensor]) -> None:
+    """china.jpg (a temple by a lake): seen top-5 palace, bell cote, lakeside, monastery, boathouse."""
+    probabilities = photo_probabilities["china"]
+    assert int(probabilities.argmax()) in {PALACE, BELL_COTE, MONASTERY, STUPA}
+    assert {PALACE, BELL_COTE, MONASTERY} <= top5(probabilities)
+
+
+def test_lite0_classifies_the_flower(photo_probabilities: dict[str, torch.Tensor]) -> None:
+    """flower.jpg (a bee on a daisy-like flower): seen top-1 daisy, bee in the top 5."""
+    probabilities = photo_probabilities["flower"]
+    assert int(probabilities.argmax()) == DAISY
+    assert BEE in top5(probabilities)
+
+
+def test_lite0_classifies_the_cat_and_the_coffee(photo_probabilities: dict[str, torch.Tensor]) -> None:
+    """chelsea: cats hold the top 3 (Egyptian, tiger, tabby); coffee: espresso at over 0.9."""
+    assert set(photo_probabilities["chelsea"].topk(3).indices.tolist()) == {TABBY, TIGER_CAT, EGYPTIAN_CAT}
+    assert float(photo_probabilities["coffee"][ESPRESSO]) > 0.9
+
+
+def test_lite0_with_a_new_head_keeps_the_backbone(lite0: nn.Module) -> None:
+    model = backbones.load_efficientnet_lite0(num_classes=5)
+    assert model.get_classifier().out_features == 5 and not model.training
+    assert torch.equal(model.conv_head.weight, lite0.conv_head.weight)
+    assert torch.equal(model.blocks[3][0].bn1.running_var, lite0.blocks[3][0].bn1.running_var)

@@ -1,0 +1,253 @@
+"""Freezing, hot-add equivalence under every scheduler, progressive unfreezing, norm policy."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm.optim
+import timm.scheduler
+import torch
+import torch.nn as nn
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lrgroups
+from strategies import module_trees, rule_lists
+
+S = torch.optim.lr_scheduler
+STEPS = 8
+
+# name -> (factory(opt) -> scheduler, how to step it)
+SCHEDULERS = {
+    "LambdaLR": lambda opt: S.LambdaLR(opt, lambda step: 0.9**step),
+    "MultiplicativeLR": lambda opt: S.MultiplicativeLR(opt, lambda step: 0.95),
+    "StepLR": lambda opt: S.StepLR(opt, step_size=2, gamma=0.5),
+    "MultiStepLR": lambda opt: S.MultiStepLR(opt, milestones=[2, 5], gamma=0.3),
+    "ConstantLR": lambda opt: S.ConstantLR(opt, factor=0.5, total_iters=3),
+    "LinearLR": lambda opt: S.LinearLR(opt, start_factor=0.2, total_iters=4),
+    "ExponentialLR": lambda opt: S.ExponentialLR(opt, gamma=0.9),
+    "PolynomialLR": lambda opt: S.PolynomialLR(opt, total_iters=6, power=2.0),
+    "CosineAnnealingLR": lambda opt: S.CosineAnnealingLR(opt, T_max=6, eta_min=1e-5),
+    "CosineAnnealingWarmRestarts": lambda opt: S.CosineAnnealingWarmRestarts(opt, T_0=3),
+    "CyclicLR": lambda opt: S.CyclicLR(opt, base_lr=opt.per_group(1e-3), max_lr=opt.per_group(1e-2), step_size_up=2),
+    "OneCycleLR": lambda opt: S.OneCycleLR(opt, max_lr=opt.per_group(1e-2), total_steps=STEPS + 1),
+    "SequentialLR": lambda opt: S.SequentialLR(
+        opt, [S.LinearLR(opt, start_factor=0.1, total_iters=3), S.ExponentialLR(opt, gamma=0.8)], milestones=[3]
+    ),
+    "ChainedScheduler": lambda opt: S.ChainedScheduler(
+        [S.ConstantLR(opt, factor=0.5, total_iters=2), S.ExponentialLR(opt, gamma=0.9)]
+    ),
+    "ReduceLROnPlateau": lambda opt: S.ReduceLROnPlateau(opt, patience=1, factor=0.5),
+    "timm.CosineLRScheduler": lambda opt: timm.scheduler.CosineLRScheduler(
+        opt, t_initial=STEPS, warmup_t=2, warmup_lr_init=0.0
+    ),
+    "timm.StepLRScheduler": lambda opt: timm.scheduler.StepLRScheduler(opt, decay_t=3, decay_rate=0.5),
+}
+METRICS = [1.0, 0.9, 0.95, 0.97, 0.99, 0.98, 1.0, 1.1, 1.2]
+
+
+def _advance(scheduler, step):
+    if isinstance(scheduler, S.ReduceLROnPlateau):
+        scheduler.step(METRICS[step])
+    elif isinstance(scheduler, timm.scheduler.scheduler.Scheduler):
+        scheduler.step_update(step + 1)
+        scheduler.step(step + 1)
+    else:
+        scheduler.step()
+
+
+def _grads(tree, step):
+    """The same pseudo-random gradient for a parameter in every run, whoever else has one."""
+    for index, (name, param) in enumerate(tree.named_parameters()):
+        generator = torch.Generator().manual_seed(1000 * step + index)
+        grad = torch.randn(param.shape, generator=generator)
+        param.grad = grad if param.requires_grad else None
+
+
+def _run(tree, rules, factory, scheduler_name, selector, k, hot):
+    """Train STEPS steps with synthetic gradients. With ``hot`` the ``selector`` parameters start
+    frozen and are unfrozen at step ``k``; otherwise they are in the optimizer from step 0 with no
+    gradient until ``k``. Returns the lr of every group at every step."""
+    frozen_rule = [lrgroups.Rule(**selector, frozen=True)] if hot else []
+    opt = lrgroups.LayerwiseOptimizer(tree, factory, lr=1e-2, weight_decay=0.05, rules=rules + frozen_rule)
+    scheduler = SCHEDULERS[scheduler_name](opt)
+    chosen = {info.name for info in lrgroups.rules.describe(tree) if lrgroups.Selector(**selector).matches(info)}
+    trajectory = []
+    for step in range(STEPS):
+        if hot and step == k:
+            opt.unfreeze(**selector)
+        _grads(tree, step)
+        if not hot and step < k:
+            for name, param in tree.named_parameters():
+                if name in chosen:
+                    param.grad = None
+        opt.step()
+        _advance(scheduler, step)
+        trajectory.append([group["lr"] for group in opt.param_groups])
+    return trajectory
+
+
+@given(
+    st.data(),
+    st.sampled_from(sorted(SCHEDULERS)),
+    st.sampled_from(["adamw", "sgd"]),
+    st.integers(0, STEPS - 1),
+)
+def test_hot_add_equivalence_under_every_scheduler(data, scheduler_name, optimizer, k):
+    """Unfreezing parameters P at step k gives, group by group and step by step, the same lr as a
+    run in which P sat in the optimizer from step 0 with no gradient until k, and bitwise the same
+    parameters, under every torch and timm scheduler, with no extra call."""
+    tree = data.draw(module_trees())
+    max_depth = max(lrgroups.param_depths(tree).values())
+    rules = [r for r in data.draw(rule_lists(max_depth)) if r.frozen is None]
+    selector = {"depth": (None, data.draw(st.integers(0, max_depth)))}
+    factory = {"adamw": torch.optim.AdamW, "sgd": lambda groups, **kw: torch.optim.SGD(groups, momentum=0.9, **kw)}[optimizer]
+    reference_tree = copy.deepcopy(tree)
+    hot = _run(tree, rules, factory, scheduler_name, selector, k, hot=True)
+    cold = _run(reference_tree, rules, factory, scheduler_name, selector, k, hot=False)
+    assert hot == cold
+    for (name, a), b in zip(tree.named_parameters(), reference_tree.parameters()):
+        assert torch.equal(a, b), name
+
+
+OPTIMIZERS = [
+    (torch.optim.AdamW, {"weight_decay": 0.1}),
+    (torch.optim.SGD, {"momentum": 0.9, "weight_decay": 0.1}),
+    (torch.optim.Adam, {"foreach": True}),
+    (timm.optim.Lion, {"weight_decay": 0.1}),
+]
+
+
+@pytest.mark.parametrize("factory, kwargs", OPTIMIZERS)
+def test_frozen_is_bitwise_untouched_after_refreeze(factory, kwargs):
+    """Train everything, then freeze a block: it is bitwise unchanged by later steps for every
+    optimizer (no momentum carry-over, no decoupled weight decay), its .grad is None, and it holds
+    no optimizer state."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    weight_decay = kwargs.pop("weight_decay", 0.0)
+    opt = lrgroups.LayerwiseOptimizer(model, factory, lr=1e-2, weight_decay=weight_decay, **kwargs)
+    for _ in range(3):
+        model(torch.randn(6, 4)).pow(2).mean().backward()
+        opt.step()
+    assert opt.freeze("0.*") == ["0.weight", "0.bias"]
+    snapshot = [p.detach().clone() for p in model[0].parameters()]
+    assert all(p.grad is None for p in model[0].parameters())
+    assert all(p not in opt.state for p in model[0].parameters())
+    for _ in range(3):
+        model(torch.randn(6, 4)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(torch.equal(a, b) for a, b in zip(model[0].parameters(), snapshot))
+    assert all(p.grad is None for p in model[0].parameters())
+
+
+def test_freeze_keep_state_restores_moments_drop_starts_fresh():
+    """freeze(keep_state=True) keeps the optimizer state aside and unfreeze puts it back; the default
+    drops it (a later unfreeze starts like a newly added parameter)."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-2)
+    model(torch.randn(6, 4)).sum().backward()
+    opt.step()
+    moment = opt.state[model[0].weight]["exp_avg"].clone()
+    opt.freeze("0.weight", keep_state=True)
+    opt.freeze("0.bias")
+    opt.unfreeze("0.*")
+    assert torch.equal(opt.state[model[0].weight]["exp_avg"], moment)
+    assert model[0].bias not in opt.state
+
+
+def test_freeze_unfreeze_report_changes_and_errors():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
+    assert opt.freeze(depth=0) == ["0.weight", "0.bias"]
+    assert opt.freeze(depth=0) == []
+    assert opt.is_frozen("0.weight") and not model[0].weight.requires_grad
+    with pytest.raises(ValueError, match="closest names: 2.weight"):
+        opt.unfreeze("2.wieght")
+    assert opt.unfreeze(module_type=nn.Linear) == ["0.weight", "0.bias"]
+
+
+def test_frozen_batchnorm_statistics_policy():
+    """norm_stats='freeze' (default): a BatchNorm whose affine parameters are frozen keeps its
+    running statistics even in train mode; once unfrozen they update again. 'update' lets them move."""
+    for policy, moves_while_frozen in (("freeze", False), ("update", True)):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+        model(torch.randn(2, 3, 6, 6))
+        opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, norm_stats=policy,
+                                          rules=[lrgroups.Rule(depth=0, frozen=True)])
+        model.train()
+        before = model[1].running_mean.clone()
+        model(torch.randn(2, 3, 6, 6))
+        assert (not torch.equal(model[1].running_mean, before)) == moves_while_frozen
+        opt.unfreeze(depth=0)
+        model.train()
+        before = model[1].running_mean.clone()
+        model(torch.randn(2, 3, 6, 6))
+        assert not torch.equal(model[1].running_mean, before)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def test_progressive_unfreezing_by_steps_head_first_then_deepest():
+    """Default stages: the head trains alone, then the deepest block, then earlier ones."""
+    model = _mlp()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])
+    schedule = lrgroups.ProgressiveUnfreezing(opt, every_steps=2)
+    assert [p.requires_grad for p in model.parameters()] == [False] * 6 + [True] * 2
+    unfrozen = [schedule.step() for _ in range(8)]
+    assert unfrozen == [[], ["4.weight", "4.bias"], [], ["2.weight", "2.bias"], [], ["0.weight", "0.bias"], [], []]
+    assert schedule.stages_remaining == 0
+    assert [h["stage"] for h in schedule.history] == [1, 2, 3]
+    assert len(opt.param_groups) == 4
+
+
+def test_progressive_unfreezing_on_plateau_and_state_dict_roundtrip():
+    """A plateau of the monitored metric advances the stage; the schedule's state dict resumes the
+    same decisions."""
+    metrics = [1.0, 0.8, 0.81, 0.82, 0.7, 0.75, 0.76, 0.77, 0.78]
+    model = _mlp()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
+    schedule = lrgroups.ProgressiveUnfreezing(opt, plateau=lrgroups.Plateau("min", patience=2))
+    decisions = [bool(schedule.observe(m)) for m in metrics]
+    assert decisions == [False, False, False, True, False, False, True, False, True]
+    model = _mlp()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
+    first = lrgroups.ProgressiveUnfreezing(opt, plateau=lrgroups.Plateau("min", patience=2))
+    resumed_decisions = [bool(first.observe(m)) for m in metrics[:5]]
+    state = first.state_dict()
+    second = lrgroups.ProgressiveUnfreezing(opt, plateau=lrgroups.Plateau("min", patience=2))
+    second.load_state_dict(state)
+    resumed_decisions += [bool(second.observe(m)) for m in metrics[5:]]
+    assert resumed_decisions == decisions
+
+
+def test_warmup_ramps_new_stage_lr_inside_step_only():
+    """With warmup_steps=4 the groups that receive a new stage step at 1/4, 2/4, 3/4, 4/4 of their
+    scheduled lr; group lrs seen between steps (by schedulers) are untouched."""
+    model = _mlp()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])
+    schedule = lrgroups.ProgressiveUnfreezing(opt, warmup_steps=4)
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[2]["lr"]))
+    schedule.advance("test")
+    for _ in range(5):
+        model(torch.randn(3, 4)).sum().backward()
+        opt.step()
+        assert opt.param_groups[2]["lr"] == 0.05
+    assert seen == pytest.approx([0.0125, 0.025, 0.0375, 0.05, 0.05])
+
+
+def test_early_stopping_advances_unfreezing_before_stopping():
+    """EarlyStopping composed with ProgressiveUnfreezing advances stages on a plateau and stops
+    only when no stage remains."""
+    model = _mlp()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
+    schedule = lrgroups.ProgressiveUnfreezing(opt)
+    stopper = lrgroups.EarlyStopping("min", patience=1, unfreezing=schedule)
+    decisions = [stopper.step(m) for m in [1.0, 1.0, 1.0, 1.0, 1.0]]
+    assert [d.stop for d in decisions] == [False, False, False, False, True]
+    assert schedule.stages_remaining == 0
