@@ -13,6 +13,7 @@ Example:
          fc.bias      9 0.00100          0.00
 """
 
+from . import recipes
 from .depth import param_depths
 from .early_stopping import Decision, EarlyStopping, Plateau
 from .optimizer import CheckpointMismatchError, LayerwiseOptimizer
@@ -47,4 +48,5 @@ __all__ = [
     "no_weight_decay",
     "param_depths",
     "plan",
+    "recipes",
 ]
