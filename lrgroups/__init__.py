@@ -15,6 +15,7 @@ Example:
 
 from . import recipes
 from .depth import param_depths
+from .distributed import wrap_ddp
 from .early_stopping import Decision, EarlyStopping, Plateau
 from .optimizer import CheckpointMismatchError, LayerwiseOptimizer
 from .rules import (
@@ -49,4 +50,5 @@ __all__ = [
     "param_depths",
     "plan",
     "recipes",
+    "wrap_ddp",
 ]

@@ -1,0 +1,47 @@
+"""Distributed training with parameters that are unfrozen later.
+
+``DistributedDataParallel`` registers the parameters it all-reduces when it is constructed, and only
+those with ``requires_grad=True`` then: a parameter frozen at that moment and unfrozen later trains
+on each rank's own gradient, never reduced, and the ranks silently drift apart (Lightning #20340).
+:func:`wrap_ddp` constructs DDP with every parameter registered and ``find_unused_parameters=True``,
+so frozen parameters (which produce no gradient) are skipped and unfrozen ones are reduced.
+
+Example (inside an initialised process group)::
+
+    model = build_model()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3, rules=[...])
+    schedule = lrgroups.ProgressiveUnfreezing(opt, every_epochs=1)
+    ddp_model = lrgroups.wrap_ddp(model, device_ids=[local_rank])   # after freezing, before training
+    ...  # train ddp_model as usual; schedule.end_epoch() unfreezes on every rank alike
+
+Every rank must freeze and unfreeze the same parameters at the same step (drive unfreezing by step
+or epoch counts, or by a metric that is all-reduced first).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["wrap_ddp"]
+
+
+def wrap_ddp(model: nn.Module, **ddp_kwargs: Any) -> DistributedDataParallel:
+    """``DistributedDataParallel(model, find_unused_parameters=True, **ddp_kwargs)`` built with every
+    parameter registered for gradient reduction, frozen ones included; ``requires_grad`` is left as
+    it was. Pass ``find_unused_parameters=False`` only if nothing is frozen while training."""
+    if ddp_kwargs.get("find_unused_parameters") is False:
+        raise ValueError(
+            "wrap_ddp needs find_unused_parameters=True: frozen parameters produce no gradient"
+        )
+    ddp_kwargs["find_unused_parameters"] = True
+    frozen = [param for param in model.parameters() if not param.requires_grad]
+    for param in frozen:
+        param.requires_grad_(True)
+    try:
+        return DistributedDataParallel(model, **ddp_kwargs)
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
