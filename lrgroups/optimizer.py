@@ -136,6 +136,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._rows = rows
         self._infos = infos
         self._group_of = group_of
+        self._group_settings = settings
         self._members = members
         self._frozen = [row.frozen for row in rows]
         self._stash: dict[int, dict] = {}
@@ -273,10 +274,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """
         if self._base_lr == 0:
             raise ValueError("per_group needs a non-zero base lr")
-        return [value * self._group_lr(g) / self._base_lr for g in range(len(self.param_groups))]
-
-    def _group_lr(self, group: int) -> float:
-        return self._rows[self._group_of.index(group)].lr
+        return [value * group_lr / self._base_lr for group_lr, _ in self._group_settings]
 
     def _drop_ratio_check(self) -> None:
         if self._ratio_check is not None:
@@ -286,7 +284,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def _warn_if_ratios_flattened(self, optimizer, args, kwargs) -> None:
         """Step pre-hook for the first step only (``step`` removes it), so it sees the lrs the
         schedulers set before any other hook changes them."""
-        planned = [self._group_lr(g) for g in range(len(self.param_groups))]
+        planned = [group_lr for group_lr, _ in self._group_settings]
         current = [group["lr"] for group in self.param_groups]
         if isinstance(current[0], torch.Tensor):
             current = [float(c) for c in current]

@@ -154,6 +154,43 @@ def test_layer_decay_matches_timm(family):
         assert row.weight_decay == decay, row.name
 
 
+def _one_model_per_timm_family() -> dict[str, str]:
+    from timm.models._registry import _model_to_module
+
+    families: dict[str, str] = {}
+    for name in timm.list_models():
+        families.setdefault(_model_to_module.get(name, name), name)
+    return families
+
+
+TIMM_ALL_FAMILIES = _one_model_per_timm_family()
+
+
+@pytest.mark.parametrize("family", sorted(TIMM_ALL_FAMILIES))
+def test_layer_decay_matches_timm_on_every_family(family):
+    """Every architecture family timm registers that defines group_matcher: layer_decay(gamma) and
+    no_weight_decay() equal timm's param_groups_layer_decay per parameter (models built on the meta
+    device, so this costs no memory). Families without group_matcher use lrgroups' generic
+    structural depth instead of timm's fallback (12 parameters per group, by name order)."""
+    from timm.optim import param_groups_layer_decay
+
+    with torch.device("meta"):
+        model = timm.create_model(TIMM_ALL_FAMILIES[family], pretrained=False)
+    if not hasattr(model, "group_matcher"):
+        assert max(lrgroups.param_depths(model).values()) > 0
+        return
+    expected = {}
+    no_wd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    for group in param_groups_layer_decay(model, weight_decay=0.05, no_weight_decay_list=no_wd, layer_decay=0.8):
+        for param in group["params"]:
+            expected[id(param)] = (group["lr_scale"], group["weight_decay"])
+    rows = lrgroups.plan(model, lr=1.0, weight_decay=0.05, rules=[lrgroups.layer_decay(0.8), lrgroups.no_weight_decay()])
+    params = dict(model.named_parameters())
+    for row in rows:
+        scale, decay = expected[id(params[row.name])]
+        assert (row.lr, row.weight_decay) == (pytest.approx(scale, rel=1e-12), decay), row.name
+
+
 def test_resnet18_classic_discriminative_setup():
     """The README's first example: torchvision resnet18, new 10-class fc, features 1e-5, head 1e-3,
     Adam; then unfreezing layer4 adds exactly layer4's parameters to the features group."""
