@@ -198,13 +198,29 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         return getattr(self._inner, "_step_supports_amp_scaling", False)
 
     def step(self, closure: Callable[[], float] | None = None):
-        """One step of the inner optimizer (frozen parameters are in no group: untouched)."""
-        if self._ratio_check is not None:
-            self._drop_ratio_check()
+        """One step of the inner optimizer (frozen parameters are in no group: untouched).
+
+        Step hooks registered on this wrapper run here; torch's profiling wrapper is left to the
+        inner optimizer's ``step`` so that it is paid once per step, not twice.
+        """
+        if self._optimizer_step_pre_hooks:
+            args: tuple = (closure,)
+            kwargs: dict = {}
+            for hook in list(self._optimizer_step_pre_hooks.values()):
+                result = hook(self, args, kwargs)
+                if result is not None:
+                    args, kwargs = result
+            closure = kwargs.get("closure", args[0] if args else None)
         for attr in ("grad_scale", "found_inf"):  # set by GradScaler for fused optimizers
             if attr in self.__dict__:
                 setattr(self._inner, attr, self.__dict__.pop(attr))
-        return self._inner.step(closure)
+        loss = self._inner.step(closure)
+        if self._optimizer_step_post_hooks:
+            for hook in list(self._optimizer_step_post_hooks.values()):
+                hook(self, (closure,), {})
+        return loss
+
+    step.hooked = True  # tells Optimizer._patch_step_function not to wrap it
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._inner.zero_grad(set_to_none)
@@ -276,14 +292,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             raise ValueError("per_group needs a non-zero base lr")
         return [value * group_lr / self._base_lr for group_lr, _ in self._group_settings]
 
-    def _drop_ratio_check(self) -> None:
-        if self._ratio_check is not None:
-            self._ratio_check.remove()
-            self._ratio_check = None
-
     def _warn_if_ratios_flattened(self, optimizer, args, kwargs) -> None:
-        """Step pre-hook for the first step only (``step`` removes it), so it sees the lrs the
-        schedulers set before any other hook changes them."""
+        """Step pre-hook for the first step only (it removes itself); registered first, so it sees
+        the lrs the schedulers set before any other hook changes them."""
+        self._ratio_check.remove()
         planned = [group_lr for group_lr, _ in self._group_settings]
         current = [group["lr"] for group in self.param_groups]
         if isinstance(current[0], torch.Tensor):
@@ -440,7 +452,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             }
             for name, state in state_dict["stash"].items()
         }
-        self._drop_ratio_check()
+        self._ratio_check.remove()
 
 
 class _FrozenNormHook:

@@ -185,21 +185,26 @@ def describe(model: nn.Module, coarse: bool = False) -> list[ParamInfo]:
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     no_wd = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
 
-    owner: dict[str, nn.Module] = {}
+    # One walk over every (module, parameter) registration, shared ones included: the first name of
+    # a tensor is its name (as in ``named_parameters()``), later ones are its aliases.
+    names: dict[int, list[str]] = {}
+    first: list[tuple[str, torch.Tensor, nn.Module]] = []
     for module_name, module in model.named_modules(remove_duplicate=False):
-        for param_name, _ in module.named_parameters(prefix=module_name, recurse=False, remove_duplicate=False):
-            owner.setdefault(param_name, module)
-    aliases: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(param), []).append(name)
+        prefix = module_name + "." if module_name else ""
+        for param_name, param in module._parameters.items():
+            if param is None:
+                continue
+            if id(param) not in names:
+                names[id(param)] = []
+                first.append((prefix + param_name, param, module))
+            names[id(param)].append(prefix + param_name)
 
     infos = []
-    for name, param in model.named_parameters():
-        module = owner[name]
+    for name, param, module in first:
         infos.append(
             ParamInfo(
                 name=name,
-                aliases=tuple(aliases[id(param)][1:]),
+                aliases=tuple(names[id(param)][1:]),
                 param=param,
                 module=module,
                 depth=depths[name],

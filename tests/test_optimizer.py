@@ -395,3 +395,24 @@ def test_summary_counts_per_group():
     assert table["tensors"].tolist() == [2, 2, 2]
     assert table["frozen_tensors"].tolist() == [2, 0, 0]
     assert table["trainable_numel"].tolist() == [0, 72, 18]
+
+
+def test_step_hooks_run_once_per_step_and_closure_passes_through():
+    """Hooks registered on the wrapper run once per step (the wrapper's step is not double-wrapped
+    by torch's profiling hook) and a closure reaches the inner optimizer."""
+    model = _mlp()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+
+    def closure():
+        opt.zero_grad()
+        loss = model(torch.randn(3, 4)).pow(2).mean()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert isinstance(loss, torch.Tensor)
+    assert calls == ["pre", "post"]
+    assert not hasattr(type(opt).step, "__wrapped__")
