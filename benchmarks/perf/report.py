@@ -1,0 +1,507 @@
+"""perf.md from the pytest-benchmark JSON: the environment, one table per measurement (goal,
+measured ratio or time, PASS/MISS) and, for every miss, the profile that explains it.
+
+Example:
+    >>> fmt_seconds(0.0000123), fmt_seconds(0.0123), fmt_ratio([1.01, 0.99, 1.03])
+    ('12.3 µs', '12.30 ms', '1.010 [0.990, 1.030]')
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from typing import Any
+
+__all__ = ["render", "fmt_seconds", "fmt_ratio"]
+
+
+def fmt_seconds(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.3f} s"
+
+
+def fmt_ratio(ratio: list[float]) -> str:
+    median, low, high = ratio
+    return f"{median:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _verdict(value: float, goal: float, interval: list[float] | None = None, control: list[float] | None = None) -> str:
+    """PASS/MISS on the median; a miss whose interval reaches the goal, or that the A/A control
+    matches (noise as large as the miss), is marked MISS* (not distinguishable from noise)."""
+    if value <= goal:
+        return "PASS"
+    noisy = interval is not None and interval[1] <= goal
+    if control is not None and abs(control[0] - 1) >= value - goal:
+        noisy = True
+    return "MISS*" if noisy else "MISS"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _by_section(benchmarks: list[dict]) -> dict[str, list[dict]]:
+    sections: dict[str, list[dict]] = {}
+    for bench in benchmarks:
+        info = bench.get("extra_info", {})
+        sections.setdefault(info.get("section", "other"), []).append(info)
+    return sections
+
+
+def _profile_lines(title: str, rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    if "extra_calls" in rows[0]:
+        body = [[f"`{r['function']}`", f"{r['extra_calls']:+g}", f"{r['extra_self_us']:+.1f}"] for r in rows]
+        return [f"*{title}* (cProfile; per step, wrapped minus reference):", ""] + _table(
+            ["function", "extra calls", "extra self µs"], body
+        )
+    body = [[f"`{r['function']}`", f"{r['calls']:g}", f"{r['self_us']:.0f}", f"{r['cumulative_us']:.0f}"] for r in rows]
+    return [f"*{title}* (cProfile, per call, inflated by the profiler):", ""] + _table(
+        ["function", "calls", "self µs", "cumulative µs"], body
+    )
+
+
+def _step_cause(info: dict, verdict: str) -> str:
+    """What the wrapper adds per step (from the profile diff) and whether that explains the miss."""
+    rows = [r for r in info["profile_extra"] if r["extra_calls"] > 0]
+    names = " ".join(r["function"] for r in rows)
+    extra_us = sum(max(r["extra_self_us"], 0.0) for r in rows)
+    causes = []
+    if "(wrapper)" in names or "record_function" in names:
+        causes.append(
+            "`LayerwiseOptimizer._init_optimizer_hooks` calls torch's `Optimizer._patch_step_function`, which "
+            "wraps `LayerwiseOptimizer.step` in `Optimizer.profile_hook_step`; the inner optimizer's `step` is "
+            "wrapped too, so every step pays a second `record_function` context, hook-dict walks and "
+            "`_optimizer_step_code`. Suggested fix in lrgroups: set `step.hooked = True` on "
+            "`LayerwiseOptimizer.step` so that `_patch_step_function` leaves it unwrapped (the inner step keeps "
+            "its own profiler context), and run the wrapper's own step hooks in `step` only when any are registered"
+        )
+    elif rows:
+        causes.append(
+            "the wrapper adds one Python call per step (`LayerwiseOptimizer.step`: hook checks, GradScaler "
+            f"attribute forwarding, the call to the inner step), about {extra_us:.0f} µs under cProfile"
+        )
+    predicted = 1 + extra_us * 1e-6 / info["seconds"]["bare"][0]
+    if verdict == "MISS*" and predicted <= info["goal"]:
+        ratio, control = info["ratio"]["wrapped"], info["ratio"]["bare_again"]
+        causes.append(
+            f"that predicts a ratio of at most {predicted:.4f} against this {fmt_seconds(info['seconds']['bare'][0])} "
+            f"step, so the measured {ratio[0]:.3f} (interval [{ratio[1]:.3f}, {ratio[2]:.3f}], A/A control "
+            f"{control[0]:.3f}) is load from other processes on this machine, not the wrapper"
+        )
+    return "; ".join(causes) or "see the table: the extra calls per step are the wrapper's"
+
+
+def _step(section: list[dict], summary: list[list[str]]) -> list[str]:
+    lines = [
+        "## Step overhead",
+        "",
+        "`LayerwiseOptimizer.step()` / the bare inner optimizer's `step()` with identical param groups, same "
+        "tensors, random gradients set once (no forward/backward timed). *A/A* is a second bare optimizer "
+        "timed alongside: its ratio to the first is the noise floor of this run. Δ is the paired per-step "
+        "difference (median). The per-variant medians move with the machine's load (other processes); the paired ratio is the figure. "
+        "The tiny MLP runs on one CPU thread (its tensors never use a second one; with two, a loaded machine "
+        "would time OpenMP waits instead of the step's overhead).",
+        "",
+    ]
+    rows, misses = [], []
+    for info in section:
+        ratio, control = info["ratio"]["wrapped"], info["ratio"]["bare_again"]
+        verdict = _verdict(ratio[0], info["goal"], ratio, control)
+        rows.append(
+            [
+                info["model"],
+                info["optimizer"],
+                info["groups"],
+                info["threads"],
+                fmt_seconds(info["seconds"]["bare"][0]),
+                fmt_seconds(info["seconds"]["wrapped"][0]),
+                f"{info['difference_s']['wrapped'][0] * 1e6:+.1f} µs",
+                fmt_ratio(ratio),
+                f"{control[0]:.3f}",
+                f"≤ {info['goal']:.2f}",
+                verdict,
+            ]
+        )
+        summary.append([f"step overhead, {info['model']}, {info['optimizer']}", f"≤ {info['goal']:.2f}", f"{ratio[0]:.3f}", verdict])
+        if verdict != "PASS" or info["model"] == "mlp":
+            misses.append((info, verdict))
+    lines += _table(
+        ["model", "optimizer", "groups", "threads", "bare step", "wrapped step", "Δ/step", "ratio [95% CI]", "A/A", "goal", "result"],
+        rows,
+    )
+    for info, verdict in misses:
+        if info.get("profile_extra"):
+            title = f"{info['model']} / {info['optimizer']}: {verdict}"
+            lines += _profile_lines(title, info["profile_extra"])
+            if verdict != "PASS":
+                lines += [f"Cause: {_step_cause(info, verdict)}.", ""]
+    return lines
+
+
+def _layout(section: list[dict], summary: list[list[str]]) -> list[str]:
+    lines = [
+        "## Group layout cost",
+        "",
+        "Layer-decayed AdamW (`layer_decay(0.75)`, `no_weight_decay()`): lrgroups' merged groups (the "
+        "`LayerwiseOptimizer` itself) and one group per tensor with the same per-tensor settings (the "
+        "mmengine way), each against one single group on the same parameters. The cost per extra group is "
+        "the paired difference to the single group divided by the number of extra groups.",
+        "",
+    ]
+    if any(info["optimizer"] == "adamw_foreach" and info["ratio"]["per_tensor"][0] < 1 for info in section):
+        lines += [
+            "More groups come out *faster* than one group with foreach AdamW here: on the CPU each `_foreach_*` "
+            "op of one huge group streams over every parameter from memory before the next op starts, while "
+            "smaller groups apply all of AdamW's ops to a chunk that stays in cache.",
+            "",
+        ]
+    rows = []
+    for info in section:
+        merged, per_tensor = info["ratio"]["merged"], info["ratio"]["per_tensor"]
+        verdict = _verdict(merged[0], info["goal"], merged)
+        groups = info["groups"]
+        per_group = [
+            info["difference_s"][name][0] / max(groups[name] - 1, 1) for name in ("merged", "per_tensor")
+        ]
+        rows.append(
+            [
+                info["model"],
+                info["optimizer"],
+                f"{groups['merged']} / {groups['per_tensor']} / 1",
+                fmt_seconds(info["seconds"]["single"][0]),
+                fmt_ratio(merged),
+                fmt_ratio(per_tensor),
+                " / ".join(f"{cost * 1e6:+.0f} µs" for cost in per_group),
+                f"≤ {info['goal']:.2f}",
+                verdict,
+            ]
+        )
+        summary.append([f"group layout, {info['model']}, {info['optimizer']}: merged / single", f"≤ {info['goal']:.2f}", f"{merged[0]:.3f}", verdict])
+    lines += _table(
+        [
+            "model",
+            "optimizer",
+            "groups (merged / per-tensor / single)",
+            "single-group step",
+            "merged / single",
+            "per-tensor / single",
+            "cost per extra group (merged / per-tensor)",
+            "goal",
+            "result",
+        ],
+        rows,
+    )
+    for info in section:
+        if info.get("profile_extra"):
+            lines += _profile_lines(f"{info['model']} / {info['optimizer']} merged vs single", info["profile_extra"])
+            lines += [f"Cause: {_layout_cause(info)}.", ""]
+    return lines
+
+
+def _short(function: str) -> str:
+    """``path:line(name)`` -> ``name``; ``<built-in method torch.x>`` -> ``torch.x``."""
+    if function.startswith("<built-in method "):
+        return function[len("<built-in method ") : -1]
+    match = re.search(r"\(([^()]*)\)$", function)
+    return match.group(1) if match else function
+
+
+def _layout_cause(info: dict) -> str:
+    extra = info["groups"]["merged"] - 1
+    per_group = [r["function"] for r in info["profile_extra"] if r["extra_calls"] and r["extra_calls"] % extra == 0]
+    shown = ", ".join(f"`{_short(name)}`" for name in per_group[:5])
+    cost = info["difference_s"]["merged"][0] / max(extra, 1)
+    return (
+        f"torch's fixed cost per param group: every group runs its own {shown} (call counts grow by "
+        f"{extra} = the extra groups), about {cost * 1e6:.0f} µs per group here against a single-group step of "
+        f"{fmt_seconds(info['seconds']['single'][0])}. The merged layout is already the fewest groups the rules "
+        f"allow ({info['groups']['merged']} distinct (lr, weight decay) pairs; timm's `param_groups_layer_decay` "
+        "builds as many), and it is cheaper than one group per "
+        "tensor by the per-tensor column; only fewer distinct settings (or torch taking per-tensor lr in one "
+        "group) would close the gap"
+    )
+
+
+def _build_cause(rows: list[dict]) -> str:
+    names = {r["function"]: r for r in rows}
+    top = max(rows, key=lambda r: r["cumulative_us"])["cumulative_us"]
+    parts = []
+    for needle, text in (
+        ("(describe)", "`rules.describe`"),
+        ("(named_parameters)", "`Module.named_parameters` (describe calls it once per module with recurse=False, and each call re-walks `named_modules` of that module)"),
+        ("(timm_depths)", "`depth.timm_depths` (timm's `group_parameters` regex matching)"),
+        ("(plan_params)", "`rules.plan_params`"),
+        ("(add_param_group)", "the inner optimizer's `add_param_group` (torch, one per group)"),
+    ):
+        hits = [r for name, r in names.items() if name.endswith(needle)]
+        if hits:
+            share = max(r["cumulative_us"] for r in hits) / top
+            parts.append(f"{text}: {share:.0%}")
+    text = "share of the build under the profiler: " + "; ".join(parts)
+    if any(name.endswith("(named_parameters)") for name in names):
+        text += (
+            ". Suggested fix in lrgroups: in `rules.describe`, walk `model.named_modules(remove_duplicate=False)` "
+            "once and read each module's own `_parameters` to get owners and aliases in one pass, instead of "
+            "`module.named_parameters(recurse=False)` per module plus a second `named_parameters` walk"
+        )
+    return text
+
+
+def _build(large: list[dict], meta_vs_real: list[dict], families: list[dict], summary: list[list[str]]) -> list[str]:
+    lines = [
+        "## Build time",
+        "",
+        "Constructing a `LayerwiseOptimizer(model, AdamW, rules=[layer_decay(0.75), no_weight_decay()])` "
+        "(describe, depths, plan, groups, inner AdamW); model creation excluded; models created on the `meta` "
+        "device. Reference, interleaved: timm's `create_optimizer_v2(model, 'adamw', layer_decay=0.75)`, "
+        "which does the same job. Absolute times move with the machine's load; the ratio to timm, measured in "
+        "the same rounds, much less.",
+        "",
+    ]
+    rows = []
+    for info in large:
+        seconds = info["seconds"]["lrgroups"]
+        ms = seconds[0] * 1e3
+        verdict = _verdict(ms, info["goal_ms"], [seconds[1] * 1e3, seconds[2] * 1e3])
+        timm_ms = f"{info['seconds']['timm'][0] * 1e3:.2f} ms" if "timm" in info["seconds"] else "n/a"
+        ratio = fmt_ratio(info["ratio"]["lrgroups"]) if "ratio" in info else "n/a"
+        rows.append(
+            [info["model"], info["tensors"], f"{ms:.2f} ms [{seconds[1] * 1e3:.2f}, {seconds[2] * 1e3:.2f}]", timm_ms, ratio, f"≤ {info['goal_ms']:.0f} ms", verdict]
+        )
+        summary.append([f"build, {info['model']}", f"≤ {info['goal_ms']:.0f} ms", f"{ms:.2f} ms", verdict])
+    lines += _table(["model", "tensors", "lrgroups build [95% CI]", "timm build", "lrgroups / timm", "goal", "result"], rows)
+    for info in meta_vs_real:
+        lines += [
+            f"Meta vs real tensors ({info['model']}, real on {info['device']}): build on the real model / build on "
+            f"meta = {fmt_ratio(info['ratio']['real'])} (meta {fmt_seconds(info['seconds']['meta'][0])}, real "
+            f"{fmt_seconds(info['seconds']['real'][0])}).",
+            "",
+        ]
+    for info in large:
+        if info.get("profile"):
+            lines += _profile_lines(f"build profile, {info['model']}", info["profile"])
+            lines += [f"Cause: {_build_cause(info['profile'])}.", ""]
+
+    ok = [f for f in families if f.get("status") == "ok"]
+    failed = [f for f in families if f.get("status") in ("build_failed", "create_failed")]
+    skipped = [f for f in families if f.get("status") == "no_group_matcher"]
+    lines += ["### Every timm architecture family with `group_matcher`", ""]
+    if ok:
+        times = sorted((f["seconds"]["lrgroups"][0], f) for f in ok)
+        ms = [t * 1e3 for t, _ in times]
+        per_tensor = [f["seconds"]["lrgroups"][0] * 1e6 / max(f["tensors"], 1) for f in ok]
+        ratios = [f["ratio"]["lrgroups"][0] for f in ok if "ratio" in f]
+        worst = times[-1][1]
+        over = [f for t, f in times if t * 1e3 > 20.0]
+        lines += _table(
+            ["families built", "median", "90th percentile", "max", "median per tensor", "median lrgroups / timm", "over 20 ms"],
+            [
+                [
+                    len(ok),
+                    f"{statistics.median(ms):.2f} ms",
+                    f"{ms[min(len(ms) - 1, int(0.9 * len(ms)))]:.2f} ms",
+                    f"{ms[-1]:.2f} ms ({worst['model']}, {worst['tensors']} tensors)",
+                    f"{statistics.median(per_tensor):.1f} µs",
+                    f"{statistics.median(ratios):.2f}" if ratios else "n/a",
+                    len(over),
+                ]
+            ],
+        )
+        summary.append(
+            [f"build, {len(ok)} timm families (one small model each)", "report median / max", f"{statistics.median(ms):.2f} / {ms[-1]:.2f} ms", "—"]
+        )
+        lines += ["Slowest five:", ""]
+        lines += _table(
+            ["family (module)", "model", "tensors", "lrgroups build", "timm build"],
+            [
+                [
+                    f["module"],
+                    f["model"],
+                    f["tensors"],
+                    f"{t * 1e3:.2f} ms",
+                    f"{f['seconds']['timm'][0] * 1e3:.2f} ms" if "timm" in f["seconds"] else "n/a",
+                ]
+                for t, f in reversed(times[-5:])
+            ],
+        )
+    lines += [
+        f"Failures ({len(failed)}): " + (", ".join(f"{f['model']} ({f['status']}: {f.get('error', '')})" for f in failed) or "none") + ".",
+        "",
+        f"Without `group_matcher` (generic depths; not timed here) ({len(skipped)}): "
+        + (", ".join(f"{f['module']} ({f['model']})" for f in skipped) or "none")
+        + ".",
+        "",
+    ]
+    fallback = [f for f in ok if f.get("created_on") != "meta"]
+    if fallback:
+        lines += ["Created on the CPU (meta creation failed): " + ", ".join(f["model"] for f in fallback) + ".", ""]
+    no_timm = [f for f in ok if f.get("timm_error")]
+    if no_timm:
+        lines += ["timm's reference build failed for: " + ", ".join(f"{f['model']} ({f['timm_error']})" for f in no_timm) + ".", ""]
+    return lines
+
+
+def _unfreeze(section: list[dict], summary: list[list[str]]) -> list[str]:
+    lines = [
+        "## Unfreeze time",
+        "",
+        "Hot-adding one ViT-B block: all `blocks.*` frozen by a rule, then `opt.unfreeze('blocks.11.*')`, "
+        "re-frozen (untimed) between samples; `freeze` timed the other way round; the reference is torch's "
+        "`add_param_group` of the same tensors on a bare AdamW.",
+        "",
+    ]
+    rows = []
+    for info in section:
+        seconds = info["seconds"]
+        ms = seconds["unfreeze"][0] * 1e3
+        verdict = _verdict(ms, info["goal_ms"])
+        rows.append(
+            [
+                info["model"],
+                f"`{info['pattern']}` ({info['tensors']} tensors)",
+                f"{ms:.3f} ms [{seconds['unfreeze'][1] * 1e3:.3f}, {seconds['unfreeze'][2] * 1e3:.3f}]",
+                f"{seconds['freeze'][0] * 1e3:.3f} ms",
+                f"{seconds['add_param_group'][0] * 1e3:.3f} ms",
+                fmt_ratio(info["ratio"]["unfreeze"]),
+                f"≤ {info['goal_ms']:.0f} ms",
+                verdict,
+            ]
+        )
+        summary.append([f"unfreeze one block, {info['model']}", f"≤ {info['goal_ms']:.0f} ms", f"{ms:.3f} ms", verdict])
+    lines += _table(["model", "selection", "unfreeze [95% CI]", "freeze", "add_param_group", "unfreeze / add_param_group", "goal", "result"], rows)
+    for info in section:
+        if info.get("profile"):
+            lines += _profile_lines("unfreeze + freeze profile", info["profile"])
+    return lines
+
+
+def _memory(section: list[dict], summary: list[list[str]]) -> list[str]:
+    lines = [
+        "## Memory",
+        "",
+        "Optimizer state after one step, `blocks.0-5` frozen: the wrapper's state bytes against the bare "
+        "inner optimizer built from the same groups and against what the optimizer needs by construction "
+        "(AdamW: 2 × trainable parameter bytes + one step scalar per tensor; SGD momentum: 1 ×). *Other "
+        "tensors* are tensors reachable from the wrapper that are neither model parameters nor optimizer "
+        "state (a copy would show there).",
+        "",
+    ]
+    rows = []
+    mib = 2**20
+    for info in section:
+        equal = info["state_bytes"] == info["bare_state_bytes"] == info["expected_state_bytes"]
+        no_copy = (
+            info["group_params_are_model_params"]
+            and info["group_params_share_model_storage"]
+            and info["group_params_are_trainable_params"]
+            and info["state_aliases_params"] == 0
+            and info["other_tensor_bytes"] == 0
+        )
+        verdict = "PASS" if equal and no_copy and info["frozen_with_state"] == 0 else "FAIL"
+        rows.append(
+            [
+                info["model"],
+                info["optimizer"],
+                f"{info['trainable_tensors']} / {info['frozen_tensors']}",
+                f"{info['trainable_param_bytes'] / mib:.2f} / {info['frozen_param_bytes'] / mib:.2f} MiB",
+                f"{info['state_bytes']:,}",
+                f"{info['bare_state_bytes']:,}",
+                f"{info['expected_state_bytes']:,}",
+                info["frozen_with_state"],
+                "yes" if info["group_params_are_model_params"] and info["group_params_share_model_storage"] else "NO",
+                f"{info['other_tensors']} ({info['other_tensor_bytes']} B)",
+                f"{info['ratio']['wrapped'][0]:.3f}",
+                verdict,
+            ]
+        )
+        summary.append([f"memory, {info['model']}, {info['optimizer']}", "state = bare = expected; no copy", f"{info['state_bytes'] / mib:.1f} MiB, {'equal' if equal else 'DIFFERS'}", verdict])
+    lines += _table(
+        [
+            "model",
+            "optimizer",
+            "tensors trainable / frozen",
+            "params trainable / frozen",
+            "state bytes",
+            "bare state bytes",
+            "expected",
+            "frozen with state",
+            "groups hold model's tensors (id, data_ptr)",
+            "other tensors",
+            "first step wrapped / bare",
+            "result",
+        ],
+        rows,
+    )
+    return lines
+
+
+def _bandwidth(section: list[dict], summary: list[list[str]], cuda: bool) -> list[str]:
+    lines = ["## AdamW step against the memory-bandwidth floor (CUDA)", ""]
+    if not section:
+        reason = "no CUDA device in this run" if not cuda else "the test did not record results"
+        summary.append(["CUDA: layered fused AdamW / single-group fused AdamW, ViT-B", "≤ 1.10", "not run", "—"])
+        return lines + [f"Not run: {reason}.", ""]
+    for info in section:
+        lines += [
+            f"{info['model']} ({info['numel'] / 1e6:.1f} M parameters, {info['groups']} layered groups) on "
+            f"{info['device_name']}. Floor = 28 B × N / copy bandwidth ({info['copy_gbs']:.0f} GB/s measured with "
+            f"`copy_` of N floats) = {fmt_seconds(info['floor_s'])}.",
+            "",
+        ]
+        rows = []
+        for name, seconds in info["seconds"].items():
+            if name == "copy":
+                continue
+            ratio = fmt_ratio(info["ratio"][name]) if name in info["ratio"] else "1 (baseline)"
+            rows.append(
+                [name, fmt_seconds(seconds[0]), f"{info['achieved_gbs'][name]:.0f} GB/s", f"{seconds[0] / info['floor_s']:.2f}", ratio]
+            )
+        lines += _table(["variant", "step", "achieved (28 B/param)", "step / floor", "ratio to single_fused"], rows)
+        ratio = info["ratio"]["layered_fused"]
+        verdict = _verdict(ratio[0], info["goal"], ratio)
+        lines += [f"Layer-decayed fused step / single-group fused step: {fmt_ratio(ratio)}, goal ≤ {info['goal']:.2f}: {verdict}.", ""]
+        summary.append([f"CUDA: layered fused AdamW / single-group fused AdamW, {info['model']}", f"≤ {info['goal']:.2f}", f"{ratio[0]:.3f}", verdict])
+    return lines
+
+
+def render(results: dict[str, Any], environment: dict[str, Any]) -> str:
+    """The whole perf.md."""
+    sections = _by_section(results.get("benchmarks", []))
+    summary: list[list[str]] = []
+    body: list[str] = []
+    body += _step(sections.get("step", []), summary)
+    body += _layout(sections.get("layout", []), summary)
+    body += _build(sections.get("build_large", []), sections.get("build_meta_vs_real", []), sections.get("build_family", []), summary)
+    body += _unfreeze(sections.get("unfreeze", []), summary)
+    body += _memory(sections.get("memory", []), summary)
+    body += _bandwidth(sections.get("bandwidth", []), summary, environment.get("cuda", False))
+
+    head = [
+        "# lrgroups performance",
+        "",
+        "Generated by `benchmarks/perf`; do not edit by hand. Regenerate with:",
+        "",
+        "```bash",
+        environment["command"],
+        "```",
+        "",
+        "Every figure is measured side by side in one run: the variants of a row alternate round by round "
+        "(every rotation and its reverse: ABC, CBA, BCA, ACB, ...); ratios are medians of per-round ratios with a distribution-free 95% interval. "
+        "PASS/MISS is decided on the median; MISS* marks a miss that the interval or the A/A control shows "
+        "is within this run's noise. Raw numbers: `perf.json` (pytest-benchmark; `extra_info` holds the "
+        "side-by-side summaries).",
+        "",
+        "## Environment",
+        "",
+    ]
+    head += _table(["", ""], [[key, value] for key, value in environment.items() if key not in ("command", "cuda")])
+    head += ["## Summary", ""]
+    head += _table(["measurement", "goal", "measured", "result"], summary)
+    return "\n".join(head + body).rstrip() + "\n"
