@@ -31,7 +31,7 @@ __all__ = ["wrap_ddp"]
 def wrap_ddp(model: nn.Module, **ddp_kwargs: Any) -> DistributedDataParallel:
     """``DistributedDataParallel(model, find_unused_parameters=True, **ddp_kwargs)`` built with every
     parameter registered for gradient reduction, frozen ones included; ``requires_grad`` is left as
-    it was. Pass ``find_unused_parameters=False`` only if nothing is frozen while training."""
+    it was. ``find_unused_parameters=False`` is refused: frozen parameters produce no gradient."""
     if ddp_kwargs.get("find_unused_parameters") is False:
         raise ValueError(
             "wrap_ddp needs find_unused_parameters=True: frozen parameters produce no gradient"

@@ -211,10 +211,15 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 if result is not None:
                     args, kwargs = result
             closure = kwargs.get("closure", args[0] if args else None)
-        for attr in ("grad_scale", "found_inf"):  # set by GradScaler for fused optimizers
-            if attr in self.__dict__:
-                setattr(self._inner, attr, self.__dict__.pop(attr))
-        loss = self._inner.step(closure)
+        # GradScaler sets these on the optimizer it steps (for fused optimizers) and deletes them after.
+        forwarded = [attr for attr in ("grad_scale", "found_inf") if attr in self.__dict__]
+        for attr in forwarded:
+            setattr(self._inner, attr, self.__dict__[attr])
+        try:
+            loss = self._inner.step(closure)
+        finally:
+            for attr in forwarded:
+                delattr(self._inner, attr)
         if self._optimizer_step_post_hooks:
             for hook in list(self._optimizer_step_post_hooks.values()):
                 hook(self, (closure,), {})
@@ -365,6 +370,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._frozen[index] = False
         return True
 
+    def group_of(self, name: str) -> int:
+        """Index into ``param_groups`` of the group the rules gave ``name`` (frozen or not)."""
+        return self._group_of[self._index[name]]
+
     def is_frozen(self, name: str) -> bool:
         """Whether the parameter called ``name`` (or an alias of it) is frozen now."""
         return self._frozen[self._index[name]]
@@ -377,7 +386,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         modules = {id(info.module): info.module for info in self._infos}
         for module_id, indices in by_module.items():
             hook = _FrozenNormHook(self._frozen, indices)
-            self._norm_hooks.append(modules[module_id].register_forward_pre_hook(hook))
+            self._norm_hooks.append(modules[module_id].register_forward_pre_hook(hook.before))
+            self._norm_hooks.append(modules[module_id].register_forward_hook(hook.after))
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -400,8 +410,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             return [f"not a LayerwiseOptimizer checkpoint (format {checkpoint.get('format')!r}, expected {_FORMAT!r})"]
         problems = []
         names = [row.name for row in self._rows]
-        missing = [n for n in names if n not in set(checkpoint["names"])]
-        unexpected = [n for n in checkpoint["names"] if n not in set(names)]
+        saved_names, own_names = set(checkpoint["names"]), set(names)
+        missing = [n for n in names if n not in saved_names]
+        unexpected = [n for n in checkpoint["names"] if n not in own_names]
         if missing:
             problems.append(f"parameters missing from the checkpoint: {', '.join(missing[:10])}")
         if unexpected:
@@ -456,13 +467,21 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
 
 class _FrozenNormHook:
-    """Forward pre-hook: a norm layer whose affine parameters are all frozen runs in eval mode."""
+    """Forward pre-hook and hook: a norm layer whose affine parameters are all frozen runs this
+    forward in eval mode; its ``training`` flag is put back afterwards."""
 
     def __init__(self, frozen: list[bool], indices: list[int]) -> None:
         self.frozen = frozen
         self.indices = indices
+        self.switched = False
 
-    def __call__(self, module: nn.Module, args: tuple) -> None:
+    def before(self, module: nn.Module, args: tuple) -> None:
         if module.training and all(self.frozen[i] for i in self.indices):
             module.training = False
+            self.switched = True
+
+    def after(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self.switched:
+            module.training = True
+            self.switched = False
 

@@ -206,8 +206,9 @@ def layer_decay_between(first_ratio: float = 0.01) -> Recipe:
 def gradual_unfreezing(discriminative_gamma: float | None = None, epochs_per_stage: int = 1) -> Recipe:
     """ULMFiT's gradual unfreezing: head first, then one more depth (deepest first) per epoch;
     with ``discriminative_gamma`` (ULMFiT: 1/2.6) also layer decay."""
-    rules = (R.layer_decay(discriminative_gamma),) if discriminative_gamma else ()
-    name = "gradual_unfreezing" + ("_discriminative" if discriminative_gamma else "")
+    with_decay = discriminative_gamma is not None
+    rules = (R.layer_decay(discriminative_gamma),) if with_decay else ()
+    name = "gradual_unfreezing" + ("_discriminative" if with_decay else "")
     return Recipe(name, rules=rules, unfreezing={"every_epochs": epochs_per_stage},
                   description=f"a stage per {epochs_per_stage} epoch(s)")
 

@@ -264,6 +264,12 @@ def plan_params(
     _check_value("lr", float(lr), "the base lr")
     _check_value("weight_decay", float(weight_decay), "the base weight decay")
     names = [info.name for info in infos]
+    flat = next((rule for rule in rules if rule.needs_depth), None) if infos and infos[0].max_depth == 0 else None
+    if flat is not None:
+        raise ValueError(
+            f"{flat.label} has no effect: every parameter has depth 0 (the model has one layer); "
+            "use a model with several layers or drop the rule"
+        )
     rows = []
     hits = [0] * len(rules)
     for info in infos:
@@ -301,11 +307,6 @@ def plan_params(
     for rule, count in zip(rules, hits):
         if count == 0 and not rule.allow_empty:
             raise ValueError(_no_match_message(rule, names))
-        if rule.needs_depth and count and infos[0].max_depth == 0:
-            raise ValueError(
-                f"{rule.label} has no effect: every parameter has depth 0 (the model has one layer); "
-                "use a model with several layers or drop the rule"
-            )
     return rows
 
 

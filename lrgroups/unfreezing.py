@@ -74,7 +74,9 @@ class ProgressiveUnfreezing:
         warmup_steps: after a stage is unfrozen, the lr of the param groups that received its
             parameters ramps linearly from ``1/warmup_steps`` to 1 of the scheduled value over this
             many steps (applied inside ``step()`` only, so schedulers never see it; groups shared
-            with parameters already training warm up too).
+            with parameters already training warm up too; each group keeps its own count, so a
+            stage unfrozen mid warm-up does not cut another short). Build the schedule before
+            loading a checkpoint into the optimizer: construction (re)freezes the later stages.
     """
 
     def __init__(
@@ -110,9 +112,8 @@ class ProgressiveUnfreezing:
         self.steps_in_stage = 0
         self.epochs_in_stage = 0
         self.history: list[dict[str, Any]] = []
-        self._warm_groups: list[int] = []
-        self._warmup_done = warmup_steps
-        self._saved_lrs: list[Any] = []
+        self._warmup: dict[int, int] = {}  # param group -> warm-up steps done
+        self._saved_lrs: dict[int, Any] = {}
         for stage in self.stages[1:]:
             self._apply(stage, freeze=True)
         self._apply(self.stages[0], freeze=False)
@@ -141,10 +142,8 @@ class ProgressiveUnfreezing:
         self.epochs_in_stage = 0
         if self.plateau is not None and self.reset_patience:
             self.plateau.reset_patience()
-        if self.warmup_steps and names:
-            groups = set(self.optimizer.explain().set_index("name").loc[names, "group"].tolist())
-            self._warm_groups = sorted(groups)
-            self._warmup_done = 0
+        if self.warmup_steps:
+            self._warmup.update({self.optimizer.group_of(name): 0 for name in names})
         return names
 
     def step(self) -> list[str]:
@@ -172,20 +171,16 @@ class ProgressiveUnfreezing:
         return []
 
     def _warmup_pre_hook(self, optimizer, args, kwargs) -> None:
-        if self._warmup_done >= self.warmup_steps:
-            return
-        factor = (self._warmup_done + 1) / self.warmup_steps
         groups = optimizer.param_groups
-        self._saved_lrs = [groups[g]["lr"] for g in self._warm_groups]
-        for g in self._warm_groups:
-            groups[g]["lr"] = groups[g]["lr"] * factor
+        for g, done in self._warmup.items():
+            self._saved_lrs[g] = groups[g]["lr"]
+            groups[g]["lr"] = groups[g]["lr"] * ((done + 1) / self.warmup_steps)
 
     def _warmup_post_hook(self, optimizer, args, kwargs) -> None:
-        if self._warmup_done >= self.warmup_steps:
-            return
-        for g, lr in zip(self._warm_groups, self._saved_lrs):
+        for g, lr in self._saved_lrs.items():
             optimizer.param_groups[g]["lr"] = lr
-        self._warmup_done += 1
+        self._saved_lrs.clear()
+        self._warmup = {g: done + 1 for g, done in self._warmup.items() if done + 1 < self.warmup_steps}
 
     def state_dict(self) -> dict[str, Any]:
         """Counters, stage, history, warm-up progress and the plateau; loads with weights_only=True.
@@ -197,8 +192,7 @@ class ProgressiveUnfreezing:
             "steps_in_stage": self.steps_in_stage,
             "epochs_in_stage": self.epochs_in_stage,
             "history": list(self.history),
-            "warm_groups": list(self._warm_groups),
-            "warmup_done": self._warmup_done,
+            "warmup": [[group, done] for group, done in self._warmup.items()],
             "plateau": None if self.plateau is None else self.plateau.state_dict(),
         }
 
@@ -211,6 +205,8 @@ class ProgressiveUnfreezing:
         self.steps, self.steps_in_stage = state["steps"], state["steps_in_stage"]
         self.epochs_in_stage = state["epochs_in_stage"]
         self.history = list(state["history"])
-        self._warm_groups, self._warmup_done = list(state["warm_groups"]), state["warmup_done"]
+        if state["warmup"] and not self.warmup_steps:
+            raise ValueError("state has a warm-up in progress but this schedule has warmup_steps=0")
+        self._warmup = {group: done for group, done in state["warmup"]}
         if self.plateau is not None:
             self.plateau.load_state_dict(state["plateau"])

@@ -416,3 +416,31 @@ def test_step_hooks_run_once_per_step_and_closure_passes_through():
     assert isinstance(loss, torch.Tensor)
     assert calls == ["pre", "post"]
     assert not hasattr(type(opt).step, "__wrapped__")
+
+
+def test_grad_scaler_with_fused_inner_optimizer():
+    """GradScaler's fused path (grad_scale/found_inf set on the optimizer, deleted after the step)
+    works through the wrapper and matches the bare fused optimizer bitwise."""
+    results = []
+    for wrap in (True, False):
+        torch.manual_seed(0)
+        model = _mlp()
+        if wrap:
+            opt = lrgroups.LayerwiseOptimizer(model, torch.optim.Adam, lr=1e-2, fused=True)
+        else:
+            opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+        scaler = torch.amp.GradScaler("cpu")
+        for step in range(3):
+            generator = torch.Generator().manual_seed(step)
+            scaler.scale(model(torch.randn(5, 4, generator=generator)).pow(2).mean()).backward()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+        results.append([p.detach().clone() for p in model.parameters()])
+        assert not hasattr(getattr(opt, "inner", opt), "grad_scale")
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_layer_decay_between_on_single_depth_model_raises_clearly():
+    with pytest.raises(ValueError, match="has no effect"):
+        lrgroups.plan(nn.Linear(3, 3), lr=0.1, rules=[lrgroups.layer_decay_between(1e-5, 1e-3)])

@@ -251,3 +251,36 @@ def test_early_stopping_advances_unfreezing_before_stopping():
     decisions = [stopper.step(m) for m in [1.0, 1.0, 1.0, 1.0, 1.0]]
     assert [d.stop for d in decisions] == [False, False, False, False, True]
     assert schedule.stages_remaining == 0
+
+
+def test_warmup_counts_per_group_when_stages_overlap():
+    """A stage unfrozen while another group is still warming up does not cut that warm-up short:
+    each group ramps over its own warmup_steps."""
+    model = _mlp()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])
+    schedule = lrgroups.ProgressiveUnfreezing(opt, warmup_steps=4)
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append((o.param_groups[2]["lr"], o.param_groups[1]["lr"])))
+    schedule.advance("first")
+    for step in range(4):
+        if step == 1:
+            schedule.advance("second")
+        model(torch.randn(3, 4)).sum().backward()
+        opt.step()
+    assert [a for a, _ in seen] == pytest.approx([0.0125, 0.025, 0.0375, 0.05])
+    assert [b for _, b in seen[1:]] == pytest.approx([0.00625, 0.0125, 0.01875])
+
+
+def test_frozen_norm_returns_to_train_mode_after_unfreeze_without_model_train():
+    """norm_stats='freeze' switches a frozen BatchNorm to eval for each forward only: once unfrozen it
+    updates its statistics again without another model.train() call."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(2, 3, 6, 6))
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule(depth=0, frozen=True)])
+    model.train()
+    model(torch.randn(2, 3, 6, 6))
+    assert model[1].training
+    opt.unfreeze(depth=0)
+    before = model[1].running_mean.clone()
+    model(torch.randn(2, 3, 6, 6))
+    assert not torch.equal(model[1].running_mean, before)
