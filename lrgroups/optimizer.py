@@ -24,7 +24,7 @@ import bisect
 import math
 import warnings
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any, Callable, Sequence
 
 import pandas as pd
@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from .depth import unwrap_model
-from .rules import ParamPlan, Rule, Selector, _no_match_message, describe, plan_params
+from .rules import ParamPlan, Rule, Selector, _no_match_message, describe_nonempty, plan_params
 
 __all__ = ["LayerwiseOptimizer", "CheckpointMismatchError"]
 
@@ -113,9 +113,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     ) -> None:
         if norm_stats not in ("freeze", "update"):
             raise ValueError(f"norm_stats must be 'freeze' or 'update', got {norm_stats!r}")
-        infos = describe(model, coarse)
-        if not infos:
-            raise ValueError(f"{type(unwrap_model(model)).__name__} has no parameters to optimize")
+        infos = describe_nonempty(model, coarse)
         rows = plan_params(infos, lr=lr, weight_decay=weight_decay, rules=rules)
         settings = list(OrderedDict.fromkeys(row.settings for row in rows))
         group_of = [settings.index(row.settings) for row in rows]
@@ -315,16 +313,19 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             )
 
     # ---------------------------------------------------------------- freezing
-    def _select(self, pattern: str | None, select: dict) -> list[int]:
-        selector = Selector(pattern=pattern, **select)
+    def _select(self, pattern: str | Selector | None, select: dict) -> list[int]:
+        if isinstance(pattern, Selector) and select:
+            raise TypeError("give a Selector or selector fields, not both")
+        selector = pattern if isinstance(pattern, Selector) else Selector(pattern=pattern, **select)
         chosen = [i for i, info in enumerate(self._infos) if selector.matches(info)]
         if not chosen:
-            raise ValueError(_no_match_message(Rule(pattern=pattern, **select), [row.name for row in self._rows]))
+            rule = Rule(**{f.name: getattr(selector, f.name) for f in fields(Selector)})
+            raise ValueError(_no_match_message(rule, [row.name for row in self._rows]))
         return chosen
 
-    def freeze(self, pattern: str | None = None, *, keep_state: bool = False, **select: Any) -> list[str]:
-        """Freeze the selected parameters (selected as by :class:`~lrgroups.Selector`); returns the
-        names that changed.
+    def freeze(self, pattern: str | Selector | None = None, *, keep_state: bool = False, **select: Any) -> list[str]:
+        """Freeze the selected parameters (a glob, a :class:`~lrgroups.Selector`, or its fields as
+        keywords); returns the names that changed.
 
         A frozen parameter leaves its group's ``params`` list, gets ``requires_grad=False`` and
         ``.grad = None``: no step, momentum or weight decay touches it. Its optimizer state is
@@ -334,7 +335,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """
         return [self._rows[i].name for i in self._select(pattern, select) if self._freeze_one(i, keep_state)]
 
-    def unfreeze(self, pattern: str | None = None, **select: Any) -> list[str]:
+    def unfreeze(self, pattern: str | Selector | None = None, **select: Any) -> list[str]:
         """Unfreeze the selected parameters: each is hot-added to the group its rules gave it, at
         its plan position (so group contents equal those of a run that never froze it); returns the
         names that changed."""

@@ -251,10 +251,15 @@ def plan(
     that matches nothing (with the closest names), and a depth-dependent rule on a model whose
     parameters all sit at one depth.
     """
+    return plan_params(describe_nonempty(model, coarse), lr=lr, weight_decay=weight_decay, rules=rules)
+
+
+def describe_nonempty(model: nn.Module, coarse: bool = False) -> list[ParamInfo]:
+    """:func:`describe`, raising ``ValueError`` for a model without parameters."""
     infos = describe(model, coarse)
     if not infos:
         raise ValueError(f"{type(unwrap_model(model)).__name__} has no parameters to optimize")
-    return plan_params(infos, lr=lr, weight_decay=weight_decay, rules=rules)
+    return infos
 
 
 def plan_params(

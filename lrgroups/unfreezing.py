@@ -122,9 +122,7 @@ class ProgressiveUnfreezing:
             optimizer.register_step_post_hook(self._warmup_post_hook)
 
     def _apply(self, stage: Selector, freeze: bool) -> list[str]:
-        fields = {k: getattr(stage, k) for k in ("regex", "module_type", "ndim", "depth", "where")}
-        method = self.optimizer.freeze if freeze else self.optimizer.unfreeze
-        return method(stage.pattern, **{k: v for k, v in fields.items() if v is not None})
+        return (self.optimizer.freeze if freeze else self.optimizer.unfreeze)(stage)
 
     @property
     def stages_remaining(self) -> int:
