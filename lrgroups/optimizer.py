@@ -79,6 +79,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         weight_decay: base weight decay.
         rules: ordered :class:`~lrgroups.Rule` s.
         coarse: stage-wise depths (timm ``group_matcher(coarse=True)``) instead of block-wise.
+        example_input / tied: how depths follow the data flow and where a tied embedding/output
+            tensor goes (see :func:`lrgroups.depth.param_layers`).
         norm_stats: what a frozen normalisation layer does with its running statistics: ``"freeze"``
             (default: it runs in eval mode while all its affine parameters are frozen, so a frozen
             block does not change at all) or ``"update"`` (BatchNorm statistics follow
@@ -109,11 +111,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         rules: Sequence[Rule] = (),
         coarse: bool = False,
         norm_stats: str = "freeze",
+        example_input: Any = None,
+        tied: str | None = None,
         **optimizer_kwargs: Any,
     ) -> None:
         if norm_stats not in ("freeze", "update"):
             raise ValueError(f"norm_stats must be 'freeze' or 'update', got {norm_stats!r}")
-        infos = describe_nonempty(model, coarse)
+        infos = describe_nonempty(model, coarse, example_input=example_input, tied=tied)
         rows = plan_params(infos, lr=lr, weight_decay=weight_decay, rules=rules)
         settings = list(OrderedDict.fromkeys(row.settings for row in rows))
         group_of = [settings.index(row.settings) for row in rows]

@@ -23,12 +23,12 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 import torch.nn as nn
 
-from .depth import find_head, is_norm, param_depths, unwrap_model
+from .depth import Tied, is_norm, param_layers, unwrap_model
 
 __all__ = [
     "ParamInfo",
@@ -52,8 +52,12 @@ Setting = Union[Number, Callable[["ParamInfo"], Number], None]
 class ParamInfo:
     """What a rule may look at for one parameter (tied weights appear once, under their first name).
 
-    ``depth``/``max_depth`` come from :mod:`lrgroups.depth`; ``is_head`` marks the classifier's
-    parameters; ``no_weight_decay`` marks names the model lists in its own ``no_weight_decay()``.
+    ``depth``/``max_depth`` come from :mod:`lrgroups.depth`; ``is_head`` marks the parameters of
+    every head (one flag per tensor, whatever its names); ``depth_source`` says where the depth came
+    from (``"timm group_matcher"``, ``"forward order"``, ``"registration order"``, with ``"; head"``
+    for heads moved to the top depth and the tied-embedding treatment, see
+    :func:`lrgroups.depth.param_layers`); ``no_weight_decay`` marks names the model lists in its own
+    ``no_weight_decay()``.
     """
 
     name: str
@@ -65,6 +69,7 @@ class ParamInfo:
     is_head: bool
     is_norm: bool
     no_weight_decay: bool
+    depth_source: str = ""
 
     @property
     def ndim(self) -> int:
@@ -169,6 +174,7 @@ class ParamPlan:
     frozen: bool
     rules: tuple[str, ...]
     shape: tuple[int, ...]
+    depth_source: str = ""
 
     @property
     def settings(self) -> tuple[float, float]:
@@ -176,13 +182,24 @@ class ParamPlan:
         return (self.lr, self.weight_decay)
 
 
-def describe(model: nn.Module, coarse: bool = False) -> list[ParamInfo]:
-    """One :class:`ParamInfo` per distinct parameter tensor of ``model``, in registration order."""
+def describe(
+    model: nn.Module, coarse: bool = False, *, example_input: Any = None, tied: Tied | None = None
+) -> list[ParamInfo]:
+    """One :class:`ParamInfo` per distinct parameter tensor of ``model``, in registration order.
+
+    ``example_input`` and ``tied`` are those of :func:`lrgroups.depth.param_layers` (how depth follows
+    the data flow, where a tied embedding/output tensor goes); so are its errors and warnings.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> infos = describe(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)), example_input=torch.randn(1, 4))
+        >>> [(i.name, i.depth, i.is_head, i.depth_source) for i in infos][-1]
+        ('1.bias', 1, True, 'forward order; head')
+    """
     model = unwrap_model(model)
-    depths = param_depths(model, coarse)
-    max_depth = max(depths.values(), default=0)
-    head = find_head(model)
-    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    layers = param_layers(model, coarse, example_input=example_input, tied=tied)
+    by_id = {id(param): layers[name] for name, param in model.named_parameters()}
+    max_depth = max((layer.depth for layer in layers.values()), default=0)
     no_wd = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
 
     # One walk over every (module, parameter) registration, shared ones included: the first name of
@@ -201,17 +218,19 @@ def describe(model: nn.Module, coarse: bool = False) -> list[ParamInfo]:
 
     infos = []
     for name, param, module in first:
+        layer = by_id[id(param)]
         infos.append(
             ParamInfo(
                 name=name,
                 aliases=tuple(names[id(param)][1:]),
                 param=param,
                 module=module,
-                depth=depths[name],
+                depth=layer.depth,
                 max_depth=max_depth,
-                is_head=id(param) in head_ids,
+                is_head=layer.is_head,
                 is_norm=is_norm(module),
                 no_weight_decay=any(fnmatch.fnmatchcase(name, pattern) for pattern in no_wd),
+                depth_source=layer.source,
             )
         )
     return infos
@@ -243,20 +262,27 @@ def plan(
     weight_decay: float = 0.0,
     rules: Sequence[Rule] = (),
     coarse: bool = False,
+    example_input: Any = None,
+    tied: Tied | None = None,
 ) -> list[ParamPlan]:
     """The settings of every parameter of ``model``: a pure function of the model and the rules.
+
+    ``coarse``, ``example_input`` and ``tied`` decide depths and heads (see :func:`describe`).
 
     Raises ``ValueError`` (one message naming the cause, nothing else done) for: a model without
     parameters, a non-finite or negative lr or weight decay (base or produced by a rule), a rule
     that matches nothing (with the closest names), and a depth-dependent rule on a model whose
     parameters all sit at one depth.
     """
-    return plan_params(describe_nonempty(model, coarse), lr=lr, weight_decay=weight_decay, rules=rules)
+    infos = describe_nonempty(model, coarse, example_input=example_input, tied=tied)
+    return plan_params(infos, lr=lr, weight_decay=weight_decay, rules=rules)
 
 
-def describe_nonempty(model: nn.Module, coarse: bool = False) -> list[ParamInfo]:
+def describe_nonempty(
+    model: nn.Module, coarse: bool = False, *, example_input: Any = None, tied: Tied | None = None
+) -> list[ParamInfo]:
     """:func:`describe`, raising ``ValueError`` for a model without parameters."""
-    infos = describe(model, coarse)
+    infos = describe(model, coarse, example_input=example_input, tied=tied)
     if not infos:
         raise ValueError(f"{type(unwrap_model(model)).__name__} has no parameters to optimize")
     return infos
@@ -272,8 +298,9 @@ def plan_params(
     flat = next((rule for rule in rules if rule.needs_depth), None) if infos and infos[0].max_depth == 0 else None
     if flat is not None:
         raise ValueError(
-            f"{flat.label} has no effect: every parameter has depth 0 (the model has one layer); "
-            "use a model with several layers or drop the rule"
+            f"{flat.label} has no effect: every parameter has depth 0 (depth from "
+            f"{infos[0].depth_source or 'the model'}: one layer); use a model with several layers or "
+            "drop the rule"
         )
     rows = []
     hits = [0] * len(rules)
@@ -307,6 +334,7 @@ def plan_params(
                 frozen=value["frozen"],
                 rules=tuple(matched),
                 shape=tuple(info.param.shape),
+                depth_source=info.depth_source,
             )
         )
     for rule, count in zip(rules, hits):
@@ -380,8 +408,12 @@ def no_weight_decay(**select) -> Rule:
 
 
 def head(**settings) -> Rule:
-    """A rule for the classifier's parameters (timm's ``get_classifier()``, else the generic
-    fallback of :func:`lrgroups.depth.find_head`).
+    """A rule for the parameters of every head (:attr:`ParamInfo.is_head`): timm's
+    ``get_classifier()`` on timm models; otherwise every layer whose output reaches the model's
+    output directly in a forward pass (DETR: the class head and the whole box MLP), or, when the
+    model cannot be run, the classifier found by name (:func:`lrgroups.depth.find_head`). A tensor
+    tied between the input embedding and the output layer is a head unless
+    ``tied="embedding"`` (see :func:`lrgroups.depth.param_layers`).
 
     Example:
         >>> head(lr=1e-3).label
