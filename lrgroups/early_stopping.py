@@ -51,7 +51,9 @@ The rules, applied to every check in this order:
    not held back.
 7. **Restoring.** With ``restore_best=True`` the model's state dict (buffers included) is copied,
    bitwise, at every improving check -- to CPU memory, or to ``best_weights_path`` -- and loaded back
-   into the model on every stop (and on ``restore()``).
+   into the model on every stop (and on ``restore()``). Entries that are not tensors (a module's
+   ``get_extra_state()``, which may return a dict or any picklable object) are kept as deep copies,
+   tensors inside them copied to the CPU like the others.
 
 ``patience`` follows Keras and Lightning (stop on the ``patience``-th check without improvement), not
 ``torch.optim.lr_scheduler.ReduceLROnPlateau`` (which tolerates ``patience`` such checks).
@@ -59,6 +61,7 @@ The rules, applied to every check in this order:
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -170,6 +173,19 @@ class Plateau:
             raise ValueError(f"state was saved in mode {state['mode']!r}, this Plateau is {self.mode!r}")
         self.best, self.best_step = state["best"], state["best_step"]
         self.checks_since_improvement = state["checks_since_improvement"]
+
+
+def _to_cpu(value: Any, clone: bool) -> Any:
+    """A state-dict value on the CPU: tensors (also inside dicts, lists and tuples) moved, bitwise;
+    any other value (a module's extra state) deep-copied when ``clone``, so later changes to the
+    model's object do not reach the kept one."""
+    if isinstance(value, torch.Tensor):
+        return value.to("cpu", copy=clone)
+    if isinstance(value, dict):
+        return type(value)((k, _to_cpu(v, clone)) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_to_cpu(v, clone) for v in value)
+    return copy.deepcopy(value) if clone else value
 
 
 def _best_text(best: float | None, best_step: int | None) -> str:
@@ -328,7 +344,7 @@ class EarlyStopping:
 
     def _save_best(self, model: nn.Module, step: int) -> None:
         if self.best_weights_path is None:
-            self._best_weights = {name: t.to("cpu", copy=True) for name, t in model.state_dict().items()}
+            self._best_weights = {name: _to_cpu(value, clone=True) for name, value in model.state_dict().items()}
             return
         # torch.save copies one storage at a time to the CPU; the rename makes the write atomic.
         partial = self.best_weights_path.with_name(self.best_weights_path.name + ".partial")
@@ -342,7 +358,8 @@ class EarlyStopping:
         if self.plateau.best_step is None:
             raise RuntimeError("no best weights yet: no finite metric has been seen")
         if self.best_weights_path is None:
-            weights = self._best_weights
+            # Extra state is handed to set_extra_state, which may keep and change it: give it a copy.
+            weights = {k: v if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in self._best_weights.items()}
         else:
             saved = torch.load(self.best_weights_path, map_location="cpu", weights_only=True, mmap=True)
             if saved["step"] != self.plateau.best_step:
@@ -372,7 +389,7 @@ class EarlyStopping:
         self.calls = state["calls"]
         if saved == "memory":
             weights = state["best_weights"]
-            self._best_weights = None if weights is None else {k: t.to("cpu") for k, t in weights.items()}
+            self._best_weights = None if weights is None else {k: _to_cpu(v, clone=False) for k, v in weights.items()}
 
     def _weights_location(self) -> str:
         if self.best_weights_path is not None:

@@ -404,3 +404,54 @@ def test_unfreezing_without_the_interface_raises_type_error():
 
 def test_docstring_examples_run():
     assert doctest.testmod(early_stopping).failed == 0
+
+
+class Counter(nn.Module):
+    """A module whose extra state is a plain dict (not a tensor), as ``get_extra_state()`` allows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+        self.seen = {"batches": 0, "tags": ["a"]}
+
+    def forward(self, x):
+        self.seen["batches"] += 1
+        self.seen["tags"].append("b")
+        return self.linear(x)
+
+    def get_extra_state(self):
+        return self.seen
+
+    def set_extra_state(self, state):
+        self.seen = state
+
+
+@pytest.mark.parametrize("in_file", [False, True])
+def test_restore_best_keeps_non_tensor_state_dict_entries(tmp_path, in_file):
+    """restore_best=True on a model whose get_extra_state() returns a dict (issue 11: it failed with
+    "'dict' object has no attribute 'to'"): the extra state of the best check is kept as a copy
+    (later changes to the model's object do not reach it), restored with the weights, and the state
+    dict of the stopper loads with weights_only=True."""
+    model = Counter()
+    path = tmp_path / "best.pt" if in_file else None
+    stopper = EarlyStopping("min", patience=2, restore_best=True, model=model, best_weights_path=path)
+    model(torch.ones(1, 2))
+    stopper.step(1.0)  # best: batches 1
+    best_weight = model.linear.weight.detach().clone()
+    for loss in (2.0, 3.0):
+        with torch.no_grad():
+            model.linear.weight.add_(1.0)
+        model(torch.ones(1, 2))
+        decision = stopper.step(loss)
+    assert decision.stop and decision.restored
+    assert model.seen == {"batches": 1, "tags": ["a", "b"]}
+    assert torch.equal(model.linear.weight, best_weight)
+    model(torch.ones(1, 2))  # the restored object is the model's own: changing it does not change the kept copy
+    stopper.restore()
+    assert model.seen == {"batches": 1, "tags": ["a", "b"]}
+    saved = tmp_path / "stopper.pt"
+    torch.save(stopper.state_dict(), saved)
+    resumed = EarlyStopping("min", patience=2, restore_best=True, model=Counter(), best_weights_path=path)
+    resumed.load_state_dict(torch.load(saved, weights_only=True))
+    resumed.restore()
+    assert resumed.model.seen == {"batches": 1, "tags": ["a", "b"]}
