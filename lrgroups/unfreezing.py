@@ -17,11 +17,12 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Sequence, Union
 
 from .early_stopping import Plateau
 from .optimizer import LayerwiseOptimizer
-from .rules import Selector
+from .rules import Rule, Selector, _no_match_message
 
 __all__ = ["ProgressiveUnfreezing", "depth_stages"]
 
@@ -54,10 +55,36 @@ def _selector(stage: StageSpec) -> Selector:
     return Selector(**stage)
 
 
+def _selected(optimizer: LayerwiseOptimizer, selector: Selector) -> list[str]:
+    """The names ``selector`` picks among the optimizer's parameters, nothing changed.
+
+    ``freeze()`` checks its selector against every parameter before it changes anything, and raises
+    ``ValueError`` when the selector picks none: a probe that records what ``selector`` matches and
+    picks nothing itself asks it, through the public API, without side effects.
+    """
+    found: list[str] = []
+    probe = Selector(where=lambda info: bool(selector.matches(info) and found.append(info.name)))
+    try:
+        optimizer.freeze(probe)
+    except ValueError:
+        pass
+    return found
+
+
+def _by_name(names: Sequence[str]) -> Selector:
+    chosen = set(names)
+    return Selector(where=lambda info: info.name in chosen)
+
+
 class ProgressiveUnfreezing:
     """Unfreezes stages of a :class:`~lrgroups.LayerwiseOptimizer` one after another.
 
-    At construction stage 0 is unfrozen and every later stage frozen. A stage is advanced by
+    At construction every parameter that a later stage selects (and stage 0 does not) and that is
+    trainable is frozen by the schedule; the schedule records these names and **thaws only what it
+    froze**: a parameter frozen before the schedule was built (by the user with
+    ``requires_grad_(False)``, by a rule, by peft) stays frozen through every stage (an explicit
+    ``optimizer.unfreeze(...)`` still thaws it), and a stage that would thaw nothing warns. A stage is
+    advanced by
     :meth:`step` (after ``every_steps`` optimizer steps in the stage), :meth:`end_epoch` (after
     ``every_epochs`` epochs), :meth:`observe` (when the monitored metric reaches a plateau: patience
     advances the stage instead of stopping), or :meth:`advance` directly. Unfreezing hot-adds the
@@ -75,8 +102,20 @@ class ProgressiveUnfreezing:
             parameters ramps linearly from ``1/warmup_steps`` to 1 of the scheduled value over this
             many steps (applied inside ``step()`` only, so schedulers never see it; groups shared
             with parameters already training warm up too; each group keeps its own count, so a
-            stage unfrozen mid warm-up does not cut another short). Build the schedule before
-            loading a checkpoint into the optimizer: construction (re)freezes the later stages.
+            stage unfrozen mid warm-up does not cut another short).
+
+    Resuming: :meth:`load_state_dict` makes the optimizer's frozen set agree with the saved stage
+    (see there), so a fresh optimizer, or one whose checkpoint was loaded before or after the
+    schedule was built, continues at the saved stage.
+
+    Raises:
+        TypeError: ``optimizer`` is not a :class:`~lrgroups.LayerwiseOptimizer`.
+        ValueError: no stage, a stage that matches no parameter (with the closest names), a count or
+            ``warmup_steps`` out of range.
+
+    Warns:
+        UserWarning: a stage that thaws nothing (every parameter it selects was frozen by someone else
+            before the schedule was built), or a stage 0 that trains nothing.
     """
 
     def __init__(
@@ -114,15 +153,44 @@ class ProgressiveUnfreezing:
         self.history: list[dict[str, Any]] = []
         self._warmup: dict[int, int] = {}  # param group -> warm-up steps done
         self._saved_lrs: dict[int, Any] = {}
-        for stage in self.stages[1:]:
-            self._apply(stage, freeze=True)
-        self._apply(self.stages[0], freeze=False)
+        self._owned = self._freeze_later_stages()  # name -> the stage that thaws it
         if warmup_steps:
             optimizer.register_step_pre_hook(self._warmup_pre_hook)
             optimizer.register_step_post_hook(self._warmup_post_hook)
 
-    def _apply(self, stage: Selector, freeze: bool) -> list[str]:
-        return (self.optimizer.freeze if freeze else self.optimizer.unfreeze)(stage)
+    def _freeze_later_stages(self) -> dict[str, int]:
+        """Freeze, and own, the trainable parameters of stages 1.. (each thawed by the first stage
+        that selects it); warn for stages that will thaw nothing."""
+        optimizer = self.optimizer
+        thaw_at: dict[str, int] = {}
+        selected = []
+        for index, stage in enumerate(self.stages):
+            names = _selected(optimizer, stage)
+            if not names:
+                rule = Rule(**{f: getattr(stage, f) for f in ("pattern", "regex", "module_type", "ndim", "depth", "where")})
+                raise ValueError(f"stage {index}: " + _no_match_message(rule, [row.name for row in optimizer.plan]))
+            selected.append(names)
+            for name in names:
+                thaw_at.setdefault(name, index)
+        owned = {name: k for name, k in thaw_at.items() if k > 0 and not optimizer.is_frozen(name)}
+        if owned:
+            optimizer.freeze(_by_name(list(owned)))
+        if all(optimizer.is_frozen(name) for name in selected[0]):
+            warnings.warn(
+                f"ProgressiveUnfreezing: stage 0 trains nothing: its parameters ({_few(selected[0])}) "
+                "were frozen before the schedule was built (by you or a rule) and stay frozen",
+                stacklevel=3,
+            )
+        for index, names in enumerate(selected[1:], start=1):
+            if not any(owned.get(name) == index for name in names):
+                warnings.warn(
+                    f"ProgressiveUnfreezing: stage {index} thaws nothing: its parameters ({_few(names)}) were "
+                    "frozen before the schedule was built (by you, a rule or an adapter library) or belong to "
+                    "an earlier stage; a schedule thaws only what it froze (optimizer.unfreeze(...) thaws "
+                    "anything)",
+                    stacklevel=3,
+                )
+        return owned
 
     @property
     def stages_remaining(self) -> int:
@@ -134,7 +202,7 @@ class ProgressiveUnfreezing:
         if not self.stages_remaining:
             return []
         self.stage += 1
-        names = self._apply(self.stages[self.stage], freeze=False)
+        names = self._thaw(self.stage)
         self.history.append({"stage": self.stage, "step": self.steps, "reason": reason, "unfrozen": len(names)})
         self.steps_in_stage = 0
         self.epochs_in_stage = 0
@@ -143,6 +211,16 @@ class ProgressiveUnfreezing:
         if self.warmup_steps:
             self._warmup.update({self.optimizer.group_of(name): 0 for name in names})
         return names
+
+    def _thaw(self, stage: int) -> list[str]:
+        """Unfreeze the parameters this schedule froze that ``stage`` thaws (and that are frozen)."""
+        names = [name for name, k in self._owned.items() if k == stage and self.optimizer.is_frozen(name)]
+        return self.optimizer.unfreeze(_by_name(names)) if names else []
+
+    @property
+    def owned(self) -> dict[str, int]:
+        """The parameters this schedule froze itself, each with the stage that thaws it."""
+        return dict(self._owned)
 
     def step(self) -> list[str]:
         """Count one optimizer step; advance when ``every_steps`` steps were taken in this stage."""
@@ -181,9 +259,10 @@ class ProgressiveUnfreezing:
         self._warmup = {g: done + 1 for g, done in self._warmup.items() if done + 1 < self.warmup_steps}
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters, stage, history, warm-up progress and the plateau; loads with weights_only=True.
-        (The frozen set itself is in the optimizer's state dict.)"""
+        """Counters, stage, history, warm-up progress, the plateau and the names the schedule froze
+        (with the stage that thaws each); loads with weights_only=True."""
         return {
+            "owned": [[name, stage] for name, stage in self._owned.items()],
             "stage": self.stage,
             "num_stages": len(self.stages),
             "steps": self.steps,
@@ -195,16 +274,56 @@ class ProgressiveUnfreezing:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state`` and make the optimizer's frozen set agree with its stage: every
+        parameter the saved schedule froze is thawed if its stage has been reached and frozen
+        otherwise; parameters frozen by someone else are left as they are. So a resume with a fresh
+        optimizer (its checkpoint rejected, say) at stage 2 of 2 trains what stage 2 trains.
+
+        Raises:
+            ValueError: nothing is changed when the state does not fit: another number of stages, a
+                plateau in one and not the other, a warm-up in progress without ``warmup_steps``, a
+                saved name the optimizer does not have, or a conflict over who froze a parameter (the
+                saved schedule thawed it but it was frozen before this schedule was built, or this
+                schedule froze it but the saved one did not).
+        """
         if state["num_stages"] != len(self.stages):
             raise ValueError(f"state has {state['num_stages']} stages, this schedule has {len(self.stages)}")
         if (state["plateau"] is None) != (self.plateau is None):
             raise ValueError("state and schedule disagree on whether a plateau is monitored")
-        self.stage = state["stage"]
+        if state["warmup"] and not self.warmup_steps:
+            raise ValueError("state has a warm-up in progress but this schedule has warmup_steps=0")
+        stage = state["stage"]
+        owned = {name: k for name, k in state["owned"]} if "owned" in state else dict(self._owned)
+        known = {row.name for row in self.optimizer.plan}
+        problems = [f"{name}: not a parameter of this optimizer" for name in owned if name not in known]
+        problems += [
+            f"{name}: the saved schedule thawed it at stage {k}, but it was frozen before this schedule "
+            "was built (by you or a rule)"
+            for name, k in owned.items()
+            if name in known and k <= stage and name not in self._owned and self.optimizer.is_frozen(name)
+        ]
+        problems += [
+            f"{name}: this schedule froze it, but the saved one did not (it was frozen by you or a rule there)"
+            for name in self._owned
+            if name not in owned
+        ]
+        if problems:
+            raise ValueError("schedule state does not fit this optimizer:\n  " + "\n  ".join(problems[:20]))
+        self._owned = owned
+        thaw = [name for name, k in owned.items() if k <= stage and self.optimizer.is_frozen(name)]
+        freeze = [name for name, k in owned.items() if k > stage and not self.optimizer.is_frozen(name)]
+        if thaw:
+            self.optimizer.unfreeze(_by_name(thaw))
+        if freeze:
+            self.optimizer.freeze(_by_name(freeze))
+        self.stage = stage
         self.steps, self.steps_in_stage = state["steps"], state["steps_in_stage"]
         self.epochs_in_stage = state["epochs_in_stage"]
         self.history = list(state["history"])
-        if state["warmup"] and not self.warmup_steps:
-            raise ValueError("state has a warm-up in progress but this schedule has warmup_steps=0")
         self._warmup = {group: done for group, done in state["warmup"]}
         if self.plateau is not None:
             self.plateau.load_state_dict(state["plateau"])
+
+
+def _few(names: Sequence[str]) -> str:
+    return ", ".join(names[:4]) + (f", ... ({len(names)} in all)" if len(names) > 4 else "")
