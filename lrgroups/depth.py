@@ -28,9 +28,9 @@ Where depth comes from (:func:`param_layers` says which, per parameter, in ``Dep
 Depths are contiguous (0..max, a layer counts once however often its module is registered); a
 tensor registered under several names has one depth and one head flag. Wrappers are looked through:
 DDP, DataParallel, ``torch.compile`` and peft's ``PeftModel`` (names are the bare model's), and
-modules whose only parameters sit under one child called ``module``, ``model``, ``_orig_mod`` or
-``base_model`` (names keep that prefix; timm's ``group_matcher`` patterns apply to the names
-without it).
+modules that own no parameter and hold all of them in one child (``.module``, ``.model``, peft's
+``base_model.model``: names keep that prefix; timm's ``group_matcher`` patterns apply to the names
+without it, and the layers are those of the child).
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ _NORMS = (
     nn.LocalResponseNorm,
     nn.RMSNorm,
 )
-_WRAPPER_CHILDREN = ("module", "model", "_orig_mod", "base_model")
 _CONV_SIZES = (32, 64, 224)
 _MAX_CANDIDATES = 12  # input shapes tried before falling back to registration order
 
@@ -109,13 +108,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def _core(model: nn.Module) -> tuple[str, nn.Module]:
-    """``(prefix, inner)``: the model under generic prefixed wrappers, whose names are
-    ``prefix + name``. A wrapper owns no parameter itself and holds all of them in one child named
-    ``module``, ``model``, ``_orig_mod`` or ``base_model``."""
+    """``(prefix, inner)``: the model under prefixed wrappers, whose names are ``prefix + name``.
+    A wrapper owns no parameter itself and holds all of them in one child (``.module``, ``.model``,
+    peft's ``base_model.model``, a user's ``self.net``, ...)."""
     prefix = ""
     while next(model.parameters(recurse=False), None) is None:
         holders = [(name, child) for name, child in model.named_children() if _has_params(child)]
-        if len(holders) != 1 or holders[0][0] not in _WRAPPER_CHILDREN:
+        if len(holders) != 1:
             break
         prefix += holders[0][0] + "."
         model = holders[0][1]
@@ -341,8 +340,9 @@ def _run_trace(model: nn.Module, args: tuple, kwargs: dict) -> _Trace:
     requires_grad = [p.requires_grad for p in params]
     training = [(m, m.training) for m in model.modules()]
     handles = [m.register_forward_pre_hook(before) for m in modules]
-    # The model's own output is where the search for heads starts, not a layer's output.
-    handles += [m.register_forward_hook(after) for m in modules if m is not model]
+    # The model's own output (also that of the wrapped model inside a wrapper: a module holding every
+    # parameter) is where the search for heads starts, not a layer's output.
+    handles += [m.register_forward_hook(after) for m in modules if len(list(m.parameters())) < len(params)]
     try:
         model.eval()
         for p in params:
@@ -607,7 +607,7 @@ def param_layers(
             name: DepthInfo(depths[name], id(p) in head_ids, "timm group_matcher" + ("; head" if id(p) in head_ids else ""))
             for name, p in named
         }
-    units = list(_units(model, "", coarse))
+    units = list(_units(core, prefix, coarse))
     trace, why = _trace(model, example_input)
     if trace is None:
         warnings.warn(
