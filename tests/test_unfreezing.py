@@ -284,3 +284,140 @@ def test_frozen_norm_returns_to_train_mode_after_unfreeze_without_model_train():
     before = model[1].running_mean.clone()
     model(torch.randn(2, 3, 6, 6))
     assert not torch.equal(model[1].running_mean, before)
+
+
+# ---------------------------------------------------------------- issue 11: what the user froze, resume, real shapes
+import warnings  # noqa: E402
+
+from lrgroups.depth import TiedWeightsWarning  # noqa: E402
+from strategies import DETRLike, TiedLM  # noqa: E402
+
+
+def _trainable(model):
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_user_frozen_box_head_stays_frozen_through_default_stages():
+    """DETR-like model, ``bbox_embed.requires_grad_(False)`` before building, default stages: the
+    first stage trains the class head only (the heads are on top, the backbone is not), every later
+    stage thaws what the schedule froze, and the box head is never thawed (issue 11: thawed silently);
+    an explicit opt.unfreeze still thaws it."""
+    model = DETRLike()
+    model.bbox_embed.requires_grad_(False)
+    box = {n for n, _ in model.named_parameters() if n.startswith("bbox_embed.")}
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-4, rules=[lrgroups.layer_decay(0.5)])
+    schedule = lrgroups.ProgressiveUnfreezing(opt)
+    assert _trainable(model) == {"class_embed.weight", "class_embed.bias"}
+    assert box.isdisjoint(schedule.owned)
+    while schedule.stages_remaining:
+        thawed = schedule.advance()
+        assert thawed and box.isdisjoint(thawed)
+    assert _trainable(model) == {n for n, _ in model.named_parameters()} - box
+    assert opt.unfreeze("bbox_embed.*") == sorted(box, key=[n for n, _ in model.named_parameters()].index)
+
+
+@given(module_trees(), st.randoms())
+def test_schedule_thaws_only_what_it_froze(tree, random):
+    """Whatever the user froze before building (a random subset), running every stage of the
+    default schedule leaves exactly that subset frozen and everything else trainable; the schedule
+    owns exactly the trainable parameters below the top depth."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        user_frozen = {name for name, p in tree.named_parameters() if random.random() < 0.3}
+        for name, p in tree.named_parameters():
+            p.requires_grad_(name not in user_frozen)
+        opt = lrgroups.LayerwiseOptimizer(tree, torch.optim.SGD, lr=0.1)
+        top = max(row.depth for row in opt.plan)
+        schedule = lrgroups.ProgressiveUnfreezing(opt)
+    assert set(schedule.owned) == {row.name for row in opt.plan if row.depth < top and row.name not in user_frozen}
+    while schedule.stages_remaining:
+        schedule.advance()
+    assert {row.name for row in opt.plan if row.frozen} == {name for name, _ in tree.named_parameters()} & user_frozen
+
+
+def test_stage_that_thaws_nothing_warns():
+    """A stage whose parameters were all frozen by the user thaws nothing: a loud warning, not a
+    silent no-op."""
+    model = _mlp()
+    model[2].requires_grad_(False)
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
+    with pytest.warns(UserWarning, match="stage 2 thaws nothing.*2.weight"):
+        lrgroups.ProgressiveUnfreezing(opt)
+
+
+def test_tied_lm_ulmfit_gradual_unfreezing_trains_tied_tensor_first():
+    """ULMFiT on a tied LM (discriminative rates lr/2.6 per layer, gradual unfreezing a layer per
+    epoch): the tied embedding/decoder tensor is the head, at the base lr, trained from the first
+    stage as fastai's split does (issue 11: depth 0, 6.25e-5, frozen until the last stage);
+    tied='embedding' puts it in the last stage at the lowest lr."""
+    model = TiedLM()
+    with pytest.warns(TiedWeightsWarning, match="'encoder.weight'.*'decoder.weight'"):
+        opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3, rules=[lrgroups.layer_decay(1 / 2.6)])
+    schedule = lrgroups.ProgressiveUnfreezing(opt, every_epochs=1)
+    assert _trainable(model) == {"encoder.weight", "decoder.bias"}
+    assert opt.param_groups[opt.group_of("encoder.weight")]["lr"] == 1e-3
+    assert [schedule.end_epoch() for _ in range(3)] == [
+        [f"rnns.2.{n}" for n, _ in model.rnns[2].named_parameters()],
+        [f"rnns.1.{n}" for n, _ in model.rnns[1].named_parameters()],
+        [f"rnns.0.{n}" for n, _ in model.rnns[0].named_parameters()],
+    ]
+    model = TiedLM()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3, rules=[lrgroups.layer_decay(1 / 2.6)],
+                                      tied="embedding")
+    schedule = lrgroups.ProgressiveUnfreezing(opt, every_epochs=1)
+    assert _trainable(model) == {"decoder.bias"}
+    assert [schedule.end_epoch() for _ in range(4)][-1] == ["encoder.weight"]
+    assert opt.explain().set_index("name").lr["encoder.weight"] == pytest.approx(1e-3 / 2.6**4)
+
+
+def _run_stages(model, schedule_state=None, load_optimizer=None, before=False):
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])
+    if load_optimizer is not None and before:
+        opt.load_state_dict(load_optimizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        schedule = lrgroups.ProgressiveUnfreezing(opt, every_steps=1)
+    if load_optimizer is not None and not before:
+        opt.load_state_dict(load_optimizer)
+    if schedule_state is not None:
+        schedule.load_state_dict(schedule_state)
+    return opt, schedule
+
+
+@pytest.mark.parametrize("optimizer_checkpoint", ["rejected", "loaded_before", "loaded_after"])
+def test_resume_at_last_stage_reconciles_frozen_set(optimizer_checkpoint):
+    """Resume after every stage was unfrozen: with a fresh optimizer (its checkpoint rejected, say),
+    or with the optimizer checkpoint loaded before or after the schedule is built, the schedule's
+    load_state_dict makes the frozen set that of its stage (issue 11: stage 3 of 3 but the earlier
+    stages stayed frozen, silently); a parameter the user froze stays frozen in every case."""
+    model = _mlp()
+    model[0].bias.requires_grad_(False)
+    opt, schedule = _run_stages(model)
+    for _ in range(3):
+        schedule.step()
+    assert schedule.stages_remaining == 0
+    saved_schedule, saved_opt = schedule.state_dict(), opt.state_dict()
+    expected = [row.frozen for row in opt.plan]
+    assert expected == [False, True] + [False] * 6
+    fresh = _mlp()
+    fresh[0].bias.requires_grad_(False)
+    load = None if optimizer_checkpoint == "rejected" else saved_opt
+    opt, schedule = _run_stages(fresh, saved_schedule, load, before=optimizer_checkpoint == "loaded_before")
+    assert [row.frozen for row in opt.plan] == expected and schedule.stages_remaining == 0
+
+
+def test_resume_conflict_over_ownership_raises_and_changes_nothing():
+    """The saved schedule thawed a parameter that the user froze before building the resumed one:
+    a ValueError naming it, the frozen set unchanged."""
+    model = _mlp()
+    opt, schedule = _run_stages(model)
+    for _ in range(3):
+        schedule.step()
+    saved = schedule.state_dict()
+    fresh = _mlp()
+    fresh[2].weight.requires_grad_(False)
+    opt, schedule = _run_stages(fresh)
+    before = [row.frozen for row in opt.plan]
+    with pytest.raises(ValueError, match="2.weight: the saved schedule thawed it at stage 2"):
+        schedule.load_state_dict(saved)
+    assert [row.frozen for row in opt.plan] == before and schedule.stage == 0
