@@ -270,7 +270,7 @@ class _Trace:
     first_call: dict[int, int]  # module -> its first call; parameter -> its first use (one clock)
     head_modules: frozenset[int]  # modules whose output reaches the model output directly
     head_params: frozenset[int]  # parameters used directly at the output (a functional tied layer)
-    upstream: dict[int, frozenset[int]]  # head module -> head modules upstream of it
+    feeds: dict[int, frozenset[int]]  # head module -> the modules whose output flows into it
 
 
 _TRACES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -378,13 +378,11 @@ def _run_trace(model: nn.Module, args: tuple, kwargs: dict) -> _Trace:
             head_params |= direct
             continue
         stack.extend(_next(node))
-    upstream = {}
+    feeds = {}
     for module_id, nodes in hits.items():
         reach = _reach(nodes) - set(nodes)
-        upstream[module_id] = frozenset(
-            other for other, other_nodes in hits.items() if other != module_id and any(n in reach for n in other_nodes)
-        )
-    return _Trace(first_call, frozenset(head_modules), frozenset(head_params), upstream)
+        feeds[module_id] = frozenset(m for node in reach if node in produced for m in produced[node])
+    return _Trace(first_call, frozenset(head_modules), frozenset(head_params), feeds)
 
 
 def _as_call(example_input: Any) -> tuple[tuple, dict]:
@@ -491,24 +489,39 @@ def _trace(model: nn.Module, example_input: Any) -> tuple[_Trace | None, str]:
 
 
 # ---------------------------------------------------------------------------- heads
-def _module_heads(units: list[_Unit], trace: _Trace) -> set[int]:
-    """Tensor ids of every head: units whose output reaches the model output directly and that
-    feed no other such unit, plus tensors used directly at the output."""
+def _module_heads(model: nn.Module, prefix: str, units: list[_Unit], trace: _Trace) -> set[int]:
+    """Tensor ids of every head: units whose output reaches the model output directly and that feed
+    no other such unit, plus tensors used directly at the output. With two heads or more, a head
+    also takes the layers that only it uses inside the smallest module around it that holds no
+    stage of blocks (a box head built as ``Sequential(Linear, ReLU, Linear)``)."""
     members = [{id(m) for m in unit.owner.modules()} if unit.kind == "block" else {id(unit.owner)} for unit in units]
     hits = [member & trace.head_modules for member in members]
-    heads: set[int] = set()
-    for index, unit in enumerate(units):
-        if not hits[index]:
-            continue
-        downstream = {
-            module_id
-            for other, other_hits in enumerate(hits)
-            if other != index
-            for module_id in other_hits - members[index]
-        }
-        if not any(mine in trace.upstream.get(theirs, ()) for theirs in downstream for mine in hits[index]):
-            heads |= {id(p) for _, p in unit.params}
-    return heads | set(trace.head_params)
+    feeds = [set().union(*(trace.feeds.get(m, ()) for m in hit)) for hit in hits]
+    heads = [
+        index
+        for index, hit in enumerate(hits)
+        if hit and not any(hit & (feeds[other] - members[index]) for other in range(len(units)) if other != index)
+    ]
+    chosen = set(heads)
+    if len(heads) >= 2:
+        path = {id(m): name for name, m in model.named_modules()}
+        for head in heads:
+            parts = path[id(units[head].owner)].split(".")
+            for cut in range(len(parts) - 1, 0, -1):
+                ancestor = ".".join(parts[:cut])
+                if len(ancestor) < len(prefix) or _holds_blocks(model.get_submodule(ancestor)):
+                    break
+                inside = [i for i, unit in enumerate(units) if path[id(unit.owner)].startswith(ancestor + ".")]
+                only_this = all(
+                    i == head
+                    or (i not in heads and members[i] & feeds[head]
+                        and not any(members[i] & feeds[other] for other in heads if other != head))
+                    for i in inside
+                )
+                if not only_this:
+                    break
+                chosen.update(inside)
+    return {id(p) for index in chosen for _, p in units[index].params} | set(trace.head_params)
 
 
 def _input_embeddings(model: nn.Module) -> set[int]:
@@ -621,7 +634,7 @@ def param_layers(
         heads = {id(p) for p in head.parameters()} if head is not None else set()
         source = "registration order"
     else:
-        heads = _module_heads(units, trace)
+        heads = _module_heads(model, prefix, units, trace)
         source = "forward order"
     tied_ids = heads & _input_embeddings(core)
     if tied_ids and tied is None:

@@ -307,3 +307,41 @@ def test_wrappers_are_looked_through(wrap, prefix, make):
         warnings.simplefilter("error", DepthWarning)
         wrapped = param_layers(wrap(make()))
     assert wrapped == {prefix + name: info for name, info in bare.items()}
+
+
+class TwoHeads(nn.Module):
+    """Heads in a ModuleDict, the box head a Sequential; optionally two towers of residual blocks
+    (stages), each ending in a projection that is an output."""
+
+    def __init__(self, towers: bool = False):
+        super().__init__()
+        from strategies import Residual
+
+        self.towers = towers
+        if not towers:
+            self.heads = nn.ModuleDict({
+                "cls": nn.Linear(8, 3),
+                "box": nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)),
+            })
+        self.stem = nn.Linear(4, 8)
+        if towers:
+            self.tower_a = nn.Sequential(Residual(8), Residual(8), nn.Linear(8, 2))
+            self.tower_b = nn.Sequential(Residual(8), Residual(8), nn.Linear(8, 2))
+
+    def forward(self, x):
+        h = self.stem(x).relu()
+        if self.towers:
+            return self.tower_a(h), self.tower_b(h)
+        return self.heads["cls"](h), self.heads["box"](h)
+
+
+def test_sequential_head_of_a_multi_head_model_is_whole_but_a_tower_of_blocks_is_not():
+    """With two heads, a head built as a Sequential is a head whole (the layers only it uses, inside
+    the smallest module around it that holds no stage of blocks); a tower of residual blocks ending
+    in an output projection contributes only the projection."""
+    layers = param_layers(TwoHeads(), example_input=torch.randn(1, 4))
+    assert {n for n, i in layers.items() if i.is_head} == {n for n in layers if n.startswith("heads.")}
+    assert {i.depth for n, i in layers.items() if n.startswith("heads.")} == {1}
+    layers = param_layers(TwoHeads(towers=True), example_input=torch.randn(1, 4))
+    assert {n for n, i in layers.items() if i.is_head} == {"tower_a.2.weight", "tower_a.2.bias", "tower_b.2.weight", "tower_b.2.bias"}
+    assert layers["tower_a.1.linear.weight"].depth == 2 < layers["tower_a.2.weight"].depth
