@@ -228,7 +228,8 @@ def generic_depths(model: nn.Module, coarse: bool = False) -> dict[str, int]:
     So torchvision's ``resnet18`` gets stem 0, one depth per residual block (1..8) and ``fc`` at 9,
     the same layout timm's ``group_matcher`` gives its ResNets; an MLP gets one depth per linear.
     """
-    depth_of = _number_units(list(_units(model, "", coarse)), None)
+    prefix, core = _core(model)
+    depth_of = _number_units(list(_units(core, prefix, coarse)), None)
     return {name: depth_of[id(p)] for name, p in model.named_parameters()}
 
 
@@ -578,8 +579,9 @@ def param_layers(
             positional arguments or a dict of keyword arguments (e.g. ``torch.randn(1, 3, 64, 64)``;
             batch 1 is enough). By default an input is built from the model. The pass runs in eval
             mode with gradients on (the autograd graph shows the heads); the model's training flags
-            and ``requires_grad`` are put back, no ``.grad`` is written; the result is cached per
-            model and input shape.
+            and ``requires_grad`` are put back, no ``.grad`` is written, BatchNorm statistics do not
+            move (other effects of the model's own ``forward``, a counter it keeps, happen once);
+            the result is cached per model and input shape.
         tied: where a tensor that is both an input embedding and the output layer (a tied language
             model) goes: ``"head"`` (top depth, matched by :func:`lrgroups.head`, as fastai's ULMFiT
             split trains it with the decoder) or ``"embedding"`` (its embedding depth, not a head: the

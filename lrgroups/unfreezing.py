@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any, Mapping, Sequence, Union
 
 from .early_stopping import Plateau
@@ -55,20 +56,29 @@ def _selector(stage: StageSpec) -> Selector:
     return Selector(**stage)
 
 
-def _selected(optimizer: LayerwiseOptimizer, selector: Selector) -> list[str]:
-    """The names ``selector`` picks among the optimizer's parameters, nothing changed.
+def _selected(optimizer: LayerwiseOptimizer, selector: Selector) -> dict[str, Any]:
+    """``{name: tensor}`` of the parameters ``selector`` picks, in plan order, nothing changed.
 
     ``freeze()`` checks its selector against every parameter before it changes anything, and raises
     ``ValueError`` when the selector picks none: a probe that records what ``selector`` matches and
     picks nothing itself asks it, through the public API, without side effects.
     """
-    found: list[str] = []
-    probe = Selector(where=lambda info: bool(selector.matches(info) and found.append(info.name)))
+    found: dict[str, Any] = {}
+    probe = Selector(where=lambda info: bool(selector.matches(info) and found.setdefault(info.name, info.param) is None))
     try:
         optimizer.freeze(probe)
     except ValueError:
         pass
     return found
+
+
+# The tensors some schedule froze and has not thawed: a schedule built later on the same model (a
+# re-run notebook cell, a second optimizer) may thaw them; what anyone else froze it never thaws.
+_FROZEN_BY_SCHEDULES: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+
+
+def _frozen_by_a_schedule(param: Any) -> bool:
+    return _FROZEN_BY_SCHEDULES.get(id(param)) is param
 
 
 def _by_name(names: Sequence[str]) -> Selector:
@@ -83,7 +93,9 @@ class ProgressiveUnfreezing:
     trainable is frozen by the schedule; the schedule records these names and **thaws only what it
     froze**: a parameter frozen before the schedule was built (by the user with
     ``requires_grad_(False)``, by a rule, by peft) stays frozen through every stage (an explicit
-    ``optimizer.unfreeze(...)`` still thaws it), and a stage that would thaw nothing warns. A stage is
+    ``optimizer.unfreeze(...)`` still thaws it), and a stage that would thaw nothing warns. (What an
+    earlier schedule froze on the same model and did not thaw — a re-run notebook cell — the new
+    schedule takes over.) A stage is
     advanced by
     :meth:`step` (after ``every_steps`` optimizer steps in the stage), :meth:`end_epoch` (after
     ``every_epochs`` epochs), :meth:`observe` (when the monitored metric reaches a plateau: patience
@@ -153,14 +165,16 @@ class ProgressiveUnfreezing:
         self.history: list[dict[str, Any]] = []
         self._warmup: dict[int, int] = {}  # param group -> warm-up steps done
         self._saved_lrs: dict[int, Any] = {}
+        self._params: dict[str, Any] = {}  # name -> tensor, for the names this schedule selects
         self._owned = self._freeze_later_stages()  # name -> the stage that thaws it
         if warmup_steps:
             optimizer.register_step_pre_hook(self._warmup_pre_hook)
             optimizer.register_step_post_hook(self._warmup_post_hook)
 
     def _freeze_later_stages(self) -> dict[str, int]:
-        """Freeze, and own, the trainable parameters of stages 1.. (each thawed by the first stage
-        that selects it); warn for stages that will thaw nothing."""
+        """Freeze, and own, the parameters of stages 1.. that are trainable or were frozen by a
+        schedule (each thawed by the first stage that selects it); warn for stages that will thaw
+        nothing."""
         optimizer = self.optimizer
         thaw_at: dict[str, int] = {}
         selected = []
@@ -169,12 +183,16 @@ class ProgressiveUnfreezing:
             if not names:
                 rule = Rule(**{f: getattr(stage, f) for f in ("pattern", "regex", "module_type", "ndim", "depth", "where")})
                 raise ValueError(f"stage {index}: " + _no_match_message(rule, [row.name for row in optimizer.plan]))
-            selected.append(names)
-            for name in names:
+            selected.append(list(names))
+            for name, param in names.items():
                 thaw_at.setdefault(name, index)
-        owned = {name: k for name, k in thaw_at.items() if k > 0 and not optimizer.is_frozen(name)}
-        if owned:
-            optimizer.freeze(_by_name(list(owned)))
+                self._params.setdefault(name, param)
+        owned = {
+            name: k
+            for name, k in thaw_at.items()
+            if k > 0 and (not optimizer.is_frozen(name) or _frozen_by_a_schedule(self._params[name]))
+        }
+        self._set_frozen(list(owned), True)
         if all(optimizer.is_frozen(name) for name in selected[0]):
             warnings.warn(
                 f"ProgressiveUnfreezing: stage 0 trains nothing: its parameters ({_few(selected[0])}) "
@@ -191,6 +209,23 @@ class ProgressiveUnfreezing:
                     stacklevel=3,
                 )
         return owned
+
+    def _set_frozen(self, names: list[str], frozen: bool) -> list[str]:
+        """Freeze or thaw ``names`` (those not in that state already) and keep the record of what
+        schedules froze; returns the names that changed."""
+        names = [name for name in names if self.optimizer.is_frozen(name) != frozen]
+        if not names:
+            return []
+        missing = [name for name in names if name not in self._params]
+        self._params.update(_selected(self.optimizer, _by_name(missing)) if missing else {})
+        changed = (self.optimizer.freeze if frozen else self.optimizer.unfreeze)(_by_name(names))
+        for name in names:
+            param = self._params[name]
+            if frozen:
+                _FROZEN_BY_SCHEDULES[id(param)] = param
+            elif _frozen_by_a_schedule(param):
+                del _FROZEN_BY_SCHEDULES[id(param)]
+        return changed
 
     @property
     def stages_remaining(self) -> int:
@@ -214,8 +249,7 @@ class ProgressiveUnfreezing:
 
     def _thaw(self, stage: int) -> list[str]:
         """Unfreeze the parameters this schedule froze that ``stage`` thaws (and that are frozen)."""
-        names = [name for name, k in self._owned.items() if k == stage and self.optimizer.is_frozen(name)]
-        return self.optimizer.unfreeze(_by_name(names)) if names else []
+        return self._set_frozen([name for name, k in self._owned.items() if k == stage], False)
 
     @property
     def owned(self) -> dict[str, int]:
@@ -310,12 +344,8 @@ class ProgressiveUnfreezing:
         if problems:
             raise ValueError("schedule state does not fit this optimizer:\n  " + "\n  ".join(problems[:20]))
         self._owned = owned
-        thaw = [name for name, k in owned.items() if k <= stage and self.optimizer.is_frozen(name)]
-        freeze = [name for name, k in owned.items() if k > stage and not self.optimizer.is_frozen(name)]
-        if thaw:
-            self.optimizer.unfreeze(_by_name(thaw))
-        if freeze:
-            self.optimizer.freeze(_by_name(freeze))
+        self._set_frozen([name for name, k in owned.items() if k <= stage], False)
+        self._set_frozen([name for name, k in owned.items() if k > stage], True)
         self.stage = stage
         self.steps, self.steps_in_stage = state["steps"], state["steps_in_stage"]
         self.epochs_in_stage = state["epochs_in_stage"]

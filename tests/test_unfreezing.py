@@ -421,3 +421,16 @@ def test_resume_conflict_over_ownership_raises_and_changes_nothing():
     with pytest.raises(ValueError, match="2.weight: the saved schedule thawed it at stage 2"):
         schedule.load_state_dict(saved)
     assert [row.frozen for row in opt.plan] == before and schedule.stage == 0
+
+
+def test_schedule_built_again_on_the_same_model_takes_over_what_a_schedule_froze():
+    """A second optimizer and schedule on a model an earlier schedule froze (a re-run notebook cell)
+    take over the parameters that schedule froze, and still leave the user's frozen ones alone."""
+    model = _mlp()
+    model[0].bias.requires_grad_(False)
+    _run_stages(model)
+    opt, schedule = _run_stages(model)
+    assert set(schedule.owned) == {"0.weight", "2.weight", "2.bias", "4.weight", "4.bias"}
+    for _ in range(3):
+        schedule.step()
+    assert [name for name, p in model.named_parameters() if not p.requires_grad] == ["0.bias"]
