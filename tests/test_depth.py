@@ -5,6 +5,7 @@ from __future__ import annotations
 import timm
 import torch.nn as nn
 import torchvision
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -56,6 +57,7 @@ def test_timm_vit_depths_and_head():
     assert find_head(model) is model.head
 
 
+@pytest.mark.filterwarnings("ignore::lrgroups.depth.DepthWarning")  # random trees cannot run
 @given(module_trees(), st.randoms())
 def test_depth_is_structural(tree, random):
     """Freezing any subset of parameters changes no parameter's depth (fine or coarse)."""
@@ -65,6 +67,7 @@ def test_depth_is_structural(tree, random):
     assert (param_depths(tree), param_depths(tree, coarse=True)) == before
 
 
+@pytest.mark.filterwarnings("ignore::lrgroups.depth.DepthWarning")  # random trees cannot run
 @given(module_trees())
 def test_depths_cover_every_parameter_and_are_dense(tree):
     """Every named parameter gets a depth; depths are 0..max with no gaps; the final layer registered
@@ -79,7 +82,6 @@ def test_depths_cover_every_parameter_and_are_dense(tree):
 # ---------------------------------------------------------------- data flow, heads, tying, wrappers (issue 11)
 import warnings  # noqa: E402
 
-import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import assume  # noqa: E402
 
@@ -345,3 +347,31 @@ def test_sequential_head_of_a_multi_head_model_is_whole_but_a_tower_of_blocks_is
     layers = param_layers(TwoHeads(towers=True), example_input=torch.randn(1, 4))
     assert {n for n, i in layers.items() if i.is_head} == {"tower_a.2.weight", "tower_a.2.bias", "tower_b.2.weight", "tower_b.2.bias"}
     assert layers["tower_a.1.linear.weight"].depth == 2 < layers["tower_a.2.weight"].depth
+
+
+class Declares(nn.Module):
+    """Registered head first; the input it takes is declared, not readable from its first layer."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.head = nn.Linear(6, 2)
+        self.body = nn.Linear(5, 6)
+        if how == "lightning":
+            self.example_input_array = torch.zeros(2, 5)
+        else:
+            self.pretrained_cfg = {"input_size": (5,)}
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(tuple(x.shape))
+        return self.head(self.body(x))
+
+
+@pytest.mark.parametrize("how, shape", [("lightning", (2, 5)), ("timm", (1, 5))])
+def test_input_declared_by_the_model_is_used_first(how, shape):
+    """Lightning's example_input_array and timm's pretrained_cfg input size are tried before shapes
+    read from the layers (here the first registered linear reads 6 features, a wrong guess)."""
+    model = Declares(how)
+    layers = param_layers(model)
+    assert model.seen == [shape]
+    assert (layers["body.weight"].depth, layers["head.weight"].depth, layers["head.weight"].is_head) == (0, 1, True)

@@ -434,3 +434,14 @@ def test_schedule_built_again_on_the_same_model_takes_over_what_a_schedule_froze
     for _ in range(3):
         schedule.step()
     assert [name for name, p in model.named_parameters() if not p.requires_grad] == ["0.bias"]
+
+
+def test_rule_frozen_parameter_is_never_thawed_by_a_schedule():
+    """A parameter frozen by a frozen=True rule stays frozen through every stage of the default
+    schedule; the rest of its stage thaws."""
+    model = _mlp()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("2.bias", frozen=True)])
+    schedule = lrgroups.ProgressiveUnfreezing(opt)
+    assert "2.bias" not in schedule.owned
+    assert [schedule.advance() for _ in range(3)][1] == ["2.weight"]
+    assert [row.name for row in opt.plan if row.frozen] == ["2.bias"]
