@@ -153,7 +153,7 @@ def _expand(module: nn.Module, coarse: bool) -> bool:
 
 @dataclass
 class _Unit:
-    kind: str  # "leaf-weight", "leaf-norm" or "block"
+    kind: str  # "leaf-weight", "leaf-norm", "block", or "own" (a descended module's own parameters)
     owner: nn.Module  # the module whose first call places the unit
     params: list[tuple[str, nn.Parameter]]
 
@@ -161,12 +161,12 @@ class _Unit:
 def _units(module: nn.Module, prefix: str, coarse: bool) -> Iterator[_Unit]:
     """Units in registration order, one per registration (a shared module yields one per name).
 
-    ``kind`` is "leaf-weight", "leaf-norm" or "block"; the caller merges norms into the preceding
-    weight layer.
+    ``kind`` is "leaf-weight", "leaf-norm", "block" or "own"; the caller merges norms into the
+    preceding weight layer.
     """
     own = [(prefix + name, p) for name, p in module.named_parameters(recurse=False)]
     if own:
-        yield _Unit("block", module, own)
+        yield _Unit("own", module, own)
     for child_name, child in module.named_children():
         child_prefix = f"{prefix}{child_name}."
         if not _has_params(child):
@@ -495,13 +495,16 @@ def _module_heads(model: nn.Module, prefix: str, units: list[_Unit], trace: _Tra
     no other such unit, plus tensors used directly at the output. With two heads or more, a head
     also takes the layers that only it uses inside the smallest module around it that holds no
     stage of blocks (a box head built as ``Sequential(Linear, ReLU, Linear)``)."""
-    members = [{id(m) for m in unit.owner.modules()} if unit.kind == "block" else {id(unit.owner)} for unit in units]
+    members = [
+        {id(m) for m in unit.owner.modules()} if unit.kind == "block" else {id(unit.owner)} if unit.kind != "own" else set()
+        for unit in units
+    ]  # a descended module's own tensors are heads only when used directly at the output (head_params)
     hits = [member & trace.head_modules for member in members]
     feeds = [set().union(*(trace.feeds.get(m, ()) for m in hit)) for hit in hits]
     heads = [
         index
         for index, hit in enumerate(hits)
-        if hit and not any(hit & (feeds[other] - members[index]) for other in range(len(units)) if other != index)
+        if hit and not any(hit & feeds[other] for other in range(len(units)) if other != index)
     ]
     chosen = set(heads)
     if len(heads) >= 2:

@@ -375,3 +375,31 @@ def test_input_declared_by_the_model_is_used_first(how, shape):
     layers = param_layers(model)
     assert model.seen == [shape]
     assert (layers["body.weight"].depth, layers["head.weight"].depth, layers["head.weight"].is_head) == (0, 1, True)
+
+
+class TokenNet(nn.Module):
+    """ViT's shape in small: a class token owned by the model itself, a patch projection, residual
+    blocks, a head on the class token; returns the features too (a second output that feeds the head)."""
+
+    def __init__(self):
+        super().__init__()
+        from strategies import Residual
+
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.proj = nn.Linear(4, 8)
+        self.blocks = nn.Sequential(Residual(8), Residual(8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), self.proj(x)], dim=1)
+        features = self.blocks(tokens)[:, 0]
+        return self.head(features), features
+
+
+def test_model_owned_tokens_and_features_that_feed_the_head_are_not_heads():
+    """A token the model owns itself sits at depth 0 and is not a head; a block whose output is also
+    a model output but feeds the head is not a head; depths equal the registration walk's."""
+    model = TokenNet()
+    layers = param_layers(model, example_input=torch.randn(1, 5, 4))
+    assert {n for n, i in layers.items() if i.is_head} == {"head.weight", "head.bias"}
+    assert {n: i.depth for n, i in layers.items()} == generic_depths(model)
