@@ -1,16 +1,29 @@
-"""Depth assignment: timm group_matcher, the generic fallback, wrappers, and that depth is structural."""
+"""Depth assignment: timm group_matcher, data-flow order and heads, tied weights, the registration
+fallback, wrappers, and that depth is structural."""
 
 from __future__ import annotations
 
+import warnings
+
+import pytest
 import timm
+import torch
 import torch.nn as nn
 import torchvision
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lrgroups.depth import find_head, generic_depths, param_depths, timm_depths
-from strategies import module_trees
+import lrgroups
+from lrgroups.depth import (
+    DepthWarning,
+    TiedWeightsWarning,
+    find_head,
+    generic_depths,
+    param_depths,
+    param_layers,
+    timm_depths,
+)
+from strategies import Block, DETRLike, Residual, SharedEmbeddingSeq2Seq, TiedLM, module_trees, shuffled_chains
 
 
 def test_generic_resnet18_matches_timm_layout():
@@ -80,14 +93,6 @@ def test_depths_cover_every_parameter_and_are_dense(tree):
 
 
 # ---------------------------------------------------------------- data flow, heads, tying, wrappers (issue 11)
-import warnings  # noqa: E402
-
-import torch  # noqa: E402
-from hypothesis import assume  # noqa: E402
-
-import lrgroups  # noqa: E402
-from lrgroups.depth import DepthWarning, TiedWeightsWarning, param_layers  # noqa: E402
-from strategies import Block, DETRLike, SharedEmbeddingSeq2Seq, TiedLM, shuffled_chains  # noqa: E402
 
 
 def _quiet_layers(model, **kwargs):
@@ -317,8 +322,6 @@ class TwoHeads(nn.Module):
 
     def __init__(self, towers: bool = False):
         super().__init__()
-        from strategies import Residual
-
         self.towers = towers
         if not towers:
             self.heads = nn.ModuleDict({
@@ -383,8 +386,6 @@ class TokenNet(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from strategies import Residual
-
         self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
         self.proj = nn.Linear(4, 8)
         self.blocks = nn.Sequential(Residual(8), Residual(8))
