@@ -342,11 +342,15 @@ class TwoHeads(nn.Module):
 
 def test_sequential_head_of_a_multi_head_model_is_whole_but_a_tower_of_blocks_is_not():
     """With two heads, a head built as a Sequential is a head whole (the layers only it uses, inside
-    the smallest module around it that holds no stage of blocks); a tower of residual blocks ending
-    in an output projection contributes only the projection."""
+    the smallest module around it that holds no stage of blocks); a single head built as a
+    Sequential counts by its last layer; a tower of residual blocks ending in an output projection
+    contributes only the projection."""
     layers = param_layers(TwoHeads(), example_input=torch.randn(1, 4))
     assert {n for n, i in layers.items() if i.is_head} == {n for n in layers if n.startswith("heads.")}
     assert {i.depth for n, i in layers.items() if n.startswith("heads.")} == {1}
+    single = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)))
+    layers = param_layers(single, example_input=torch.randn(1, 4))  # one head: its last layer only
+    assert {n for n, i in layers.items() if i.is_head} == {"2.2.weight", "2.2.bias"}
     layers = param_layers(TwoHeads(towers=True), example_input=torch.randn(1, 4))
     assert {n for n, i in layers.items() if i.is_head} == {"tower_a.2.weight", "tower_a.2.bias", "tower_b.2.weight", "tower_b.2.bias"}
     assert layers["tower_a.1.linear.weight"].depth == 2 < layers["tower_a.2.weight"].depth
