@@ -447,3 +447,15 @@ def test_rule_frozen_parameter_is_never_thawed_by_a_schedule():
     assert "2.bias" not in schedule.owned
     assert [schedule.advance() for _ in range(3)][1] == ["2.weight"]
     assert [row.name for row in opt.plan if row.frozen] == ["2.bias"]
+
+
+def test_detr_like_first_stage_trains_every_head():
+    """DETR-like model, default stages: the first stage trains the class head and the whole box MLP
+    (issue 11: it trained the backbone's last layers, registered last), the last stage the stem."""
+    model = DETRLike()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-4, rules=[lrgroups.layer_decay(0.5)])
+    schedule = lrgroups.ProgressiveUnfreezing(opt)
+    assert _trainable(model) == {n for n, _ in model.named_parameters() if n.startswith(("class_embed.", "bbox_embed."))}
+    while schedule.stages_remaining > 1:
+        schedule.advance()
+    assert schedule.advance() == ["backbone.0.weight", "backbone.0.bias", "backbone.1.weight", "backbone.1.bias"]
