@@ -38,11 +38,12 @@ def test_resume_in_fresh_process_is_bitwise_identical(tmp_path, straight_run, st
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
     a, b = straight["optimizer"], resumed["optimizer"]
-    assert a["frozen"] == b["frozen"] and a["names"] == b["names"]
-    assert [g["lr"] for g in a["inner"]["param_groups"]] == [g["lr"] for g in b["inner"]["param_groups"]]
-    for key, state in a["inner"]["state"].items():
+    assert a["lrgroups"]["frozen"] == b["lrgroups"]["frozen"] and a["lrgroups"]["names"] == b["lrgroups"]["names"]
+    assert [g["lr"] for g in a["param_groups"]] == [g["lr"] for g in b["param_groups"]]
+    assert [g["param_names"] for g in a["param_groups"]] == [g["param_names"] for g in b["param_groups"]]
+    for key, state in a["state"].items():
         for field, value in state.items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["inner"]["state"][key][field]))
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["state"][key][field]))
     assert straight["unfreezing"] == resumed["unfreezing"]
 
 
@@ -57,7 +58,7 @@ def test_checkpoint_from_other_rules_fails_listing_differences_and_loads_nothing
     opt.freeze("0.*")
     state = opt.state_dict()
     other = lrgroups.LayerwiseOptimizer(_model(), torch.optim.AdamW, lr=1e-2, rules=[lrgroups.layer_decay(0.9)])
-    with pytest.raises(lrgroups.CheckpointMismatchError, match=r"0.weight: rules give lr, weight_decay = \[0.0081"):
+    with pytest.raises(lrgroups.CheckpointMismatchError, match=r"0.weight: rules give \{'optimizer': None, 'lr': 0.0081"):
         other.load_state_dict(state)
     assert not any(other.is_frozen(name) for name in ("0.weight", "0.bias"))
 
@@ -71,8 +72,11 @@ def test_checkpoint_from_other_model_lists_missing_and_unexpected_names():
     assert "missing from the checkpoint: 5.weight, 5.bias" in str(error.value)
 
 
-def test_plain_optimizer_state_dict_is_rejected():
-    model = _model()
-    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
+def test_not_an_optimizer_state_dict_is_rejected():
+    opt = lrgroups.LayerwiseOptimizer(_model(), torch.optim.SGD, lr=0.1)
+    with pytest.raises(lrgroups.CheckpointMismatchError, match="not an optimizer state dict"):
+        opt.load_state_dict({"model": {}})
+    state = opt.state_dict()
+    state["lrgroups"] = dict(state["lrgroups"], format="lrgroups.LayerwiseOptimizer/1")
     with pytest.raises(lrgroups.CheckpointMismatchError, match="not a LayerwiseOptimizer checkpoint"):
-        opt.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
+        opt.load_state_dict(state)

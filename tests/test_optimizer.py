@@ -397,14 +397,19 @@ def test_summary_counts_per_group():
     assert table["trainable_numel"].tolist() == [0, 72, 18]
 
 
-def test_step_hooks_run_once_per_step_and_closure_passes_through():
-    """Hooks registered on the wrapper run once per step (the wrapper's step is not double-wrapped
-    by torch's profiling hook) and a closure reaches the inner optimizer."""
+def test_step_hooks_run_once_in_torch_order_with_the_wrapper_and_closure_passes_through():
+    """Global and local step hooks run once per step, in torch's order (global pre, local pre,
+    local post, global post), each receiving the wrapper (not the inner optimizer); a closure
+    reaches the inner optimizer and its loss is returned."""
     model = _mlp()
     opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
     calls = []
-    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
-    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    handles = [
+        torch.optim.optimizer.register_optimizer_step_pre_hook(lambda o, a, k: calls.append(("global pre", o))),
+        torch.optim.optimizer.register_optimizer_step_post_hook(lambda o, a, k: calls.append(("global post", o))),
+        opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", o))),
+        opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", o))),
+    ]
 
     def closure():
         opt.zero_grad()
@@ -412,10 +417,13 @@ def test_step_hooks_run_once_per_step_and_closure_passes_through():
         loss.backward()
         return loss
 
-    loss = opt.step(closure)
+    try:
+        loss = opt.step(closure)
+    finally:
+        for handle in handles:
+            handle.remove()
     assert isinstance(loss, torch.Tensor)
-    assert calls == ["pre", "post"]
-    assert not hasattr(type(opt).step, "__wrapped__")
+    assert calls == [("global pre", opt), ("pre", opt), ("post", opt), ("global post", opt)]
 
 
 def test_grad_scaler_with_fused_inner_optimizer():
