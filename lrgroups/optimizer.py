@@ -264,6 +264,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     ) -> None:
         if norm_stats not in ("freeze", "update"):
             raise ValueError(f"norm_stats must be 'freeze' or 'update', got {norm_stats!r}")
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")  # torch's own check, before lr is read
         specs = _specs(optimizer, optimizer_kwargs)
         infos = describe_nonempty(model, coarse)
         if select is not None:
@@ -344,7 +346,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._planned_lrs = [float(s[1]) for s in order]
         self._norm_stats = norm_stats
         self._derive()
-        self._relink()
+        self._relink(loaded=False)
         for slot in slots:
             if slot.frozen_by is not None:
                 state.pop(slot.param, None)
@@ -395,11 +397,16 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self._group_slots[slot.group].append(slot)
         self._steps = [_unprofiled_step(inner.optimizer) for inner in self._inners]
 
-    def _relink(self) -> None:
-        """Point every inner optimizer at its range of ``param_groups`` and at the shared ``state``
-        (through its own ``__setstate__``, which applies its own defaults to loaded groups)."""
+    def _relink(self, loaded: bool = True) -> None:
+        """Point every inner optimizer at its range of ``param_groups`` and at the shared ``state``;
+        after a load through its own ``__setstate__``, which fills in options missing from old
+        checkpoints, as it does when it loads one itself."""
         for inner in self._inners:
-            inner.optimizer.__setstate__({"state": self.state, "param_groups": self.param_groups[inner.start : inner.stop]})
+            contents = {"state": self.state, "param_groups": self.param_groups[inner.start : inner.stop]}
+            if loaded:
+                inner.optimizer.__setstate__(contents)
+            else:
+                inner.optimizer.__dict__.update(contents)
 
     def _sync(self, groups: Iterable[int]) -> None:
         """Rebuild the ``params`` and ``param_names`` lists of ``groups`` from the slots (in place)."""
@@ -776,6 +783,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             raise CheckpointMismatchError("not an optimizer state dict: it needs 'state' and 'param_groups'")
         names = [slot.row.name for slot in self._slots]
         params = {slot.row.name: slot.param for slot in self._slots}
+        per_parameter = {  # state whose shape follows its parameter (not L-BFGS's flat history)
+            slot.row.name
+            for inner in self._inners
+            if not isinstance(inner.optimizer, _DERIVED_STATE)
+            for slot in self._slots
+            if inner.start <= slot.group < inner.stop
+        }
         layout = state_dict.get("lrgroups")
         problems: list[str] = []
         if layout is not None:
@@ -800,8 +814,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 problems.append("the checkpoint's param groups do not hold the trainable parameters its frozen set implies")
         else:
             kept = {name: state for name, state in by_name.items() if name in frozen}
-        problems += shape_problems({n: s for n, s in by_name.items()}, params)
-        problems += shape_problems(kept, params)
+        problems += shape_problems({n: s for n, s in by_name.items() if n in per_parameter}, params)
+        problems += shape_problems({n: s for n, s in kept.items() if n in per_parameter}, params)
         if problems:
             raise CheckpointMismatchError("checkpoint does not fit this model/rules:\n  " + "\n  ".join(problems[:20]))
         same_layout = len(saved_names) == len(self.param_groups) and all(
@@ -817,7 +831,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             next_id += len(members)
             state.update({i: by_name[name] for i, name in zip(ids, members) if name in by_name})
             groups.append({**hyper, "params": ids, "param_names": members})
-        return frozen, kept, {"state": state, "param_groups": groups}
+        others = {key: value for key, value in state_dict.items() if key not in ("state", "param_groups")}
+        return frozen, kept, {**others, "state": state, "param_groups": groups}
 
     def _layout_problems(self, layout: Mapping[str, Any]) -> list[str]:
         if layout.get("format") != FORMAT:

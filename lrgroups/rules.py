@@ -273,7 +273,7 @@ def _resolve(value: Setting, info: ParamInfo) -> float:
 
 def _check_value(what: str, value: float, where: str) -> None:
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{what} must be finite and >= 0, got {value!r} for {where}")
+        raise ValueError(f"Invalid {what} value: {value!r} for {where} ({what} must be finite and >= 0)")
 
 
 def _no_match_message(rule: Rule, names: Sequence[str]) -> str:

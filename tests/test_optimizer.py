@@ -11,6 +11,7 @@ import timm.scheduler
 import torch
 import torch.nn as nn
 import torchvision
+import torch.optim.optimizer
 from hypothesis import given
 from hypothesis import strategies as st
 
