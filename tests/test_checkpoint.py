@@ -198,7 +198,8 @@ def test_bare_torch_optimizer_checkpoint_loads_by_position_and_name():
 def test_torch_distributed_checkpoint_round_trip_with_frozen_parameters_and_an_empty_group(tmp_path):
     """get_optimizer_state_dict / set_optimizer_state_dict (gloo, CPU) round-trip bitwise with a
     frozen layer whose group is empty: DCP drops that group's hyperparameters on load (a torch
-    bug that also hits bare optimizers); the wrapper keeps its own, so the next step works."""
+    bug that also hits bare optimizers); the wrapper keeps its own, so the next step works. torch's
+    loader takes at most one empty group: with two it raises its own ValueError (as the README says)."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
@@ -215,6 +216,11 @@ def test_torch_distributed_checkpoint_round_trip_with_frozen_parameters_and_an_e
         fresh, loaded = build()
         fresh.load_state_dict(model.state_dict())
         set_optimizer_state_dict(fresh, loaded, saved)
+        two_frozen = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+        layered = lrgroups.LayerwiseOptimizer(two_frozen, torch.optim.AdamW, lr=1e-3, rules=[
+            lrgroups.layer_decay(0.5), lrgroups.Rule("[01].*", frozen=True)])
+        with pytest.raises(ValueError, match="exactly one param group with zero parameters"):
+            set_optimizer_state_dict(two_frozen, layered, get_optimizer_state_dict(two_frozen, layered))
     finally:
         dist.destroy_process_group()
     _same(_snapshot(opt), _snapshot(loaded))

@@ -718,3 +718,18 @@ def test_norm_hooks_are_owned_removable_and_not_seen_by_a_second_optimizer_or_a_
     del first, second
     gc.collect()
     assert not model[0].bn._forward_pre_hooks
+
+
+def test_unfreezing_under_an_optimizer_that_creates_state_in_its_constructor():
+    """Adagrad creates its state when built: a parameter unfrozen later gets the state Adagrad's
+    constructor gives it (not a KeyError at the next step), and then steps as under bare Adagrad."""
+    model, reference = _two_layer(), _two_layer()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.Adagrad, lr=0.1, initial_accumulator_value=0.5,
+                                      rules=[lrgroups.Rule("0.*", frozen=True)])
+    assert model[0].weight not in opt.state
+    opt.unfreeze("0.*")
+    assert torch.equal(opt.state[model[0].weight]["sum"], torch.full((8, 4), 0.5))
+    bare = torch.optim.Adagrad(reference.parameters(), lr=0.1, initial_accumulator_value=0.5)
+    _train(model, opt, steps=2)
+    _train(reference, bare, steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
