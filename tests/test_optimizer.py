@@ -13,6 +13,7 @@ import torch.nn as nn
 import torchvision
 import torch.optim.optimizer
 from hypothesis import given
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from hypothesis import strategies as st
 
 import lrgroups
@@ -406,8 +407,8 @@ def test_step_hooks_run_once_in_torch_order_with_the_wrapper_and_closure_passes_
     opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
     calls = []
     handles = [
-        torch.optim.optimizer.register_optimizer_step_pre_hook(lambda o, a, k: calls.append(("global pre", o))),
-        torch.optim.optimizer.register_optimizer_step_post_hook(lambda o, a, k: calls.append(("global post", o))),
+        register_optimizer_step_pre_hook(lambda o, a, k: calls.append(("global pre", o))),
+        register_optimizer_step_post_hook(lambda o, a, k: calls.append(("global post", o))),
         opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", o))),
         opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", o))),
     ]
