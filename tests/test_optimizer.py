@@ -11,7 +11,6 @@ import timm.scheduler
 import torch
 import torch.nn as nn
 import torchvision
-import torch.optim.optimizer
 from hypothesis import given
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from hypothesis import strategies as st
