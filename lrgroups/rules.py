@@ -10,9 +10,10 @@ Example:
 
 Composition, the one rule to remember: every parameter starts at ``(lr, weight_decay, frozen)``
 given to the optimizer (``frozen`` from ``requires_grad``), then each rule that matches it is applied
-in order, attribute by attribute: ``lr=`` / ``weight_decay=`` / ``frozen=`` replace the running
-value, ``lr_mult=`` / ``wd_mult=`` multiply it. So a later rule overrides an earlier one and
-multipliers compose. Values may be numbers or functions of :class:`ParamInfo` (that is how
+in order, attribute by attribute: ``lr=`` / ``weight_decay=`` / ``frozen=`` / ``optimizer=`` replace
+the running value, ``lr_mult=`` / ``wd_mult=`` multiply it, ``options=`` merge key by key. So a later
+rule overrides an earlier one and multipliers compose; parameters whose settings end up equal share a
+param group. Values may be numbers or functions of :class:`ParamInfo` (that is how
 :func:`layer_decay` reads depth).
 """
 

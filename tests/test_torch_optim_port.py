@@ -27,7 +27,6 @@ import pickle
 
 import pytest
 import torch
-import torch.nn as nn
 
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
