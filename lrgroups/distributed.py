@@ -16,6 +16,12 @@ Example (inside an initialised process group)::
 
 Every rank must freeze and unfreeze the same parameters at the same step (drive unfreezing by step
 or epoch counts, or by a metric that is all-reduced first).
+
+``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict`` / ``set_optimizer_state_dict``
+take a :class:`~lrgroups.LayerwiseOptimizer` as any optimizer (its ``state_dict`` has torch's layout).
+torch's loader keeps at most one empty param group and drops its hyperparameters; the wrapper keeps
+its own for such a group. With several empty groups (several frozen layers with distinct settings)
+torch's loader raises: save ``opt.state_dict()`` itself then.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""LayerwiseOptimizer: applies a plan of per-parameter settings to any torch optimizer.
+"""LayerwiseOptimizer: applies a plan of per-parameter settings to one or several torch optimizers.
 
 Example:
     >>> import torch, torch.nn as nn
@@ -10,82 +10,229 @@ Example:
     (4, True)
     >>> model(torch.randn(3, 4)).sum().backward(); opt.step(); opt.zero_grad()
 
-Group layout: one param group per distinct ``(lr, weight_decay)`` the rules produce for *any*
-parameter, frozen ones included, created up front. Frozen parameters sit in no group's ``params``
-list; unfreezing inserts a parameter into the group its rules gave it, at its position in the
-plan. The number of groups never changes, so every LR scheduler (which keeps per-group lists)
-goes on scheduling every group, and a hot-added parameter follows exactly the lr trajectory it
-would have had if it had been in the optimizer since step 0.
+Group layout: one param group per distinct settings (inner optimizer, lr, weight decay, options)
+the rules produce for *any* parameter, frozen ones included, created up front. Frozen parameters
+sit in no group's ``params`` list; unfreezing inserts a parameter into the group its rules gave
+it, at its position in the plan. The number of groups never changes, so every LR scheduler (which
+keeps per-group lists) goes on scheduling every group, and a hot-added parameter follows exactly
+the lr trajectory it would have had if it had been in the optimizer since step 0.
+
+One source of truth: one slot per parameter (its plan row, group and who froze it); the groups'
+``params``/``param_names`` lists are derived from the slots. The wrapper is built by
+``torch.optim.Optimizer.__init__`` over the inner optimizers' own group dicts, and the inner
+optimizers share its ``state``: hooks, pickling, ``deepcopy``, profiling and ``state_dict`` are
+torch's.
 """
 
 from __future__ import annotations
 
-import bisect
+import functools
+import inspect
 import math
 import warnings
-from collections import OrderedDict
-from dataclasses import fields, replace
-from typing import Any, Callable, Sequence
+import weakref
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import pandas as pd
 import torch
 import torch.nn as nn
 
+from .checkpoint import (
+    FORMAT,
+    CheckpointMismatchError,
+    cast_like_torch,
+    names_by_group,
+    shape_problems,
+    state_by_name,
+)
 from .depth import unwrap_model
-from .rules import ParamPlan, Rule, Selector, _no_match_message, describe_nonempty, plan_params
+from .rules import ParamInfo, ParamPlan, Rule, Selector, _no_match_message, describe_nonempty, plan_params
 
 __all__ = ["LayerwiseOptimizer", "CheckpointMismatchError"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-_FORMAT = "lrgroups.LayerwiseOptimizer/1"
+OptimizerSpec = Union[OptimizerFactory, tuple]
+
+# Optimizers whose state is derived from the whole parameter set (L-BFGS keeps flat history
+# vectors over all its parameters): their membership cannot change once they hold state.
+_DERIVED_STATE: tuple[type, ...] = (torch.optim.LBFGS,)
+# The code of torch's step-profiling wrapper (``Optimizer.profile_hook_step``): an inner optimizer's
+# step is called unwrapped, so hooks and profiling run once, on the wrapper, in torch's order.
+_PROFILED_STEP = torch.optim.Optimizer.profile_hook_step(lambda self: None).__code__
+# Which optimizer's norm hook decides a norm layer's mode (the newest optimizer over it wins).
+_NORM_OWNER: "weakref.WeakKeyDictionary[nn.Module, _FrozenNormHook]" = weakref.WeakKeyDictionary()
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not fit this model and rule set; the message lists every difference."""
+@dataclass(eq=False)
+class _Slot:
+    """One parameter: its description, plan row, param group and who froze it (``None``: trains)."""
+
+    info: ParamInfo
+    row: ParamPlan
+    group: int
+    frozen_by: str | None
+    kept: dict | None = None  # state kept aside by freeze(keep_state=True)
+
+    @property
+    def param(self) -> torch.Tensor:
+        return self.info.param
 
 
-def _build_inner(optimizer: OptimizerFactory, groups: list[dict], lr: float, kwargs: dict) -> torch.optim.Optimizer:
-    if isinstance(optimizer, torch.optim.Optimizer):
+@dataclass(eq=False)
+class _Inner:
+    """One inner optimizer and the param groups (a contiguous range) it steps."""
+
+    name: str | None
+    optimizer: torch.optim.Optimizer
+    factory: OptimizerFactory
+    kwargs: dict
+    start: int
+    stop: int
+    eager_state: bool  # its constructor creates state (Adagrad): a hot-added parameter needs it too
+
+
+def _signature_default(factory: OptimizerFactory, name: str) -> Any:
+    try:
+        parameter = inspect.signature(factory).parameters.get(name)
+    except (TypeError, ValueError):
+        return inspect.Parameter.empty
+    return inspect.Parameter.empty if parameter is None else parameter.default
+
+
+def _accepts(factory: OptimizerFactory, name: str) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def _factory_name(factory: OptimizerFactory) -> str:
+    return getattr(factory, "__name__", repr(factory))
+
+
+def _specs(optimizer: Any, kwargs: dict) -> dict[str | None, tuple[OptimizerFactory, dict]]:
+    """``{name: (factory, kwargs)}``; name ``None`` for a single optimizer."""
+    if isinstance(optimizer, Mapping):
+        if not optimizer:
+            raise ValueError("give at least one optimizer")
+        if kwargs:
+            raise TypeError(
+                f"with several optimizers give each its own keyword arguments, as name: (class, {{...}}); "
+                f"got {sorted(kwargs)} for all of them"
+            )
+        specs = {}
+        for name, spec in optimizer.items():
+            factory, own = spec if isinstance(spec, tuple) else (spec, {})
+            specs[str(name)] = (_check_factory(factory), dict(own))
+        return specs
+    return {None: (_check_factory(optimizer), dict(kwargs))}
+
+
+def _check_factory(factory: Any) -> OptimizerFactory:
+    if isinstance(factory, torch.optim.Optimizer):
         raise TypeError(
             f"pass the optimizer class or a factory, not an instance: LayerwiseOptimizer(model, "
-            f"{type(optimizer).__name__}, lr=...) (it builds the param groups itself)"
+            f"{type(factory).__name__}, lr=...) (it builds the param groups itself)"
         )
-    if not callable(optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer subclass or a callable, got {optimizer!r}")
-    name = getattr(optimizer, "__name__", repr(optimizer))
-    try:
-        inner = optimizer(groups, lr=lr, **kwargs)
-    except Exception as error:
-        raise ValueError(f"could not build {name} from {len(groups)} param groups with {kwargs}: {error}") from error
-    if not isinstance(inner, torch.optim.Optimizer):
-        raise TypeError(f"{name} returned {type(inner).__name__}, not a torch.optim.Optimizer")
-    return inner
+    if not callable(factory):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer subclass or a callable, got {factory!r}")
+    return factory
+
+
+def _base_value(what: str, given: Any, factory: OptimizerFactory, kwargs: dict, required: bool) -> Any:
+    """The starting value of ``what`` for one inner optimizer: its own keyword, else the wrapper's,
+    else the optimizer's own default (read from its signature)."""
+    if what in kwargs:
+        return kwargs[what]
+    if given is not None:
+        return given
+    default = _signature_default(factory, what)
+    if default is inspect.Parameter.empty or default is None:
+        if required:
+            raise ValueError(f"{_factory_name(factory)} has no default {what}: pass {what}=...")
+        return None
+    return default
+
+
+def _unprofiled_step(optimizer: torch.optim.Optimizer) -> Callable:
+    step = type(optimizer).step
+    if getattr(step, "__code__", None) is _PROFILED_STEP:
+        step = step.__wrapped__
+    return functools.partial(step, optimizer)
+
+
+class _ForwardedToInner:
+    """An attribute set on the wrapper by a caller that steps it and read by the inner optimizers'
+    ``step`` (GradScaler's ``grad_scale``/``found_inf`` for fused optimizers): set and deleted on
+    every inner optimizer."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, wrapper: Any, owner: type | None = None) -> Any:
+        if wrapper is None:
+            return self
+        return getattr(wrapper._inners[0].optimizer, self.name)
+
+    def __set__(self, wrapper: Any, value: Any) -> None:
+        for inner in wrapper._inners:
+            setattr(inner.optimizer, self.name, value)
+
+    def __delete__(self, wrapper: Any) -> None:
+        for inner in wrapper._inners:
+            if hasattr(inner.optimizer, self.name):
+                delattr(inner.optimizer, self.name)
 
 
 class LayerwiseOptimizer(torch.optim.Optimizer):
-    """Wraps any torch optimizer; every parameter gets the lr, weight decay and frozen state that
-    ordered declarative rules assign (see :mod:`lrgroups.rules` for how rules compose).
+    """Wraps any torch optimizer (or several); every parameter gets the lr, weight decay, options,
+    inner optimizer and frozen state that ordered declarative rules assign (see
+    :mod:`lrgroups.rules` for how rules compose).
 
-    It *is* a ``torch.optim.Optimizer``: ``param_groups``, ``state``, ``step``, ``zero_grad`` are
-    the inner optimizer's, so torch and timm LR schedulers, ``torch.amp.GradScaler`` and training
-    frameworks accept it.
+    It *is* a ``torch.optim.Optimizer``, built by ``Optimizer.__init__``: ``param_groups`` is the
+    concatenation of the inner optimizers' groups (the same dicts) and ``state`` is shared with
+    them, so torch and timm LR schedulers, ``torch.amp.GradScaler`` (fused path included),
+    ``torch.distributed.checkpoint`` and training frameworks take it as they are. Step hooks run
+    in torch's order and receive the wrapper.
+
+    Defaults are the inner optimizer's: what is not passed (``lr``, ``weight_decay``, ``betas``, ...)
+    is the inner optimizer's own default; a tensor ``lr`` stays a tensor; every parameter, frozen
+    ones included, goes through the inner optimizer's constructor (its validation) when the wrapper
+    is built.
 
     Args:
         model: any ``nn.Module``; DDP/DataParallel/``torch.compile`` wrappers are looked through
             (names and depths are the bare model's).
         optimizer: a ``torch.optim.Optimizer`` subclass (torch's, timm.optim's, third-party) or a
-            callable ``(param_groups, **kwargs) -> Optimizer``.
-        lr: base learning rate (the head's lr under layer decay).
-        weight_decay: base weight decay.
+            callable ``(param_groups, **kwargs) -> Optimizer``; or a dict of them by name, values
+            optionally ``(class, {kwargs})``: rules route parameters with ``Rule(...,
+            optimizer=name)``, the first takes the rest.
+        lr: base learning rate (the head's lr under layer decay); default: the inner optimizer's.
+        weight_decay: base weight decay; default: the inner optimizer's.
         rules: ordered :class:`~lrgroups.Rule` s.
+        select: only these parameters (a glob or a :class:`~lrgroups.Selector`) are optimized;
+            the wrapper never touches the others (their ``requires_grad`` included), so two
+            wrappers on disjoint parts of one model both train.
         coarse: stage-wise depths (timm ``group_matcher(coarse=True)``) instead of block-wise.
         example_input / tied: how depths follow the data flow and where a tied embedding/output
             tensor goes (see :func:`lrgroups.depth.param_layers`).
         norm_stats: what a frozen normalisation layer does with its running statistics: ``"freeze"``
-            (default: it runs in eval mode while all its affine parameters are frozen, so a frozen
-            block does not change at all) or ``"update"`` (BatchNorm statistics follow
-            ``model.train()`` as usual).
-        **optimizer_kwargs: passed to the optimizer (betas, eps, momentum, foreach, fused, ...).
+            (default: it runs in eval mode while it counts as frozen, so a frozen block does not
+            change at all) or ``"update"`` (BatchNorm statistics follow ``model.train()``). A norm
+            layer counts as frozen when all its parameters are; one without parameters follows
+            its block (the nearest enclosing non-container module with parameters, else the layer
+            registered just before it). The hooks are removed by :meth:`close` (or leaving a
+            ``with`` block) and when the optimizer is garbage-collected; the newest optimizer over
+            a norm layer decides its mode; a ``copy.deepcopy`` of the model carries no active hook.
+        **optimizer_kwargs: passed to the (single) optimizer (betas, eps, momentum, foreach, ...).
+
+    Raises:
+        ValueError: bad lr/weight decay, a rule matching nothing, an optimizer that cannot be built
+            from the groups (the inner constructor's message), weight decay for an optimizer
+            without it. Nothing (``requires_grad`` included) is changed then.
+        TypeError: an optimizer instance instead of a class or factory.
 
     Example:
         >>> import torch, torchvision, lrgroups
@@ -101,14 +248,18 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         60
     """
 
+    grad_scale = _ForwardedToInner()
+    found_inf = _ForwardedToInner()
+
     def __init__(
         self,
         model: nn.Module,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerSpec | Mapping[str, OptimizerSpec],
         *,
-        lr: float,
-        weight_decay: float = 0.0,
+        lr: float | torch.Tensor | None = None,
+        weight_decay: float | None = None,
         rules: Sequence[Rule] = (),
+        select: str | Selector | None = None,
         coarse: bool = False,
         norm_stats: str = "freeze",
         example_input: Any = None,
@@ -117,122 +268,239 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     ) -> None:
         if norm_stats not in ("freeze", "update"):
             raise ValueError(f"norm_stats must be 'freeze' or 'update', got {norm_stats!r}")
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")  # torch's own check, before lr is read
+        specs = _specs(optimizer, optimizer_kwargs)
         infos = describe_nonempty(model, coarse, example_input=example_input, tied=tied)
-        rows = plan_params(infos, lr=lr, weight_decay=weight_decay, rules=rules)
-        settings = list(OrderedDict.fromkeys(row.settings for row in rows))
-        group_of = [settings.index(row.settings) for row in rows]
-        members: list[list[int]] = [[] for _ in settings]
+        if select is not None:
+            selector = select if isinstance(select, Selector) else Selector(pattern=select)
+            infos = [info for info in infos if selector.matches(info)]
+            if not infos:
+                raise ValueError(f"select={selector.criteria()} matches no parameter of the model")
+        base_lr = {name: _base_value("lr", lr, f, kw, required=True) for name, (f, kw) in specs.items()}
+        base_wd = {name: _base_value("weight_decay", weight_decay, f, kw, required=False) for name, (f, kw) in specs.items()}
+        for name, (factory, kwargs) in specs.items():
+            if weight_decay is not None and "weight_decay" not in kwargs and not _accepts(factory, "weight_decay"):
+                raise ValueError(f"{_factory_name(factory)} has no weight_decay option but weight_decay={weight_decay} was given")
+        names = list(specs) if None not in specs else None
+        rows = plan_params(
+            infos,
+            lr={name: float(value) for name, value in base_lr.items()} if names else float(base_lr[None]),
+            weight_decay=base_wd if names else base_wd[None],
+            rules=rules,
+            optimizers=names,
+        )
+
+        # Groups: distinct settings in order of first appearance, grouped by inner optimizer.
+        settings_by_inner: dict[str | None, list[tuple]] = {name: [] for name in specs}
+        for row in rows:
+            if row.settings not in settings_by_inner[row.optimizer]:
+                settings_by_inner[row.optimizer].append(row.settings)
+        order = [s for name in specs for s in settings_by_inner[name]]
+        group_index = {s: i for i, s in enumerate(order)}
+        members: list[list[int]] = [[] for _ in order]
         for index, row in enumerate(rows):
-            if not row.frozen:
-                members[group_of[index]].append(index)
-        groups = [
-            {"params": [infos[i].param for i in members[g]], "lr": s_lr, "weight_decay": s_wd}
-            for g, (s_lr, s_wd) in enumerate(settings)
-        ]
-        inner = _build_inner(optimizer, groups, float(lr), optimizer_kwargs)
-        if "weight_decay" not in inner.defaults and any(row.weight_decay for row in rows):
-            raise ValueError(f"{type(inner).__name__} has no weight_decay option but the rules set weight decay")
+            members[group_index[row.settings]].append(index)
+        inners: list[_Inner] = []
+        start = 0
+        for name, (factory, kwargs) in specs.items():
+            settings = settings_by_inner[name]
+            if not settings:
+                raise ValueError(f"no parameter is routed to optimizer {name!r}")
+            groups = [
+                self._group_dict([infos[i].param for i in members[start + k]], setting, base_lr[name], base_wd[name])
+                for k, setting in enumerate(settings)
+            ]
+            built = self._build_inner(factory, groups, kwargs, name, lr, weight_decay)
+            if len(built.param_groups) != len(groups):
+                raise ValueError(f"{_factory_name(factory)} made {len(built.param_groups)} param groups of {len(groups)}")
+            decayed = any(rows[i].weight_decay is not None for k in range(len(settings)) for i in members[start + k])
+            if decayed and "weight_decay" not in built.defaults:
+                raise ValueError(f"{type(built).__name__} has no weight_decay option but the rules set weight decay")
+            inners.append(_Inner(name, built, factory, kwargs, start, start + len(settings), False))
+            start += len(settings)
 
-        self._inner = inner
-        self._model = model
-        self._rows = rows
-        self._infos = infos
-        self._group_of = group_of
-        self._group_settings = settings
-        self._members = members
-        self._frozen = [row.frozen for row in rows]
-        self._stash: dict[int, dict] = {}
-        self._base_lr = float(lr)
-        self._index = {name: i for i, row in enumerate(rows) for name in (row.name, *row.aliases)}
-        self._init_optimizer_hooks()
+        all_groups = [group for inner in inners for group in inner.optimizer.param_groups]
+        lists = [group["params"] for group in all_groups]
+        # torch's own machinery: hooks, step profiling, pickling; add_param_group validates (leaf
+        # tensors, no parameter in two groups) and re-lists each group's params, which are put
+        # back so inner optimizers that hold on to their lists keep them.
+        super().__init__(all_groups, {})
+        for group, params in zip(all_groups, lists):
+            group["params"] = params
+        self.defaults = inners[0].optimizer.defaults
+        state = inners[0].optimizer.state
+        for inner in inners[1:]:
+            state.update(inner.optimizer.state)
+        self.state = state
+        for inner in inners:
+            inner.eager_state = any(p in state for g in inner.optimizer.param_groups for p in g["params"])
+
+        slots = []
+        for index, (info, row) in enumerate(zip(infos, rows)):
+            g = group_index[row.settings]
+            if row.weight_decay is None and "weight_decay" in all_groups[g]:
+                row = replace(row, weight_decay=all_groups[g]["weight_decay"])
+            frozen_by = None
+            if row.frozen:
+                frozen_by = "model" if not info.param.requires_grad else "rule"
+            slots.append(_Slot(info, row, g, frozen_by))
+        self._slots = slots
+        self._inners = inners
+        self._planned_lrs = [float(s[1]) for s in order]
+        self._norm_stats = norm_stats
+        self._derive()
+        self._relink(loaded=False)
+        for slot in slots:
+            if slot.frozen_by is not None:
+                state.pop(slot.param, None)
+        self._sync(range(len(all_groups)))
+        for slot in slots:
+            slot.param.requires_grad_(slot.frozen_by is None)
+            if slot.frozen_by is not None:
+                slot.param.grad = None
+        self._norm_units = _norm_units(unwrap_model(model), slots) if norm_stats == "freeze" else []
+        self._install_hooks()
         self._ratio_check = self.register_step_pre_hook(self._warn_if_ratios_flattened)
-        for index, info in enumerate(infos):
-            info.param.requires_grad_(not rows[index].frozen)
-            if rows[index].frozen:
-                info.param.grad = None
-        self._norm_hooks = []
-        if norm_stats == "freeze":
-            self._install_norm_hooks()
 
-    def _init_optimizer_hooks(self) -> None:
-        """What ``Optimizer.__init__`` sets up besides the groups (hooks and step profiling)."""
-        self._optimizer_step_pre_hooks = OrderedDict()
-        self._optimizer_step_post_hooks = OrderedDict()
-        self._optimizer_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_state_dict_post_hooks = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()
-        self._patch_step_function()
-        self._warned_capturable_if_run_uncaptured = True
+    # ---------------------------------------------------------------- construction helpers
+    @staticmethod
+    def _group_dict(params: list, setting: tuple, base_lr: Any, base_wd: Any) -> dict:
+        """A group's dict: only what differs from the optimizer's defaults is written, so a
+        tensor lr stays the tensor the user gave and untouched options stay the optimizer's."""
+        _, lr, weight_decay, options = setting
+        group: dict[str, Any] = {"params": params}
+        if lr != float(base_lr):
+            group["lr"] = torch.tensor(lr, dtype=base_lr.dtype, device=base_lr.device) if isinstance(base_lr, torch.Tensor) else lr
+        if weight_decay is not None and weight_decay != base_wd:
+            group["weight_decay"] = weight_decay
+        group.update(options)
+        return group
 
-    # The inner optimizer's state is the state: these are views, not copies.
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self._inner.param_groups
+    @staticmethod
+    def _build_inner(factory, groups, kwargs, name, lr, weight_decay) -> torch.optim.Optimizer:
+        call = dict(kwargs)
+        if lr is not None and "lr" not in call:
+            call["lr"] = lr
+        if weight_decay is not None and "weight_decay" not in call:
+            call["weight_decay"] = weight_decay
+        label = _factory_name(factory) + ("" if name is None else f" ({name!r})")
+        try:
+            built = factory(groups, **call)
+        except Exception as error:
+            raise ValueError(f"could not build {label} from {len(groups)} param groups with {call}: {error}") from error
+        if not isinstance(built, torch.optim.Optimizer):
+            raise TypeError(f"{label} returned {type(built).__name__}, not a torch.optim.Optimizer")
+        return built
 
-    @param_groups.setter
-    def param_groups(self, value: list[dict[str, Any]]) -> None:
-        self._inner.param_groups = value
+    def _derive(self) -> None:
+        """What follows from the slots and inner optimizers (rebuilt after unpickling)."""
+        self._index = {name: slot for slot in self._slots for name in (slot.row.name, *slot.row.aliases)}
+        self._group_slots: list[list[_Slot]] = [[] for _ in self._planned_lrs]
+        for slot in self._slots:
+            self._group_slots[slot.group].append(slot)
+        self._steps = [_unprofiled_step(inner.optimizer) for inner in self._inners]
 
-    @property
-    def state(self):
-        return self._inner.state
+    def _relink(self, loaded: bool = True) -> None:
+        """Point every inner optimizer at its range of ``param_groups`` and at the shared ``state``;
+        after a load through its own ``__setstate__``, which fills in options missing from old
+        checkpoints, as it does when it loads one itself."""
+        for inner in self._inners:
+            contents = {"state": self.state, "param_groups": self.param_groups[inner.start : inner.stop]}
+            if loaded:
+                inner.optimizer.__setstate__(contents)
+            else:
+                inner.optimizer.__dict__.update(contents)
 
-    @state.setter
-    def state(self, value) -> None:
-        self._inner.state = value
+    def _sync(self, groups: Iterable[int]) -> None:
+        """Rebuild the ``params`` and ``param_names`` lists of ``groups`` from the slots (in place)."""
+        for g in groups:
+            trainable = [slot for slot in self._group_slots[g] if slot.frozen_by is None]
+            group = self.param_groups[g]
+            group["params"][:] = [slot.param for slot in trainable]
+            group["param_names"] = [slot.row.name for slot in trainable]
 
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return self._inner.defaults
+    def _install_hooks(self) -> None:
+        self.register_state_dict_post_hook(_add_layout, prepend=True)
+        handles, owned = [], []
+        for module, indices in self._norm_units:
+            hook = _FrozenNormHook([self._slots[i] for i in indices])
+            handles.append(module.register_forward_pre_hook(hook.before))
+            handles.append(module.register_forward_hook(hook.after))
+            _NORM_OWNER[module] = hook
+            owned.append((module, hook))
+        self._norm_handles = handles
+        self._finalizer = weakref.finalize(self, _release_norm_hooks, handles, owned)
 
-    @defaults.setter
-    def defaults(self, value: dict[str, Any]) -> None:
-        self._inner.defaults = value
+    def close(self) -> None:
+        """Remove the norm-layer hooks this optimizer installed (idempotent). Also done when the
+        optimizer is garbage-collected, and on leaving ``with LayerwiseOptimizer(...) as opt:``."""
+        self._finalizer()
+
+    def __enter__(self) -> "LayerwiseOptimizer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- torch.optim.Optimizer protocol
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update({key: self.__dict__[key] for key in ("_slots", "_inners", "_planned_lrs", "_norm_stats", "_norm_units")})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "_slots" in state:  # unpickled or deep-copied: rebuild what is derived, own hooks anew
+            self._derive()
+            self._install_hooks()
+            self._ratio_check = self.register_step_pre_hook(self._warn_if_ratios_flattened)
+        self._relink()
 
     @property
     def inner(self) -> torch.optim.Optimizer:
-        """The wrapped optimizer."""
-        return self._inner
+        """The wrapped optimizer (the first one when there are several; see :attr:`inners`)."""
+        return self._inners[0].optimizer
+
+    @property
+    def inners(self) -> dict[str | None, torch.optim.Optimizer]:
+        """The inner optimizers by name (``None`` for a single one)."""
+        return {inner.name: inner.optimizer for inner in self._inners}
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
-        return getattr(self._inner, "_step_supports_amp_scaling", False)
+        return all(getattr(inner.optimizer, "_step_supports_amp_scaling", False) for inner in self._inners)
 
     def step(self, closure: Callable[[], float] | None = None):
-        """One step of the inner optimizer (frozen parameters are in no group: untouched).
+        """One step of each inner optimizer (frozen parameters are in no group: untouched).
 
-        Step hooks registered on this wrapper run here; torch's profiling wrapper is left to the
-        inner optimizer's ``step`` so that it is paid once per step, not twice.
+        Torch runs the hooks registered on the wrapper and profiles the step once; the inner
+        optimizers' steps are called without torch's profiling wrapper (hooks registered on an
+        inner optimizer itself do not run). With several inner optimizers a closure is evaluated
+        once, before they step.
         """
-        if self._optimizer_step_pre_hooks:
-            args: tuple = (closure,)
-            kwargs: dict = {}
-            for hook in list(self._optimizer_step_pre_hooks.values()):
-                result = hook(self, args, kwargs)
-                if result is not None:
-                    args, kwargs = result
-            closure = kwargs.get("closure", args[0] if args else None)
-        # GradScaler sets these on the optimizer it steps (for fused optimizers) and deletes them after.
-        forwarded = [attr for attr in ("grad_scale", "found_inf") if attr in self.__dict__]
-        for attr in forwarded:
-            setattr(self._inner, attr, self.__dict__[attr])
-        try:
-            loss = self._inner.step(closure)
-        finally:
-            for attr in forwarded:
-                delattr(self._inner, attr)
-        if self._optimizer_step_post_hooks:
-            for hook in list(self._optimizer_step_post_hooks.values()):
-                hook(self, (closure,), {})
+        if self._ratio_check is not None:  # the first step's check has run (torch ran the pre-hooks)
+            self._end_ratio_check()
+        steps = self._steps
+        if len(steps) == 1:
+            return steps[0](closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for step in steps:
+            step()
         return loss
 
-    step.hooked = True  # tells Optimizer._patch_step_function not to wrap it
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self._inner.zero_grad(set_to_none)
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Refused once built (it would break attached LR schedulers): the groups come from the
+        rules; put the parameters in the model and use :meth:`unfreeze`.
+
+        Raises:
+            TypeError: always, after construction.
+        """
+        if "_slots" not in self.__dict__:  # Optimizer.__init__ adding the inner optimizers' groups
+            return super().add_param_group(param_group)
         raise TypeError(
             "LayerwiseOptimizer builds its groups from rules and never adds groups (that would break "
             "attached LR schedulers): include the parameters in the model and use opt.unfreeze(...)"
@@ -242,27 +510,38 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     @property
     def plan(self) -> list[ParamPlan]:
         """The rows the rules produced, with ``frozen`` as it is now."""
-        return [row if row.frozen == frozen else replace(row, frozen=frozen) for row, frozen in zip(self._rows, self._frozen)]
+        return [
+            slot.row if slot.row.frozen == (slot.frozen_by is not None) else replace(slot.row, frozen=slot.frozen_by is not None)
+            for slot in self._slots
+        ]
 
     def explain(self) -> pd.DataFrame:
-        """One row per parameter: ``name, depth, lr, weight_decay, frozen, group, rules, aliases,
-        shape, numel``; ``group`` indexes ``param_groups`` (-1 when frozen); ``lr`` is the planned
-        lr (a scheduler scales the group's current lr)."""
+        """One row per parameter: ``name, depth, depth_source, lr, weight_decay, options, optimizer,
+        frozen, frozen_by, group, rules, aliases, shape, numel``; ``depth_source`` says where the
+        depth came from (timm group_matcher, forward order, registration order; head); ``group`` indexes ``param_groups`` (-1 when
+        frozen); ``lr`` is the planned lr (a scheduler scales the group's current lr);
+        ``weight_decay`` is the inner optimizer's default where no rule set it; ``frozen_by`` is
+        ``"model"`` (frozen before the wrapper was built), ``"rule"`` (a rule's ``frozen=True``), the
+        owner given to :meth:`freeze`, or ``None``."""
         return pd.DataFrame(
             [
                 {
-                    "name": row.name,
-                    "depth": row.depth,
-                    "lr": row.lr,
-                    "weight_decay": row.weight_decay,
-                    "frozen": row.frozen,
-                    "group": -1 if row.frozen else group,
-                    "rules": ", ".join(row.rules),
-                    "aliases": ", ".join(row.aliases),
-                    "shape": row.shape,
-                    "numel": math.prod(row.shape),
+                    "name": slot.row.name,
+                    "depth": slot.row.depth,
+                    "depth_source": slot.row.depth_source,
+                    "lr": slot.row.lr,
+                    "weight_decay": slot.row.weight_decay,
+                    "options": dict(slot.row.options),
+                    "optimizer": slot.row.optimizer,
+                    "frozen": slot.frozen_by is not None,
+                    "frozen_by": slot.frozen_by,
+                    "group": -1 if slot.frozen_by is not None else slot.group,
+                    "rules": ", ".join(slot.row.rules),
+                    "aliases": ", ".join(slot.row.aliases),
+                    "shape": slot.row.shape,
+                    "numel": math.prod(slot.row.shape),
                 }
-                for row, group in zip(self.plan, self._group_of)
+                for slot in self._slots
             ]
         )
 
@@ -270,7 +549,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """One row per param group: its settings, depth range, and how many tensors/elements are
         trainable and frozen."""
         table = self.explain()
-        table["group"] = self._group_of
+        table["group"] = [slot.group for slot in self._slots]
         table["trainable_numel"] = table["numel"].where(~table["frozen"], 0)
         return table.groupby("group").agg(
             lr=("lr", "first"),
@@ -283,30 +562,29 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         )
 
     def __repr__(self) -> str:
-        frozen = sum(self._frozen)
-        return (
-            f"LayerwiseOptimizer({type(self._inner).__name__}, {len(self._rows)} parameters "
-            f"({frozen} frozen), {len(self.param_groups)} groups)"
-        )
+        frozen = sum(slot.frozen_by is not None for slot in self._slots)
+        kinds = "+".join(type(inner.optimizer).__name__ for inner in self._inners)
+        return f"LayerwiseOptimizer({kinds}, {len(self._slots)} parameters ({frozen} frozen), {len(self.param_groups)} groups)"
 
     def per_group(self, value: float) -> list[float]:
         """``value`` scaled by each group's planned lr ratio to the base lr.
 
         Schedulers that take one peak lr for all groups (``OneCycleLR``, ``CyclicLR``) would flatten
         the rules' ratios; pass them ``max_lr=opt.per_group(peak)`` instead.
+
+        Raises:
+            ValueError: the base lr is 0.
         """
-        if self._base_lr == 0:
+        base = float(self.defaults["lr"])
+        if base == 0:
             raise ValueError("per_group needs a non-zero base lr")
-        return [value * group_lr / self._base_lr for group_lr, _ in self._group_settings]
+        return [value * group_lr / base for group_lr in self._planned_lrs]
 
     def _warn_if_ratios_flattened(self, optimizer, args, kwargs) -> None:
-        """Step pre-hook for the first step only (it removes itself); registered first, so it sees
+        """Step pre-hook for the first step only (step() removes it); registered first, so it sees
         the lrs the schedulers set before any other hook changes them."""
-        self._ratio_check.remove()
-        planned = [group_lr for group_lr, _ in self._group_settings]
-        current = [group["lr"] for group in self.param_groups]
-        if isinstance(current[0], torch.Tensor):
-            current = [float(c) for c in current]
+        planned = self._planned_lrs
+        current = [float(group["lr"]) for group in self.param_groups]
         scale = [c / p for c, p in zip(current, planned) if p > 0]
         if scale and not all(math.isclose(s, scale[0], rel_tol=1e-6, abs_tol=1e-12) for s in scale):
             warnings.warn(
@@ -316,172 +594,362 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 stacklevel=4,
             )
 
+    def _end_ratio_check(self) -> None:
+        if self._ratio_check is not None:
+            self._ratio_check.remove()
+            self._ratio_check = None
+
     # ---------------------------------------------------------------- freezing
-    def _select(self, pattern: str | Selector | None, select: dict) -> list[int]:
+    def _select(self, pattern: str | Selector | None, select: dict) -> list[_Slot]:
         if isinstance(pattern, Selector) and select:
             raise TypeError("give a Selector or selector fields, not both")
         selector = pattern if isinstance(pattern, Selector) else Selector(pattern=pattern, **select)
-        chosen = [i for i, info in enumerate(self._infos) if selector.matches(info)]
+        chosen = [slot for slot in self._slots if selector.matches(slot.info)]
         if not chosen:
             rule = Rule(**{f.name: getattr(selector, f.name) for f in fields(Selector)})
-            raise ValueError(_no_match_message(rule, [row.name for row in self._rows]))
+            raise ValueError(_no_match_message(rule, [slot.row.name for slot in self._slots]))
         return chosen
 
-    def freeze(self, pattern: str | Selector | None = None, *, keep_state: bool = False, **select: Any) -> list[str]:
+    def select(self, pattern: str | Selector | None = None, **select: Any) -> dict[str, torch.Tensor]:
+        """``{name: parameter}`` of the parameters a selection picks (a glob, a
+        :class:`~lrgroups.Selector`, or its fields as keywords), in plan order; nothing changes.
+
+        Raises:
+            ValueError: the selection matches no parameter (with the closest names).
+
+        Example:
+            >>> import torch, torch.nn as nn, lrgroups
+            >>> opt = lrgroups.LayerwiseOptimizer(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), torch.optim.SGD, lr=0.1)
+            >>> list(opt.select(ndim=1))
+            ['0.bias', '1.bias']
+        """
+        return {slot.row.name: slot.param for slot in self._select(pattern, select)}
+
+    def _check_membership_change(self, slots: list[_Slot]) -> None:
+        groups = {slot.group for slot in slots}
+        for inner in self._inners:
+            if isinstance(inner.optimizer, _DERIVED_STATE) and any(inner.start <= g < inner.stop for g in groups):
+                if any(p in self.state for g in self.param_groups[inner.start : inner.stop] for p in g["params"]):
+                    raise RuntimeError(
+                        f"{type(inner.optimizer).__name__} derives its state from the whole parameter set "
+                        "(flat history vectors), so parameters cannot be frozen or unfrozen once it has "
+                        "stepped; freeze/unfreeze before the first step, or build a new optimizer"
+                    )
+
+    def freeze(
+        self, pattern: str | Selector | None = None, *, keep_state: bool = False, owner: str = "user", **select: Any
+    ) -> list[str]:
         """Freeze the selected parameters (a glob, a :class:`~lrgroups.Selector`, or its fields as
-        keywords); returns the names that changed.
+        keywords); returns the names that changed (already-frozen ones keep their owner).
 
         A frozen parameter leaves its group's ``params`` list, gets ``requires_grad=False`` and
         ``.grad = None``: no step, momentum or weight decay touches it. Its optimizer state is
         dropped (``keep_state=False``, the default: a later unfreeze starts afresh, as a newly added
         parameter would) or kept aside and restored on unfreeze (``keep_state=True``; it is carried
-        by ``state_dict()``).
-        """
-        return [self._rows[i].name for i in self._select(pattern, select) if self._freeze_one(i, keep_state)]
+        by ``state_dict()``). ``owner`` is recorded (``explain()["frozen_by"]``) so that
+        ``unfreeze(owner=...)`` thaws only what that owner froze.
 
-    def unfreeze(self, pattern: str | Selector | None = None, **select: Any) -> list[str]:
+        Raises:
+            ValueError: the selection matches no parameter (with the closest names).
+            RuntimeError: an inner optimizer with derived state (L-BFGS) has stepped already.
+
+        Example:
+            >>> import torch, torch.nn as nn, lrgroups
+            >>> opt = lrgroups.LayerwiseOptimizer(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), torch.optim.SGD, lr=0.1)
+            >>> opt.freeze("0.*", owner="schedule"), opt.frozen_by("0.weight")
+            (['0.weight', '0.bias'], 'schedule')
+            >>> opt.unfreeze("0.*", owner="someone-else"), opt.unfreeze("0.*")
+            ([], ['0.weight', '0.bias'])
+        """
+        if not isinstance(owner, str) or not owner:
+            raise ValueError(f"owner must be a non-empty string, got {owner!r}")
+        slots = [slot for slot in self._select(pattern, select) if slot.frozen_by is None]
+        self._check_membership_change(slots)
+        for slot in slots:
+            state = self.state.pop(slot.param, None)
+            slot.kept = state if keep_state and state else None
+            slot.param.requires_grad_(False)
+            slot.param.grad = None
+            slot.frozen_by = owner
+        self._sync({slot.group for slot in slots})
+        return [slot.row.name for slot in slots]
+
+    def unfreeze(self, pattern: str | Selector | None = None, *, owner: str | None = None, **select: Any) -> list[str]:
         """Unfreeze the selected parameters: each is hot-added to the group its rules gave it, at
         its plan position (so group contents equal those of a run that never froze it); returns the
-        names that changed."""
-        return [self._rows[i].name for i in self._select(pattern, select) if self._unfreeze_one(i)]
+        names that changed. ``owner=None`` thaws whatever froze them (the model, a rule, anyone);
+        ``owner="x"`` thaws only what ``freeze(..., owner="x")`` froze.
 
-    def _freeze_one(self, index: int, keep_state: bool) -> bool:
-        if self._frozen[index]:
-            return False
-        param = self._infos[index].param
-        group = self._group_of[index]
-        position = self._members[group].index(index)
-        del self._members[group][position]
-        del self.param_groups[group]["params"][position]
-        state = self.state.pop(param, None)
-        if keep_state and state:
-            self._stash[index] = state
-        param.requires_grad_(False)
-        param.grad = None
-        self._frozen[index] = True
-        return True
+        Raises:
+            ValueError: the selection matches no parameter (with the closest names).
+            RuntimeError: an inner optimizer with derived state (L-BFGS) has stepped already.
+        """
+        slots = [
+            slot
+            for slot in self._select(pattern, select)
+            if slot.frozen_by is not None and (owner is None or slot.frozen_by == owner)
+        ]
+        self._check_membership_change(slots)
+        for slot in slots:
+            if slot.kept is not None:
+                self.state[slot.param] = slot.kept
+                slot.kept = None
+            else:
+                self._fresh_state(slot)
+            slot.param.requires_grad_(True)
+            slot.frozen_by = None
+        self._sync({slot.group for slot in slots})
+        return [slot.row.name for slot in slots]
 
-    def _unfreeze_one(self, index: int) -> bool:
-        if not self._frozen[index]:
-            return False
-        param = self._infos[index].param
-        group = self._group_of[index]
-        position = bisect.bisect_left(self._members[group], index)
-        self._members[group].insert(position, index)
-        self.param_groups[group]["params"].insert(position, param)
-        if index in self._stash:
-            self.state[param] = self._stash.pop(index)
-        param.requires_grad_(True)
-        self._frozen[index] = False
-        return True
+    def _fresh_state(self, slot: _Slot) -> None:
+        """For an optimizer that creates state in its constructor (Adagrad): the state its
+        constructor would create for this parameter in its group."""
+        inner = next(inner for inner in self._inners if inner.start <= slot.group < inner.stop)
+        if not inner.eager_state:
+            return
+        group = {key: value for key, value in self.param_groups[slot.group].items() if key not in ("params", "param_names")}
+        probe = inner.factory([{**group, "params": [slot.param]}], **inner.kwargs)
+        if slot.param in probe.state:
+            self.state[slot.param] = probe.state[slot.param]
 
     def group_of(self, name: str) -> int:
         """Index into ``param_groups`` of the group the rules gave ``name`` (frozen or not)."""
-        return self._group_of[self._index[name]]
+        return self._index[name].group
 
     def is_frozen(self, name: str) -> bool:
         """Whether the parameter called ``name`` (or an alias of it) is frozen now."""
-        return self._frozen[self._index[name]]
+        return self._index[name].frozen_by is not None
 
-    def _install_norm_hooks(self) -> None:
-        by_module: dict[int, list[int]] = {}
-        for index, info in enumerate(self._infos):
-            if info.is_norm and isinstance(info.module, nn.modules.batchnorm._NormBase):
-                by_module.setdefault(id(info.module), []).append(index)
-        modules = {id(info.module): info.module for info in self._infos}
-        for module_id, indices in by_module.items():
-            hook = _FrozenNormHook(self._frozen, indices)
-            self._norm_hooks.append(modules[module_id].register_forward_pre_hook(hook.before))
-            self._norm_hooks.append(modules[module_id].register_forward_hook(hook.after))
+    def frozen_by(self, name: str) -> str | None:
+        """Who froze ``name``: ``"model"``, ``"rule"``, the owner given to :meth:`freeze`; ``None``
+        when it trains."""
+        return self._index[name].frozen_by
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """The inner optimizer's state dict plus the layout by parameter name and the frozen set.
+        """torch's state dict (``state``, ``param_groups`` with ``param_names``; torch's hooks run)
+        plus ``"lrgroups"``: ``format``, ``names`` (every parameter, frozen ones included),
+        ``settings``, ``groups``, ``frozen`` (``{name: owner}``) and ``kept`` (state kept aside for
+        frozen parameters, by name). Loads with ``torch.load(..., weights_only=True)``.
 
-        Loads with ``torch.load(..., weights_only=True)``.
+        Example:
+            >>> import torch, torch.nn as nn, lrgroups
+            >>> opt = lrgroups.LayerwiseOptimizer(nn.Linear(2, 2), torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("bias", frozen=True)])
+            >>> sd = opt.state_dict()
+            >>> sorted(sd), sd["param_groups"][0]["param_names"], sd["lrgroups"]["frozen"]
+            (['lrgroups', 'param_groups', 'state'], ['weight'], {'bias': 'rule'})
         """
+        return super().state_dict()
+
+    def _layout(self) -> dict[str, Any]:
         return {
-            "format": _FORMAT,
-            "names": [row.name for row in self._rows],
-            "groups": list(self._group_of),
-            "settings": self._settings(),
-            "frozen": [row.name for row, frozen in zip(self._rows, self._frozen) if frozen],
-            "stash": {self._rows[i].name: state for i, state in self._stash.items()},
-            "inner": self._inner.state_dict(),
+            "format": FORMAT,
+            "names": [slot.row.name for slot in self._slots],
+            "settings": [_settings(slot.row) for slot in self._slots],
+            "groups": [slot.group for slot in self._slots],
+            "frozen": {slot.row.name: slot.frozen_by for slot in self._slots if slot.frozen_by is not None},
+            "kept": {slot.row.name: slot.kept for slot in self._slots if slot.kept is not None},
         }
 
-    def _mismatches(self, checkpoint: dict[str, Any]) -> list[str]:
-        if checkpoint.get("format") != _FORMAT:
-            return [f"not a LayerwiseOptimizer checkpoint (format {checkpoint.get('format')!r}, expected {_FORMAT!r})"]
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load a checkpoint by parameter name: this wrapper's own (layout, frozen set with owners,
+        kept-aside state and per-parameter state restored), one that went through
+        ``torch.distributed.checkpoint`` (no ``"lrgroups"`` key: state and group hyperparameters
+        restored, frozen set kept), or a bare torch optimizer's over the same model (per-parameter
+        state moved onto this layout by name, or by position over all or over the trainable
+        parameters; the group hyperparameters stay the rules'). State is cast as torch casts it;
+        torch's load hooks run. Group hyperparameters missing from a saved group (DCP drops those
+        of empty groups) keep their current values.
+
+        Raises:
+            CheckpointMismatchError: the checkpoint does not fit (other parameters, other rules,
+                a state tensor whose shape does not fit its parameter, ...), listing every
+                difference; nothing is changed then, nor when the load fails half-way.
+        """
+        frozen, kept, torch_part = self._translate(state_dict)
+        saved_frozen = [(slot, slot.frozen_by, slot.kept) for slot in self._slots]
+        saved_state, saved_groups = dict(self.state), self.param_groups
+        state_object = self.state
+        try:
+            for slot in self._slots:
+                target = frozen.get(slot.row.name)
+                if (slot.frozen_by is None) != (target is None):
+                    self.state.pop(slot.param, None)
+                    slot.param.requires_grad_(target is None)
+                    if target is not None:
+                        slot.param.grad = None
+                slot.frozen_by = target
+                slot.kept = None
+            self._sync(range(len(self.param_groups)))
+            super().load_state_dict(torch_part)
+        except Exception:
+            for slot, frozen_by, slot_kept in saved_frozen:
+                slot.frozen_by, slot.kept = frozen_by, slot_kept
+                slot.param.requires_grad_(frozen_by is None)
+            state_object.clear()
+            state_object.update(saved_state)
+            torch.optim.Optimizer.__setstate__(self, {"state": state_object, "param_groups": saved_groups})
+            self._sync(range(len(self.param_groups)))
+            self._relink()
+            raise
+        for name, state in kept.items():
+            slot = self._index[name]
+            slot.kept = cast_like_torch(slot.param, state, self.param_groups[slot.group])
+        self._end_ratio_check()
+
+    def _translate(self, state_dict: Mapping[str, Any]) -> tuple[dict, dict, dict]:
+        """(frozen set, kept-aside state, torch-layout dict for this layout) from a checkpoint;
+        raises CheckpointMismatchError listing every difference; changes nothing."""
+        if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise CheckpointMismatchError("not an optimizer state dict: it needs 'state' and 'param_groups'")
+        names = [slot.row.name for slot in self._slots]
+        params = {slot.row.name: slot.param for slot in self._slots}
+        per_parameter = {  # state whose shape follows its parameter (not L-BFGS's flat history)
+            slot.row.name
+            for inner in self._inners
+            if not isinstance(inner.optimizer, _DERIVED_STATE)
+            for slot in self._slots
+            if inner.start <= slot.group < inner.stop
+        }
+        layout = state_dict.get("lrgroups")
+        problems: list[str] = []
+        if layout is not None:
+            problems = self._layout_problems(layout)
+            if problems:
+                raise CheckpointMismatchError("checkpoint does not fit this model/rules:\n  " + "\n  ".join(problems))
+            frozen = dict(layout["frozen"])
+            kept = dict(layout["kept"])
+        else:
+            frozen = {slot.row.name: slot.frozen_by for slot in self._slots if slot.frozen_by is not None}
+            kept = {}
+        trainable = [name for name in names if name not in frozen]
+        saved_names = names_by_group(state_dict, [names, trainable])
+        unexpected = sorted({n for group in saved_names for n in group} - set(names))
+        if unexpected:
+            raise CheckpointMismatchError(f"parameters in the checkpoint but not in the model: {', '.join(unexpected[:10])}")
+        by_name = state_by_name(state_dict, saved_names)
+        if layout is not None:
+            implied = [name for group in saved_names for name in group]
+            expected = [slot.row.name for g in self._group_slots for slot in g if slot.row.name not in frozen]
+            if sorted(implied) != sorted(expected):
+                problems.append("the checkpoint's param groups do not hold the trainable parameters its frozen set implies")
+        else:
+            kept = {name: state for name, state in by_name.items() if name in frozen}
+        problems += shape_problems({n: s for n, s in by_name.items() if n in per_parameter}, params)
+        problems += shape_problems({n: s for n, s in kept.items() if n in per_parameter}, params)
+        if problems:
+            raise CheckpointMismatchError("checkpoint does not fit this model/rules:\n  " + "\n  ".join(problems[:20]))
+        same_layout = len(saved_names) == len(self.param_groups) and all(
+            set(group) <= {slot.row.name for slot in slots} for group, slots in zip(saved_names, self._group_slots)
+        )
+        groups, state, next_id = [], {}, 0
+        for g, slots in enumerate(self._group_slots):
+            hyper = {k: v for k, v in self.param_groups[g].items() if k not in ("params", "param_names")}
+            if same_layout:
+                hyper.update({k: v for k, v in state_dict["param_groups"][g].items() if k not in ("params", "param_names")})
+            members = [slot.row.name for slot in slots if slot.row.name not in frozen]
+            ids = list(range(next_id, next_id + len(members)))
+            next_id += len(members)
+            state.update({i: by_name[name] for i, name in zip(ids, members) if name in by_name})
+            groups.append({**hyper, "params": ids, "param_names": members})
+        others = {key: value for key, value in state_dict.items() if key not in ("state", "param_groups")}
+        return frozen, kept, {**others, "state": state, "param_groups": groups}
+
+    def _layout_problems(self, layout: Mapping[str, Any]) -> list[str]:
+        if layout.get("format") != FORMAT:
+            return [f"not a LayerwiseOptimizer checkpoint (format {layout.get('format')!r}, expected {FORMAT!r})"]
         problems = []
-        names = [row.name for row in self._rows]
-        saved_names, own_names = set(checkpoint["names"]), set(names)
+        names = [slot.row.name for slot in self._slots]
+        saved_names, own_names = set(layout["names"]), set(names)
         missing = [n for n in names if n not in saved_names]
-        unexpected = [n for n in checkpoint["names"] if n not in own_names]
+        unexpected = [n for n in layout["names"] if n not in own_names]
         if missing:
             problems.append(f"parameters missing from the checkpoint: {', '.join(missing[:10])}")
         if unexpected:
             problems.append(f"parameters in the checkpoint but not in the model: {', '.join(unexpected[:10])}")
         if missing or unexpected:
             return problems
-        if checkpoint["names"] != names:
+        if layout["names"] != names:
             problems.append("parameters are in a different order")
-        for name, ours, theirs in zip(names, self._settings(), checkpoint["settings"]):
-            if list(ours) != list(theirs):
-                problems.append(f"{name}: rules give lr, weight_decay = {ours}, checkpoint has {theirs}")
-        if checkpoint["groups"] != self._group_of:
+        for slot, theirs in zip(self._slots, layout["settings"]):
+            ours = _settings(slot.row)
+            if ours != theirs:
+                problems.append(f"{slot.row.name}: rules give {ours}, checkpoint has {theirs}")
+        if list(layout["groups"]) != [slot.group for slot in self._slots]:
             problems.append("group layout differs (the rules produce different groups)")
-        if problems:
-            return problems[:20]
-        frozen = set(checkpoint["frozen"])
-        counts = [0] * len(self.param_groups)
-        for index, row in enumerate(self._rows):
-            counts[self._group_of[index]] += row.name not in frozen
-        saved = [len(g["params"]) for g in checkpoint["inner"]["param_groups"]]
-        if saved != counts:
-            problems.append(f"inner optimizer groups hold {saved} parameters, the frozen set implies {counts}")
-        return problems
+        return problems[:20]
 
-    def _settings(self) -> list[list[float]]:
-        return [[row.lr, row.weight_decay] for row in self._rows]
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore layout, frozen set and inner state. A checkpoint from another model or rule set
-        raises :class:`CheckpointMismatchError` listing the differences; nothing is changed then."""
-        problems = self._mismatches(state_dict)
-        if problems:
-            raise CheckpointMismatchError("checkpoint does not fit this model/rules:\n  " + "\n  ".join(problems))
-        frozen = set(state_dict["frozen"])
-        self._stash.clear()
-        for index, row in enumerate(self._rows):
-            if row.name in frozen:
-                self._freeze_one(index, keep_state=False)
-            else:
-                self._unfreeze_one(index)
-        self._inner.load_state_dict(state_dict["inner"])
-        self._stash = {
-            self._index[name]: {
-                key: value.to(self._infos[self._index[name]].param.device)
-                if isinstance(value, torch.Tensor) and key != "step"
-                else value
-                for key, value in state.items()
-            }
-            for name, state in state_dict["stash"].items()
-        }
-        self._ratio_check.remove()
+def _settings(row: ParamPlan) -> dict[str, Any]:
+    return {"optimizer": row.optimizer, "lr": row.lr, "weight_decay": row.weight_decay, "options": dict(row.options)}
+
+
+def _add_layout(optimizer: LayerwiseOptimizer, state_dict: dict[str, Any]) -> None:
+    """State-dict post-hook (registered first): lrgroups' layout in its own key."""
+    state_dict["lrgroups"] = optimizer._layout()
+
+
+def _release_norm_hooks(handles: list, owned: list) -> None:
+    for handle in handles:
+        handle.remove()
+    for module, hook in owned:
+        if _NORM_OWNER.get(module) is hook:
+            del _NORM_OWNER[module]
+    owned.clear()
+
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _norm_units(model: nn.Module, slots: list[_Slot]) -> list[tuple[nn.Module, list[int]]]:
+    """``(norm layer with running statistics, indices of the slots that decide whether it is
+    frozen)``: its own parameters; for a norm without parameters, its block's (the nearest
+    enclosing non-container module other than the model, with parameters), else the parameters of
+    the layer registered just before it. Norms decided by a parameter this optimizer does not own
+    are left alone."""
+    index = {id(slot.param): i for i, slot in enumerate(slots)}
+    modules = dict(model.named_modules())
+    units = []
+    for name, module in modules.items():
+        if not isinstance(module, nn.modules.batchnorm._NormBase):
+            continue
+        params = list(module.parameters())
+        if not params:
+            params = _block_params(model, modules, name)
+        if params and all(id(p) in index for p in params):
+            units.append((module, sorted({index[id(p)] for p in params})))
+    return units
+
+
+def _block_params(model: nn.Module, modules: dict[str, nn.Module], name: str) -> list[torch.Tensor]:
+    parts = name.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        ancestor = modules[".".join(parts[:depth])]
+        if not isinstance(ancestor, _CONTAINERS):
+            params = list(ancestor.parameters())
+            if params:
+                return params
+    parent = modules[".".join(parts[:-1])] if len(parts) > 1 else model
+    before = []
+    for child_name, child in parent.named_children():
+        if child_name == parts[-1]:
+            break
+        if next(child.parameters(), None) is not None:
+            before = list(child.parameters())
+    return before
 
 
 class _FrozenNormHook:
-    """Forward pre-hook and hook: a norm layer whose affine parameters are all frozen runs this
-    forward in eval mode; its ``training`` flag is put back afterwards."""
+    """Forward pre-hook and hook: a norm layer that counts as frozen runs this forward in eval mode;
+    its ``training`` flag is put back afterwards. Only the newest optimizer's hook over a module
+    acts; a deep copy of the model shares this object, which does nothing on the copy."""
 
-    def __init__(self, frozen: list[bool], indices: list[int]) -> None:
-        self.frozen = frozen
-        self.indices = indices
+    def __init__(self, slots: list[_Slot]) -> None:
+        self.slots = slots
         self.switched = False
 
     def before(self, module: nn.Module, args: tuple) -> None:
-        if module.training and all(self.frozen[i] for i in self.indices):
+        if module.training and _NORM_OWNER.get(module) is self and all(s.frozen_by is not None for s in self.slots):
             module.training = False
             self.switched = True
 
@@ -490,3 +958,5 @@ class _FrozenNormHook:
             module.training = True
             self.switched = False
 
+    def __deepcopy__(self, memo: dict) -> "_FrozenNormHook":
+        return self

@@ -10,9 +10,10 @@ Example:
 
 Composition, the one rule to remember: every parameter starts at ``(lr, weight_decay, frozen)``
 given to the optimizer (``frozen`` from ``requires_grad``), then each rule that matches it is applied
-in order, attribute by attribute: ``lr=`` / ``weight_decay=`` / ``frozen=`` replace the running
-value, ``lr_mult=`` / ``wd_mult=`` multiply it. So a later rule overrides an earlier one and
-multipliers compose. Values may be numbers or functions of :class:`ParamInfo` (that is how
+in order, attribute by attribute: ``lr=`` / ``weight_decay=`` / ``frozen=`` / ``optimizer=`` replace
+the running value, ``lr_mult=`` / ``wd_mult=`` multiply it, ``options=`` merge key by key. So a later
+rule overrides an earlier one and multipliers compose; parameters whose settings end up equal share a
+param group. Values may be numbers or functions of :class:`ParamInfo` (that is how
 :func:`layer_decay` reads depth).
 """
 
@@ -23,7 +24,7 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -122,6 +123,24 @@ class Selector:
         return ", ".join(parts) or "everything"
 
 
+_RESERVED_OPTIONS = frozenset({"params", "param_names", "lr", "weight_decay"})
+
+
+class _FrozenOptions(dict):
+    """A rule's ``options``: a read-only dict that hashes by its items, so rules stay hashable."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted((key, repr(value)) for key, value in self.items())))
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a rule's options are read-only; build a new Rule")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (_FrozenOptions, (dict(self),))
+
+
 @dataclass(frozen=True)
 class Rule(Selector):
     """Select parameters (see :class:`Selector`) and set their lr, weight decay or frozen flag.
@@ -135,6 +154,13 @@ class Rule(Selector):
         lr_mult: multiplies the running learning rate.
         weight_decay: absolute weight decay. wd_mult: multiplies it.
         frozen: ``True`` freezes (not in the optimizer, ``requires_grad=False``), ``False`` trains.
+        options: any other per-group option of the inner optimizer (``{"betas": (0.9, 0.95)}``,
+            ``{"momentum": 0.8}``, Rprop's ``{"step_sizes": (1e-6, 1.0)}``); merged key by key, a
+            later rule's value replacing an earlier one's. ``lr``/``weight_decay`` have their own
+            fields and ``params``/``param_names`` belong to the optimizer: giving them here raises
+            ``ValueError``.
+        optimizer: the name of the inner optimizer these parameters go to, when
+            :class:`~lrgroups.LayerwiseOptimizer` is given several (``{"muon": Muon, "adamw": AdamW}``).
         name: label shown by ``explain()``; defaults to the rule's repr.
         allow_empty: if ``False`` (default) a rule that matches no parameter is an error.
         needs_depth: if ``True`` the rule is meaningless when every parameter has one depth, which
@@ -146,9 +172,24 @@ class Rule(Selector):
     weight_decay: Setting = None
     wd_mult: Setting = None
     frozen: bool | None = None
+    options: Mapping[str, Any] | None = None
+    optimizer: str | None = None
     name: str | None = None
     allow_empty: bool = False
     needs_depth: bool = False
+
+    def __post_init__(self) -> None:
+        if self.options is not None:
+            if not isinstance(self.options, Mapping):
+                raise TypeError(f"options must be a mapping of option names to values, got {self.options!r}")
+            reserved = sorted(set(self.options) & _RESERVED_OPTIONS)
+            if reserved:
+                raise ValueError(
+                    f"options may not set {', '.join(reserved)}: use the rule's lr=/weight_decay= fields "
+                    "(params and param_names belong to the optimizer)"
+                )
+            # A frozen rule keeps a hashable, order-free copy.
+            object.__setattr__(self, "options", _FrozenOptions(self.options))
 
     @property
     def label(self) -> str:
@@ -156,30 +197,40 @@ class Rule(Selector):
             return self.name
         settings = [
             f"{key}={getattr(self, key)!r}"
-            for key in ("lr", "lr_mult", "weight_decay", "wd_mult", "frozen")
+            for key in ("lr", "lr_mult", "weight_decay", "wd_mult", "frozen", "optimizer")
             if getattr(self, key) is not None
         ]
+        if self.options:
+            settings.append(f"options={dict(self.options)!r}")
         return f"Rule({', '.join([self.criteria(), *settings])})"
 
 
 @dataclass(frozen=True)
 class ParamPlan:
-    """One row of the plan: the settings the rules give one parameter."""
+    """One row of the plan: the settings the rules give one parameter.
+
+    ``weight_decay`` is ``None`` where neither the caller nor a rule set it: the inner optimizer's
+    own default applies. ``options`` holds the other per-group options the rules set, as sorted
+    ``(key, value)`` pairs; ``optimizer`` names the inner optimizer (``None``: the only one).
+    """
 
     name: str
     aliases: tuple[str, ...]
     depth: int
     lr: float
-    weight_decay: float
+    weight_decay: float | None
     frozen: bool
     rules: tuple[str, ...]
     shape: tuple[int, ...]
     depth_source: str = ""
+    options: tuple[tuple[str, Any], ...] = ()
+    optimizer: str | None = None
 
     @property
-    def settings(self) -> tuple[float, float]:
-        """What decides the param group: parameters with equal settings share one group."""
-        return (self.lr, self.weight_decay)
+    def settings(self) -> tuple:
+        """What decides the param group: parameters with equal settings (inner optimizer, lr,
+        weight decay and every option) share one group."""
+        return (self.optimizer, self.lr, self.weight_decay, self.options)
 
 
 def describe(
@@ -242,7 +293,7 @@ def _resolve(value: Setting, info: ParamInfo) -> float:
 
 def _check_value(what: str, value: float, where: str) -> None:
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{what} must be finite and >= 0, got {value!r} for {where}")
+        raise ValueError(f"Invalid {what} value: {value!r} for {where} ({what} must be finite and >= 0)")
 
 
 def _no_match_message(rule: Rule, names: Sequence[str]) -> str:
@@ -259,7 +310,7 @@ def plan(
     model: nn.Module,
     *,
     lr: float,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = 0.0,
     rules: Sequence[Rule] = (),
     coarse: bool = False,
     example_input: Any = None,
@@ -288,12 +339,41 @@ def describe_nonempty(
     return infos
 
 
+Base = Union[float, None, Mapping[Union[str, None], Union[float, None]]]
+
+
+def _base(value: Base, optimizer: str | None) -> float | None:
+    return value.get(optimizer) if isinstance(value, Mapping) else value
+
+
 def plan_params(
-    infos: Sequence[ParamInfo], *, lr: float, weight_decay: float = 0.0, rules: Sequence[Rule] = ()
+    infos: Sequence[ParamInfo],
+    *,
+    lr: Base,
+    weight_decay: Base = 0.0,
+    rules: Sequence[Rule] = (),
+    optimizers: Sequence[str] | None = None,
 ) -> list[ParamPlan]:
-    """:func:`plan` on parameters already described by :func:`describe`."""
-    _check_value("lr", float(lr), "the base lr")
-    _check_value("weight_decay", float(weight_decay), "the base weight decay")
+    """:func:`plan` on parameters already described by :func:`describe`.
+
+    ``lr`` and ``weight_decay`` are the starting values, or mappings from inner-optimizer name to
+    starting value when the rules route parameters to several (``optimizers`` lists the names, the
+    first taking every parameter no rule routes). A ``None`` weight decay means "the inner
+    optimizer's default": it stays ``None`` unless a rule sets it (``wd_mult`` on it raises).
+    """
+    if optimizers is not None:
+        unknown = sorted({rule.optimizer for rule in rules if rule.optimizer is not None} - set(optimizers))
+        if unknown:
+            raise ValueError(f"rules route to unknown optimizer(s) {unknown}; the optimizers are {list(optimizers)}")
+    elif any(rule.optimizer is not None for rule in rules):
+        name = next(rule.label for rule in rules if rule.optimizer is not None)
+        raise ValueError(f"{name} routes to a named optimizer, but one optimizer was given: pass a dict of optimizers")
+    default_optimizer = optimizers[0] if optimizers else None
+    for base_lr in (lr.values() if isinstance(lr, Mapping) else [lr]):
+        _check_value("lr", float(base_lr), "the base lr")
+    for base_wd in (weight_decay.values() if isinstance(weight_decay, Mapping) else [weight_decay]):
+        if base_wd is not None:
+            _check_value("weight_decay", float(base_wd), "the base weight decay")
     names = [info.name for info in infos]
     flat = next((rule for rule in rules if rule.needs_depth), None) if infos and infos[0].max_depth == 0 else None
     if flat is not None:
@@ -305,11 +385,18 @@ def plan_params(
     rows = []
     hits = [0] * len(rules)
     for info in infos:
-        value = {"lr": float(lr), "weight_decay": float(weight_decay), "frozen": not info.param.requires_grad}
+        matching = [index for index, rule in enumerate(rules) if rule.matches(info)]
+        optimizer = next((rules[i].optimizer for i in reversed(matching) if rules[i].optimizer is not None), default_optimizer)
+        start_wd = _base(weight_decay, optimizer)
+        value = {
+            "lr": float(_base(lr, optimizer)),
+            "weight_decay": None if start_wd is None else float(start_wd),
+            "frozen": not info.param.requires_grad,
+        }
+        options: dict[str, Any] = {}
         matched = []
-        for index, rule in enumerate(rules):
-            if not rule.matches(info):
-                continue
+        for index in matching:
+            rule = rules[index]
             hits[index] += 1
             matched.append(rule.label)
             if rule.lr is not None:
@@ -319,11 +406,19 @@ def plan_params(
             if rule.weight_decay is not None:
                 value["weight_decay"] = _resolve(rule.weight_decay, info)
             if rule.wd_mult is not None:
+                if value["weight_decay"] is None:
+                    raise ValueError(
+                        f"{rule.label} multiplies the weight decay of {info.name!r}, which is the inner "
+                        "optimizer's default: pass weight_decay= to the optimizer"
+                    )
                 value["weight_decay"] *= _resolve(rule.wd_mult, info)
             if rule.frozen is not None:
                 value["frozen"] = bool(rule.frozen)
+            if rule.options:
+                options.update(rule.options)
         _check_value("lr", value["lr"], f"parameter {info.name!r} (rules: {matched})")
-        _check_value("weight_decay", value["weight_decay"], f"parameter {info.name!r} (rules: {matched})")
+        if value["weight_decay"] is not None:
+            _check_value("weight_decay", value["weight_decay"], f"parameter {info.name!r} (rules: {matched})")
         rows.append(
             ParamPlan(
                 name=info.name,
@@ -335,6 +430,8 @@ def plan_params(
                 rules=tuple(matched),
                 shape=tuple(info.param.shape),
                 depth_source=info.depth_source,
+                options=tuple(sorted(options.items())),
+                optimizer=optimizer,
             )
         )
     for rule, count in zip(rules, hits):

@@ -57,20 +57,15 @@ def _selector(stage: StageSpec) -> Selector:
 
 
 def _selected(optimizer: LayerwiseOptimizer, selector: Selector) -> dict[str, Any]:
-    """``{name: tensor}`` of the parameters ``selector`` picks, in plan order, nothing changed.
-
-    ``freeze()`` checks its selector against every parameter before it changes anything, and raises
-    ``ValueError`` when the selector picks none: a probe that records what ``selector`` matches and
-    picks nothing itself asks it, through the public API, without side effects.
-    """
-    found: dict[str, Any] = {}
-    probe = Selector(where=lambda info: bool(selector.matches(info) and found.setdefault(info.name, info.param) is None))
+    """``{name: tensor}`` of the parameters ``selector`` picks, in plan order (empty when none)."""
     try:
-        optimizer.freeze(probe)
+        return optimizer.select(selector)
     except ValueError:
-        pass
-    return found
+        return {}
 
+
+#: The owner recorded for what a schedule freezes (``optimizer.frozen_by(name)``, ``explain()``).
+SCHEDULE_OWNER = "schedule"
 
 # The tensors some schedule froze and has not thawed: a schedule built later on the same model (a
 # re-run notebook cell, a second optimizer) may thaw them; what anyone else froze it never thaws.
@@ -218,7 +213,10 @@ class ProgressiveUnfreezing:
             return []
         missing = [name for name in names if name not in self._params]
         self._params.update(_selected(self.optimizer, _by_name(missing)) if missing else {})
-        changed = (self.optimizer.freeze if frozen else self.optimizer.unfreeze)(_by_name(names))
+        if frozen:
+            changed = self.optimizer.freeze(_by_name(names), owner=SCHEDULE_OWNER)
+        else:
+            changed = self.optimizer.unfreeze(_by_name(names))
         for name in names:
             param = self._params[name]
             if frozen:

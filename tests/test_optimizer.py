@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torchvision
 from hypothesis import given
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from hypothesis import strategies as st
 
 import lrgroups
@@ -397,14 +398,19 @@ def test_summary_counts_per_group():
     assert table["trainable_numel"].tolist() == [0, 72, 18]
 
 
-def test_step_hooks_run_once_per_step_and_closure_passes_through():
-    """Hooks registered on the wrapper run once per step (the wrapper's step is not double-wrapped
-    by torch's profiling hook) and a closure reaches the inner optimizer."""
+def test_step_hooks_run_once_in_torch_order_with_the_wrapper_and_closure_passes_through():
+    """Global and local step hooks run once per step, in torch's order (global pre, local pre,
+    local post, global post), each receiving the wrapper (not the inner optimizer); a closure
+    reaches the inner optimizer and its loss is returned."""
     model = _mlp()
     opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
     calls = []
-    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
-    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    handles = [
+        register_optimizer_step_pre_hook(lambda o, a, k: calls.append(("global pre", o))),
+        register_optimizer_step_post_hook(lambda o, a, k: calls.append(("global post", o))),
+        opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", o))),
+        opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", o))),
+    ]
 
     def closure():
         opt.zero_grad()
@@ -412,10 +418,13 @@ def test_step_hooks_run_once_per_step_and_closure_passes_through():
         loss.backward()
         return loss
 
-    loss = opt.step(closure)
+    try:
+        loss = opt.step(closure)
+    finally:
+        for handle in handles:
+            handle.remove()
     assert isinstance(loss, torch.Tensor)
-    assert calls == ["pre", "post"]
-    assert not hasattr(type(opt).step, "__wrapped__")
+    assert calls == [("global pre", opt), ("pre", opt), ("post", opt), ("global post", opt)]
 
 
 def test_grad_scaler_with_fused_inner_optimizer():
@@ -444,3 +453,290 @@ def test_grad_scaler_with_fused_inner_optimizer():
 def test_layer_decay_between_on_single_depth_model_raises_clearly():
     with pytest.raises(ValueError, match="has no effect"):
         lrgroups.plan(nn.Linear(3, 3), lr=0.1, rules=[lrgroups.layer_decay_between(1e-5, 1e-3)])
+
+
+# ---------------------------------------------------------------- issue 10: a genuine torch optimizer
+def _two_layer():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def _train(model, opt, steps=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        model(torch.randn(6, model[0].in_features, generator=generator)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_defaults_are_the_inner_optimizers():
+    """What the user does not pass is the inner optimizer's default: AdamW trains with its
+    weight decay 0.01 (Muon's 0.1), bitwise as AdamW(model.parameters()) does, and the groups say
+    so; explain() shows the value in force."""
+    model, reference = _two_layer(), _two_layer()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3)
+    bare = torch.optim.AdamW(reference.parameters(), lr=1e-3)
+    assert opt.param_groups[0]["weight_decay"] == 0.01 == opt.defaults["weight_decay"]
+    assert set(opt.explain().weight_decay) == {0.01}
+    _train(model, opt)
+    _train(reference, bare)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+    muon = lrgroups.LayerwiseOptimizer(nn.Linear(3, 3, bias=False), torch.optim.Muon, lr=1e-3)
+    assert muon.param_groups[0]["weight_decay"] == 0.1
+    sgd = lrgroups.LayerwiseOptimizer(_two_layer(), torch.optim.SGD)  # lr too: SGD's default 1e-3
+    assert sgd.param_groups[0]["lr"] == 1e-3
+
+
+def test_tensor_lr_stays_a_tensor_and_foreach_with_tensor_lr_is_refused_as_torch_does():
+    opt = lrgroups.LayerwiseOptimizer(_two_layer(), torch.optim.Adam, lr=torch.tensor(0.01),
+                                      rules=[lrgroups.Rule("2.*", lr_mult=0.5)])
+    assert all(isinstance(group["lr"], torch.Tensor) for group in opt.param_groups)
+    assert [float(group["lr"]) for group in opt.param_groups] == pytest.approx([0.01, 0.005])
+    with pytest.raises(ValueError, match="lr as a Tensor is not supported"):
+        lrgroups.LayerwiseOptimizer(_two_layer(), torch.optim.Adam, lr=torch.tensor(0.01), foreach=True)
+
+
+def _with_complex_extra():
+    model = nn.Linear(3, 3)
+    model.register_parameter("extra", nn.Parameter(torch.zeros(2, dtype=torch.complex64)))
+    return model
+
+
+@pytest.mark.parametrize(
+    "model, factory, frozen, message",
+    [
+        (nn.Linear(3, 3), torch.optim.Muon, "bias", "Muon only supports 2D parameters"),
+        (_with_complex_extra(), torch.optim.SparseAdam, "extra", "does not support complex"),
+    ],
+)
+def test_frozen_parameters_pass_the_inner_constructors_validation_at_build(model, factory, frozen, message):
+    """A parameter the rules freeze still goes through the inner optimizer's constructor, so an
+    invalid one (here the only invalid one) fails when the wrapper is built, not when it is
+    unfrozen and stepped."""
+    with pytest.raises(ValueError, match=message):
+        lrgroups.LayerwiseOptimizer(model, factory, lr=1e-3, rules=[lrgroups.Rule(frozen, frozen=True)])
+
+
+def test_options_by_rule_split_groups_merge_on_whole_settings_and_show_in_explain():
+    """Rule options reach the groups; parameters whose whole settings (lr, weight decay, options)
+    are equal share one group; explain() shows each parameter's options; a later rule's value
+    replaces an earlier one key by key."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2))
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3, rules=[
+        lrgroups.Rule("[01].*", options={"betas": (0.9, 0.95), "eps": 1e-6}),
+        lrgroups.Rule("1.bias", options={"eps": 1e-5}),
+    ])
+    assert [(g["betas"], g["eps"], g["param_names"]) for g in opt.param_groups] == [
+        ((0.9, 0.95), 1e-6, ["0.weight", "0.bias", "1.weight"]),
+        ((0.9, 0.95), 1e-5, ["1.bias"]),
+        ((0.9, 0.999), 1e-8, ["2.weight", "2.bias"]),
+    ]
+    assert opt.explain().set_index("name").loc["1.bias", "options"] == {"betas": (0.9, 0.95), "eps": 1e-5}
+
+
+def test_options_may_not_set_lr_weight_decay_or_params():
+    with pytest.raises(ValueError, match="use the rule's lr=/weight_decay= fields"):
+        lrgroups.Rule("x", options={"lr": 0.1})
+    with pytest.raises(TypeError, match="mapping"):
+        lrgroups.Rule("x", options=[("eps", 1e-6)])
+
+
+def _muon_adamw(model, **kwargs):
+    return lrgroups.LayerwiseOptimizer(
+        model, {"adamw": torch.optim.AdamW, "muon": (torch.optim.Muon, {"lr": 0.02})}, lr=1e-3,
+        rules=[lrgroups.Rule(ndim=2, optimizer="muon"), lrgroups.head(optimizer="adamw")], **kwargs)
+
+
+def _mlp3():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def test_muon_for_hidden_weights_adamw_for_the_rest_in_one_optimizer():
+    """Rules route 2-D hidden weights to Muon and biases, norms and the head to AdamW; the wrapper
+    is one Optimizer whose param_groups is the concatenation (one scheduler drives both), and its
+    steps equal Muon and AdamW built by hand over the same split and stepped together."""
+    model, reference = _mlp3(), _mlp3()
+    opt = _muon_adamw(model)
+    routed = dict(zip(opt.explain().name, opt.explain().optimizer))
+    assert routed == {"0.weight": "muon", "0.bias": "adamw", "1.weight": "adamw", "1.bias": "adamw",
+                      "3.weight": "muon", "3.bias": "adamw", "5.weight": "adamw", "5.bias": "adamw"}
+    assert opt.param_groups == opt.inners["adamw"].param_groups + opt.inners["muon"].param_groups
+    params = dict(reference.named_parameters())
+    muon = torch.optim.Muon([params["0.weight"], params["3.weight"]], lr=0.02)
+    adamw = torch.optim.AdamW([p for n, p in params.items() if n not in ("0.weight", "3.weight")], lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    hand = [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5) for o in (muon, adamw)]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        x = torch.randn(6, 4, generator=generator)
+        model(x).pow(2).mean().backward()
+        reference(x).pow(2).mean().backward()
+        opt.step(); muon.step(); adamw.step()
+        opt.zero_grad(); muon.zero_grad(); adamw.zero_grad()
+        scheduler.step(); [s.step() for s in hand]
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+    assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in adamw.param_groups + muon.param_groups]
+
+
+def test_muon_adamw_freeze_unfreeze_and_resume_across_both():
+    """freeze/unfreeze route each parameter back to its own inner optimizer (unfreeze(ndim=1)
+    never hands a 1-D tensor to Muon); a state dict saved mid-run resumes bitwise."""
+    model = _mlp3()
+    opt = _muon_adamw(model)
+    opt.freeze("0.*")
+    _train(model, opt, steps=2)
+    assert opt.unfreeze(ndim=1) == ["0.bias"]
+    assert [n for g in opt.inners["muon"].param_groups for n in g["param_names"]] == ["3.weight"]
+    opt.unfreeze("0.*")
+    _train(model, opt, steps=2, seed=1)
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    _train(model, opt, steps=2, seed=2)
+    fresh = _mlp3()
+    fresh.load_state_dict(saved_model)
+    resumed = _muon_adamw(fresh)
+    resumed.load_state_dict(saved_opt)
+    _train(fresh, resumed, steps=2, seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+
+
+def test_routing_to_an_unknown_optimizer_or_with_one_optimizer_fails_clearly():
+    with pytest.raises(ValueError, match=r"unknown optimizer\(s\) \['lion'\]"):
+        lrgroups.LayerwiseOptimizer(_mlp3(), {"adamw": torch.optim.AdamW}, lr=1e-3, rules=[lrgroups.Rule(ndim=2, optimizer="lion")])
+    with pytest.raises(ValueError, match="pass a dict of optimizers"):
+        lrgroups.LayerwiseOptimizer(_mlp3(), torch.optim.AdamW, lr=1e-3, rules=[lrgroups.Rule(ndim=2, optimizer="muon")])
+
+
+def test_lbfgs_membership_change_after_stepping_is_refused_naming_it():
+    """L-BFGS keeps flat history over all its parameters: freezing or unfreezing after it stepped
+    raises an error naming it (not an assertion from inside torch); before the first step it works."""
+    model = _two_layer()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.LBFGS, lr=0.1, rules=[lrgroups.Rule("0.*", frozen=True)])
+    opt.unfreeze("0.bias")
+
+    def closure():
+        opt.zero_grad()
+        loss = model(torch.ones(3, 4)).pow(2).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    opt.step(closure)
+    with pytest.raises(RuntimeError, match="LBFGS derives its state"):
+        opt.unfreeze("0.*")
+    with pytest.raises(RuntimeError, match="LBFGS derives its state"):
+        opt.freeze("2.*")
+    opt.step(closure)
+
+
+def test_two_wrappers_on_disjoint_parts_of_one_model_both_train():
+    """select= limits a wrapper to its parameters; it never changes requires_grad of others, so
+    a Muon wrapper over the 2-D weights and an AdamW wrapper over the rest both train."""
+    model = _mlp3()
+    muon = lrgroups.LayerwiseOptimizer(model, torch.optim.Muon, lr=0.02, select=lrgroups.Selector(ndim=2, pattern="[03].*"))
+    adamw = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3, select=lrgroups.Selector(where=lambda p: not (p.ndim == 2 and p.name[0] in "03")))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert all(p.requires_grad for p in model.parameters())
+    for _ in range(2):
+        model(torch.randn(5, 4)).pow(2).mean().backward()
+        muon.step(); adamw.step()
+        muon.zero_grad(); adamw.zero_grad()
+    assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+    adamw.freeze("5.*")
+    assert muon.explain().name.tolist() == ["0.weight", "3.weight"]
+    assert model[0].weight.requires_grad and not model[5].weight.requires_grad
+
+
+# ---------------------------------------------------------------- issue 11: who froze what
+def test_frozen_by_records_model_rule_and_owner_and_unfreeze_owner_thaws_only_its_own():
+    model = _mlp3()
+    model[5].requires_grad_(False)  # frozen by the user before building
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3, rules=[lrgroups.Rule("0.*", frozen=True)])
+    opt.freeze("3.*", owner="schedule")
+    opt.freeze("1.*")
+    table = opt.explain().set_index("name")
+    assert table.frozen_by.to_dict() == {
+        "0.weight": "rule", "0.bias": "rule", "1.weight": "user", "1.bias": "user",
+        "3.weight": "schedule", "3.bias": "schedule", "5.weight": "model", "5.bias": "model",
+    }
+    assert opt.freeze("5.*", owner="schedule") == [] and opt.frozen_by("5.weight") == "model"
+    assert opt.unfreeze(owner="schedule", pattern="*") == ["3.weight", "3.bias"]
+    assert opt.unfreeze("*", owner="nobody") == []
+    assert opt.unfreeze("5.*") == ["5.weight", "5.bias"]  # an explicit unfreeze thaws anything
+    assert opt.frozen_by("5.weight") is None and model[5].weight.requires_grad
+    with pytest.raises(ValueError, match="owner must be a non-empty string"):
+        opt.freeze("0.*", owner="")
+
+
+# ---------------------------------------------------------------- issue 11: frozen norms
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2, affine=False)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def _bn_model():
+    torch.manual_seed(0)
+    return nn.Sequential(_Block(), nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2, affine=False), nn.Flatten(), nn.Linear(8 * 8 * 2, 2))
+
+
+def _stats_move(model, module):
+    before = (module.running_mean.clone(), int(module.num_batches_tracked))
+    model.train()
+    model(torch.randn(4, 2, 8, 8))
+    return not torch.equal(module.running_mean, before[0]) or int(module.num_batches_tracked) != before[1]
+
+
+def test_norm_without_parameters_follows_its_block():
+    """A BatchNorm2d(affine=False) in a frozen block keeps its statistics under model.train();
+    in a block that trains they move. In a plain Sequential it follows the layer before it."""
+    model = _bn_model()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("0.*", frozen=True)])
+    assert not _stats_move(model, model[0].bn)
+    assert _stats_move(model, model[2])
+    opt.freeze("1.*")
+    assert not _stats_move(model, model[2])
+    opt.unfreeze("0.*")
+    assert _stats_move(model, model[0].bn)
+
+
+def test_norm_hooks_are_owned_removable_and_not_seen_by_a_second_optimizer_or_a_copy():
+    """close() (or leaving a with block, or the optimizer being garbage-collected) removes the
+    hooks; a newer optimizer over the same model decides alone; a deepcopy of the model runs its
+    norms normally."""
+    import gc
+
+    model = _bn_model()
+    with lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("0.*", frozen=True)]):
+        assert not _stats_move(model, model[0].bn)
+        copied = copy.deepcopy(model)
+        assert _stats_move(copied, copied[0].bn)
+    assert _stats_move(model, model[0].bn)
+    assert not model[0].bn._forward_pre_hooks
+
+    first = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("0.*", frozen=True)])
+    assert not _stats_move(model, model[0].bn)
+    second = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("0.*", frozen=False)])
+    assert _stats_move(model, model[0].bn)
+    del first, second
+    gc.collect()
+    assert not model[0].bn._forward_pre_hooks
+
+
+def test_unfreezing_under_an_optimizer_that_creates_state_in_its_constructor():
+    """Adagrad creates its state when built: a parameter unfrozen later gets the state Adagrad's
+    constructor gives it (not a KeyError at the next step), and then steps as under bare Adagrad."""
+    model, reference = _two_layer(), _two_layer()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.Adagrad, lr=0.1, initial_accumulator_value=0.5,
+                                      rules=[lrgroups.Rule("0.*", frozen=True)])
+    assert model[0].weight not in opt.state
+    opt.unfreeze("0.*")
+    assert torch.equal(opt.state[model[0].weight]["sum"], torch.full((8, 4), 0.5))
+    bare = torch.optim.Adagrad(reference.parameters(), lr=0.1, initial_accumulator_value=0.5)
+    _train(model, opt, steps=2)
+    _train(reference, bare, steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))

@@ -311,6 +311,8 @@ def test_user_frozen_box_head_stays_frozen_through_default_stages():
     schedule = lrgroups.ProgressiveUnfreezing(opt)
     assert _trainable(model) == {"class_embed.weight", "class_embed.bias"}
     assert box.isdisjoint(schedule.owned)
+    assert {opt.frozen_by(name) for name in box} == {"model"}
+    assert {opt.frozen_by(name) for name in schedule.owned} == {"schedule"}
     while schedule.stages_remaining:
         thawed = schedule.advance()
         assert thawed and box.isdisjoint(thawed)

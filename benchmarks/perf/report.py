@@ -67,37 +67,6 @@ def _profile_lines(title: str, rows: list[dict]) -> list[str]:
     )
 
 
-def _step_cause(info: dict, verdict: str) -> str:
-    """What the wrapper adds per step (from the profile diff) and whether that explains the miss."""
-    rows = [r for r in info["profile_extra"] if r["extra_calls"] > 0]
-    names = " ".join(r["function"] for r in rows)
-    extra_us = sum(max(r["extra_self_us"], 0.0) for r in rows)
-    causes = []
-    if "(wrapper)" in names or "record_function" in names:
-        causes.append(
-            "`LayerwiseOptimizer._init_optimizer_hooks` calls torch's `Optimizer._patch_step_function`, which "
-            "wraps `LayerwiseOptimizer.step` in `Optimizer.profile_hook_step`; the inner optimizer's `step` is "
-            "wrapped too, so every step pays a second `record_function` context, hook-dict walks and "
-            "`_optimizer_step_code`. Suggested fix in lrgroups: set `step.hooked = True` on "
-            "`LayerwiseOptimizer.step` so that `_patch_step_function` leaves it unwrapped (the inner step keeps "
-            "its own profiler context), and run the wrapper's own step hooks in `step` only when any are registered"
-        )
-    elif rows:
-        causes.append(
-            "the wrapper adds one Python call per step (`LayerwiseOptimizer.step`: hook checks, GradScaler "
-            f"attribute forwarding, the call to the inner step), about {extra_us:.0f} µs under cProfile"
-        )
-    predicted = 1 + extra_us * 1e-6 / info["seconds"]["bare"][0]
-    if verdict == "MISS*" and predicted <= info["goal"]:
-        ratio, control = info["ratio"]["wrapped"], info["ratio"]["bare_again"]
-        causes.append(
-            f"that predicts a ratio of at most {predicted:.4f} against this {fmt_seconds(info['seconds']['bare'][0])} "
-            f"step, so the measured {ratio[0]:.3f} (interval [{ratio[1]:.3f}, {ratio[2]:.3f}], A/A control "
-            f"{control[0]:.3f}) is load from other processes on this machine, not the wrapper"
-        )
-    return "; ".join(causes) or "see the table: the extra calls per step are the wrapper's"
-
-
 def _step(section: list[dict], summary: list[list[str]]) -> list[str]:
     lines = [
         "## Step overhead",
@@ -140,9 +109,42 @@ def _step(section: list[dict], summary: list[list[str]]) -> list[str]:
         if info.get("profile_extra"):
             title = f"{info['model']} / {info['optimizer']}: {verdict}"
             lines += _profile_lines(title, info["profile_extra"])
-            if verdict != "PASS":
-                lines += [f"Cause: {_step_cause(info, verdict)}.", ""]
     return lines
+
+
+def _multi(section: list[dict], summary: list[list[str]]) -> list[str]:
+    if not section:
+        return []
+    lines = [
+        "## Multi-optimizer step",
+        "",
+        "One `LayerwiseOptimizer` over Muon (2-D hidden weights) and foreach AdamW (the rest) / the same two "
+        "optimizers with the same groups stepped by hand one after the other. *A/A*: a second pair stepped by "
+        "hand.",
+        "",
+    ]
+    rows = []
+    for info in section:
+        ratio, control = info["ratio"]["wrapped"], info["ratio"]["by_hand_again"]
+        verdict = _verdict(ratio[0], info["goal"], ratio, control)
+        rows.append(
+            [
+                info["model"],
+                info["optimizers"],
+                info["groups"],
+                info["threads"],
+                fmt_seconds(info["seconds"]["by_hand"][0]),
+                fmt_seconds(info["seconds"]["wrapped"][0]),
+                fmt_ratio(ratio),
+                f"{control[0]:.3f}",
+                f"≤ {info['goal']:.2f}",
+                verdict,
+            ]
+        )
+        summary.append([f"multi-optimizer step, {info['model']}, {info['optimizers']}: wrapped / by hand", f"≤ {info['goal']:.2f}", f"{ratio[0]:.3f}", verdict])
+    return lines + _table(
+        ["model", "optimizers", "groups", "threads", "by hand", "wrapped", "ratio [95% CI]", "A/A", "goal", "result"], rows
+    )
 
 
 def _layout(section: list[dict], summary: list[list[str]]) -> list[str]:
@@ -201,7 +203,6 @@ def _layout(section: list[dict], summary: list[list[str]]) -> list[str]:
     for info in section:
         if info.get("profile_extra"):
             lines += _profile_lines(f"{info['model']} / {info['optimizer']} merged vs single", info["profile_extra"])
-            lines += [f"Cause: {_layout_cause(info)}.", ""]
     return lines
 
 
@@ -211,47 +212,6 @@ def _short(function: str) -> str:
         return function[len("<built-in method ") : -1]
     match = re.search(r"\(([^()]*)\)$", function)
     return match.group(1) if match else function
-
-
-def _layout_cause(info: dict) -> str:
-    extra = info["groups"]["merged"] - 1
-    per_group = [r["function"] for r in info["profile_extra"] if r["extra_calls"] and r["extra_calls"] % extra == 0]
-    shown = ", ".join(f"`{_short(name)}`" for name in per_group[:5])
-    cost = info["difference_s"]["merged"][0] / max(extra, 1)
-    return (
-        f"torch's fixed cost per param group: every group runs its own {shown} (call counts grow by "
-        f"{extra} = the extra groups), about {cost * 1e6:.0f} µs per group here against a single-group step of "
-        f"{fmt_seconds(info['seconds']['single'][0])}. The merged layout is already the fewest groups the rules "
-        f"allow ({info['groups']['merged']} distinct (lr, weight decay) pairs; timm's `param_groups_layer_decay` "
-        "builds as many), and it is cheaper than one group per "
-        "tensor by the per-tensor column; only fewer distinct settings (or torch taking per-tensor lr in one "
-        "group) would close the gap"
-    )
-
-
-def _build_cause(rows: list[dict]) -> str:
-    names = {r["function"]: r for r in rows}
-    top = max(rows, key=lambda r: r["cumulative_us"])["cumulative_us"]
-    parts = []
-    for needle, text in (
-        ("(describe)", "`rules.describe`"),
-        ("(named_parameters)", "`Module.named_parameters` (describe calls it once per module with recurse=False, and each call re-walks `named_modules` of that module)"),
-        ("(timm_depths)", "`depth.timm_depths` (timm's `group_parameters` regex matching)"),
-        ("(plan_params)", "`rules.plan_params`"),
-        ("(add_param_group)", "the inner optimizer's `add_param_group` (torch, one per group)"),
-    ):
-        hits = [r for name, r in names.items() if name.endswith(needle)]
-        if hits:
-            share = max(r["cumulative_us"] for r in hits) / top
-            parts.append(f"{text}: {share:.0%}")
-    text = "share of the build under the profiler: " + "; ".join(parts)
-    if any(name.endswith("(named_parameters)") for name in names):
-        text += (
-            ". Suggested fix in lrgroups: in `rules.describe`, walk `model.named_modules(remove_duplicate=False)` "
-            "once and read each module's own `_parameters` to get owners and aliases in one pass, instead of "
-            "`module.named_parameters(recurse=False)` per module plus a second `named_parameters` walk"
-        )
-    return text
 
 
 def _build(large: list[dict], meta_vs_real: list[dict], families: list[dict], summary: list[list[str]]) -> list[str]:
@@ -287,7 +247,6 @@ def _build(large: list[dict], meta_vs_real: list[dict], families: list[dict], su
     for info in large:
         if info.get("profile"):
             lines += _profile_lines(f"build profile, {info['model']}", info["profile"])
-            lines += [f"Cause: {_build_cause(info['profile'])}.", ""]
 
     ok = [f for f in families if f.get("status") == "ok"]
     failed = [f for f in families if f.get("status") in ("build_failed", "create_failed")]
@@ -477,6 +436,7 @@ def render(results: dict[str, Any], environment: dict[str, Any]) -> str:
     summary: list[list[str]] = []
     body: list[str] = []
     body += _step(sections.get("step", []), summary)
+    body += _multi(sections.get("multi", []), summary)
     body += _layout(sections.get("layout", []), summary)
     body += _build(sections.get("build_large", []), sections.get("build_meta_vs_real", []), sections.get("build_family", []), summary)
     body += _unfreeze(sections.get("unfreeze", []), summary)

@@ -34,6 +34,8 @@ __all__ = [
     "single_group",
     "per_tensor_groups",
     "wrapped",
+    "multi_wrapped",
+    "bare_like_inner",
     "is_cuda",
 ]
 
@@ -102,6 +104,25 @@ def layer_decay_rules(*extra: lrgroups.Rule) -> list[lrgroups.Rule]:
 def wrapped(model: nn.Module, optimizer: str, *extra: lrgroups.Rule) -> LayerwiseOptimizer:
     cls, kwargs = OPTIMIZERS[optimizer]
     return LayerwiseOptimizer(model, cls, lr=LR, weight_decay=WEIGHT_DECAY, rules=layer_decay_rules(*extra), **kwargs)
+
+
+def multi_wrapped(model: nn.Module) -> LayerwiseOptimizer:
+    """The Muon recipe in one wrapper: 2-D hidden weights to Muon, everything else (biases, norms,
+    embeddings, the head) to foreach AdamW, with layer decay and no weight decay on biases/norms."""
+    return LayerwiseOptimizer(
+        model,
+        {"adamw": (torch.optim.AdamW, {"foreach": True}), "muon": torch.optim.Muon},
+        lr=LR,
+        weight_decay=WEIGHT_DECAY,
+        rules=layer_decay_rules(lrgroups.Rule(ndim=2, optimizer="muon"), lrgroups.head(optimizer="adamw")),
+    )
+
+
+def bare_like_inner(inner: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """A bare optimizer of ``inner``'s class with ``inner``'s param groups (same tensors and every
+    hyperparameter)."""
+    groups = [{k: v for k, v in g.items() if k != "param_names"} | {"params": list(g["params"])} for g in inner.param_groups]
+    return type(inner)(groups)
 
 
 def bare_like(opt: torch.optim.Optimizer, cls: type[torch.optim.Optimizer], kwargs: dict) -> torch.optim.Optimizer:
