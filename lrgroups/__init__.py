@@ -17,6 +17,7 @@ from . import recipes
 from .depth import param_depths
 from .distributed import wrap_ddp
 from .early_stopping import Decision, EarlyStopping, Plateau
+from .integrations import unwrap
 from .optimizer import CheckpointMismatchError, LayerwiseOptimizer
 from .rules import (
     ParamInfo,
@@ -50,5 +51,6 @@ __all__ = [
     "param_depths",
     "plan",
     "recipes",
+    "unwrap",
     "wrap_ddp",
 ]

@@ -62,6 +62,9 @@ _DERIVED_STATE: tuple[type, ...] = (torch.optim.LBFGS,)
 _PROFILED_STEP = torch.optim.Optimizer.profile_hook_step(lambda self: None).__code__
 # Which optimizer's norm hook decides a norm layer's mode (the newest optimizer over it wins).
 _NORM_OWNER: "weakref.WeakKeyDictionary[nn.Module, _FrozenNormHook]" = weakref.WeakKeyDictionary()
+_NORM_POLICIES = ("freeze", "freeze_all", "update")
+# Who froze a parameter before the wrapper was built (the user, peft, a framework).
+_BEFORE_BUILD = "model"
 
 
 @dataclass(eq=False)
@@ -218,9 +221,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         coarse: stage-wise depths (timm ``group_matcher(coarse=True)``) instead of block-wise.
         example_input / tied: how depths follow the data flow and where a tied embedding/output
             tensor goes (see :func:`lrgroups.depth.param_layers`).
-        norm_stats: what a frozen normalisation layer does with its running statistics: ``"freeze"``
-            (default: it runs in eval mode while it counts as frozen, so a frozen block does not
-            change at all) or ``"update"`` (BatchNorm statistics follow ``model.train()``). A norm
+        norm_stats: what a frozen normalisation layer does with its running statistics:
+            ``"freeze"`` (default: a norm layer this optimizer froze — by a rule, :meth:`freeze` or a
+            schedule — runs in eval mode while it is frozen, so a frozen block does not change at
+            all; one frozen before the optimizer was built, by the user or an adapter library such
+            as peft, keeps the mode ``model.train()``/``eval()`` gives it, as under a plain torch
+            optimizer), ``"freeze_all"`` (both run in eval mode) or ``"update"`` (BatchNorm
+            statistics always follow ``model.train()``). A norm
             layer counts as frozen when all its parameters are; one without parameters follows
             its block (the nearest enclosing non-container module with parameters, else the layer
             registered just before it). The hooks are removed by :meth:`close` (or leaving a
@@ -266,8 +273,15 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         tied: str | None = None,
         **optimizer_kwargs: Any,
     ) -> None:
-        if norm_stats not in ("freeze", "update"):
-            raise ValueError(f"norm_stats must be 'freeze' or 'update', got {norm_stats!r}")
+        if norm_stats not in _NORM_POLICIES:
+            raise ValueError(f"norm_stats must be one of {', '.join(map(repr, _NORM_POLICIES))}, got {norm_stats!r}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"LayerwiseOptimizer needs the model (an nn.Module), got {type(model).__name__}: its rules and "
+                "depths come from the module tree. With the Hugging Face Trainer pass it in the kwargs: "
+                "optimizer_cls_and_kwargs=(LayerwiseOptimizer, {'model': model, 'optimizer': torch.optim.AdamW, "
+                "'lr': ...}) (the Trainer then calls LayerwiseOptimizer(model, optimizer=..., lr=...))"
+            )
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")  # torch's own check, before lr is read
         specs = _specs(optimizer, optimizer_kwargs)
@@ -329,6 +343,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for group, params in zip(all_groups, lists):
             group["params"] = params
         self.defaults = inners[0].optimizer.defaults
+        for group, name in zip(all_groups, _group_names(rows, order, group_index, all_groups)):
+            group["name"] = name
         state = inners[0].optimizer.state
         for inner in inners[1:]:
             state.update(inner.optimizer.state)
@@ -343,7 +359,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 row = replace(row, weight_decay=all_groups[g]["weight_decay"])
             frozen_by = None
             if row.frozen:
-                frozen_by = "model" if not info.param.requires_grad else "rule"
+                frozen_by = _BEFORE_BUILD if not info.param.requires_grad else "rule"
             slots.append(_Slot(info, row, g, frozen_by))
         self._slots = slots
         self._inners = inners
@@ -359,7 +375,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             slot.param.requires_grad_(slot.frozen_by is None)
             if slot.frozen_by is not None:
                 slot.param.grad = None
-        self._norm_units = _norm_units(unwrap_model(model), slots) if norm_stats == "freeze" else []
+        self._norm_units = _norm_units(unwrap_model(model), slots) if norm_stats != "update" else []
         self._install_hooks()
         self._ratio_check = self.register_step_pre_hook(self._warn_if_ratios_flattened)
 
@@ -424,7 +440,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self.register_state_dict_post_hook(_add_layout, prepend=True)
         handles, owned = [], []
         for module, indices in self._norm_units:
-            hook = _FrozenNormHook([self._slots[i] for i in indices])
+            hook = _FrozenNormHook([self._slots[i] for i in indices], self._norm_stats == "freeze_all")
             handles.append(module.register_forward_pre_hook(hook.before))
             handles.append(module.register_forward_hook(hook.after))
             _NORM_OWNER[module] = hook
@@ -749,6 +765,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             "groups": [slot.group for slot in self._slots],
             "frozen": {slot.row.name: slot.frozen_by for slot in self._slots if slot.frozen_by is not None},
             "kept": {slot.row.name: slot.kept for slot in self._slots if slot.kept is not None},
+            "stepped": self._ratio_check is None,
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -795,7 +812,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for name, state in kept.items():
             slot = self._index[name]
             slot.kept = cast_like_torch(slot.param, state, self.param_groups[slot.group])
-        self._end_ratio_check()
+        if _has_stepped(state_dict):  # a checkpoint of a run past its first step: nothing left to check
+            self._end_ratio_check()
 
     def _translate(self, state_dict: Mapping[str, Any]) -> tuple[dict, dict, dict]:
         """(frozen set, kept-aside state, torch-layout dict for this layout) from a checkpoint;
@@ -880,6 +898,36 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         return problems[:20]
 
 
+def _has_stepped(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint comes from an optimizer past its first step: its lrgroups layout says so;
+    a torch-layout one (no layout) when it holds any per-parameter state."""
+    layout = state_dict.get("lrgroups")
+    if layout is not None and "stepped" in layout:
+        return bool(layout["stepped"])
+    return layout is not None or bool(state_dict["state"])
+
+
+def _group_names(rows: Sequence[ParamPlan], settings: Sequence[tuple], group_index: dict, groups: list[dict]) -> list[str]:
+    """A readable, unique name per group ("depth 3–4 · lr 0.001 · wd 0.05"), from its members' depths
+    and its settings; loggers (Lightning's LearningRateMonitor, the HF callback) show it."""
+    depths: dict[int, list[int]] = {}
+    for row in rows:
+        depths.setdefault(group_index[row.settings], []).append(row.depth)
+    several = len({s[0] for s in settings}) > 1
+    names = []
+    for g, (optimizer, lr, weight_decay, options) in enumerate(settings):
+        low, high = min(depths[g]), max(depths[g])
+        parts = [f"depth {low}" if low == high else f"depth {low}–{high}", f"lr {lr:.3g}"]
+        weight_decay = groups[g].get("weight_decay", weight_decay)  # the inner optimizer's default if unset
+        if isinstance(weight_decay, (int, float)):
+            parts.append(f"wd {weight_decay:.3g}")
+        parts += [f"{key} {value}" for key, value in dict(options).items()]
+        if several:
+            parts.insert(0, str(optimizer))
+        names.append(" · ".join(parts))
+    return [name if names.count(name) == 1 else f"{name} · #{g}" for g, name in enumerate(names)]
+
+
 def _settings(row: ParamPlan) -> dict[str, Any]:
     return {"optimizer": row.optimizer, "lr": row.lr, "weight_decay": row.weight_decay, "options": dict(row.options)}
 
@@ -944,12 +992,21 @@ class _FrozenNormHook:
     its ``training`` flag is put back afterwards. Only the newest optimizer's hook over a module
     acts; a deep copy of the model shares this object, which does nothing on the copy."""
 
-    def __init__(self, slots: list[_Slot]) -> None:
+    def __init__(self, slots: list[_Slot], also_frozen_before_build: bool) -> None:
         self.slots = slots
+        self.also_frozen_before_build = also_frozen_before_build
         self.switched = False
 
+    def frozen(self) -> bool:
+        """All its parameters are frozen, and (unless ``freeze_all``) not all by someone else before
+        the optimizer was built: peft's or the user's frozen norms keep the mode the model gives them."""
+        owners = [s.frozen_by for s in self.slots]
+        if None in owners:
+            return False
+        return self.also_frozen_before_build or any(owner != _BEFORE_BUILD for owner in owners)
+
     def before(self, module: nn.Module, args: tuple) -> None:
-        if module.training and _NORM_OWNER.get(module) is self and all(s.frozen_by is not None for s in self.slots):
+        if module.training and _NORM_OWNER.get(module) is self and self.frozen():
             module.training = False
             self.switched = True
 

@@ -718,6 +718,7 @@ def test_norm_hooks_are_owned_removable_and_not_seen_by_a_second_optimizer_or_a_
     assert _stats_move(model, model[0].bn)
     assert not model[0].bn._forward_pre_hooks
 
+    model.requires_grad_(True)  # the closed optimizer's rule left them frozen: "before building" norms keep their mode
     first = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("0.*", frozen=True)])
     assert not _stats_move(model, model[0].bn)
     second = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("0.*", frozen=False)])

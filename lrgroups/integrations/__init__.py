@@ -1,0 +1,58 @@
+"""Glue for training frameworks; each submodule imports its framework only when it is imported.
+
+- :mod:`lrgroups.integrations.lightning`: ``LayerwiseFinetuning`` (a Lightning ``Callback``) and
+  ``LayerwiseDDPStrategy``.
+- :mod:`lrgroups.integrations.transformers`: ``LayerwiseCallback`` (a Hugging Face ``TrainerCallback``).
+- accelerate needs no glue: :func:`unwrap` reaches the :class:`~lrgroups.LayerwiseOptimizer` inside
+  the object ``accelerator.prepare`` returns.
+
+Example:
+    >>> import torch, torch.nn as nn, lrgroups
+    >>> opt = lrgroups.LayerwiseOptimizer(nn.Linear(2, 2), torch.optim.SGD, lr=0.1)
+    >>> class Wrapper:  # what accelerate, Lightning and the HF Trainer hand back: .optimizer / ._optimizer
+    ...     def __init__(self, optimizer): self.optimizer = optimizer
+    >>> lrgroups.unwrap(Wrapper(opt)) is opt
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..optimizer import LayerwiseOptimizer
+
+__all__ = ["unwrap"]
+
+
+def unwrap(optimizer: Any) -> LayerwiseOptimizer:
+    """The :class:`~lrgroups.LayerwiseOptimizer` inside the wrappers frameworks put around an
+    optimizer: accelerate's ``AcceleratedOptimizer`` (what ``accelerator.prepare`` returns and HF
+    callbacks receive), Lightning's ``LightningOptimizer`` (``self.optimizers()``), or any object that
+    keeps the optimizer it wraps in ``.optimizer`` or ``._optimizer``. So ``freeze``, ``unfreeze``,
+    ``explain`` and ``select`` are one call away: ``lrgroups.unwrap(optimizer).unfreeze("layer4.*")``.
+
+    Raises:
+        TypeError: no LayerwiseOptimizer is inside ``optimizer`` (names the wrappers found).
+
+    Example:
+        >>> import torch, torch.nn as nn, lrgroups
+        >>> opt = lrgroups.LayerwiseOptimizer(nn.Linear(2, 2), torch.optim.SGD, lr=0.1)
+        >>> lrgroups.unwrap(opt) is opt
+        True
+    """
+    seen = [type(optimizer).__name__]
+    current = optimizer
+    for _ in range(16):
+        if isinstance(current, LayerwiseOptimizer):
+            return current
+        inner = getattr(current, "optimizer", None)
+        if inner is None or inner is current:
+            inner = getattr(current, "_optimizer", None)
+        if inner is None or inner is current:
+            break
+        current = inner
+        seen.append(type(current).__name__)
+    raise TypeError(
+        f"no LayerwiseOptimizer inside {' -> '.join(seen)}: build the optimizer with "
+        "lrgroups.LayerwiseOptimizer(model, optimizer_cls, ...)"
+    )

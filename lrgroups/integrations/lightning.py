@@ -1,0 +1,178 @@
+"""Lightning: progressive unfreezing and early stopping driven by Trainer events, their state in
+Lightning checkpoints, and DDP that reduces parameters unfrozen later.
+
+Example:
+    >>> import torch, torch.nn as nn, lightning as L, lrgroups
+    >>> from lrgroups.integrations.lightning import LayerwiseFinetuning
+    >>> class Net(L.LightningModule):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    ...     def forward(self, x):
+    ...         return self.net(x)
+    ...     def training_step(self, batch, batch_idx):
+    ...         x, y = batch
+    ...         return nn.functional.cross_entropy(self(x), y)
+    ...     def configure_optimizers(self):  # the callback adopts the LayerwiseOptimizer returned here
+    ...         return lrgroups.LayerwiseOptimizer(self, torch.optim.AdamW, lr=1e-3, rules=[lrgroups.layer_decay(0.5)],
+    ...                                           example_input=torch.zeros(1, 4))
+    >>> data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,))), batch_size=8)
+    >>> finetuning = LayerwiseFinetuning(unfreezing={"every_epochs": 1})
+    >>> trainer = L.Trainer(max_epochs=2, callbacks=[finetuning], logger=False, enable_checkpointing=False,
+    ...                     enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    >>> model = Net(); trainer.fit(model, data)
+    >>> finetuning.schedule.stage, lrgroups.unwrap(trainer.optimizers[0]).explain().frozen.tolist()
+    (2, [False, False, False, False, False, False])
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Mapping
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy
+from torch.nn.parallel import DistributedDataParallel
+
+from ..distributed import wrap_ddp
+from ..early_stopping import EarlyStopping
+from ..unfreezing import ProgressiveUnfreezing
+from . import unwrap
+from ._driver import Driver, EarlyStoppingSpec, UnfreezingSpec
+
+__all__ = ["LayerwiseDDPStrategy", "LayerwiseFinetuning"]
+
+
+class LayerwiseFinetuning(Callback):
+    """Drives :class:`~lrgroups.ProgressiveUnfreezing` and :class:`~lrgroups.EarlyStopping` over the
+    :class:`~lrgroups.LayerwiseOptimizer` that ``configure_optimizers`` returns, and carries their
+    state in Lightning checkpoints.
+
+    - Adopts the optimizer (``trainer.optimizers[optimizer_index]``) in ``on_fit_start``, after
+      ``configure_optimizers`` and before Lightning restores the optimizer from a checkpoint, and
+      builds the schedule and the stopper over it. State restored from a checkpoint (which Lightning
+      hands to callbacks before the optimizer exists) is applied then, so ``trainer.fit(...,
+      ckpt_path=...)`` continues at the saved stage: bitwise the run that never stopped (CPU).
+    - Stages advance after each optimizer step (``every_steps``, counted by a step hook on the
+      optimizer: skipped AMP steps and accumulation micro-batches do not count), in
+      ``on_train_epoch_end`` (``every_epochs``; checkpoints that should include that epoch's
+      unfreeze are saved there, which is ModelCheckpoint's default without a validation loop, or
+      ``ModelCheckpoint(save_on_train_epoch_end=True)``), or on a plateau of ``monitor``.
+    - ``monitor`` (a metric logged with ``self.log``; in DDP log it with ``sync_dist=True``) feeds the
+      schedule's plateau and the early stopper in ``on_validation_end`` (not during the sanity
+      check); a stop is agreed across ranks as Lightning's own ``EarlyStopping`` does and sets
+      ``trainer.should_stop``.
+    - Group lrs: every param group carries a readable ``name``; Lightning's ``LearningRateMonitor``
+      logs ``lr-AdamW/depth 3 · lr 0.0005 · wd 0.01`` instead of ``pg4``.
+    - DDP: use :class:`LayerwiseDDPStrategy`; under another ``DDPStrategy`` :meth:`setup` raises.
+
+    Args:
+        unfreezing: ``ProgressiveUnfreezing`` keyword arguments (``plateau`` may be a dict of
+            ``Plateau`` arguments), or a callable ``optimizer -> ProgressiveUnfreezing``; ``None``: no
+            schedule.
+        early_stopping: ``EarlyStopping`` keyword arguments (``model`` and ``unfreezing`` are set by
+            the callback: a plateau advances the schedule while stages remain); ``None``: no stopping.
+        monitor: the logged metric the plateau and the stopper read.
+        optimizer_index: which of ``trainer.optimizers`` is the LayerwiseOptimizer.
+
+    Raises:
+        TypeError: the optimizer is not (or does not wrap) a LayerwiseOptimizer; a bad spec.
+        ValueError: a plain DDP strategy (see :class:`LayerwiseDDPStrategy`); a checkpoint whose
+            callback state does not fit this configuration.
+        KeyError: ``monitor`` is needed but was not logged.
+    """
+
+    def __init__(
+        self,
+        unfreezing: UnfreezingSpec = None,
+        early_stopping: EarlyStoppingSpec = None,
+        *,
+        monitor: str = "val_loss",
+        optimizer_index: int = 0,
+    ) -> None:
+        self._driver = Driver(unfreezing, early_stopping)
+        self.monitor = monitor
+        self.optimizer_index = optimizer_index
+
+    @property
+    def schedule(self) -> ProgressiveUnfreezing | None:
+        """The schedule built in ``on_fit_start`` (``None`` before, or without ``unfreezing``)."""
+        return self._driver.schedule
+
+    @property
+    def early_stopping(self) -> EarlyStopping | None:
+        """The stopper built in ``on_fit_start`` (``None`` before, or without ``early_stopping``)."""
+        return self._driver.stopper
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        strategy = trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not isinstance(strategy, LayerwiseDDPStrategy):
+            raise ValueError(
+                f"{type(strategy).__name__} registers for gradient reduction only the parameters trainable when it "
+                "wraps the model (before configure_optimizers), so parameters unfrozen later drift apart between "
+                "ranks, and frozen ones fail without find_unused_parameters=True: use "
+                "strategy=lrgroups.integrations.lightning.LayerwiseDDPStrategy()"
+            )
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        optimizers = trainer.optimizers
+        if len(optimizers) <= self.optimizer_index:
+            raise TypeError(f"configure_optimizers returned {len(optimizers)} optimizers; LayerwiseFinetuning needs a LayerwiseOptimizer")
+        self._driver.build(unwrap(optimizers[self.optimizer_index]), pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._driver.end_epoch()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        decision = self._driver.validate(trainer.callback_metrics.get(self.monitor), trainer.global_step, self.monitor)
+        if decision is not None:
+            stop = trainer.strategy.reduce_boolean_decision(decision.stop, all=False)
+            trainer.should_stop = trainer.should_stop or stop
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._driver.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"unfreezing": ..., "early_stopping": ...}``: their ``state_dict()`` (``None`` where absent)."""
+        return self._driver.state_dict()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Keeps the state until ``on_fit_start`` builds the schedule and stopper (Lightning loads
+        callback state before ``configure_optimizers`` runs)."""
+        self._driver.load_state_dict(state_dict)
+
+
+class LayerwiseDDPStrategy(DDPStrategy):
+    """``DDPStrategy`` whose ``DistributedDataParallel`` registers every parameter for gradient
+    reduction, frozen ones included (:func:`lrgroups.wrap_ddp`), with ``find_unused_parameters=True``:
+    parameters frozen when Lightning wraps the model (by you, by peft) and unfrozen later are
+    reduced like the others, and frozen ones (no gradient) are skipped. Other arguments are
+    ``DDPStrategy``'s.
+
+    Raises:
+        ValueError: ``find_unused_parameters=False`` (frozen parameters produce no gradient).
+
+    Example:
+        >>> from lrgroups.integrations.lightning import LayerwiseDDPStrategy
+        >>> strategy = LayerwiseDDPStrategy(process_group_backend="gloo")  # L.Trainer(devices=2, strategy=strategy)
+        >>> strategy._ddp_kwargs["find_unused_parameters"]
+        True
+    """
+
+    strategy_name = "ddp_lrgroups"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("find_unused_parameters") is False:
+            raise ValueError("LayerwiseDDPStrategy needs find_unused_parameters=True: frozen parameters produce no gradient")
+        kwargs["find_unused_parameters"] = True
+        super().__init__(*args, **kwargs)
+
+    def _setup_model(self, model: torch.nn.Module) -> DistributedDataParallel:
+        device_ids = self.determine_ddp_device_ids()
+        context = torch.cuda.stream(torch.cuda.Stream()) if device_ids is not None else nullcontext()
+        with context:
+            return wrap_ddp(model, device_ids=device_ids, **self._ddp_kwargs)
