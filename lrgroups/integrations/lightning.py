@@ -65,7 +65,7 @@ class LayerwiseFinetuning(Callback):
       check); a stop is agreed across ranks as Lightning's own ``EarlyStopping`` does and sets
       ``trainer.should_stop``.
     - Group lrs: every param group carries a readable ``name``; Lightning's ``LearningRateMonitor``
-      logs ``lr-AdamW/depth 3 · lr 0.0005 · wd 0.01`` instead of ``pg4``.
+      logs ``lr-LayerwiseOptimizer/depth 3 · lr 0.0005 · wd 0.01`` instead of ``lr-LayerwiseOptimizer/pg4``.
     - DDP: use :class:`LayerwiseDDPStrategy`; under another ``DDPStrategy`` :meth:`setup` raises.
 
     Args:

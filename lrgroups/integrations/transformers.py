@@ -1,0 +1,148 @@
+"""Hugging Face Trainer: progressive unfreezing and early stopping as a ``TrainerCallback`` with its
+state in Trainer checkpoints, and every param group's lr in the logs.
+
+The Trainer builds a :class:`~lrgroups.LayerwiseOptimizer` itself from
+``optimizer_cls_and_kwargs=(LayerwiseOptimizer, {"model": model, "optimizer": torch.optim.AdamW, "lr": ...})``:
+for a ``"model"`` key the Trainer calls ``LayerwiseOptimizer(model, optimizer=..., lr=...)``.
+
+Example:
+    >>> import contextlib, io, torch, lrgroups, transformers
+    >>> from lrgroups.integrations.transformers import LayerwiseCallback
+    >>> config = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+    ...                                  intermediate_size=16, max_position_embeddings=16, num_labels=2)
+    >>> model = transformers.BertForSequenceClassification(config)
+    >>> data = [{"input_ids": torch.tensor([i % 50, 3, 7]), "labels": i % 2} for i in range(16)]
+    >>> args = transformers.TrainingArguments("/tmp/lrgroups-hf-doctest", max_steps=4, per_device_train_batch_size=8,
+    ...                                       report_to="none", use_cpu=True, save_strategy="no", logging_steps=2,
+    ...                                       disable_tqdm=True)
+    >>> trainer = transformers.Trainer(
+    ...     model=model, args=args, train_dataset=data,
+    ...     optimizer_cls_and_kwargs=(lrgroups.LayerwiseOptimizer, {
+    ...         "model": model, "optimizer": torch.optim.AdamW, "lr": 1e-3, "rules": [lrgroups.layer_decay(0.5)]}),
+    ...     callbacks=[LayerwiseCallback(unfreezing={"every_steps": 1, "depths_per_stage": 2})])
+    >>> with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its logs
+    ...     _ = trainer.train()
+    >>> sorted(key for key in trainer.state.log_history[0] if key.startswith("learning_rate/"))[-1]
+    'learning_rate/depth 4 · lr 0.001 · wd 0.01'
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from ..early_stopping import EarlyStopping
+from ..unfreezing import ProgressiveUnfreezing
+from . import unwrap
+from ._driver import Driver
+
+__all__ = ["LayerwiseCallback"]
+
+
+class LayerwiseCallback(TrainerCallback, ExportableState):
+    """Drives :class:`~lrgroups.ProgressiveUnfreezing` and :class:`~lrgroups.EarlyStopping` over the
+    Trainer's :class:`~lrgroups.LayerwiseOptimizer` and logs every param group's lr.
+
+    - ``on_train_begin``: builds the schedule and the stopper over the optimizer (reached with
+      :func:`lrgroups.unwrap` through accelerate's wrapper). On resume the Trainer has loaded the
+      optimizer's checkpoint already (frozen set included); the callback's saved state is applied
+      and the optimizer's state reloaded, so a resumed run equals the uninterrupted one (CPU, bitwise).
+    - Stages advance after optimizer steps (``every_steps``, counted by a step hook on the optimizer),
+      in ``on_epoch_end`` (``every_epochs``), or on a plateau of ``metric``; ``metric`` (a key of the
+      evaluation metrics, ``"eval_loss"`` by default) also feeds the stopper in ``on_evaluate``, whose
+      stop sets ``control.should_training_stop``.
+    - ``on_log`` adds ``learning_rate/<group name>`` for every param group (the Trainer logs only
+      group 0's lr as ``learning_rate``). Callbacks run in the order they were added and the Trainer
+      adds its ``report_to`` integrations first: for them to log these keys, pass ``report_to="none"``
+      and add the integration's callback after this one (``callbacks=[LayerwiseCallback(...),
+      TensorBoardCallback()]``); the entry of ``trainer.state.log_history`` has them either way.
+    - State lives in Trainer checkpoints as ``ExportableState`` (``trainer_state.json``): set
+      ``TrainingArguments(restore_callback_states_from_checkpoint=True)``; resuming without it raises
+      rather than restart the schedule. The arguments are therefore plain JSON values.
+
+    Args:
+        unfreezing: ``ProgressiveUnfreezing`` keyword arguments (stages as glob strings or dicts of
+            selector fields; ``plateau`` as a dict of ``Plateau`` arguments); ``None``: no schedule.
+        early_stopping: ``EarlyStopping`` keyword arguments without ``restore_best`` (use the Trainer's
+            ``load_best_model_at_end``); ``None``: no stopping.
+        metric: the evaluation metric the plateau and the stopper read.
+
+    Raises:
+        TypeError: the Trainer's optimizer is not a LayerwiseOptimizer; a bad spec.
+        ValueError: ``restore_best`` in ``early_stopping``; a resume without the callback's saved
+            state (``restore_callback_states_from_checkpoint`` unset) or with state that does not fit.
+        KeyError: ``metric`` is needed but missing from the evaluation metrics.
+    """
+
+    def __init__(
+        self,
+        unfreezing: Mapping[str, Any] | None = None,
+        early_stopping: Mapping[str, Any] | None = None,
+        metric: str = "eval_loss",
+        saved_state: Mapping[str, Any] | None = None,
+    ) -> None:
+        if unfreezing is not None and not isinstance(unfreezing, Mapping):
+            raise TypeError("unfreezing must be a dict of ProgressiveUnfreezing arguments (JSON values: it is saved in trainer_state.json)")
+        if early_stopping is not None and (early_stopping.get("restore_best") or early_stopping.get("best_weights_path")):
+            raise ValueError("early_stopping: restore_best is the Trainer's job here: TrainingArguments(load_best_model_at_end=True, metric_for_best_model=...)")
+        self.unfreezing = None if unfreezing is None else dict(unfreezing)
+        self.early_stopping = None if early_stopping is None else dict(early_stopping)
+        self.metric = metric
+        self._driver = Driver(self.unfreezing, self.early_stopping)
+        if saved_state is not None:
+            self._driver.load_state_dict(saved_state)
+
+    @property
+    def schedule(self) -> ProgressiveUnfreezing | None:
+        """The schedule built in ``on_train_begin`` (``None`` before, or without ``unfreezing``)."""
+        return self._driver.schedule
+
+    @property
+    def stopper(self) -> EarlyStopping | None:
+        """The stopper built in ``on_train_begin`` (``None`` before, or without ``early_stopping``)."""
+        return self._driver.stopper
+
+    def state(self) -> dict[str, Any]:
+        """``ExportableState``: the arguments, and the schedule's and stopper's state as ``saved_state``
+        (rebuilt by the Trainer as ``LayerwiseCallback(**args)`` on resume)."""
+        return {
+            "args": {
+                "unfreezing": self.unfreezing,
+                "early_stopping": self.early_stopping,
+                "metric": self.metric,
+                "saved_state": self._driver.state_dict(),
+            },
+            "attributes": {},
+        }
+
+    def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs) -> None:
+        resuming = state.global_step > 0
+        if resuming and self._driver.pending is None and self._driver.optimizer is None and (
+            self.unfreezing is not None or self.early_stopping is not None
+        ):
+            raise ValueError(
+                "resuming without LayerwiseCallback's saved state: set TrainingArguments("
+                "restore_callback_states_from_checkpoint=True), or the schedule would restart at stage 0"
+            )
+        self._driver.build(unwrap(optimizer), model, reload_optimizer=resuming)
+
+    def on_epoch_end(self, args, state, control, **kwargs) -> None:
+        self._driver.end_epoch()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs) -> None:
+        decision = self._driver.validate((metrics or {}).get(self.metric), state.global_step, self.metric)
+        if decision is not None and decision.stop:
+            control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs) -> None:
+        if logs is None or optimizer is None or "loss" not in logs and "learning_rate" not in logs:
+            return
+        lrs = {f"learning_rate/{group['name']}": float(group["lr"]) for group in unwrap(optimizer).param_groups}
+        logs.update(lrs)  # for the callbacks after this one
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(lrs)  # the Trainer appended a copy of logs before on_log
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        self._driver.close()

@@ -1,0 +1,127 @@
+"""lrgroups.integrations.lightning with the real Lightning on CPU: training, resume bitwise, group
+names in LearningRateMonitor, DDP with 2 gloo ranks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+L = pytest.importorskip("lightning")
+
+import lrgroups  # noqa: E402
+from lrgroups.integrations.lightning import LayerwiseDDPStrategy, LayerwiseFinetuning  # noqa: E402
+
+
+class Net(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        opt = lrgroups.LayerwiseOptimizer(self, torch.optim.AdamW, lr=1e-2, weight_decay=0.05, example_input=torch.zeros(1, 4),
+                                          rules=[lrgroups.layer_decay(0.5), lrgroups.no_weight_decay()])
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 / (1 + 0.1 * step))}
+
+
+def _data(seed: int) -> torch.utils.data.DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(24, 4, generator=generator), torch.randint(0, 2, (24,), generator=generator)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+
+
+def _fit(tmp: Path, max_epochs: int, ckpt_path=None, logger=False):
+    model = Net()
+    finetuning = LayerwiseFinetuning(unfreezing={"every_epochs": 1},
+                                     early_stopping={"mode": "min", "patience": 5, "restore_best": True})
+    callbacks = [finetuning, L.pytorch.callbacks.ModelCheckpoint(tmp, save_top_k=-1, save_on_train_epoch_end=True)]
+    if logger:
+        callbacks.append(L.pytorch.callbacks.LearningRateMonitor())
+    trainer = L.Trainer(max_epochs=max_epochs, callbacks=callbacks, accelerator="cpu", enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        logger=L.pytorch.loggers.CSVLogger(tmp) if logger else False)
+    trainer.fit(model, _data(0), _data(1), ckpt_path=ckpt_path)
+    return model, finetuning, trainer
+
+
+def test_resume_from_a_lightning_checkpoint_equals_the_uninterrupted_run(tmp_path):
+    """Unfreezing one stage per epoch (a LambdaLR attached, early stopping watching val_loss): a run
+    stopped after epoch 2 (stage 2 of 3) and resumed from its Lightning checkpoint with a fresh model,
+    optimizer and callback ends bitwise equal to the run that never stopped, at the same stage, with
+    the same stopper state; LearningRateMonitor logs every group under its readable name."""
+    full, full_cb, full_trainer = _fit(tmp_path / "full", 4, logger=True)
+    _fit(tmp_path / "first", 2)
+    checkpoint = tmp_path / "first" / "epoch=1-step=6.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["callbacks"]  # the callback's state is in the checkpoint
+    resumed, resumed_cb, _ = _fit(tmp_path / "resumed", 4, ckpt_path=checkpoint)
+
+    assert full_cb.schedule.stage == resumed_cb.schedule.stage == 3
+    assert [h["step"] for h in resumed_cb.schedule.history] == [3, 6, 9]
+    for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert full_cb.early_stopping.state_dict()["plateau"] == resumed_cb.early_stopping.state_dict()["plateau"]
+
+    names = [group["name"] for group in lrgroups.unwrap(full_trainer.optimizers[0]).param_groups]
+    assert names[-1] == "depth 3 · lr 0.01 · wd 0" and len(set(names)) == len(names)
+    header = (tmp_path / "full" / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert all(f"lr-LayerwiseOptimizer/{name}" in header for name in names), header
+
+
+def test_callback_refuses_plain_ddp_and_a_plain_optimizer():
+    """A plain DDPStrategy would let later-unfrozen parameters drift between ranks: setup() says which
+    strategy to use; an optimizer that is not a LayerwiseOptimizer is named."""
+    callback = LayerwiseFinetuning(unfreezing={"every_epochs": 1})
+    with pytest.raises(ValueError, match="LayerwiseDDPStrategy"):
+        callback.setup(SimpleNamespace(strategy=L.pytorch.strategies.DDPStrategy()), None, "fit")
+    callback.setup(SimpleNamespace(strategy=LayerwiseDDPStrategy()), None, "fit")
+    with pytest.raises(TypeError, match="no LayerwiseOptimizer inside SGD"):
+        callback.on_fit_start(SimpleNamespace(optimizers=[torch.optim.SGD(nn.Linear(2, 2).parameters())]), Net())
+    with pytest.raises(ValueError, match="find_unused_parameters"):
+        LayerwiseDDPStrategy(find_unused_parameters=False)
+
+
+def _free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_lightning_ddp_two_gloo_ranks_agree(tmp_path):
+    """Lightning DDP, 2 gloo ranks, LayerwiseDDPStrategy: a layer frozen by the user before Lightning
+    wraps the model and unfrozen at epoch 1 through lrgroups.unwrap(self.optimizers()), and layers
+    staged by the callback, end bitwise equal on both ranks, and the late layer did train."""
+    worker = Path(__file__).with_name("lightning_ddp_worker.py")
+    port = _free_port()
+    processes = []
+    for rank in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "NODE_RANK": "0",
+               "LOCAL_RANK": str(rank), "RANK": str(rank), "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+        processes.append(subprocess.Popen([sys.executable, str(worker), str(tmp_path)], env=env))
+    assert [p.wait(timeout=240) for p in processes] == [0, 0]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert torch.equal(ranks[0]["params"], ranks[1]["params"])
+    assert ranks[0]["stage"] == ranks[1]["stage"] == 2
+    assert not any(ranks[0]["frozen"])
+    torch.manual_seed(0)
+    initial = nn.Linear(5, 16).weight
+    assert not torch.equal(ranks[0]["first"], initial)  # the user-frozen layer trained after its unfreeze
