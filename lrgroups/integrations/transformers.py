@@ -53,8 +53,8 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
       in ``on_epoch_end`` (``every_epochs``), or on a plateau of ``metric``; ``metric`` (a key of the
       evaluation metrics, ``"eval_loss"`` by default) also feeds the stopper in ``on_evaluate``, whose
       stop sets ``control.should_training_stop``.
-    - ``on_log`` adds ``learning_rate/<group name>`` for every param group (the Trainer logs only
-      group 0's lr as ``learning_rate``). Callbacks run in the order they were added and the Trainer
+    - ``on_log`` adds ``learning_rate/<group name>`` for every param group: the lr its last step
+      used, as the Trainer's own ``learning_rate``, which is group 0's only. Callbacks run in the order they were added and the Trainer
       adds its ``report_to`` integrations first: for them to log these keys, pass ``report_to="none"``
       and add the integration's callback after this one (``callbacks=[LayerwiseCallback(...),
       TensorBoardCallback()]``); the entry of ``trainer.state.log_history`` has them either way.
@@ -91,6 +91,8 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
         self.early_stopping = None if early_stopping is None else dict(early_stopping)
         self.metric = metric
         self._driver = Driver(self.unfreezing, self.early_stopping)
+        self._lr_hook = None
+        self._step_lrs: dict[str, float] = {}
         if saved_state is not None:
             self._driver.load_state_dict(saved_state)
 
@@ -126,7 +128,16 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
                 "resuming without LayerwiseCallback's saved state: set TrainingArguments("
                 "restore_callback_states_from_checkpoint=True), or the schedule would restart at stage 0"
             )
-        self._driver.build(unwrap(optimizer), model, reload_optimizer=resuming)
+        opt = unwrap(optimizer)
+        self._driver.build(opt, model, reload_optimizer=resuming)
+        if self._lr_hook is not None:
+            self._lr_hook.remove()
+        # Registered after the schedule's warm-up hook: the lrs the step really uses, as the Trainer's
+        # "learning_rate" is the lr of the step just taken (the scheduler has moved on when on_log runs).
+        self._lr_hook = opt.register_step_pre_hook(self._record_lrs)
+
+    def _record_lrs(self, optimizer, args, kwargs) -> None:
+        self._step_lrs = {f"learning_rate/{g['name']}": float(g["lr"]) for g in optimizer.param_groups}
 
     def on_epoch_end(self, args, state, control, **kwargs) -> None:
         self._driver.end_epoch()
@@ -139,10 +150,13 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
     def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs) -> None:
         if logs is None or optimizer is None or "loss" not in logs and "learning_rate" not in logs:
             return
-        lrs = {f"learning_rate/{group['name']}": float(group["lr"]) for group in unwrap(optimizer).param_groups}
+        lrs = self._step_lrs or {f"learning_rate/{g['name']}": float(g["lr"]) for g in unwrap(optimizer).param_groups}
         logs.update(lrs)  # for the callbacks after this one
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(lrs)  # the Trainer appended a copy of logs before on_log
 
     def on_train_end(self, args, state, control, **kwargs) -> None:
         self._driver.close()
+        if self._lr_hook is not None:
+            self._lr_hook.remove()
+            self._lr_hook = None
