@@ -200,6 +200,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     ``torch.distributed.checkpoint`` and training frameworks take it as they are. Step hooks run
     in torch's order and receive the wrapper.
 
+    Every param group carries a readable, unique ``name`` ("depth 3–4 · lr 0.001 · wd 0.05"), which
+    loggers show (Lightning's ``LearningRateMonitor``; the HF callback in
+    :mod:`lrgroups.integrations.transformers`).
+
     Defaults are the inner optimizer's: what is not passed (``lr``, ``weight_decay``, ``betas``, ...)
     is the inner optimizer's own default; a tensor ``lr`` stays a tensor; every parameter, frozen
     ones included, goes through the inner optimizer's constructor (its validation) when the wrapper
@@ -745,8 +749,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict (``state``, ``param_groups`` with ``param_names``; torch's hooks run)
         plus ``"lrgroups"``: ``format``, ``names`` (every parameter, frozen ones included),
-        ``settings``, ``groups``, ``frozen`` (``{name: owner}``) and ``kept`` (state kept aside for
-        frozen parameters, by name). Loads with ``torch.load(..., weights_only=True)``.
+        ``settings``, ``groups``, ``frozen`` (``{name: owner}``), ``kept`` (state kept aside for
+        frozen parameters, by name) and ``stepped`` (whether the first step's ratio check has run:
+        loading a checkpoint of an unstepped optimizer, as accelerate does when it wraps one, keeps
+        the check). Loads with ``torch.load(..., weights_only=True)``.
 
         Example:
             >>> import torch, torch.nn as nn, lrgroups

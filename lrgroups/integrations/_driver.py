@@ -44,7 +44,9 @@ class Driver:
         self.pending: dict[str, Any] | None = None
         self._hook = None
 
-    def build(self, optimizer: LayerwiseOptimizer, model: nn.Module, reload_optimizer: bool = False) -> None:
+    def build(
+        self, optimizer: LayerwiseOptimizer, model: nn.Module, reload_optimizer: bool = False, total_steps: int | None = None
+    ) -> None:
         """Build over ``optimizer`` (once per fit) and apply state loaded before. With
         ``reload_optimizer`` (the framework loaded the optimizer's checkpoint before this call) the
         optimizer's state is reloaded after the schedule is built, since building one freezes and
@@ -57,6 +59,11 @@ class Driver:
             self.schedule = None
         elif isinstance(spec, Mapping):
             kwargs = dict(spec)
+            for key in ("every_steps", "every_epochs"):  # a recipe's stage length as a function of the run's length
+                if callable(kwargs.get(key)):
+                    if total_steps is None:
+                        raise ValueError(f"unfreezing: {key} is a function of the total number of steps, which is not known")
+                    kwargs[key] = kwargs[key](total_steps)
             if isinstance(kwargs.get("plateau"), Mapping):
                 kwargs["plateau"] = Plateau(**kwargs["plateau"])
             with warnings.catch_warnings():
@@ -103,8 +110,9 @@ class Driver:
         return None if self.stopper is None else self.stopper.step(metric, step)
 
     def state_dict(self) -> dict[str, Any]:
-        if self.pending is not None:
-            return dict(self.pending)
+        """The schedule's and stopper's state; before :meth:`build`, what was loaded (or ``{}``)."""
+        if self.optimizer is None:
+            return dict(self.pending or {})
         return {
             "unfreezing": None if self.schedule is None else self.schedule.state_dict(),
             "early_stopping": None if self.stopper is None else self.stopper.state_dict(),
@@ -116,6 +124,8 @@ class Driver:
         Raises:
             ValueError: the state has a schedule or stopper this configuration lacks, or the reverse.
         """
+        if not state:  # saved before anything was built
+            return
         for key, spec in (("unfreezing", self.unfreezing_spec), ("early_stopping", self.early_stopping_spec)):
             if (state.get(key) is None) != (spec is None):
                 raise ValueError(f"saved state {'has' if state.get(key) is not None else 'lacks'} {key}, this callback "

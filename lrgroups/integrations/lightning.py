@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import lightning.pytorch as pl
 import torch
@@ -42,13 +42,23 @@ from ..unfreezing import ProgressiveUnfreezing
 from . import unwrap
 from ._driver import Driver, EarlyStoppingSpec, UnfreezingSpec
 
+if TYPE_CHECKING:
+    from ..recipes import Recipe
+
 __all__ = ["LayerwiseDDPStrategy", "LayerwiseFinetuning"]
 
 
 class LayerwiseFinetuning(Callback):
     """Drives :class:`~lrgroups.ProgressiveUnfreezing` and :class:`~lrgroups.EarlyStopping` over the
     :class:`~lrgroups.LayerwiseOptimizer` that ``configure_optimizers`` returns, and carries their
-    state in Lightning checkpoints.
+    state in Lightning checkpoints (a full run is in this module's example).
+
+    Example:
+        >>> from lrgroups.integrations.lightning import LayerwiseFinetuning
+        >>> callback = LayerwiseFinetuning(unfreezing={"every_epochs": 1, "depths_per_stage": 2},
+        ...                                early_stopping={"mode": "min", "patience": 3}, monitor="val_loss")
+        >>> callback.schedule is None, callback.state_dict()  # built in on_fit_start
+        (True, {})
 
     - Adopts the optimizer (``trainer.optimizers[optimizer_index]``) in ``on_fit_start``, after
       ``configure_optimizers`` and before Lightning restores the optimizer from a checkpoint, and
@@ -70,8 +80,9 @@ class LayerwiseFinetuning(Callback):
 
     Args:
         unfreezing: ``ProgressiveUnfreezing`` keyword arguments (``plateau`` may be a dict of
-            ``Plateau`` arguments), or a callable ``optimizer -> ProgressiveUnfreezing``; ``None``: no
-            schedule.
+            ``Plateau`` arguments; ``every_steps``/``every_epochs`` may be functions of the total
+            number of steps, as in recipes), or a callable ``optimizer -> ProgressiveUnfreezing``;
+            ``None``: no schedule. See also :meth:`from_recipe`.
         early_stopping: ``EarlyStopping`` keyword arguments (``model`` and ``unfreezing`` are set by
             the callback: a plateau advances the schedule while stages remain); ``None``: no stopping.
         monitor: the logged metric the plateau and the stopper read.
@@ -95,6 +106,23 @@ class LayerwiseFinetuning(Callback):
         self._driver = Driver(unfreezing, early_stopping)
         self.monitor = monitor
         self.optimizer_index = optimizer_index
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, *, monitor: str = "val_acc", optimizer_index: int = 0) -> "LayerwiseFinetuning":
+        """The callback that runs a :class:`~lrgroups.recipes.Recipe`'s unfreezing and early stopping
+        (``mode="max"`` on ``monitor`` unless the recipe says otherwise; stage lengths given as a
+        function of the run's length are resolved with ``trainer.estimated_stepping_batches``). Build the
+        optimizer in ``configure_optimizers`` with the recipe's rules:
+        ``LayerwiseOptimizer(self, torch.optim.AdamW, lr=..., rules=recipe.rules, coarse=recipe.coarse)``.
+
+        Example:
+            >>> import lrgroups
+            >>> from lrgroups.integrations.lightning import LayerwiseFinetuning
+            >>> LayerwiseFinetuning.from_recipe(lrgroups.recipes.plateau_unfreezing()).monitor
+            'val_acc'
+        """
+        early_stopping = None if recipe.early_stopping is None else {"mode": "max", **recipe.early_stopping}
+        return cls(recipe.unfreezing, early_stopping, monitor=monitor, optimizer_index=optimizer_index)
 
     @property
     def schedule(self) -> ProgressiveUnfreezing | None:
@@ -120,7 +148,10 @@ class LayerwiseFinetuning(Callback):
         optimizers = trainer.optimizers
         if len(optimizers) <= self.optimizer_index:
             raise TypeError(f"configure_optimizers returned {len(optimizers)} optimizers; LayerwiseFinetuning needs a LayerwiseOptimizer")
-        self._driver.build(unwrap(optimizers[self.optimizer_index]), pl_module)
+        optimizer = unwrap(optimizers[self.optimizer_index])
+        total = trainer.estimated_stepping_batches
+        total_steps = int(total) if total != float("inf") else None
+        self._driver.build(optimizer, pl_module, total_steps=total_steps)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._driver.end_epoch()
@@ -162,8 +193,6 @@ class LayerwiseDDPStrategy(DDPStrategy):
         >>> strategy._ddp_kwargs["find_unused_parameters"]
         True
     """
-
-    strategy_name = "ddp_lrgroups"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("find_unused_parameters") is False:

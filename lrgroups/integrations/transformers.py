@@ -62,6 +62,15 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
       ``TrainingArguments(restore_callback_states_from_checkpoint=True)``; resuming without it raises
       rather than restart the schedule. The arguments are therefore plain JSON values.
 
+    On resume the Trainer replaces this callback by one rebuilt from :meth:`state` (find it in
+    ``trainer.callback_handler.callbacks``).
+
+    Example:
+        >>> from lrgroups.integrations.transformers import LayerwiseCallback
+        >>> callback = LayerwiseCallback(unfreezing={"every_steps": 100}, early_stopping={"mode": "min", "patience": 3})
+        >>> callback.state()["args"]["unfreezing"], callback.state_dict()  # built in on_train_begin
+        ({'every_steps': 100}, {})
+
     Args:
         unfreezing: ``ProgressiveUnfreezing`` keyword arguments (stages as glob strings or dicts of
             selector fields; ``plateau`` as a dict of ``Plateau`` arguments); ``None``: no schedule.
@@ -119,6 +128,14 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
             "attributes": {},
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        """``{"unfreezing": ..., "early_stopping": ...}``: their ``state_dict()`` (``{}`` before training)."""
+        return self._driver.state_dict()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue from ``state_dict`` (kept until ``on_train_begin`` when nothing is built yet)."""
+        self._driver.load_state_dict(state_dict)
+
     def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs) -> None:
         resuming = state.global_step > 0
         if resuming and self._driver.pending is None and self._driver.optimizer is None and (
@@ -129,7 +146,7 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
                 "restore_callback_states_from_checkpoint=True), or the schedule would restart at stage 0"
             )
         opt = unwrap(optimizer)
-        self._driver.build(opt, model, reload_optimizer=resuming)
+        self._driver.build(opt, model, reload_optimizer=resuming, total_steps=state.max_steps)
         if self._lr_hook is not None:
             self._lr_hook.remove()
         # Registered after the schedule's warm-up hook: the lrs the step really uses, as the Trainer's
