@@ -467,14 +467,17 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.update({key: self.__dict__[key] for key in ("_slots", "_inners", "_planned_lrs", "_norm_stats", "_norm_units")})
+        state["_ratio_check_pending"] = self.__dict__.get("_ratio_check") is not None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        ratio_check_pending = state.pop("_ratio_check_pending", True)
         super().__setstate__(state)
         if "_slots" in state:  # unpickled or deep-copied: rebuild what is derived, own hooks anew
             self._derive()
             self._install_hooks()
-            self._ratio_check = self.register_step_pre_hook(self._warn_if_ratios_flattened)
+            self._ratio_check = self.register_step_pre_hook(self._warn_if_ratios_flattened) if ratio_check_pending else None
         self._relink()
 
     @property
