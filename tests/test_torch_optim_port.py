@@ -15,6 +15,8 @@ Kept different by design (each test that meets one says so where it adapts):
   mixed) cannot arise: the wrapper takes a model, whose parameters are named and distinct.
 * A constructor error of the inner optimizer surfaces as ``ValueError("could not build <cls> ...:
   <torch's message>")``, whatever torch's type.
+* Every param group has one key more than torch's, ``name`` (a readable label such as
+  ``"depth 3 · lr 0.001 · wd 0"``, which Lightning's ``LearningRateMonitor`` and the HF callback log).
 * ``deepcopy``/pickling copy the wrapper with its inner optimizers (torch copies ``defaults``,
   ``state`` and ``param_groups`` only); hooks, as in torch, are not copied.
 """
@@ -384,8 +386,10 @@ def test_has_the_optimizer_attributes_of_a_torch_optimizer(mode, info, optim_inp
         else:
             assert optimizer.defaults[key] == value, key
     hyper = {k: v for k, v in bare.param_groups[0].items() if k not in ("params", "param_names")}
+    extra = {"name"} if mode == "wrapper" else set()  # by design one more key: the group's readable name
     for group in optimizer.param_groups:
-        assert {k: v for k, v in group.items() if k not in ("params", "param_names")}.keys() == hyper.keys()
+        assert {k: v for k, v in group.items() if k not in ("params", "param_names")}.keys() == hyper.keys() | extra
+        assert all(isinstance(group[key], str) for key in extra)
 
 
 @pytest.mark.parametrize("mode, info, optim_input, variant", [c for c in CASES if c.values[0] == "wrapper"])
