@@ -17,6 +17,7 @@ from . import recipes
 from .depth import param_depths
 from .distributed import wrap_ddp
 from .early_stopping import Decision, EarlyStopping, Plateau
+from .norms import FrozenNormStats, batch_norms, freeze_norm_stats, precise_bn
 from .optimizer import CheckpointMismatchError, LayerwiseOptimizer
 from .rules import (
     ParamInfo,
@@ -34,6 +35,10 @@ from .unfreezing import ProgressiveUnfreezing, depth_stages
 __all__ = [
     "CheckpointMismatchError",
     "Decision",
+    "FrozenNormStats",
+    "batch_norms",
+    "freeze_norm_stats",
+    "precise_bn",
     "EarlyStopping",
     "Plateau",
     "ProgressiveUnfreezing",
