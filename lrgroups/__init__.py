@@ -17,6 +17,7 @@ from . import recipes
 from .depth import param_depths
 from .distributed import wrap_ddp
 from .early_stopping import Decision, EarlyStopping, Plateau
+from .l2sp import L2SP
 from .norms import FrozenNormStats, batch_norms, freeze_norm_stats, precise_bn
 from .optimizer import CheckpointMismatchError, LayerwiseOptimizer
 from .rules import (
@@ -36,6 +37,7 @@ __all__ = [
     "CheckpointMismatchError",
     "Decision",
     "FrozenNormStats",
+    "L2SP",
     "batch_norms",
     "freeze_norm_stats",
     "precise_bn",

@@ -19,7 +19,7 @@ Example:
     10 ['2.weight', '2.bias']
     20 ['0.weight', '0.bias']
 
-Strategies: :func:`full`, :func:`linear_probe`, :func:`lp_ft`, :func:`layer_decay`,
+Strategies: :func:`full`, :func:`linear_probe`, :func:`lp_ft`, :func:`l2_sp`, :func:`layer_decay`,
 :func:`discriminative`, :func:`layer_decay_between`, :func:`gradual_unfreezing`,
 :func:`plateau_unfreezing`, :func:`surgical`. :data:`RECIPES` maps their names to them.
 
@@ -41,6 +41,7 @@ import torch.nn as nn
 from . import rules as R
 from .depth import find_head, unwrap_model
 from .early_stopping import EarlyStopping, Plateau
+from .l2sp import L2SP
 from .optimizer import LayerwiseOptimizer
 from .rules import Rule, Selector
 from .unfreezing import ProgressiveUnfreezing, depth_stages
@@ -52,6 +53,7 @@ __all__ = [
     "full",
     "linear_probe",
     "lp_ft",
+    "l2_sp",
     "layer_decay",
     "discriminative",
     "layer_decay_between",
@@ -234,6 +236,7 @@ class FineTuning:
     early_stopping: EarlyStopping | None = None
     steps_per_epoch: int | None = None
     steps: int = 0
+    l2sp: L2SP | None = None
 
     def after_step(self) -> list[str]:
         self.steps += 1
@@ -256,6 +259,7 @@ class FineTuning:
             "unfreezing": None if self.unfreezing is None else self.unfreezing.state_dict(),
             "early_stopping": None if self.early_stopping is None else self.early_stopping.state_dict(),
             "steps": self.steps,
+            "l2sp": None if self.l2sp is None else self.l2sp.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -265,6 +269,8 @@ class FineTuning:
         if self.early_stopping is not None:
             self.early_stopping.load_state_dict(state["early_stopping"])
         self.steps = state["steps"]
+        if self.l2sp is not None:
+            self.l2sp.load_state_dict(state["l2sp"])
 
 
 def _owned(stage: Selector, trainable: set[int]) -> Selector:
@@ -283,7 +289,9 @@ class Recipe:
     resolves. The stages (default :func:`~lrgroups.depth_stages`) only ever cover parameters that
     were trainable when ``build`` was called. ``early_stopping`` holds :class:`~lrgroups.EarlyStopping`
     keyword arguments (mode ``"max"`` on a validation accuracy by default). ``probe_C`` set: ``build``
-    first fits the head as a linear probe (:func:`fit_linear_probe` with ``C=probe_C``).
+    first fits the head as a linear probe (:func:`fit_linear_probe` with ``C=probe_C``). ``l2sp``
+    holds :class:`~lrgroups.L2SP` keyword arguments (``alpha``, ``beta``, ``anchor``); it replaces
+    weight decay.
     """
 
     name: str
@@ -292,6 +300,7 @@ class Recipe:
     early_stopping: dict[str, Any] | None = None
     coarse: bool = False
     probe_C: float | None = None
+    l2sp: dict[str, Any] | None = None
     description: str = field(default="", compare=False)
 
     def build(
@@ -320,12 +329,15 @@ class Recipe:
 
         Raises:
             ValueError: ``total_steps`` missing where needed, ``probe`` missing or given to a
-                recipe without a probe, or anything :class:`~lrgroups.LayerwiseOptimizer` rejects.
+                recipe without a probe, ``weight_decay`` given to a recipe with L2-SP, or anything
+                :class:`~lrgroups.LayerwiseOptimizer` rejects.
         """
         if self.probe_C is not None:
             _fit_head(model, probe, self.probe_C, self.name)
         elif probe is not None:
             raise ValueError(f"recipe {self.name!r} fits no probe; got probe={probe!r}")
+        if self.l2sp is not None and weight_decay:
+            raise ValueError(f"recipe {self.name!r} replaces weight decay by L2-SP: pass weight_decay=0")
         trainable = {id(p) for p in model.parameters() if p.requires_grad}
         opt = LayerwiseOptimizer(
             model, optimizer, lr=lr, weight_decay=weight_decay, rules=self.rules, coarse=self.coarse,
@@ -335,7 +347,8 @@ class Recipe:
         stopper = None
         if self.early_stopping is not None:
             stopper = EarlyStopping(**{"mode": "max", **self.early_stopping}, model=model, unfreezing=unfreezing)
-        return FineTuning(opt, unfreezing, stopper, steps_per_epoch)
+        l2sp = None if self.l2sp is None else L2SP(model, opt, **self.l2sp)
+        return FineTuning(opt, unfreezing, stopper, steps_per_epoch, l2sp=l2sp)
 
     def _unfreezing(self, model: nn.Module, opt: LayerwiseOptimizer, trainable: set[int],
                     total_steps: int | None) -> ProgressiveUnfreezing | None:
@@ -398,6 +411,27 @@ def lp_ft(ft_lr_mult: float = 0.1, C: float = 1.0) -> Recipe:
         probe_C=C,
         description=f"closed-form probe (C={C}), then all at {ft_lr_mult} x lr",
     )
+
+
+def l2_sp(alpha: float = 0.1, beta: float = 0.01, anchor: str | Selector | None = None) -> Recipe:
+    """L2-SP (Li, Grandvalet & Davoine, ICML 2018, "Explicit Inductive Bias for Transfer Learning
+    with Convolutional Networks"): weight decay toward the pretrained weights (strength ``alpha``) for
+    the backbone and toward zero (``beta``) for the head, decoupled (see :class:`~lrgroups.L2SP`;
+    the defaults are the paper's alpha = 0.1, beta = 0.01). Build it with ``weight_decay=0``.
+
+    Raises:
+        ValueError: ``alpha`` or ``beta`` negative or not finite.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> tuning = l2_sp(alpha=0.1, beta=0.01).build(model, torch.optim.SGD, lr=0.1)
+        >>> sorted(tuning.l2sp.anchors)
+        ['0.bias', '0.weight']
+    """
+    alpha, beta = L2SP.check_strengths(alpha, beta)
+    return Recipe("l2_sp", l2sp={"alpha": alpha, "beta": beta, "anchor": anchor},
+                  description=f"decay toward the start (alpha={alpha}), head toward 0 (beta={beta})")
 
 
 def layer_decay(gamma: float = 0.75) -> Recipe:
@@ -544,6 +578,7 @@ RECIPES: dict[str, Callable[..., Recipe]] = {
     "full": full,
     "linear_probe": linear_probe,
     "lp_ft": lp_ft,
+    "l2_sp": l2_sp,
     "layer_decay": layer_decay,
     "discriminative": discriminative,
     "layer_decay_between": layer_decay_between,
