@@ -32,6 +32,7 @@ from .rules import (
     plan,
 )
 from .unfreezing import ProgressiveUnfreezing, depth_stages
+from .wise_ft import wise_ft
 
 __all__ = [
     "CheckpointMismatchError",
@@ -57,5 +58,6 @@ __all__ = [
     "param_depths",
     "plan",
     "recipes",
+    "wise_ft",
     "wrap_ddp",
 ]
