@@ -228,7 +228,8 @@ class FineTuning:
     Call :meth:`after_step` after every ``optimizer.step()`` and :meth:`after_validation` after
     every evaluation (it returns True when training should stop); call :meth:`after_epoch` at the
     end of each epoch when the recipe counts epochs (``steps_per_epoch`` given to ``build`` does it
-    for you inside :meth:`after_step`).
+    for you inside :meth:`after_step`). ``l2sp`` is the :class:`~lrgroups.L2SP` hook of recipes with
+    L2-SP (it acts inside ``optimizer.step()``); :meth:`state_dict` carries its anchors.
     """
 
     optimizer: LayerwiseOptimizer
