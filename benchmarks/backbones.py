@@ -86,3 +86,62 @@ def load_efficientnet_lite0(num_classes: int = 1000) -> nn.Module:
     if num_classes != model.num_classes:
         model.reset_classifier(num_classes)
     return model.eval()
+
+
+#: The suite-pretrained backbone of the hypothesis suites: a ResNet-10-T at 1/8 width for 28 px
+#: grayscale images (about 80k parameters; timm depths: stem, layer1..4, head).
+RESNET_TINY: dict[str, Any] = {"model_name": "resnet10t", "channels": (8, 16, 32, 64), "stem_width": 8}
+#: Lite0 is split before this block: the blocks below run once, frozen, and are cached as features.
+LITE0_SPLIT = 6
+
+
+def create_resnet_tiny(num_classes: int) -> nn.Module:
+    """A randomly initialised :data:`RESNET_TINY` for 1-channel images (mean = std = 0.5)."""
+    config = dict(RESNET_TINY)
+    model = timm.create_model(config.pop("model_name"), pretrained=False, num_classes=num_classes, in_chans=1,
+                              **config)
+    model.pretrained_cfg = {**model.pretrained_cfg, "mean": (0.5,), "std": (0.5,)}
+    return model
+
+
+class Lite0Top(nn.Module):
+    """The top of EfficientNet-Lite0 (``blocks[LITE0_SPLIT:]``, ``conv_head``, ``bn2``, pooling and
+    classifier) as a model whose input is the output of the blocks below: those run once, frozen
+    (BatchNorm in eval mode), and their outputs are cached, so fine-tuning trains only this part.
+
+    Args:
+        model: a timm ``tf_efficientnet_lite0`` (its modules are shared, not copied).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*model.blocks[LITE0_SPLIT:])
+        self.conv_head, self.bn2, self.global_pool = model.conv_head, model.bn2, model.global_pool
+        self.classifier = model.classifier
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier = nn.Linear(self.classifier.in_features, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Pooled 1280-d features (what a linear probe sees)."""
+        return self.global_pool(self.bn2(self.conv_head(self.blocks(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.forward_features(x))
+
+
+def lite0_lower(model: nn.Module) -> nn.Module:
+    """The frozen bottom of EfficientNet-Lite0: stem and ``blocks[:LITE0_SPLIT]``, in eval mode."""
+    return nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:LITE0_SPLIT]).eval()
+
+
+def create_lite0(pretrained: bool) -> nn.Module:
+    """``tf_efficientnet_lite0``: ImageNet weights (:func:`load_efficientnet_lite0`) or random init
+    (seed 0, for the scratch baseline)."""
+    if pretrained:
+        return load_efficientnet_lite0()
+    torch.manual_seed(0)
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()

