@@ -2,7 +2,7 @@
 
     python -m benchmarks run [--suite quick] [--out DIR] [--cache DIR] [--workers N] [--threads T]
                              [--dry-run] [--max-cells N] [--no-progress]
-    python -m benchmarks report [--suite quick] [--out DIR]
+    python -m benchmarks report [--suite quick] [--out DIR] [--readme README.md]
     python -m benchmarks replicate --reference results/quick --new runs/quick [--suite quick]
     python -m benchmarks perf [ARGS...]       # forwarded to benchmarks.perf.run.main
 
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", type=Path, help="output directory (default: results/<suite>)")
     replicate.add_argument("--reference", type=Path, required=True, help="the reference run (e.g. results/quick)")
     replicate.add_argument("--new", type=Path, required=True, help="the new run (e.g. runs/quick)")
+    report.add_argument("--readme", type=Path, help="also write the verdict table into this README's verdicts block")
     run.add_argument("--cache", type=Path, help="where source backbones and features are cached (default: <out>/cache)")
     run.add_argument("--workers", type=int, default=2, help="processes running cells (default 2)")
     run.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1; part of every cell's key)")
@@ -86,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .report import write_reports
 
         write_reports(out, suite)
+        if args.readme is not None:
+            from .report import write_readme_table
+
+            write_readme_table(args.readme, out / "verdicts.csv")
         print(f"reports rebuilt in {out}")
         return 0
     if args.dry_run:

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import timm
@@ -138,10 +139,19 @@ def lite0_lower(model: nn.Module) -> nn.Module:
     return nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:LITE0_SPLIT]).eval()
 
 
-def create_lite0(pretrained: bool) -> nn.Module:
-    """``tf_efficientnet_lite0``: ImageNet weights (:func:`load_efficientnet_lite0`) or random init
-    (seed 0, for the scratch baseline)."""
+@lru_cache(maxsize=2)
+def _lite0_state(pretrained: bool) -> dict[str, Tensor]:
     if pretrained:
-        return load_efficientnet_lite0()
-    torch.manual_seed(0)
-    return timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+        return load_efficientnet_lite0().state_dict()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+
+
+def create_lite0(pretrained: bool) -> nn.Module:
+    """A fresh ``tf_efficientnet_lite0`` in eval mode: ImageNet weights (:func:`load_efficientnet_lite0`)
+    or the seed-0 random init (the scratch baseline); weights read once per process. The global
+    torch random state is left as it was."""
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(_lite0_state(pretrained))
+    return model.eval()

@@ -97,7 +97,9 @@ def selected_table(runs: pd.DataFrame) -> pd.DataFrame:
             if len(values):
                 row[metric], row[f"{metric}_ci"] = mean_ci(values.tolist())
         rows.append(row)
-    return pd.DataFrame(rows)
+    columns = ["experiment", "target", "strategy", "kind", "lr", "edge", "seeds",
+               *(f"{m}{suffix}" for m in METRICS for suffix in ("", "_ci"))]
+    return pd.DataFrame(rows).reindex(columns=columns)
 
 
 def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
@@ -109,8 +111,10 @@ def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame
             part = table[(table.experiment == experiment.name) & (table.target == target.name)]
             if part.empty:
                 continue
-            pretrained = part[part.kind.isin(PRETRAINED_KINDS)]
-            baselines = part[part.strategy.str.contains("scratch|pixel")]
+            pretrained = part[part.kind.isin(PRETRAINED_KINDS)].dropna(subset=["test_accuracy"])
+            baselines = part[part.strategy.str.contains("scratch|pixel")].dropna(subset=["test_accuracy"])
+            if pretrained.empty or baselines.empty:  # an unfinished suite: no gate yet
+                continue
             best, baseline = pretrained.loc[pretrained.test_accuracy.idxmax()], baselines.loc[baselines.test_accuracy.idxmax()]
             sources = runs[(runs.experiment == experiment.name) & runs.source_accuracy.notna()]
             source_accuracy = float(sources.source_accuracy.iloc[0]) if len(sources) else math.nan
@@ -270,6 +274,8 @@ def write_reports(out: Path, suite: Suite) -> None:
     runs = select_lr(runs)
     table = selected_table(runs)
     gate_table = gates(suite, runs, table)
+    if gate_table.empty:
+        gate_table = pd.DataFrame(columns=["experiment", "target", "transfer_ok", "source_ok"])
     verdict_table = verdicts(suite, runs, gate_table)
     matched = matched_forgetting(runs)
     for name, frame in (("runs.csv", runs), ("selected.csv", table), ("gates.csv", gate_table),
@@ -336,3 +342,29 @@ def write_reports(out: Path, suite: Suite) -> None:
               f"- git {environment.get('git', {}).get('commit', '?')}, python {environment.get('python', '?')}, "
               f"{environment.get('date', '?')}", ""]
     atomic_write(out / "summary.md", "\n".join(lines))
+
+
+README_START, README_END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
+
+
+def readme_table(verdict_table: pd.DataFrame) -> str:
+    """The verdict table as the README shows it (from a verdicts.csv)."""
+    return _markdown(verdict_table, {"hypothesis": "hypothesis", "mirrors": "mirrors", "comparison": "comparison",
+                                     "target": "target", "metric": "metric", "effect": "effect",
+                                     "ci_low": "ci low", "ci_high": "ci high", "p_holm": "p (Holm)",
+                                     "verdict": "verdict", "published": "published"})
+
+
+def write_readme_table(readme: Path, verdicts_csv: Path) -> None:
+    """Replace the block between README_START and README_END of ``readme`` by the table of ``verdicts_csv``.
+
+    Raises:
+        ValueError: the README has no such block.
+    """
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} block")
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    table = readme_table(pd.read_csv(verdicts_csv))
+    atomic_write(readme, f"{head}{README_START}\n{table}\n{README_END}{tail}")

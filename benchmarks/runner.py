@@ -11,7 +11,8 @@ One fine-tuning cell (``kind`` finetune or scratch):
 3. Measure test (and OOD) accuracy; CKA between the start's and the end's penultimate features on
    the OOD (else test) images; with a labelled source: source test accuracy with the source head,
    weights only (BatchNorm statistics as they are) and after ``lrgroups.norms.precise_bn`` on the
-   source training images (retention = after / before); WiSE-FT interpolations for ``wise`` strategies.
+   source training images, each against the source model measured the same way (retention =
+   after / before); WiSE-FT interpolations for ``wise`` strategies.
 
 Probe and pixel cells fit scikit-learn's logistic regression (closed form to convergence).
 
@@ -166,11 +167,11 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
     model = device.prepare(model)
     x = _inputs(cell, data, pretrained, cache_dir, environment)
     y_train = data.train.labels
-    frozen_norms = freeze_norm_stats(model) if pretrained else None
+    frozen_norms = freeze_norm_stats(model) if pretrained and experiment.bn == "frozen" else None
 
     before = None
-    if data.source_test is not None and pretrained:
-        before = _accuracy(_with_head(model, source_head), _source_x(data), data.source_test.labels, device)
+    if data.source_test is not None and pretrained:  # the source model, as is and after precise BN
+        before = _source_scores(_with_head(model, source_head), data, device)
     recipe = build_recipe(cell)
     extra = {"probe": lambda m: (penultimate(m, x.train), y_train)} if recipe.probe_C is not None else {}
     tuning = recipe.build(model, torch.optim.AdamW, lr=cell.lr, weight_decay=budget.weight_decay,
@@ -213,11 +214,11 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
     if frozen_norms is not None:
         frozen_norms.remove()
     if before is not None:
-        after, after_precise = _source_scores(_with_head(model, source_head), data, device)
-        record.update(source_accuracy_before=before, source_accuracy_after=after,
-                      source_accuracy_after_precise_bn=after_precise,
-                      retention_weights_only=metrics.retention(after, before),
-                      retention_precise_bn=metrics.retention(after_precise, before))
+        after = _source_scores(_with_head(model, source_head), data, device)
+        record.update(source_accuracy_before=before[0], source_accuracy_after=after[0],
+                      source_accuracy_before_precise_bn=before[1], source_accuracy_after_precise_bn=after[1],
+                      retention_weights_only=metrics.retention(after[0], before[0]),
+                      retention_precise_bn=metrics.retention(after[1], before[1]))
     return record
 
 
@@ -243,8 +244,7 @@ def _wise(cell: Cell, model: nn.Module, start: Mapping[str, Tensor], x: Inputs, 
     variants = {}
     for alpha in WISE_ALPHAS:
         model.load_state_dict(lrgroups.wise_ft(start, end, alpha))
-        row = {"val_accuracy": _accuracy(model, x.val, data.val.labels, device),
-               "test_accuracy": _accuracy(model, x.test, data.test.labels, device)}
+        row = {"test_accuracy": _accuracy(model, x.test, data.test.labels, device)}
         if x.ood is not None:
             row["ood_accuracy"] = _accuracy(model, x.ood, data.ood.labels, device)
         variants[f"{cell.strategy.name}+wise_{alpha}"] = row

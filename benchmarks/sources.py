@@ -30,7 +30,7 @@ from .suites import Experiment, Target, config_hash
 from .training import Device, batches, predict, train_step
 
 #: Precise BN re-estimates statistics on every PRECISE_BN_EVERY-th source training image.
-PRECISE_BN_EVERY = 3
+PRECISE_BN_EVERY = 6
 #: The seed of the fixed corruption noise of test sets (train and validation use the cell seed).
 TEST_NOISE_SEED = 10_000
 

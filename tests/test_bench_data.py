@@ -198,3 +198,41 @@ def test_task_rejects_inconsistent_tensors() -> None:
         Task("bad", images.double(), labels, images, labels, num_classes=2)
     with pytest.raises(ValueError, match="test images"):
         Task("bad", images, labels, torch.zeros(4, 1, 3, 3), labels, num_classes=2)
+
+
+def test_animal_mnist_loads_from_the_installed_wheel() -> None:
+    images, labels = data.raw_dataset("animal")
+    assert images.shape == (10_000, 28, 28) and images.dtype == torch.uint8
+    assert torch.bincount(labels).tolist() == [1000] * 10
+    assert len(data.ANIMAL_CLASSES) == 10
+    # silhouettes: a class mean differs from another's
+    means = torch.stack([images[labels == c].double().mean(0) for c in range(10)])
+    assert float((means[0] - means[1]).abs().mean()) > 5
+
+
+def test_pools_are_fixed_and_disjoint_and_draws_are_seeded() -> None:
+    _, labels = data.raw_dataset("animal")
+    test = data.pool_indices(labels, (0, 1), 0, 200)
+    train = data.pool_indices(labels, (0, 1), 200, 800)
+    for cls in (0, 1):
+        assert len(test[cls]) == 200 and not set(test[cls]) & set(train[cls])
+        assert (labels[test[cls]] == cls).all()
+    a_train, a_val = data.draw(train, (20, 20), seed=3)
+    b_train, _ = data.draw(train, (20, 20), seed=3)
+    c_train, _ = data.draw(train, (20, 20), seed=4)
+    assert (a_train == b_train).all() and not (a_train == c_train).all()
+    assert len(a_train) == 40 and not set(a_train) & set(a_val)
+    with pytest.raises(ValueError, match="asked for"):
+        data.draw(test, (150, 100), seed=0)
+
+
+@pytest.mark.parametrize("kind", ["invert", "gaussian_noise", "blur", "contrast", "mixed"])
+def test_corruptions_keep_shape_and_range_and_change_images(kind: str) -> None:
+    _, labels = data.raw_dataset("animal")
+    images = data.as_images(data.raw_dataset("animal")[0], np.arange(12), 28, 1)
+    out = data.corrupt(images, kind, seed=0)
+    assert out.shape == images.shape and 0 <= float(out.min()) and float(out.max()) <= 1
+    assert not torch.equal(out, images)
+    assert torch.equal(data.corrupt(images, kind, seed=0), out)
+    with pytest.raises(ValueError, match="unknown corruption"):
+        data.corrupt(images, "fog", seed=0)
