@@ -1,6 +1,6 @@
 """Command line of the benchmark suite.
 
-    python -m benchmarks run [--suite quick] [--out DIR] [--cache DIR] [--workers N] [--threads T]
+    python -m benchmarks run [--suite quick] [--out DIR] [--cache DIR] [--workers N] [--threads T] [--device cpu|cuda]
                              [--dry-run] [--max-cells N] [--no-progress]
     python -m benchmarks report [--suite quick] [--out DIR] [--readme README.md]
     python -m benchmarks replicate --reference results/quick --new runs/quick [--suite quick]
@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     replicate.add_argument("--new", type=Path, required=True, help="the new run (e.g. runs/quick)")
     report.add_argument("--readme", type=Path, help="also write the verdict table into this README's verdicts block")
     run.add_argument("--cache", type=Path, help="where source backbones and features are cached (default: <out>/cache)")
-    run.add_argument("--workers", type=int, default=2, help="processes running cells (default 2)")
+    run.add_argument("--workers", type=int, default=2, help="processes running cells (default 2; 1 on CUDA)")
+    run.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                     help="cpu (default), cuda (bf16 autocast, channels_last, one process) or auto")
     run.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1; part of every cell's key)")
     run.add_argument("--dry-run", action="store_true", help="list the cells and whether each is done; run nothing")
     run.add_argument("--max-cells", type=int, help="stop after computing this many new cells")
@@ -64,6 +66,8 @@ def dry_run(suite_name: str, out: Path, threads: int) -> None:
         print(f"{index:>4}  {key}  {status:7}  {cell.experiment.name:12} {cell.target.name:18} "
               f"{cell.strategy.name:20} {cell.seed:>4}  {cell.lr:g}")
     print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if suite.time_budget_s is not None:
+        print(f"seeds are sized at run time to about {suite.time_budget_s:.0f} s from a timed training step")
     print("hypotheses: " + "; ".join(f"{h.name} {h.comparison} on {h.target} ({h.metric})" for h in suite.hypotheses))
 
 
@@ -99,11 +103,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .report import write_reports
     from .runner import run_suite
 
-    outcome = run_suite(
-        suite, out, args.cache if args.cache is not None else out / "cache", workers=args.workers,
-        threads=args.threads, max_cells=args.max_cells, progress=not args.no_progress,
-        command="python -m benchmarks " + shlex.join(argv), report=write_reports,
-    )
+    try:
+        outcome = run_suite(
+            suite, out, args.cache if args.cache is not None else out / "cache", workers=args.workers,
+            threads=args.threads, device_choice=args.device, max_cells=args.max_cells, progress=not args.no_progress,
+            command="python -m benchmarks " + shlex.join(argv), report=write_reports,
+        )
+    except RuntimeError as error:
+        if "CUDA" not in str(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"{suite.name}: {outcome.computed} cells computed ({outcome.failed} failed), {outcome.skipped} reused, "
           f"{outcome.remaining} not done; {outcome.seconds:.0f} s; reports in {out}")
     return 1 if outcome.failed or (outcome.remaining and args.max_cells is None) else 0

