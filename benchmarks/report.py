@@ -93,7 +93,7 @@ def selected_table(runs: pd.DataFrame) -> pd.DataFrame:
         row = {"experiment": experiment, "target": target, "strategy": strategy, "kind": group.kind.iloc[0],
                "lr": group.lr.iloc[0], "edge": bool(group.edge.iloc[0]), "seeds": len(group)}
         for metric in METRICS:
-            values = group[metric].dropna()
+            values = group[metric].dropna() if metric in group else pd.Series(dtype=float)
             if len(values):
                 row[metric], row[f"{metric}_ci"] = mean_ci(values.tolist())
         rows.append(row)

@@ -61,8 +61,8 @@ from .store import atomic_write, environment_record, read_runs, to_json, version
 from .suites import WISE_ALPHAS, Cell, Suite
 from .training import Device, batches, predict, resolve_device, steps_per_epoch, train_step
 
-#: A run still improves when its last validation accuracy beats its best before 70% of the budget
-#: by more than this (2 images of a 100-image validation set).
+#: A run still improves when its last validation accuracy beats its best at or before 75% of the
+#: budget by more than this (4 images of a 200-image validation set).
 IMPROVING_TOLERANCE = 0.02
 
 
@@ -72,9 +72,9 @@ def key_environment(device: Device) -> dict[str, Any]:
 
 
 def still_improving(steps: list[int], values: list[float], total: int) -> bool:
-    """Whether the last validation value exceeds the best one at or before 70% of ``total`` steps
+    """Whether the last validation value exceeds the best one at or before 75% of ``total`` steps
     by more than IMPROVING_TOLERANCE."""
-    early = [v for s, v in zip(steps, values) if s <= 0.7 * total]
+    early = [v for s, v in zip(steps, values) if s <= 0.75 * total]
     return bool(early) and values[-1] - max(early) > IMPROVING_TOLERANCE
 
 
