@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .replicate import write_replication
 
         same = write_replication(args.reference, args.new, suite)
-        print(f"replication report: {args.new / 'replication.md'}")
+        headline = (args.new / "replication.md").read_text().split("\n\n")[1]
+        print(f"{headline}\nreplication report: {args.new / 'replication.md'}")
         return 0 if same else 1
     out = args.out if args.out is not None else Path("results") / args.suite
     if args.command == "report":

@@ -337,7 +337,8 @@ def write_reports(out: Path, suite: Suite) -> None:
               f"- {environment.get('device_name', '?')}, {environment.get('workers', '?')} worker process(es) of "
               f"{environment.get('threads_per_cell', '?')} torch thread(s) per cell; wall time "
               f"{_fmt(environment.get('wall_seconds'), digits=0)} s for {environment.get('computed', '?')} cells "
-              f"(load average at the end {environment.get('load_average', '?')})",
+              f"(1/5/15-minute load average at the start {environment.get('load_average_start', '?')}, at the end "
+              f"{environment.get('load_average', '?')}: other processes share the cores)",
               "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
               f"- git {environment.get('git', {}).get('commit', '?')}, python {environment.get('python', '?')}, "
               f"{environment.get('date', '?')}", ""]

@@ -347,7 +347,7 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
     Raises:
         RuntimeError: ``device_choice="cuda"`` without a CUDA device.
     """
-    started = time.perf_counter()
+    started, load_at_start = time.perf_counter(), os.getloadavg()
     device = resolve_device(device_choice, threads=threads)
     out.mkdir(parents=True, exist_ok=True)
     if device.type == "cuda":
@@ -398,7 +398,7 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
              "skipped": outcome.skipped, "failed": outcome.failed, "not_done": outcome.remaining,
              "preparations": [{k: p.get(k) for k in ("label", "file", "seconds", "built_now", "source_accuracy",
                                                      "min_accuracy")} for p in prepared],
-             "load_average": os.getloadavg(), "sizing": sizing}
+             "load_average_start": load_at_start, "load_average": os.getloadavg(), "sizing": sizing}
     environment_path = out / "environment.json"
     import json
 

@@ -153,7 +153,8 @@ class Experiment:
     ``seeds``. ``keep_source_head``: the label space is the source's, the source head stays (Lee et
     al.'s protocol); else a new zero-initialised head. ``bn``: ``"frozen"`` (every BatchNorm of a
     pretrained backbone in eval mode) or ``"train"`` (statistics follow the target batches, as in
-    Lee et al.'s fine-tuning). ``gate_margin``: how far the best pretrained
+    Lee et al.'s fine-tuning; the library keeps the BatchNorm of frozen blocks in eval mode, so only
+    the tuned block's statistics move). ``gate_margin``: how far the best pretrained
     strategy must beat the best of scratch and pixel (test accuracy) for the target to count as a
     transfer task."""
 
@@ -297,7 +298,7 @@ def _q1(seeds: tuple[int, ...], budget: Budget, shots: int = 20, more: bool = Fa
     return Experiment(
         "q1_surgical",
         "Lee et al. 2023: which block to tune depends on the shift (input-level: first; output-level: head); "
-        "BatchNorm statistics follow the target batches, as in their fine-tuning",
+        "the tuned block's BatchNorm statistics follow the target batches (frozen blocks stay in eval mode)",
         "resnet_tiny", _ANIMAL04,
         (_animal04_target("contrast", shots, shift="contrast"),
          _animal04_target("noise", shots, shift="gaussian_noise"),
