@@ -164,14 +164,17 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
 def matched_forgetting(runs: pd.DataFrame) -> pd.DataFrame:
     """Retention (precise BN) at a matched target accuracy, per (experiment, target, strategy):
     each fine-tuned strategy's (mean test accuracy, mean retention) points over its lr grid, linear
-    interpolation at the matched level = the lowest of the strategies' best mean accuracies (so
-    every strategy reaches it); nan outside a strategy's range."""
+    interpolation at the matched level: the middle of the accuracy interval every strategy's grid
+    spans (from the highest of their lowest to the lowest of their best mean accuracies), or, when
+    the ranges do not overlap, the lowest best; nan outside a strategy's range."""
     rows = []
     tuned = runs[(runs.kind == "finetune") & runs.retention_precise_bn.notna()]
     for (experiment, target), part in tuned.groupby(["experiment", "target"], sort=False):
         points = part.groupby(["strategy", "lr"], sort=False)[["test_accuracy", "retention_precise_bn",
                                                                 "retention_weights_only"]].mean().reset_index()
-        level = points.groupby("strategy").test_accuracy.max().min()
+        spans = points.groupby("strategy").test_accuracy.agg(["min", "max"])
+        low, high = spans["min"].max(), spans["max"].min()
+        level = (low + high) / 2 if low <= high else high
         for strategy, curve in points.groupby("strategy", sort=False):
             curve = curve.sort_values("test_accuracy")
             inside = curve.test_accuracy.min() <= level <= curve.test_accuracy.max()

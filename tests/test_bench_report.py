@@ -41,13 +41,13 @@ def test_ties_go_to_the_smaller_lr() -> None:
     assert runs[runs.selected].lr.unique().tolist() == [1e-3]
 
 
-def test_matched_forgetting_interpolates_at_the_lowest_best_accuracy() -> None:
+def test_matched_forgetting_interpolates_inside_the_common_accuracy_span() -> None:
     rows = [("a", 0, 1e-3, 0, 0, 0.6, 0.9), ("a", 0, 3e-3, 1, 0, 0.8, 0.7), ("a", 0, 1e-2, 2, 0, 0.9, 0.5),
             ("b", 0, 1e-3, 0, 0, 0.5, 0.95), ("b", 0, 3e-3, 1, 0, 0.7, 0.85), ("b", 0, 1e-2, 2, 0, 0.65, 0.8)]
-    matched = matched_forgetting(_runs(rows)).set_index("strategy")
-    assert matched.matched_test_accuracy.unique().tolist() == [pytest.approx(0.7)]
-    assert matched.loc["a", "retention_precise_bn_at_match"] == pytest.approx(0.8)  # halfway 0.6 -> 0.8
-    assert matched.loc["b", "retention_precise_bn_at_match"] == pytest.approx(0.85)
+    matched = matched_forgetting(_runs(rows)).set_index("strategy")  # spans 0.6-0.9 and 0.5-0.7: level 0.65
+    assert matched.matched_test_accuracy.unique().tolist() == [pytest.approx(0.65)]
+    assert matched.loc["a", "retention_precise_bn_at_match"] == pytest.approx(0.85)  # a quarter of 0.6 -> 0.8
+    assert matched.loc["b", "retention_precise_bn_at_match"] == pytest.approx(0.8)
 
 
 def test_matched_forgetting_is_nan_outside_a_strategy_range() -> None:
