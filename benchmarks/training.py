@@ -76,8 +76,12 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def resolve_device(choice: str = "auto") -> Device:
-    """``auto``: CUDA when present, else the CPU. On the CPU, fixes torch to CPU_THREADS threads."""
+def resolve_device(choice: str = "auto", threads: int = CPU_THREADS) -> Device:
+    """``auto``: CUDA when present, else the CPU. On the CPU, fixes torch to ``threads`` threads.
+
+    Raises:
+        ValueError: an unknown choice. RuntimeError: ``cuda`` without a CUDA device.
+    """
     if choice not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {choice!r}")
     if choice == "auto":
@@ -86,7 +90,7 @@ def resolve_device(choice: str = "auto") -> Device:
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda but torch sees no CUDA device")
         return Device("cuda", torch.cuda.get_device_name(), None, autocast=True, channels_last=True)
-    torch.set_num_threads(CPU_THREADS)
+    torch.set_num_threads(threads)
     return Device("cpu", _cpu_name(), torch.get_num_threads(), autocast=False, channels_last=False)
 
 

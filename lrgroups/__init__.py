@@ -18,6 +18,8 @@ from .depth import param_depths
 from .distributed import wrap_ddp
 from .early_stopping import Decision, EarlyStopping, Plateau
 from .integrations import unwrap
+from .l2sp import L2SP
+from .norms import FrozenNormStats, batch_norms, freeze_norm_stats, precise_bn
 from .optimizer import CheckpointMismatchError, LayerwiseOptimizer
 from .rules import (
     ParamInfo,
@@ -31,10 +33,16 @@ from .rules import (
     plan,
 )
 from .unfreezing import ProgressiveUnfreezing, depth_stages
+from .wise_ft import wise_ft
 
 __all__ = [
     "CheckpointMismatchError",
     "Decision",
+    "FrozenNormStats",
+    "L2SP",
+    "batch_norms",
+    "freeze_norm_stats",
+    "precise_bn",
     "EarlyStopping",
     "Plateau",
     "ProgressiveUnfreezing",
@@ -52,5 +60,6 @@ __all__ = [
     "plan",
     "recipes",
     "unwrap",
+    "wise_ft",
     "wrap_ddp",
 ]

@@ -19,23 +19,32 @@ Example:
     10 ['2.weight', '2.bias']
     20 ['0.weight', '0.bias']
 
-Strategies: :func:`full`, :func:`linear_probe`, :func:`lp_ft`, :func:`layer_decay`,
+Strategies: :func:`full`, :func:`linear_probe`, :func:`lp_ft`, :func:`l2_sp`, :func:`layer_decay`,
 :func:`discriminative`, :func:`layer_decay_between`, :func:`gradual_unfreezing`,
 :func:`plateau_unfreezing`, :func:`surgical`. :data:`RECIPES` maps their names to them.
+
+Linear probes in closed form (for LP-FT, or on their own): :func:`head_features`,
+:func:`fit_linear_probe`, :func:`set_linear_head`.
+
+Ownership: a recipe freezes and thaws only what it froze itself; parameters that had
+``requires_grad=False`` before ``build`` stay frozen through every stage.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Tuple, Union
 
+import torch
 import torch.nn as nn
 
 from . import rules as R
+from .depth import find_head, unwrap_model
 from .early_stopping import EarlyStopping, Plateau
+from .l2sp import L2SP
 from .optimizer import LayerwiseOptimizer
 from .rules import Rule, Selector
-from .unfreezing import ProgressiveUnfreezing
+from .unfreezing import ProgressiveUnfreezing, depth_stages
 
 __all__ = [
     "Recipe",
@@ -44,18 +53,174 @@ __all__ = [
     "full",
     "linear_probe",
     "lp_ft",
+    "l2_sp",
     "layer_decay",
     "discriminative",
     "layer_decay_between",
     "gradual_unfreezing",
     "plateau_unfreezing",
     "surgical",
+    "fit_linear_probe",
+    "set_linear_head",
+    "head_features",
 ]
 
 _NOT_HEAD = Selector(where=lambda info: not info.is_head)
 _HEAD = Selector(where=lambda info: info.is_head)
 
+Probe = Union[Tuple[torch.Tensor, torch.Tensor], Callable[[nn.Module], Tuple[torch.Tensor, torch.Tensor]], str, None]
 
+
+# ---------------------------------------------------------------- closed-form linear probe
+def head_features(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+    """What the model's head receives for ``inputs``: the features a linear probe is fitted on.
+
+    The model runs in eval mode under ``torch.no_grad()`` (its modes are put back afterwards); a
+    forward pre-hook on the head (:func:`lrgroups.depth.find_head`) records its input.
+
+    Args:
+        model: a classifier whose head is found by :func:`~lrgroups.depth.find_head`.
+        inputs: ``(N, ...)`` model inputs, on the model's device.
+        batch_size: inputs per forward pass.
+
+    Returns:
+        ``(N, D)`` features (flattened after the batch dimension), on the model's device.
+
+    Raises:
+        ValueError: the model has no head, ``inputs`` is empty or ``batch_size < 1``.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> head_features(model, torch.randn(10, 4)).shape
+        torch.Size([10, 8])
+    """
+    head = find_head(model)
+    if head is None:
+        raise ValueError(f"{type(unwrap_model(model)).__name__} has no head (no classifier or nn.Linear) to probe")
+    if len(inputs) == 0 or batch_size < 1:
+        raise ValueError(f"need inputs (got {len(inputs)}) and batch_size >= 1 (got {batch_size})")
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].flatten(1)))
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(inputs), batch_size):
+                model(inputs[start:start + batch_size])
+    finally:
+        hook.remove()
+        for module, training in modes:
+            module.training = training
+    return torch.cat(captured)
+
+
+def fit_linear_probe(
+    features: torch.Tensor, labels: torch.Tensor, *, C: float = 1.0, max_iter: int = 1000,
+    num_classes: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear probe in closed form: L2-regularised multinomial logistic regression (scikit-learn's
+    ``LogisticRegression(C=C)``, lbfgs, fitted to convergence), as LP-FT's first stage (Kumar et al.
+    2022) and the usual linear evaluation protocol (CLIP, SimCLR) fit it.
+
+    Args:
+        features: ``(N, D)`` float features (e.g. from :func:`head_features`).
+        labels: ``(N,)`` integer class indices in ``0 .. K-1``; every class must occur.
+        C: inverse L2 regularisation strength (scikit-learn's ``C``; choose it on validation data).
+        max_iter: lbfgs iterations (scikit-learn warns with ``ConvergenceWarning`` if not converged).
+        num_classes: ``K``; default ``labels.max() + 1``.
+
+    Returns:
+        ``(weight (K, D), bias (K,))`` in ``features``' dtype and device: the logits are
+        ``features @ weight.T + bias``. With ``K = 2`` scikit-learn fits one logistic regression
+        ``(w, b)``; it is returned as the equivalent two-logit head ``[-w/2, w/2], [-b/2, b/2]``.
+
+    Raises:
+        ImportError: scikit-learn is missing (``pip install lrgroups[probe]``).
+        ValueError: shapes disagree, features are not finite, a class in ``0 .. K-1`` has no
+            example, fewer than 2 classes, or ``C <= 0``.
+
+    Example:
+        >>> import torch
+        >>> features = torch.randn(60, 5); labels = torch.arange(60) % 3
+        >>> weight, bias = fit_linear_probe(features, labels, C=0.5)
+        >>> weight.shape, bias.shape
+        (torch.Size([3, 5]), torch.Size([3]))
+    """
+    try:
+        from sklearn.linear_model import LogisticRegression
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("fit_linear_probe needs scikit-learn: pip install 'lrgroups[probe]'") from error
+    if features.ndim != 2 or labels.ndim != 1 or len(features) != len(labels):
+        raise ValueError(f"need features (N, D) and labels (N,), got {tuple(features.shape)} and {tuple(labels.shape)}")
+    if not features.is_floating_point() or not torch.isfinite(features).all():
+        raise ValueError("features must be finite floating-point values")
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must be integer class indices, got {labels.dtype}")
+    if not C > 0:
+        raise ValueError(f"C must be > 0, got {C!r}")
+    k = int(labels.max()) + 1 if num_classes is None else num_classes
+    present = set(labels.unique().tolist())
+    absent = [c for c in range(k) if c not in present]
+    outside = sorted(present - set(range(k)))
+    if k < 2 or absent or outside:
+        raise ValueError(f"labels must cover classes 0..{k - 1} (K >= 2): missing {absent[:10]}, outside {outside[:10]}")
+    model = LogisticRegression(C=C, max_iter=max_iter)
+    model.fit(features.detach().cpu().double().numpy(), labels.detach().cpu().numpy())
+    weight = torch.from_numpy(model.coef_)
+    bias = torch.from_numpy(model.intercept_)
+    if k == 2:
+        weight, bias = torch.cat([-weight / 2, weight / 2]), torch.cat([-bias / 2, bias / 2])
+    return weight.to(features), bias.to(features)
+
+
+def set_linear_head(head: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Write a fitted probe into ``head`` (in place, no autograd): ``head.weight = weight`` (K, D),
+    ``head.bias = bias`` (K,), cast to the head's dtype and device.
+
+    Raises:
+        TypeError: ``head`` is not an ``nn.Linear`` with a bias.
+        ValueError: the shapes differ from the head's.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> head = nn.Linear(5, 3)
+        >>> set_linear_head(head, torch.ones(3, 5), torch.zeros(3)); head.weight.sum().item()
+        15.0
+    """
+    if not isinstance(head, nn.Linear) or head.bias is None:
+        raise TypeError(f"set_linear_head needs an nn.Linear with a bias, got {head!r}")
+    if tuple(weight.shape) != tuple(head.weight.shape) or tuple(bias.shape) != tuple(head.bias.shape):
+        raise ValueError(
+            f"probe of shape {tuple(weight.shape)}/{tuple(bias.shape)} does not fit the head's "
+            f"{tuple(head.weight.shape)}/{tuple(head.bias.shape)} (out_features = number of classes)"
+        )
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+
+
+def _fit_head(model: nn.Module, probe: Probe, C: float, recipe: str) -> None:
+    if probe is None:
+        raise ValueError(
+            f"recipe {recipe!r} starts from a linear probe: pass build(..., probe=(features, labels)), "
+            "probe=callable(model) -> (features, labels), or probe='fitted' if the head is already fitted"
+        )
+    if isinstance(probe, str):
+        if probe == "fitted":
+            return
+        raise ValueError(f"probe must be (features, labels), a callable or 'fitted', got {probe!r}")
+    head = find_head(model)
+    if not isinstance(head, nn.Linear):
+        raise TypeError(
+            f"a closed-form probe needs an nn.Linear head, the model's head is {type(head).__name__}: "
+            "fit it yourself and pass probe='fitted'"
+        )
+    features, labels = probe(model) if callable(probe) else probe
+    set_linear_head(head, *fit_linear_probe(features, labels, C=C, num_classes=head.out_features))
+
+
+# ---------------------------------------------------------------- built recipes
 @dataclass
 class FineTuning:
     """A built recipe: the optimizer plus the schedule and stopper a training loop drives.
@@ -63,7 +228,8 @@ class FineTuning:
     Call :meth:`after_step` after every ``optimizer.step()`` and :meth:`after_validation` after
     every evaluation (it returns True when training should stop); call :meth:`after_epoch` at the
     end of each epoch when the recipe counts epochs (``steps_per_epoch`` given to ``build`` does it
-    for you inside :meth:`after_step`).
+    for you inside :meth:`after_step`). ``l2sp`` is the :class:`~lrgroups.L2SP` hook of recipes with
+    L2-SP (it acts inside ``optimizer.step()``); :meth:`state_dict` carries its anchors.
     """
 
     optimizer: LayerwiseOptimizer
@@ -71,6 +237,7 @@ class FineTuning:
     early_stopping: EarlyStopping | None = None
     steps_per_epoch: int | None = None
     steps: int = 0
+    l2sp: L2SP | None = None
 
     def after_step(self) -> list[str]:
         self.steps += 1
@@ -93,6 +260,7 @@ class FineTuning:
             "unfreezing": None if self.unfreezing is None else self.unfreezing.state_dict(),
             "early_stopping": None if self.early_stopping is None else self.early_stopping.state_dict(),
             "steps": self.steps,
+            "l2sp": None if self.l2sp is None else self.l2sp.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -102,16 +270,29 @@ class FineTuning:
         if self.early_stopping is not None:
             self.early_stopping.load_state_dict(state["early_stopping"])
         self.steps = state["steps"]
+        if self.l2sp is not None:
+            self.l2sp.load_state_dict(state["l2sp"])
+
+
+def _owned(stage: Selector, trainable: set[int]) -> Selector:
+    """``stage`` restricted to parameters that were trainable before the recipe was built."""
+    where = stage.where
+    return replace(stage, where=lambda info: id(info.param) in trainable and (where is None or where(info)))
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A fine-tuning strategy: rules, an optional unfreezing schedule and optional early stopping.
+    """A fine-tuning strategy: rules, an optional unfreezing schedule, optional early stopping and
+    an optional closed-form linear probe fitted before fine-tuning.
 
-    ``unfreezing`` holds :class:`~lrgroups.ProgressiveUnfreezing` keyword arguments; a value that is
-    a callable of ``total_steps`` is resolved by :meth:`build` (e.g. LP-FT's switch point).
-    ``early_stopping`` holds :class:`~lrgroups.EarlyStopping` keyword arguments (mode ``"max"`` on
-    a validation accuracy by default).
+    ``unfreezing`` holds :class:`~lrgroups.ProgressiveUnfreezing` keyword arguments; ``every_steps``
+    or ``every_epochs`` may be a callable ``(total_steps, num_stages) -> int`` that :meth:`build`
+    resolves. The stages (default :func:`~lrgroups.depth_stages`) only ever cover parameters that
+    were trainable when ``build`` was called. ``early_stopping`` holds :class:`~lrgroups.EarlyStopping`
+    keyword arguments (mode ``"max"`` on a validation accuracy by default). ``probe_C`` set: ``build``
+    first fits the head as a linear probe (:func:`fit_linear_probe` with ``C=probe_C``). ``l2sp``
+    holds :class:`~lrgroups.L2SP` keyword arguments (``alpha``, ``beta``, ``anchor``); it replaces
+    weight decay.
     """
 
     name: str
@@ -119,6 +300,8 @@ class Recipe:
     unfreezing: dict[str, Any] | None = None
     early_stopping: dict[str, Any] | None = None
     coarse: bool = False
+    probe_C: float | None = None
+    l2sp: dict[str, Any] | None = None
     description: str = field(default="", compare=False)
 
     def build(
@@ -130,30 +313,66 @@ class Recipe:
         weight_decay: float = 0.0,
         total_steps: int | None = None,
         steps_per_epoch: int | None = None,
+        probe: Probe = None,
         **optimizer_kwargs: Any,
     ) -> FineTuning:
-        """Build the optimizer (and schedule, stopper) for ``model``; ``lr`` is the head's lr."""
+        """Build the optimizer (and schedule, stopper) for ``model``; ``lr`` is the head's lr.
+
+        Args:
+            model, optimizer, lr, weight_decay, **optimizer_kwargs: as for
+                :class:`~lrgroups.LayerwiseOptimizer` (``optimizer`` is its class or factory).
+            total_steps: the training budget in optimizer steps (needed by recipes that place stages
+                within it).
+            steps_per_epoch: makes :meth:`FineTuning.after_step` count epochs.
+            probe: for recipes with a probe (:func:`lp_ft`): ``(features (N, D), labels (N,))`` of
+                the head's inputs (see :func:`head_features`), a callable ``model -> (features,
+                labels)``, or ``"fitted"`` when the head was already fitted.
+
+        Raises:
+            ValueError: ``total_steps`` missing where needed, ``probe`` missing or given to a
+                recipe without a probe, ``weight_decay`` given to a recipe with L2-SP, or anything
+                :class:`~lrgroups.LayerwiseOptimizer` rejects.
+        """
+        if self.probe_C is not None:
+            _fit_head(model, probe, self.probe_C, self.name)
+        elif probe is not None:
+            raise ValueError(f"recipe {self.name!r} fits no probe; got probe={probe!r}")
+        if self.l2sp is not None and weight_decay:
+            raise ValueError(f"recipe {self.name!r} replaces weight decay by L2-SP: pass weight_decay=0")
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
         opt = LayerwiseOptimizer(
             model, optimizer, lr=lr, weight_decay=weight_decay, rules=self.rules, coarse=self.coarse,
             **optimizer_kwargs,
         )
-        unfreezing = None
-        if self.unfreezing is not None:
-            kwargs = dict(self.unfreezing)
-            for key, value in kwargs.items():
-                if callable(value) and key in ("every_steps", "every_epochs"):
-                    if total_steps is None:
-                        raise ValueError(f"recipe {self.name!r} needs total_steps to place its stages")
-                    kwargs[key] = value(total_steps)
-            if "plateau" in kwargs:
-                kwargs["plateau"] = Plateau(**kwargs["plateau"])
-            unfreezing = ProgressiveUnfreezing(opt, **kwargs)
+        unfreezing = None if self.unfreezing is None else self._unfreezing(model, opt, trainable, total_steps)
         stopper = None
         if self.early_stopping is not None:
             stopper = EarlyStopping(**{"mode": "max", **self.early_stopping}, model=model, unfreezing=unfreezing)
-        return FineTuning(opt, unfreezing, stopper, steps_per_epoch)
+        l2sp = None if self.l2sp is None else L2SP(model, opt, **self.l2sp)
+        return FineTuning(opt, unfreezing, stopper, steps_per_epoch, l2sp=l2sp)
+
+    def _unfreezing(self, model: nn.Module, opt: LayerwiseOptimizer, trainable: set[int],
+                    total_steps: int | None) -> ProgressiveUnfreezing | None:
+        kwargs = dict(self.unfreezing)
+        stages = kwargs.pop("stages", None)
+        if stages is None:
+            stages = depth_stages(max(row.depth for row in opt.plan), kwargs.pop("depths_per_stage", 1))
+        infos = R.describe(model, self.coarse)
+        stages = [_owned(stage, trainable) for stage in stages]
+        stages = [stage for stage in stages if any(stage.matches(info) for info in infos)]
+        if not stages:
+            return None
+        for key in ("every_steps", "every_epochs"):
+            if callable(kwargs.get(key)):
+                if total_steps is None:
+                    raise ValueError(f"recipe {self.name!r} needs total_steps to place its stages")
+                kwargs[key] = kwargs[key](total_steps, len(stages))
+        if "plateau" in kwargs:
+            kwargs["plateau"] = Plateau(**kwargs["plateau"])
+        return ProgressiveUnfreezing(opt, stages, **kwargs)
 
 
+# ---------------------------------------------------------------- the strategies
 def full() -> Recipe:
     """Full fine-tuning: every parameter at the base lr."""
     return Recipe("full", description="all parameters, one lr")
@@ -165,16 +384,55 @@ def linear_probe() -> Recipe:
                   description="head only")
 
 
-def lp_ft(probe_fraction: float = 0.5) -> Recipe:
-    """LP-FT (Kumar et al., 2022): linear probe for ``probe_fraction`` of the steps, then fine-tune
-    everything at the same lr."""
-    if not 0 < probe_fraction < 1:
-        raise ValueError(f"probe_fraction must be in (0, 1), got {probe_fraction}")
+def lp_ft(ft_lr_mult: float = 0.1, C: float = 1.0) -> Recipe:
+    """LP-FT as published (Kumar et al., ICLR 2022, "Fine-Tuning can Distort Pretrained Features and
+    Underperform Out-of-Distribution"): fit the head as a linear probe to convergence (closed form,
+    :func:`fit_linear_probe` with ``C``), then fine-tune every parameter at ``ft_lr_mult`` x ``lr``.
+
+    ``build`` needs ``probe=``: the probe's ``(features, labels)``, a callable ``model -> (features,
+    labels)``, or ``"fitted"`` when you fitted the head yourself (a non-linear head, say).
+
+    Raises:
+        ValueError: ``ft_lr_mult`` or ``C`` not > 0 (and, at build, no ``probe``).
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> x, y = torch.randn(30, 4), torch.arange(30) % 3
+        >>> tuning = lp_ft(ft_lr_mult=0.1).build(model, torch.optim.SGD, lr=1e-2,
+        ...                                       probe=lambda m: (head_features(m, x), y))
+        >>> [group["lr"] for group in tuning.optimizer.param_groups]
+        [0.001]
+    """
+    if not (ft_lr_mult > 0 and C > 0):
+        raise ValueError(f"ft_lr_mult and C must be > 0, got {ft_lr_mult!r} and {C!r}")
     return Recipe(
         "lp_ft",
-        unfreezing={"stages": (_HEAD, _NOT_HEAD), "every_steps": lambda total: max(1, int(total * probe_fraction))},
-        description=f"head only for {probe_fraction:.0%} of steps, then all",
+        rules=(Rule(lr_mult=ft_lr_mult, name=f"fine-tune at x{ft_lr_mult}"),),
+        probe_C=C,
+        description=f"closed-form probe (C={C}), then all at {ft_lr_mult} x lr",
     )
+
+
+def l2_sp(alpha: float = 0.1, beta: float = 0.01, anchor: str | Selector | None = None) -> Recipe:
+    """L2-SP (Li, Grandvalet & Davoine, ICML 2018, "Explicit Inductive Bias for Transfer Learning
+    with Convolutional Networks"): weight decay toward the pretrained weights (strength ``alpha``) for
+    the backbone and toward zero (``beta``) for the head, decoupled (see :class:`~lrgroups.L2SP`;
+    the defaults are the paper's alpha = 0.1, beta = 0.01). Build it with ``weight_decay=0``.
+
+    Raises:
+        ValueError: ``alpha`` or ``beta`` negative or not finite.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> tuning = l2_sp(alpha=0.1, beta=0.01).build(model, torch.optim.SGD, lr=0.1)
+        >>> sorted(tuning.l2sp.anchors)
+        ['0.bias', '0.weight']
+    """
+    alpha, beta = L2SP.check_strengths(alpha, beta)
+    return Recipe("l2_sp", l2sp={"alpha": alpha, "beta": beta, "anchor": anchor},
+                  description=f"decay toward the start (alpha={alpha}), head toward 0 (beta={beta})")
 
 
 def layer_decay(gamma: float = 0.75) -> Recipe:
@@ -203,48 +461,125 @@ def layer_decay_between(first_ratio: float = 0.01) -> Recipe:
     )
 
 
-def gradual_unfreezing(discriminative_gamma: float | None = None, epochs_per_stage: int = 1) -> Recipe:
-    """ULMFiT's gradual unfreezing: head first, then one more depth (deepest first) per epoch;
-    with ``discriminative_gamma`` (ULMFiT: 1/2.6) also layer decay."""
+def _check_fraction(what: str, value: float | None) -> None:
+    if value is not None and not 0 < value <= 1:
+        raise ValueError(f"{what} must be in (0, 1], got {value!r}")
+
+
+def _spread(fraction: float) -> Callable[[int, int], int]:
+    """Steps per stage that unfreeze the last of ``num_stages`` stages at ``fraction`` of the budget."""
+    return lambda total, num_stages: max(1, int(total * fraction) // max(1, num_stages - 1))
+
+
+def gradual_unfreezing(discriminative_gamma: float | None = None, epochs_per_stage: int = 1,
+                       unfreeze_fraction: float | None = None) -> Recipe:
+    """ULMFiT's gradual unfreezing (Howard & Ruder 2018): head first, then one more depth (deepest
+    first) per epoch; with ``discriminative_gamma`` (ULMFiT: 1/2.6) also layer decay. After its last
+    stage everything trains until the end of the budget.
+
+    ``unfreeze_fraction`` (needs ``build(total_steps=...)``): place the stages by steps instead, so
+    that the last one is unfrozen at that fraction of the budget and the rest of the budget trains
+    everything, however many depths the model has.
+
+    Raises:
+        ValueError: ``unfreeze_fraction`` outside (0, 1], ``epochs_per_stage < 1``.
+    """
+    _check_fraction("unfreeze_fraction", unfreeze_fraction)
+    if epochs_per_stage < 1:
+        raise ValueError(f"epochs_per_stage must be >= 1, got {epochs_per_stage}")
     with_decay = discriminative_gamma is not None
     rules = (R.layer_decay(discriminative_gamma),) if with_decay else ()
     name = "gradual_unfreezing" + ("_discriminative" if with_decay else "")
-    return Recipe(name, rules=rules, unfreezing={"every_epochs": epochs_per_stage},
-                  description=f"a stage per {epochs_per_stage} epoch(s)")
+    if unfreeze_fraction is None:
+        return Recipe(name, rules=rules, unfreezing={"every_epochs": epochs_per_stage},
+                      description=f"a stage per {epochs_per_stage} epoch(s), then all")
+    return Recipe(name, rules=rules, unfreezing={"every_steps": _spread(unfreeze_fraction)},
+                  description=f"stages spread over {unfreeze_fraction:.0%} of steps, then all")
 
 
-def plateau_unfreezing(patience: int = 2, depths_per_stage: int = 2) -> Recipe:
+def plateau_unfreezing(patience: int = 2, depths_per_stage: int = 2,
+                       fallback_fraction: float | None = 0.5) -> Recipe:
     """Unfreeze the next stage (``depths_per_stage`` depths, deepest first) when validation accuracy
     has not improved for ``patience`` checks; once every stage is unfrozen, the same plateau stops
-    training early and the best weights are restored."""
+    training early and the best weights are restored.
+
+    ``fallback_fraction`` (default 0.5, needs ``build(total_steps=...)``): a stage also advances
+    after ``fallback_fraction * total_steps / (stages - 1)`` steps without a plateau, so every stage
+    is unfrozen by that fraction of the budget even when no plateau comes (short budgets); without
+    it (``None``) the schedule waits for plateaus only and, in a budget too short for one, trains
+    just the top stage (the head and the last block, which is surgical fine-tuning of the last
+    block).
+
+    Raises:
+        ValueError: ``fallback_fraction`` outside (0, 1].
+    """
+    _check_fraction("fallback_fraction", fallback_fraction)
+    unfreezing: dict[str, Any] = {"depths_per_stage": depths_per_stage}
+    if fallback_fraction is not None:
+        unfreezing["every_steps"] = _spread(fallback_fraction)
     return Recipe(
         "plateau_unfreezing",
-        unfreezing={"depths_per_stage": depths_per_stage},
+        unfreezing=unfreezing,
         early_stopping={"patience": patience, "restore_best": True},
-        description=f"advance on a {patience}-check plateau, then early stop",
+        description=f"advance on a {patience}-check plateau"
+        + (f" or by {fallback_fraction:.0%} of steps" if fallback_fraction is not None else "") + ", then early stop",
     )
 
 
-def surgical(block: str = "first") -> Recipe:
-    """Surgical fine-tuning (Lee et al., 2023): train only the first block (input-level shifts) or
-    the last block (output-level shifts), plus the head (a new head must train)."""
-    if block not in ("first", "last"):
-        raise ValueError(f"block must be 'first' or 'last', got {block!r}")
+_BLOCKS = ("first", "middle", "last", "head")
+
+
+def surgical(block: str = "first", train_head: bool = True) -> Recipe:
+    """Surgical fine-tuning (Lee et al., ICLR 2023, "Surgical Fine-Tuning Improves Adaptation to
+    Distribution Shifts"): train one block, the rest frozen. Blocks are stage-wise depths (the stem
+    at 0, one per stage, the head on top): ``"first"`` is the stem and the first stage (input-level
+    shifts: corruptions), ``"middle"`` the stages between the first and the last (feature-level
+    shifts), ``"last"`` the last stage (output-level shifts; with any non-head parameters at the
+    head's depth, such as a final norm), ``"head"`` the head alone.
+
+    The model's head is used as it is: a new head for new classes, or the source head kept when the
+    label spaces match. ``train_head=True`` (default) trains it along with the block (a new head
+    must train); ``train_head=False`` freezes it (Lee et al.'s setting with the source head kept).
+
+    Raises:
+        ValueError: an unknown ``block``, or ``block="head"`` with ``train_head=False`` (nothing
+            would train); at build, a model with no stage for the block (``"middle"`` needs at least
+            three stages below the head).
+
+    Example:
+        >>> import torch, timm
+        >>> model = timm.create_model("resnet10t", num_classes=3)
+        >>> opt = surgical("middle", train_head=False).build(model, torch.optim.SGD, lr=0.1).optimizer
+        >>> sorted({name.split(".")[0] for name in opt.explain().query("not frozen").name})
+        ['layer2', 'layer3']
+    """
+    if block not in _BLOCKS:
+        raise ValueError(f"block must be one of {_BLOCKS}, got {block!r}")
+    if block == "head" and not train_head:
+        raise ValueError("surgical('head', train_head=False) trains nothing")
+    chosen = {
+        "first": lambda info: info.depth <= 1,
+        "middle": lambda info: 1 < info.depth < info.max_depth - 1,
+        "last": lambda info: info.depth >= info.max_depth - 1,
+        "head": lambda info: False,
+    }[block]
 
     def frozen(info: R.ParamInfo) -> bool:
-        if info.is_head:
-            return False
-        return info.depth > 1 if block == "first" else info.depth < info.max_depth - 1
+        return not train_head if info.is_head else not chosen(info)
 
-    rule = Rule(where=frozen, frozen=True, name=f"freeze all but {block} block", allow_empty=True)
-    return Recipe(f"surgical_{block}", rules=(rule,),
-                  coarse=True, description=f"{block} stage + head")
+    rules = [Rule(where=frozen, frozen=True, name=f"freeze all but the {block} block", allow_empty=True)]
+    if block != "head":  # the block must exist
+        rules.append(Rule(where=lambda info: not info.is_head and chosen(info), name=f"{block} block"))
+    head = "" if block == "head" else (" + head" if train_head else ", head frozen")
+    suffix = "" if train_head or block == "head" else "_frozen_head"
+    return Recipe(f"surgical_{block}{suffix}", rules=tuple(rules), coarse=True, description=f"{block} block{head}")
 
 
 RECIPES: dict[str, Callable[..., Recipe]] = {
     "full": full,
     "linear_probe": linear_probe,
     "lp_ft": lp_ft,
+    "l2_sp": l2_sp,
     "layer_decay": layer_decay,
     "discriminative": discriminative,
     "layer_decay_between": layer_decay_between,

@@ -1,9 +1,8 @@
-"""Tests for benchmarks.backbones: tiny CPU backbones and the offline ImageNet EfficientNet-Lite0."""
+"""Tests for benchmarks.backbones: the tiny ResNet, the offline ImageNet EfficientNet-Lite0 and its split."""
 
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
 from torch import nn
 
@@ -15,44 +14,28 @@ TABBY, TIGER_CAT, EGYPTIAN_CAT = 281, 282, 285
 ESPRESSO = 967
 
 
-@pytest.mark.parametrize("name", list(backbones.CPU_BACKBONES))
-def test_cpu_backbone_is_tiny_fast_and_grouped(name: str) -> None:
-    """Each CPU backbone classifies a 32x32 batch, has under 1M parameters and a timm group_matcher."""
+def test_resnet_tiny_is_small_and_staged() -> None:
     torch.manual_seed(0)
-    model = backbones.create_backbone(name, num_classes=7).eval()
-    size = backbones.CPU_IMAGE_SIZE
+    model = backbones.create_resnet_tiny(num_classes=5).eval()
     with torch.no_grad():
-        logits = model(torch.rand(4, 3, size, size))
-    assert logits.shape == (4, 7) and torch.isfinite(logits).all()
-    assert sum(p.numel() for p in model.parameters()) < 1_000_000
-    matcher = model.group_matcher()
-    assert {"stem", "blocks"} <= set(matcher)
-    grayscale = backbones.create_backbone(name, num_classes=2, in_chans=1).eval()
+        assert model(torch.rand(3, 1, 28, 28)).shape == (3, 5)
+    assert sum(p.numel() for p in model.parameters()) < 100_000
+    assert model.pretrained_cfg["mean"] == (0.5,)
+
+
+def test_lite0_top_on_cached_lower_outputs_equals_the_whole_model() -> None:
+    model = backbones.create_lite(pretrained=True)
+    images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        assert grayscale(torch.rand(2, 1, size, size)).shape == (2, 2)
-
-
-def test_cpu_backbones_cover_four_families() -> None:
-    families = {config["model_name"].split("_")[0] for config in backbones.CPU_BACKBONES.values()}
-    assert families == {"resnet10t", "convnext", "vit", "mobilenetv3"}
-
-
-def test_gpu_backbones_are_real_timm_models() -> None:
-    """Real sizes, by timm name (not built here: too slow for the CPU suite)."""
-    assert set(backbones.GPU_BACKBONES) == {"resnet50", "convnext_tiny", "vit_small_patch16_224", "efficientnet_b0"}
-    for config in backbones.GPU_BACKBONES.values():
-        assert timm.is_model(config["model_name"])
-
-
-def test_kwargs_override_the_configuration() -> None:
-    model = backbones.create_backbone("vit_cpu", num_classes=3, depth=2)
-    assert len(model.blocks) == 2
-    assert backbones.CPU_BACKBONES["vit_cpu"]["depth"] == 4
-
-
-def test_unknown_backbone_names_the_known_ones() -> None:
-    with pytest.raises(KeyError, match="resnet_cpu"):
-        backbones.create_backbone("resnet9000", num_classes=2)
+        whole = model(images)
+        split = backbones.Lite0Top(model)(backbones.lite0_lower(model)(images))
+    assert torch.allclose(whole, split, atol=1e-5)
+    top = backbones.Lite0Top(model)
+    top.reset_classifier(7)
+    assert top.get_classifier().out_features == 7
+    random_init = backbones.create_lite(pretrained=False)
+    assert not torch.equal(random_init.conv_head.weight, model.conv_head.weight)
+    assert torch.equal(random_init.conv_head.weight, backbones.create_lite(pretrained=False).conv_head.weight)
 
 
 def test_map_state_dict_by_order_renames_and_checks() -> None:
@@ -70,7 +53,7 @@ def test_map_state_dict_by_order_renames_and_checks() -> None:
 
 @pytest.fixture(scope="module")
 def lite0() -> nn.Module:
-    return backbones.load_efficientnet_lite0()
+    return backbones.load_efficientnet_lite("lite0")
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +97,18 @@ def test_lite0_classifies_the_cat_and_the_coffee(photo_probabilities: dict[str, 
 
 
 def test_lite0_with_a_new_head_keeps_the_backbone(lite0: nn.Module) -> None:
-    model = backbones.load_efficientnet_lite0(num_classes=5)
+    model = backbones.load_efficientnet_lite("lite0", num_classes=5)
     assert model.get_classifier().out_features == 5 and not model.training
     assert torch.equal(model.conv_head.weight, lite0.conv_head.weight)
     assert torch.equal(model.blocks[3][0].bn1.running_var, lite0.blocks[3][0].bn1.running_var)
+
+
+def test_lite2_weights_load_and_classify_the_coffee() -> None:
+    model = backbones.load_efficientnet_lite("lite2")
+    size = backbones.LITE_WEIGHTS["lite2"][3]
+    image = data.center_crop(data.load_photo("coffee"), size)[None]
+    with torch.no_grad():
+        probabilities = model(data.normalize(image, (0.5,) * 3, (0.5,) * 3)).softmax(-1)[0]
+    assert int(probabilities.argmax()) == ESPRESSO
+    with pytest.raises(KeyError):
+        backbones.load_efficientnet_lite("lite9")

@@ -1,0 +1,82 @@
+"""Sizing a suite to a time budget from a timed training step (the GPU suite: one step per
+experiment's backbone, bf16 autocast and channels_last on CUDA), before any cell runs.
+
+Example:
+    >>> seeds_that_fit({"a": 0.01}, {"a": 300}, {"a": (0, 1, 2, 3)}, budget_s=7.0)
+    {'a': (0, 1)}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .sources import FULL_LITE, source_backbone
+from .suites import Experiment, Suite
+from .training import Device, train_step
+
+#: A cell costs its training steps times this (evaluations, probes, WiSE-FT interpolations).
+OVERHEAD = 1.5
+#: Never fewer seeds than this (a paired interval needs 2).
+MIN_SEEDS = 2
+
+
+def input_shape(experiment: Experiment) -> tuple[int, int, int]:
+    """(channels, height, width) of the experiment's backbone input.
+
+    Raises:
+        ValueError: a backbone fed cached features (nothing to time on images).
+    """
+    if experiment.backbone in FULL_LITE:
+        return 3, experiment.image_size, experiment.image_size
+    if experiment.backbone == "resnet_tiny":
+        return 1, 28, 28
+    raise ValueError(f"cannot time {experiment.backbone!r} on images")
+
+
+def time_one_step(experiment: Experiment, device: Device, repeats: int = 3) -> float:
+    """Median seconds of one AdamW training step of the experiment's (random-init) backbone on
+    ``device`` at its batch size, after two warm-up steps."""
+    model, _ = source_backbone(experiment, False, None, {})  # type: ignore[arg-type]
+    model.reset_classifier(experiment.targets[0].num_classes)
+    model = device.prepare(model).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    images = torch.randn(experiment.budget.batch_size, *input_shape(experiment))
+    labels = torch.zeros(experiment.budget.batch_size, dtype=torch.int64)
+    times = []
+    for index in range(2 + repeats):
+        device.synchronize()
+        started = time.perf_counter()
+        train_step(model, optimizer, images, labels, device)
+        device.synchronize()
+        if index >= 2:
+            times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+
+def seeds_that_fit(step_seconds: Mapping[str, float], steps_per_seed: Mapping[str, int],
+                   seeds: Mapping[str, tuple[int, ...]], budget_s: float) -> dict[str, tuple[int, ...]]:
+    """The same number k of seeds for every experiment (its first k), the largest whose cost
+    ``sum(step_seconds * steps_per_seed * OVERHEAD) * k`` fits ``budget_s``; at least MIN_SEEDS,
+    at most each experiment's own number."""
+    per_seed = sum(step_seconds[name] * steps_per_seed[name] * OVERHEAD for name in seeds)
+    k = int(budget_s // per_seed) if per_seed > 0 else max(len(s) for s in seeds.values())
+    return {name: tuple(s[: max(MIN_SEEDS, min(k, len(s)))]) for name, s in seeds.items()}
+
+
+def size_suite(suite: Suite, device: Device) -> tuple[Suite, dict[str, Any]]:
+    """The suite with each experiment's seeds cut to fit ``suite.time_budget_s``, and what was measured."""
+    step_seconds = {e.name: time_one_step(e, device) for e in suite.experiments}
+    steps_per_seed = {e.name: e.budget.steps * len(e.targets) * sum(len(s.grid) for s in e.strategies
+                                                                    if s.kind in ("finetune", "scratch"))
+                      for e in suite.experiments}
+    chosen = seeds_that_fit(step_seconds, steps_per_seed, {e.name: e.seeds for e in suite.experiments},
+                            suite.time_budget_s)
+    sized = dataclasses.replace(suite, experiments=tuple(dataclasses.replace(e, seeds=chosen[e.name])
+                                                         for e in suite.experiments))
+    return sized, {"step_seconds": step_seconds, "seeds": {k: len(v) for k, v in chosen.items()},
+                   "budget_s": suite.time_budget_s}

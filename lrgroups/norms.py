@@ -1,0 +1,269 @@
+"""BatchNorm running statistics: keep them frozen while a model trains, or re-estimate them on data.
+
+BatchNorm layers carry two things a fine-tuning run can change: affine weights (parameters, trained by
+the optimizer) and running statistics (buffers, updated by every forward pass in train mode). The
+statistics decide much of a transferred model's accuracy, so they are a factor of their own:
+
+* :func:`freeze_norm_stats` keeps BatchNorm layers in eval mode (statistics frozen) whatever
+  ``model.train()`` says and whatever is trainable; their affine weights still train.
+* :func:`precise_bn` re-estimates the statistics on given data as a cumulative average over batches
+  ("precise BN": Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021; fvcore's ``update_bn_stats``;
+  the same estimator as ``torch.optim.swa_utils.update_bn``), weights untouched.
+
+Example:
+    >>> import torch, torch.nn as nn, lrgroups
+    >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    >>> with lrgroups.freeze_norm_stats(model):
+    ...     _ = model.train()(torch.randn(2, 3, 8, 8))
+    >>> model[1].running_mean.abs().sum().item(), int(model[1].num_batches_tracked)
+    (0.0, 0)
+    >>> lrgroups.precise_bn(model, [torch.randn(2, 3, 8, 8) for _ in range(3)])
+    3
+    >>> int(model[1].num_batches_tracked), model.training
+    (3, True)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable, Iterable, Mapping, Union
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .depth import unwrap_model
+
+__all__ = ["batch_norms", "freeze_norm_stats", "FrozenNormStats", "precise_bn"]
+
+ModuleSelector = Union[str, Callable[[str, nn.Module], bool], None]
+
+
+def batch_norms(model: nn.Module, selector: ModuleSelector = None) -> dict[str, _BatchNorm]:
+    """The BatchNorm layers of ``model`` (every ``_BatchNorm`` subclass: ``BatchNorm1d/2d/3d``,
+    ``SyncBatchNorm``, timm's ``BatchNormAct2d``, ...) by module name (the bare model's names: DDP and
+    ``torch.compile`` wrappers are looked through), in registration order.
+
+    Args:
+        model: any ``nn.Module``.
+        selector: ``None`` (all of them), a shell glob over module names (``"layer1.*"``), or a
+            predicate ``(name, module) -> bool``.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> list(batch_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.LayerNorm(4))))
+        ['1']
+    """
+    if selector is not None and not isinstance(selector, str) and not callable(selector):
+        raise TypeError(f"selector must be a glob string or a callable (name, module) -> bool, got {selector!r}")
+    found = {}
+    for name, module in unwrap_model(model).named_modules():
+        if not isinstance(module, _BatchNorm):
+            continue
+        if isinstance(selector, str) and not fnmatch.fnmatchcase(name, selector):
+            continue
+        if callable(selector) and not selector(name, module):
+            continue
+        found[name] = module
+    return found
+
+
+def _selected(model: nn.Module, selector: ModuleSelector, what: str) -> dict[str, _BatchNorm]:
+    found = batch_norms(model, selector)
+    if not found:
+        every = list(batch_norms(model))
+        detail = f"its BatchNorm layers are {', '.join(every[:8])}" if every else "it has no BatchNorm layer"
+        raise ValueError(f"{what}: no BatchNorm layer of {type(unwrap_model(model)).__name__} matches "
+                         f"selector {selector!r} ({detail})")
+    return found
+
+
+class FrozenNormStats:
+    """The handle :func:`freeze_norm_stats` returns: the frozen layers, ``remove()``, and a context
+    manager that removes on exit."""
+
+    def __init__(self, modules: Mapping[str, _BatchNorm]) -> None:
+        self.modules = dict(modules)
+        self._switched: set[int] = set()
+        self._handles = []
+        for module in self.modules.values():
+            self._handles.append(module.register_forward_pre_hook(self._before))
+            self._handles.append(module.register_forward_hook(self._after, always_call=True))
+
+    def _before(self, module: nn.Module, args: tuple) -> None:
+        if module.training:
+            module.training = False
+            self._switched.add(id(module))
+
+    def _after(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if id(module) in self._switched:
+            module.training = True
+            self._switched.discard(id(module))
+
+    def remove(self) -> None:
+        """Remove the hooks: the layers follow ``model.train()`` / ``model.eval()`` again."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> FrozenNormStats:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self._handles else "removed"
+        return f"FrozenNormStats({len(self.modules)} BatchNorm layers, {state})"
+
+
+def freeze_norm_stats(model: nn.Module, selector: ModuleSelector = None) -> FrozenNormStats:
+    """Keep BatchNorm layers in eval mode (running statistics frozen, normalising with them) whatever
+    ``model.train()`` says and whatever is trainable; their affine weights still train if trainable.
+
+    Each selected layer runs every forward pass as in eval mode (its ``training`` flag is switched off
+    for the call and put back after, so ``model.training`` and ``module.training`` still read what
+    ``model.train()`` set). Running statistics, ``num_batches_tracked`` included, are not updated;
+    gradients still flow to the affine weight and bias. This is the BN protocol of the usual
+    fine-tuning practice (detectron2's ``FrozenBatchNorm`` without freezing the affine weights;
+    Kumar et al. 2022 fine-tune with BatchNorm in eval mode).
+
+    Args:
+        model: any ``nn.Module`` (DDP and ``torch.compile`` wrappers are looked through).
+        selector: which BatchNorm layers: ``None`` (all), a glob over module names (``"layer[12].*"``)
+            or a predicate ``(name, module) -> bool``.
+
+    Returns:
+        A :class:`FrozenNormStats` handle: ``handle.remove()`` restores normal behaviour; ``with
+        freeze_norm_stats(model): ...`` removes it on exit.
+
+    Raises:
+        ValueError: no BatchNorm layer matches (or the model has none).
+        TypeError: ``selector`` is neither a string nor a callable.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        >>> handle = freeze_norm_stats(model)
+        >>> model.train()(torch.randn(5, 3)).sum().backward()
+        >>> model[1].running_var.tolist(), model[1].weight.grad is not None, model[1].training
+        ([1.0, 1.0, 1.0, 1.0], True, True)
+        >>> handle.remove()
+    """
+    return FrozenNormStats(_selected(model, selector, "freeze_norm_stats"))
+
+
+def _forward(model: nn.Module, batch: Any) -> None:
+    if isinstance(batch, (tuple, list)):
+        model(batch[0])
+    elif isinstance(batch, Mapping):
+        model(**batch)
+    else:
+        model(batch)
+
+
+@torch.no_grad()
+def precise_bn(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    momentum: float | None = None,
+    max_batches: int | None = None,
+    selector: ModuleSelector = None,
+) -> int:
+    """Re-estimate BatchNorm running statistics on ``batches``; weights untouched, modes restored.
+
+    With ``momentum=None`` (precise BN: Wu & Johnson 2021, fvcore's ``update_bn_stats``) each selected
+    layer's ``running_mean`` / ``running_var`` become the plain average over batches of the batch mean
+    and the batch's unbiased variance, and ``num_batches_tracked`` the number of batches: exactly what
+    ``torch.optim.swa_utils.update_bn`` computes. Batches are weighted equally (a short last batch
+    counts as much as a full one). With a float ``momentum`` the statistics are not reset: each batch
+    updates them as training would, ``stat = (1 - momentum) * stat + momentum * batch_stat``.
+
+    The whole model runs in train mode under ``torch.no_grad()`` (dropout included, as in fvcore), and
+    every selected layer normalises with batch statistics even where :func:`freeze_norm_stats` or
+    :class:`~lrgroups.LayerwiseOptimizer`'s frozen-norm handling keeps it in eval mode. Afterwards every
+    module's ``training`` flag and every layer's ``momentum`` are what they were. Layers without
+    running statistics (``track_running_stats=False``) are skipped.
+
+    Args:
+        model: any ``nn.Module`` with BatchNorm layers.
+        batches: an iterable of inputs: a tensor is passed as ``model(x)``, a tuple or list as
+            ``model(batch[0])`` (``(x, y)`` pairs from a DataLoader), a mapping as ``model(**batch)``.
+            Inputs must already be on the model's device.
+        momentum: ``None`` for the cumulative average, or a float in ``(0, 1]``.
+        max_batches: use at most this many batches (``None``: all).
+        selector: which BatchNorm layers (as in :func:`freeze_norm_stats`); the others run in eval
+            mode and keep their statistics.
+
+    Returns:
+        The number of batches used.
+
+    Raises:
+        ValueError: no selected BatchNorm layer tracks running statistics; ``batches`` is empty;
+            ``momentum`` outside ``(0, 1]``; ``max_batches < 1``. On any error (the model's own
+            included) the statistics are left as they were.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).eval()
+        >>> data = [torch.randn(8, 3) + 2 for _ in range(4)]
+        >>> precise_bn(model, data, max_batches=2), model.training
+        (2, False)
+        >>> means = torch.stack([model[0](x).mean(0) for x in data[:2]]).mean(0)
+        >>> torch.allclose(model[1].running_mean, means)
+        True
+    """
+    if momentum is not None and not 0 < momentum <= 1:
+        raise ValueError(f"momentum must be None or in (0, 1], got {momentum!r}")
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be >= 1, got {max_batches!r}")
+    layers = [m for m in _selected(model, selector, "precise_bn").values() if m.track_running_stats]
+    if not layers:
+        raise ValueError("precise_bn: no selected BatchNorm layer tracks running statistics")
+    modes = [(module, module.training) for module in model.modules()]
+    momenta = [(layer, layer.momentum) for layer in layers]
+    hooks = []
+    forced: dict[int, bool] = {}
+
+    def force_train(module: nn.Module, args: tuple) -> None:  # runs after every other pre-hook
+        forced[id(module)] = module.training
+        module.training = True
+
+    def put_back(module: nn.Module, args: tuple, output: Any) -> None:  # runs before every other hook
+        module.training = forced.pop(id(module))
+
+    saved = [(layer, {k: v.clone() for k, v in layer.named_buffers(recurse=False) if v is not None}) for layer in layers]
+    count = 0
+    done = False
+    try:
+        for layer in layers:
+            hooks.append(layer.register_forward_pre_hook(force_train))
+            hooks.append(layer.register_forward_hook(put_back, prepend=True, always_call=True))
+            if momentum is None:
+                layer.reset_running_stats()
+            layer.momentum = momentum
+        model.train()
+        for module in batch_norms(model).values():
+            if all(module is not layer for layer in layers):
+                module.training = False
+        for batch in batches:
+            if max_batches is not None and count >= max_batches:
+                break
+            _forward(model, batch)
+            count += 1
+        done = count > 0
+    finally:
+        if not done:  # an error or no batch: the statistics are what they were
+            for layer, buffers in saved:
+                for key, value in buffers.items():
+                    getattr(layer, key).copy_(value)
+        for hook in hooks:
+            hook.remove()
+        for layer, value in momenta:
+            layer.momentum = value
+        for module, training in modes:
+            module.training = training
+    if count == 0:
+        raise ValueError("precise_bn: batches is empty")
+    return count

@@ -1,0 +1,77 @@
+"""The GPU suite without a GPU: it dry-runs, its sizing is right, and its CUDA code paths (bf16
+autocast, channels_last, a whole EfficientNet-Lite fed images, probes on the model's device) run on
+the CPU through a Device that asks for them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.__main__ import main
+from benchmarks.runner import run_cell
+from benchmarks.sizing import MIN_SEEDS, seeds_that_fit, size_suite, time_one_step
+from benchmarks.suites import SUITES, Budget, Cell, Suite, Target
+from benchmarks.training import Device
+
+CPU_AS_GPU = Device("cpu", "cpu with bf16 autocast", 2, autocast=True, channels_last=True)
+
+
+def _tiny(experiment_name: str = "g_lp_ft_lite0_full"):
+    experiment = SUITES["gpu"].experiment(experiment_name)
+    target = dataclasses.replace(experiment.targets[0], shots=2, val_shots=2, test_pool=(0, 3))
+    return dataclasses.replace(experiment, targets=(target,), seeds=(0, 1), image_size=32,
+                               budget=Budget(steps=2, batch_size=10, eval_every=1, warmup_steps=1))
+
+
+def test_gpu_suite_dry_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "--suite", "gpu", "--dry-run", "--out", str(tmp_path / "gpu")]) == 0
+    listing = capsys.readouterr().out
+    assert "g_lp_ft_lite2_full" in listing and "g_surgical_lite0_full" in listing and "sized at run time" in listing
+    assert not (tmp_path / "gpu").exists()
+
+
+def test_gpu_suite_without_cuda_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert main(["run", "--suite", "gpu", "--device", "cuda", "--out", str(tmp_path / "gpu")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err and not (tmp_path / "gpu").exists()
+
+
+def test_gpu_suite_experiments_are_native_resolution_whole_networks() -> None:
+    sizes = {e.backbone: e.image_size for e in SUITES["gpu"].experiments}
+    assert sizes == {"lite0_full": 224, "lite2_full": 260}
+    assert SUITES["gpu"].time_budget_s is not None
+
+
+def test_seeds_that_fit() -> None:
+    seeds = {"a": tuple(range(8)), "b": tuple(range(4))}
+    # per seed: (0.01 * 100 + 0.02 * 100) * 1.5 = 4.5 s
+    assert seeds_that_fit({"a": 0.01, "b": 0.02}, {"a": 100, "b": 100}, seeds, budget_s=14.0) == {
+        "a": (0, 1, 2), "b": (0, 1, 2)}
+    assert seeds_that_fit({"a": 0.01, "b": 0.02}, {"a": 100, "b": 100}, seeds, budget_s=1000) == seeds
+    tight = seeds_that_fit({"a": 1.0, "b": 1.0}, {"a": 100, "b": 100}, seeds, budget_s=1.0)
+    assert all(len(s) == MIN_SEEDS for s in tight.values())
+
+
+def test_timed_step_and_sizing_on_cpu_with_autocast_and_channels_last() -> None:
+    experiment = _tiny()
+    seconds = time_one_step(experiment, CPU_AS_GPU)
+    assert 0 < seconds < 30
+    suite = Suite("tiny-gpu", "test", (experiment,), time_budget_s=1e6)
+    sized, info = size_suite(suite, CPU_AS_GPU)
+    assert sized.experiments[0].seeds == (0, 1) and info["seeds"] == {experiment.name: 2}
+
+
+@pytest.mark.parametrize("strategy", ["ft", "lp_ft", "linear_probe"])
+def test_a_whole_lite0_cell_runs_with_bf16_autocast_and_channels_last(strategy: str, tmp_path: Path) -> None:
+    experiment = _tiny()
+    cell = Cell(experiment, experiment.targets[0], experiment.strategy(strategy), 0, experiment.strategy(strategy).lr)
+    record = run_cell(cell, CPU_AS_GPU, tmp_path, {})
+    for field in ("test_accuracy", "ood_accuracy"):
+        assert 0 <= record[field] <= 1 and math.isfinite(record[field])
+    if strategy == "lp_ft":
+        assert set(record["variants"]) == {f"lp_ft+wise_{a}" for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
