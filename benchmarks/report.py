@@ -237,12 +237,16 @@ def _plot_forgetting(runs: pd.DataFrame, matched: pd.DataFrame, out: Path) -> li
         ax.set(xlabel="target test accuracy (mean over seeds)", ylabel="source retention (precise BN)",
                title=f"{experiment} / {target}: forgetting against accuracy, one point per lr")
         ax.legend(fontsize=7)
-        name = f"forgetting_{experiment}_{target}.png"
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        names.append(name)
+        names.append(_save_figure(fig, out, f"forgetting_{experiment}_{target}.png"))
     return names
+
+
+def _save_figure(fig: Any, out: Path, name: str) -> str:
+    """Write ``fig`` to ``out / name`` (PNG, 110 dpi), close it, return ``name``."""
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
 
 
 def _plot_wise(table: pd.DataFrame, out: Path) -> list[str]:
@@ -257,11 +261,7 @@ def _plot_wise(table: pd.DataFrame, out: Path) -> list[str]:
             ax.plot(curve.test_accuracy, curve.ood_accuracy, marker="o", label=f"{parent}: alpha 0 -> 1")
         ax.set(xlabel="ID test accuracy", ylabel="OOD accuracy", title=f"{experiment}: WiSE-FT interpolation")
         ax.legend(fontsize=8)
-        name = f"wise_{experiment}.png"
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        names.append(name)
+        names.append(_save_figure(fig, out, f"wise_{experiment}.png"))
     return names
 
 
