@@ -339,27 +339,45 @@ class Recipe:
             raise ValueError(f"recipe {self.name!r} fits no probe; got probe={probe!r}")
         if self.l2sp is not None and weight_decay:
             raise ValueError(f"recipe {self.name!r} replaces weight decay by L2-SP: pass weight_decay=0")
-        trainable = {id(p) for p in model.parameters() if p.requires_grad}
         opt = LayerwiseOptimizer(
             model, optimizer, lr=lr, weight_decay=weight_decay, rules=self.rules, coarse=self.coarse,
             **optimizer_kwargs,
         )
-        unfreezing = None if self.unfreezing is None else self._unfreezing(model, opt, trainable, total_steps)
+        unfreezing = self.schedule(opt, total_steps)
         stopper = None
         if self.early_stopping is not None:
             stopper = EarlyStopping(**{"mode": "max", **self.early_stopping}, model=model, unfreezing=unfreezing)
         l2sp = None if self.l2sp is None else L2SP(model, opt, **self.l2sp)
         return FineTuning(opt, unfreezing, stopper, steps_per_epoch, l2sp=l2sp)
 
-    def _unfreezing(self, model: nn.Module, opt: LayerwiseOptimizer, trainable: set[int],
-                    total_steps: int | None) -> ProgressiveUnfreezing | None:
+    def schedule(self, optimizer: LayerwiseOptimizer, total_steps: int | None = None) -> ProgressiveUnfreezing | None:
+        """The recipe's unfreezing schedule over ``optimizer``, a :class:`~lrgroups.LayerwiseOptimizer`
+        just built with the recipe's ``rules`` (what :meth:`build` does; a framework callback that
+        receives the optimizer from the user calls it too). ``None`` when the recipe has no schedule
+        or none of its stages selects a parameter. Stages cover only parameters that were trainable
+        when ``optimizer`` was built (``optimizer.frozen_by(name) != "model"``).
+
+        Raises:
+            ValueError: ``total_steps`` missing for a recipe that places its stages within it.
+
+        Example:
+            >>> import torch, torch.nn as nn, lrgroups
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> recipe = lrgroups.recipes.gradual_unfreezing(unfreeze_fraction=0.5)
+            >>> opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=recipe.rules)
+            >>> recipe.schedule(opt, total_steps=20).every_steps
+            5
+        """
+        if self.unfreezing is None:
+            return None
         kwargs = dict(self.unfreezing)
         stages = kwargs.pop("stages", None)
         if stages is None:
-            stages = depth_stages(max(row.depth for row in opt.plan), kwargs.pop("depths_per_stage", 1))
-        infos = R.describe(model, self.coarse)
+            stages = depth_stages(max(row.depth for row in optimizer.plan), kwargs.pop("depths_per_stage", 1))
+        everything = optimizer.select()
+        trainable = {id(param) for name, param in everything.items() if optimizer.frozen_by(name) != "model"}
         stages = [_owned(stage, trainable) for stage in stages]
-        stages = [stage for stage in stages if any(stage.matches(info) for info in infos)]
+        stages = [stage for stage in stages if _selects_any(optimizer, stage)]
         if not stages:
             return None
         for key in ("every_steps", "every_epochs"):
@@ -369,7 +387,15 @@ class Recipe:
                 kwargs[key] = kwargs[key](total_steps, len(stages))
         if "plateau" in kwargs:
             kwargs["plateau"] = Plateau(**kwargs["plateau"])
-        return ProgressiveUnfreezing(opt, stages, **kwargs)
+        return ProgressiveUnfreezing(optimizer, stages, **kwargs)
+
+
+def _selects_any(optimizer: LayerwiseOptimizer, stage: Selector) -> bool:
+    try:
+        optimizer.select(stage)
+    except ValueError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- the strategies

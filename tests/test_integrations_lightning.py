@@ -128,12 +128,15 @@ def test_lightning_ddp_two_gloo_ranks_agree(tmp_path):
 
 
 def test_a_recipe_runs_as_a_callback_with_its_stage_length_resolved(tmp_path):
-    """LP-FT (head only for half of the run, then everything): the switch point, a function of the
-    run's length in the recipe, is placed from trainer.estimated_stepping_batches (9 steps -> step 4)."""
-    recipe = lrgroups.recipes.lp_ft(probe_fraction=0.5)
+    """Gradual unfreezing with its stages spread over the first 2/3 of the run: the stage length, a
+    function of the run's length in the recipe, is placed from trainer.estimated_stepping_batches
+    (9 steps, 4 depth stages: int(9 * 2/3) // 3 = 2 steps per stage -> advances at steps 2, 4, 6),
+    and everything trains after the last stage."""
+    recipe = lrgroups.recipes.gradual_unfreezing(unfreeze_fraction=2 / 3)
     finetuning = LayerwiseFinetuning.from_recipe(recipe)
     trainer = L.Trainer(max_epochs=3, callbacks=[finetuning], accelerator="cpu", enable_progress_bar=False,
                         enable_model_summary=False, logger=False, enable_checkpointing=False)
     trainer.fit(Net(), _data(0))
-    assert [h["step"] for h in finetuning.schedule.history] == [4]
+    assert trainer.estimated_stepping_batches == 9
+    assert [h["step"] for h in finetuning.schedule.history] == [2, 4, 6]
     assert not lrgroups.unwrap(trainer.optimizers[0]).explain().frozen.any()

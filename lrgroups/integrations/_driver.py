@@ -11,17 +11,19 @@ import torch.nn as nn
 
 from ..early_stopping import Decision, EarlyStopping, Plateau
 from ..optimizer import LayerwiseOptimizer
+from ..recipes import Recipe
 from ..unfreezing import ProgressiveUnfreezing
 
-# A schedule: keyword arguments of ProgressiveUnfreezing (``plateau`` may be a dict of Plateau's), or a
-# callable ``optimizer -> ProgressiveUnfreezing`` (a recipe's, say).
-UnfreezingSpec = Union[Mapping[str, Any], Callable[[LayerwiseOptimizer], ProgressiveUnfreezing], None]
+# A schedule: keyword arguments of ProgressiveUnfreezing (``plateau`` may be a dict of Plateau's), a
+# recipe (its schedule, stage lengths placed within the run's total steps), or a callable
+# ``optimizer -> ProgressiveUnfreezing``.
+UnfreezingSpec = Union[Mapping[str, Any], Recipe, Callable[[LayerwiseOptimizer], ProgressiveUnfreezing], None]
 EarlyStoppingSpec = Union[Mapping[str, Any], None]
 
 
 def check_specs(unfreezing: UnfreezingSpec, early_stopping: EarlyStoppingSpec) -> None:
-    if unfreezing is not None and not (isinstance(unfreezing, Mapping) or callable(unfreezing)):
-        raise TypeError(f"unfreezing must be a dict of ProgressiveUnfreezing arguments or a callable, got {unfreezing!r}")
+    if unfreezing is not None and not (isinstance(unfreezing, (Mapping, Recipe)) or callable(unfreezing)):
+        raise TypeError(f"unfreezing must be a dict of ProgressiveUnfreezing arguments, a Recipe or a callable, got {unfreezing!r}")
     if early_stopping is not None:
         if not isinstance(early_stopping, Mapping):
             raise TypeError(f"early_stopping must be a dict of EarlyStopping arguments, got {early_stopping!r}")
@@ -57,13 +59,10 @@ class Driver:
         spec = self.unfreezing_spec
         if spec is None:
             self.schedule = None
+        elif isinstance(spec, Recipe):
+            self.schedule = spec.schedule(optimizer, total_steps)
         elif isinstance(spec, Mapping):
             kwargs = dict(spec)
-            for key in ("every_steps", "every_epochs"):  # a recipe's stage length as a function of the run's length
-                if callable(kwargs.get(key)):
-                    if total_steps is None:
-                        raise ValueError(f"unfreezing: {key} is a function of the total number of steps, which is not known")
-                    kwargs[key] = kwargs[key](total_steps)
             if isinstance(kwargs.get("plateau"), Mapping):
                 kwargs["plateau"] = Plateau(**kwargs["plateau"])
             with warnings.catch_warnings():

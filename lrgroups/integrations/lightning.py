@@ -80,9 +80,9 @@ class LayerwiseFinetuning(Callback):
 
     Args:
         unfreezing: ``ProgressiveUnfreezing`` keyword arguments (``plateau`` may be a dict of
-            ``Plateau`` arguments; ``every_steps``/``every_epochs`` may be functions of the total
-            number of steps, as in recipes), or a callable ``optimizer -> ProgressiveUnfreezing``;
-            ``None``: no schedule. See also :meth:`from_recipe`.
+            ``Plateau`` arguments), a :class:`~lrgroups.recipes.Recipe` (its schedule, stage lengths
+            placed within ``trainer.estimated_stepping_batches``), or a callable ``optimizer ->
+            ProgressiveUnfreezing``; ``None``: no schedule. See also :meth:`from_recipe`.
         early_stopping: ``EarlyStopping`` keyword arguments (``model`` and ``unfreezing`` are set by
             the callback: a plateau advances the schedule while stages remain); ``None``: no stopping.
         monitor: the logged metric the plateau and the stopper read.
@@ -122,7 +122,8 @@ class LayerwiseFinetuning(Callback):
             'val_acc'
         """
         early_stopping = None if recipe.early_stopping is None else {"mode": "max", **recipe.early_stopping}
-        return cls(recipe.unfreezing, early_stopping, monitor=monitor, optimizer_index=optimizer_index)
+        unfreezing = None if recipe.unfreezing is None else recipe
+        return cls(unfreezing, early_stopping, monitor=monitor, optimizer_index=optimizer_index)
 
     @property
     def schedule(self) -> ProgressiveUnfreezing | None:
