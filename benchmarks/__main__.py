@@ -1,6 +1,6 @@
 """Command line of the benchmark suite.
 
-    python -m benchmarks run [--suite quick] [--out DIR] [--cache DIR] [--workers N] [--threads T] [--device cpu|cuda]
+    python -m benchmarks run [--suite quick | --config my_suite.toml] [--out DIR] [--cache DIR] [--workers N] [--threads T] [--device cpu|cuda]
                              [--dry-run] [--max-cells N] [--no-progress]
     python -m benchmarks report [--suite quick] [--out DIR] [--readme README.md]
     python -m benchmarks replicate --reference results/quick --new runs/quick [--suite quick]
@@ -24,7 +24,7 @@ from pathlib import Path
 # slower on a shared machine). The numbers do not depend on it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .suites import SUITES  # noqa: E402
+from .suites import SUITES, Suite  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("perf", help="performance benchmarks (arguments go to benchmarks.perf.run)", add_help=False)
     for sub in (run, report, replicate):
         sub.add_argument("--suite", choices=sorted(SUITES), default="quick", help="which suite (default: quick)")
+    for sub in (run, report):
+        sub.add_argument("--config", type=Path, help="a suite as a TOML file (benchmarks.config); replaces --suite")
     for sub in (run, report):
         sub.add_argument("--out", type=Path, help="output directory (default: results/<suite>)")
     replicate.add_argument("--reference", type=Path, required=True, help="the reference run (e.g. results/quick)")
@@ -52,11 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dry_run(suite_name: str, out: Path, threads: int) -> None:
+def dry_run(suite: Suite | str, out: Path, threads: int) -> None:
     """Print every cell with its key and status (done / failed / pending), without running anything."""
     from .runner import iter_pending
 
-    suite = SUITES[suite_name]
+    suite = SUITES[suite] if isinstance(suite, str) else suite
     rows = list(iter_pending(suite, out, threads))
     print(f"suite {suite.name}: {len(rows)} cells -> {out}  ({suite.description})")
     print(f"{'#':>4}  {'key':16}  {'status':7}  {'experiment':12} {'target':18} {'strategy':20} seed  lr")
@@ -79,7 +81,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(perf_main(argv[1:]) or 0)
     args = _parser().parse_args(argv)
-    suite = SUITES[args.suite]
+    if getattr(args, "config", None) is not None:
+        from .config import ConfigError, load_suite
+
+        try:
+            suite = load_suite(args.config)
+        except (ConfigError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    else:
+        suite = SUITES[args.suite]
     if args.command == "replicate":
         from .replicate import write_replication
 
@@ -87,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         headline = (args.new / "replication.md").read_text().split("\n\n")[1]
         print(f"{headline}\nreplication report: {args.new / 'replication.md'}")
         return 0 if same else 1
-    out = args.out if args.out is not None else Path("results") / args.suite
+    out = args.out if args.out is not None else Path("results") / suite.name
     if args.command == "report":
         from .report import write_reports
 
@@ -99,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reports rebuilt in {out}")
         return 0
     if args.dry_run:
-        dry_run(args.suite, out, args.threads)
+        dry_run(suite, out, args.threads)
         return 0
     from .report import write_reports
     from .runner import run_suite

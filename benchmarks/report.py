@@ -50,7 +50,8 @@ def runs_frame(suite: Suite, records: Sequence[Mapping[str, Any]]) -> pd.DataFra
             continue
         base = {"experiment": cell.experiment.name, "target": cell.target.name, "strategy": cell.strategy.name,
                 "kind": cell.strategy.kind, "seed": cell.seed, "lr": cell.lr, "parent": cell.strategy.name,
-                "lr_index": cell.strategy.grid.index(cell.lr), "grid_size": len(cell.strategy.grid)}
+                "lr_index": cell.experiment.grid(cell.strategy).index(cell.lr),
+                "grid_size": len(cell.experiment.grid(cell.strategy))}
         rows.append({**base, **{m: _number(record.get(m)) for m in METRICS},
                      "source_accuracy": (record.get("source_model") or {}).get("source_accuracy"),
                      "source_min_accuracy": (record.get("source_model") or {}).get("min_accuracy")})

@@ -71,7 +71,7 @@ def seeds_that_fit(step_seconds: Mapping[str, float], steps_per_seed: Mapping[st
 def size_suite(suite: Suite, device: Device) -> tuple[Suite, dict[str, Any]]:
     """The suite with each experiment's seeds cut to fit ``suite.time_budget_s``, and what was measured."""
     step_seconds = {e.name: time_one_step(e, device) for e in suite.experiments}
-    steps_per_seed = {e.name: e.budget.steps * len(e.targets) * sum(len(s.grid) for s in e.strategies
+    steps_per_seed = {e.name: e.budget.steps * len(e.targets) * sum(len(e.grid(s)) for s in e.strategies
                                                                     if s.kind in ("finetune", "scratch"))
                       for e in suite.experiments}
     chosen = seeds_that_fit(step_seconds, steps_per_seed, {e.name: e.seeds for e in suite.experiments},

@@ -11,7 +11,7 @@ The protocol, the same for every strategy:
 
 * **Seeds** vary the target training/validation draw, the new head's initialisation and the batch
   order; the test pool (>= 500 images) is fixed, so differences are paired.
-* **Equal tuning**: every strategy gets ``len(Experiment.lr_factors)`` candidates: its family lr
+* **Equal tuning**: every strategy gets ``len(LR_FACTORS)`` (or ``Experiment.lr_factors``) candidates: its family lr
   (``Strategy.lr``) times each factor. For closed-form probes and the pixel baseline the candidates
   are the inverse L2 strength ``C`` of scikit-learn's logistic regression.
 * **Schedule**: AdamW, linear warm-up then cosine to 0, ``Budget.steps`` steps of ``batch_size``.
@@ -170,9 +170,17 @@ class Experiment:
     keep_source_head: bool = False
     gate_margin: float = 0.05
     bn: str = "frozen"
+    lr_factors: tuple[float, ...] | None = None
 
     def strategy(self, name: str) -> Strategy:
         return next(s for s in self.strategies if s.name == name)
+
+    def grid(self, strategy: Strategy) -> tuple[float, ...]:
+        """A strategy's candidate lrs: ``strategy.grid``, or its lr times ``lr_factors`` when set (a
+        config file's lr grid; probe and pixel keep their C factors)."""
+        if self.lr_factors is None or strategy.kind in ("probe", "pixel"):
+            return strategy.grid
+        return tuple(float(f"{strategy.lr * factor:.3g}") for factor in self.lr_factors)
 
 
 @dataclass(frozen=True)
@@ -265,7 +273,7 @@ class Suite:
         seeds = sorted({seed for e in self.experiments for seed in e.seeds})
         return [Cell(e, target, strategy, seed, lr)
                 for seed in seeds for e in self.experiments if seed in e.seeds
-                for target in e.targets for strategy in e.strategies for lr in strategy.grid]
+                for target in e.targets for strategy in e.strategies for lr in e.grid(strategy)]
 
 
 #: WiSE-FT mixing coefficients evaluated after a ``wise`` strategy (Wortsman et al., 2022).

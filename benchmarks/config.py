@@ -1,0 +1,171 @@
+"""A suite as a small TOML file: the same :class:`~benchmarks.suites.Suite` data, written by a user.
+
+Every table maps one to one onto a dataclass of :mod:`benchmarks.suites` (same field names); lists
+become tuples. A strategy is a library recipe (``recipe = "surgical"``, its keyword arguments in
+``kwargs``), or one of the baselines ``kind = "scratch" | "probe" | "pixel"``. An experiment's
+``lr_factors`` replaces the shared lr grid (``LR_FACTORS``) of its fine-tuning strategies. Unknown
+keys, strategies, recipes and backbones raise :class:`ConfigError` naming them and what is known.
+
+Example:
+    >>> text = '''
+    ... name = "mine"
+    ... [[experiments]]
+    ... name = "e1"
+    ... backbone = "resnet_tiny"
+    ... seeds = [0, 1]
+    ... source = {kind = "pretrain", dataset = "animal", classes = [0, 1], steps = 30}
+    ... budget = {steps = 8, batch_size = 10, eval_every = 4, warmup_steps = 2}
+    ... [[experiments.targets]]
+    ... name = "t"
+    ... dataset = "animal"
+    ... classes = [0, 1]
+    ... shots = 4
+    ... val_shots = 4
+    ... train_pool = [800, 1000]
+    ... test_pool = [0, 100]
+    ... [[experiments.strategies]]
+    ... name = "head"
+    ... recipe = "surgical"
+    ... lr = 0.01
+    ... kwargs = {block = "head"}
+    ... [[experiments.strategies]]
+    ... kind = "pixel"
+    ... '''
+    >>> suite = suite_from_toml(text)
+    >>> len(suite.cells())
+    12
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+from .suites import PIXEL, LINEAR_PROBE, Budget, Experiment, Hypothesis, Source, Strategy, Suite, Target, scratch
+
+#: Backbones a config may name (see ``benchmarks.sources.source_backbone``).
+BACKBONES = ("resnet_tiny", "lite0_top", "lite0_full", "lite2_full")
+STRATEGY_KINDS = ("finetune", "scratch", "probe", "pixel")
+DATASETS = ("animal", "mnist")
+
+
+class ConfigError(ValueError):
+    """A suite config that does not describe a suite; the message names the offending entry."""
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _build(cls: type, table: Any, where: str, skip: tuple[str, ...] = ()) -> Any:
+    """``cls(**table)`` with lists as tuples; unknown and missing keys are ConfigErrors naming ``where``."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {table!r}")
+    known = {f.name for f in fields(cls)} - set(skip)
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING} - set(skip)
+    missing = sorted(required - set(table))
+    if missing:
+        raise ConfigError(f"{where}: missing keys {missing}")
+    return cls(**{k: _tuples(v) for k, v in table.items()})
+
+
+def _strategy(table: Any, where: str) -> Strategy:
+    from lrgroups.recipes import RECIPES
+
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {table!r}")
+    table = dict(table)
+    kind = table.pop("kind", "finetune")
+    if kind not in STRATEGY_KINDS:
+        raise ConfigError(f"{where}: unknown strategy kind {kind!r}; known: {list(STRATEGY_KINDS)}")
+    defaults = {"scratch": scratch(), "probe": LINEAR_PROBE, "pixel": PIXEL}.get(kind)
+    unknown = sorted(set(table) - {"name", "recipe", "kwargs", "lr", "wise"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; known: ['kind', 'kwargs', 'lr', 'name', 'recipe', 'wise']")
+    if defaults is not None:
+        extra = sorted(set(table) - {"name", "lr"})
+        if extra:
+            raise ConfigError(f"{where}: a {kind} strategy takes only 'name' and 'lr', not {extra}")
+        return Strategy(table.get("name", defaults.name), kind, defaults.recipe, (), float(table.get("lr", defaults.lr)))
+    if "name" not in table or "recipe" not in table:
+        raise ConfigError(f"{where}: a finetune strategy needs 'name' and 'recipe'")
+    if table["recipe"] not in RECIPES:
+        raise ConfigError(f"{where}: unknown recipe {table['recipe']!r}; known: {sorted(RECIPES)}")
+    kwargs = table.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{where}: 'kwargs' must be a table")
+    try:
+        RECIPES[table["recipe"]](**kwargs)
+    except TypeError as error:
+        raise ConfigError(f"{where}: recipe {table['recipe']!r} rejects kwargs {kwargs}: {error}") from None
+    return Strategy(table["name"], "finetune", table["recipe"], tuple(sorted((k, _tuples(v)) for k, v in kwargs.items())),
+                    float(table.get("lr", 1e-3)), bool(table.get("wise", False)))
+
+
+def _experiment(table: Any, where: str) -> Experiment:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {table!r}")
+    table = dict(table)
+    known = {f.name for f in fields(Experiment)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    name = table.get("name", "?")
+    where = f"{where} ({name})"
+    backbone = table.get("backbone")
+    if backbone not in BACKBONES:
+        raise ConfigError(f"{where}: unknown backbone {backbone!r}; known: {list(BACKBONES)}")
+    table["source"] = _build(Source, table.get("source", {"kind": "imagenet"}), f"{where}.source")
+    table["budget"] = _build(Budget, table.get("budget"), f"{where}.budget")
+    targets = table.get("targets") or []
+    table["targets"] = tuple(_build(Target, t, f"{where}.targets[{i}]") for i, t in enumerate(targets))
+    for i, target in enumerate(table["targets"]):
+        if target.dataset not in DATASETS:
+            raise ConfigError(f"{where}.targets[{i}]: unknown dataset {target.dataset!r}; known: {list(DATASETS)}")
+    strategies = table.get("strategies") or []
+    table["strategies"] = tuple(_strategy(s, f"{where}.strategies[{i}]") for i, s in enumerate(strategies))
+    if not table["targets"] or not table["strategies"]:
+        raise ConfigError(f"{where}: needs at least one target and one strategy")
+    names = [s.name for s in table["strategies"]]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: strategy names repeat: {names}")
+    table.setdefault("question", "")
+    return _build(Experiment, table, where)
+
+
+def suite_from_dict(config: dict[str, Any]) -> Suite:
+    """The :class:`Suite` a parsed config describes (see the module docstring)."""
+    unknown = sorted(set(config) - {"name", "description", "experiments", "hypotheses"})
+    if unknown:
+        raise ConfigError(f"suite: unknown keys {unknown}; known: ['description', 'experiments', 'hypotheses', 'name']")
+    if "name" not in config or not config.get("experiments"):
+        raise ConfigError("suite: needs a 'name' and at least one [[experiments]] table")
+    experiments = tuple(_experiment(e, f"experiments[{i}]") for i, e in enumerate(config["experiments"]))
+    hypotheses = tuple(_build(Hypothesis, h, f"hypotheses[{i}]") for i, h in enumerate(config.get("hypotheses", [])))
+    try:
+        return Suite(config["name"], config.get("description", ""), experiments, hypotheses)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def suite_from_toml(text: str) -> Suite:
+    """The :class:`Suite` a TOML text describes."""
+    try:
+        return suite_from_dict(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"not valid TOML: {error}") from None
+
+
+def load_suite(path: str | Path) -> Suite:
+    """The :class:`Suite` of a TOML file; errors name the file."""
+    try:
+        return suite_from_toml(Path(path).read_text())
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
