@@ -3,8 +3,10 @@
 Every table maps one to one onto a dataclass of :mod:`benchmarks.suites` (same field names); lists
 become tuples. A strategy is a library recipe (``recipe = "surgical"``, its keyword arguments in
 ``kwargs``), or one of the baselines ``kind = "scratch" | "probe" | "pixel"``. An experiment's
-``lr_factors`` replaces the shared lr grid (``LR_FACTORS``) of its fine-tuning strategies. Unknown
-keys, strategies, recipes and backbones raise :class:`ConfigError` naming them and what is known.
+``lr_factors`` replaces the shared lr grid (``LR_FACTORS``) of its fine-tuning strategies. A
+dataset is ``"animal"``, ``"mnist"`` or ``"imagefolder:<path>"`` (a torchvision ImageFolder
+directory, relative to the config file; see ``benchmarks.data.imagefolder_raw``). Unknown
+keys, strategies, recipes, backbones and datasets raise :class:`ConfigError` naming them and what is known.
 
 Example:
     >>> text = '''
@@ -43,6 +45,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from .data import IMAGEFOLDER
 from .suites import PIXEL, LINEAR_PROBE, Budget, Experiment, Hypothesis, Source, Strategy, Suite, Target, scratch
 
 #: Backbones a config may name (see ``benchmarks.sources.source_backbone``).
@@ -109,7 +112,22 @@ def _strategy(table: Any, where: str) -> Strategy:
                     float(table.get("lr", 1e-3)), bool(table.get("wise", False)))
 
 
-def _experiment(table: Any, where: str) -> Experiment:
+def _dataset(name: Any, where: str, base: Path | None) -> str:
+    """A known dataset name; ``imagefolder:<path>`` with a relative path is made absolute against
+    ``base`` (the config file's folder)."""
+    if isinstance(name, str) and name.startswith(IMAGEFOLDER):
+        path = Path(name[len(IMAGEFOLDER):]).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        if not path.is_dir():
+            raise ConfigError(f"{where}: ImageFolder directory {str(path)!r} does not exist")
+        return IMAGEFOLDER + str(path.resolve())
+    if name not in DATASETS:
+        raise ConfigError(f"{where}: unknown dataset {name!r}; known: {list(DATASETS)} or 'imagefolder:<path>'")
+    return name
+
+
+def _experiment(table: Any, where: str, base: Path | None = None) -> Experiment:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table, got {table!r}")
     table = dict(table)
@@ -122,13 +140,14 @@ def _experiment(table: Any, where: str) -> Experiment:
     backbone = table.get("backbone")
     if backbone not in BACKBONES:
         raise ConfigError(f"{where}: unknown backbone {backbone!r}; known: {list(BACKBONES)}")
-    table["source"] = _build(Source, table.get("source", {"kind": "imagenet"}), f"{where}.source")
+    source = table.get("source", {"kind": "imagenet"})
+    if isinstance(source, dict) and source.get("dataset"):
+        source = {**source, "dataset": _dataset(source["dataset"], f"{where}.source", base)}
+    table["source"] = _build(Source, source, f"{where}.source")
     table["budget"] = _build(Budget, table.get("budget"), f"{where}.budget")
-    targets = table.get("targets") or []
+    targets = [{**t, "dataset": _dataset(t.get("dataset"), f"{where}.targets[{i}]", base)} if isinstance(t, dict)
+               else t for i, t in enumerate(table.get("targets") or [])]
     table["targets"] = tuple(_build(Target, t, f"{where}.targets[{i}]") for i, t in enumerate(targets))
-    for i, target in enumerate(table["targets"]):
-        if target.dataset not in DATASETS:
-            raise ConfigError(f"{where}.targets[{i}]: unknown dataset {target.dataset!r}; known: {list(DATASETS)}")
     strategies = table.get("strategies") or []
     table["strategies"] = tuple(_strategy(s, f"{where}.strategies[{i}]") for i, s in enumerate(strategies))
     if not table["targets"] or not table["strategies"]:
@@ -140,14 +159,15 @@ def _experiment(table: Any, where: str) -> Experiment:
     return _build(Experiment, table, where)
 
 
-def suite_from_dict(config: dict[str, Any]) -> Suite:
-    """The :class:`Suite` a parsed config describes (see the module docstring)."""
+def suite_from_dict(config: dict[str, Any], base: Path | None = None) -> Suite:
+    """The :class:`Suite` a parsed config describes (see the module docstring); relative
+    ImageFolder paths are taken from ``base`` (default: the working directory)."""
     unknown = sorted(set(config) - {"name", "description", "experiments", "hypotheses"})
     if unknown:
         raise ConfigError(f"suite: unknown keys {unknown}; known: ['description', 'experiments', 'hypotheses', 'name']")
     if "name" not in config or not config.get("experiments"):
         raise ConfigError("suite: needs a 'name' and at least one [[experiments]] table")
-    experiments = tuple(_experiment(e, f"experiments[{i}]") for i, e in enumerate(config["experiments"]))
+    experiments = tuple(_experiment(e, f"experiments[{i}]", base) for i, e in enumerate(config["experiments"]))
     hypotheses = tuple(_build(Hypothesis, h, f"hypotheses[{i}]") for i, h in enumerate(config.get("hypotheses", [])))
     try:
         return Suite(config["name"], config.get("description", ""), experiments, hypotheses)
@@ -155,10 +175,10 @@ def suite_from_dict(config: dict[str, Any]) -> Suite:
         raise ConfigError(str(error)) from None
 
 
-def suite_from_toml(text: str) -> Suite:
+def suite_from_toml(text: str, base: Path | None = None) -> Suite:
     """The :class:`Suite` a TOML text describes."""
     try:
-        return suite_from_dict(tomllib.loads(text))
+        return suite_from_dict(tomllib.loads(text), base)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"not valid TOML: {error}") from None
 
@@ -166,6 +186,6 @@ def suite_from_toml(text: str) -> Suite:
 def load_suite(path: str | Path) -> Suite:
     """The :class:`Suite` of a TOML file; errors name the file."""
     try:
-        return suite_from_toml(Path(path).read_text())
+        return suite_from_toml(Path(path).read_text(), Path(path).resolve().parent)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None

