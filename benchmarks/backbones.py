@@ -137,3 +137,75 @@ def create_lite(pretrained: bool, variant: str = "lite0") -> nn.Module:
     model = timm.create_model(LITE_WEIGHTS[variant][2], pretrained=False)
     model.load_state_dict(_lite_state(variant, pretrained))
     return model.eval()
+
+
+#: A backbone named ``"timm:<model name>"`` (e.g. ``"timm:convnext_tiny.fb_in22k"``) is that timm model.
+TIMM = "timm:"
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A timm model's pretrained weights are not in the local Hugging Face / torch hub cache."""
+
+
+def fetch_command(name: str) -> str:
+    """The command that puts ``name``'s pretrained weights into the local cache (run it with internet)."""
+    return f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\""
+
+
+def timm_weights_file(name: str) -> str:
+    """The local file of timm model ``name``'s pretrained weights, found in the Hugging Face cache
+    (``local_files_only``) or torch hub's checkpoint folder; nothing is ever downloaded.
+
+    Raises:
+        KeyError: timm has no such model. MissingWeightsError: the weights are not cached (the
+        message names the model and the command that fetches them on a machine with internet).
+    """
+    from timm.models import get_pretrained_cfg
+
+    if not timm.is_model(name):
+        raise KeyError(f"timm has no model {name!r} (see timm.list_models())")
+    cfg = get_pretrained_cfg(name)
+    if cfg is not None and cfg.hf_hub_id:
+        from huggingface_hub import hf_hub_download
+
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            try:
+                return hf_hub_download(cfg.hf_hub_id, filename, local_files_only=True)
+            except Exception:  # noqa: BLE001 - any miss means "not cached"
+                continue
+    if cfg is not None and cfg.url:
+        from pathlib import Path
+
+        path = Path(torch.hub.get_dir()) / "checkpoints" / cfg.url.rsplit("/", 1)[-1]
+        if path.is_file():
+            return str(path)
+    raise MissingWeightsError(
+        f"pretrained weights of timm model {name!r} are not in the local cache "
+        f"({cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else 'torch hub checkpoints'}); nothing is downloaded "
+        f"at run time. Fetch them once on a machine with internet (same HF_HOME / cache folder): {fetch_command(name)}")
+
+
+def create_timm(name: str, pretrained: bool, num_classes: int | None = None) -> nn.Module:
+    """timm model ``name`` in eval mode: its pretrained weights from the local cache
+    (:func:`timm_weights_file`, never a download) or a random init (seeded by the caller).
+
+    Raises:
+        KeyError: an unknown model. MissingWeightsError: pretrained weights not cached.
+    """
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    if not pretrained:
+        if not timm.is_model(name):
+            raise KeyError(f"timm has no model {name!r} (see timm.list_models())")
+        return timm.create_model(name, pretrained=False, **kwargs).eval()
+    path = timm_weights_file(name)
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs).eval()
+
+
+def timm_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of timm model ``name``'s inputs (its pretrained config; ImageNet's by default)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    return tuple(cfg.mean), tuple(cfg.std)

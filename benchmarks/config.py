@@ -45,6 +45,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from .backbones import TIMM
 from .data import IMAGEFOLDER
 from .suites import PIXEL, LINEAR_PROBE, Budget, Experiment, Hypothesis, Source, Strategy, Suite, Target, scratch
 
@@ -138,8 +139,15 @@ def _experiment(table: Any, where: str, base: Path | None = None) -> Experiment:
     name = table.get("name", "?")
     where = f"{where} ({name})"
     backbone = table.get("backbone")
-    if backbone not in BACKBONES:
-        raise ConfigError(f"{where}: unknown backbone {backbone!r}; known: {list(BACKBONES)}")
+    if isinstance(backbone, str) and backbone.startswith(TIMM):
+        import timm
+
+        if not timm.is_model(backbone[len(TIMM):]):
+            raise ConfigError(f"{where}: timm has no model {backbone[len(TIMM):]!r} (see timm.list_models())")
+        if table.get("source", {}).get("kind", "imagenet") != "imagenet":
+            raise ConfigError(f"{where}: a timm backbone brings its own weights: source = {{kind = \"imagenet\"}}")
+    elif backbone not in BACKBONES:
+        raise ConfigError(f"{where}: unknown backbone {backbone!r}; known: {list(BACKBONES)} or 'timm:<model name>'")
     source = table.get("source", {"kind": "imagenet"})
     if isinstance(source, dict) and source.get("dataset"):
         source = {**source, "dataset": _dataset(source["dataset"], f"{where}.source", base)}

@@ -31,7 +31,7 @@ def input_shape(experiment: Experiment) -> tuple[int, int, int]:
     Raises:
         ValueError: a backbone fed cached features (nothing to time on images).
     """
-    if experiment.backbone in FULL_LITE:
+    if experiment.backbone in FULL_LITE or experiment.backbone.startswith("timm:"):
         return 3, experiment.image_size, experiment.image_size
     if experiment.backbone == "resnet_tiny":
         return 1, 28, 28

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .backbones import Lite0Top, create_lite, create_resnet_tiny, lite0_lower
+from .backbones import TIMM, Lite0Top, create_lite, create_resnet_tiny, create_timm, lite0_lower, timm_normalization
 from .data import as_images, corrupt, draw, folder_splits, normalize, pool_indices, raw_dataset
 from .metrics import accuracy
 from .store import atomic_torch_save, atomic_write, sha256_file, to_json
@@ -303,7 +303,11 @@ def source_backbone(experiment: Experiment, pretrained: bool, cache_dir: Path,
     if experiment.backbone in FULL_LITE:  # the whole network at its native resolution
         model = create_lite(pretrained, FULL_LITE[experiment.backbone])
         return model, {"kind": "imagenet" if pretrained else "random_init"}
-    raise KeyError(f"unknown backbone {experiment.backbone!r}; known: resnet_tiny, lite0_top, {', '.join(FULL_LITE)}")
+    if experiment.backbone.startswith(TIMM):  # any timm model: cached pretrained weights or random init
+        name = experiment.backbone[len(TIMM):]
+        return create_timm(name, pretrained), {"kind": "timm_pretrained" if pretrained else "random_init"}
+    raise KeyError(f"unknown backbone {experiment.backbone!r}; known: resnet_tiny, lite0_top, {', '.join(FULL_LITE)}, "
+                   "timm:<model name>")
 
 
 def model_inputs(experiment: Experiment, target: Target, seed: int, split_name: str, split: Split,
@@ -317,4 +321,9 @@ def model_inputs(experiment: Experiment, target: Target, seed: int, split_name: 
         from .data import resize, to_channels
 
         return normalize(to_channels(resize(split.pixels, experiment.image_size), 3), (0.5,) * 3, (0.5,) * 3)
+    if experiment.backbone.startswith(TIMM):
+        from .data import resize, to_channels
+
+        mean, std = timm_normalization(experiment.backbone[len(TIMM):])
+        return normalize(to_channels(resize(split.pixels, experiment.image_size), 3), mean, std)
     return normalized(split.pixels)
