@@ -1,6 +1,7 @@
 """Command line of the benchmark suite.
 
     python -m benchmarks run [--suite quick | --config my_suite.toml] [--out DIR] [--cache DIR] [--workers N] [--threads T] [--device cpu|cuda]
+                             [--executor local|ray] [--address RAY_ADDRESS]
                              [--dry-run] [--max-cells N] [--no-progress]
     python -m benchmarks report [--suite quick] [--out DIR] [--readme README.md]
     python -m benchmarks replicate --reference results/quick --new runs/quick [--suite quick]
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
                      help="cpu (default), cuda (bf16 autocast, channels_last, one process) or auto")
     run.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1; part of every cell's key)")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local processes (default) or Ray: one task per cell with --threads CPUs")
+    run.add_argument("--address", help="with --executor ray: an existing cluster (default: start a local one)")
     run.add_argument("--dry-run", action="store_true", help="list the cells and whether each is done; run nothing")
     run.add_argument("--max-cells", type=int, help="stop after computing this many new cells")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -119,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcome = run_suite(
             suite, out, args.cache if args.cache is not None else out / "cache", workers=args.workers,
             threads=args.threads, device_choice=args.device, max_cells=args.max_cells, progress=not args.no_progress,
-            command="python -m benchmarks " + shlex.join(argv), report=write_reports,
+            command="python -m benchmarks " + shlex.join(argv), report=write_reports, executor=args.executor,
+            address=args.address,
         )
     except RuntimeError as error:
         if "CUDA" not in str(error):

@@ -336,13 +336,52 @@ def _mapper(workers: int, threads: int, cache_dir: Path, environment: Mapping[st
     return (lambda fn, items: pool.imap_unordered(fn, items)), pool.terminate
 
 
+def _ray_job(fn: Callable[[Any], Any], item: Any, threads: int, cache_dir: Path, environment: Mapping[str, Any],
+             device_choice: str) -> Any:
+    """One Ray task: set up this worker process once per configuration (as a pool worker is), run ``fn(item)``."""
+    import json
+
+    config = json.dumps([threads, str(cache_dir), environment, device_choice], sort_keys=True, default=str)
+    if _WORKER.get("config") != config:
+        _init_worker(threads, cache_dir, environment, device_choice)
+        _WORKER["config"] = config
+    return fn(item)
+
+
+def _ray_mapper(address: str | None, threads: int, cache_dir: Path, environment: Mapping[str, Any],
+                device_choice: str):
+    """(imap_unordered-like function, closer) over Ray: one task per item with ``threads`` CPUs (and
+    a GPU on CUDA), results as they finish. ``address=None`` starts a local cluster (shut down by the
+    closer); else joins the cluster at ``address`` (whose workers must import ``benchmarks``)."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR",
+                 runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_WAIT_POLICY": "PASSIVE"}})
+    remote = ray.remote(num_cpus=threads, num_gpus=1 if device_choice == "cuda" else 0)(_ray_job)
+
+    def imap(fn: Callable[[Any], Any], items: Any) -> Iterator[Any]:
+        pending = [remote.remote(fn, item, threads, cache_dir, dict(environment), device_choice) for item in items]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+
+    return imap, (ray.shutdown if started_here else (lambda: None))
+
+
 def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, threads: int = 1,
               device_choice: str = "cpu", max_cells: int | None = None, progress: bool = True, command: str = "",
-              report: Callable[[Path, Suite], None] | None = None) -> Outcome:
+              report: Callable[[Path, Suite], None] | None = None, executor: str = "local",
+              address: str | None = None) -> Outcome:
     """Run the suite's unfinished cells into ``out/runs.jsonl`` with ``workers`` processes of
     ``threads`` torch threads each (one process on CUDA), then write the reports. A suite with a
     ``time_budget_s`` is first sized: one timed training step per experiment decides how many of
-    its seeds run (:func:`benchmarks.sizing.size_suite`).
+    its seeds run (:func:`benchmarks.sizing.size_suite`). ``executor="ray"``: one Ray task per cell
+    with ``threads`` CPUs, on a local cluster or the one at ``address`` (``workers`` is not used);
+    the numbers are the same as with local processes.
 
     Raises:
         RuntimeError: ``device_choice="cuda"`` without a CUDA device.
@@ -368,7 +407,12 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
         pending = pending[:max_cells]
     outcome = Outcome(skipped=len(cells) - len([k for k in keys if k not in done]))
     invocation = uuid.uuid4().hex[:12]
-    imap, close = _mapper(workers, threads, cache_dir, environment, device.type)
+    if executor == "ray":
+        imap, close = _ray_mapper(address, threads, cache_dir, environment, device.type)
+    elif executor == "local":
+        imap, close = _mapper(workers, threads, cache_dir, environment, device.type)
+    else:
+        raise ValueError(f"unknown executor {executor!r}; known: local, ray")
     prepared: list[dict[str, Any]] = []
     try:
         needed = preparations(tuple(dict.fromkeys(cell.experiment for _, cell in pending)))
@@ -393,7 +437,8 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
         close()
     outcome.remaining = sum(records.get(key, {}).get("status") != "ok" for key in keys)
     outcome.seconds = time.perf_counter() - started
-    extra = {"suite": suite.name, "invocation": invocation, "wall_seconds": outcome.seconds, "workers": workers,
+    extra = {"suite": suite.name, "invocation": invocation, "wall_seconds": outcome.seconds, "executor": executor,
+             "workers": workers,
              "threads_per_cell": threads, "cells": len(cells), "computed": outcome.computed,
              "skipped": outcome.skipped, "failed": outcome.failed, "not_done": outcome.remaining,
              "preparations": [{k: p.get(k) for k in ("label", "file", "seconds", "built_now", "source_accuracy",
