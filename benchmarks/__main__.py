@@ -3,13 +3,19 @@
     python -m benchmarks run [--suite quick | --config my_suite.toml] [--out DIR] [--cache DIR] [--workers N] [--threads T] [--device cpu|cuda]
                              [--executor local|ray] [--address RAY_ADDRESS]
                              [--dry-run] [--max-cells N] [--no-progress]
-    python -m benchmarks report [--suite quick] [--out DIR] [--readme README.md]
-    python -m benchmarks replicate --reference results/quick --new runs/quick [--suite quick]
+    python -m benchmarks report [--suite quick | --config my_suite.toml] [--out DIR] [--readme README.md]
+    python -m benchmarks replicate --reference results/quick --new runs/quick [--suite quick | --config my_suite.toml]
+    python -m benchmarks config-reference [--write]   # every key of a suite config (benchmarks/configs/README.md)
     python -m benchmarks perf [ARGS...]       # forwarded to benchmarks.perf.run.main
 
-``run`` computes the suite's unfinished cells into ``<out>/runs.jsonl`` (default ``results/<suite>``)
-and rewrites the reports; ``report`` rebuilds them from runs.jsonl alone; ``replicate`` compares a
-new run with a reference, verdict by verdict and cell by cell, into ``<new>/replication.md``.
+``run`` computes the suite's unfinished cells into ``<out>/runs.jsonl`` (default ``runs/<suite>``:
+the committed ``results/`` is written only when ``--out`` names it), records the suite in
+``<out>/suite.json`` (a config suite also as ``<out>/suite.toml``, a copy of its config) and rewrites
+the reports; ``report`` rebuilds them from runs.jsonl alone; ``replicate`` compares a new run with a
+reference, verdict by verdict and cell by cell, into ``<new>/replication.md``. Without ``--suite``
+and ``--config``, ``run`` runs ``quick``, ``report --out DIR`` and ``replicate`` take the suite each
+folder records (the reference and the new run may hold different suites, e.g. ``quick`` and
+``quick_replication``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
 # Before torch starts OpenMP: idle threads sleep instead of spinning (a spinning pool is up to 15x
@@ -27,6 +34,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .suites import SUITES, Suite  # noqa: E402
 
+#: The suite ``run`` runs (and ``report`` rebuilds) without ``--suite``, ``--config`` and ``--out``.
+DEFAULT_SUITE = "quick"
+#: Strategy kinds whose cells start from the pretrained backbone (scratch and pixel cells need no weights).
+PRETRAINED_KINDS = ("finetune", "probe")
+MISSING_WEIGHTS = "missing weights"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
@@ -34,16 +47,20 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a suite (resumable) and write its reports")
     report = commands.add_parser("report", help="rebuild a suite's reports from its runs.jsonl")
     replicate = commands.add_parser("replicate", help="compare a new run of a suite with a reference run")
+    reference = commands.add_parser("config-reference", help="the table of every key a suite config takes")
     commands.add_parser("perf", help="performance benchmarks (arguments go to benchmarks.perf.run)", add_help=False)
-    for sub in (run, report, replicate):
-        sub.add_argument("--suite", choices=sorted(SUITES), default="quick", help="which suite (default: quick)")
-    for sub in (run, report):
-        sub.add_argument("--config", type=Path, help="a suite as a TOML file (benchmarks.config); replaces --suite")
-    for sub in (run, report):
-        sub.add_argument("--out", type=Path, help="output directory (default: results/<suite>)")
+    for sub, default in ((run, f"default: {DEFAULT_SUITE}"),
+                         (report, f"default: the one --out records; without --out: {DEFAULT_SUITE}"),
+                         (replicate, "for both runs; default: the one each folder records")):
+        which = sub.add_mutually_exclusive_group()
+        which.add_argument("--suite", choices=sorted(SUITES), help=f"a built-in suite ({default})")
+        which.add_argument("--config", type=Path, help="a suite as a TOML file (benchmarks.config), instead of --suite")
+    run.add_argument("--out", type=Path, help="output directory (default: runs/<suite>)")
+    report.add_argument("--out", type=Path, help="the run folder (default: runs/<suite>)")
     replicate.add_argument("--reference", type=Path, required=True, help="the reference run (e.g. results/quick)")
     replicate.add_argument("--new", type=Path, required=True, help="the new run (e.g. runs/quick)")
     report.add_argument("--readme", type=Path, help="also write the verdict table into this README's verdicts block")
+    reference.add_argument("--write", action="store_true", help="write it into benchmarks/configs/README.md")
     run.add_argument("--cache", type=Path, help="where source backbones and features are cached (default: <out>/cache)")
     run.add_argument("--workers", type=int, default=2, help="processes running cells (default 2; 1 on CUDA)")
     run.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
@@ -52,57 +69,95 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=("local", "ray"), default="local",
                      help="local processes (default) or Ray: one task per cell with --threads CPUs")
     run.add_argument("--address", help="with --executor ray: an existing cluster (default: start a local one)")
-    run.add_argument("--dry-run", action="store_true", help="list the cells and whether each is done; run nothing")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list the cells and whether each is done (or its backbone weights missing); run nothing")
     run.add_argument("--max-cells", type=int, help="stop after computing this many new cells")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def dry_run(suite: Suite | str, out: Path, threads: int) -> None:
-    """Print every cell with its key and status (done / failed / pending), without running anything."""
+    """Print every cell with its key and status (done / failed / pending, or ``missing weights``: a
+    cell not done whose pretrained timm backbone has no weights in the local cache), without
+    running anything."""
+    from .backbones import TIMM, fetch_command, weights_available
     from .runner import iter_pending
 
     suite = SUITES[suite] if isinstance(suite, str) else suite
-    rows = list(iter_pending(suite, out, threads))
+    available = cache(weights_available)
+    rows = [(cell, key, MISSING_WEIGHTS if status != "done" and cell.strategy.kind in PRETRAINED_KINDS
+             and not available(cell.experiment.backbone) else status)
+            for cell, key, status in iter_pending(suite, out, threads)]
     print(f"suite {suite.name}: {len(rows)} cells -> {out}  ({suite.description})")
-    print(f"{'#':>4}  {'key':16}  {'status':7}  {'experiment':12} {'target':18} {'strategy':20} seed  lr")
+    print(f"{'#':>4}  {'key':16}  {'status':15}  {'experiment':12} {'target':18} {'strategy':20} seed  lr")
     counts: dict[str, int] = {}
     for index, (cell, key, status) in enumerate(rows):
         counts[status] = counts.get(status, 0) + 1
-        print(f"{index:>4}  {key}  {status:7}  {cell.experiment.name:12} {cell.target.name:18} "
+        print(f"{index:>4}  {key}  {status:15}  {cell.experiment.name:12} {cell.target.name:18} "
               f"{cell.strategy.name:20} {cell.seed:>4}  {cell.lr:g}")
     print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for backbone in sorted({cell.experiment.backbone for cell, _, status in rows if status == MISSING_WEIGHTS}):
+        print(f"{MISSING_WEIGHTS}: {backbone}; cache them once on a machine with internet: "
+              f"{fetch_command(backbone[len(TIMM):])}")
     if suite.time_budget_s is not None:
         print(f"seeds are sized at run time to about {suite.time_budget_s:.0f} s from a timed training step")
     print("hypotheses: " + "; ".join(f"{h.name} {h.comparison} on {h.target} ({h.metric})" for h in suite.hypotheses))
 
 
+def _suite(args: argparse.Namespace, folder: Path | None) -> Suite:
+    """The suite ``--config`` or ``--suite`` names, else the one run folder ``folder`` records
+    (:func:`benchmarks.config.recorded_suite`), else DEFAULT_SUITE.
+
+    Raises:
+        ConfigError: see :func:`benchmarks.config.load_suite` and :func:`~benchmarks.config.recorded_suite`.
+        OSError: the config file cannot be read.
+    """
+    from .config import load_suite, recorded_suite
+
+    if args.config is not None:
+        return load_suite(args.config)
+    if args.suite is not None or folder is None:
+        return SUITES[args.suite or DEFAULT_SUITE]
+    return recorded_suite(folder)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (1 when a cell failed or a replication differs)."""
+    """Entry point; returns the exit code (1 when a cell failed or a replication differs, 2 for a
+    suite that does not load or a missing device)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "perf":
         from .perf.run import main as perf_main
 
         return int(perf_main(argv[1:]) or 0)
     args = _parser().parse_args(argv)
-    if getattr(args, "config", None) is not None:
-        from .config import ConfigError, load_suite
+    if args.command == "config-reference":
+        from .config import REFERENCE, reference
+        from .store import atomic_write
 
-        try:
-            suite = load_suite(args.config)
-        except (ConfigError, OSError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-    else:
-        suite = SUITES[args.suite]
+        if args.write:
+            atomic_write(REFERENCE, reference())
+            print(f"wrote {REFERENCE}")
+        else:
+            print(reference(), end="")
+        return 0
+    from .config import ConfigError
+
+    try:
+        if args.command == "replicate":
+            suites = _suite(args, args.reference), _suite(args, args.new)
+        else:
+            suite = _suite(args, args.out if args.command == "report" else None)
+    except (ConfigError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.command == "replicate":
         from .replicate import write_replication
 
-        same = write_replication(args.reference, args.new, suite)
+        same = write_replication(args.reference, args.new, *suites)
         headline = (args.new / "replication.md").read_text().split("\n\n")[1]
         print(f"{headline}\nreplication report: {args.new / 'replication.md'}")
         return 0 if same else 1
-    out = args.out if args.out is not None else Path("results") / suite.name
+    out = args.out if args.out is not None else Path("runs") / suite.name
     if args.command == "report":
         from .report import write_reports
 
@@ -118,19 +173,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from .report import write_reports
     from .runner import run_suite
+    from .store import write_suite_record
+    from .training import resolve_device
 
     try:
-        outcome = run_suite(
-            suite, out, args.cache if args.cache is not None else out / "cache", workers=args.workers,
-            threads=args.threads, device_choice=args.device, max_cells=args.max_cells, progress=not args.no_progress,
-            command="python -m benchmarks " + shlex.join(argv), report=write_reports, executor=args.executor,
-            address=args.address,
-        )
+        resolve_device(args.device, threads=args.threads)  # a missing device fails before anything is written
     except RuntimeError as error:
-        if "CUDA" not in str(error):
-            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    write_suite_record(out, suite.name, args.config)
+    outcome = run_suite(
+        suite, out, args.cache if args.cache is not None else out / "cache", workers=args.workers,
+        threads=args.threads, device_choice=args.device, max_cells=args.max_cells, progress=not args.no_progress,
+        command="python -m benchmarks " + shlex.join(argv), report=write_reports, executor=args.executor,
+        address=args.address,
+    )
     print(f"{suite.name}: {outcome.computed} cells computed ({outcome.failed} failed), {outcome.skipped} reused, "
           f"{outcome.remaining} not done; {outcome.seconds:.0f} s; reports in {out}")
     return 1 if outcome.failed or (outcome.remaining and args.max_cells is None) else 0

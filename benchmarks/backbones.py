@@ -185,6 +185,23 @@ def timm_weights_file(name: str) -> str:
         f"at run time. Fetch them once on a machine with internet (same HF_HOME / cache folder): {fetch_command(name)}")
 
 
+def weights_available(backbone: str) -> bool:
+    """Whether backbone ``backbone``'s pretrained weights are at hand: always for the built-in
+    backbones (shipped, or pretrained by the suite), for ``timm:<name>`` when
+    :func:`timm_weights_file` finds them in the local cache (no download, no model built).
+
+    Raises:
+        KeyError: timm has no such model.
+    """
+    if not backbone.startswith(TIMM):
+        return True
+    try:
+        timm_weights_file(backbone[len(TIMM):])
+    except MissingWeightsError:
+        return False
+    return True
+
+
 def create_timm(name: str, pretrained: bool, num_classes: int | None = None) -> nn.Module:
     """timm model ``name`` in eval mode: its pretrained weights from the local cache
     (:func:`timm_weights_file`, never a download) or a random init (seeded by the caller).

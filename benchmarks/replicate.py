@@ -3,7 +3,9 @@ committed ``results/quick``).
 
 * Verdict by verdict: the same verdict or not, with both effects.
 * Cell by cell (experiment, target, strategy at its selected lr): whether the new mean test
-  accuracy lies inside the reference's 95% interval, and whether the same lr was selected.
+  accuracy is consistent with the reference's, and whether the same lr was selected.
+* Source seeds: per hypothesis, the effect over the seeds of each source-pretraining seed, and the
+  verdicts whose effect changes side of the minimum effect between them.
 
 Writes ``<new>/replication.md`` and ``<new>/replication.csv``.
 
@@ -36,20 +38,48 @@ def compare_verdicts(reference: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame
 
 def compare_cells(reference: pd.DataFrame, new: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
     """Per (experiment, target, strategy) of the reference's selected table: the new mean of
-    ``metric`` and whether it lies inside the reference mean ± its 95% half-width; same lr or not."""
+    ``metric``, ``inside`` (it lies inside the reference mean ± its 95% half-width), ``consistent``
+    (the difference of the two means lies inside its own 95% interval, ``sqrt(h_ref^2 + h_new^2)``
+    for independent seeds), and whether the same lr was selected."""
     keys = ["experiment", "target", "strategy"]
-    columns = [*keys, "lr", metric, f"{metric}_ci"]
-    merged = reference[columns].merge(new[[*keys, "lr", metric]], on=keys, how="left", suffixes=("_reference", "_new"))
-    ref, half, value = merged[f"{metric}_reference"], merged[f"{metric}_ci"], merged[f"{metric}_new"]
-    merged["inside"] = [(not math.isnan(v)) and (abs(v - r) <= h if not math.isnan(h) else v == r)
-                        for r, h, v in zip(ref, half.fillna(math.nan), value.fillna(math.nan))]
+    merged = reference[[*keys, "lr", metric, f"{metric}_ci"]].merge(
+        new[[*keys, "lr", metric, f"{metric}_ci"]], on=keys, how="left", suffixes=("_reference", "_new"))
+    ref, value = merged[f"{metric}_reference"], merged[f"{metric}_new"]
+    half_ref, half_new = merged[f"{metric}_ci_reference"].fillna(0), merged[f"{metric}_ci_new"].fillna(0)
+    merged["inside"] = [bool(math.isfinite(v) and abs(v - r) <= h) for r, h, v in zip(ref, half_ref, value)]
+    merged["consistent"] = [bool(math.isfinite(v) and abs(v - r) <= math.hypot(a, b))
+                            for r, a, b, v in zip(ref, half_ref, half_new, value)]
     merged["same_lr"] = merged.lr_reference == merged.lr_new
     return merged
 
 
-def write_replication(reference_dir: Path, new_dir: Path, suite: Suite) -> bool:
-    """Rebuild both runs' reports, compare them and write ``replication.md``/``.csv`` into
-    ``new_dir``; returns whether every verdict is the same.
+def source_seed_effects(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per confirmatory hypothesis and source-pretraining seed: the mean paired effect over the
+    seeds fine-tuned from that source (selected lrs), and where it lies against the minimum effect
+    (``above``: >= min effect, ``below``: <= -min effect, ``between``)."""
+    rows = []
+    chosen = runs[runs.selected.astype(bool)] if "selected" in runs else runs.iloc[0:0]
+    for h in suite.hypotheses:
+        if h.exploratory:
+            continue
+        part = chosen[(chosen.experiment == h.experiment) & (chosen.target == h.target)]
+        sides = [part[part.strategy == name].set_index("seed") for name in (h.better, h.worse)]
+        seeds = sorted(set(sides[0].index) & set(sides[1].index))
+        if not seeds:
+            continue
+        diff = sides[0].loc[seeds, h.metric] - sides[1].loc[seeds, h.metric]
+        source = sides[0].loc[seeds, "source_seed"].fillna(-1)
+        for seed, values in diff.groupby(source):
+            effect = float(values.mean())
+            side = "above" if effect >= h.min_effect else "below" if effect <= -h.min_effect else "between"
+            rows.append({"hypothesis": h.name, "source_seed": int(seed), "seeds": len(values), "effect": effect,
+                         "side": side})
+    return pd.DataFrame(rows, columns=["hypothesis", "source_seed", "seeds", "effect", "side"])
+
+
+def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite, new_suite: Suite) -> bool:
+    """Rebuild both runs' reports (each with its own suite), compare them and write
+    ``replication.md``/``.csv`` into ``new_dir``; returns whether every confirmatory verdict is the same.
 
     Raises:
         FileNotFoundError: a folder has no runs.jsonl.
@@ -57,30 +87,49 @@ def write_replication(reference_dir: Path, new_dir: Path, suite: Suite) -> bool:
     for folder in (reference_dir, new_dir):
         if not (folder / "runs.jsonl").exists():
             raise FileNotFoundError(f"{folder} has no runs.jsonl: run the suite there first")
-    write_reports(new_dir, suite)
+    write_reports(reference_dir, reference_suite)
+    write_reports(new_dir, new_suite)
     reference_verdicts = pd.read_csv(reference_dir / "verdicts.csv")
     new_verdicts = pd.read_csv(new_dir / "verdicts.csv")
+    reference_verdicts = reference_verdicts[~reference_verdicts.exploratory.astype(bool)]
     verdicts = compare_verdicts(reference_verdicts, new_verdicts)
     cells = compare_cells(pd.read_csv(reference_dir / "selected.csv"), pd.read_csv(new_dir / "selected.csv"))
     atomic_write(new_dir / "replication.csv", cells.to_csv(index=False, float_format="%.6g"))
+    by_source = pd.concat([source_seed_effects(reference_suite, pd.read_csv(reference_dir / "runs.csv"))
+                           .assign(run="reference"),
+                           source_seed_effects(new_suite, pd.read_csv(new_dir / "runs.csv")).assign(run="new")])
+    depends = sorted(h for h, part in by_source.groupby("hypothesis") if part.side.nunique() > 1)
     same = bool(verdicts.same.all())
     lines = [
-        f"# Replication of `{reference_dir}` by `{new_dir}` (suite `{suite.name}`)",
+        f"# Replication of `{reference_dir}` (suite `{reference_suite.name}`) by `{new_dir}` "
+        f"(suite `{new_suite.name}`)",
         "",
-        f"Verdicts equal: {int(verdicts.same.sum())} of {len(verdicts)}. Cells whose new mean test accuracy lies "
-        f"inside the reference 95% interval: {int(cells.inside.sum())} of {len(cells)}; same selected lr: "
-        f"{int(cells.same_lr.sum())} of {len(cells)}.",
+        f"Verdicts equal: {int(verdicts.same.sum())} of {len(verdicts)}. Cells whose new mean test accuracy is "
+        f"consistent with the reference (difference inside its 95% interval): {int(cells.consistent.sum())} of "
+        f"{len(cells)}; inside the reference's own 95% interval: {int(cells.inside.sum())} of {len(cells)}; same "
+        f"selected lr: {int(cells.same_lr.sum())} of {len(cells)}. Verdicts whose effect changes side of the "
+        f"minimum effect between source-pretraining seeds: {', '.join(depends) or 'none'}.",
         "",
-        "| hypothesis | verdict (reference) | verdict (new) | effect (reference) | effect (new) | same |",
-        "|---|---|---|---|---|---|",
+        "| hypothesis | verdict (reference) | verdict (new) | effect (reference) | effect (new) | same | "
+        "depends on source seed |",
+        "|---|---|---|---|---|---|---|",
         *[f"| {r.hypothesis} | {r.verdict_reference} | {r.verdict_new} | {r.effect_reference:.3f} | "
-          f"{r.effect_new:.3f} | {'yes' if r.same else 'NO'} |" for r in verdicts.itertuples()],
+          f"{r.effect_new:.3f} | {'yes' if r.same else 'NO'} | {'YES' if r.hypothesis in depends else 'no'} |"
+          for r in verdicts.itertuples()],
         "",
-        "| experiment | target | strategy | lr ref | lr new | test acc (reference) | test acc (new) | inside |",
-        "|---|---|---|---|---|---|---|---|",
+        "Effect per source-pretraining seed (mean over the seeds fine-tuned from it):",
+        "",
+        "| run | hypothesis | source seed | seeds | effect | against min effect |",
+        "|---|---|---|---|---|---|",
+        *[f"| {r.run} | {r.hypothesis} | {r.source_seed} | {r.seeds} | {r.effect:.3f} | {r.side} |"
+          for r in by_source.itertuples()],
+        "",
+        "| experiment | target | strategy | lr ref | lr new | test acc (reference) | test acc (new) | consistent | "
+        "inside |",
+        "|---|---|---|---|---|---|---|---|---|",
         *[f"| {r.experiment} | {r.target} | {r.strategy} | {r.lr_reference:g} | {r.lr_new:g} | "
-          f"{r.test_accuracy_reference:.3f} ± {r.test_accuracy_ci:.3f} | {r.test_accuracy_new:.3f} | "
-          f"{'yes' if r.inside else 'no'} |" for r in cells.itertuples()],
+          f"{r.test_accuracy_reference:.3f} ± {r.test_accuracy_ci_reference:.3f} | {r.test_accuracy_new:.3f} | "
+          f"{'yes' if r.consistent else 'no'} | {'yes' if r.inside else 'no'} |" for r in cells.itertuples()],
         "",
     ]
     atomic_write(new_dir / "replication.md", "\n".join(lines))

@@ -1,23 +1,32 @@
 """Reports of a suite's runs.jsonl: verdicts first, then the tables they rest on; data only.
 
-* ``verdicts.csv``: one row per hypothesis: ``hypothesis, mirrors, comparison, metric, effect,
-  ci_low, ci_high, p, p_holm, verdict``, the minimum effect, the gate and the published number.
-* ``selected.csv``: per (experiment, target, strategy) the lr chosen on validation (mean over
-  seeds), whether it is at the edge of the grid, and the mean and 95% half-width of every metric
-  over seeds at that lr. ``runs.csv``: every run's scalar metrics.
+* ``verdicts.csv``: one row per hypothesis: the paired effect over seeds, its Holm-adjusted
+  interval (``ci_low``, ``ci_high``, two-sided at ``ci_level``), ``p`` and ``p_holm``, the
+  verdict in five words (:func:`benchmarks.stats.verdict`), the preconditions and their outcome,
+  the power line (``mde``: minimum detectable effect at the run's seeds and the hypothesis' Holm
+  level; ``seeds_needed`` for its minimum effect), the minimum effect and where it comes from, the
+  published number. Exploratory rows carry an unadjusted 95% interval and no verdict.
+* ``selected.csv``: per (experiment, target, strategy) the lr chosen on validation, whether it is at
+  an edge of the lrs run and whether that edge is capped, the mean and 95% half-width of every
+  metric over seeds at that lr. ``runs.csv``: every run's scalar metrics.
 * ``gates.csv``: per target, the best pretrained strategy against scratch and pixel, and the source gate.
-* ``forgetting.csv`` / ``forgetting_<experiment>_<target>.png``: source retention (precise BN)
-  against target accuracy for every strategy and lr, and retention interpolated at a matched
-  target accuracy. ``wise_<experiment>.png``: WiSE-FT ID against OOD accuracy.
-* ``summary.md``: the verdict table, then gates, per-target tables, matched-accuracy forgetting,
-  convergence, and how to regenerate the folder.
+* ``convergence.csv`` / ``curves_<experiment>_<target>.png``: normalised validation AUC, validation
+  accuracy at a quarter of the budget and steps to ``THRESHOLD_FRACTION`` of the best final
+  validation accuracy, per strategy; learning curves with 95% bands.
+* ``forgetting.csv`` / ``forgetting_<experiment>_<target>.png``: source retention (precise BN) at a
+  matched target accuracy (interpolated along every run's trajectory, at ``MATCH_FRACTION`` of the
+  lowest peak of the strategies' mean test-accuracy curves), retention and backward transfer at
+  the end.
+* ``ood.csv``: OOD accuracy per corruption and strategy; corruptions at chance for every strategy flagged.
+* ``budget_check.csv``: every confirmatory hypothesis at twice the budget on the first seeds.
+* ``summary.md``: all of the above as tables, and how to regenerate the folder.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,62 +37,83 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .stats import holm, mean_ci, paired_difference, verdict  # noqa: E402
+from .selection import BUDGET_CHECK_FACTOR, EXTENSION_CAP, mark_capped, runs_frame, select_lr  # noqa: E402
+from .stats import (  # noqa: E402
+    ALPHA,
+    holm,
+    holm_levels,
+    mean_ci,
+    minimum_detectable_effect,
+    paired_difference,
+    seeds_needed,
+    t_half_width,
+    verdict,
+)
 from .store import atomic_write, read_runs  # noqa: E402
-from .suites import Suite  # noqa: E402
+from .suites import Hypothesis, Suite  # noqa: E402
 
-#: Scalar metrics of a run, in table order.
-METRICS = ("test_accuracy", "ood_accuracy", "val_accuracy", "retention_precise_bn", "retention_weights_only",
-           "ood_cka", "test_cka", "still_improving", "train_seconds", "wall_seconds")
+#: Metrics of the per-strategy tables, in order (``ood_accuracy_<corruption>`` go to ood.csv).
+METRICS = ("test_accuracy", "ood_accuracy", "val_accuracy", "val_auc", "val_at_quarter", "retention_precise_bn",
+           "retention_weights_only", "backward_transfer", "retention_at_match", "effective_robustness", "ood_cka",
+           "test_cka", "id_cka", "probe_C", "probe_train_ce", "train_seconds", "wall_seconds")
 #: Kinds of strategies that start from the pretrained backbone (the transfer gate compares these).
 PRETRAINED_KINDS = ("finetune", "probe", "derived")
+#: Retention is compared at this fraction of the lowest peak of the strategies' mean test curves.
+MATCH_FRACTION = 0.9
+#: Convergence: steps until validation accuracy first reaches this fraction of the best strategy's
+#: mean final validation accuracy (the same threshold for every strategy of a target).
+THRESHOLD_FRACTION = 0.9
+#: A corruption is "at chance" when no strategy beats 1 / classes by more than this.
+CHANCE_MARGIN = 0.05
 
 
-def runs_frame(suite: Suite, records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per successful run of the suite's cells (matched by config), plus one per WiSE-FT
-    variant (kind ``derived``, strategy ``<parent>+wise_<alpha>``)."""
-    wanted = {json.dumps(_canonical(cell.config()), sort_keys=True): cell for cell in suite.cells()}
-    rows = []
-    for record in records:
-        cell = wanted.get(json.dumps(record.get("config"), sort_keys=True))
-        if cell is None or record.get("status") != "ok":
+def crossing(steps: list[float], values: list[float], level: float) -> float:
+    """The first step at which a piecewise-linear curve reaches ``level`` (nan if it never does)."""
+    for i, value in enumerate(values):
+        if value >= level:
+            if i == 0:
+                return float(steps[0])
+            v0, s0 = values[i - 1], steps[i - 1]
+            return float(s0 + (level - v0) / (value - v0) * (steps[i] - s0))
+    return math.nan
+
+
+def value_at_crossing(steps: list[float], values: list[float], other: list[float], level: float) -> float:
+    """``other`` interpolated at the first step where ``values`` reaches ``level`` (nan if never)."""
+    step = crossing(steps, values, level)
+    return math.nan if math.isnan(step) else float(np.interp(step, steps, other))
+
+
+def _mean_curve(curves: pd.Series) -> np.ndarray | None:
+    arrays = [np.asarray(c, dtype=float) for c in curves if isinstance(c, list) and len(c)]
+    if not arrays or len({len(a) for a in arrays}) != 1:
+        return None
+    return np.mean(arrays, axis=0)
+
+
+def add_derived_metrics(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-run metrics computed from other runs: ``effective_robustness`` (OOD / ID accuracy) and
+    ``retention_at_match`` (retention along the run's trajectory where its test accuracy first
+    reaches the matched level of its (experiment, target)); and the table of matched levels."""
+    runs = runs.copy()
+    runs["effective_robustness"] = runs.ood_accuracy / runs.test_accuracy
+    runs["retention_at_match"] = math.nan
+    levels = []
+    tracked = runs[runs.selected & (runs.kind == "finetune") & runs.curve_retention_precise_bn.notna()]
+    for (experiment, target), part in tracked.groupby(["experiment", "target"], sort=False):
+        peaks = {s: float(np.max(c)) for s, g in part.groupby("strategy")
+                 if (c := _mean_curve(g.curve_test_accuracy)) is not None}
+        if not peaks:
             continue
-        base = {"experiment": cell.experiment.name, "target": cell.target.name, "strategy": cell.strategy.name,
-                "kind": cell.strategy.kind, "seed": cell.seed, "lr": cell.lr, "parent": cell.strategy.name,
-                "lr_index": cell.experiment.grid(cell.strategy).index(cell.lr),
-                "grid_size": len(cell.experiment.grid(cell.strategy))}
-        rows.append({**base, **{m: _number(record.get(m)) for m in METRICS},
-                     "source_accuracy": (record.get("source_model") or {}).get("source_accuracy"),
-                     "source_min_accuracy": (record.get("source_model") or {}).get("min_accuracy")})
-        for name, variant in (record.get("variants") or {}).items():
-            rows.append({**base, "strategy": name, "kind": "derived", **{m: _number(variant.get(m)) for m in METRICS}})
-    return pd.DataFrame(rows)
-
-
-def _canonical(value: Any) -> Any:
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool):
-        return float(value)
-    return float(value) if isinstance(value, (int, float)) else math.nan
-
-
-def select_lr(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (experiment, target, parent strategy), the lr with the best mean validation accuracy over
-    seeds (ties: the smaller lr); derived rows follow their parent's choice. Adds ``selected``
-    and ``edge`` (chosen at the first or last candidate of a grid of more than one)."""
-    parents = runs[runs.kind != "derived"]
-    mean_val = parents.groupby(["experiment", "target", "parent", "lr"], as_index=False).val_accuracy.mean()
-    mean_val = mean_val.sort_values(["experiment", "target", "parent", "val_accuracy", "lr"],
-                                    ascending=[True, True, True, False, True])
-    chosen = mean_val.drop_duplicates(["experiment", "target", "parent"])[["experiment", "target", "parent", "lr"]]
-    chosen = chosen.assign(selected=True)
-    out = runs.merge(chosen, on=["experiment", "target", "parent", "lr"], how="left")
-    out["selected"] = out.selected.fillna(False).astype(bool)
-    out["edge"] = out.selected & (out.grid_size > 1) & ((out.lr_index == 0) | (out.lr_index == out.grid_size - 1))
-    return out
+        lowest = min(peaks, key=peaks.get)
+        level = MATCH_FRACTION * peaks[lowest]
+        levels.append({"experiment": experiment, "target": target, "matched_test_accuracy": level,
+                       "lowest_peak_strategy": lowest, "lowest_peak": peaks[lowest]})
+        rows = (runs.experiment == experiment) & (runs.target == target) & runs.curve_retention_precise_bn.notna()
+        runs.loc[rows, "retention_at_match"] = [
+            value_at_crossing(r.curve_forgetting_step, r.curve_test_accuracy, r.curve_retention_precise_bn, level)
+            for r in runs[rows].itertuples()]
+    return runs, pd.DataFrame(levels)
 
 
 def selected_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -92,20 +122,20 @@ def selected_table(runs: pd.DataFrame) -> pd.DataFrame:
     chosen = runs[runs.selected]
     for (experiment, target, strategy), group in chosen.groupby(["experiment", "target", "strategy"], sort=False):
         row = {"experiment": experiment, "target": target, "strategy": strategy, "kind": group.kind.iloc[0],
-               "lr": group.lr.iloc[0], "edge": bool(group.edge.iloc[0]), "seeds": len(group)}
-        for metric in METRICS:
+               "lr": group.lr.iloc[0], "edge": bool(group.edge.iloc[0]), "capped": bool(group.capped.iloc[0]),
+               "lrs_run": int(group.lrs_run.iloc[0]), "seeds": len(group)}
+        for metric in [*METRICS, *sorted(c for c in group if c.startswith("ood_accuracy_"))]:
             values = group[metric].dropna() if metric in group else pd.Series(dtype=float)
             if len(values):
                 row[metric], row[f"{metric}_ci"] = mean_ci(values.tolist())
         rows.append(row)
-    columns = ["experiment", "target", "strategy", "kind", "lr", "edge", "seeds",
-               *(f"{m}{suffix}" for m in METRICS for suffix in ("", "_ci"))]
-    return pd.DataFrame(rows).reindex(columns=columns)
+    return pd.DataFrame(rows)
 
 
 def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """Per target: best pretrained strategy's mean test accuracy against the best of scratch and
-    pixel (the transfer gate, margin ``Experiment.gate_margin``), and the source gate."""
+    pixel (the transfer gate, margin ``Experiment.gate_margin``), and the source gate (every
+    source-pretraining seed)."""
     rows = []
     for experiment in suite.experiments:
         for target in experiment.targets:
@@ -113,12 +143,13 @@ def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame
             if part.empty:
                 continue
             pretrained = part[part.kind.isin(PRETRAINED_KINDS)].dropna(subset=["test_accuracy"])
-            baselines = part[part.strategy.str.contains("scratch|pixel")].dropna(subset=["test_accuracy"])
+            baselines = part[part.kind.isin(("scratch", "pixel"))].dropna(subset=["test_accuracy"])
             if pretrained.empty or baselines.empty:  # an unfinished suite: no gate yet
                 continue
-            best, baseline = pretrained.loc[pretrained.test_accuracy.idxmax()], baselines.loc[baselines.test_accuracy.idxmax()]
+            best = pretrained.loc[pretrained.test_accuracy.idxmax()]
+            baseline = baselines.loc[baselines.test_accuracy.idxmax()]
             sources = runs[(runs.experiment == experiment.name) & runs.source_accuracy.notna()]
-            source_accuracy = float(sources.source_accuracy.iloc[0]) if len(sources) else math.nan
+            source_accuracy = float(sources.source_accuracy.min()) if len(sources) else math.nan
             source_ok = math.isnan(source_accuracy) or source_accuracy >= experiment.source.min_accuracy
             margin = float(best.test_accuracy - baseline.test_accuracy)
             rows.append({"experiment": experiment.name, "target": target.name, "best_pretrained": best.strategy,
@@ -127,62 +158,182 @@ def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame
                          "required_margin": experiment.gate_margin, "transfer_ok": margin >= experiment.gate_margin,
                          "source_accuracy": source_accuracy, "source_min_accuracy": experiment.source.min_accuracy,
                          "source_ok": source_ok})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["experiment", "target", "best_pretrained", "best_pretrained_accuracy",
+                                       "best_baseline", "best_baseline_accuracy", "margin", "required_margin",
+                                       "transfer_ok", "source_accuracy", "source_min_accuracy", "source_ok"])
+
+
+def _sides(runs: pd.DataFrame, h: Hypothesis, metric: str | None = None) -> tuple[pd.Series, pd.Series]:
+    part = runs[(runs.experiment == h.experiment) & (runs.target == h.target)]
+    metric = metric or h.metric
+    return tuple(part[part.strategy == name].set_index("seed")[metric].dropna() for name in (h.better, h.worse))
+
+
+def _preconditions(runs: pd.DataFrame, h: Hypothesis) -> tuple[bool, str]:
+    """(all hold, text with the means) of the hypothesis' preconditions, on the selected runs."""
+    held, texts = True, []
+    part = runs[(runs.experiment == h.experiment) & (runs.target == h.target)]
+    for p in h.preconditions:
+        means = [part[part.strategy == name][p.metric].mean() for name in (p.better, p.worse)]
+        ok = bool(all(math.isfinite(m) for m in means) and means[0] >= means[1])
+        held &= ok
+        texts.append(f"{p.text} ({means[0]:.3f} vs {means[1]:.3f}): {'holds' if ok else 'FAILS'}")
+    return held, "; ".join(texts)
 
 
 def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.DataFrame:
-    """One row per hypothesis: paired difference over seeds at each side's selected lr, 95%
-    interval, p, Holm-adjusted p across the suite, verdict."""
-    rows = []
+    """One row per hypothesis (see the module docstring); the Holm family is the confirmatory
+    hypotheses in scope with a test."""
     chosen = runs[runs.selected]
+    rows = []
     for h in suite.hypotheses:
-        part = chosen[(chosen.experiment == h.experiment) & (chosen.target == h.target)]
-        sides = [part[part.strategy == name].set_index("seed")[h.metric].dropna() for name in (h.better, h.worse)]
-        seeds = sorted(set(sides[0].index) & set(sides[1].index))
+        better, worse = _sides(chosen, h)
+        seeds = sorted(set(better.index) & set(worse.index))
         gate = gate_table[(gate_table.experiment == h.experiment) & (gate_table.target == h.target)]
         gate_ok = bool(len(gate) and gate.transfer_ok.iloc[0] and gate.source_ok.iloc[0])
+        held, text = _preconditions(chosen, h)
         row = {"hypothesis": h.name, "mirrors": h.mirrors, "comparison": h.comparison, "metric": h.metric,
                "experiment": h.experiment, "target": h.target, "seeds": len(seeds), "min_effect": h.min_effect,
-               "gate_ok": gate_ok, "published": h.published}
+               "min_effect_source": h.min_effect_source, "gate_ok": gate_ok, "preconditions": text or "none",
+               "preconditions_ok": held, "exploratory": h.exploratory, "published": h.published,
+               "effect": math.nan, "sd": math.nan, "p": math.nan}
         if len(seeds) >= 2:
-            d = paired_difference(sides[0][seeds].tolist(), sides[1][seeds].tolist())
-            row.update(effect=d.effect, ci_low=d.ci_low, ci_high=d.ci_high, p=d.p)
-        else:
-            row.update(effect=math.nan, ci_low=math.nan, ci_high=math.nan, p=math.nan)
+            d = paired_difference(better[seeds].tolist(), worse[seeds].tolist())
+            row.update(effect=d.effect, sd=d.sd, p=d.p)
         rows.append(row)
+    columns = ["hypothesis", "mirrors", "comparison", "metric", "effect", "ci_low", "ci_high", "ci_level", "p_holm",
+               "verdict", "p", "min_effect", "mde", "mde_worst_step", "seeds_needed", "seeds", "sd", "preconditions",
+               "preconditions_ok", "scope", "exploratory", "experiment", "target", "gate_ok", "min_effect_source",
+               "published"]
     frame = pd.DataFrame(rows)
     if frame.empty:
-        return frame
-    tested = frame.p.notna()
+        return pd.DataFrame(columns=columns).astype({"exploratory": bool})
+    family = (~frame.exploratory) & frame.gate_ok & frame.preconditions_ok & frame.p.notna()
     frame["p_holm"] = math.nan
-    frame.loc[tested, "p_holm"] = holm(frame.p[tested].tolist())
-    frame["verdict"] = [verdict(r.effect, r.p_holm, r.min_effect, r.gate_ok) for r in frame.itertuples()]
-    columns = ["hypothesis", "mirrors", "comparison", "metric", "effect", "ci_low", "ci_high", "p_holm", "verdict",
-               "p", "min_effect", "seeds", "experiment", "target", "gate_ok", "published"]
+    frame["ci_level"] = ALPHA
+    if family.any():
+        frame.loc[family, "p_holm"] = holm(frame.p[family].tolist())
+        frame.loc[family, "ci_level"] = holm_levels(frame.p[family].tolist())
+    worst = ALPHA / max(1, int(family.sum()))
+    lows, highs, labels, mdes, needed, mde_worst = [], [], [], [], [], []
+    for r in frame.itertuples():
+        low = high = math.nan
+        if math.isfinite(r.p):
+            half = t_half_width(r.sd, r.seeds, r.ci_level)
+            low, high = r.effect - half, r.effect + half
+        lows.append(low)
+        highs.append(high)
+        if r.exploratory:
+            labels.append("exploratory")
+        else:
+            labels.append(verdict(r.effect, low, high, r.min_effect, in_scope=r.gate_ok and r.preconditions_ok))
+        mdes.append(minimum_detectable_effect(r.sd, r.seeds, r.ci_level))
+        mde_worst.append(minimum_detectable_effect(r.sd, r.seeds, worst))
+        needed.append(seeds_needed(r.sd, r.min_effect, r.ci_level))
+    frame["ci_low"], frame["ci_high"], frame["verdict"] = lows, highs, labels
+    frame["mde"], frame["mde_worst_step"], frame["seeds_needed"] = mdes, mde_worst, needed
+    frame["scope"] = ["" if r.gate_ok and r.preconditions_ok else
+                      ("transfer/source gate failed" if not r.gate_ok else "precondition failed")
+                      for r in frame.itertuples()]
     return frame[columns]
 
 
-def matched_forgetting(runs: pd.DataFrame) -> pd.DataFrame:
-    """Retention (precise BN) at a matched target accuracy, per (experiment, target, strategy):
-    each fine-tuned strategy's (mean test accuracy, mean retention) points over its lr grid, linear
-    interpolation at the matched level: the middle of the accuracy interval every strategy's grid
-    spans (from the highest of their lowest to the lowest of their best mean accuracies), or, when
-    the ranges do not overlap, the lowest best; nan outside a strategy's range."""
+def convergence(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (experiment, target, strategy) of trained strategies at the selected lr: validation AUC,
+    accuracy at a quarter of the budget, steps to the target's threshold (mean over the seeds that
+    reach it) and the share of seeds that reach it."""
     rows = []
-    tuned = runs[(runs.kind == "finetune") & runs.retention_precise_bn.notna()]
-    for (experiment, target), part in tuned.groupby(["experiment", "target"], sort=False):
-        points = part.groupby(["strategy", "lr"], sort=False)[["test_accuracy", "retention_precise_bn",
-                                                                "retention_weights_only"]].mean().reset_index()
-        spans = points.groupby("strategy").test_accuracy.agg(["min", "max"])
-        low, high = spans["min"].max(), spans["max"].min()
-        level = (low + high) / 2 if low <= high else high
-        for strategy, curve in points.groupby("strategy", sort=False):
-            curve = curve.sort_values("test_accuracy")
-            inside = curve.test_accuracy.min() <= level <= curve.test_accuracy.max()
-            value = float(np.interp(level, curve.test_accuracy, curve.retention_precise_bn)) if inside else math.nan
-            rows.append({"experiment": experiment, "target": target, "strategy": strategy,
-                         "matched_test_accuracy": level, "retention_precise_bn_at_match": value})
+    trained = runs[runs.selected & runs.kind.isin(("finetune", "scratch")) & runs.curve_step.notna()]
+    for (experiment, target), part in trained.groupby(["experiment", "target"], sort=False):
+        pretrained = part[part.kind == "finetune"]
+        best = pretrained.groupby("strategy").val_accuracy.mean().max() if len(pretrained) else math.nan
+        threshold = THRESHOLD_FRACTION * best
+        for strategy, group in part.groupby("strategy", sort=False):
+            steps = [crossing(r.curve_step, r.curve_val_accuracy, threshold) for r in group.itertuples()]
+            reached = [s for s in steps if math.isfinite(s)]
+            row = {"experiment": experiment, "target": target, "strategy": strategy, "seeds": len(group),
+                   "threshold": threshold, "reached": len(reached) / len(group)}
+            for name, values in (("val_auc", group.val_auc), ("val_at_quarter", group.val_at_quarter),
+                                 ("steps_to_threshold", pd.Series(reached, dtype=float))):
+                if len(values.dropna()):
+                    row[name], row[f"{name}_ci"] = mean_ci(values.dropna().tolist())
+            rows.append(row)
     return pd.DataFrame(rows)
+
+
+def forgetting(runs: pd.DataFrame, levels: pd.DataFrame) -> pd.DataFrame:
+    """Per (experiment, target, strategy) with a source, at the selected lr: retention at the matched
+    level (and the level), retention and backward transfer at the end, mean and 95% half-width."""
+    rows = []
+    part = runs[runs.selected & runs.retention_precise_bn.notna() & (runs.kind != "derived")]
+    for (experiment, target, strategy), group in part.groupby(["experiment", "target", "strategy"], sort=False):
+        level = levels[(levels.experiment == experiment) & (levels.target == target)] if len(levels) else levels
+        row = {"experiment": experiment, "target": target, "strategy": strategy, "seeds": len(group),
+               "matched_test_accuracy": float(level.matched_test_accuracy.iloc[0]) if len(level) else math.nan}
+        for metric in ("retention_at_match", "retention_precise_bn", "retention_weights_only", "backward_transfer"):
+            values = group[metric].dropna()
+            if len(values):
+                row[metric], row[f"{metric}_ci"] = mean_ci(values.tolist())
+                if metric == "retention_at_match":
+                    row["matched_seeds"] = len(values)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ood_table(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
+    """OOD accuracy per corruption and strategy at the selected lr; ``at_chance``: no strategy beats
+    1 / classes by more than CHANCE_MARGIN on that corruption."""
+    rows = []
+    chosen = runs[runs.selected]
+    for experiment in suite.experiments:
+        for target in experiment.targets:
+            part = chosen[(chosen.experiment == experiment.name) & (chosen.target == target.name)]
+            for corruption in target.ood:
+                column = f"ood_accuracy_{corruption}"
+                if column not in part or part[column].isna().all():
+                    continue
+                means = part.groupby("strategy", sort=False)[column].mean()
+                at_chance = bool(means.max() <= 1 / target.num_classes + CHANCE_MARGIN)
+                rows += [{"experiment": experiment.name, "target": target.name, "corruption": corruption,
+                          "strategy": strategy, "ood_accuracy": value, "at_chance_for_all": at_chance}
+                         for strategy, value in means.items()]
+    return pd.DataFrame(rows)
+
+
+def budget_check(suite: Suite, runs: pd.DataFrame, verdict_table: pd.DataFrame) -> pd.DataFrame:
+    """Per confirmatory hypothesis: the effect on the budget-check seeds at 1x and at the longer
+    budget (each side at its selected lr), and whether the verdict holds at the longer budget (the
+    longer effect on the verdict's side of its boundary: >= min effect for reproduced, < min effect
+    for not reproduced, <= -min effect for contradicted)."""
+    rows = []
+    chosen = runs[runs.selected]
+    for h in suite.hypotheses:
+        if h.exploratory:
+            continue
+        parents = {side: side.split("+")[0] for side in (h.better, h.worse)}
+        longer = runs[(runs.budget_factor == BUDGET_CHECK_FACTOR) & (runs.experiment == h.experiment)
+                      & (runs.target == h.target)]
+        selected_lr = {p: chosen[(chosen.experiment == h.experiment) & (chosen.target == h.target)
+                                 & (chosen.parent == p)].lr for p in parents.values()}
+        keep = pd.concat([longer[(longer.parent == p) & (longer.lr == float(lr.iloc[0]))]
+                          for p, lr in selected_lr.items() if len(lr)]) if any(len(v) for v in selected_lr.values()) \
+            else longer.iloc[0:0]
+        long_b, long_w = _sides(keep, h)
+        seeds = sorted(set(long_b.index) & set(long_w.index))
+        row = {"hypothesis": h.name, "comparison": h.comparison, "metric": h.metric, "seeds": len(seeds),
+               "budget_factor": BUDGET_CHECK_FACTOR}
+        verdict_row = verdict_table[verdict_table.hypothesis == h.name]
+        label = verdict_row.verdict.iloc[0] if len(verdict_row) else "undetermined"
+        short_b, short_w = _sides(chosen, h)
+        if len(seeds) >= 1 and set(seeds) <= set(short_b.index) & set(short_w.index):
+            row["effect_1x"] = float((short_b[seeds] - short_w[seeds]).mean())
+            row["effect_longer"] = effect = float((long_b[seeds] - long_w[seeds]).mean())
+            holds = {"reproduced": effect >= h.min_effect, "not reproduced": effect < h.min_effect,
+                     "contradicted": effect <= -h.min_effect}.get(label)
+            row["verdict"], row["holds"] = label, holds
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["hypothesis", "comparison", "metric", "seeds", "budget_factor", "effect_1x",
+                                       "effect_longer", "verdict", "holds"])
 
 
 # --- Writing -------------------------------------------------------------------------------------
@@ -194,52 +345,35 @@ def _fmt(value: Any, ci: Any = None, digits: int = 3) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, (float, np.floating)):
-        text = f"{value:.{digits}f}"
+        text = f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
         if ci is not None and not (isinstance(ci, float) and math.isnan(ci)):
             text += f" ± {ci:.{digits}f}"
         return text
     return str(value)
 
 
-def _markdown(frame: pd.DataFrame, columns: Mapping[str, str]) -> str:
+def _markdown(frame: pd.DataFrame, columns: Mapping[str, str], with_ci: bool = False) -> str:
     lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
     for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+        lines.append("| " + " | ".join(_fmt(row.get(c), row.get(f"{c}_ci") if with_ci else None) for c in columns)
+                     + " |")
     return "\n".join(lines)
 
 
 def _strategy_table(part: pd.DataFrame) -> str:
-    metrics = [m for m in ("test_accuracy", "ood_accuracy", "retention_precise_bn", "retention_weights_only",
-                           "ood_cka", "still_improving") if m in part and part[m].notna().any()]
-    head = ["strategy", "lr (selected)", *metrics]
+    metrics = [m for m in ("test_accuracy", "ood_accuracy", "val_auc", "retention_precise_bn", "ood_cka", "id_cka",
+                           "probe_C", "probe_train_ce") if m in part and part[m].notna().any()]
+    head = ["strategy", "lr (selected)", "lrs run", *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in part.iterrows():
-        lr = f"{row.lr:g}" + (" (edge)" if row.edge else "") if row.kind != "derived" else f"{row.lr:g} (parent's)"
-        cells = [row.strategy, lr]
-        for metric in metrics:
-            cells.append(_fmt(row.get(metric), row.get(f"{metric}_ci")) if metric != "still_improving"
-                         else _fmt(row.get(metric), digits=2))
+        if row.kind == "derived":
+            lr = f"{row.lr:g} (parent's)"
+        else:
+            lr = f"{row.lr:g}" + (" (capped edge)" if row.capped else " (edge)" if row.edge else "")
+        cells = [row.strategy, lr, str(row.lrs_run)]
+        cells += [_fmt(row.get(metric), row.get(f"{metric}_ci")) for metric in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _plot_forgetting(runs: pd.DataFrame, matched: pd.DataFrame, out: Path) -> list[str]:
-    names = []
-    tuned = runs[(runs.kind == "finetune") & runs.retention_precise_bn.notna()]
-    for (experiment, target), part in tuned.groupby(["experiment", "target"], sort=False):
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        points = part.groupby(["strategy", "lr"], sort=False)[["test_accuracy", "retention_precise_bn"]].mean()
-        for strategy, curve in points.reset_index().groupby("strategy", sort=False):
-            curve = curve.sort_values("test_accuracy")
-            ax.plot(curve.test_accuracy, curve.retention_precise_bn, marker="o", label=strategy)
-        level = matched[(matched.experiment == experiment) & (matched.target == target)].matched_test_accuracy
-        if len(level):
-            ax.axvline(float(level.iloc[0]), color="grey", linestyle="--", linewidth=1, label="matched accuracy")
-        ax.set(xlabel="target test accuracy (mean over seeds)", ylabel="source retention (precise BN)",
-               title=f"{experiment} / {target}: forgetting against accuracy, one point per lr")
-        ax.legend(fontsize=7)
-        names.append(_save_figure(fig, out, f"forgetting_{experiment}_{target}.png"))
-    return names
 
 
 def _save_figure(fig: Any, out: Path, name: str) -> str:
@@ -250,8 +384,53 @@ def _save_figure(fig: Any, out: Path, name: str) -> str:
     return name
 
 
+def _band(ax: Any, curves: pd.Series, steps: list[float], label: str) -> None:
+    arrays = np.asarray([c for c in curves if isinstance(c, list)], dtype=float)
+    mean = arrays.mean(0)
+    half = np.array([mean_ci(arrays[:, i].tolist())[1] for i in range(arrays.shape[1])]) if len(arrays) > 1 else 0
+    ax.plot(steps, mean, label=label)
+    ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
+
+
+def _plot_curves(runs: pd.DataFrame, out: Path) -> list[str]:
+    names = []
+    trained = runs[runs.selected & runs.kind.isin(("finetune", "scratch")) & runs.curve_step.notna()]
+    for (experiment, target), part in trained.groupby(["experiment", "target"], sort=False):
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for strategy, group in part.groupby("strategy", sort=False):
+            if len({len(c) for c in group.curve_step}) == 1:
+                _band(ax, group.curve_val_accuracy, list(group.curve_step.iloc[0]), strategy)
+        ax.set(xlabel="step", ylabel="validation accuracy (mean, 95% band over seeds)",
+               title=f"{experiment} / {target}: learning curves at the selected lrs")
+        ax.legend(fontsize=7)
+        names.append(_save_figure(fig, out, f"curves_{experiment}_{target}.png"))
+    return names
+
+
+def _plot_forgetting(runs: pd.DataFrame, levels: pd.DataFrame, out: Path) -> list[str]:
+    names = []
+    tracked = runs[runs.selected & (runs.kind == "finetune") & runs.curve_retention_precise_bn.notna()]
+    for (experiment, target), part in tracked.groupby(["experiment", "target"], sort=False):
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for strategy, group in part.groupby("strategy", sort=False):
+            x, y = _mean_curve(group.curve_test_accuracy), _mean_curve(group.curve_retention_precise_bn)
+            if x is not None and y is not None:
+                ax.plot(x, y, marker=".", label=strategy)
+        level = levels[(levels.experiment == experiment) & (levels.target == target)] if len(levels) else levels
+        if len(level):
+            ax.axvline(float(level.matched_test_accuracy.iloc[0]), color="grey", linestyle="--", linewidth=1,
+                       label="matched accuracy")
+        ax.set(xlabel="target test accuracy (mean trajectory over seeds)", ylabel="source retention (precise BN)",
+               title=f"{experiment} / {target}: forgetting along training")
+        ax.legend(fontsize=7)
+        names.append(_save_figure(fig, out, f"forgetting_{experiment}_{target}.png"))
+    return names
+
+
 def _plot_wise(table: pd.DataFrame, out: Path) -> list[str]:
     names = []
+    if "ood_accuracy" not in table:
+        return names
     wise = table[table.strategy.str.contains(r"\+wise_") & table.ood_accuracy.notna()]
     for experiment, part in wise.groupby("experiment", sort=False):
         fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -260,10 +439,32 @@ def _plot_wise(table: pd.DataFrame, out: Path) -> list[str]:
         for parent, curve in part.groupby("parent", sort=False):
             curve = curve.sort_values("alpha")
             ax.plot(curve.test_accuracy, curve.ood_accuracy, marker="o", label=f"{parent}: alpha 0 -> 1")
-        ax.set(xlabel="ID test accuracy", ylabel="OOD accuracy", title=f"{experiment}: WiSE-FT interpolation")
+        ax.set(xlabel="ID test accuracy", ylabel="OOD accuracy (mean over corruptions)",
+               title=f"{experiment}: WiSE-FT interpolation")
         ax.legend(fontsize=8)
         names.append(_save_figure(fig, out, f"wise_{experiment}.png"))
     return names
+
+
+VERDICT_COLUMNS = {"hypothesis": "hypothesis", "mirrors": "mirrors", "comparison": "comparison", "target": "target",
+                   "metric": "metric", "effect": "effect", "ci_low": "adj. ci low", "ci_high": "adj. ci high",
+                   "p_holm": "p (Holm)", "min_effect": "min effect", "mde": "MDE", "seeds": "seeds",
+                   "seeds_needed": "seeds for min effect", "preconditions": "preconditions", "verdict": "verdict"}
+
+
+def _in_suite_order(frame: pd.DataFrame, order: Mapping[tuple[str, str], int]) -> pd.DataFrame:
+    """Rows sorted by the suite's (experiment, target) order, stable within."""
+    if frame.empty:
+        return frame
+    rank = [order.get((e, t), len(order)) for e, t in zip(frame.experiment, frame.target)]
+    return frame.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
+
+
+def _regenerate_hint(suite: Suite, environment: Mapping[str, Any]) -> str:
+    command = environment.get("command")
+    if command:
+        return f"`{command}`"
+    return f"`python -m benchmarks run --suite {suite.name} --out <this folder>`"
 
 
 def write_reports(out: Path, suite: Suite) -> None:
@@ -275,74 +476,105 @@ def write_reports(out: Path, suite: Suite) -> None:
     if runs.empty:
         atomic_write(out / "summary.md", f"# Suite `{suite.name}`\n\nNo finished runs yet.\n")
         return
-    runs = select_lr(runs)
+    runs = mark_capped(suite, select_lr(runs))
+    runs, levels = add_derived_metrics(runs)
     table = selected_table(runs)
     gate_table = gates(suite, runs, table)
-    if gate_table.empty:
-        gate_table = pd.DataFrame(columns=["experiment", "target", "transfer_ok", "source_ok"])
     verdict_table = verdicts(suite, runs, gate_table)
-    matched = matched_forgetting(runs)
-    for name, frame in (("runs.csv", runs), ("selected.csv", table), ("gates.csv", gate_table),
-                        ("verdicts.csv", verdict_table), ("forgetting.csv", matched)):
+    converge = convergence(runs)
+    forget = forgetting(runs, levels)
+    ood = ood_table(suite, runs)
+    check = budget_check(suite, runs, verdict_table)
+    order = {(e.name, t.name): i for i, (e, t) in enumerate((e, t) for e in suite.experiments for t in e.targets)}
+    converge, forget, ood = (_in_suite_order(frame, order) for frame in (converge, forget, ood))
+    scalar_runs = runs.drop(columns=[c for c in runs if c.startswith("curve_")])
+    for name, frame in (("runs.csv", scalar_runs), ("selected.csv", table), ("gates.csv", gate_table),
+                        ("verdicts.csv", verdict_table), ("convergence.csv", converge), ("forgetting.csv", forget),
+                        ("ood.csv", ood), ("budget_check.csv", check)):
         atomic_write(out / name, frame.to_csv(index=False, float_format="%.6g"))
-    plots = _plot_forgetting(runs, matched, out) + _plot_wise(table, out)
+    plots = _plot_curves(runs, out) + _plot_forgetting(runs, levels, out) + _plot_wise(table, out)
     failed = [r for r in records if r.get("status") == "failed"]
-    parents = runs[runs.kind.isin(("finetune", "scratch"))]
+    confirmatory = verdict_table[~verdict_table.exploratory]
+    tuned = table[(table.kind != "derived")]
     lines = [
-        f"# Suite `{suite.name}`",
-        "",
-        suite.description,
-        "",
-        "## Verdicts",
-        "",
-        "Paired difference `better - worse` over seeds, each side at its validation-selected lr; 95% Student-t "
-        "interval; p of the paired t-test, Holm-adjusted across the suite (alpha 0.05). A verdict needs the "
-        "target's transfer and source gates.",
-        "",
-        _markdown(verdict_table, {"hypothesis": "hypothesis", "mirrors": "mirrors", "comparison": "comparison",
-                                  "target": "target", "metric": "metric", "effect": "effect", "ci_low": "ci low",
-                                  "ci_high": "ci high", "min_effect": "min effect", "p_holm": "p (Holm)",
-                                  "verdict": "verdict", "published": "published"}),
-        "",
-        "## Gates",
-        "",
+        f"# Suite `{suite.name}`", "", suite.description, "",
+        "## Verdicts", "",
+        "Paired difference `better - worse` over seeds, each side at its validation-selected lr. Interval: "
+        f"two-sided Student-t at the hypothesis' Holm step level (family-wise {ALPHA} over the "
+        f"{int((confirmatory.p_holm.notna()).sum())} confirmatory hypotheses in scope), so it excludes 0 exactly "
+        "when p (Holm) < 0.05. *reproduced*: interval above 0 and effect >= min effect; *not reproduced*: "
+        "interval's upper end below the min effect; *contradicted*: interval below 0 and effect <= -min effect; "
+        "*undetermined*: otherwise; *out of scope*: a precondition or the transfer gate failed. MDE: the "
+        "smallest effect the test detects with 80% power at these seeds and this level.", "",
+        _markdown(confirmatory, VERDICT_COLUMNS), "",
+        "Minimum effects and their sources:", "",
+        *[f"- {r.hypothesis}: {_fmt(r.min_effect)} — {r.min_effect_source}" for r in confirmatory.itertuples()], "",
+        "## Exploratory comparisons (no verdict, not in the Holm family; unadjusted 95% interval)", "",
+        _markdown(verdict_table[verdict_table.exploratory],
+                  {k: v for k, v in VERDICT_COLUMNS.items() if k not in ("p_holm", "verdict", "seeds_needed", "mde",
+                                                                          "preconditions")}), "",
+        f"## Budget check (selected cells at {BUDGET_CHECK_FACTOR}x the steps, first seeds)", "",
+        _markdown(check, {"hypothesis": "hypothesis", "comparison": "comparison", "metric": "metric",
+                          "seeds": "seeds", "effect_1x": "effect (1x, same seeds)",
+                          "effect_longer": f"effect ({BUDGET_CHECK_FACTOR}x)", "verdict": "verdict",
+                          "holds": "verdict holds"}), "",
+        "## Gates", "",
         _markdown(gate_table, {"experiment": "experiment", "target": "target", "best_pretrained": "best pretrained",
                                "best_pretrained_accuracy": "acc", "best_baseline": "best baseline",
                                "best_baseline_accuracy": "acc ", "margin": "margin",
                                "required_margin": "required", "transfer_ok": "transfer ok",
-                               "source_accuracy": "source acc", "source_min_accuracy": "source gate",
-                               "source_ok": "source ok"}),
-        "",
+                               "source_accuracy": "lowest source acc", "source_min_accuracy": "source gate",
+                               "source_ok": "source ok"}), "",
+        "## Learning-rate selection", "",
+        f"{int(tuned.edge.sum())} of {len(tuned)} selected lrs sit at an edge of the lrs run; "
+        f"{int(tuned.capped.sum())} ({_fmt(tuned.capped.mean() if len(tuned) else math.nan)}) at an edge the grid "
+        f"may not extend further (at most {EXTENSION_CAP} candidates beyond each end of the base grid).", "",
         "## Strategies at their selected lr (mean ± 95% half-width over seeds)",
     ]
     for experiment in suite.experiments:
         for target in experiment.targets:
             part = table[(table.experiment == experiment.name) & (table.target == target.name)]
-            if part.empty:
-                continue
-            lines += ["", f"### {experiment.name} / {target.name}", "", _strategy_table(part)]
-    lines += ["", "## Forgetting at matched target accuracy", "",
-              _markdown(matched, {"experiment": "experiment", "target": "target", "strategy": "strategy",
-                                  "matched_test_accuracy": "matched test acc",
-                                  "retention_precise_bn_at_match": "retention (precise BN) at match"}), ""]
+            if not part.empty:
+                lines += ["", f"### {experiment.name} / {target.name}", "", _strategy_table(part)]
+    lines += ["", "## Convergence (selected lrs)", "",
+              f"Threshold: {THRESHOLD_FRACTION:.0%} of the best pretrained strategy's mean final validation "
+              "accuracy on the target; steps to it are averaged over the seeds that reach it.", "",
+              _markdown(converge, {"experiment": "experiment", "target": "target", "strategy": "strategy",
+                                   "val_auc": "val AUC", "val_at_quarter": "val acc at 25%",
+                                   "threshold": "threshold", "steps_to_threshold": "steps to threshold",
+                                   "reached": "share reaching it"}, with_ci=True), "",
+              "## Forgetting (selected lrs)", "",
+              f"Retention (precise BN) at matched target accuracy: along each run's trajectory, where its test "
+              f"accuracy first reaches {MATCH_FRACTION:.0%} of the lowest peak of the strategies' mean test "
+              "curves (the level is inside every strategy's span).", "",
+              _markdown(levels, {"experiment": "experiment", "target": "target",
+                                 "matched_test_accuracy": "matched test acc", "lowest_peak_strategy": "lowest peak",
+                                 "lowest_peak": "its peak"}) if len(levels) else "no tracked trajectories", "",
+              _markdown(forget, {"experiment": "experiment", "target": "target", "strategy": "strategy",
+                                 "retention_at_match": "retention at match", "matched_seeds": "seeds matched",
+                                 "retention_precise_bn": "retention at end (precise BN)",
+                                 "retention_weights_only": "retention at end (weights only)",
+                                 "backward_transfer": "backward transfer"}, with_ci=True), ""]
+    if len(ood):
+        wide = ood.pivot_table(index=["experiment", "corruption", "at_chance_for_all"], columns="strategy",
+                               values="ood_accuracy", sort=False).reset_index()
+        lines += ["## OOD accuracy per corruption (selected lrs, mean over seeds)", "",
+                  _markdown(wide, {c: c for c in wide.columns}), ""]
     lines += [f"![{name}]({name})" for name in plots]
-    improving = parents.still_improving.mean() if len(parents) else math.nan
-    lines += ["", "## Convergence", "",
-              f"Runs still improving at the end of their budget: {_fmt(float(improving), digits=3)} of "
-              f"{len(parents)} trained runs (all lrs); at the selected lrs: "
-              f"{_fmt(float(parents[parents.selected].still_improving.mean()), digits=3)}.", ""]
-    lines += ["## Failed cells", ""] + ([f"- {r.get('experiment')} / {r.get('target')} / {r.get('strategy')} / seed "
-                                         f"{r.get('seed')} / lr {r.get('lr')}: {r.get('error')}" for r in failed]
-                                        or ["none"])
+    lines += ["", "## Failed cells", ""] + ([f"- {r.get('experiment')} / {r.get('target')} / {r.get('strategy')} / "
+                                             f"seed {r.get('seed')} / lr {r.get('lr')}: {r.get('error')}"
+                                             for r in failed] or ["none"])
     versions = environment.get("versions", {})
+    phases = "; ".join(f"{p['phase']}: {p['computed']} of {p['cells']} cells in {p['seconds']:.0f} s"
+                       for p in environment.get("phases") or [])
     lines += ["", "## Environment and how to regenerate", "",
-              f"Regenerate with `{environment.get('command', f'python -m benchmarks run --suite {suite.name}')}` "
-              f"(reports alone: `python -m benchmarks report --suite {suite.name} --out <this folder>`).", "",
-              f"- {environment.get('device_name', '?')}, {environment.get('workers', '?')} worker process(es) of "
-              f"{environment.get('threads_per_cell', '?')} torch thread(s) per cell; wall time "
-              f"{_fmt(environment.get('wall_seconds'), digits=0)} s for {environment.get('computed', '?')} cells "
-              f"(1/5/15-minute load average at the start {environment.get('load_average_start', '?')}, at the end "
-              f"{environment.get('load_average', '?')}: other processes share the cores)",
+              f"Regenerate with {_regenerate_hint(suite, environment)} (reports alone: "
+              f"`python -m benchmarks report --out <this folder>`).", "",
+              f"- {environment.get('device_name', '?')}, {environment.get('executor', 'local')} executor, "
+              f"{environment.get('workers', '?')} worker process(es) of {environment.get('threads_per_cell', '?')} "
+              f"torch thread(s) per cell; wall time {_fmt(environment.get('wall_seconds'), digits=0)} s for "
+              f"{environment.get('computed', '?')} computed cells ({phases}); 1/5/15-minute load average at the "
+              f"start {environment.get('load_average_start', '?')}, at the end {environment.get('load_average', '?')}",
               "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
               f"- git {environment.get('git', {}).get('commit', '?')}, python {environment.get('python', '?')}, "
               f"{environment.get('date', '?')}", ""]
@@ -353,11 +585,9 @@ README_START, README_END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
 
 
 def readme_table(verdict_table: pd.DataFrame) -> str:
-    """The verdict table as the README shows it (from a verdicts.csv)."""
-    return _markdown(verdict_table, {"hypothesis": "hypothesis", "mirrors": "mirrors", "comparison": "comparison",
-                                     "target": "target", "metric": "metric", "effect": "effect",
-                                     "ci_low": "ci low", "ci_high": "ci high", "p_holm": "p (Holm)",
-                                     "verdict": "verdict", "published": "published"})
+    """The confirmatory verdict table as the README shows it (from a verdicts.csv)."""
+    confirmatory = verdict_table[~verdict_table.exploratory.astype(bool)]
+    return _markdown(confirmatory, {k: v for k, v in VERDICT_COLUMNS.items() if k not in ("preconditions",)})
 
 
 def write_readme_table(readme: Path, verdicts_csv: Path) -> None:

@@ -1,20 +1,29 @@
-"""Runs a suite: preparations first (source pretraining, Lite0 feature caches), then every cell, in
-``workers`` processes of ``threads`` torch threads each; finished cells are skipped on re-runs.
+"""Runs a suite: preparations first (source pretraining per source seed, Lite0 feature caches,
+then the linear probes), then every cell, in ``workers`` processes of ``threads`` torch threads
+each; finished cells are skipped on re-runs. Then the guards (:mod:`benchmarks.selection`): rounds
+of grid extensions until every selected lr is interior or capped, and the budget check (the
+hypotheses' selected cells at twice the steps).
 
 One fine-tuning cell (``kind`` finetune or scratch):
 
-1. Build the backbone (suite-pretrained, ImageNet Lite0 top, or random init for scratch), seeded by
-   the cell seed; keep the source head (Lee et al.'s protocol) or put a zero-initialised head on.
-   Pretrained backbones have every BatchNorm frozen (``lrgroups.norms.freeze_norm_stats``).
+1. Build the backbone (suite-pretrained from the cell's source seed, ImageNet Lite0 top, or random
+   init for scratch), seeded by the cell seed; keep the source head (Lee et al.'s protocol) or put
+   a zero-initialised head on (LP-FT: the seed's validation-selected linear probe). Pretrained
+   backbones have every BatchNorm frozen (``lrgroups.norms.freeze_norm_stats``) unless ``bn="train"``.
 2. Build the strategy (``lrgroups.recipes``) over AdamW at the cell's lr, warm-up then cosine to 0,
-   ``Budget.steps`` steps; evaluate on validation every ``eval_every`` steps.
-3. Measure test (and OOD) accuracy; CKA between the start's and the end's penultimate features on
-   the OOD (else test) images; with a labelled source: source test accuracy with the source head,
-   weights only (BatchNorm statistics as they are) and after ``lrgroups.norms.precise_bn`` on the
-   source training images, each against the source model measured the same way (retention =
-   after / before); WiSE-FT interpolations for ``wise`` strategies.
+   ``Budget.steps`` steps; evaluate on validation every ``eval_every`` steps (and, with
+   ``track_forgetting``, test accuracy and precise-BN source retention).
+3. Measure test accuracy and OOD accuracy per corruption; linear CKA between the start's and the
+   end's penultimate features on the OOD (else test) images and on the ID training images; the
+   normalised validation AUC and the validation accuracy at a quarter of the budget; with a
+   labelled source: source test accuracy with the source head, weights only and after
+   ``lrgroups.norms.precise_bn`` on the source training images, each against the source model
+   measured the same way (retention = after / before; backward transfer = after - before);
+   WiSE-FT interpolations for ``wise`` strategies, from the run's start (for LP-FT the pretrained
+   body with the linear probe as head: the zero-shot analogue) to its end point.
 
-Probe and pixel cells fit scikit-learn's logistic regression (closed form to convergence).
+Probe cells read the cached closed-form probes (:mod:`benchmarks.probes`); pixel cells fit
+scikit-learn's logistic regression.
 
 Numbers depend on the cell's config, the torch thread count and library versions only (every cell
 seeds itself; deterministic algorithms are requested), not on the process layout. ``runs.jsonl`` is
@@ -24,12 +33,13 @@ rewritten atomically after every cell; a cell that raises is recorded as failed 
 from __future__ import annotations
 
 import copy
+import math
 import multiprocessing
 import os
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -47,6 +57,7 @@ from lrgroups.depth import find_head
 from lrgroups.norms import freeze_norm_stats, precise_bn
 
 from . import metrics
+from .probes import DEGENERATE_CE, best_probe, penultimate, probe_for, probe_model, set_probe_head
 from .sources import (
     CellData,
     Preparation,
@@ -61,9 +72,8 @@ from .store import atomic_write, environment_record, read_runs, to_json, version
 from .suites import WISE_ALPHAS, Cell, Suite
 from .training import Device, batches, predict, resolve_device, steps_per_epoch, train_step
 
-#: A run still improves when its last validation accuracy beats its best at or before 75% of the
-#: budget by more than this (4 images of a 200-image validation set).
-IMPROVING_TOLERANCE = 0.02
+#: Retention along training uses every CURVE_EVERY-th source image (test and precise-BN sets).
+CURVE_EVERY = 2
 
 
 def key_environment(device: Device) -> dict[str, Any]:
@@ -71,11 +81,15 @@ def key_environment(device: Device) -> dict[str, Any]:
     return {"device": device.type, "cpu_threads": device.threads, **versions()}
 
 
-def still_improving(steps: list[int], values: list[float], total: int) -> bool:
-    """Whether the last validation value exceeds the best one at or before 75% of ``total`` steps
-    by more than IMPROVING_TOLERANCE."""
-    early = [v for s, v in zip(steps, values) if s <= 0.75 * total]
-    return bool(early) and values[-1] - max(early) > IMPROVING_TOLERANCE
+def curve_area(steps: Sequence[int], values: Sequence[float], total: int) -> float:
+    """The normalised area under a validation curve: the trapezoid integral over steps 0..``total``
+    divided by ``total`` (the mean accuracy over the budget; 1 for a curve at 1 throughout)."""
+    return float(np.trapezoid(values, steps) / total)
+
+
+def value_at(steps: Sequence[int], values: Sequence[float], step: float) -> float:
+    """The curve linearly interpolated at ``step``."""
+    return float(np.interp(step, steps, values))
 
 
 # --- Closed-form cells -----------------------------------------------------------------------------
@@ -90,29 +104,24 @@ def _logistic(x_train: np.ndarray, y_train: np.ndarray, C: float):
     return lambda x: model.predict(scaler.transform(x))
 
 
+def _ood_record(accuracies: Mapping[str, float]) -> dict[str, float]:
+    """``ood_accuracy_<name>`` per corruption and their mean ``ood_accuracy`` (empty without OOD)."""
+    if not accuracies:
+        return {}
+    return {"ood_accuracy": float(np.mean(list(accuracies.values()))),
+            **{f"ood_accuracy_{name}": value for name, value in accuracies.items()}}
+
+
 def pixel_cell(cell: Cell, data: CellData) -> dict[str, Any]:
     """The pixel baseline: standardised raw pixels, L2 logistic regression with C = the cell's lr."""
     flat = {name: getattr(data, name).pixels.flatten(1).numpy() for name in ("train", "val", "test")}
     predict_fn = _logistic(flat["train"], data.train.labels.numpy(), cell.lr)
-    record = {name: float((predict_fn(flat[name]) == getattr(data, name).labels.numpy()).mean())
-              for name in ("val", "test")}
-    out = {"val_accuracy": record["val"], "test_accuracy": record["test"]}
-    if data.ood is not None:
-        out["ood_accuracy"] = float((predict_fn(data.ood.pixels.flatten(1).numpy()) == data.ood.labels.numpy()).mean())
-    return out
 
+    def score(split: Any) -> float:
+        return float((predict_fn(split.pixels.flatten(1).numpy()) == split.labels.numpy()).mean())
 
-def penultimate(model: nn.Module, x: Tensor) -> Tensor:
-    """What the head receives (``lrgroups.recipes.head_features``, eval mode), float32 on the CPU."""
-    device = next(model.parameters()).device
-    return torch.cat([recipes.head_features(model, x[i : i + 250].to(device), batch_size=250).float().cpu()
-                      for i in range(0, len(x), 250)])
-
-
-def probe_head(model: nn.Module, x_train: Tensor, y_train: Tensor, C: float) -> None:
-    """Fit the head in closed form on the frozen backbone's features (``lrgroups.recipes.fit_linear_probe``)."""
-    weight, bias = recipes.fit_linear_probe(penultimate(model, x_train), y_train, C=C)
-    recipes.set_linear_head(find_head(model), weight, bias)
+    return {"val_accuracy": score(data.val), "test_accuracy": score(data.test),
+            **_ood_record({name: score(split) for name, split in data.ood.items()})}
 
 
 # --- Fine-tuning cells -----------------------------------------------------------------------------
@@ -120,38 +129,79 @@ def probe_head(model: nn.Module, x_train: Tensor, y_train: Tensor, C: float) -> 
 
 @dataclass
 class Inputs:
-    """Model inputs of a cell's splits."""
+    """Model inputs of a cell's splits (``ood`` by corruption name)."""
 
     train: Tensor
     val: Tensor
     test: Tensor
-    ood: Tensor | None
+    ood: dict[str, Tensor]
+
+    @property
+    def shifted(self) -> Tensor:
+        """Every OOD image (corruptions concatenated), else the test images: where CKA is measured."""
+        return torch.cat(list(self.ood.values())) if self.ood else self.test
 
 
 def _inputs(cell: Cell, data: CellData, pretrained: bool, cache_dir: Path, environment: Mapping[str, Any]) -> Inputs:
     get = partial(model_inputs, cell.experiment, cell.target, cell.seed, pretrained=pretrained, cache_dir=cache_dir,
                   environment=environment)
     return Inputs(*(get(split_name=name, split=getattr(data, name)) for name in ("train", "val", "test")),
-                  None if data.ood is None else get(split_name="ood", split=data.ood))
+                  {name: get(split_name=f"ood/{name}", split=split) for name, split in data.ood.items()})
 
 
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor, device: Device) -> float:
     return metrics.accuracy(predict(model, x, device), y)
 
 
-def _source_scores(model: nn.Module, data: CellData, device: Device) -> tuple[float, float]:
-    """Source test accuracy: weights only (BatchNorm statistics as they are), then after precise BN
-    on the source training images (the model's statistics are re-estimated in place)."""
+def _scores(model: nn.Module, x: Inputs, data: CellData, device: Device) -> dict[str, float]:
+    """Test accuracy and the OOD accuracies of the model as it is."""
+    return {"test_accuracy": _accuracy(model, x.test, data.test.labels, device),
+            **_ood_record({name: _accuracy(model, x.ood[name], split.labels, device)
+                           for name, split in data.ood.items()})}
+
+
+def _source_batches(data: CellData) -> list[Tensor]:
     from .sources import normalized
 
-    x_test, x_train = normalized(data.source_test.pixels), normalized(data.source_train.pixels)
-    weights_only = _accuracy(model, x_test, data.source_test.labels, device)
-    precise_bn(model, (x_train[i : i + 200] for i in range(0, len(x_train), 200)))
-    return weights_only, _accuracy(model, x_test, data.source_test.labels, device)
+    x_train = normalized(data.source_train.pixels)
+    return [x_train[i : i + 200] for i in range(0, len(x_train), 200)]
 
 
-def build_recipe(cell: Cell) -> recipes.Recipe:
-    return recipes.RECIPES[cell.strategy.recipe](**dict(cell.strategy.kwargs))
+def _source_scores(model: nn.Module, source_head: nn.Module, data: CellData, device: Device,
+                   weights_only: bool = True, every: int = 1) -> tuple[float, float]:
+    """Source test accuracy of ``model`` with the source head (on a copy): weights only (BatchNorm
+    statistics as they are; nan unless ``weights_only``), then after precise BN on the source
+    training images; ``every``: use every ``every``-th image of both sets."""
+    from .sources import normalized
+
+    model = _with_head(model, source_head)
+    x_test, y_test = normalized(data.source_test.pixels[::every]), data.source_test.labels[::every]
+    as_is = _accuracy(model, x_test, y_test, device) if weights_only else math.nan
+    precise_bn(model, (batch[::every].to(device.torch) for batch in _source_batches(data)))
+    return as_is, _accuracy(model, x_test, y_test, device)
+
+
+def _l2sp_alpha(cell: Cell) -> float:
+    """``pull / sum_t lr_t`` over the cell's warm-up + cosine schedule (see ``Strategy``)."""
+    budget = cell.experiment.budget
+    total = sum(warmup_cosine(step, budget.warmup_steps, budget.steps) for step in range(budget.steps))
+    return float(dict(cell.strategy.kwargs)["pull"]) / (cell.lr * total)
+
+
+def build_recipe(cell: Cell, probe_C: float | None = None) -> recipes.Recipe:
+    """The cell's recipe; ``pull`` becomes L2-SP's alpha, LP-FT gets the probe's chosen ``C``."""
+    kwargs = dict(cell.strategy.kwargs)
+    if "pull" in kwargs:
+        kwargs["alpha"] = _l2sp_alpha(cell)
+        del kwargs["pull"]
+    if cell.strategy.recipe == "lp_ft" and probe_C is not None:
+        kwargs["C"] = probe_C
+    return recipes.RECIPES[cell.strategy.recipe](**kwargs)
+
+
+def _head_name(model: nn.Module) -> str:
+    head = find_head(model)
+    return next(name for name, module in model.named_modules() if module is head)
 
 
 def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
@@ -160,7 +210,7 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
     experiment, budget, strategy = cell.experiment, cell.experiment.budget, cell.strategy
     pretrained = strategy.kind == "finetune"
     torch.manual_seed(cell.seed)
-    model, source_meta = source_backbone(experiment, pretrained, cache_dir, environment)
+    model, source_meta = source_backbone(experiment, pretrained, cache_dir, environment, cell.source.seed)
     source_head = copy.deepcopy(find_head(model))
     if not experiment.keep_source_head:
         model.reset_classifier(cell.target.num_classes)
@@ -170,21 +220,42 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
     x = _inputs(cell, data, pretrained, cache_dir, environment)
     y_train = data.train.labels
     frozen_norms = freeze_norm_stats(model) if pretrained and experiment.bn == "frozen" else None
+    tracks_source = data.source_test is not None and pretrained
+    before = _source_scores(model, source_head, data, device) if tracks_source else None
 
-    before = None
-    if data.source_test is not None and pretrained:  # the source model, as is and after precise BN
-        before = _source_scores(_with_head(model, source_head), data, device)
-    recipe = build_recipe(cell)
-    extra = {"probe": lambda m: (penultimate(m, x.train), y_train)} if recipe.probe_C is not None else {}
+    record: dict[str, Any] = {}
+    if pretrained and strategy.recipe == "lp_ft":
+        C, probe = best_probe(experiment, cell.target, cell.seed, cache_dir, environment, device)
+        set_probe_head(model, probe)
+        record.update(probe_C=C, probe_train_ce=probe.train_ce, probe_degenerate=probe.train_ce < DEGENERATE_CE)
+    recipe = build_recipe(cell, record.get("probe_C"))
+    extra = {"probe": "fitted"} if recipe.probe_C is not None else {}
     tuning = recipe.build(model, torch.optim.AdamW, lr=cell.lr, weight_decay=budget.weight_decay,
                           total_steps=budget.steps, steps_per_epoch=steps_per_epoch(len(y_train), budget.batch_size),
                           **extra)
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    start_features = penultimate(model, x.ood if x.ood is not None else x.test)
+    start_features = {"shifted": penultimate(model, x.shifted), "train": penultimate(model, x.train)}
     schedule = torch.optim.lr_scheduler.LambdaLR(
         tuning.optimizer, partial(warmup_cosine, warmup=budget.warmup_steps, total=budget.steps))
     order = batches(len(y_train), budget.batch_size, seed=cell.seed)
-    curve: dict[str, list] = {"step": [0], "val_accuracy": [_accuracy(model, x.val, data.val.labels, device)]}
+    curve: dict[str, list] = {"step": [], "val_accuracy": []}
+    track = experiment.track_forgetting and tracks_source
+    if track:  # the curve's retention: half of each source set (the end point uses all of them)
+        curve_before = _source_scores(model, source_head, data, device, weights_only=False, every=CURVE_EVERY)[1]
+
+    forgetting_every = budget.forgetting_every or budget.eval_every
+
+    def evaluate(step: int) -> None:
+        curve["step"].append(step)
+        curve["val_accuracy"].append(_accuracy(model, x.val, data.val.labels, device))
+        if track and (step % forgetting_every == 0 or step == budget.steps):
+            curve.setdefault("forgetting_step", []).append(step)
+            curve.setdefault("test_accuracy", []).append(_accuracy(model, x.test, data.test.labels, device))
+            after = curve_before if step == 0 else _source_scores(model, source_head, data, device,
+                                                                  weights_only=False, every=CURVE_EVERY)[1]
+            curve.setdefault("retention_precise_bn", []).append(metrics.retention(after, curve_before))
+
+    evaluate(0)
     train_seconds = 0.0
     for step in range(1, budget.steps + 1):
         started = time.perf_counter()
@@ -195,45 +266,41 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
         tuning.after_step()
         train_seconds += time.perf_counter() - started
         if step % budget.eval_every == 0 or step == budget.steps:
-            curve["step"].append(step)
-            curve["val_accuracy"].append(_accuracy(model, x.val, data.val.labels, device))
+            evaluate(step)
             tuning.after_validation(curve["val_accuracy"][-1])
-    record: dict[str, Any] = {
+    record.update({
         "val_accuracy": curve["val_accuracy"][-1],
-        "test_accuracy": _accuracy(model, x.test, data.test.labels, device),
+        **_scores(model, x, data, device),
         "curve": curve,
+        "val_auc": curve_area(curve["step"], curve["val_accuracy"], budget.steps),
+        "val_at_quarter": value_at(curve["step"], curve["val_accuracy"], budget.steps / 4),
         "train_seconds": train_seconds,
-        "still_improving": still_improving(curve["step"], curve["val_accuracy"], budget.steps),
         "trainable_at_end": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "source_model": source_meta if isinstance(source_meta, dict) else {},
-    }
-    if x.ood is not None:
-        record["ood_accuracy"] = _accuracy(model, x.ood, data.ood.labels, device)
-    end_features = penultimate(model, x.ood if x.ood is not None else x.test)
-    record["ood_cka" if x.ood is not None else "test_cka"] = metrics.linear_cka(start_features, end_features)
+    })
+    if strategy.recipe == "l2_sp":
+        record["l2sp_alpha"] = _l2sp_alpha(cell) if "pull" in dict(strategy.kwargs) else dict(strategy.kwargs)["alpha"]
+    record["ood_cka" if x.ood else "test_cka"] = metrics.linear_cka(start_features["shifted"],
+                                                                      penultimate(model, x.shifted))
+    record["id_cka"] = metrics.linear_cka(start_features["train"], penultimate(model, x.train))
     if strategy.wise:
         record["variants"] = _wise(cell, model, start_state, x, data, device)
     if frozen_norms is not None:
         frozen_norms.remove()
     if before is not None:
-        after = _source_scores(_with_head(model, source_head), data, device)
+        after = _source_scores(model, source_head, data, device)
         record.update(source_accuracy_before=before[0], source_accuracy_after=after[0],
                       source_accuracy_before_precise_bn=before[1], source_accuracy_after_precise_bn=after[1],
                       retention_weights_only=metrics.retention(after[0], before[0]),
-                      retention_precise_bn=metrics.retention(after[1], before[1]))
+                      retention_precise_bn=metrics.retention(after[1], before[1]),
+                      backward_transfer=after[1] - before[1])
     return record
-
-
-def _source_x(data: CellData) -> Tensor:
-    from .sources import normalized
-
-    return normalized(data.source_test.pixels)
 
 
 def _with_head(model: nn.Module, source_head: nn.Module) -> nn.Module:
     """A copy of ``model`` with the source head (the label space of the source test set)."""
     copy_ = copy.deepcopy(model)
-    head_name = next(name for name, module in copy_.named_modules() if module is find_head(copy_))
+    head_name = _head_name(copy_)
     parent = copy_.get_submodule(head_name.rpartition(".")[0]) if "." in head_name else copy_
     setattr(parent, head_name.rpartition(".")[2], copy.deepcopy(source_head))
     return copy_
@@ -241,34 +308,31 @@ def _with_head(model: nn.Module, source_head: nn.Module) -> nn.Module:
 
 def _wise(cell: Cell, model: nn.Module, start: Mapping[str, Tensor], x: Inputs, data: CellData,
           device: Device) -> dict[str, dict[str, float]]:
-    """WiSE-FT (Wortsman et al., 2022): accuracies of ``(1 - alpha) * start + alpha * end`` for each alpha."""
+    """WiSE-FT (Wortsman et al., 2022): test and OOD accuracies of ``(1 - alpha) * start + alpha * end``
+    for each alpha of WISE_ALPHAS."""
     end = {k: v.detach().clone() for k, v in model.state_dict().items()}
     variants = {}
     for alpha in WISE_ALPHAS:
         model.load_state_dict(lrgroups.wise_ft(start, end, alpha))
-        row = {"test_accuracy": _accuracy(model, x.test, data.test.labels, device)}
-        if x.ood is not None:
-            row["ood_accuracy"] = _accuracy(model, x.ood, data.ood.labels, device)
-        variants[f"{cell.strategy.name}+wise_{alpha}"] = row
+        variants[f"{cell.strategy.name}+wise_{alpha}"] = _scores(model, x, data, device)
     model.load_state_dict(end)
     return variants
 
 
 def probe_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
                environment: Mapping[str, Any]) -> dict[str, Any]:
-    """The linear probe: closed-form head on the frozen pretrained backbone's features, C = the cell's lr."""
-    model, _ = source_backbone(cell.experiment, True, cache_dir, environment)
-    model.reset_classifier(cell.target.num_classes)
-    model = device.prepare(model)
+    """The linear probe: the cached closed-form head (:mod:`benchmarks.probes`) with C = the cell's lr
+    on the frozen pretrained backbone."""
+    model = probe_model(cell.experiment, cell.seed, cell.target.num_classes, cache_dir, environment, device)
     x = _inputs(cell, data, True, cache_dir, environment)
-    probe_head(model, x.train, data.train.labels, C=cell.lr)
-    record = {"val_accuracy": _accuracy(model, x.val, data.val.labels, device),
-              "test_accuracy": _accuracy(model, x.test, data.test.labels, device), "still_improving": False}
-    if x.ood is not None:
-        record["ood_accuracy"] = _accuracy(model, x.ood, data.ood.labels, device)
-        record["ood_cka"] = 1.0
+    probe = probe_for(cell.experiment, cell.target, cell.seed, cell.lr, cache_dir, environment, device)
+    set_probe_head(model, probe)
+    record = {"val_accuracy": _accuracy(model, x.val, data.val.labels, device), **_scores(model, x, data, device),
+              "probe_C": cell.lr, "probe_train_ce": probe.train_ce}
+    record["ood_cka" if x.ood else "test_cka"] = 1.0
+    record["id_cka"] = 1.0
     if data.source_test is not None:
-        record.update(retention_weights_only=1.0, retention_precise_bn=1.0)
+        record.update(retention_weights_only=1.0, retention_precise_bn=1.0, backward_transfer=0.0)
     return record
 
 
@@ -277,7 +341,7 @@ def run_cell(cell: Cell, device: Device, cache_dir: Path, environment: Mapping[s
     data = cell_data(cell.experiment, cell.target, cell.seed)
     kind = cell.strategy.kind
     if kind == "pixel":
-        return {**pixel_cell(cell, data), "still_improving": False}
+        return pixel_cell(cell, data)
     if kind == "probe":
         return probe_cell(cell, data, device, cache_dir, environment)
     return finetune_cell(cell, data, device, cache_dir, environment)
@@ -290,6 +354,9 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(threads: int, cache_dir: Path, environment: Mapping[str, Any], device_choice: str = "cpu") -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)  # scikit-learn's BLAS too: no oversubscribed cores, numbers fixed by the thread count
     device = resolve_device(device_choice, threads=threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     _WORKER.update(device=device, cache_dir=cache_dir, environment=dict(environment))
@@ -375,16 +442,18 @@ def _ray_mapper(address: str | None, threads: int, cache_dir: Path, environment:
 def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, threads: int = 1,
               device_choice: str = "cpu", max_cells: int | None = None, progress: bool = True, command: str = "",
               report: Callable[[Path, Suite], None] | None = None, executor: str = "local",
-              address: str | None = None) -> Outcome:
+              address: str | None = None, guards: bool = True) -> Outcome:
     """Run the suite's unfinished cells into ``out/runs.jsonl`` with ``workers`` processes of
-    ``threads`` torch threads each (one process on CUDA), then write the reports. A suite with a
-    ``time_budget_s`` is first sized: one timed training step per experiment decides how many of
-    its seeds run (:func:`benchmarks.sizing.size_suite`). ``executor="ray"``: one Ray task per cell
-    with ``threads`` CPUs, on a local cluster or the one at ``address`` (``workers`` is not used);
-    the numbers are the same as with local processes.
+    ``threads`` torch threads each (one process on CUDA), then, with ``guards``, the grid
+    extensions and the budget check, then write the reports. A suite with a ``time_budget_s`` is
+    first sized: one timed training step per experiment decides how many of its seeds run
+    (:func:`benchmarks.sizing.size_suite`). ``executor="ray"``: one Ray task per cell with
+    ``threads`` CPUs, on a local cluster or the one at ``address`` (``workers`` is not used); the
+    numbers are the same as with local processes.
 
     Raises:
         RuntimeError: ``device_choice="cuda"`` without a CUDA device.
+        ValueError: an unknown executor.
     """
     started, load_at_start = time.perf_counter(), os.getloadavg()
     device = resolve_device(device_choice, threads=threads)
@@ -396,59 +465,100 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
         from .sizing import size_suite
 
         suite, sizing = size_suite(suite, device)
+    if executor not in ("local", "ray"):
+        raise ValueError(f"unknown executor {executor!r}; known: local, ray")
     environment = key_environment(device)
-    cells = suite.cells()
-    keys = [cell.key(environment) for cell in cells]
     runs_path = out / "runs.jsonl"
     records = {record["key"]: record for record in read_runs(runs_path)}
-    done = {key for key, record in records.items() if record.get("status") == "ok"}
-    pending = [(i, cell) for i, (cell, key) in enumerate(zip(cells, keys)) if key not in done]
-    if max_cells is not None:
-        pending = pending[:max_cells]
-    outcome = Outcome(skipped=len(cells) - len([k for k in keys if k not in done]))
+    outcome = Outcome()
     invocation = uuid.uuid4().hex[:12]
     if executor == "ray":
         imap, close = _ray_mapper(address, threads, cache_dir, environment, device.type)
-    elif executor == "local":
-        imap, close = _mapper(workers, threads, cache_dir, environment, device.type)
     else:
-        raise ValueError(f"unknown executor {executor!r}; known: local, ray")
+        imap, close = _mapper(workers, threads, cache_dir, environment, device.type)
     prepared: list[dict[str, Any]] = []
-    try:
-        needed = preparations(tuple(dict.fromkeys(cell.experiment for _, cell in pending)))
-        prepared = list(imap(_prepare_job, needed))
-        bar = tqdm(total=len(cells), initial=outcome.skipped, desc=suite.name, unit="cell", disable=not progress,
-                   dynamic_ncols=True, smoothing=0)
+    order: list[str] = []
+    phases: list[dict[str, Any]] = []
+
+    def run_cells(cells: list[Cell], phase: str) -> None:
+        keys = [cell.key(environment) for cell in cells]
+        order.extend(k for k in keys if k not in order)
+        pending = [(i, cell) for i, (cell, key) in enumerate(zip(cells, keys))
+                   if records.get(key, {}).get("status") != "ok"]
+        if max_cells is not None:
+            pending = pending[: max(0, max_cells - outcome.computed - outcome.failed)]
+        outcome.skipped += len(cells) - len([k for k in keys if records.get(k, {}).get("status") != "ok"])
+        phase_started = time.perf_counter()
+        bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"{suite.name} {phase}", unit="cell",
+                   disable=not progress, dynamic_ncols=True, smoothing=0)
         for index, result in imap(_cell_job, pending):
             cell, key = cells[index], keys[index]
             records[key] = {"key": key, "experiment": cell.experiment.name, "target": cell.target.name,
-                            "strategy": cell.strategy.name, "seed": cell.seed, "lr": cell.lr,
+                            "strategy": cell.strategy.name, "seed": cell.seed, "lr": cell.lr, "phase": phase,
                             "config": cell.config(), "environment": environment, "invocation": invocation,
                             **result}
-            write_runs(runs_path, [records[k] for k in keys if k in records]
-                       + [r for k, r in records.items() if k not in set(keys)])
-            outcome.computed += 1
-            outcome.failed += result["status"] == "failed"
+            write_runs(runs_path, [records[k] for k in order if k in records]
+                       + [r for k, r in records.items() if k not in set(order)])
             if result["status"] == "failed":
+                outcome.failed += 1
                 bar.write(f"FAILED {cell.label}: {result['error']}")
+            else:
+                outcome.computed += 1
             bar.update(1)
         bar.close()
+        phases.append({"phase": phase, "cells": len(cells), "computed": len(pending),
+                       "seconds": time.perf_counter() - phase_started})
+
+    def frame():
+        from .selection import runs_frame
+
+        return runs_frame(suite, [r for r in records.values() if r.get("status") == "ok"])
+
+    try:
+        base = suite.cells()
+        for wave in preparations(suite.experiments):  # built once; later runs only check the checksums
+            bar = tqdm(total=len(wave), desc=f"{suite.name} preparations", unit="job", disable=not progress)
+            for result in imap(_prepare_job, wave):
+                prepared.append(result)
+                bar.set_postfix_str(str(result.get("label", "")))
+                bar.update(1)
+            bar.close()
+        run_cells(base, "grid")
+        if guards:
+            from .selection import BUDGET_CHECK_FACTOR, EXTENSION_CAP, budget_check_cells, grid_extensions
+
+            for round_ in range(1, 2 * EXTENSION_CAP + 1):  # each round moves an edge one candidate out
+                extra = [c for c in grid_extensions(suite, frame()) if records.get(c.key(environment), {})
+                         .get("status") != "ok"]
+                if not extra or (max_cells is not None and outcome.computed + outcome.failed >= max_cells):
+                    break
+                run_cells(extra, f"extension {round_}")
+            if max_cells is None or outcome.computed + outcome.failed < max_cells:
+                checks = budget_check_cells(suite, frame())
+                if checks:
+                    run_cells(checks, f"budget x{BUDGET_CHECK_FACTOR}")
     finally:
         close()
-    outcome.remaining = sum(records.get(key, {}).get("status") != "ok" for key in keys)
+    stale = [k for k, r in records.items() if r.get("status") == "failed" and k not in set(order)]
+    if stale:  # failed guard cells this run no longer plans (their selection changed): not a result, not pending
+        for key in stale:
+            del records[key]
+        write_runs(runs_path, [records[k] for k in order if k in records]
+                   + [r for k, r in records.items() if k not in set(order)])
+    outcome.remaining = sum(records.get(key, {}).get("status") != "ok" for key in order)
     outcome.seconds = time.perf_counter() - started
-    extra = {"suite": suite.name, "invocation": invocation, "wall_seconds": outcome.seconds, "executor": executor,
-             "workers": workers,
-             "threads_per_cell": threads, "cells": len(cells), "computed": outcome.computed,
-             "skipped": outcome.skipped, "failed": outcome.failed, "not_done": outcome.remaining,
-             "preparations": [{k: p.get(k) for k in ("label", "file", "seconds", "built_now", "source_accuracy",
-                                                     "min_accuracy")} for p in prepared],
-             "load_average_start": load_at_start, "load_average": os.getloadavg(), "sizing": sizing}
+    extra_record = {"suite": suite.name, "invocation": invocation, "wall_seconds": outcome.seconds,
+                    "executor": executor, "workers": workers, "threads_per_cell": threads, "cells": len(order),
+                    "computed": outcome.computed, "skipped": outcome.skipped, "failed": outcome.failed,
+                    "not_done": outcome.remaining, "phases": phases,
+                    "preparations": [{k: p.get(k) for k in ("label", "file", "seconds", "built_now", "source_accuracy",
+                                                            "min_accuracy", "source_seed")} for p in prepared],
+                    "load_average_start": load_at_start, "load_average": os.getloadavg(), "sizing": sizing}
     environment_path = out / "environment.json"
     import json
 
     previous = json.loads(environment_path.read_text()) if environment_path.exists() else None
-    atomic_write(environment_path, to_json(environment_record(device, command, extra, previous), indent=2))
+    atomic_write(environment_path, to_json(environment_record(device, command, extra_record, previous), indent=2))
     if report is not None:
         report(out, suite)
     return outcome

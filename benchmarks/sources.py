@@ -2,9 +2,12 @@
 on disk) and, for EfficientNet-Lite0, the cached outputs of the frozen lower blocks.
 
 Preparations (``prepare``) are computed once per suite run, before any cell, and cached under
-``<cache>/`` with a checksum: ``source-<experiment>-<key>.pt`` (a source backbone, its recipe and
-source test accuracy in the ``.json`` beside it) and ``features-<experiment>-<pretrained|random>-<key>.pt``.
-Everything is seeded; nothing depends on which process computes it.
+``<cache>/`` with a checksum: ``source-<dataset>-<key>.pt`` (a source backbone per source-pretraining
+seed, its recipe and source test accuracy in the ``.json`` beside it),
+``features-<experiment>-<pretrained|random>-<key>.pt`` (Lite0's frozen lower blocks) and
+``probes-<experiment>-<key>.pt`` (every closed-form linear probe of the experiment, see
+:mod:`benchmarks.probes`; built after the first two). Everything is seeded; nothing depends on
+which process computes it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -50,13 +53,14 @@ class Split:
 
 @dataclass(frozen=True)
 class CellData:
-    """A cell's splits: train, val, test, optional ood (test images corrupted), and the source
-    test and training sets (for retention and precise BN; None for ImageNet sources)."""
+    """A cell's splits: train, val, test, ``ood`` (the test images under each of the target's OOD
+    corruptions, by name; empty without), and the source test and training sets (for retention and
+    precise BN; None for ImageNet sources)."""
 
     train: Split
     val: Split
     test: Split
-    ood: Split | None
+    ood: dict[str, Split]
     source_test: Split | None
     source_train: Split | None
 
@@ -111,9 +115,8 @@ def cell_data(experiment: Experiment, target: Target, seed: int) -> CellData:
         train_ids, val_ids, test_ids = _folder_ids(folders, raw_labels, target, seed)
     splits = [_split(target.dataset, ids, _labels(target, raw_labels, ids), target.shift, noise)
               for ids, noise in ((train_ids, seed), (val_ids, seed + 5_000), (test_ids, TEST_NOISE_SEED))]
-    ood = None
-    if target.ood is not None:
-        ood = _split(target.dataset, test_ids, splits[2].labels, target.ood, TEST_NOISE_SEED)
+    ood = {name: _split(target.dataset, test_ids, splits[2].labels, name, TEST_NOISE_SEED + index)
+           for index, name in enumerate(target.ood)}
     source_test = source_train = None
     if experiment.source.kind == "pretrain":
         source_test, source_train = source_splits(experiment)
@@ -151,52 +154,77 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 
 @dataclass(frozen=True)
 class Preparation:
-    """A cached artefact cells need: ``kind`` ``"source"`` (pretrain the experiment's backbone) or
-    ``"features"`` (Lite0 lower-block outputs, ``pretrained`` or random init)."""
+    """A cached artefact cells need: ``kind`` ``"source"`` (pretrain the experiment's backbone from
+    ``source_seed``), ``"features"`` (Lite0 lower-block outputs, ``pretrained`` or random init) or
+    ``"probes"`` (the experiment's linear probes, :mod:`benchmarks.probes`)."""
 
     experiment: Experiment
     kind: str
     pretrained: bool = True
+    source_seed: int = 0
 
     @property
     def label(self) -> str:
-        return f"{self.kind} {self.experiment.name}" + ("" if self.pretrained else " (random init)")
+        seed = f" (source seed {self.source_seed})" if self.kind == "source" else ""
+        return f"{self.kind} {self.experiment.name}{seed}" + ("" if self.pretrained else " (random init)")
+
+    @property
+    def source(self) -> Any:
+        return replace(self.experiment.source, seed=self.source_seed)
 
     def config(self) -> dict[str, Any]:
         experiment = self.experiment
         config: dict[str, Any] = {"kind": self.kind, "backbone": experiment.backbone}
         # a source depends on the backbone and the source task only
         if self.kind == "source":
-            config["source"] = asdict(experiment.source)
+            config["source"] = asdict(self.source)
+        elif self.kind == "probes":
+            from .probes import probe_config
+
+            config.update(probe_config(experiment))
         else:
             config.update(pretrained=self.pretrained, image_size=experiment.image_size,
                           targets=[asdict(t) for t in experiment.targets], seeds=list(experiment.seeds))
         return config
 
     def path(self, cache_dir: Path, environment: Mapping[str, Any]) -> Path:
+        """The cache file: named by the dataset or experiment (as a file-name part valid on every
+        OS, :func:`benchmarks.store.file_name_part`) and the key."""
+        from .store import file_name_part
+
         key = config_hash({**self.config(), "environment": dict(environment)})
         if self.kind == "source":  # one source model for every experiment that shares it
-            return cache_dir / f"source-{self.experiment.source.dataset}-{key}.pt"
+            return cache_dir / f"source-{file_name_part(self.experiment.source.dataset)}-{key}.pt"
+        name = file_name_part(self.experiment.name)
+        if self.kind == "probes":
+            return cache_dir / f"probes-{name}-{key}.pt"
         tag = "pretrained" if self.pretrained else "random"
-        return cache_dir / f"features-{self.experiment.name}-{tag}-{key}.pt"
+        return cache_dir / f"features-{name}-{tag}-{key}.pt"
 
 
-def preparations(experiments: tuple[Experiment, ...]) -> list[Preparation]:
-    """The preparations an experiment list needs, each once (experiments may share a source)."""
-    out, sources = [], set()
+def preparations(experiments: tuple[Experiment, ...]) -> list[list[Preparation]]:
+    """The preparations an experiment list needs, each once (experiments may share a source), in
+    waves: sources and features first, then the probes that are fitted on them."""
+    first, probes, sources = [], [], set()
     for experiment in experiments:
-        if experiment.source.kind == "pretrain" and (experiment.backbone, experiment.source) not in sources:
-            sources.add((experiment.backbone, experiment.source))
-            out.append(Preparation(experiment, "source"))
+        if experiment.source.kind == "pretrain":
+            for source in dict.fromkeys(experiment.source_for(seed) for seed in experiment.seeds):
+                if (experiment.backbone, source) not in sources:
+                    sources.add((experiment.backbone, source))
+                    first.append(Preparation(experiment, "source", source_seed=source.seed))
         if experiment.backbone == "lite0_top":
-            out += [Preparation(experiment, "features", True), Preparation(experiment, "features", False)]
-    return out
+            first += [Preparation(experiment, "features", True), Preparation(experiment, "features", False)]
+        from .probes import needs_probes
+
+        if needs_probes(experiment):
+            probes.append(Preparation(experiment, "probes"))
+    return [wave for wave in (first, probes) if wave]
 
 
-def pretrain(experiment: Experiment, device: Device) -> tuple[dict[str, Tensor], float]:
+def pretrain(experiment: Experiment, device: Device, source_seed: int = 0) -> tuple[dict[str, Tensor], float]:
     """Train the experiment's backbone from random init on its source task (AdamW, warm-up then
-    cosine to 0); returns (state dict, source test accuracy)."""
-    source = experiment.source
+    cosine to 0), seeded by ``source_seed``; returns (state dict, source test accuracy)."""
+    source = replace(experiment.source, seed=source_seed)
     test, train = source_splits(experiment)
     torch.manual_seed(source.seed)
     model = device.prepare(create_resnet_tiny(len(source.classes)))
@@ -234,19 +262,25 @@ def _feature_splits(experiment: Experiment) -> dict[str, Split]:
     for target in experiment.targets:
         for seed in experiment.seeds:
             data = cell_data(experiment, target, seed)
-            for name in ("train", "val", "test", "ood"):
-                split = getattr(data, name)
-                if split is not None:
-                    splits[f"{target.name}/{seed}/{name}"] = split
+            for name in ("train", "val", "test"):
+                splits[f"{target.name}/{seed}/{name}"] = getattr(data, name)
+            for name, split in data.ood.items():
+                splits[f"{target.name}/{seed}/ood/{name}"] = split
     return splits
 
 
-def compute(preparation: Preparation, device: Device) -> tuple[Any, dict[str, Any]]:
+def compute(preparation: Preparation, device: Device, cache_dir: Path,
+            environment: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Compute a preparation: (payload to save, metadata)."""
     experiment = preparation.experiment
     if preparation.kind == "source":
-        state, source_accuracy = pretrain(experiment, device)
-        return state, {"source_accuracy": source_accuracy, "min_accuracy": experiment.source.min_accuracy}
+        state, source_accuracy = pretrain(experiment, device, preparation.source_seed)
+        return state, {"source_accuracy": source_accuracy, "min_accuracy": experiment.source.min_accuracy,
+                       "source_seed": preparation.source_seed}
+    if preparation.kind == "probes":
+        from .probes import compute_probes
+
+        return compute_probes(experiment, device, cache_dir, environment)
     splits = _feature_splits(experiment)
     unique: dict[tuple, Tensor] = {}
     payload: dict[str, Tensor] = {}
@@ -267,7 +301,7 @@ def ensure(preparation: Preparation, cache_dir: Path, environment: Mapping[str, 
         if meta.get("sha256") == sha256_file(path):
             return {**meta, "built_now": False}
     started = time.perf_counter()
-    payload, meta = compute(preparation, device)
+    payload, meta = compute(preparation, device, cache_dir, environment)
     cache_dir.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(payload, path)
     meta = {**meta, "label": preparation.label, "config": preparation.config(), "file": path.name,
@@ -287,15 +321,15 @@ def load(preparation: Preparation, cache_dir: Path, environment: Mapping[str, An
 
 
 def source_backbone(experiment: Experiment, pretrained: bool, cache_dir: Path,
-                    environment: Mapping[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+                    environment: Mapping[str, Any], source_seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """A fresh copy of the cell's backbone with its source head: the suite-pretrained tiny ResNet
-    (``pretrained=False``: random init, seeded by the caller) or the top of ImageNet Lite0 (random
-    init: the seed-0 random Lite0 whose lower features were cached)."""
+    of ``source_seed`` (``pretrained=False``: random init, seeded by the caller) or the top of
+    ImageNet Lite0 (random init: the seed-0 random Lite0 whose lower features were cached)."""
     if experiment.backbone == "resnet_tiny":
         model = create_resnet_tiny(len(experiment.source.classes))
         meta: dict[str, Any] = {"kind": "random_init"}
         if pretrained:
-            state, meta = load(Preparation(experiment, "source"), cache_dir, environment)
+            state, meta = load(Preparation(experiment, "source", source_seed=source_seed), cache_dir, environment)
             model.load_state_dict(state)
         return model, meta
     if experiment.backbone == "lite0_top":

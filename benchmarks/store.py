@@ -1,5 +1,5 @@
 """Files of a suite's output directory, every one written atomically (a temporary file under
-``.partial/`` next to it, then ``os.replace``), and the environment record.
+``.partial/`` next to it, then ``os.replace``), the environment record and the suite record.
 
 Example:
     >>> import tempfile, pathlib
@@ -17,9 +17,11 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -153,3 +155,57 @@ def environment_record(device: Any, command: str, extra: Mapping[str, Any] | Non
     history = list(history)[-(MAX_INVOCATIONS - 1):]
     record["invocations"] = [*history, {key: record.get(key) for key in summary_keys}]
     return record
+
+
+#: A run folder's record of the suite it holds, and the copy of the TOML a config suite ran.
+SUITE_RECORD, SUITE_TOML = "suite.json", "suite.toml"
+
+
+def file_name_part(text: str) -> str:
+    """``text`` as a piece of a file name valid on every OS: each run of characters other than
+    ASCII letters, digits, ``.``, ``_`` and ``-`` (``:``, path separators, spaces) becomes one ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)
+
+
+@dataclass(frozen=True)
+class SuiteRecord:
+    """Which suite a run folder holds: its name and, for a config suite, the TOML text it ran and
+    the absolute path of the config file it came from (relative ImageFolder paths start at its folder)."""
+
+    name: str
+    config_text: str | None = None
+    config_path: str | None = None
+
+
+def write_suite_record(out: str | os.PathLike[str], suite_name: str,
+                       config: str | os.PathLike[str] | None = None) -> None:
+    """Record in ``out`` the suite it holds: ``suite.json`` (the name and, for a config suite, the
+    config file's absolute path) and, for a config suite, ``suite.toml``: a copy of the config's
+    text (a built-in suite removes an old copy).
+
+    Raises:
+        OSError: ``config`` cannot be read.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config is None:
+        (out / SUITE_TOML).unlink(missing_ok=True)
+    else:
+        atomic_write(out / SUITE_TOML, Path(config).read_text())
+    record = {"suite": suite_name, "config": None if config is None else str(Path(config).resolve())}
+    atomic_write(out / SUITE_RECORD, to_json(record, indent=2, sort_keys=True) + "\n")
+
+
+def read_suite_record(out: str | os.PathLike[str]) -> SuiteRecord | None:
+    """The suite ``out`` records (:func:`write_suite_record`); for a folder from before
+    ``suite.json``, the suite name its ``environment.json`` records; None when neither says."""
+    out = Path(out)
+    if (out / SUITE_RECORD).exists():
+        record = json.loads((out / SUITE_RECORD).read_text())
+        if record.get("config") is None:
+            return SuiteRecord(record["suite"])
+        return SuiteRecord(record["suite"], (out / SUITE_TOML).read_text(), record["config"])
+    if (out / "environment.json").exists():
+        name = json.loads((out / "environment.json").read_text()).get("suite")
+        return SuiteRecord(name) if name else None
+    return None

@@ -410,10 +410,15 @@ def linear_probe() -> Recipe:
                   description="head only")
 
 
-def lp_ft(ft_lr_mult: float = 0.1, C: float = 1.0) -> Recipe:
+def lp_ft(ft_lr_mult: float = 1.0, C: float = 1.0) -> Recipe:
     """LP-FT as published (Kumar et al., ICLR 2022, "Fine-Tuning can Distort Pretrained Features and
     Underperform Out-of-Distribution"): fit the head as a linear probe to convergence (closed form,
     :func:`fit_linear_probe` with ``C``), then fine-tune every parameter at ``ft_lr_mult`` x ``lr``.
+
+    The authors' code (``AnanyaKumar/transfer_learning``) sweeps the fine-tuning stage over the
+    same lrs as plain fine-tuning, so the default is ``ft_lr_mult=1``: compare LP-FT and FT on one lr
+    grid, and choose ``C`` on validation data (a probe that interpolates its training set, cross-
+    entropy near 0, leaves the fine-tuning stage almost no gradient).
 
     ``build`` needs ``probe=``: the probe's ``(features, labels)``, a callable ``model -> (features,
     labels)``, or ``"fitted"`` when you fitted the head yourself (a non-linear head, say).

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main
-from benchmarks.config import ConfigError, load_suite, suite_from_toml
+from benchmarks.config import REFERENCE, ConfigError, load_suite, reference, suite_from_toml
 from benchmarks.runner import key_environment
 from benchmarks.store import read_runs
-from benchmarks.suites import SUITES
+from benchmarks.suites import SUITES, Precondition
 from benchmarks.training import resolve_device
 
 SMOKE_TOML = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "smoke.toml"
@@ -49,6 +49,25 @@ kwargs = {block = "head"}
 kind = "pixel"
 """
 
+HYPOTHESIS = """
+[[hypotheses]]
+name = "h"
+mirrors = "a finding"
+experiment = "e1"
+target = "perm"
+metric = "test_accuracy"
+better = "head"
+worse = "pixel"
+min_effect = 0.0
+published = "a number"
+
+[[hypotheses.preconditions]]
+better = "head"
+worse = "pixel"
+metric = "val_accuracy"
+reason = "why"
+"""
+
 
 def test_smoke_config_has_the_builtin_smoke_cells() -> None:
     environment = key_environment(resolve_device("cpu", threads=1))
@@ -65,12 +84,67 @@ def test_smoke_config_has_the_builtin_smoke_cells() -> None:
     (("kwargs = {block = \"head\"}", "kwargs = {blok = \"head\"}"), "recipe 'surgical' rejects kwargs"),
     (("steps = 4,", "stepz = 4,"), "experiments[0] (e1).budget: unknown keys ['stepz']"),
     (('dataset = "animal"\nclasses', 'dataset = "cifar"\nclasses'), "unknown dataset 'cifar'"),
+    (('bn = "train"', 'bn = "freeze"'), "experiments[0] (e1).bn: unknown mode 'freeze'; known: ['frozen', 'train']"),
 ])
 def test_config_errors_name_what_is_wrong(change, message) -> None:
     text = TINY.replace(*change)
     assert text != TINY
     with pytest.raises(ConfigError, match=re.escape(message)):
         suite_from_toml(text)
+
+
+@pytest.mark.parametrize("change, message", [
+    (("classes = [0, 1, 2, 3, 4]\nshots", "classes = [0, 1, 2, 3, 12]\nshots"),
+     "experiments[0] (e1).targets[0].classes: [0, 1, 2, 3, 12] must be distinct classes of the dataset: 0-9 "
+     "(0=bear, 1=bird,"),
+    (("classes = [0, 1, 2, 3, 4], train_pool", "classes = [0, 0], train_pool"),
+     "experiments[0] (e1).source.classes: [0, 0] must be distinct classes"),
+    (("label_map = [1, 2, 3, 4, 0]", "label_map = [1, 2, 3, 4]"),
+     "targets[0].label_map: [1, 2, 3, 4] must have one entry per class (5), a permutation of 0-4"),
+    (("label_map = [1, 2, 3, 4, 0]", "label_map = [1, 1, 3, 4, 0]"), "targets[0].label_map: [1, 1, 3, 4, 0] must"),
+    (("shots = 4\nval_shots = 4", "shots = 150\nval_shots = 60"),
+     "targets[0].train_pool: [800, 1000] holds 200 images of class 0 (bear), fewer than shots + val_shots = 210"),
+    (("test_pool = [0, 20]\nlabel_map", "test_pool = [20, 20]\nlabel_map"),
+     "targets[0].test_pool: [20, 20] holds no image of class 0 (bear)"),
+    (("test_pool = [0, 20], steps", "test_pool = [1000, 1100], steps"),
+     "experiments[0] (e1).source.test_pool: [1000, 1100] holds no image of classes [0, 1, 2, 3, 4]"),
+    (("label_map = [1, 2, 3, 4, 0]", 'label_map = [1, 2, 3, 4, 0]\nshift = "fog"'),
+     "targets[0].shift: unknown corruption 'fog'; known: ['invert',"),
+    (('metric = "test_accuracy"', 'metric = "accuracy"'),
+     "hypotheses[0] (h).metric: unknown metric 'accuracy'; known: ['test_accuracy',"),
+    (('metric = "val_accuracy"', 'metric = "val_acc"'), "hypotheses[0] (h).preconditions[0].metric: unknown metric"),
+    (('better = "head"\nworse = "pixel"\nmin', 'better = "heads"\nworse = "pixel"\nmin'),
+     "hypotheses[0] (h).better: unknown strategy 'heads'; known: ['head', 'pixel']"),
+    (('target = "perm"', 'target = "perms"'), "hypotheses[0] (h).target: experiment 'e1' has no target 'perms'"),
+    (('experiment = "e1"', 'experiment = "e2"'),
+     "hypotheses[0] (h).experiment: unknown experiment 'e2'; known: ['e1']"),
+])
+def test_classes_shots_and_hypotheses_are_checked_when_the_config_loads(change, message, tmp_path: Path,
+                                                                        capsys) -> None:
+    text = (TINY + HYPOTHESIS).replace(*change)
+    assert text != TINY + HYPOTHESIS
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        suite_from_toml(text)
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    assert main(["run", "--config", str(config), "--dry-run", "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_hypotheses_and_their_preconditions_load() -> None:
+    hypothesis = suite_from_toml(TINY + HYPOTHESIS).hypotheses[0]
+    assert (hypothesis.metric, hypothesis.preconditions) == (
+        "test_accuracy", (Precondition("head", "pixel", "val_accuracy", "why"),))
+
+
+def test_the_committed_key_reference_is_the_generated_one(capsys) -> None:
+    """benchmarks/configs/README.md is what `python -m benchmarks config-reference --write` writes."""
+    assert REFERENCE.read_text() == reference()
+    assert main(["config-reference"]) == 0
+    assert capsys.readouterr().out == reference()
+    for table, key in (("[[experiments.targets]]", "label_map"), ("[[hypotheses]]", "metric"),
+                       ("[[experiments.strategies]]", "recipe"), ("experiments.source", "train_pool")):
+        assert f"| `{table}` | `{key}` |" in reference()
 
 
 def test_lr_factors_set_the_grid() -> None:
@@ -86,7 +160,8 @@ def test_config_suite_runs_end_to_end(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     assert main(["run", "--config", str(config), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
     records = read_runs(out / "runs.jsonl")
-    assert [r["status"] for r in records] == ["ok"] * len(load_suite(config).cells())
+    assert {r["status"] for r in records} == {"ok"}
+    assert sum(r["phase"] == "grid" for r in records) == len(load_suite(config).cells())  # then the guards' cells
     assert (out / "summary.md").exists()
     bad = tmp_path / "bad.toml"
     bad.write_text(TINY.replace('recipe = "surgical"', 'recipe = "magic"'))

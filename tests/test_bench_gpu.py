@@ -14,7 +14,8 @@ import torch
 from benchmarks.__main__ import main
 from benchmarks.runner import run_cell
 from benchmarks.sizing import MIN_SEEDS, seeds_that_fit, size_suite, time_one_step
-from benchmarks.suites import SUITES, Budget, Cell, Suite, Target
+from benchmarks.sources import ensure, preparations
+from benchmarks.suites import PROBE_CS, SUITES, WISE_ALPHAS, Budget, Cell, Suite
 from benchmarks.training import Device
 
 CPU_AS_GPU = Device("cpu", "cpu with bf16 autocast", 2, autocast=True, channels_last=True)
@@ -69,9 +70,13 @@ def test_timed_step_and_sizing_on_cpu_with_autocast_and_channels_last() -> None:
 @pytest.mark.parametrize("strategy", ["ft", "lp_ft", "linear_probe"])
 def test_a_whole_lite0_cell_runs_with_bf16_autocast_and_channels_last(strategy: str, tmp_path: Path) -> None:
     experiment = _tiny()
-    cell = Cell(experiment, experiment.targets[0], experiment.strategy(strategy), 0, experiment.strategy(strategy).lr)
+    cell = Cell(experiment, experiment.targets[0], experiment.strategy(strategy), 0, experiment.strategy(strategy).grid[1])
+    for wave in preparations((experiment,)):  # the probes LP-FT and the linear probe read
+        for preparation in wave:
+            ensure(preparation, tmp_path, {}, CPU_AS_GPU)
     record = run_cell(cell, CPU_AS_GPU, tmp_path, {})
     for field in ("test_accuracy", "ood_accuracy"):
         assert 0 <= record[field] <= 1 and math.isfinite(record[field])
     if strategy == "lp_ft":
-        assert set(record["variants"]) == {f"lp_ft+wise_{a}" for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
+        assert set(record["variants"]) == {f"lp_ft+wise_{a}" for a in WISE_ALPHAS}
+        assert record["probe_C"] in PROBE_CS and record["probe_train_ce"] > 0

@@ -3,6 +3,9 @@ built in a temp dir from skimage's shipped textures, used from a TOML config end
 
 from __future__ import annotations
 
+import pickle
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +15,11 @@ from PIL import Image
 
 from benchmarks.__main__ import main
 from benchmarks.config import ConfigError, load_suite, suite_from_toml
-from benchmarks.data import imagefolder_raw
-from benchmarks.sources import cell_data
+from benchmarks.data import FolderDataset, folder_root, imagefolder_raw, raw_dataset
+from benchmarks.runner import key_environment
+from benchmarks.sources import Preparation, cell_data
 from benchmarks.store import read_runs
+from benchmarks.training import resolve_device
 
 TEXTURES = ("brick", "grass", "gravel")
 
@@ -100,6 +105,49 @@ def test_missing_folder_is_a_config_error(folders) -> None:
         suite_from_toml(CONFIG.replace("imagefolder:split", "imagefolder:nowhere"), base=folders["single"].parent)
 
 
+@pytest.mark.parametrize("change, message", [
+    (("classes = [0, 1, 2]\nshots = 4\nval_shots = 4\ntrain_pool = [50",
+      "classes = [0, 3]\nshots = 4\nval_shots = 4\ntrain_pool = [50"),
+     "targets[0].classes: [0, 3] must be distinct classes of the dataset: 0-2 (0=brick, 1=grass, 2=gravel)"),
+    (("shots = 4\nval_shots = 4\ntrain_pool = [0, 0]", "shots = 41\nval_shots = 4\ntrain_pool = [0, 0]"),
+     "targets[1].shots: 41 do not fit into the 40 images of class 0 (brick) in the train folder"),
+    (("shots = 4\nval_shots = 4\ntrain_pool = [0, 0]", "shots = 4\nval_shots = 9\ntrain_pool = [0, 0]"),
+     "targets[1].val_shots: 9 do not fit into the 8 images of class 0 (brick) in the val folder"),
+    (("train_pool = [50, 64]", "train_pool = [60, 64]"),
+     "targets[0].train_pool: [60, 64] holds 4 images of class 0 (brick), fewer than shots + val_shots = 8"),
+])
+def test_classes_and_shots_are_checked_against_the_folders(folders, change, message) -> None:
+    text = CONFIG.replace(*change)
+    assert text != CONFIG
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        suite_from_toml(text, base=folders["single"].parent)
+
+
+def test_keys_and_cache_files_name_the_images_not_where_they_lie(folders, tmp_path) -> None:
+    environment = key_environment(resolve_device("cpu", threads=1))
+    original = suite_from_toml(CONFIG, base=folders["single"].parent)
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(folders["single"].parent, copy)
+    copied = suite_from_toml(CONFIG, base=copy)
+    assert [c.key(environment) for c in copied.cells()] == [c.key(environment) for c in original.cells()]
+    dataset = copied.experiments[0].targets[0].dataset
+    assert isinstance(dataset, FolderDataset) and re.fullmatch(r"imagefolder:[0-9a-f]{16}", dataset)
+    assert folder_root(dataset) == str((copy / "single").resolve())
+    assert pickle.loads(pickle.dumps(copied.experiments[0])).targets[0].dataset.root == dataset.root
+    assert raw_dataset(dataset)[0].equal(raw_dataset(original.experiments[0].targets[0].dataset)[0])
+    source = Preparation(copied.experiments[0], "source").path(tmp_path / "cache", environment)
+    assert source.parent == tmp_path / "cache" and re.fullmatch(r"source-imagefolder-[0-9a-f]{16}-[0-9a-f]{16}\.pt",
+                                                                 source.name)
+    image = copy / "single" / "brick" / "0.png"
+    pixels = np.array(Image.open(image))
+    pixels[0, 0] ^= 1
+    Image.fromarray(pixels).save(image)  # one pixel of one image: other keys for the cells that read it
+    changed = suite_from_toml(CONFIG, base=copy)
+    assert changed.experiments[0].targets[0].dataset != dataset
+    assert changed.experiments[0].targets[1].dataset == copied.experiments[0].targets[1].dataset
+    assert not {c.key(environment) for c in changed.cells()} & {c.key(environment) for c in copied.cells()}
+
+
 @pytest.mark.slow
 def test_imagefolder_config_runs_end_to_end(folders, tmp_path) -> None:
     config = folders["single"].parent / "textures.toml"
@@ -107,4 +155,5 @@ def test_imagefolder_config_runs_end_to_end(folders, tmp_path) -> None:
     out = tmp_path / "out"
     assert main(["run", "--config", str(config), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
     records = read_runs(out / "runs.jsonl")
-    assert len(records) == len(load_suite(config).cells()) == 8 and all(r["status"] == "ok" for r in records)
+    grid = [r for r in records if r["phase"] == "grid"]
+    assert len(grid) == len(load_suite(config).cells()) == 8 and all(r["status"] == "ok" for r in records)

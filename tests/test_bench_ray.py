@@ -28,7 +28,7 @@ def test_smoke_suite_on_ray_equals_serial(tmp_path: Path) -> None:
         on_ray = run_suite(suite, ray_out, tmp_path / "cache", executor="ray", progress=False)
     finally:
         ray.shutdown()
-    assert serial.computed == on_ray.computed == len(suite.cells()) and serial.failed == on_ray.failed == 0
+    assert serial.computed == on_ray.computed > len(suite.cells()) and serial.failed == on_ray.failed == 0  # + guards
     serial_records = {r["key"]: r for r in read_runs(serial_out / "runs.jsonl")}
     ray_records = {r["key"]: r for r in read_runs(ray_out / "runs.jsonl")}
     assert serial_records.keys() == ray_records.keys()

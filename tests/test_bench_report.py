@@ -1,63 +1,163 @@
-"""benchmarks.report on constructed runs: lr selection on validation, grid-edge flags, paired
-verdicts with Holm, matched-accuracy forgetting, still-improving flags."""
+"""benchmarks.report and benchmarks.selection on constructed runs: lr selection on validation,
+grid edges and their extension, matched-accuracy interpolation, preconditions and verdicts."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.report import matched_forgetting, select_lr, selected_table
-from benchmarks.runner import still_improving
+from benchmarks.report import (
+    MATCH_FRACTION,
+    add_derived_metrics,
+    convergence,
+    crossing,
+    selected_table,
+    value_at_crossing,
+    verdicts,
+)
+from benchmarks.selection import EXTENSION_CAP, extend, grid_extensions, mark_capped, select_lr
+from benchmarks.suites import (
+    Budget,
+    Experiment,
+    Hypothesis,
+    Precondition,
+    Source,
+    Suite,
+    Target,
+    finetune,
+)
+
+_TARGET = Target("t", "animal", (0, 1), 2, 2, (0, 10), (10, 20))
+_EXPERIMENT = Experiment("e", "q", "resnet_tiny", Source("imagenet"), (_TARGET,),
+                         (finetune("a", "full", lr=3e-3), finetune("b", "full", lr=3e-3)), (0, 1),
+                         Budget(steps=20, batch_size=2, eval_every=5, warmup_steps=2))
 
 
 def _runs(rows):
-    frame = pd.DataFrame(rows, columns=["strategy", "seed", "lr", "lr_index", "val_accuracy", "test_accuracy",
+    frame = pd.DataFrame(rows, columns=["strategy", "seed", "lr", "val_accuracy", "test_accuracy",
                                         "retention_precise_bn"])
-    return frame.assign(experiment="e", target="t", kind="finetune", parent=frame.strategy, grid_size=3,
-                        retention_weights_only=frame.retention_precise_bn)
+    return frame.assign(experiment="e", target="t", kind="finetune", parent=frame.strategy, budget_factor=1,
+                        retention_weights_only=frame.retention_precise_bn, source_seed=0, source_accuracy=math.nan)
+
+
+def _selected(rows, suite=None):
+    return mark_capped(suite or Suite("s", "d", (_EXPERIMENT,)), select_lr(_runs(rows)))
 
 
 def test_select_lr_picks_the_best_mean_validation_and_flags_edges() -> None:
     rows = []
     for seed in (0, 1):
-        rows += [("a", seed, 1e-3, 0, 0.50, 0.6, 0.9), ("a", seed, 3e-3, 1, 0.70, 0.7, 0.8),
-                 ("a", seed, 1e-2, 2, 0.60, 0.8, 0.7),
-                 ("b", seed, 1e-3, 0, 0.40, 0.5, 0.95), ("b", seed, 3e-3, 1, 0.40, 0.6, 0.9),
-                 ("b", seed, 1e-2, 2, 0.45 + 0.1 * seed, 0.7, 0.85)]
-    runs = select_lr(_runs(rows))
+        rows += [("a", seed, 1e-3, 0.50, 0.6, 0.9), ("a", seed, 3e-3, 0.70, 0.7, 0.8),
+                 ("a", seed, 9e-3, 0.60, 0.8, 0.7),
+                 ("b", seed, 1e-3, 0.40, 0.5, 0.95), ("b", seed, 3e-3, 0.40, 0.6, 0.9),
+                 ("b", seed, 9e-3, 0.45 + 0.1 * seed, 0.7, 0.85)]
+    runs = _selected(rows)
     chosen = runs[runs.selected].groupby("strategy").lr.unique()
-    assert chosen["a"].tolist() == [3e-3] and chosen["b"].tolist() == [1e-2]
+    assert chosen["a"].tolist() == [3e-3] and chosen["b"].tolist() == [9e-3]
     edges = runs[runs.selected].groupby("strategy").edge.all()
     assert not edges["a"] and edges["b"]
+    assert not runs.capped.any()  # nothing was added beyond the base grid yet
     table = selected_table(runs).set_index("strategy")
     assert table.loc["a", "test_accuracy"] == pytest.approx(0.7) and table.loc["a", "seeds"] == 2
 
 
 def test_ties_go_to_the_smaller_lr() -> None:
-    rows = [("a", s, lr, i, 0.5, 0.5, 1.0) for s in (0, 1) for i, lr in enumerate((1e-3, 3e-3, 1e-2))]
-    runs = select_lr(_runs(rows))
-    assert runs[runs.selected].lr.unique().tolist() == [1e-3]
+    rows = [("a", s, lr, 0.5, 0.5, 1.0) for s in (0, 1) for lr in (1e-3, 3e-3, 9e-3)]
+    runs = _selected(rows)
+    assert runs[runs.selected & (runs.strategy == "a")].lr.unique().tolist() == [1e-3]
 
 
-def test_matched_forgetting_interpolates_inside_the_common_accuracy_span() -> None:
-    rows = [("a", 0, 1e-3, 0, 0, 0.6, 0.9), ("a", 0, 3e-3, 1, 0, 0.8, 0.7), ("a", 0, 1e-2, 2, 0, 0.9, 0.5),
-            ("b", 0, 1e-3, 0, 0, 0.5, 0.95), ("b", 0, 3e-3, 1, 0, 0.7, 0.85), ("b", 0, 1e-2, 2, 0, 0.65, 0.8)]
-    matched = matched_forgetting(_runs(rows)).set_index("strategy")  # spans 0.6-0.9 and 0.5-0.7: level 0.65
-    assert matched.matched_test_accuracy.unique().tolist() == [pytest.approx(0.65)]
-    assert matched.loc["a", "retention_precise_bn_at_match"] == pytest.approx(0.85)  # a quarter of 0.6 -> 0.8
-    assert matched.loc["b", "retention_precise_bn_at_match"] == pytest.approx(0.8)
+def test_an_edge_choice_extends_the_grid_one_step_until_the_cap() -> None:
+    """A choice at the upper edge asks for the next lr up (the grid's ratio) for every seed; with
+    EXTENSION_CAP candidates beyond the base grid the edge is capped and nothing more is asked."""
+    suite = Suite("s", "d", (_EXPERIMENT,))
+    lrs = [1e-3, 3e-3, 9e-3]
+    for round_ in range(EXTENSION_CAP + 1):
+        rows = [("a", s, lr, lr, 0.5, 1.0) for s in (0, 1) for lr in lrs]  # validation grows with lr
+        rows += [("b", s, lr, 0.5, 0.5, 1.0) for s in (0, 1) for lr in (1e-3, 3e-3, 9e-3)]
+        runs = _runs(rows)
+        cells = grid_extensions(suite, runs)
+        a_cells = [c for c in cells if c.strategy.name == "a"]
+        if round_ < EXTENSION_CAP:
+            assert {c.lr for c in a_cells} == {extend(lrs, "high")} and {c.seed for c in a_cells} == {0, 1}
+            lrs.append(extend(lrs, "high"))
+        else:
+            assert a_cells == []
+            assert mark_capped(suite, select_lr(runs)).query("selected and strategy == 'a'").capped.all()
+    assert lrs[-1] == pytest.approx(0.081)
+    b_cells = [c for c in cells if c.strategy.name == "b"]
+    assert {c.lr for c in b_cells} == {extend((1e-3, 3e-3, 9e-3), "low")}  # a tie goes to the lowest: extend down
 
 
-def test_matched_forgetting_is_nan_outside_a_strategy_range() -> None:
-    rows = [("a", 0, lr, i, 0, acc, 0.9) for i, (lr, acc) in enumerate(((1e-3, 0.8), (3e-3, 0.85), (1e-2, 0.9)))]
-    rows += [("b", 0, lr, i, 0, acc, 0.9) for i, (lr, acc) in enumerate(((1e-3, 0.5), (3e-3, 0.6), (1e-2, 0.7)))]
-    matched = matched_forgetting(_runs(rows)).set_index("strategy")
-    assert math.isnan(matched.loc["a", "retention_precise_bn_at_match"])
+def test_crossing_interpolates_the_first_passage() -> None:
+    steps, values = [0, 5, 10, 15], [0.2, 0.6, 0.5, 0.9]
+    assert crossing(steps, values, 0.4) == pytest.approx(2.5)
+    assert crossing(steps, values, 0.7) == pytest.approx(10 + 5 * 0.2 / 0.4)
+    assert crossing(steps, values, 0.1) == 0
+    assert math.isnan(crossing(steps, values, 0.95))
+    assert value_at_crossing(steps, values, [1.0, 0.8, 0.7, 0.6], 0.4) == pytest.approx(0.9)
 
 
-def test_still_improving() -> None:
-    assert still_improving([0, 15, 30, 45, 60], [0.1, 0.5, 0.6, 0.6, 0.7], 60)
-    assert not still_improving([0, 15, 30, 45, 60], [0.1, 0.5, 0.6, 0.69, 0.7], 60)
-    assert not still_improving([0, 15, 30, 45, 60], [0.1, 0.5, 0.6, 0.7, 0.6], 60)
+def _tracked(rows):
+    """rows: (strategy, seed, test curve, retention curve)."""
+    runs = _runs([(s, seed, 3e-3, test[-1], test[-1], ret[-1]) for s, seed, test, ret in rows])
+    runs["curve_step"] = runs["curve_forgetting_step"] = [list(range(0, 5 * len(r[2]), 5)) for r in rows]
+    runs["curve_test_accuracy"] = [r[2] for r in rows]
+    runs["curve_retention_precise_bn"] = [r[3] for r in rows]
+    runs["curve_val_accuracy"] = runs.curve_test_accuracy
+    runs["ood_accuracy"] = math.nan
+    return mark_capped(Suite("s", "d", (_EXPERIMENT,)), select_lr(runs))
+
+
+def test_matched_accuracy_is_inside_every_strategy_span_and_interpolated_along_each_run() -> None:
+    """The level is MATCH_FRACTION of the lowest peak of the strategies' mean test curves, so every
+    strategy reaches it; each run's retention is read where its own trajectory first crosses it."""
+    rows = [("a", 0, [0.2, 0.6, 0.8], [1.0, 0.9, 0.7]), ("a", 1, [0.2, 0.7, 0.8], [1.0, 0.8, 0.6]),
+            ("b", 0, [0.2, 0.4, 0.5], [1.0, 0.98, 0.96]), ("b", 1, [0.2, 0.5, 0.5], [1.0, 0.97, 0.95])]
+    runs, levels = add_derived_metrics(_tracked(rows))
+    level = MATCH_FRACTION * 0.5  # b's mean curve peaks at 0.5
+    assert levels.matched_test_accuracy.tolist() == [pytest.approx(level)]
+    got = runs.set_index(["strategy", "seed"]).retention_at_match
+    assert got["a", 0] == pytest.approx(np.interp(level, [0.2, 0.6], [1.0, 0.9]))
+    assert got["b", 1] == pytest.approx(np.interp(level, [0.2, 0.5], [1.0, 0.97]))
+    assert runs.retention_at_match.notna().all()
+
+
+def test_convergence_threshold_is_shared_by_the_strategies_of_a_target() -> None:
+    rows = [("a", 0, [0.2, 0.6, 0.8], [1, 1, 1]), ("a", 1, [0.2, 0.7, 0.8], [1, 1, 1]),
+            ("b", 0, [0.2, 0.4, 0.5], [1, 1, 1]), ("b", 1, [0.2, 0.5, 0.6], [1, 1, 1])]
+    runs = _tracked(rows).assign(val_auc=0.5, val_at_quarter=0.5)
+    table = convergence(runs).set_index("strategy")
+    assert table.threshold.nunique() == 1 and table.threshold.iloc[0] == pytest.approx(0.9 * 0.8)
+    assert table.loc["a", "reached"] == 1 and table.loc["b", "reached"] == 0
+
+
+def _verdict_runs(effect_a: float, ood_probe: float):
+    rows = []
+    for seed in range(6):
+        noise = 0.002 * (seed % 3)
+        rows += [("a", seed, 3e-3, 0.8, 0.7 + effect_a + noise, 1.0), ("b", seed, 3e-3, 0.8, 0.7, 1.0)]
+    runs = _runs(rows)
+    runs["ood_accuracy"] = np.where(runs.strategy == "a", 0.5, ood_probe)
+    return mark_capped(Suite("s", "d", (_EXPERIMENT,)), select_lr(runs))
+
+
+def test_verdicts_carry_preconditions_holm_intervals_and_the_power_line() -> None:
+    gate = pd.DataFrame([{"experiment": "e", "target": "t", "transfer_ok": True, "source_ok": True}])
+    hypotheses = (Hypothesis("H1", "m", "e", "t", "test_accuracy", "a", "b", 0.02, "p", "src"),
+                  Hypothesis("H2", "m", "e", "t", "test_accuracy", "a", "b", 0.02, "p", "src",
+                             (Precondition("b", "a", "ood_accuracy", "b must be more robust"),)),
+                  Hypothesis("X1", "m", "e", "t", "test_accuracy", "a", "b", 0.02, "p", "src", exploratory=True))
+    suite = Suite("s", "d", (_EXPERIMENT,), hypotheses)
+    table = verdicts(suite, _verdict_runs(0.05, ood_probe=0.4), gate).set_index("hypothesis")
+    assert table.loc["H1", "verdict"] == "reproduced"
+    assert table.loc["H1", "ci_level"] == pytest.approx(0.05)  # alone in the family (H2 out of scope)
+    assert table.loc["H2", "verdict"] == "out of scope" and "FAILS" in table.loc["H2", "preconditions"]
+    assert table.loc["X1", "verdict"] == "exploratory" and math.isnan(table.loc["X1", "p_holm"])
+    assert table.loc["H1", "mde"] > 0 and table.loc["H1", "seeds_needed"] >= 2
+    null = verdicts(suite, _verdict_runs(0.0, ood_probe=0.6), gate).set_index("hypothesis")
+    assert null.loc["H1", "verdict"] == "not reproduced" and null.loc["H2", "verdict"] == "not reproduced"
+    assert null.loc["H1", "ci_level"] == pytest.approx(0.025)  # both in the family now: Holm levels

@@ -1,4 +1,5 @@
-"""benchmarks.stats against known values: paired t intervals and p-values, Holm's correction, verdicts."""
+"""benchmarks.stats against known values and invariants: paired t intervals and p-values, Holm's
+correction and its intervals, the five verdicts on constructed effects, the power line."""
 
 from __future__ import annotations
 
@@ -6,24 +7,38 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as scipy_stats
 
-from benchmarks.stats import holm, mean_ci, paired_difference, verdict
+from benchmarks.stats import (
+    ALPHA,
+    holm,
+    holm_levels,
+    mean_ci,
+    minimum_detectable_effect,
+    paired_difference,
+    seeds_needed,
+    verdict,
+)
 
 
 def test_paired_difference_matches_hand_computed_t_interval() -> None:
     # differences 1..5: mean 3, sd sqrt(2.5), se sqrt(0.5), t_{0.975, 4} = 2.7764451, t = 4.2426407
     d = paired_difference([2, 4, 6, 8, 10], [1, 2, 3, 4, 5])
-    assert d.n == 5 and d.effect == pytest.approx(3)
+    assert d.n == 5 and d.effect == pytest.approx(3) and d.sd == pytest.approx(math.sqrt(2.5))
     half = 2.7764451052 * math.sqrt(0.5)
-    assert (d.ci_low, d.ci_high) == pytest.approx((3 - half, 3 + half), abs=1e-9)
+    assert d.interval(0.05) == pytest.approx((3 - half, 3 + half), abs=1e-9)
     assert d.p == pytest.approx(0.0132356, abs=1e-6)  # two-sided p of t = 4.2426 with 4 df
+    wider = d.interval(0.01)
+    assert wider[0] < 3 - half and wider[1] > 3 + half
 
 
 def test_paired_difference_is_paired_not_two_sample() -> None:
     better = [0.90, 0.80, 0.70, 0.60, 0.50]
     worse = [x - 0.01 for x in better]  # a tiny but constant gain, drowned by the spread between seeds
     d = paired_difference(better, worse)
-    assert d.effect == pytest.approx(0.01) and d.p == 0 and d.ci_low == d.ci_high
+    assert d.effect == pytest.approx(0.01) and d.p == 0 and d.interval()[0] == d.interval()[1]
 
 
 def test_paired_difference_without_difference() -> None:
@@ -45,13 +60,55 @@ def test_holm_known_values() -> None:
     assert len(holm([])) == 0
 
 
-def test_verdict_rules() -> None:
-    assert verdict(0.10, 0.01, 0.05) == "reproduced"
-    assert verdict(0.03, 0.01, 0.05) == "undetermined"  # significant but below the minimum effect
-    assert verdict(-0.10, 0.01, 0.05) == "contradicted"
-    assert verdict(0.10, 0.20, 0.05) == "undetermined"
-    assert verdict(0.10, 0.01, 0.05, gate_ok=False) == "undetermined"
-    assert verdict(0.10, math.nan, 0.05) == "undetermined"
+def test_holm_levels_known_values() -> None:
+    # 0.005 < 0.05/4 rejected; 0.01 < 0.05/3 rejected; 0.03 >= 0.05/2: stops, 0.04 keeps 0.025
+    assert holm_levels([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.05 / 3, 0.025, 0.025, 0.0125])
+    assert holm_levels([0.001]) == pytest.approx([0.05])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(-0.3, 0.3), st.floats(0.005, 0.2)), min_size=1, max_size=8),
+       st.integers(3, 12), st.integers(0, 2**31 - 1))
+def test_an_adjusted_interval_excludes_zero_exactly_when_holm_rejects(hyps, n, seed) -> None:
+    """For any family of paired tests, the interval at each hypothesis' Holm level excludes 0 if and
+    only if its Holm-adjusted p-value is below ALPHA (interval and p never disagree)."""
+    rng = np.random.default_rng(seed)
+    tests = [paired_difference((mean + sd * rng.standard_normal(n)).tolist(), [0.0] * n) for mean, sd in hyps]
+    p = [t.p for t in tests]
+    for t, adjusted, level in zip(tests, holm(p), holm_levels(p)):
+        low, high = t.interval(level)
+        excludes = low > 0 or high < 0
+        if not math.isclose(adjusted, ALPHA, rel_tol=1e-9):
+            assert excludes == (adjusted < ALPHA)
+
+
+@pytest.mark.parametrize(("effect", "low", "high", "in_scope", "expected"), [
+    (0.10, 0.02, 0.18, True, "reproduced"),          # interval above 0, effect >= min effect (0.05)
+    (0.04, 0.01, 0.07, True, "undetermined"),        # significant, below the minimum, upper end above it
+    (0.01, 0.002, 0.02, True, "not reproduced"),     # significant but an effect of 0.05 is excluded
+    (0.00, -0.03, 0.03, True, "not reproduced"),     # null, and 0.05 excluded
+    (0.00, -0.10, 0.10, True, "undetermined"),       # too little data either way
+    (-0.10, -0.18, -0.02, True, "contradicted"),     # significant the other way, at least the minimum
+    (-0.02, -0.03, -0.01, True, "not reproduced"),   # significant the other way but small: not contradicted
+    (0.10, 0.02, 0.18, False, "out of scope"),       # a precondition failed
+    (math.nan, math.nan, math.nan, True, "undetermined"),
+])
+def test_verdict_rules_on_constructed_effects(effect, low, high, in_scope, expected) -> None:
+    assert verdict(effect, low, high, 0.05, in_scope=in_scope) == expected
+
+
+def test_minimum_detectable_effect_matches_the_noncentral_t_power() -> None:
+    """At the MDE the paired t-test's power (noncentral t) is POWER; seeds_needed inverts it."""
+    sd, n, level = 0.03, 8, 0.01
+    mde = minimum_detectable_effect(sd, n, level)
+    df, nc = n - 1, mde / (sd / math.sqrt(n))
+    crit = scipy_stats.t.ppf(1 - level / 2, df)
+    power = scipy_stats.nct.sf(crit, df, nc) + scipy_stats.nct.cdf(-crit, df, nc)
+    assert power == pytest.approx(0.8, abs=1e-4)
+    assert seeds_needed(sd, mde, level) == n
+    assert seeds_needed(sd, mde * 0.7, level) > n
+    assert minimum_detectable_effect(0.0, 5) == 0 and math.isnan(minimum_detectable_effect(0.1, 1))
+    assert math.isnan(seeds_needed(0.0, 0.02))
 
 
 def test_mean_ci() -> None:

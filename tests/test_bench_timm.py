@@ -3,6 +3,7 @@ naming the model and the fetch command when absent; a random-init tiny timm mode
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from benchmarks import backbones
 from benchmarks.__main__ import main
-from benchmarks.backbones import MissingWeightsError, create_timm, fetch_command
+from benchmarks.backbones import MissingWeightsError, create_timm, fetch_command, weights_available
 from benchmarks.config import ConfigError, suite_from_toml
 from benchmarks.store import read_runs
 
@@ -79,12 +80,37 @@ def test_unknown_timm_model_and_pretrain_source_are_config_errors() -> None:
         suite_from_toml(CONFIG.replace('image_size = 32', 'image_size = 32\nsource = {kind = "pretrain"}'))
 
 
+FINETUNE = """
+[[experiments.strategies]]
+name = "ft"
+recipe = "full"
+lr = 1e-3
+"""
+
+
+def test_dry_run_marks_cells_whose_weights_are_missing(empty_caches, tmp_path, monkeypatch, capsys) -> None:
+    """Only cells that start from the pretrained weights need them: scratch and pixel stay pending."""
+    config = tmp_path / "timm.toml"
+    config.write_text(CONFIG + FINETUNE)
+    command = ["run", "--config", str(config), "--dry-run", "--out", str(tmp_path / "out")]
+    assert main(command) == 0
+    listing = capsys.readouterr().out
+    rows = [re.match(r" *\d+  [0-9a-f]{16}  (.+?)  +t +animal3 +(\S+)", line) for line in listing.splitlines()]
+    statuses = {row[2]: row[1] for row in rows if row}
+    assert statuses == {"scratch": "pending", "pixel": "pending", "ft": "missing weights"}
+    assert "1 missing weights, 4 pending" in listing and fetch_command("test_resnet") in listing
+    assert not weights_available("timm:test_resnet") and weights_available("resnet_tiny")
+    monkeypatch.setattr(backbones, "timm_weights_file", lambda name: str(tmp_path / "weights.pth"))
+    assert main(command) == 0
+    assert "5 pending" in capsys.readouterr().out
+
+
 def test_random_init_timm_backbone_runs_end_to_end(tmp_path: Path) -> None:
     config = tmp_path / "timm.toml"
     config.write_text(CONFIG)
     out = tmp_path / "out"
     assert main(["run", "--config", str(config), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
     records = read_runs(out / "runs.jsonl")
-    assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+    assert sum(r["phase"] == "grid" for r in records) == 4 and all(r["status"] == "ok" for r in records)
     scratch = next(r for r in records if r["strategy"] == "scratch")
     assert scratch["source_model"] == {"kind": "random_init"}

@@ -147,6 +147,12 @@ def test_lp_ft_takes_features_or_a_fitted_head_and_needs_one_of_them():
         recipes.lp_ft(ft_lr_mult=0)
 
 
+def test_lp_ft_fine_tunes_at_the_given_lr_by_default():
+    """The authors sweep LP-FT's fine-tuning stage over FT's own lrs: by default it runs at lr itself."""
+    tuning = recipes.lp_ft().build(_mlp(), torch.optim.SGD, lr=0.1, probe="fitted")
+    assert tuning.optimizer.explain().lr.eq(0.1).all()
+
+
 def test_lp_ft_keeps_parameters_frozen_before_build_frozen():
     model = _mlp()
     model[0].weight.requires_grad_(False)

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow
 FAILING_RECIPE = "surgical"
 TIMING_FIELDS = {"train_seconds", "wall_seconds", "started_at", "finished_at", "invocation", "worker_pid",
                  "source_model"}
-VERDICT_COLUMNS = ["hypothesis", "mirrors", "comparison", "metric", "effect", "ci_low", "ci_high", "p_holm", "verdict"]
+VERDICT_COLUMNS = ["hypothesis", "mirrors", "comparison", "metric", "effect", "ci_low", "ci_high", "ci_level", "p_holm",
+                   "verdict"]
 
 
 def _run(out: Path, *extra: str) -> int:
@@ -63,12 +64,26 @@ def test_interrupted_run_keeps_its_one_cell_and_resuming_does_not_recompute_it(s
     first = smoke.interrupted[0]
     final = {record["key"]: record for record in smoke.final}
     assert final[first["key"]]["invocation"] == first["invocation"]
-    assert len(final) == len(smoke.cells) and all(record["status"] == "ok" for record in final.values())
-    assert smoke.final_exit == 0
-    per_invocation = Counter(record["invocation"] for record in smoke.final)
-    failed_before = sum(record["status"] == "failed" for record in smoke.with_failures)
-    assert sorted(per_invocation.values()) == sorted([1, len(smoke.cells) - 1 - failed_before, failed_before])
+    environment = key_environment(resolve_device("cpu", threads=1))
+    assert {cell.key(environment) for cell in smoke.cells} <= set(final)
+    assert all(record["status"] == "ok" for record in final.values()) and smoke.final_exit == 0
+    ok_before = {record["key"] for record in smoke.with_failures if record["status"] == "ok"}
+    last = json.loads((smoke.out / "environment.json").read_text())["invocation"]
+    assert len(Counter(record["invocation"] for record in smoke.final)) == 3
+    assert not [record for record in smoke.final if record["key"] in ok_before and record["invocation"] == last]
+    assert [record for record in smoke.final if record["invocation"] == last]  # the failed ones, recomputed
     assert len({record["worker_pid"] for record in smoke.final if record["invocation"] != first["invocation"]}) >= 2
+
+
+def test_the_guards_ran_grid_extensions_and_the_budget_check(smoke) -> None:
+    """A selection at a grid edge got one more candidate beyond it (every seed), and every
+    confirmatory hypothesis' sides were rerun at twice the steps."""
+    phases = Counter(record.get("phase") for record in smoke.final)
+    assert phases["grid"] == len(smoke.cells) and phases["budget x2"] > 0
+    runs = pd.read_csv(smoke.out / "runs.csv")
+    check = pd.read_csv(smoke.out / "budget_check.csv")
+    assert set(check.hypothesis) == {h.name for h in SUITES["smoke"].hypotheses if not h.exploratory}
+    assert (runs[runs.budget_factor == 2].seed.isin([0, 1])).all()
 
 
 def test_failing_cell_is_recorded_with_its_error_and_the_suite_goes_on(smoke) -> None:
@@ -84,21 +99,26 @@ def test_failing_cell_is_recorded_with_its_error_and_the_suite_goes_on(smoke) ->
 def test_every_output_file_is_written(smoke) -> None:
     names = {path.name for path in smoke.out.iterdir()}
     expected = {"runs.jsonl", "runs.csv", "selected.csv", "gates.csv", "verdicts.csv", "forgetting.csv", "summary.md",
-                "environment.json", "cache", "forgetting_q1_surgical_label_permutation.png", "wise_q3_lp_ft.png"}
-    assert names == expected  # nothing half-written left behind (no .partial/)
+                "convergence.csv", "ood.csv", "budget_check.csv", "environment.json", "cache",
+                "forgetting_q1_surgical_label_permutation.png", "wise_q3_lp_ft.png",
+                "curves_q1_surgical_label_permutation.png", "curves_q3_lp_ft_animal10.png"}
+    assert expected <= names and not [n for n in names if "partial" in n]  # nothing half-written left behind
     for png in smoke.out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    cached = Counter(path.suffix for path in (smoke.out / "cache").iterdir())
-    assert cached == {".pt": 3, ".json": 3}  # one source backbone, Lite0 features pretrained and random
+    cached = Counter(path.name.split("-")[0] for path in (smoke.out / "cache").glob("*.pt"))
+    assert cached == {"source": 2, "features": 2, "probes": 1}  # two source seeds; Lite0 features; Q3's probes
 
 
 def test_verdicts_come_first_with_the_required_columns(smoke) -> None:
     verdicts = pd.read_csv(smoke.out / "verdicts.csv")
     assert list(verdicts.columns[: len(VERDICT_COLUMNS)]) == VERDICT_COLUMNS
     assert list(verdicts.hypothesis) == [h.name for h in SUITES["smoke"].hypotheses]
-    assert set(verdicts.verdict) <= {"reproduced", "contradicted", "undetermined"}
-    assert (verdicts.ci_low <= verdicts.effect).all() and (verdicts.effect <= verdicts.ci_high).all()
-    assert (verdicts.p_holm >= verdicts.p - 1e-12).all()
+    assert set(verdicts.verdict) <= {"reproduced", "not reproduced", "contradicted", "undetermined", "out of scope"}
+    tested = verdicts[verdicts.ci_low.notna()]
+    assert (tested.ci_low <= tested.effect).all() and (tested.effect <= tested.ci_high).all()
+    holm = verdicts[verdicts.p_holm.notna()]
+    assert (holm.p_holm >= holm.p - 1e-12).all()
+    assert {"mde", "seeds_needed", "preconditions", "min_effect_source"} <= set(verdicts.columns)
     markdown = (smoke.out / "summary.md").read_text()
     assert markdown.split("\n## ")[1].startswith("Verdicts\n")
     assert "| hypothesis | mirrors | comparison |" in markdown
@@ -115,13 +135,17 @@ def test_every_target_has_scratch_and_pixel_baselines_and_a_gate(smoke) -> None:
 
 def test_equal_tuning_selects_an_lr_per_strategy_and_flags_grid_edges(smoke) -> None:
     runs = pd.read_csv(smoke.out / "runs.csv")
-    parents = runs[runs.kind != "derived"]
-    sizes = parents.groupby(["experiment", "target", "strategy", "seed"]).lr.nunique()
-    assert (sizes == 3).all()
+    parents = runs[(runs.kind != "derived") & (runs.budget_factor == 1)]
+    suite = SUITES["smoke"]
+    for (experiment, strategy), part in parents.groupby(["experiment", "strategy"]):
+        base = set(suite.experiment(experiment).grid(suite.experiment(experiment).strategy(strategy)))
+        assert base <= set(part.lr)  # every base candidate ran; extensions only beyond it
     chosen = parents[parents.selected].groupby(["experiment", "target", "strategy"]).lr.nunique()
     assert (chosen == 1).all()
-    edges = parents[parents.selected]
-    assert (edges.edge == edges.lr_index.isin([0, 2])).all()
+    for row in parents[parents.selected].itertuples():
+        lrs = parents[(parents.experiment == row.experiment) & (parents.target == row.target)
+                      & (parents.strategy == row.strategy)].lr
+        assert row.edge == (row.lr in (lrs.min(), lrs.max()))
 
 
 def _in_unit_interval(value: float) -> bool:
@@ -133,8 +157,7 @@ def test_every_metric_is_finite_and_in_range(smoke) -> None:
         for field in ("val_accuracy", "test_accuracy", "ood_accuracy", "ood_cka"):
             if field in record:
                 assert _in_unit_interval(record[field]), (field, record[field])
-        assert isinstance(record["still_improving"], bool)
-        if record["strategy"].startswith("surgical") or record["strategy"] == "ft":
+        if record["strategy"].startswith("surgical") or record["strategy"] == "top_ft":
             curve = record["curve"]
             assert curve["step"][0] == 0 and curve["step"][-1] == record["config"]["budget"]["steps"]
         if "retention_precise_bn" in record:
@@ -204,7 +227,7 @@ def test_a_corrupt_cached_source_backbone_is_rebuilt(smoke, tmp_path: Path) -> N
 
 
 def test_replication_of_a_run_by_itself_and_by_a_changed_copy(smoke, tmp_path: Path) -> None:
-    assert write_replication(smoke.out, smoke.out, SUITES["smoke"]) is True
+    assert write_replication(smoke.out, smoke.out, SUITES["smoke"], SUITES["smoke"]) is True
     changed = tmp_path / "changed"
     changed.mkdir()
     records = read_runs(smoke.out / "runs.jsonl")
@@ -215,26 +238,34 @@ def test_replication_of_a_run_by_itself_and_by_a_changed_copy(smoke, tmp_path: P
     assert main(["replicate", "--suite", "smoke", "--reference", str(smoke.out), "--new", str(changed)]) in (0, 1)
     table = pd.read_csv(changed / "replication.csv")
     row = table[(table.strategy == "surgical_head")].iloc[0]
-    assert row.test_accuracy_new == 0 and not row.inside
+    assert row.test_accuracy_new == 0 and not row.inside and not row.consistent
     report = (changed / "replication.md").read_text()
     assert "Verdicts equal:" in report and "| S1 |" in report
 
 
 def test_suites_are_well_formed() -> None:
-    """Unique cells; equal lr grids; baselines on every target; quick: >= 5 seeds and >= 500 test images."""
+    """Unique cells; equal lr grids (probes: at least 4 Cs); baselines on every target; quick: >= 5
+    seeds, >= 500 test images, >= 2 source seeds for suite-pretrained sources, convergence and
+    forgetting hypotheses; its replication: disjoint seeds and other source seeds."""
     environment = key_environment(resolve_device("cpu", threads=1))
     for suite in SUITES.values():
         keys = [cell.key(environment) for cell in suite.cells()]
         assert len(keys) == len(set(keys)), suite.name
         for experiment in suite.experiments:
-            assert len({len(s.grid) for s in experiment.strategies}) == 1
+            assert len({len(s.grid) for s in experiment.strategies if s.kind != "probe"}) == 1
+            assert all(len(s.grid) >= 4 for s in experiment.strategies if s.kind == "probe")
             names = [s.name for s in experiment.strategies]
             assert any("scratch" in n for n in names) and any("pixel" in n for n in names)
-    for experiment in SUITES["quick"].experiments:
-        assert len(experiment.seeds) >= 5
+    quick, replication = SUITES["quick"], SUITES["quick_replication"]
+    for experiment, other in zip(quick.experiments, replication.experiments):
+        assert len(experiment.seeds) >= 5 and not set(experiment.seeds) & set(other.seeds)
+        if experiment.source.kind == "pretrain":
+            assert len(experiment.source_seeds) >= 2 and not set(experiment.source_seeds) & set(other.source_seeds)
         for target in experiment.targets:
             assert (target.test_pool[1] - target.test_pool[0]) * target.num_classes >= 500
-    assert [h.name for h in SUITES["quick"].hypotheses][:3] == ["H1a", "H1b", "H1c"]
+    metrics = Counter(h.metric for h in quick.hypotheses if not h.exploratory)
+    assert metrics["val_auc"] + metrics["val_at_quarter"] >= 2 and metrics["retention_at_match"] >= 1
+    assert [h.name for h in quick.hypotheses][:3] == ["H1a", "H1b", "H1c"]
 
 
 def test_perf_is_forwarded_to_the_perf_runner(monkeypatch: pytest.MonkeyPatch) -> None:
