@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv bench test smoke perf gpu clean-venv
+.PHONY: venv bench replication test smoke perf gpu clean-venv
 
 venv: $(STAMP)
 
@@ -23,6 +23,12 @@ bench: $(STAMP)
 	rm -rf runs/quick
 	$(PY) -m benchmarks run --suite quick --out runs/quick
 	$(PY) -m benchmarks replicate --suite quick --reference results/quick --new runs/quick
+
+# The committed second run: disjoint seeds, other source-pretraining seeds, the Ray executor (another
+# process layout), compared verdict by verdict with the reference.
+replication: $(STAMP)
+	$(PY) -m benchmarks run --suite quick_replication --out results/quick-replication --executor ray --no-progress
+	$(PY) -m benchmarks replicate --reference results/quick --new results/quick-replication
 
 test: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider

@@ -54,13 +54,14 @@ def compare_cells(reference: pd.DataFrame, new: pd.DataFrame, metric: str = "tes
 
 
 def source_seed_effects(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
-    """Per confirmatory hypothesis and source-pretraining seed: the mean paired effect over the
-    seeds fine-tuned from that source (selected lrs), and where it lies against the minimum effect
-    (``above``: >= min effect, ``below``: <= -min effect, ``between``)."""
+    """Per confirmatory hypothesis of a suite-pretrained source and per source-pretraining seed: the
+    mean paired effect over the seeds fine-tuned from that source (selected lrs), and where it lies
+    against the minimum effect (``above``: >= min effect, ``below``: <= -min effect, ``between``).
+    Hypotheses on a shipped source (one source model for every seed) have no rows."""
     rows = []
     chosen = runs[runs.selected.astype(bool)] if "selected" in runs else runs.iloc[0:0]
     for h in suite.hypotheses:
-        if h.exploratory:
+        if h.exploratory or suite.experiment(h.experiment).source.kind != "pretrain":
             continue
         part = chosen[(chosen.experiment == h.experiment) & (chosen.target == h.target)]
         sides = [part[part.strategy == name].set_index("seed") for name in (h.better, h.worse)]
@@ -108,7 +109,7 @@ def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite
         f"consistent with the reference (difference inside its 95% interval): {int(cells.consistent.sum())} of "
         f"{len(cells)}; inside the reference's own 95% interval: {int(cells.inside.sum())} of {len(cells)}; same "
         f"selected lr: {int(cells.same_lr.sum())} of {len(cells)}. Verdicts whose effect changes side of the "
-        f"minimum effect between source-pretraining seeds: {', '.join(depends) or 'none'}.",
+        f"minimum effect between the source-pretraining seeds of both runs: {', '.join(depends) or 'none'}.",
         "",
         "| hypothesis | verdict (reference) | verdict (new) | effect (reference) | effect (new) | same | "
         "depends on source seed |",

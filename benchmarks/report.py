@@ -231,7 +231,8 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
         mde_worst.append(minimum_detectable_effect(r.sd, r.seeds, worst))
         needed.append(seeds_needed(r.sd, r.min_effect, r.ci_level))
     frame["ci_low"], frame["ci_high"], frame["verdict"] = lows, highs, labels
-    frame["mde"], frame["mde_worst_step"], frame["seeds_needed"] = mdes, mde_worst, needed
+    frame["mde"], frame["mde_worst_step"] = mdes, mde_worst
+    frame["seeds_needed"] = pd.array([None if math.isnan(n) else int(n) for n in needed], dtype="Int64")
     frame["scope"] = ["" if r.gate_ok and r.preconditions_ok else
                       ("transfer/source gate failed" if not r.gate_ok else "precondition failed")
                       for r in frame.itertuples()]
@@ -340,7 +341,7 @@ def budget_check(suite: Suite, runs: pd.DataFrame, verdict_table: pd.DataFrame) 
 
 
 def _fmt(value: Any, ci: Any = None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"

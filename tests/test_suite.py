@@ -284,3 +284,19 @@ def test_readme_verdict_table_is_the_committed_reference() -> None:
     root = Path(__file__).resolve().parents[1]
     block = (root / "README.md").read_text().split(README_START, 1)[1].split(README_END, 1)[0].strip()
     assert block == readme_table(pd.read_csv(root / "results" / "quick" / "verdicts.csv")).strip()
+
+
+def test_readme_numbers_about_the_committed_runs_are_the_runs_own() -> None:
+    """The wall time and the replication agreement the README quotes are those the committed runs recorded."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    environment = json.loads((root / "results" / "quick" / "environment.json").read_text())
+    assert f"took {round(environment['wall_seconds'])} s" in readme
+    headline = (root / "results" / "quick-replication" / "replication.md").read_text().split("\n\n")[1]
+    verdicts = re.search(r"Verdicts equal: (\d+) of (\d+)", headline).groups()
+    consistent = re.search(r"consistent with the reference \(difference inside its 95% interval\): (\d+) of (\d+)",
+                           headline).groups()
+    assert f"agrees on {verdicts[0]} of {verdicts[1]} verdicts" in readme
+    assert f"{consistent[0]} of {consistent[1]} cells are consistent" in readme
