@@ -47,10 +47,11 @@ Example:
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .backbones import TIMM
 from .data import CORRUPTION_KINDS, IMAGEFOLDER, POOLED, class_counts, imagefolder
@@ -68,7 +69,7 @@ from .suites import (
     Strategy,
     Suite,
     Target,
-    _derived,
+    derived_strategies,
     scratch,
 )
 
@@ -312,7 +313,7 @@ def _hypothesis(table: Any, where: str, experiments: dict[str, Experiment]) -> H
     if target is None:
         raise ConfigError(f"{where}.target: experiment {experiment.name!r} has no target {hypothesis.target!r}; "
                           f"known: {[t.name for t in experiment.targets]}")
-    strategies = [s.name for s in experiment.strategies] + sorted(_derived(experiment))
+    strategies = [s.name for s in experiment.strategies] + sorted(derived_strategies(experiment))
     metrics = [*HYPOTHESIS_METRICS, *(f"ood_accuracy_{name}" for name in target.ood)]
     for prefix, item in (("", hypothesis), *((f".preconditions[{j}]", p)
                                               for j, p in enumerate(hypothesis.preconditions))):

@@ -344,7 +344,7 @@ class Suite:
             experiment = names.get(h.experiment)
             if experiment is None or h.target not in {t.name for t in experiment.targets}:
                 raise ValueError(f"hypothesis {h.name}: no experiment/target {h.experiment}/{h.target}")
-            known = {s.name for s in experiment.strategies} | _derived(experiment)
+            known = {s.name for s in experiment.strategies} | derived_strategies(experiment)
             named = {h.better, h.worse} | {n for p in h.preconditions for n in (p.better, p.worse)}
             if named - known:
                 raise ValueError(f"hypothesis {h.name}: unknown strategies {sorted(named - known)}; "
@@ -379,8 +379,8 @@ class Suite:
 WISE_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
-def _derived(experiment: Experiment) -> set[str]:
-    """Rows the report derives from ``wise`` strategies: ``<name>+wise_<alpha>``."""
+def derived_strategies(experiment: Experiment) -> set[str]:
+    """The strategy names the report derives from ``wise`` strategies: ``<name>+wise_<alpha>``."""
     return {f"{s.name}+wise_{alpha}" for s in experiment.strategies if s.wise for alpha in WISE_ALPHAS}
 
 
