@@ -28,7 +28,7 @@ bench: $(STAMP)
 # process layout), compared verdict by verdict with the reference.
 replication: $(STAMP)
 	$(PY) -m benchmarks run --suite quick_replication --out results/quick-replication --executor ray --no-progress
-	$(PY) -m benchmarks replicate --reference results/quick --new results/quick-replication
+	-$(PY) -m benchmarks replicate --reference results/quick --new results/quick-replication  # differing verdicts are the report's content here, not a failure
 
 test: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider

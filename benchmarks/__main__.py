@@ -101,6 +101,9 @@ def dry_run(suite: Suite | str, out: Path, threads: int) -> None:
               f"{fetch_command(backbone[len(TIMM):])}")
     if suite.time_budget_s is not None:
         print(f"seeds are sized at run time to about {suite.time_budget_s:.0f} s from a timed training step")
+    if suite.hypotheses:
+        print("the guards add cells during the run: grid extensions where a selected lr sits at a grid edge, and "
+              "the hypotheses' selected cells at twice the budget (benchmarks.selection)")
     print("hypotheses: " + "; ".join(f"{h.name} {h.comparison} on {h.target} ({h.metric})" for h in suite.hypotheses))
 
 

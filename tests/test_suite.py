@@ -294,6 +294,9 @@ def test_readme_numbers_about_the_committed_runs_are_the_runs_own() -> None:
     readme = (root / "README.md").read_text()
     environment = json.loads((root / "results" / "quick" / "environment.json").read_text())
     assert f"took {round(environment['wall_seconds'])} s" in readme
+    phases = {p["phase"]: p["cells"] for p in environment["phases"]}
+    guards = sum(n for phase, n in phases.items() if phase != "grid")
+    assert f"in the reference, {phases['grid']} grid cells and\n{guards} more" in readme
     headline = (root / "results" / "quick-replication" / "replication.md").read_text().split("\n\n")[1]
     verdicts = re.search(r"Verdicts equal: (\d+) of (\d+)", headline).groups()
     consistent = re.search(r"consistent with the reference \(difference inside its 95% interval\): (\d+) of (\d+)",
