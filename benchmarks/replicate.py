@@ -50,7 +50,7 @@ def compare_cells(reference: pd.DataFrame, new: pd.DataFrame, metric: str = "tes
     merged["consistent"] = [bool(math.isfinite(v) and abs(v - r) <= math.hypot(a, b))
                             for r, a, b, v in zip(ref, half_ref, half_new, value)]
     merged["same_lr"] = merged.lr_reference == merged.lr_new
-    return merged
+    return merged.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
 def source_seed_effects(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
@@ -129,7 +129,8 @@ def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite
         "inside |",
         "|---|---|---|---|---|---|---|---|---|",
         *[f"| {r.experiment} | {r.target} | {r.strategy} | {r.lr_reference:g} | {r.lr_new:g} | "
-          f"{r.test_accuracy_reference:.3f} ± {r.test_accuracy_ci_reference:.3f} | {r.test_accuracy_new:.3f} | "
+          f"{r.test_accuracy_reference:.3f} ± {r.test_accuracy_ci_reference:.3f} | "
+          f"{r.test_accuracy_new:.3f} ± {r.test_accuracy_ci_new:.3f} | "
           f"{'yes' if r.consistent else 'no'} | {'yes' if r.inside else 'no'} |" for r in cells.itertuples()],
         "",
     ]
