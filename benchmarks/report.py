@@ -163,10 +163,10 @@ def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame
                                        "transfer_ok", "source_accuracy", "source_min_accuracy", "source_ok"])
 
 
-def _sides(runs: pd.DataFrame, h: Hypothesis, metric: str | None = None) -> tuple[pd.Series, pd.Series]:
+def _sides(runs: pd.DataFrame, h: Hypothesis) -> tuple[pd.Series, pd.Series]:
+    """The hypothesis' metric by seed for its better and its worse side, among ``runs``."""
     part = runs[(runs.experiment == h.experiment) & (runs.target == h.target)]
-    metric = metric or h.metric
-    return tuple(part[part.strategy == name].set_index("seed")[metric].dropna() for name in (h.better, h.worse))
+    return tuple(part[part.strategy == name].set_index("seed")[h.metric].dropna() for name in (h.better, h.worse))
 
 
 def _preconditions(runs: pd.DataFrame, h: Hypothesis) -> tuple[bool, str]:
@@ -311,15 +311,8 @@ def budget_check(suite: Suite, runs: pd.DataFrame, verdict_table: pd.DataFrame) 
     for h in suite.hypotheses:
         if h.exploratory:
             continue
-        parents = {side: side.split("+")[0] for side in (h.better, h.worse)}
-        longer = runs[(runs.budget_factor == BUDGET_CHECK_FACTOR) & (runs.experiment == h.experiment)
-                      & (runs.target == h.target)]
-        selected_lr = {p: chosen[(chosen.experiment == h.experiment) & (chosen.target == h.target)
-                                 & (chosen.parent == p)].lr for p in parents.values()}
-        keep = pd.concat([longer[(longer.parent == p) & (longer.lr == float(lr.iloc[0]))]
-                          for p, lr in selected_lr.items() if len(lr)]) if any(len(v) for v in selected_lr.values()) \
-            else longer.iloc[0:0]
-        long_b, long_w = _sides(keep, h)
+        longer = runs[(runs.budget_factor == BUDGET_CHECK_FACTOR) & (runs.lr == runs.selected_lr)]
+        long_b, long_w = _sides(longer, h)
         seeds = sorted(set(long_b.index) & set(long_w.index))
         row = {"hypothesis": h.name, "comparison": h.comparison, "metric": h.metric, "seeds": len(seeds),
                "budget_factor": BUDGET_CHECK_FACTOR}
