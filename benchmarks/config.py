@@ -53,7 +53,7 @@ from typing import Any
 
 import tomllib
 
-from .backbones import TIMM
+from .backbones import SUITE_ARCHITECTURES, TIMM
 from .data import CORRUPTION_KINDS, IMAGEFOLDER, POOLED, class_counts, imagefolder
 from .store import SUITE_TOML, read_suite_record
 from .suites import (
@@ -74,13 +74,13 @@ from .suites import (
 )
 
 #: Backbones a config may name (see ``benchmarks.sources.source_backbone``).
-BACKBONES = ("resnet_tiny", "lite0_top", "lite0_full", "lite2_full")
+BACKBONES = (*SUITE_ARCHITECTURES, "lite0_top", "lite0_full", "lite2_full")
 #: Strategy kinds; a table without ``kind`` is the first.
 STRATEGY_KINDS = ("finetune", "scratch", "probe", "pixel")
 #: The baseline kinds' strategies: their default name and lr.
 BASELINES = {"scratch": scratch(), "probe": LINEAR_PROBE, "pixel": PIXEL}
 DATASETS = ("animal", "mnist")
-SOURCE_KINDS = ("pretrain", "imagenet")
+SOURCE_KINDS = ("pretrain", "imagenet", "adapt")
 BN_MODES = ("frozen", "train")
 #: Every table of a config: its TOML name, the dataclass whose fields are its keys, and the fields
 #: a config does not set.
@@ -209,10 +209,10 @@ def _class_counts(dataset: str, classes: tuple[int, ...], where: str) -> tuple[t
 
 
 def _check_source(source: Source, where: str) -> None:
-    """A known source kind; a pretrain source's classes exist and each pool holds images of each."""
+    """A known source kind; a trained source's classes exist and each pool holds images of each."""
     if source.kind not in SOURCE_KINDS:
         raise ConfigError(f"{where}.kind: unknown source kind {source.kind!r}; known: {list(SOURCE_KINDS)}")
-    if source.kind != "pretrain":
+    if not source.trained:
         return
     _, counts = _class_counts(source.dataset, source.classes, where)
     total = sum(counts.values())  # a source's pools pick positions among all of a class's images
@@ -279,6 +279,12 @@ def _experiment(table: Any, where: str, base: Path | None = None) -> Experiment:
         source = {**source, "dataset": _dataset(source["dataset"], f"{where}.source", base)}
     table["source"] = _build(Source, source, f"{where}.source")
     _check_source(table["source"], f"{where}.source")
+    kind = table["source"].kind
+    fits = {"pretrain": backbone in SUITE_ARCHITECTURES, "adapt": backbone in ("lite0_full", "lite2_full"),
+            "imagenet": backbone not in SUITE_ARCHITECTURES}[kind]
+    if not fits:
+        raise ConfigError(f"{where}.source: a {kind} source does not fit backbone {backbone!r} (pretrain: "
+                          f"{', '.join(SUITE_ARCHITECTURES)}; adapt: lite0_full, lite2_full; imagenet: the others)")
     table["budget"] = _build(Budget, table.get("budget"), f"{where}.budget")
     targets = []
     for i, target in enumerate(table.get("targets") or []):

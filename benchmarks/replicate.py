@@ -61,7 +61,7 @@ def source_seed_effects(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     chosen = runs[runs.selected.astype(bool)] if "selected" in runs else runs.iloc[0:0]
     for h in suite.hypotheses:
-        if h.exploratory or suite.experiment(h.experiment).source.kind != "pretrain":
+        if h.exploratory or not suite.experiment(h.experiment).source.trained:
             continue
         part = chosen[(chosen.experiment == h.experiment) & (chosen.target == h.target)]
         sides = [part[part.strategy == name].set_index("seed") for name in (h.better, h.worse)]

@@ -37,6 +37,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .across import across_families  # noqa: E402
+from .across import plot as plot_across  # noqa: E402
+from .backbones import family as backbone_family  # noqa: E402
 from .selection import BUDGET_CHECK_FACTOR, EXTENSION_CAP, mark_capped, runs_frame, select_lr  # noqa: E402
 from .stats import (  # noqa: E402
     ALPHA,
@@ -193,7 +196,8 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
         gate_ok = bool(len(gate) and gate.transfer_ok.iloc[0] and gate.source_ok.iloc[0])
         held, text = _preconditions(chosen, h)
         row = {"hypothesis": h.name, "mirrors": h.mirrors, "comparison": h.comparison, "metric": h.metric,
-               "experiment": h.experiment, "target": h.target, "seeds": len(seeds), "min_effect": h.min_effect,
+               "experiment": h.experiment, "family": backbone_family(suite.experiment(h.experiment).backbone),
+               "target": h.target, "seeds": len(seeds), "min_effect": h.min_effect,
                "min_effect_source": h.min_effect_source, "gate_ok": gate_ok, "preconditions": text or "none",
                "preconditions_ok": held, "exploratory": h.exploratory, "published": h.published,
                "effect": math.nan, "sd": math.nan, "p": math.nan}
@@ -203,7 +207,7 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
         rows.append(row)
     columns = ["hypothesis", "mirrors", "comparison", "metric", "effect", "ci_low", "ci_high", "ci_level", "p_holm",
                "verdict", "p", "min_effect", "mde", "mde_worst_step", "seeds_needed", "seeds", "sd", "preconditions",
-               "preconditions_ok", "scope", "exploratory", "experiment", "target", "gate_ok", "min_effect_source",
+               "preconditions_ok", "scope", "exploratory", "experiment", "family", "target", "gate_ok", "min_effect_source",
                "published"]
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -454,6 +458,23 @@ def _in_suite_order(frame: pd.DataFrame, order: Mapping[tuple[str, str], int]) -
     return frame.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
 
 
+ACROSS_COLUMNS = {"claim": "claim", "comparison": "comparison", "metric": "metric", "per_family": "per family: effect "
+                  "[Holm-adjusted CI] verdict", "pooled_effect": "pooled effect", "pooled_ci_low": "adj. ci low",
+                  "pooled_ci_high": "adj. ci high", "tau": "tau", "on_predicted_side": "families > 0",
+                  "families_in_scope": "families in scope", "consistent": "same verdict in every family",
+                  "pooled_verdict": "verdict across families"}
+
+
+def _across_section(across: pd.DataFrame) -> list[str]:
+    """The summary's cross-backbone section (claims tested in at least two families)."""
+    return ["## Across backbones", "",
+            "Each claim per timm family (its verdict above) and pooled across families: DerSimonian-Laird "
+            "random-effects mean of the families' paired effects, normal interval at the claim's Holm step level "
+            f"over the {int(across.pooled_p_holm.notna().sum())} pooled claims, verdict by the same five words; "
+            "tau: the between-family standard deviation of the effect (`benchmarks/across.py`).", "",
+            _markdown(across, ACROSS_COLUMNS), "", "![across_backbones.png](across_backbones.png)", ""]
+
+
 def _regenerate_hint(suite: Suite, environment: Mapping[str, Any]) -> str:
     command = environment.get("command")
     if command:
@@ -479,14 +500,18 @@ def write_reports(out: Path, suite: Suite) -> None:
     forget = forgetting(runs, levels)
     ood = ood_table(suite, runs)
     check = budget_check(suite, runs, verdict_table)
+    across = across_families(verdict_table)
     order = {(e.name, t.name): i for i, (e, t) in enumerate((e, t) for e in suite.experiments for t in e.targets)}
     converge, forget, ood = (_in_suite_order(frame, order) for frame in (converge, forget, ood))
     scalar_runs = runs.drop(columns=[c for c in runs if c.startswith("curve_")])
     for name, frame in (("runs.csv", scalar_runs), ("selected.csv", table), ("gates.csv", gate_table),
                         ("verdicts.csv", verdict_table), ("convergence.csv", converge), ("forgetting.csv", forget),
-                        ("ood.csv", ood), ("budget_check.csv", check)):
+                        ("ood.csv", ood), ("budget_check.csv", check), ("across.csv", across)):
         atomic_write(out / name, frame.to_csv(index=False, float_format="%.6g"))
     plots = _plot_curves(runs, out) + _plot_forgetting(runs, levels, out) + _plot_wise(table, out)
+    several = across[across.families >= 2]
+    if len(several):
+        plot_across(verdict_table, across, str(out / "across_backbones.png"))
     failed = [r for r in records if r.get("status") == "failed"]
     confirmatory = verdict_table[~verdict_table.exploratory]
     tuned = table[(table.kind != "derived")]
@@ -503,6 +528,7 @@ def write_reports(out: Path, suite: Suite) -> None:
         _markdown(confirmatory, VERDICT_COLUMNS), "",
         "Minimum effects and their sources:", "",
         *[f"- {r.hypothesis}: {_fmt(r.min_effect)} — {r.min_effect_source}" for r in confirmatory.itertuples()], "",
+        *(_across_section(several) if len(several) else []),
         "## Exploratory comparisons (no verdict, not in the Holm family; unadjusted 95% interval)", "",
         _markdown(verdict_table[verdict_table.exploratory],
                   {k: v for k, v in VERDICT_COLUMNS.items() if k not in ("p_holm", "verdict", "seeds_needed", "mde",

@@ -17,7 +17,8 @@ One fine-tuning cell (``kind`` finetune or scratch):
    end's penultimate features on the OOD (else test) images and on the ID training images; the
    normalised validation AUC and the validation accuracy at a quarter of the budget; with a
    labelled source: source test accuracy with the source head, weights only and after
-   ``lrgroups.norms.precise_bn`` on the source training images, each against the source model
+   ``lrgroups.norms.precise_bn`` on the source training images (none without BatchNorm: the two
+   coincide for LayerNorm backbones), each against the source model
    measured the same way (retention = after / before; backward transfer = after - before);
    WiSE-FT interpolations for ``wise`` strategies, from the run's start (for LP-FT the pretrained
    body with the linear probe as head: the zero-shot analogue) to its end point.
@@ -54,13 +55,14 @@ from tqdm.auto import tqdm
 import lrgroups
 from lrgroups import recipes
 from lrgroups.depth import find_head
-from lrgroups.norms import freeze_norm_stats, precise_bn
+from lrgroups.norms import batch_norms, freeze_norm_stats, precise_bn
 
 from . import metrics
 from .probes import DEGENERATE_CE, best_probe, penultimate, probe_for, probe_model, set_probe_head
 from .sources import (
     CellData,
     Preparation,
+    backbone_inputs,
     cell_data,
     ensure,
     model_inputs,
@@ -69,7 +71,7 @@ from .sources import (
     warmup_cosine,
 )
 from .store import atomic_write, environment_record, read_runs, to_json, versions, write_runs
-from .suites import WISE_ALPHAS, Cell, Suite
+from .suites import WISE_ALPHAS, Cell, Experiment, Suite
 from .training import Device, batches, predict, resolve_device, steps_per_epoch, train_step
 
 #: Retention along training uses every CURVE_EVERY-th source image (test and precise-BN sets).
@@ -160,24 +162,21 @@ def _scores(model: nn.Module, x: Inputs, data: CellData, device: Device) -> dict
                            for name, split in data.ood.items()})}
 
 
-def _source_batches(data: CellData) -> list[Tensor]:
-    from .sources import normalized
-
-    x_train = normalized(data.source_train.pixels)
+def _source_batches(experiment: Experiment, data: CellData) -> list[Tensor]:
+    x_train = backbone_inputs(experiment, data.source_train.pixels)
     return [x_train[i : i + 200] for i in range(0, len(x_train), 200)]
 
 
-def _source_scores(model: nn.Module, source_head: nn.Module, data: CellData, device: Device,
+def _source_scores(experiment: Experiment, model: nn.Module, source_head: nn.Module, data: CellData, device: Device,
                    weights_only: bool = True, every: int = 1) -> tuple[float, float]:
     """Source test accuracy of ``model`` with the source head (on a copy): weights only (BatchNorm
     statistics as they are; nan unless ``weights_only``), then after precise BN on the source
     training images; ``every``: use every ``every``-th image of both sets."""
-    from .sources import normalized
-
     model = _with_head(model, source_head)
-    x_test, y_test = normalized(data.source_test.pixels[::every]), data.source_test.labels[::every]
+    x_test, y_test = backbone_inputs(experiment, data.source_test.pixels[::every]), data.source_test.labels[::every]
     as_is = _accuracy(model, x_test, y_test, device) if weights_only else math.nan
-    precise_bn(model, (batch[::every].to(device.torch) for batch in _source_batches(data)))
+    if batch_norms(model):  # LayerNorm backbones (ConvNeXt, ViT) have no statistics to re-estimate
+        precise_bn(model, (batch[::every].to(device.torch) for batch in _source_batches(experiment, data)))
     return as_is, _accuracy(model, x_test, y_test, device)
 
 
@@ -219,9 +218,10 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
     model = device.prepare(model)
     x = _inputs(cell, data, pretrained, cache_dir, environment)
     y_train = data.train.labels
-    frozen_norms = freeze_norm_stats(model) if pretrained and experiment.bn == "frozen" else None
+    frozen_norms = (freeze_norm_stats(model) if pretrained and experiment.bn == "frozen" and batch_norms(model)
+                    else None)
     tracks_source = data.source_test is not None and pretrained
-    before = _source_scores(model, source_head, data, device) if tracks_source else None
+    before = _source_scores(experiment, model, source_head, data, device) if tracks_source else None
 
     record: dict[str, Any] = {}
     if pretrained and strategy.recipe == "lp_ft":
@@ -241,7 +241,8 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
     curve: dict[str, list] = {"step": [], "val_accuracy": []}
     track = experiment.track_forgetting and tracks_source
     if track:  # the curve's retention: half of each source set (the end point uses all of them)
-        curve_before = _source_scores(model, source_head, data, device, weights_only=False, every=CURVE_EVERY)[1]
+        curve_before = _source_scores(experiment, model, source_head, data, device, weights_only=False,
+                                      every=CURVE_EVERY)[1]
 
     forgetting_every = budget.forgetting_every or budget.eval_every
 
@@ -251,7 +252,7 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
         if track and (step % forgetting_every == 0 or step == budget.steps):
             curve.setdefault("forgetting_step", []).append(step)
             curve.setdefault("test_accuracy", []).append(_accuracy(model, x.test, data.test.labels, device))
-            after = curve_before if step == 0 else _source_scores(model, source_head, data, device,
+            after = curve_before if step == 0 else _source_scores(experiment, model, source_head, data, device,
                                                                   weights_only=False, every=CURVE_EVERY)[1]
             curve.setdefault("retention_precise_bn", []).append(metrics.retention(after, curve_before))
 
@@ -288,7 +289,7 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
     if frozen_norms is not None:
         frozen_norms.remove()
     if before is not None:
-        after = _source_scores(model, source_head, data, device)
+        after = _source_scores(experiment, model, source_head, data, device)
         record.update(source_accuracy_before=before[0], source_accuracy_after=after[0],
                       source_accuracy_before_precise_bn=before[1], source_accuracy_after_precise_bn=after[1],
                       retention_weights_only=metrics.retention(after[0], before[0]),

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .backbones import SUITE_ARCHITECTURES
 from .sources import FULL_LITE, source_backbone
 from .suites import Experiment, Suite
 from .training import Device, train_step
@@ -33,8 +34,8 @@ def input_shape(experiment: Experiment) -> tuple[int, int, int]:
     """
     if experiment.backbone in FULL_LITE or experiment.backbone.startswith("timm:"):
         return 3, experiment.image_size, experiment.image_size
-    if experiment.backbone == "resnet_tiny":
-        return 1, 28, 28
+    if experiment.backbone in SUITE_ARCHITECTURES:
+        return 1, experiment.image_size, experiment.image_size
     raise ValueError(f"cannot time {experiment.backbone!r} on images")
 
 

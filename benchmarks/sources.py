@@ -25,7 +25,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .backbones import TIMM, Lite0Top, create_lite, create_resnet_tiny, create_timm, lite0_lower, timm_normalization
+from .backbones import (
+    SUITE_ARCHITECTURES,
+    TIMM,
+    Lite0Top,
+    create_lite,
+    create_timm,
+    lite0_lower,
+    timm_normalization,
+)
 from .data import as_images, corrupt, draw, folder_splits, normalize, pool_indices, raw_dataset
 from .metrics import accuracy
 from .store import atomic_torch_save, atomic_write, sha256_file, to_json
@@ -118,7 +126,7 @@ def cell_data(experiment: Experiment, target: Target, seed: int) -> CellData:
     ood = {name: _split(target.dataset, test_ids, splits[2].labels, name, TEST_NOISE_SEED + index)
            for index, name in enumerate(target.ood)}
     source_test = source_train = None
-    if experiment.source.kind == "pretrain":
+    if experiment.source.trained:
         source_test, source_train = source_splits(experiment)
         keep = np.arange(len(source_train.ids)) % PRECISE_BN_EVERY == 0  # a subset suffices for BN statistics
         source_train = Split(source_train.pixels[torch.from_numpy(keep)], source_train.labels[torch.from_numpy(keep)],
@@ -137,9 +145,27 @@ def source_splits(experiment: Experiment) -> tuple[Split, Split]:
     return out[0], out[1]
 
 
-def normalized(pixels: Tensor) -> Tensor:
-    """Pixels in [0, 1] -> the tiny ResNet's input (mean = std = 0.5)."""
-    return normalize(pixels, (0.5,), (0.5,))
+def backbone_inputs(experiment: Experiment, pixels: Tensor) -> Tensor:
+    """1-channel 28 px pixels in [0, 1] (NCHW) -> what the experiment's backbone eats on images:
+    resized to ``experiment.image_size``; 1 channel, mean = std = 0.5 for suite-pretrained
+    backbones; 3 channels normalised with the model's mean and std for EfficientNet-Lite (0.5) and
+    ``timm:<name>`` models. The one place pixels become model inputs (cells, source pretraining,
+    retention). ``lite0_top`` eats cached features instead (:func:`model_inputs`).
+
+    Raises:
+        KeyError: a backbone fed cached features, or an unknown one.
+    """
+    from .data import resize, to_channels
+
+    images = resize(pixels, experiment.image_size)
+    if experiment.backbone in SUITE_ARCHITECTURES:
+        return normalize(images, (0.5,), (0.5,))
+    if experiment.backbone in FULL_LITE:
+        return normalize(to_channels(images, 3), (0.5,) * 3, (0.5,) * 3)
+    if experiment.backbone.startswith(TIMM):
+        mean, std = timm_normalization(experiment.backbone[len(TIMM):])
+        return normalize(to_channels(images, 3), mean, std)
+    raise KeyError(f"backbone {experiment.backbone!r} is not fed images")
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -178,6 +204,8 @@ class Preparation:
         # a source depends on the backbone and the source task only
         if self.kind == "source":
             config["source"] = asdict(self.source)
+            if experiment.image_size != 28:  # (28 px: the key of the sources cached before image sizes varied)
+                config["image_size"] = experiment.image_size
         elif self.kind == "probes":
             from .probes import probe_config
 
@@ -207,7 +235,7 @@ def preparations(experiments: tuple[Experiment, ...]) -> list[list[Preparation]]
     waves: sources and features first, then the probes that are fitted on them."""
     first, probes, sources = [], [], set()
     for experiment in experiments:
-        if experiment.source.kind == "pretrain":
+        if experiment.source.trained:
             for source in dict.fromkeys(experiment.source_for(seed) for seed in experiment.seeds):
                 if (experiment.backbone, source) not in sources:
                     sources.add((experiment.backbone, source))
@@ -222,23 +250,30 @@ def preparations(experiments: tuple[Experiment, ...]) -> list[list[Preparation]]
 
 
 def pretrain(experiment: Experiment, device: Device, source_seed: int = 0) -> tuple[dict[str, Tensor], float]:
-    """Train the experiment's backbone from random init on its source task (AdamW, warm-up then
-    cosine to 0), seeded by ``source_seed``; returns (state dict, source test accuracy)."""
+    """Train the experiment's backbone on its source task (AdamW, warm-up then cosine to 0), seeded
+    by ``source_seed``: from random init (``kind="pretrain"``) or from the shipped ImageNet weights
+    with a new head (``kind="adapt"``, Lee et al.'s clean-source stage); returns (state dict,
+    source test accuracy)."""
     source = replace(experiment.source, seed=source_seed)
     test, train = source_splits(experiment)
     torch.manual_seed(source.seed)
-    model = device.prepare(create_resnet_tiny(len(source.classes)))
+    if source.kind == "adapt":
+        model = create_lite(True, FULL_LITE[experiment.backbone])
+        model.reset_classifier(len(source.classes))
+    else:
+        model = SUITE_ARCHITECTURES[experiment.backbone].create(len(source.classes))
+    model = device.prepare(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=source.lr, weight_decay=source.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(warmup_cosine, warmup=source.warmup_steps, total=source.steps))
-    x_train = normalized(train.pixels)
+    x_train = backbone_inputs(experiment, train.pixels)
     order = batches(len(x_train), source.batch_size, seed=source.seed)
     model.train()
     for _ in range(source.steps):
         index = next(order)
         train_step(model, optimizer, x_train[index], train.labels[index], device)
         schedule.step()
-    source_accuracy = accuracy(predict(model, normalized(test.pixels), device), test.labels)
+    source_accuracy = accuracy(predict(model, backbone_inputs(experiment, test.pixels), device), test.labels)
     return {name: t.detach().cpu().clone() for name, t in model.state_dict().items()}, source_accuracy
 
 
@@ -322,42 +357,45 @@ def load(preparation: Preparation, cache_dir: Path, environment: Mapping[str, An
 
 def source_backbone(experiment: Experiment, pretrained: bool, cache_dir: Path,
                     environment: Mapping[str, Any], source_seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
-    """A fresh copy of the cell's backbone with its source head: the suite-pretrained tiny ResNet
-    of ``source_seed`` (``pretrained=False``: random init, seeded by the caller) or the top of
-    ImageNet Lite0 (random init: the seed-0 random Lite0 whose lower features were cached)."""
-    if experiment.backbone == "resnet_tiny":
-        model = create_resnet_tiny(len(experiment.source.classes))
-        meta: dict[str, Any] = {"kind": "random_init"}
-        if pretrained:
-            state, meta = load(Preparation(experiment, "source", source_seed=source_seed), cache_dir, environment)
-            model.load_state_dict(state)
+    """A fresh copy of the cell's backbone with its source head: a suite-trained source of
+    ``source_seed`` (``pretrained=False``: random init, seeded by the caller), the top of ImageNet
+    Lite0 (random init: the seed-0 random Lite0 whose lower features were cached), a whole shipped
+    EfficientNet-Lite, or a ``timm:<name>`` model.
+
+    Raises:
+        KeyError: an unknown backbone.
+    """
+    if experiment.source.trained and pretrained:
+        if experiment.backbone in SUITE_ARCHITECTURES:
+            model = SUITE_ARCHITECTURES[experiment.backbone].create(len(experiment.source.classes))
+        else:  # an adapted shipped Lite: its architecture with the source head
+            model = create_lite(False, FULL_LITE[experiment.backbone])
+            model.reset_classifier(len(experiment.source.classes))
+        state, meta = load(Preparation(experiment, "source", source_seed=source_seed), cache_dir, environment)
+        model.load_state_dict(state)
         return model, meta
+    if experiment.backbone in SUITE_ARCHITECTURES:
+        classes = len(experiment.source.classes) if experiment.source.trained else experiment.targets[0].num_classes
+        return SUITE_ARCHITECTURES[experiment.backbone].create(classes), {"kind": "random_init"}
     if experiment.backbone == "lite0_top":
         return Lite0Top(create_lite(pretrained)), {"kind": "imagenet" if pretrained else "random_init"}
     if experiment.backbone in FULL_LITE:  # the whole network at its native resolution
         model = create_lite(pretrained, FULL_LITE[experiment.backbone])
+        if experiment.source.trained:
+            model.reset_classifier(len(experiment.source.classes))
         return model, {"kind": "imagenet" if pretrained else "random_init"}
     if experiment.backbone.startswith(TIMM):  # any timm model: cached pretrained weights or random init
         name = experiment.backbone[len(TIMM):]
         return create_timm(name, pretrained), {"kind": "timm_pretrained" if pretrained else "random_init"}
-    raise KeyError(f"unknown backbone {experiment.backbone!r}; known: resnet_tiny, lite0_top, {', '.join(FULL_LITE)}, "
-                   "timm:<model name>")
+    raise KeyError(f"unknown backbone {experiment.backbone!r}; known: {', '.join(SUITE_ARCHITECTURES)}, lite0_top, "
+                   f"{', '.join(FULL_LITE)}, timm:<model name>")
 
 
 def model_inputs(experiment: Experiment, target: Target, seed: int, split_name: str, split: Split,
                  pretrained: bool, cache_dir: Path, environment: Mapping[str, Any]) -> Tensor:
-    """What the backbone eats for a split: normalised 1-channel pixels (tiny ResNet), cached Lite0
-    lower features, or RGB images at the experiment's image size (whole EfficientNet-Lite)."""
+    """What the backbone eats for a split: cached Lite0 lower features (``lite0_top``), else
+    :func:`backbone_inputs` of its pixels."""
     if experiment.backbone == "lite0_top":
         payload, _ = load(Preparation(experiment, "features", pretrained), cache_dir, environment)
         return payload[f"{target.name}/{seed}/{split_name}"]
-    if experiment.backbone in FULL_LITE:
-        from .data import resize, to_channels
-
-        return normalize(to_channels(resize(split.pixels, experiment.image_size), 3), (0.5,) * 3, (0.5,) * 3)
-    if experiment.backbone.startswith(TIMM):
-        from .data import resize, to_channels
-
-        mean, std = timm_normalization(experiment.backbone[len(TIMM):])
-        return normalize(to_channels(resize(split.pixels, experiment.image_size), 3), mean, std)
-    return normalized(split.pixels)
+    return backbone_inputs(experiment, split.pixels)

@@ -153,9 +153,11 @@ def seeds_needed(sd: float, effect: float, error_level: float = ALPHA, power: fl
     up); nan when sd or the effect is not a positive finite number."""
     if not (math.isfinite(sd) and sd > 0 and math.isfinite(effect) and effect > 0):
         return math.nan
-    n = TTestPower().solve_power(effect_size=effect / sd, nobs=None, alpha=error_level, power=power,
-                                 alternative="two-sided")
-    return float(math.ceil(max(float(n), 2.0)))
+    n = float(TTestPower().solve_power(effect_size=effect / sd, nobs=None, alpha=error_level, power=power,
+                                       alternative="two-sided"))
+    if not math.isfinite(n):  # the solver gives up (an effect of many sds at a tiny level): say so, do not guess
+        return math.nan
+    return float(math.ceil(max(n, 2.0)))
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:

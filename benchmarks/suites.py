@@ -121,7 +121,9 @@ class Source:
     ``classes`` (per class, pool positions ``train_pool`` for training and ``test_pool`` for the
     source test set), AdamW with warm-up and cosine, seeded by ``seed``; it must reach
     ``min_accuracy`` on the source test set (the gate). ``kind="imagenet"``: the shipped ImageNet
-    weights, nothing trained.
+    weights, nothing trained. ``kind="adapt"``: the shipped ImageNet weights of a whole
+    EfficientNet-Lite trained on the source task the same way, with a new head (Lee et al.'s
+    clean-source stage before the shifted targets).
     """
 
     kind: str
@@ -136,6 +138,11 @@ class Source:
     weight_decay: float = 0.05
     min_accuracy: float = 0.0
     seed: int = 0
+
+    @property
+    def trained(self) -> bool:
+        """Whether the suite trains this source (``pretrain`` or ``adapt``): per source seed, gated."""
+        return self.kind in ("pretrain", "adapt")
 
 
 @dataclass(frozen=True)
@@ -229,7 +236,7 @@ class Experiment:
 
     def source_for(self, seed: int) -> Source:
         """The source a cell of ``seed`` starts from (its pretraining seed set for suite-pretrained sources)."""
-        if self.source.kind != "pretrain":
+        if not self.source.trained:
             return self.source
         return dataclasses.replace(self.source, seed=self.source_seeds[seed % len(self.source_seeds)])
 
@@ -467,44 +474,49 @@ def _q3(seeds: tuple[int, ...], budget: Budget, shots: int = 20, image_size: int
     )
 
 
-def _q1_hypotheses() -> tuple[Hypothesis, ...]:
+def _q1_hypotheses(experiment: str = "q1_surgical", suffix: str = "",
+                   targets: tuple[str, ...] = ("contrast", "noise", "label_permutation")) -> tuple[Hypothesis, ...]:
+    """Lee et al.'s hypotheses on ``experiment``, for those of its ``targets``; names end in ``suffix``."""
     lee_input = "input-level shifts (CIFAR-10-C, ImageNet-C): first block tuned best"
-    return (
-        Hypothesis("H1a", _LEE, "q1_surgical", "contrast", "test_accuracy", "surgical_first", "surgical_last", 0.03,
+    out = (
+        Hypothesis(f"H1a{suffix}", _LEE, experiment, "contrast", "test_accuracy", "surgical_first", "surgical_last",
+                   0.03, lee_input, _LEE_MIN),
+        Hypothesis(f"H1b{suffix}", _LEE, experiment, "noise", "test_accuracy", "surgical_first", "surgical_last", 0.03,
                    lee_input, _LEE_MIN),
-        Hypothesis("H1b", _LEE, "q1_surgical", "noise", "test_accuracy", "surgical_first", "surgical_last", 0.03,
-                   lee_input, _LEE_MIN),
-        Hypothesis("H1c", _LEE, "q1_surgical", "label_permutation", "test_accuracy", "surgical_head",
+        Hypothesis(f"H1c{suffix}", _LEE, experiment, "label_permutation", "test_accuracy", "surgical_head",
                    "surgical_last", 0.03, "output-level shift (CIFAR-Flip): last layer tuned best of all blocks",
                    _LEE_MIN),
     )
+    return tuple(h for h in out if h.target in targets)
 
 
-def _q2_hypotheses(more: bool = False) -> tuple[Hypothesis, ...]:
+def _q2_hypotheses(more: bool = False, experiment: str = "q2_ulmfit", suffix: str = "") -> tuple[Hypothesis, ...]:
+    """ULMFiT's and L2-SP's hypotheses on ``experiment`` (names end in ``suffix``); ``more``: layer
+    decay 0.75 as an exploratory row."""
     table7 = "Table 7 (classifier fine-tuning), IMDb error: full 6.87% -> "
     faster = _NO_NUMBER.format("ULMFiT sec. 3.2 states faster convergence; 3 pp = 6 validation images")
     forgetting = _NO_NUMBER.format("ULMFiT sec. 3.2 states less catastrophic forgetting; 2 pp of source accuracy")
     out = (
-        Hypothesis("H2a", f"{_ULMFIT}: discriminative fine-tuning", "q2_ulmfit", "new_classes", "test_accuracy",
+        Hypothesis(f"H2a{suffix}", f"{_ULMFIT}: discriminative fine-tuning", experiment, "new_classes", "test_accuracy",
                    "discriminative", "full", 0.021, table7 + "full+discr 5.57% (-19%; TREC-6 -9.5%, AG -3.3%)",
                    _HALF_T7),
-        Hypothesis("H2b", f"{_ULMFIT}: gradual unfreezing", "q2_ulmfit", "new_classes", "test_accuracy",
+        Hypothesis(f"H2b{suffix}", f"{_ULMFIT}: gradual unfreezing", experiment, "new_classes", "test_accuracy",
                    "gradual_unfreezing", "full", 0.024, table7 + "Freez+discr 5.39% (-21.5%)", _HALF_T7),
-        Hypothesis("H2c", f"{_ULMFIT}: discriminative rates converge faster", "q2_ulmfit", "new_classes",
+        Hypothesis(f"H2c{suffix}", f"{_ULMFIT}: discriminative rates converge faster", experiment, "new_classes",
                    "val_at_quarter", "discriminative", "full", 0.03, "qualitative (sec. 3.2)", faster),
-        Hypothesis("H2d", f"{_ULMFIT}: gradual unfreezing converges faster", "q2_ulmfit", "new_classes",
+        Hypothesis(f"H2d{suffix}", f"{_ULMFIT}: gradual unfreezing converges faster", experiment, "new_classes",
                    "val_auc", "gradual_unfreezing", "full", 0.02, "qualitative (sec. 3.2, Fig. 3)",
                    _NO_NUMBER.format("2 pp of normalised validation AUC")),
-        Hypothesis("H2e", f"{_ULMFIT}: discriminative rates forget less", "q2_ulmfit", "new_classes",
+        Hypothesis(f"H2e{suffix}", f"{_ULMFIT}: discriminative rates forget less", experiment, "new_classes",
                    "retention_at_match", "discriminative", "full", 0.02, "qualitative (sec. 3.2)", forgetting),
-        Hypothesis("H2f", f"{_ULMFIT}: gradual unfreezing forgets less", "q2_ulmfit", "new_classes",
+        Hypothesis(f"H2f{suffix}", f"{_ULMFIT}: gradual unfreezing forgets less", experiment, "new_classes",
                    "retention_at_match", "gradual_unfreezing", "full", 0.02, "qualitative (sec. 3.2)", forgetting),
-        Hypothesis("H2g", "Li et al. 2018 (L2-SP)", "q2_ulmfit", "new_classes", "test_accuracy", "l2_sp", "full",
+        Hypothesis(f"H2g{suffix}", "Li et al. 2018 (L2-SP)", experiment, "new_classes", "test_accuracy", "l2_sp", "full",
                    0.022, "Table 2, Stanford Dogs, ResNet-101 error: L2 18.6% -> L2-SP 14.9% (-20%)",
                    "half the published relative error cut at Q2's full-FT error in a pilot run (22%)"),
-        Hypothesis("X2a", "Li et al. 2018 (L2-SP) keeps the solution near the start", "q2_ulmfit", "new_classes",
+        Hypothesis(f"X2a{suffix}", "Li et al. 2018 (L2-SP) keeps the solution near the start", experiment, "new_classes",
                    "retention_at_match", "l2_sp", "full", 0.02, "qualitative", "exploratory", exploratory=True),
-        *((Hypothesis("X2b", "Bao et al. 2022 / He et al. 2022 (BEiT/MAE layer decay; a ViT recipe)", "q2_ulmfit",
+        *((Hypothesis(f"X2b{suffix}", "Bao et al. 2022 / He et al. 2022 (BEiT/MAE layer decay; a ViT recipe)", experiment,
                       "new_classes", "test_accuracy", "layer_decay_0.75", "full", 0.02,
                       "layer decay 0.65-0.75 used for every ViT fine-tuning", "exploratory", exploratory=True),)
           if more else ()),
@@ -560,6 +572,58 @@ QUICK = Suite(
     _hypotheses(),
 )
 QUICK_REPLICATION = QUICK.replication()
+
+#: The standard suite's suite-pretrained families: backbone (``benchmarks.backbones.SUITE_ARCHITECTURES``),
+#: the tag of its experiments and hypotheses, its input size, and its source (the ViT needs twice
+#: the pretraining steps at a lower lr to pass the source gate: 0.82 after 500 steps at 3e-3, 0.86-0.87
+#: after 1,000 at 2e-3).
+STANDARD_FAMILIES: tuple[tuple[str, str, int, Source], ...] = (
+    ("resnet_tiny", "resnet", 28, _ANIMAL04),
+    ("convnext_tiny", "convnext", 32, _ANIMAL04),
+    ("vit_tiny", "vit", 28, dataclasses.replace(_ANIMAL04, lr=2e-3, steps=1000, warmup_steps=100)),
+)
+_BEIT = "Bao et al. 2022 (BEiT) / He et al. 2022 (MAE): layer-wise lr decay"
+
+
+def _standard() -> Suite:
+    """The quick suite's protocol across timm families: per suite-pretrained family, Lee et al.'s
+    contrast question (6 seeds) and the ULMFiT / L2-SP question (10 seeds), the ViT with BEiT/MAE
+    layer decay; LP-FT and WiSE-FT on the ImageNet EfficientNet-Lite0 (8 seeds). Hypotheses are
+    named ``<quick name>-<family tag>``; the report states each per family and across families."""
+    experiments: list[Experiment] = []
+    hypotheses: list[Hypothesis] = []
+    for backbone, tag, image_size, source in STANDARD_FAMILIES:
+        on_family = dict(backbone=backbone, image_size=image_size, source=source)
+        q1 = _q1(tuple(range(6)), _FT_BUDGET)
+        experiments.append(dataclasses.replace(
+            q1, name=f"s1_{tag}", targets=q1.targets[:1], **on_family,
+            strategies=tuple(s for s in q1.strategies if s.name in ("surgical_first", "surgical_last", "scratch",
+                                                                     "pixel"))))
+        q2 = _q2(tuple(range(10)), _FT_BUDGET)
+        decay = (finetune("layer_decay_0.75", "layer_decay", lr=3e-3, gamma=0.75),) if tag == "vit" else ()
+        experiments.append(dataclasses.replace(q2, name=f"s2_{tag}", strategies=q2.strategies[:4] + decay
+                                               + q2.strategies[4:], **on_family))
+        hypotheses += _q1_hypotheses(f"s1_{tag}", f"-{tag}", ("contrast",)) + _q2_hypotheses(False, f"s2_{tag}",
+                                                                                             f"-{tag}")
+        if decay:
+            hypotheses.append(Hypothesis(
+                f"H4-{tag}", _BEIT, f"s2_{tag}", "new_classes", "test_accuracy", "layer_decay_0.75", "full", 0.02,
+                "layer decay 0.65 (BEiT) / 0.75 (MAE, ViT-B) in every ViT fine-tuning recipe",
+                _NO_NUMBER.format("no ablation number retrieved offline; 2 pp, as Q2's accuracy hypotheses")))
+    experiments.append(dataclasses.replace(_q3(tuple(range(8)), _FT_BUDGET), name="s3_lite0"))
+    hypotheses += _q3_hypotheses("s3_lite0", suffix="-lite0")
+    return Suite(
+        "standard",
+        "The quick suite's protocol across four timm families (about 25 minutes on 2 cores): a ResNet-10-T, a "
+        "ConvNeXt and a ViT pretrained by the suite on Animal-MNIST 0-4 (two source seeds each), each on Lee et "
+        "al.'s contrast shift (6 seeds) and on ULMFiT / L2-SP new classes (10 seeds; the ViT also with BEiT/MAE "
+        "layer decay), and the ImageNet EfficientNet-Lite0 top on LP-FT / WiSE-FT (8 seeds). Verdicts per family "
+        "and across families.",
+        tuple(experiments), tuple(hypotheses))
+
+
+STANDARD = _standard()
+STANDARD_REPLICATION = STANDARD.replication()
 
 _SMOKE_BUDGET = Budget(steps=8, batch_size=10, eval_every=4, warmup_steps=2)
 _SMOKE_Q1 = _q1((0, 1), _SMOKE_BUDGET, shots=4)
@@ -652,4 +716,5 @@ GPU = Suite(
     time_budget_s=420.0,
 )
 
-SUITES: dict[str, Suite] = {suite.name: suite for suite in (SMOKE, QUICK, QUICK_REPLICATION, FULL, GPU)}
+SUITES: dict[str, Suite] = {suite.name: suite for suite in (SMOKE, QUICK, QUICK_REPLICATION, STANDARD,
+                                                             STANDARD_REPLICATION, FULL, GPU)}
