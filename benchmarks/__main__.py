@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="the run folder (default: runs/<suite>)")
     replicate.add_argument("--reference", type=Path, required=True, help="the reference run (e.g. results/quick)")
     replicate.add_argument("--new", type=Path, required=True, help="the new run (e.g. runs/quick)")
-    report.add_argument("--readme", type=Path, help="also write the verdict table into this README's verdicts block")
+    report.add_argument("--readme", type=Path,
+                        help="also write the tables into this README's verdicts-<suite> and across-<suite> blocks")
     reference.add_argument("--write", action="store_true", help="write it into benchmarks/configs/README.md")
     run.add_argument("--cache", type=Path, help="where source backbones and features are cached (default: <out>/cache)")
     run.add_argument("--workers", type=int, default=2, help="processes running cells (default 2; 1 on CUDA)")
@@ -166,9 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         write_reports(out, suite)
         if args.readme is not None:
-            from .report import write_readme_table
+            from .report import write_readme_tables
 
-            write_readme_table(args.readme, out / "verdicts.csv")
+            try:
+                written = write_readme_tables(args.readme, out, suite.name)
+            except ValueError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+            print(f"README blocks rewritten: {', '.join(written)}")
         print(f"reports rebuilt in {out}")
         return 0
     if args.dry_run:
@@ -183,6 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolve_device(args.device, threads=args.threads)  # a missing device fails before anything is written
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    from .backbones import TIMM, fetch_command, weights_available
+
+    missing = sorted({e.backbone for e in suite.experiments if e.backbone.startswith(TIMM)
+                      and any(s.kind in PRETRAINED_KINDS for s in e.strategies) and not weights_available(e.backbone)})
+    if missing:  # fails before anything is written, not cell by cell
+        print("error: pretrained weights are not in the local cache (nothing is downloaded at run time) for "
+              + "; ".join(f"{b}: fetch them once with {fetch_command(b[len(TIMM):])}" for b in missing),
+              file=sys.stderr)
         return 2
     write_suite_record(out, suite.name, args.config)
     outcome = run_suite(

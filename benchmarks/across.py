@@ -7,7 +7,7 @@ is one family's test of ``<claim>``; its family is the timm family of its experi
 
 * **per family**: the effect, its Holm-adjusted interval and the verdict, as in ``verdicts.csv``;
 * **pooled**: the DerSimonian-Laird random-effects mean of the families' paired effects (each with
-  variance ``sd^2 / seeds``; statsmodels ``combine_effects``), over the families in scope, its
+  variance ``sd^2 / seeds``), over the families in scope, its
   two-sided normal interval at the claim's Holm step level over the claims with at least two
   families (:func:`benchmarks.stats.holm_levels`), the between-family spread ``tau`` and ``I^2``;
 * **verdict across families**: the five words (:func:`benchmarks.stats.verdict`) applied to the
@@ -53,13 +53,28 @@ def claim_of(hypothesis: str) -> str:
     return hypothesis.split("-", 1)[0]
 
 
-def _pool(effects: np.ndarray, variances: np.ndarray) -> tuple[float, float, float, float]:
-    """(mean, standard error, tau, I^2) of the DerSimonian-Laird random-effects model."""
-    from statsmodels.stats.meta_analysis import combine_effects
+def _label(row: object) -> str:
+    """``Family (tag)``: the family and the hypothesis name's tag (two backbones may share a family)."""
+    tag = row.hypothesis.split("-", 1)[1] if "-" in row.hypothesis else ""
+    return f"{row.family} ({tag})" if tag else str(row.family)
 
-    result = combine_effects(effects, variances, method_re="dl")
-    return float(result.mean_effect_re), float(result.sd_eff_w_re), math.sqrt(max(0.0, float(result.tau2))), float(
-        result.i2)
+
+def _pool(effects: np.ndarray, variances: np.ndarray) -> tuple[float, float, float, float]:
+    """(mean, standard error, tau, I^2) of the DerSimonian-Laird random-effects model (DerSimonian &
+    Laird 1986): the method-of-moments between-family variance ``tau^2 = max(0, (Q - (k - 1)) / (S1
+    - S2 / S1))`` with ``S_r = sum(w^r)``, ``w = 1 / variance``, then inverse-variance weights ``1 /
+    (variance + tau^2)``. Written out rather than taken from statsmodels 0.14's ``combine_effects``,
+    which does not truncate ``tau^2`` at 0 (negative weights when the families agree more than their
+    sampling error predicts) and returns nan when every effect is equal; where its ``tau^2`` is
+    positive the two agree (``tests/test_bench_across.py``)."""
+    w = 1 / variances
+    fixed = float(np.sum(w * effects) / np.sum(w))
+    q = float(np.sum(w * (effects - fixed) ** 2))
+    k = len(effects)
+    tau2 = max(0.0, (q - (k - 1)) / (np.sum(w) - np.sum(w**2) / np.sum(w)))
+    w_re = 1 / (variances + tau2)
+    i2 = max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0
+    return float(np.sum(w_re * effects) / np.sum(w_re)), float(math.sqrt(1 / np.sum(w_re))), math.sqrt(tau2), i2
 
 
 def across_families(verdict_table: pd.DataFrame) -> pd.DataFrame:
@@ -75,8 +90,8 @@ def across_families(verdict_table: pd.DataFrame) -> pd.DataFrame:
         in_scope = part[(part.scope.fillna("") == "") & part.effect.notna() & part.sd.notna() & (part.seeds >= 2)]
         row = {"claim": claim, "comparison": first.get("comparison", ""), "metric": first.get("metric", ""),
                "min_effect": float(first.min_effect), "families": len(part), "families_in_scope": len(in_scope),
-               "per_family": "; ".join(f"{r.family}: {r.effect:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] {r.verdict}"
-                                       if math.isfinite(r.effect) else f"{r.family}: {r.verdict}"
+               "per_family": "; ".join(f"{_label(r)}: {r.effect:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] {r.verdict}"
+                                       if math.isfinite(r.effect) else f"{_label(r)}: {r.verdict}"
                                        for r in part.itertuples()),
                "on_predicted_side": int((in_scope.effect > 0).sum()),
                "reproduced": int((in_scope.verdict == "reproduced").sum()),
@@ -121,7 +136,7 @@ def plot(verdict_table: pd.DataFrame, table: pd.DataFrame, path: str) -> None:
     confirmatory = verdict_table[~verdict_table.exploratory.astype(bool)]
     for ax, claim in zip(axes.flat, claims.itertuples()):
         part = confirmatory[confirmatory.hypothesis.map(claim_of) == claim.claim]
-        labels = list(part.family) + ["pooled"]
+        labels = [_label(r) for r in part.itertuples()] + ["pooled"]
         for y, r in enumerate(part.itertuples()):
             in_scope = (r.scope if isinstance(r.scope, str) else "") == ""
             ax.errorbar(r.effect, y, xerr=[[r.effect - r.ci_low], [r.ci_high - r.effect]], fmt="o",

@@ -4,6 +4,8 @@ committed ``results/quick``).
 * Verdict by verdict: the same verdict or not, with both effects.
 * Cell by cell (experiment, target, strategy at its selected lr): whether the new mean test
   accuracy is consistent with the reference's, and whether the same lr was selected.
+* Across families (suites whose claims are tested on several backbones, ``across.csv``): the
+  pooled verdict of each claim in both runs.
 * Source seeds: per hypothesis, the effect over the seeds of each source-pretraining seed, and the
   verdicts whose effect changes side of the minimum effect between them.
 
@@ -51,6 +53,21 @@ def compare_cells(reference: pd.DataFrame, new: pd.DataFrame, metric: str = "tes
                             for r, a, b, v in zip(ref, half_ref, half_new, value)]
     merged["same_lr"] = merged.lr_reference == merged.lr_new
     return merged.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def compare_across(reference_csv: Path, new_csv: Path) -> pd.DataFrame:
+    """Per claim pooled over at least two families in the reference (``across.csv``): both pooled
+    verdicts and effects, the families on the predicted side, and ``same``; empty without such claims."""
+    columns = ["claim", "comparison", "metric", "pooled_verdict", "pooled_effect", "on_predicted_side",
+               "families_in_scope"]
+    if not reference_csv.exists() or not new_csv.exists():
+        return pd.DataFrame(columns=[*columns, "same"])
+    reference = pd.read_csv(reference_csv)
+    reference = reference[reference.families >= 2]
+    merged = reference[columns].merge(pd.read_csv(new_csv)[columns], on=["claim", "comparison", "metric"],
+                                      how="left", suffixes=("_reference", "_new"))
+    merged["same"] = merged.pooled_verdict_reference == merged.pooled_verdict_new
+    return merged
 
 
 def source_seed_effects(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
@@ -101,6 +118,7 @@ def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite
                            source_seed_effects(new_suite, pd.read_csv(new_dir / "runs.csv")).assign(run="new")])
     depends = sorted(h for h, part in by_source.groupby("hypothesis") if part.side.nunique() > 1)
     same = bool(verdicts.same.all())
+    across = compare_across(reference_dir / "across.csv", new_dir / "across.csv")
     lines = [
         f"# Replication of `{reference_dir}` (suite `{reference_suite.name}`) by `{new_dir}` "
         f"(suite `{new_suite.name}`)",
@@ -118,6 +136,14 @@ def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite
           f"{r.effect_new:.3f} | {'yes' if r.same else 'NO'} | {'YES' if r.hypothesis in depends else 'no'} |"
           for r in verdicts.itertuples()],
         "",
+        *([f"Verdicts across families equal: {int(across.same.sum())} of {len(across)}.", "",
+           "| claim | comparison | metric | verdict across families (reference) | (new) | pooled effect (reference) | "
+           "(new) | families > 0 (reference) | (new) | same |",
+           "|---|---|---|---|---|---|---|---|---|---|",
+           *[f"| {r.claim} | {r.comparison} | {r.metric} | {r.pooled_verdict_reference} | {r.pooled_verdict_new} | "
+             f"{r.pooled_effect_reference:.3f} | {r.pooled_effect_new:.3f} | {r.on_predicted_side_reference} of "
+             f"{r.families_in_scope_reference} | {r.on_predicted_side_new} of {r.families_in_scope_new} | "
+             f"{'yes' if r.same else 'NO'} |" for r in across.itertuples()], ""] if len(across) else []),
         "Effect per source-pretraining seed (mean over the seeds fine-tuned from it):",
         "",
         "| run | hypothesis | source seed | seeds | effect | against min effect |",

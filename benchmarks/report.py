@@ -601,7 +601,9 @@ def write_reports(out: Path, suite: Suite) -> None:
     atomic_write(out / "summary.md", "\n".join(lines))
 
 
-README_START, README_END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
+def readme_markers(block: str) -> tuple[str, str]:
+    """The README's start and end markers of a generated block (``verdicts-quick``, ``across-standard``)."""
+    return f"<!-- {block}:start -->", f"<!-- {block}:end -->"
 
 
 def readme_table(verdict_table: pd.DataFrame) -> str:
@@ -610,16 +612,31 @@ def readme_table(verdict_table: pd.DataFrame) -> str:
     return _markdown(confirmatory, {k: v for k, v in VERDICT_COLUMNS.items() if k not in ("preconditions",)})
 
 
-def write_readme_table(readme: Path, verdicts_csv: Path) -> None:
-    """Replace the block between README_START and README_END of ``readme`` by the table of ``verdicts_csv``.
+def readme_across_table(across: pd.DataFrame) -> str:
+    """The cross-backbone table as the README shows it (from an across.csv: every claim; one tested
+    in fewer than two families in scope has no pooled verdict, *out of scope*)."""
+    return _markdown(across, ACROSS_COLUMNS)
+
+
+def write_readme_tables(readme: Path, out: Path, suite_name: str) -> list[str]:
+    """Replace the README's generated blocks of suite ``suite_name`` by the tables of the run folder
+    ``out``: ``verdicts-<suite>`` (verdicts.csv) and ``across-<suite>`` (across.csv); returns the
+    blocks written.
 
     Raises:
-        ValueError: the README has no such block.
+        ValueError: the README has neither block.
     """
     text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme} has no {README_START} ... {README_END} block")
-    head, rest = text.split(README_START, 1)
-    tail = rest.split(README_END, 1)[1]
-    table = readme_table(pd.read_csv(verdicts_csv))
-    atomic_write(readme, f"{head}{README_START}\n{table}\n{README_END}{tail}")
+    written = []
+    for block, make in ((f"verdicts-{suite_name}", lambda: readme_table(pd.read_csv(out / "verdicts.csv"))),
+                        (f"across-{suite_name}", lambda: readme_across_table(pd.read_csv(out / "across.csv")))):
+        start, end = readme_markers(block)
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = f"{head}{start}\n{make()}\n{end}{rest.split(end, 1)[1]}"
+            written.append(block)
+    if not written:
+        start, end = readme_markers(f"verdicts-{suite_name}")
+        raise ValueError(f"{readme} has no block of suite {suite_name!r} ({start} ... {end})")
+    atomic_write(readme, text)
+    return written

@@ -80,3 +80,25 @@ def test_a_whole_lite0_cell_runs_with_bf16_autocast_and_channels_last(strategy: 
     if strategy == "lp_ft":
         assert set(record["variants"]) == {f"lp_ft+wise_{a}" for a in WISE_ALPHAS}
         assert record["probe_C"] in PROBE_CS and record["probe_train_ce"] > 0
+
+
+def test_the_surgical_experiment_starts_from_lite0_trained_on_the_clean_source(tmp_path: Path) -> None:
+    """Lee et al.'s clean-source stage: the surgical cells fine-tune the ImageNet Lite0 that was first
+    trained on clean Animal-MNIST (an ``adapt`` source, one per source seed, gated), with its head kept,
+    and measure forgetting of that clean source."""
+    full = SUITES["gpu"].experiment("g_surgical_lite0_full")
+    assert full.source.kind == "adapt" and full.keep_source_head and full.track_forgetting
+    assert len(full.source_seeds) == 2 and full.source.min_accuracy > 0
+    source = dataclasses.replace(full.source, steps=2, batch_size=8, train_pool=(300, 302), test_pool=(0, 2))
+    experiment = dataclasses.replace(_tiny("g_surgical_lite0_full"), source=source,
+                                     budget=Budget(steps=2, batch_size=10, eval_every=1, warmup_steps=1,
+                                                   forgetting_every=1))
+    waves = preparations((experiment,))
+    assert [p.kind for p in waves[0]] == ["source", "source"]
+    meta = ensure(waves[0][0], tmp_path, {}, CPU_AS_GPU)
+    assert meta["built_now"] and 0 <= meta["source_accuracy"] <= 1
+    ensure(waves[0][1], tmp_path, {}, CPU_AS_GPU)
+    strategy = experiment.strategy("surgical_first")
+    record = run_cell(Cell(experiment, experiment.targets[0], strategy, 0, strategy.grid[1]), CPU_AS_GPU, tmp_path, {})
+    assert record["source_model"]["source_seed"] == experiment.source_seeds[0]
+    assert math.isfinite(record["retention_precise_bn"]) and len(record["curve"]["retention_precise_bn"]) == 3

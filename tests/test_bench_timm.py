@@ -114,3 +114,26 @@ def test_random_init_timm_backbone_runs_end_to_end(tmp_path: Path) -> None:
     assert sum(r["phase"] == "grid" for r in records) == 4 and all(r["status"] == "ok" for r in records)
     scratch = next(r for r in records if r["strategy"] == "scratch")
     assert scratch["source_model"] == {"kind": "random_init"}
+
+
+def test_the_standard_protocol_on_timm_backbones_dry_runs_and_fails_clearly_without_weights(
+        empty_caches, tmp_path, capsys) -> None:
+    """benchmarks/configs/standard_timm.toml (four timm families, the standard suite's protocol) loads;
+    its dry run marks every pretrained cell as missing weights and names each fetch command; a run
+    fails before writing anything, naming every model whose weights are missing."""
+    from benchmarks.backbones import family
+    from benchmarks.config import load_suite
+
+    config = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "standard_timm.toml"
+    suite = load_suite(config)
+    assert {family(e.backbone) for e in suite.experiments} == {"resnet", "convnext", "vision_transformer",
+                                                              "efficientnet"}
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(config), "--dry-run", "--out", str(out)]) == 0
+    listing = capsys.readouterr().out
+    assert "416 missing weights, 192 pending" in listing
+    assert main(["run", "--config", str(config), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    for experiment in suite.experiments:
+        assert fetch_command(experiment.backbone[len("timm:"):]) in error
+    assert not out.exists()

@@ -279,10 +279,11 @@ def test_perf_is_forwarded_to_the_perf_runner(monkeypatch: pytest.MonkeyPatch) -
 
 def test_readme_verdict_table_is_the_committed_reference() -> None:
     """The README's verdict block is exactly what `report --readme` writes from results/quick."""
-    from benchmarks.report import README_END, README_START, readme_table
+    from benchmarks.report import readme_markers, readme_table
 
     root = Path(__file__).resolve().parents[1]
-    block = (root / "README.md").read_text().split(README_START, 1)[1].split(README_END, 1)[0].strip()
+    start, end = readme_markers("verdicts-quick")
+    block = (root / "README.md").read_text().split(start, 1)[1].split(end, 1)[0].strip()
     assert block == readme_table(pd.read_csv(root / "results" / "quick" / "verdicts.csv")).strip()
 
 

@@ -1,0 +1,134 @@
+"""The standard suite: the quick suite's protocol across timm families, on the suite's own backbones."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from benchmarks import backbones
+from benchmarks.config import ConfigError, suite_from_toml
+from benchmarks.sources import backbone_inputs
+from benchmarks.suites import SUITES, STANDARD_FAMILIES
+from lrgroups import recipes
+
+
+def test_standard_spans_four_timm_families_with_the_quick_protocol() -> None:
+    """At least four families, each suite-pretrained one from two source seeds; every experiment keeps
+    the quick suite's budget, lr grid and strategies; every claim is the quick suite's hypothesis
+    (same comparison, metric and minimum effect) under a family tag; layer decay only on the ViT."""
+    standard, quick = SUITES["standard"], SUITES["quick"]
+    families = {backbones.family(e.backbone) for e in standard.experiments}
+    assert families == {"ResNet", "ConvNeXt", "ViT", "EfficientNet"}
+    quick_q2 = quick.experiment("q2_ulmfit")
+    for experiment in standard.experiments:
+        assert experiment.budget == quick_q2.budget and experiment.lr_factors is None
+        if experiment.source.kind == "pretrain":
+            assert len(experiment.source_seeds) == 2 and experiment.source.min_accuracy == 0.8
+        if experiment.name.startswith("s2_"):
+            extra = {s.name for s in experiment.strategies} - {s.name for s in quick_q2.strategies}
+            assert extra == ({"layer_decay_0.75"} if experiment.backbone == "vit_tiny" else set())
+    by_name = {h.name: h for h in quick.hypotheses}
+    for h in standard.hypotheses:
+        claim, tag = h.name.split("-")
+        assert tag in {t for _, t, _, _ in STANDARD_FAMILIES} | {"lite0"}
+        if claim in by_name:
+            same = by_name[claim]
+            assert (h.better, h.worse, h.metric, h.min_effect, h.target) == (
+                same.better, same.worse, same.metric, same.min_effect, same.target)
+    assert [h.name for h in standard.hypotheses if h.name.startswith("H4")] == ["H4-vit"]
+
+
+def test_standard_replication_uses_disjoint_seeds_and_other_source_models() -> None:
+    standard, replication = SUITES["standard"], SUITES["standard_replication"]
+    for experiment, other in zip(standard.experiments, replication.experiments):
+        assert not set(experiment.seeds) & set(other.seeds)
+        if experiment.source.trained:
+            assert not set(experiment.source_seeds) & set(other.source_seeds)
+
+
+@pytest.mark.parametrize("name", sorted(backbones.SUITE_ARCHITECTURES))
+def test_each_suite_architecture_is_a_small_staged_timm_model(name: str) -> None:
+    """Each suite-pretrained architecture eats 1-channel images of its size, is small, and has the
+    depth structure the recipes act on: layer decay gives it several distinct lrs, and surgical
+    fine-tuning's first and last blocks are different parameters."""
+    architecture = backbones.SUITE_ARCHITECTURES[name]
+    torch.manual_seed(0)
+    model = architecture.create(num_classes=5).eval()
+    experiment = dataclasses.replace(SUITES["standard"].experiments[0], backbone=name,
+                                     image_size=architecture.image_size)
+    x = backbone_inputs(experiment, torch.rand(3, 1, 28, 28))
+    assert x.shape == (3, 1, architecture.image_size, architecture.image_size)
+    with torch.no_grad():
+        assert model(x).shape == (3, 5)
+    assert sum(p.numel() for p in model.parameters()) < 300_000
+    tuned = recipes.RECIPES["layer_decay"](gamma=0.5).build(model, torch.optim.AdamW, lr=1e-3, total_steps=10)
+    assert len({group["lr"] for group in tuned.optimizer.param_groups if group["params"]}) >= 4
+    trainable = {}
+    for block in ("first", "last"):
+        fresh = architecture.create(num_classes=5)
+        recipes.RECIPES["surgical"](block=block, train_head=False).build(fresh, torch.optim.AdamW, lr=1e-3,
+                                                                          total_steps=10)
+        trainable[block] = {n for n, p in fresh.named_parameters() if p.requires_grad}
+    assert trainable["first"] and trainable["last"] and not trainable["first"] & trainable["last"]
+
+
+def test_family_names_the_timm_family_and_refuses_unknown_backbones() -> None:
+    assert backbones.family("timm:resnet18") == "resnet"
+    assert backbones.family("timm:vit_tiny_patch16_224") == "vision_transformer"
+    with pytest.raises(KeyError, match="unknown backbone 'nope'"):
+        backbones.family("nope")
+
+
+SOURCE_MISMATCH = """
+name = "mismatch"
+[[experiments]]
+name = "e"
+backbone = "{backbone}"
+source = {{kind = "{kind}", dataset = "animal", classes = [0, 1], train_pool = [200, 240], test_pool = [0, 20], steps = 2}}
+budget = {{steps = 2, batch_size = 4, eval_every = 1, warmup_steps = 1}}
+seeds = [0, 1]
+[[experiments.targets]]
+name = "t"
+dataset = "animal"
+classes = [2, 3]
+shots = 2
+val_shots = 2
+train_pool = [200, 240]
+test_pool = [0, 20]
+[[experiments.strategies]]
+kind = "pixel"
+"""
+
+
+@pytest.mark.parametrize(("backbone", "kind"), [("lite0_full", "pretrain"), ("resnet_tiny", "adapt"),
+                                                ("vit_tiny", "imagenet")])
+def test_a_source_that_does_not_fit_the_backbone_is_a_config_error(backbone: str, kind: str) -> None:
+    with pytest.raises(ConfigError, match=f"a {kind} source does not fit backbone '{backbone}'"):
+        suite_from_toml(SOURCE_MISMATCH.format(backbone=backbone, kind=kind))
+
+
+def test_suite_backbones_load_from_a_config() -> None:
+    suite = suite_from_toml(SOURCE_MISMATCH.format(backbone="convnext_tiny", kind="pretrain"))
+    assert suite.experiments[0].backbone == "convnext_tiny"
+
+
+def test_readme_standard_section_is_the_committed_run() -> None:
+    """The README's cross-backbone table is what `report --readme` writes from results/standard, and
+    the wall time it quotes is the one the run recorded."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from benchmarks.report import readme_across_table, readme_markers
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    start, end = readme_markers("across-standard")
+    block = readme.split(start, 1)[1].split(end, 1)[0].strip()
+    assert block == readme_across_table(pd.read_csv(root / "results" / "standard" / "across.csv")).strip()
+    environment = json.loads((root / "results" / "standard" / "environment.json").read_text())
+    assert f"The committed reference took {round(environment['wall_seconds'])} s on 2 CPU cores" in readme
+    assert environment["suite"] == "standard" and environment["failed"] == 0 and environment["not_done"] == 0
