@@ -32,9 +32,8 @@ import math
 import warnings
 import weakref
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
 
-import pandas as pd
 import torch
 import torch.nn as nn
 
@@ -47,6 +46,9 @@ from .checkpoint import (
     state_by_name,
 )
 from .depth import unwrap_model
+
+if TYPE_CHECKING:
+    import pandas as pd
 from .rules import ParamInfo, ParamPlan, Rule, Selector, _no_match_message, describe_nonempty, plan_params
 
 __all__ = ["LayerwiseOptimizer", "CheckpointMismatchError"]
@@ -289,6 +291,12 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")  # torch's own check, before lr is read
         specs = _specs(optimizer, optimizer_kwargs)
+        for name, (factory, kwargs) in specs.items():
+            if kwargs.get("differentiable"):
+                raise ValueError(
+                    f"{_factory_name(factory)}(differentiable=True) is not supported: a differentiable step "
+                    "(autograd through the update, e.g. for meta-learning) needs non-leaf parameters, which a "
+                    "module's parameters are not; step a bare torch optimizer for that")
         infos = describe_nonempty(model, coarse, example_input=example_input, tied=tied)
         if select is not None:
             selector = select if isinstance(select, Selector) else Selector(pattern=select)
@@ -332,6 +340,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             built = self._build_inner(factory, groups, kwargs, name, lr, weight_decay)
             if len(built.param_groups) != len(groups):
                 raise ValueError(f"{_factory_name(factory)} made {len(built.param_groups)} param groups of {len(groups)}")
+            unknown = sorted({key for setting in settings for key, _ in setting[3]} - set(built.defaults))
+            if unknown:
+                raise ValueError(f"rule options {unknown} are not options of {type(built).__name__}, which would "
+                                 f"ignore them; its options: {', '.join(sorted(built.defaults))}")
             decayed = any(rows[i].weight_decay is not None for k in range(len(settings)) for i in members[start + k])
             if decayed and "weight_decay" not in built.defaults:
                 raise ValueError(f"{type(built).__name__} has no weight_decay option but the rules set weight decay")
@@ -538,15 +550,18 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             for slot in self._slots
         ]
 
-    def explain(self) -> pd.DataFrame:
+    def explain(self) -> "pd.DataFrame":
         """One row per parameter: ``name, depth, depth_source, lr, weight_decay, options, optimizer,
         frozen, frozen_by, group, rules, aliases, shape, numel``; ``depth_source`` says where the
         depth came from (timm group_matcher, forward order, registration order; head); ``group`` indexes ``param_groups`` (-1 when
         frozen); ``lr`` is the planned lr (a scheduler scales the group's current lr);
         ``weight_decay`` is the inner optimizer's default where no rule set it; ``frozen_by`` is
         ``"model"`` (frozen before the wrapper was built), ``"rule"`` (a rule's ``frozen=True``), the
-        owner given to :meth:`freeze`, or ``None``."""
-        return pd.DataFrame(
+        owner given to :meth:`freeze`, or ``None`` (an object column: ``None``, not NaN, under pandas 3
+        too). pandas is imported here, not by ``import lrgroups``."""
+        import pandas as pd
+
+        table = pd.DataFrame(
             [
                 {
                     "name": slot.row.name,
@@ -567,22 +582,29 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 for slot in self._slots
             ]
         )
+        table["frozen_by"] = pd.Series([slot.frozen_by for slot in self._slots], dtype=object)
+        return table
 
-    def summary(self) -> pd.DataFrame:
-        """One row per param group: its settings, depth range, and how many tensors/elements are
-        trainable and frozen."""
+    def summary(self) -> "pd.DataFrame":
+        """One row per param group (indexed as ``param_groups``): its ``name``, the planned ``lr``
+        and the ``current_lr`` (what a scheduler made of it; a tensor lr as a float), weight decay,
+        ``options``, depth range, and how many tensors/elements are trainable and frozen."""
         table = self.explain()
         table["group"] = [slot.group for slot in self._slots]
         table["trainable_numel"] = table["numel"].where(~table["frozen"], 0)
-        return table.groupby("group").agg(
+        out = table.groupby("group").agg(
             lr=("lr", "first"),
             weight_decay=("weight_decay", "first"),
+            options=("options", "first"),
             depth_min=("depth", "min"),
             depth_max=("depth", "max"),
             tensors=("name", "size"),
             frozen_tensors=("frozen", "sum"),
             trainable_numel=("trainable_numel", "sum"),
         )
+        out.insert(0, "name", [self.param_groups[g]["name"] for g in out.index])
+        out.insert(2, "current_lr", [float(self.param_groups[g]["lr"]) for g in out.index])
+        return out
 
     def __repr__(self) -> str:
         frozen = sum(slot.frozen_by is not None for slot in self._slots)
@@ -688,6 +710,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             raise ValueError(f"owner must be a non-empty string, got {owner!r}")
         slots = [slot for slot in self._select(pattern, select) if slot.frozen_by is None]
         self._check_membership_change(slots)
+        self._warn_outside_changes()
         for slot in slots:
             state = self.state.pop(slot.param, None)
             slot.kept = state if keep_state and state else None
@@ -713,7 +736,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             if slot.frozen_by is not None and (owner is None or slot.frozen_by == owner)
         ]
         self._check_membership_change(slots)
+        self._warn_outside_changes()
         for slot in slots:
+            slot.param.grad = None  # a gradient from before (or outside) the freeze is never applied
             if slot.kept is not None:
                 self.state[slot.param] = slot.kept
                 slot.kept = None
@@ -723,6 +748,19 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             slot.frozen_by = None
         self._sync({slot.group for slot in slots})
         return [slot.row.name for slot in slots]
+
+    def _warn_outside_changes(self) -> None:
+        """Warn when ``requires_grad`` was changed outside the wrapper, so that torch and the frozen
+        set disagree: a frozen parameter that collects gradients (never applied, and dropped when it
+        is unfrozen) or a trainable one that gets none (silently never stepped)."""
+        collecting = [slot.row.name for slot in self._slots if slot.frozen_by is not None and slot.param.requires_grad]
+        starved = [slot.row.name for slot in self._slots if slot.frozen_by is None and not slot.param.requires_grad]
+        for names, what in ((collecting, "frozen but requires_grad=True: their gradients are never applied"),
+                            (starved, "trainable but requires_grad=False: they get no gradient, so no step")):
+            if names:
+                warnings.warn(f"requires_grad was changed outside the optimizer: {_first(names)} {'is' if len(names) == 1 else 'are'} "
+                              f"{what}; freeze and unfreeze through the optimizer (opt.freeze / opt.unfreeze)",
+                              UserWarning, stacklevel=3)
 
     def _fresh_state(self, slot: _Slot) -> None:
         """For an optimizer that creates state in its constructor (Adagrad): the state its
@@ -773,6 +811,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             "settings": [_settings(slot.row) for slot in self._slots],
             "groups": [slot.group for slot in self._slots],
             "frozen": {slot.row.name: slot.frozen_by for slot in self._slots if slot.frozen_by is not None},
+            "planned_frozen": [slot.row.name for slot in self._slots if slot.row.frozen],
             "kept": {slot.row.name: slot.kept for slot in self._slots if slot.kept is not None},
             "stepped": self._ratio_check is None,
         }
@@ -853,7 +892,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         saved_names = names_by_group(state_dict, [names, trainable])
         unexpected = sorted({n for group in saved_names for n in group} - set(names))
         if unexpected:
-            raise CheckpointMismatchError(f"parameters in the checkpoint but not in the model: {', '.join(unexpected[:10])}")
+            raise CheckpointMismatchError(f"parameters in the checkpoint but not in the model: {_first(unexpected)}")
         by_name = state_by_name(state_dict, saved_names)
         if layout is not None:
             implied = [name for group in saved_names for name in group]
@@ -865,7 +904,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         problems += shape_problems({n: s for n, s in by_name.items() if n in per_parameter}, params)
         problems += shape_problems({n: s for n, s in kept.items() if n in per_parameter}, params)
         if problems:
-            raise CheckpointMismatchError("checkpoint does not fit this model/rules:\n  " + "\n  ".join(problems[:20]))
+            shown = problems[: 2 * _SHOWN] + ([f"... and {len(problems) - 2 * _SHOWN} more"]
+                                               if len(problems) > 2 * _SHOWN else [])
+            raise CheckpointMismatchError("checkpoint does not fit this model/rules:\n  " + "\n  ".join(shown))
         same_layout = len(saved_names) == len(self.param_groups) and all(
             set(group) <= {slot.row.name for slot in slots} for group, slots in zip(saved_names, self._group_slots)
         )
@@ -883,6 +924,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         return frozen, kept, {**others, "state": state, "param_groups": groups}
 
     def _layout_problems(self, layout: Mapping[str, Any]) -> list[str]:
+        """Every way the saved layout differs from this one, each a line naming the first
+        parameters concerned and how many more (:func:`_first`)."""
         if layout.get("format") != FORMAT:
             return [f"not a LayerwiseOptimizer checkpoint (format {layout.get('format')!r}, expected {FORMAT!r})"]
         problems = []
@@ -891,20 +934,42 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         missing = [n for n in names if n not in saved_names]
         unexpected = [n for n in layout["names"] if n not in own_names]
         if missing:
-            problems.append(f"parameters missing from the checkpoint: {', '.join(missing[:10])}")
+            problems.append(f"parameters missing from the checkpoint: {_first(missing)}")
         if unexpected:
-            problems.append(f"parameters in the checkpoint but not in the model: {', '.join(unexpected[:10])}")
+            problems.append(f"parameters in the checkpoint but not in the model: {_first(unexpected)}")
         if missing or unexpected:
             return problems
         if layout["names"] != names:
             problems.append("parameters are in a different order")
-        for slot, theirs in zip(self._slots, layout["settings"]):
-            ours = _settings(slot.row)
-            if ours != theirs:
-                problems.append(f"{slot.row.name}: rules give {ours}, checkpoint has {theirs}")
+        differing = [f"{slot.row.name}: rules give {_settings(slot.row)}, checkpoint has {theirs}"
+                     for slot, theirs in zip(self._slots, layout["settings"]) if _settings(slot.row) != theirs]
+        problems += differing[:_SHOWN]
+        if len(differing) > _SHOWN:
+            problems.append(f"... and {len(differing) - _SHOWN} more parameters whose settings differ")
         if list(layout["groups"]) != [slot.group for slot in self._slots]:
             problems.append("group layout differs (the rules produce different groups)")
-        return problems[:20]
+        if "planned_frozen" in layout:  # what the rules (and requires_grad at build) froze, not the frozen set now
+            saved = set(layout["planned_frozen"])
+            ours = {slot.row.name for slot in self._slots if slot.row.frozen}
+            newly = [n for n in names if n in ours - saved]
+            thawed = [n for n in names if n in saved - ours]
+            if thawed:
+                problems.append(f"frozen at build in the checkpoint (its rules or the model), trainable under these "
+                                f"rules: {_first(thawed)}")
+            if newly:
+                problems.append(f"frozen at build by these rules (or the model), trainable in the checkpoint: "
+                                f"{_first(newly)}")
+        return problems
+
+
+#: How many differing parameters a checkpoint mismatch names before it counts the rest.
+_SHOWN = 5
+
+
+def _first(names: Sequence[str], shown: int = _SHOWN) -> str:
+    """``"a, b, c"`` or ``"a, b, c, d, e and 12 more"``."""
+    head = ", ".join(names[:shown])
+    return head if len(names) <= shown else f"{head} and {len(names) - shown} more"
 
 
 def _has_stepped(state_dict: Mapping[str, Any]) -> bool:

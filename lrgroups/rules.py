@@ -299,6 +299,10 @@ def _check_value(what: str, value: float, where: str) -> None:
 def _no_match_message(rule: Rule, names: Sequence[str]) -> str:
     message = f"rule {rule.label} matches no parameter"
     probe = rule.pattern or rule.regex
+    if rule.pattern and not any(c in rule.pattern for c in "*?[") and any(
+            name.startswith(rule.pattern + ".") for name in names):
+        message += f"; did you mean {rule.pattern + '.*'!r} (a glob matches whole names; a module's name alone " \
+                   "matches none of its parameters)?"
     if probe:
         close = difflib.get_close_matches(probe, names, n=5, cutoff=0.3)
         if close:

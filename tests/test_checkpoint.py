@@ -289,3 +289,36 @@ def _assert_same(a, b, where=""):
             _assert_same(x, y, f"{where}[{index}]")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.mark.parametrize("saved_rules, new_rules, message", [
+    ([lrgroups.Rule("0.*", frozen=True)], [], "frozen at build in the checkpoint (its rules or the model), trainable "
+                                              "under these rules: 0.weight, 0.bias"),
+    ([], [lrgroups.Rule("0.*", frozen=True)], "frozen at build by these rules (or the model), trainable in the "
+                                              "checkpoint: 0.weight, 0.bias"),
+])
+def test_a_checkpoint_does_not_override_changed_frozen_rules(saved_rules, new_rules, message):
+    """detectron2#898 (resume with FREEZE_AT changed): what the rules froze at build must match the
+    checkpoint's; a changed frozen rule is a mismatch, as a changed lr is, and nothing is loaded. A
+    schedule's later freezes and unfreezes are not rule changes: such a checkpoint loads."""
+    saved = lrgroups.LayerwiseOptimizer(_model(), torch.optim.AdamW, lr=1e-2, rules=saved_rules)
+    other = lrgroups.LayerwiseOptimizer(_model(), torch.optim.AdamW, lr=1e-2, rules=new_rules)
+    frozen_before = [other.is_frozen(n) for n in ("0.weight", "2.weight")]
+    with pytest.raises(lrgroups.CheckpointMismatchError) as error:
+        other.load_state_dict(saved.state_dict())
+    assert message in str(error.value)
+    assert [other.is_frozen(n) for n in ("0.weight", "2.weight")] == frozen_before
+    saved.unfreeze() if saved_rules else saved.freeze("2.*", owner="schedule")
+    same = lrgroups.LayerwiseOptimizer(_model(), torch.optim.AdamW, lr=1e-2, rules=saved_rules)
+    same.load_state_dict(saved.state_dict())
+    assert same.is_frozen("2.weight") == (not saved_rules) and not same.is_frozen("0.weight")
+
+
+def test_a_mismatch_names_the_first_differences_and_counts_the_rest():
+    wide = nn.Sequential(*[nn.Linear(3, 3) for _ in range(12)])
+    opt = lrgroups.LayerwiseOptimizer(wide, torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])
+    other = lrgroups.LayerwiseOptimizer(copy.deepcopy(wide), torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.9)])
+    with pytest.raises(lrgroups.CheckpointMismatchError) as error:
+        other.load_state_dict(opt.state_dict())
+    lines = str(error.value).splitlines()
+    assert len(lines) <= 8 and "... and 17 more parameters whose settings differ" in str(error.value)

@@ -741,3 +741,95 @@ def test_unfreezing_under_an_optimizer_that_creates_state_in_its_constructor():
     _train(model, opt, steps=2)
     _train(reference, bare, steps=2)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+
+
+def test_unfreezing_never_applies_a_stale_gradient():
+    """allenai/rslearn#217: a gradient a frozen parameter holds (from before its freeze, or collected
+    because requires_grad was set outside the wrapper) is dropped when it is unfrozen: its first step
+    after unfreezing uses only gradients computed after it; the outside change is warned about."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("0.*", frozen=True)])
+    model[0].weight.requires_grad_(True)  # outside the wrapper
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    opt.zero_grad()
+    assert model[0].weight.grad is not None  # outside every group: torch's zero_grad leaves it
+    with pytest.warns(UserWarning, match=r"outside the optimizer: 0.weight is frozen but requires_grad=True"):
+        opt.unfreeze("0.*")
+    before = model[0].weight.detach().clone()
+    opt.step()  # no new backward: nothing to apply
+    assert torch.equal(model[0].weight, before)
+
+
+def test_differentiable_steps_are_refused_at_build():
+    with pytest.raises(ValueError, match=r"SGD\(differentiable=True\) is not supported"):
+        lrgroups.LayerwiseOptimizer(nn.Linear(2, 2), torch.optim.SGD, lr=0.1, differentiable=True)
+
+
+def test_summary_shows_group_names_options_and_the_current_lr():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("1.*", lr=0.2,
+                                                                                            options={"momentum": 0.9})])
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    table = opt.summary()
+    assert table.current_lr.tolist() == [0.05, 0.1] and table.lr.tolist() == [0.1, 0.2]
+    assert table.name.tolist() == [g["name"] for g in opt.param_groups]
+    assert table.options.tolist() == [{}, {"momentum": 0.9}]
+    assert opt.explain().frozen_by.tolist() == [None] * 4
+
+
+def test_importing_lrgroups_does_not_import_pandas():
+    import subprocess
+    import sys
+
+    code = "import sys, lrgroups; assert 'pandas' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rule_options_the_inner_optimizer_would_ignore_are_refused():
+    """torch optimizers ignore unknown group keys; a rule's options must be options of its inner
+    optimizer (the error names the accepted ones)."""
+    with pytest.raises(ValueError, match=r"rule options \['momentum'\] are not options of AdamW.*amsgrad, betas"):
+        lrgroups.LayerwiseOptimizer(nn.Linear(2, 2), torch.optim.AdamW, lr=1e-3,
+                                    rules=[lrgroups.Rule("bias", options={"momentum": 0.9})])
+    opt = lrgroups.LayerwiseOptimizer(nn.Linear(2, 2), torch.optim.AdamW, lr=1e-3,
+                                      rules=[lrgroups.Rule("bias", options={"betas": (0.8, 0.9)})])
+    assert opt.param_groups[-1]["betas"] == (0.8, 0.9)
+
+
+def test_a_module_name_as_a_rule_suggests_its_glob():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"did you mean '1\.\*'"):
+        lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("1", lr=0.2)])
+
+
+@pytest.mark.parametrize("architecture", ["bert", "gpt2"])
+def test_the_readme_muon_recipe_sends_embeddings_and_heads_to_adamw(architecture):
+    """DeepSpeed#7641, KellerJordan/Muon#22: only hidden 2-D weights go to Muon; embeddings
+    (token, position, type), the head (GPT-2's is tied to the token embedding), biases and norms go to
+    AdamW. On a BERT and a GPT-2 built from configs."""
+    transformers = pytest.importorskip("transformers")
+    if architecture == "bert":
+        config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, vocab_size=100, num_labels=3)
+        model = transformers.BertForSequenceClassification(config)
+    else:
+        config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=16,
+                                         bos_token_id=0, eos_token_id=0)
+        model = transformers.GPT2LMHeadModel(config)
+
+    def hidden_matrix(p):  # the README's predicate
+        return not p.is_head and not isinstance(p.module, nn.Embedding)
+
+    opt = lrgroups.LayerwiseOptimizer(model, {"adamw": torch.optim.AdamW, "muon": (torch.optim.Muon, {"lr": 0.02})},
+                                      lr=3e-4, rules=[lrgroups.Rule(ndim=2, where=hidden_matrix, optimizer="muon")])
+    routes = opt.explain().set_index("name").optimizer
+    embeddings = {n for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    for name, route in routes.items():
+        module = name.rsplit(".", 1)[0]
+        if module in embeddings or name.startswith(("classifier", "lm_head")) or model.get_parameter(name).ndim < 2:
+            assert route == "adamw", name
+        else:
+            assert route == "muon", name
+    assert (routes == "muon").sum() >= 8  # 4 matrices per block (attention in and out, MLP in and out), 2 blocks
