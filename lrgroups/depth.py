@@ -35,6 +35,8 @@ without it, and the layers are those of the child).
 
 from __future__ import annotations
 
+import itertools
+
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -314,7 +316,7 @@ def _reach(starts: list) -> set:
 
 
 def _run_trace(model: nn.Module, args: tuple, kwargs: dict) -> _Trace:
-    clock = iter(range(1 << 62))
+    clock = itertools.count()
     first_call: dict[int, int] = {}  # module or parameter -> first call / first use
     produced: dict[Any, set[int]] = {}  # grad_fn -> modules whose output it is
     params = list(model.parameters())
@@ -348,7 +350,9 @@ def _run_trace(model: nn.Module, args: tuple, kwargs: dict) -> _Trace:
         model.eval()
         for p in params:
             p.requires_grad_(True)
-        with torch.enable_grad(), FirstUse():
+        # eager, also for a model compiled in place (``model.compile()``): Dynamo would trace the hooks
+        # and this mode (pytorch#117758, #105653) instead of the model
+        with torch.compiler.set_stance("force_eager"), torch.enable_grad(), FirstUse():
             output = model(*args, **kwargs)
     finally:
         for handle in handles:

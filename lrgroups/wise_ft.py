@@ -20,8 +20,9 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Callable, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 import torch
 
@@ -38,6 +39,15 @@ def _alpha_of(alpha: Alpha, name: str) -> float:
     return float(value)
 
 
+def _shape(value: Any) -> Any:
+    """A tensor's shape; ``None`` for any other entry (a module's extra state, an int, a string)."""
+    return value.shape if isinstance(value, torch.Tensor) else None
+
+
+def _copy(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
+
+
 def wise_ft(
     pretrained: Mapping[str, torch.Tensor],
     finetuned: Mapping[str, torch.Tensor],
@@ -50,7 +60,8 @@ def wise_ft(
     * Floating-point entries (weights, BatchNorm ``running_mean`` / ``running_var``) are interpolated
       with ``torch.lerp`` in the fine-tuned entry's dtype and device; ``alpha = 0`` gives the
       pretrained entry and ``alpha = 1`` the fine-tuned one exactly (bitwise).
-    * Other entries (integer buffers such as BatchNorm's ``num_batches_tracked``) are taken from the
+    * Other entries (integer buffers such as BatchNorm's ``num_batches_tracked``, and entries that are
+      not tensors: a module's ``get_extra_state()``, ints, strings; deep-copied) are taken from the
       endpoint alpha is nearer to (the fine-tuned one at 0.5), so both identities hold for the whole
       state dict. Interpolated BatchNorm statistics are an approximation: re-estimate them on data
       with :func:`lrgroups.precise_bn` after loading if the model has BatchNorm.
@@ -85,7 +96,7 @@ def wise_ft(
     if unmatched not in _UNMATCHED:
         raise ValueError(f"unmatched must be one of {_UNMATCHED}, got {unmatched!r}")
     missing = [name for name in finetuned if name not in pretrained]
-    reshaped = [name for name in finetuned if name in pretrained and pretrained[name].shape != finetuned[name].shape]
+    reshaped = [name for name in finetuned if name in pretrained and _shape(pretrained[name]) != _shape(finetuned[name])]
     dropped = [name for name in pretrained if name not in finetuned]
     if unmatched == "error" and (missing or reshaped or dropped):
         problems = [
@@ -98,10 +109,13 @@ def wise_ft(
     merged = {}
     for name, theta1 in finetuned.items():
         if name in missing or name in reshaped:
-            merged[name] = theta1.clone()
+            merged[name] = _copy(theta1)
             continue
         theta0 = pretrained[name]
         weight = _alpha_of(alpha, name)
+        if not isinstance(theta1, torch.Tensor) or not isinstance(theta0, torch.Tensor):
+            merged[name] = copy.deepcopy(theta0 if weight < 0.5 else theta1)  # extra state: the nearer end point
+            continue
         if theta0.is_floating_point() != theta1.is_floating_point():
             raise ValueError(f"{name}: {theta0.dtype} in pretrained, {theta1.dtype} in finetuned")
         if weight == 0 or (weight < 0.5 and not theta1.is_floating_point()):

@@ -408,3 +408,24 @@ def test_model_owned_tokens_and_features_that_feed_the_head_are_not_heads():
     layers = param_layers(model, example_input=torch.randn(1, 5, 4))
     assert {n for n, i in layers.items() if i.is_head} == {"head.weight", "head.bias"}
     assert {n: i.depth for n, i in layers.items()} == generic_depths(model)
+
+
+def test_a_model_compiled_in_place_is_traced_eagerly(tmp_path):
+    """pytorch#117758, #105653: after ``model.compile()`` (in place) the depth trace ran under Dynamo,
+    which unrolled the trace's hooks and never finished. It runs eager now: the wrapper builds at
+    once (a subprocess with a deadline, so a regression fails instead of hanging) and gives the same
+    depths as on the model before compiling."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, torch.nn as nn, lrgroups\n"
+        "def make():\n"
+        "    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))\n"
+        "plain = lrgroups.LayerwiseOptimizer(make(), torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])\n"
+        "model = make(); model.compile()\n"
+        "opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])\n"
+        "assert opt.explain().depth.tolist() == plain.explain().depth.tolist() == [0, 0, 1, 1, 2, 2]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=tmp_path)

@@ -96,3 +96,18 @@ def test_interpolated_model_with_statistics_re_estimated():
     weights = copy.deepcopy(model[0].weight)
     lrgroups.precise_bn(model, [torch.randn(4, 3, 8, 8) for _ in range(2)])
     assert int(model[1].num_batches_tracked) == 2 and torch.equal(model[0].weight, weights)
+
+
+def test_entries_that_are_not_tensors_come_from_the_nearer_end_point():
+    """A module's extra state (get_extra_state: any object), ints and strings are not interpolated:
+    each is a copy of the end point alpha is nearer to, as integer buffers are."""
+    import torch
+
+    from lrgroups import wise_ft
+
+    theta0 = {"w": torch.zeros(2), "extra": {"step": 1, "tag": "a"}, "n": 3}
+    theta1 = {"w": torch.ones(2), "extra": {"step": 9, "tag": "b"}, "n": 7}
+    assert wise_ft(theta0, theta1, alpha=0.25)["extra"] == {"step": 1, "tag": "a"}
+    merged = wise_ft(theta0, theta1, alpha=0.5)
+    assert merged["extra"] == {"step": 9, "tag": "b"} and merged["n"] == 7 and merged["extra"] is not theta1["extra"]
+    assert torch.equal(merged["w"], torch.full((2,), 0.5))
