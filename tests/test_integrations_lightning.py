@@ -140,3 +140,77 @@ def test_a_recipe_runs_as_a_callback_with_its_stage_length_resolved(tmp_path):
     assert trainer.estimated_stepping_batches == 9
     assert [h["step"] for h in finetuning.schedule.history] == [2, 4, 6]
     assert not lrgroups.unwrap(trainer.optimizers[0]).explain().frozen.any()
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"early_stopping": {"mode": "unknown_option"}}, ValueError, "mode must be 'min' or 'max'"),
+    ({"early_stopping": {"patiense": 3}}, TypeError, "'patiense' \\(did you mean 'patience'\\?\\)"),
+    ({"early_stopping": {"patience": -1}}, ValueError, "patience"),
+    ({"unfreezing": {"every_epoch": 1}}, TypeError, "'every_epoch' \\(did you mean 'every_epochs'\\?\\)"),
+    ({"unfreezing": {"every_epochs": 0}}, ValueError, "every_epochs must be an integer >= 1"),
+    ({"unfreezing": {"plateau": {"patience": 2, "mode": "sideways"}}}, ValueError, "mode must be"),
+])
+def test_settings_are_validated_when_the_callback_is_built(kwargs, error, message):
+    """Lightning's callback tests: a bad setting fails when the callback is built, not at fit."""
+    with pytest.raises(error, match=message):
+        LayerwiseFinetuning(**kwargs)
+
+
+def _trainer(callbacks, epochs=3):
+    checkpoints = any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks)
+    return L.Trainer(max_epochs=epochs, callbacks=callbacks, accelerator="cpu", enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, logger=False,
+                     enable_checkpointing=checkpoints)
+
+
+class TrainOnly(Net):
+    """No validation loop; logs a training metric."""
+
+    validation_step = None
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        return loss
+
+
+def test_a_monitor_that_can_never_be_fed_is_refused_and_a_training_metric_can_be_checked():
+    """Lightning #126/#1235/#7033: without a validation loop, early stopping read after validation
+    would silently never run: refused at fit start; with check_on_train_epoch_end=True it reads a
+    training metric at each epoch end, stops, and records (and logs) when and why."""
+    never = LayerwiseFinetuning(early_stopping={"mode": "min", "patience": 0}, monitor="train_loss")
+    with pytest.raises(ValueError, match="no validation loop, so it would never run"):
+        _trainer([never]).fit(TrainOnly(), _data(0))
+    stopping = LayerwiseFinetuning(early_stopping={"mode": "max", "patience": 0}, monitor="train_loss",
+                                   check_on_train_epoch_end=True, verbose=True)
+    trainer = _trainer([stopping], epochs=5)
+    trainer.fit(TrainOnly(), _data(0))
+    assert trainer.current_epoch < 5 and stopping.stopped_epoch >= 1 and stopping.stop_reason
+
+
+def test_strict_false_skips_a_check_whose_monitor_is_missing():
+    lenient = LayerwiseFinetuning(early_stopping={"patience": 1}, monitor="nope", strict=False)
+    with pytest.warns(RuntimeWarning, match="'nope' was not logged; check skipped"):
+        _trainer([lenient], epochs=1).fit(Net(), _data(0), _data(1))
+    strict = LayerwiseFinetuning(early_stopping={"patience": 1}, monitor="nope")
+    with pytest.raises(KeyError, match="'nope' was not logged"):
+        _trainer([strict], epochs=1).fit(Net(), _data(0), _data(1))
+
+
+def test_two_callbacks_share_a_trainer_and_old_checkpoints_still_load(tmp_path):
+    """Two configurations, two state keys (Lightning refuses two stateful callbacks with one key);
+    a checkpoint saved under the old class-name key loads through the legacy key."""
+    schedule = LayerwiseFinetuning(unfreezing={"every_epochs": 1})
+    stopper = LayerwiseFinetuning(early_stopping={"mode": "min", "patience": 5})
+    assert schedule.state_key != stopper.state_key and schedule._legacy_state_key == "LayerwiseFinetuning"
+    assert schedule.state_key == LayerwiseFinetuning(unfreezing={"every_epochs": 1}).state_key
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(tmp_path, save_top_k=-1)
+    _trainer([schedule, stopper, checkpoint], epochs=2).fit(Net(), _data(0), _data(1))
+    saved = torch.load(sorted(tmp_path.glob("*.ckpt"))[-1], weights_only=False)  # after epoch 1: stage 2
+    assert {schedule.state_key, stopper.state_key} <= set(saved["callbacks"])
+    old = dict(saved, callbacks={"LayerwiseFinetuning": saved["callbacks"][schedule.state_key]})
+    old_path = tmp_path / "old.ckpt"
+    torch.save(old, old_path)
+    resumed = LayerwiseFinetuning(unfreezing={"every_epochs": 1})
+    _trainer([resumed], epochs=3).fit(Net(), _data(0), _data(1), ckpt_path=old_path)
+    assert resumed.schedule.stage == 3

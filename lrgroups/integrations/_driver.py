@@ -3,6 +3,8 @@ configuration once the optimizer exists, feeding them the framework's events, an
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import warnings
 from typing import Any, Callable, Mapping, Union
 
@@ -21,15 +23,45 @@ UnfreezingSpec = Union[Mapping[str, Any], Recipe, Callable[[LayerwiseOptimizer],
 EarlyStoppingSpec = Union[Mapping[str, Any], None]
 
 
+def _check_keys(what: str, given: Mapping[str, Any], target: Callable, set_here: tuple[str, ...]) -> None:
+    accepted = [name for name in inspect.signature(target).parameters if name not in ("self", *set_here)]
+    unknown = [key for key in given if key not in accepted]
+    if unknown:
+        hints = [f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, accepted, n=1))
+                 else repr(key) for key in unknown]
+        raise TypeError(f"{what}: unknown arguments {', '.join(hints)}; accepted: {', '.join(accepted)}")
+
+
 def check_specs(unfreezing: UnfreezingSpec, early_stopping: EarlyStoppingSpec) -> None:
+    """Check the configuration when a callback is built, not when training starts: known argument
+    names (with the closest one), and values the schedule and the stopper accept (a stopper and a
+    plateau are built once, on nothing, to run their own checks).
+
+    Raises:
+        TypeError: a spec of the wrong kind, or an unknown argument.
+        ValueError: a value the schedule or the stopper refuses; ``model`` or ``unfreezing`` given
+            in ``early_stopping`` (the callback sets them).
+    """
     if unfreezing is not None and not (isinstance(unfreezing, (Mapping, Recipe)) or callable(unfreezing)):
         raise TypeError(f"unfreezing must be a dict of ProgressiveUnfreezing arguments, a Recipe or a callable, got {unfreezing!r}")
+    if isinstance(unfreezing, Mapping):
+        _check_keys("unfreezing", unfreezing, ProgressiveUnfreezing.__init__, ("optimizer",))
+        for key in ("every_steps", "every_epochs", "warmup_steps", "depths_per_stage"):
+            value = unfreezing.get(key)
+            if value is not None and (not isinstance(value, int) or value < (0 if key == "warmup_steps" else 1)):
+                raise ValueError(f"unfreezing: {key} must be an integer >= {0 if key == 'warmup_steps' else 1}, "
+                                 f"got {value!r}")
+        if isinstance(unfreezing.get("plateau"), Mapping):
+            _check_keys("unfreezing.plateau", unfreezing["plateau"], Plateau.__init__, ())
+            Plateau(**unfreezing["plateau"])
     if early_stopping is not None:
         if not isinstance(early_stopping, Mapping):
             raise TypeError(f"early_stopping must be a dict of EarlyStopping arguments, got {early_stopping!r}")
         for key in ("model", "unfreezing"):
             if key in early_stopping:
                 raise ValueError(f"early_stopping: {key!r} is set by the callback, do not pass it")
+        _check_keys("early_stopping", early_stopping, EarlyStopping.__init__, ("model", "unfreezing"))
+        EarlyStopping(**{k: v for k, v in early_stopping.items() if k not in ("restore_best", "best_weights_path")})
 
 
 class Driver:

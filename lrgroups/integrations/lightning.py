@@ -34,6 +34,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..distributed import wrap_ddp
@@ -72,8 +74,13 @@ class LayerwiseFinetuning(Callback):
       ``ModelCheckpoint(save_on_train_epoch_end=True)``), or on a plateau of ``monitor``.
     - ``monitor`` (a metric logged with ``self.log``; in DDP log it with ``sync_dist=True``) feeds the
       schedule's plateau and the early stopper in ``on_validation_end`` (not during the sanity
-      check); a stop is agreed across ranks as Lightning's own ``EarlyStopping`` does and sets
-      ``trainer.should_stop``.
+      check), or in ``on_train_epoch_end`` with ``check_on_train_epoch_end=True`` (a training
+      metric, or a fit without a validation loop); a stop is agreed across ranks as Lightning's own
+      ``EarlyStopping`` does, sets ``trainer.should_stop``, and is recorded in :attr:`stopped_epoch`
+      and :attr:`stop_reason` (logged on rank zero with ``verbose=True``). A fit whose monitor can
+      never be fed (no validation loop, checks after validation) is refused at fit start.
+    - Several callbacks can share a Trainer: :attr:`state_key` names the configuration (checkpoints
+      saved under the old key ``"LayerwiseFinetuning"`` still load).
     - Group lrs: every param group carries a readable ``name``; Lightning's ``LearningRateMonitor``
       logs ``lr-LayerwiseOptimizer/depth 3 · lr 0.0005 · wd 0.01`` instead of ``lr-LayerwiseOptimizer/pg4``.
     - DDP: use :class:`LayerwiseDDPStrategy`; under another ``DDPStrategy`` :meth:`setup` raises.
@@ -87,12 +94,18 @@ class LayerwiseFinetuning(Callback):
             the callback: a plateau advances the schedule while stages remain); ``None``: no stopping.
         monitor: the logged metric the plateau and the stopper read.
         optimizer_index: which of ``trainer.optimizers`` is the LayerwiseOptimizer.
+        check_on_train_epoch_end: feed ``monitor`` at the end of each training epoch instead of
+            after each validation (Lightning ``EarlyStopping``'s argument).
+        strict: a missing ``monitor`` raises (``True``) or skips the check with a warning.
+        verbose: log each stop (its epoch and reason) on rank zero.
 
     Raises:
-        TypeError: the optimizer is not (or does not wrap) a LayerwiseOptimizer; a bad spec.
-        ValueError: a plain DDP strategy (see :class:`LayerwiseDDPStrategy`); a checkpoint whose
-            callback state does not fit this configuration.
-        KeyError: ``monitor`` is needed but was not logged.
+        TypeError: the optimizer is not (or does not wrap) a LayerwiseOptimizer; a bad spec or an
+            unknown argument (when the callback is built).
+        ValueError: a value the schedule or the stopper refuses (when the callback is built); a plain
+            DDP strategy (see :class:`LayerwiseDDPStrategy`); a monitor no check can read (at fit
+            start); a checkpoint whose callback state does not fit this configuration.
+        KeyError: ``monitor`` is needed but was not logged (``strict=True``).
     """
 
     def __init__(
@@ -102,10 +115,33 @@ class LayerwiseFinetuning(Callback):
         *,
         monitor: str = "val_loss",
         optimizer_index: int = 0,
+        check_on_train_epoch_end: bool = False,
+        strict: bool = True,
+        verbose: bool = False,
     ) -> None:
         self._driver = Driver(unfreezing, early_stopping)
         self.monitor = monitor
         self.optimizer_index = optimizer_index
+        self.check_on_train_epoch_end = check_on_train_epoch_end
+        self.strict = strict
+        self.verbose = verbose
+        #: The epoch at which the stopper stopped the fit (0: it did not).
+        self.stopped_epoch = 0
+        #: Why it stopped (:attr:`lrgroups.early_stopping.Decision.reason`); ``None``: it did not.
+        self.stop_reason: str | None = None
+
+    @property
+    def state_key(self) -> str:
+        """The key of this callback's state in Lightning checkpoints: the class and its configuration,
+        so several callbacks can share a Trainer."""
+        return self._generate_state_key(unfreezing=_spec_key(self._driver.unfreezing_spec),
+                                        early_stopping=_spec_key(self._driver.early_stopping_spec),
+                                        monitor=self.monitor, optimizer_index=self.optimizer_index)
+
+    @property
+    def _legacy_state_key(self) -> str:
+        """The key checkpoints saved before :attr:`state_key` named the configuration used."""
+        return type(self).__qualname__
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, *, monitor: str = "val_acc", optimizer_index: int = 0) -> "LayerwiseFinetuning":
@@ -150,19 +186,40 @@ class LayerwiseFinetuning(Callback):
         if len(optimizers) <= self.optimizer_index:
             raise TypeError(f"configure_optimizers returned {len(optimizers)} optimizers; LayerwiseFinetuning needs a LayerwiseOptimizer")
         optimizer = unwrap(optimizers[self.optimizer_index])
+        wants = self._driver.early_stopping_spec is not None or _has_plateau(self._driver.unfreezing_spec)
+        if wants and not self.check_on_train_epoch_end and (
+                trainer.limit_val_batches == 0 or not is_overridden("validation_step", pl_module)):
+            raise ValueError(f"the monitor {self.monitor!r} of early stopping or of a plateau schedule is read after "
+                             "validation, and this fit has no validation loop, so it would never run: pass "
+                             "check_on_train_epoch_end=True to read a metric logged in training")
         total = trainer.estimated_stepping_batches
         total_steps = int(total) if total != float("inf") else None
         self._driver.build(optimizer, pl_module, total_steps=total_steps)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._driver.end_epoch()
+        if self.check_on_train_epoch_end:
+            self._check(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":
+        if trainer.sanity_checking or trainer.state.fn != "fit" or self.check_on_train_epoch_end:
             return
-        decision = self._driver.validate(trainer.callback_metrics.get(self.monitor), trainer.global_step, self.monitor)
+        self._check(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        metric = trainer.callback_metrics.get(self.monitor)
+        if metric is None and not self.strict:
+            rank_zero_warn(f"LayerwiseFinetuning: the monitored metric {self.monitor!r} was not logged; check "
+                           "skipped (strict=False)", category=RuntimeWarning)
+            return
+        decision = self._driver.validate(metric, trainer.global_step, self.monitor)
         if decision is not None:
             stop = trainer.strategy.reduce_boolean_decision(decision.stop, all=False)
+            if stop and not trainer.should_stop:
+                self.stopped_epoch, self.stop_reason = trainer.current_epoch, decision.reason
+                if self.verbose:
+                    rank_zero_info(f"LayerwiseFinetuning stopped the fit at epoch {self.stopped_epoch}: "
+                                   f"{self.stop_reason}")
             trainer.should_stop = trainer.should_stop or stop
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -176,6 +233,19 @@ class LayerwiseFinetuning(Callback):
         """Keeps the state until ``on_fit_start`` builds the schedule and stopper (Lightning loads
         callback state before ``configure_optimizers`` runs)."""
         self._driver.load_state_dict(state_dict)
+
+
+def _spec_key(spec: Any) -> Any:
+    """A deterministic description of a spec for :attr:`LayerwiseFinetuning.state_key`."""
+    if spec is None or isinstance(spec, Mapping):
+        return None if spec is None else sorted((str(k), repr(v)) for k, v in spec.items())
+    return getattr(spec, "name", None) or getattr(spec, "__qualname__", type(spec).__qualname__)
+
+
+def _has_plateau(spec: Any) -> bool:
+    """Whether an unfreezing spec (its dict, or a recipe's) advances on a plateau of the monitor."""
+    unfreezing = spec if isinstance(spec, Mapping) else getattr(spec, "unfreezing", None)
+    return isinstance(unfreezing, Mapping) and unfreezing.get("plateau") is not None
 
 
 class LayerwiseDDPStrategy(DDPStrategy):
