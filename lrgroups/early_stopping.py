@@ -293,6 +293,16 @@ class EarlyStopping:
         self.calls = 0
         self._best_weights: dict[str, torch.Tensor] | None = None
 
+    @property
+    def best(self) -> float | None:
+        """The best value of the metric so far (``None`` before the first check)."""
+        return self.plateau.best
+
+    @property
+    def best_step(self) -> int | None:
+        """The step of :attr:`best` (``None`` before the first check)."""
+        return self.plateau.best_step
+
     def step(self, metric: float | torch.Tensor, step: int | None = None) -> Decision:
         """Records one check of ``metric`` (a float or a one-element tensor) and decides.
 

@@ -247,7 +247,7 @@ def describe(
         >>> [(i.name, i.depth, i.is_head, i.depth_source) for i in infos][-1]
         ('1.bias', 1, True, 'forward order; head')
     """
-    model = unwrap_model(model)
+    given, model = model, unwrap_model(model)
     layers = param_layers(model, coarse, example_input=example_input, tied=tied)
     by_id = {id(param): layers[name] for name, param in model.named_parameters()}
     max_depth = max((layer.depth for layer in layers.values()), default=0)
@@ -266,6 +266,10 @@ def describe(
                 names[id(param)] = []
                 first.append((prefix + param_name, param, module))
             names[id(param)].append(prefix + param_name)
+    if given is not model:  # the names of the module the user passed (peft's base_model.model., DDP's module.)
+        for name, param in given.named_parameters(remove_duplicate=False):
+            if id(param) in names and name not in names[id(param)]:
+                names[id(param)].append(name)
 
     infos = []
     for name, param, module in first:

@@ -429,3 +429,17 @@ def test_a_model_compiled_in_place_is_traced_eagerly(tmp_path):
         "assert opt.explain().depth.tolist() == plain.explain().depth.tolist() == [0, 0, 1, 1, 2, 2]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=tmp_path)
+
+
+def test_rules_accept_the_names_of_the_module_the_user_passed():
+    """A peft model's parameter names carry peft's ``base_model.model.`` prefix; depths and plan
+    names are the bare model's, and the names the user sees in ``peft_model.named_parameters()`` are
+    aliases: a rule written with them matches, and explain() shows them."""
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(timm.create_model("resnet18", num_classes=3),
+                                peft.LoraConfig(target_modules=["fc"], r=2))
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3,
+                                      rules=[lrgroups.Rule("base_model.model.fc.lora_A.*", lr=5e-3)])
+    table = opt.explain().set_index("name")
+    assert table.loc["fc.lora_A.default.weight", "lr"] == 5e-3
+    assert "base_model.model.fc.lora_A.default.weight" in table.loc["fc.lora_A.default.weight", "aliases"]

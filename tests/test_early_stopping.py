@@ -455,3 +455,11 @@ def test_restore_best_keeps_non_tensor_state_dict_entries(tmp_path, in_file):
     resumed.load_state_dict(torch.load(saved, weights_only=True))
     resumed.restore()
     assert resumed.model.seen == {"batches": 1, "tags": ["a", "b"]}
+
+
+def test_the_best_value_and_its_step_are_the_stoppers_own_attributes():
+    stopper = EarlyStopping("max", patience=2)
+    assert stopper.best is None and stopper.best_step is None
+    for step, value in enumerate([0.5, 0.7, 0.6], start=1):
+        stopper.step(value, step)
+    assert (stopper.best, stopper.best_step) == (0.7, 2) == (stopper.plateau.best, stopper.plateau.best_step)
