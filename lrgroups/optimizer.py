@@ -627,17 +627,28 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def _warn_if_ratios_flattened(self, optimizer, args, kwargs) -> None:
         """Step pre-hook for the first step only (step() removes it); registered first, so it sees
-        the lrs the schedulers set before any other hook changes them."""
+        the lrs the schedulers set before any other hook changes them. The warning names the groups
+        furthest from their planned ratio (not every lr), what to pass to each kind of scheduler, and
+        points at the user's line (the first frame outside torch and lrgroups)."""
         planned = self._planned_lrs
         current = [float(group["lr"]) for group in self.param_groups]
-        scale = [c / p for c, p in zip(current, planned) if p > 0]
-        if scale and not all(math.isclose(s, scale[0], rel_tol=1e-6, abs_tol=1e-12) for s in scale):
-            warnings.warn(
-                "the param groups' lr no longer keep the ratios the rules gave them (planned "
-                f"{planned}, now {current}): a scheduler with one max_lr/base_lr for all groups "
-                "(OneCycleLR, CyclicLR) flattens them; pass max_lr=opt.per_group(peak_lr)",
-                stacklevel=4,
-            )
+        scale = {g: c / p for g, (c, p) in enumerate(zip(current, planned)) if p > 0}
+        if not scale or all(math.isclose(s, next(iter(scale.values())), rel_tol=1e-6, abs_tol=1e-12)
+                            for s in scale.values()):
+            return
+        low, high = min(scale, key=scale.get), max(scale, key=scale.get)
+        names = [self.param_groups[g].get("name", f"group {g}") for g in (low, high)]
+        warnings.warn(
+            f"the param groups' lrs no longer keep the ratios the rules gave them: each group's lr / its planned lr "
+            f"ranges from {scale[low]:.3g} ({names[0]}: planned {planned[low]:.3g}, now {current[low]:.3g}) to "
+            f"{scale[high]:.3g} ({names[1]}: planned {planned[high]:.3g}, now {current[high]:.3g}) over "
+            f"{len(scale)} groups. A scheduler that sets one absolute lr for every group flattens them: "
+            "torch's OneCycleLR / CyclicLR: pass max_lr=opt.per_group(peak_lr) (and base_lr=opt.per_group(...)); "
+            "timm's schedulers: warmup_lr_init and lr_min are absolute lrs, pass warmup_lr_init=0 and lr_min=0 "
+            "(a positive lr_min lifts low-lr groups above their planned peak by the end); a hand-written loop "
+            "(MAE's lr * lr_scale): set each group's lr to lr * planned / base, i.e. opt.per_group(lr)[i]",
+            stacklevel=_user_stacklevel(),
+        )
 
     def _end_ratio_check(self) -> None:
         if self._ratio_check is not None:
@@ -970,6 +981,19 @@ def _first(names: Sequence[str], shown: int = _SHOWN) -> str:
     """``"a, b, c"`` or ``"a, b, c, d, e and 12 more"``."""
     head = ", ".join(names[:shown])
     return head if len(names) <= shown else f"{head} and {len(names) - shown} more"
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of ``warnings.warn`` called here that points at the first frame outside
+    torch and lrgroups (the user's ``opt.step()`` or ``scaler.step(opt)``)."""
+    import os
+    import sys
+
+    skip = tuple(os.path.dirname(module.__file__) + os.sep for module in (torch, sys.modules[__package__]))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _has_stepped(state_dict: Mapping[str, Any]) -> bool:

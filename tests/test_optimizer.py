@@ -833,3 +833,21 @@ def test_the_readme_muon_recipe_sends_embeddings_and_heads_to_adamw(architecture
         else:
             assert route == "muon", name
     assert (routes == "muon").sum() >= 8  # 4 matrices per block (attention in and out, MLP in and out), 2 blocks
+
+
+def test_the_ratio_warning_points_at_the_users_line_and_says_what_to_pass():
+    """Through GradScaler.step too, the warning points at the line that stepped (not torch's
+    grad_scaler.py), names the two groups furthest apart instead of listing every lr, and says what
+    to pass to torch's and timm's schedulers."""
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(20)])
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.8)])
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(model(torch.randn(3, 2)).sum()).backward()
+    with pytest.warns(UserWarning, match="no longer keep the ratios") as record:
+        scaler.step(opt)
+    warning = next(w for w in record if "ratios" in str(w.message))
+    assert warning.filename == __file__
+    text = str(warning.message)
+    assert "over 20 groups" in text and "lr_min=0" in text and "max_lr=opt.per_group(peak_lr)" in text
+    assert text.count("now ") == 2 and len(text) < 1200  # two groups named, whatever the group count
