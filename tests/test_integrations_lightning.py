@@ -214,3 +214,14 @@ def test_two_callbacks_share_a_trainer_and_old_checkpoints_still_load(tmp_path):
     resumed = LayerwiseFinetuning(unfreezing={"every_epochs": 1})
     _trainer([resumed], epochs=3).fit(Net(), _data(0), _data(1), ckpt_path=old_path)
     assert resumed.schedule.stage == 3
+
+
+def test_stage_lengths_in_steps_count_optimizer_updates_under_gradient_accumulation():
+    """every_steps counts optimizer updates (the step hook on the optimizer), not micro-batches: with
+    accumulate_grad_batches=2, 2 epochs of 3 batches are 4 updates, so every_steps=2 gives 2 stages."""
+    finetuning = LayerwiseFinetuning(unfreezing={"every_steps": 2})
+    trainer = L.Trainer(max_epochs=2, callbacks=[finetuning], accelerator="cpu", enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                        accumulate_grad_batches=2, limit_val_batches=0)
+    trainer.fit(Net(), _data(0))
+    assert trainer.global_step == 4 and finetuning.schedule.stage == 2

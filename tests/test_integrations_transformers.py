@@ -88,3 +88,18 @@ def test_the_trainer_call_without_the_model_and_restore_best_are_refused():
         lrgroups.LayerwiseOptimizer(params, optimizer=torch.optim.AdamW, lr=1e-3)
     with pytest.raises(ValueError, match="load_best_model_at_end"):
         LayerwiseCallback(early_stopping={"restore_best": True})
+
+
+def test_stage_lengths_in_steps_count_optimizer_updates_under_gradient_accumulation(tmp_path):
+    """With gradient_accumulation_steps=2, max_steps=4 is 4 optimizer updates of 2 micro-batches each:
+    every_steps=2 advances twice (not four times, as counting micro-batches would)."""
+    model = _model()
+    args = transformers.TrainingArguments(
+        str(tmp_path), max_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=2, report_to="none",
+        use_cpu=True, seed=0, save_strategy="no", eval_strategy="no", disable_tqdm=True)
+    callback = LayerwiseCallback(unfreezing={"every_steps": 2, "depths_per_stage": 1})
+    kwargs = {"model": model, "optimizer": torch.optim.AdamW, "lr": 1e-3, "rules": [lrgroups.layer_decay(0.5)]}
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_data(24, 0),
+                                   optimizer_cls_and_kwargs=(lrgroups.LayerwiseOptimizer, kwargs), callbacks=[callback])
+    done = _train(trainer)
+    assert trainer.state.global_step == 4 and done.schedule.stage == 2
