@@ -17,6 +17,9 @@ Kept different by design (each test that meets one says so where it adapts):
   <torch's message>")``, whatever torch's type.
 * Every param group has one key more than torch's, ``name`` (a readable label such as
   ``"depth 3 · lr 0.001 · wd 0"``, which Lightning's ``LearningRateMonitor`` and the HF callback log).
+* ``differentiable=True`` is refused when the wrapper is built (``ValueError`` naming it): a
+  differentiable step needs non-leaf parameters, which a module's parameters are not; torch's
+  differentiable-optimizer tests (gradcheck through ``step``) are not ported.
 * ``deepcopy``/pickling copy the wrapper with its inner optimizers (torch copies ``defaults``,
   ``state`` and ``param_groups`` only); hooks, as in torch, are not copied.
 """
