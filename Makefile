@@ -31,6 +31,7 @@ replication: $(STAMP)
 	-$(PY) -m benchmarks replicate --reference results/quick --new results/quick-replication  # differing verdicts are the report's content here, not a failure
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -p no:cacheprovider
 
 smoke: $(STAMP)

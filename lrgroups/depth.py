@@ -36,7 +36,6 @@ without it, and the layers are those of the child).
 from __future__ import annotations
 
 import itertools
-
 import warnings
 import weakref
 from dataclasses import dataclass

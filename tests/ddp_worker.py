@@ -8,7 +8,6 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-
 from torch.distributed.fsdp import fully_shard
 
 import lrgroups

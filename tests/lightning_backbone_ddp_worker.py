@@ -10,7 +10,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BackboneFinetuning
 from lightning.pytorch.strategies import DDPStrategy
-
 from test_lightning_backbone_finetuning import Classifier, data  # this script's folder is on sys.path
 
 

@@ -10,7 +10,7 @@ import torch
 from benchmarks import backbones
 from benchmarks.config import ConfigError, suite_from_toml
 from benchmarks.sources import backbone_inputs
-from benchmarks.suites import SUITES, STANDARD_FAMILIES
+from benchmarks.suites import STANDARD_FAMILIES, SUITES
 from lrgroups import recipes
 
 

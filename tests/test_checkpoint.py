@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import module_trees, rule_lists
 
 import lrgroups
-from strategies import module_trees, rule_lists
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torchvision
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import Block, DETRLike, Residual, SharedEmbeddingSeq2Seq, TiedLM, module_trees, shuffled_chains
 
 import lrgroups
 from lrgroups.depth import (
@@ -23,7 +24,6 @@ from lrgroups.depth import (
     param_layers,
     timm_depths,
 )
-from strategies import Block, DETRLike, Residual, SharedEmbeddingSeq2Seq, TiedLM, module_trees, shuffled_chains
 
 
 def test_generic_resnet18_matches_timm_layout():

@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from ddp_worker import build, train
 
 import lrgroups
-from ddp_worker import build, train
 
 
 def _free_port() -> str:

@@ -12,11 +12,11 @@ import torch
 import torch.nn as nn
 import torchvision
 from hypothesis import given
-from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from hypothesis import strategies as st
+from strategies import module_trees, rule_lists
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import lrgroups
-from strategies import module_trees, rule_lists
 
 OPTIMIZERS = {
     "adamw": (torch.optim.AdamW, {}),
@@ -572,9 +572,11 @@ def test_muon_for_hidden_weights_adamw_for_the_rest_in_one_optimizer():
         x = torch.randn(6, 4, generator=generator)
         model(x).pow(2).mean().backward()
         reference(x).pow(2).mean().backward()
-        opt.step(); muon.step(); adamw.step()
-        opt.zero_grad(); muon.zero_grad(); adamw.zero_grad()
-        scheduler.step(); [s.step() for s in hand]
+        for stepped in (opt, muon, adamw):
+            stepped.step()
+            stepped.zero_grad()
+        for schedule in (scheduler, *hand):
+            schedule.step()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
     assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in adamw.param_groups + muon.param_groups]
 
@@ -639,8 +641,9 @@ def test_two_wrappers_on_disjoint_parts_of_one_model_both_train():
     assert all(p.requires_grad for p in model.parameters())
     for _ in range(2):
         model(torch.randn(5, 4)).pow(2).mean().backward()
-        muon.step(); adamw.step()
-        muon.zero_grad(); adamw.zero_grad()
+        for stepped in (muon, adamw):
+            stepped.step()
+            stepped.zero_grad()
     assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters())
     adamw.freeze("5.*")
     assert muon.explain().name.tolist() == ["0.weight", "3.weight"]

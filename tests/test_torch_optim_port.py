@@ -32,9 +32,7 @@ import pickle
 
 import pytest
 import torch
-
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
-
 from torch_optim_port import (
     ALL,
     CONSTRUCTION,

@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import DETRLike, TiedLM, module_trees, rule_lists
 
 import lrgroups
 from lrgroups.depth import TiedWeightsWarning
-from strategies import DETRLike, TiedLM, module_trees, rule_lists
 
 # Random trees and lazily built convnets cannot be run on a built input: their depths follow
 # registration order, with a DepthWarning that is expected here (tests/test_depth.py checks it).
