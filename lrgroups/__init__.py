@@ -17,6 +17,7 @@ from . import recipes
 from .depth import param_depths
 from .distributed import wrap_ddp
 from .early_stopping import Decision, EarlyStopping, Plateau
+from .groups import param_groups
 from .integrations import unwrap
 from .l2sp import L2SP
 from .norms import FrozenNormStats, batch_norms, freeze_norm_stats, precise_bn
@@ -57,6 +58,7 @@ __all__ = [
     "layer_decay_between",
     "no_weight_decay",
     "param_depths",
+    "param_groups",
     "plan",
     "recipes",
     "unwrap",

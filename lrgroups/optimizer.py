@@ -46,6 +46,7 @@ from .checkpoint import (
     state_by_name,
 )
 from .depth import unwrap_model
+from .groups import group_names, group_settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -296,7 +297,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 raise ValueError(
                     f"{_factory_name(factory)}(differentiable=True) is not supported: a differentiable step "
                     "(autograd through the update, e.g. for meta-learning) needs non-leaf parameters, which a "
-                    "module's parameters are not; step a bare torch optimizer for that")
+                    "module's parameters are not; step a bare torch optimizer over lrgroups.param_groups(model, ...)")
         infos = describe_nonempty(model, coarse, example_input=example_input, tied=tied)
         if select is not None:
             selector = select if isinstance(select, Selector) else Selector(pattern=select)
@@ -318,19 +319,12 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         )
 
         # Groups: distinct settings in order of first appearance, grouped by inner optimizer.
-        settings_by_inner: dict[str | None, list[tuple]] = {name: [] for name in specs}
-        for row in rows:
-            if row.settings not in settings_by_inner[row.optimizer]:
-                settings_by_inner[row.optimizer].append(row.settings)
-        order = [s for name in specs for s in settings_by_inner[name]]
+        order, members = group_settings(rows, list(specs))
         group_index = {s: i for i, s in enumerate(order)}
-        members: list[list[int]] = [[] for _ in order]
-        for index, row in enumerate(rows):
-            members[group_index[row.settings]].append(index)
         inners: list[_Inner] = []
         start = 0
         for name, (factory, kwargs) in specs.items():
-            settings = settings_by_inner[name]
+            settings = [setting for setting in order if setting[0] == name]
             if not settings:
                 raise ValueError(f"no parameter is routed to optimizer {name!r}")
             groups = [
@@ -359,7 +353,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for group, params in zip(all_groups, lists):
             group["params"] = params
         self.defaults = inners[0].optimizer.defaults
-        for group, name in zip(all_groups, _group_names(rows, order, group_index, all_groups)):
+        for group, name in zip(all_groups, group_names(rows, order, all_groups)):
             group["name"] = name
         state = inners[0].optimizer.state
         for inner in inners[1:]:
@@ -1003,27 +997,6 @@ def _has_stepped(state_dict: Mapping[str, Any]) -> bool:
     if layout is not None and "stepped" in layout:
         return bool(layout["stepped"])
     return layout is not None or bool(state_dict["state"])
-
-
-def _group_names(rows: Sequence[ParamPlan], settings: Sequence[tuple], group_index: dict, groups: list[dict]) -> list[str]:
-    """A readable, unique name per group ("depth 3–4 · lr 0.001 · wd 0.05"), from its members' depths
-    and its settings; loggers (Lightning's LearningRateMonitor, the HF callback) show it."""
-    depths: dict[int, list[int]] = {}
-    for row in rows:
-        depths.setdefault(group_index[row.settings], []).append(row.depth)
-    several = len({s[0] for s in settings}) > 1
-    names = []
-    for g, (optimizer, lr, weight_decay, options) in enumerate(settings):
-        low, high = min(depths[g]), max(depths[g])
-        parts = [f"depth {low}" if low == high else f"depth {low}–{high}", f"lr {lr:.3g}"]
-        weight_decay = groups[g].get("weight_decay", weight_decay)  # the inner optimizer's default if unset
-        if isinstance(weight_decay, (int, float)):
-            parts.append(f"wd {weight_decay:.3g}")
-        parts += [f"{key} {value}" for key, value in dict(options).items()]
-        if several:
-            parts.insert(0, str(optimizer))
-        names.append(" · ".join(parts))
-    return [name if names.count(name) == 1 else f"{name} · #{g}" for g, name in enumerate(names)]
 
 
 def _settings(row: ParamPlan) -> dict[str, Any]:

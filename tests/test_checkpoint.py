@@ -118,7 +118,7 @@ def test_state_tensor_of_another_shape_fails_naming_parameter_and_shapes_and_cha
     """A 10-class head's checkpoint does not load into the same model with a 3-class head:
     CheckpointMismatchError names the parameter and both shapes; the optimizer is unchanged."""
     ten = _head_model(10)
-    opt = lrgroups.LayerwiseOptimizer(ten, torch.optim.AdamW, lr=1e-2)
+    opt = lrgroups.LayerwiseOptimizer(ten, torch.optim.AdamW, lr=1e-2, rules=[lrgroups.Rule("0.*", frozen=True)])
     _steps(ten, opt)
     three = _head_model(3)
     other = lrgroups.LayerwiseOptimizer(three, torch.optim.AdamW, lr=1e-2, rules=[lrgroups.Rule("0.*", frozen=True)])

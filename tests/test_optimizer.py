@@ -229,11 +229,16 @@ def test_rule_composition_override_and_multiply():
 
 
 def test_wrapped_models_have_bare_names_and_depths():
-    """torch.compile and DataParallel wrappers are looked through: same names, depths, settings."""
+    """torch.compile and DataParallel wrappers are looked through: same names, depths, settings; the
+    wrapper's own names (``_orig_mod.``, ``module.``) are aliases, so rules may use them."""
+    from dataclasses import replace
+
     model = torchvision.models.resnet18(num_classes=3)
     bare = lrgroups.plan(model, lr=1e-3, rules=[lrgroups.layer_decay(0.5)])
-    for wrapped in (torch.compile(model), nn.DataParallel(model)):
-        assert lrgroups.plan(wrapped, lr=1e-3, rules=[lrgroups.layer_decay(0.5)]) == bare
+    for wrapped, prefix in ((torch.compile(model), "_orig_mod."), (nn.DataParallel(model), "module.")):
+        rows = lrgroups.plan(wrapped, lr=1e-3, rules=[lrgroups.layer_decay(0.5)])
+        assert [replace(row, aliases=()) for row in rows] == bare
+        assert all(row.aliases == (prefix + row.name,) for row in rows)
 
 
 @pytest.mark.parametrize(
