@@ -64,6 +64,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -292,6 +293,27 @@ class EarlyStopping:
         self.stop_while_stages_remain = stop_while_stages_remain
         self.calls = 0
         self._best_weights: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], *, model: nn.Module | None = None,
+                      unfreezing: Unfreezing | None = None, **defaults: Any) -> "EarlyStopping":
+        """An EarlyStopping from keyword ``settings`` (a recipe's, a framework callback's) and
+        ``defaults`` under them: ``model`` is passed on only when the settings keep its best weights
+        (``restore_best`` or ``best_weights_path``), so settings without them never fail for a model
+        given. The one place recipes and callbacks build their stopper.
+
+        Raises:
+            ValueError, TypeError: as the constructor.
+
+        Example:
+            >>> import torch.nn as nn
+            >>> EarlyStopping.from_settings({"patience": 3}, model=nn.Linear(2, 2), mode="max").model is None
+            True
+        """
+        kwargs = {**defaults, **settings}
+        if kwargs.get("restore_best") or kwargs.get("best_weights_path"):
+            kwargs["model"] = model
+        return cls(**kwargs, unfreezing=unfreezing)
 
     @property
     def best(self) -> float | None:

@@ -346,7 +346,7 @@ class Recipe:
         unfreezing = self.schedule(opt, total_steps)
         stopper = None
         if self.early_stopping is not None:
-            stopper = EarlyStopping(**{"mode": "max", **self.early_stopping}, model=model, unfreezing=unfreezing)
+            stopper = EarlyStopping.from_settings(self.early_stopping, model=model, unfreezing=unfreezing, mode="max")
         l2sp = None if self.l2sp is None else L2SP(model, opt, **self.l2sp)
         return FineTuning(opt, unfreezing, stopper, steps_per_epoch, l2sp=l2sp)
 

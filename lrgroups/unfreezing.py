@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from functools import partial
 from typing import Any, Mapping, Sequence, Union
 
 from .early_stopping import Plateau
@@ -79,6 +80,18 @@ def _frozen_by_a_schedule(param: Any) -> bool:
 def _by_name(names: Sequence[str]) -> Selector:
     chosen = set(names)
     return Selector(where=lambda info: info.name in chosen)
+
+
+def _call_weak(method: weakref.WeakMethod, *args: Any) -> None:
+    bound = method()
+    if bound is not None:
+        bound(*args)
+
+
+def _remove_handles(handles: list) -> None:
+    for handle in handles:
+        handle.remove()
+    handles.clear()
 
 
 class ProgressiveUnfreezing:
@@ -162,9 +175,17 @@ class ProgressiveUnfreezing:
         self._saved_lrs: dict[int, Any] = {}
         self._params: dict[str, Any] = {}  # name -> tensor, for the names this schedule selects
         self._owned = self._freeze_later_stages()  # name -> the stage that thaws it
-        if warmup_steps:
-            optimizer.register_step_pre_hook(self._warmup_pre_hook)
-            optimizer.register_step_post_hook(self._warmup_post_hook)
+        handles = []
+        if warmup_steps:  # owned handles; the hooks hold the schedule weakly, so `del schedule` removes them
+            pre, post = weakref.WeakMethod(self._warmup_pre_hook), weakref.WeakMethod(self._warmup_post_hook)
+            handles = [optimizer.register_step_pre_hook(partial(_call_weak, pre)),
+                       optimizer.register_step_post_hook(partial(_call_weak, post))]
+        self._finalizer = weakref.finalize(self, _remove_handles, handles)
+
+    def close(self) -> None:
+        """Remove the step hooks this schedule installed on the optimizer (the warm-up's; idempotent).
+        Also done when the schedule is garbage-collected."""
+        self._finalizer()
 
     def _freeze_later_stages(self) -> dict[str, int]:
         """Freeze, and own, the parameters of stages 1.. that are trainable or were frozen by a

@@ -268,3 +268,15 @@ def test_recipes_registry_builds_every_strategy_on_a_plain_module():
         assert tuning.optimizer.param_groups, name
         for param in model.parameters():
             param.requires_grad_(True)
+
+
+def test_a_recipe_with_early_stopping_but_no_restore_builds():
+    """Recipe.build and the framework callbacks build their stopper the same way
+    (EarlyStopping.from_settings): settings without restore_best never fail because a model exists."""
+    import torch.nn as nn
+
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
+    tuning = recipes.Recipe("mine", early_stopping={"patience": 3}).build(model, torch.optim.SGD, lr=0.1)
+    assert tuning.early_stopping.plateau.patience == 3 and tuning.early_stopping.model is None
+    restoring = recipes.Recipe("mine", early_stopping={"patience": 3, "restore_best": True})
+    assert restoring.build(model, torch.optim.SGD, lr=0.1).early_stopping.model is model

@@ -461,3 +461,23 @@ def test_detr_like_first_stage_trains_every_head():
     while schedule.stages_remaining > 1:
         schedule.advance()
     assert schedule.advance() == ["backbone.0.weight", "backbone.0.bias", "backbone.1.weight", "backbone.1.bias"]
+
+
+def test_a_warm_up_schedule_owns_its_step_hooks():
+    """ProgressiveUnfreezing with a warm-up installs two step hooks; close() removes them, and so does
+    dropping the schedule (the hooks hold it weakly, so it does not stay alive through the optimizer)."""
+    import gc
+    import weakref
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
+    hooks = len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)
+    schedule = lrgroups.ProgressiveUnfreezing(opt, warmup_steps=3)
+    assert (len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)) == (hooks[0] + 1, hooks[1] + 1)
+    schedule.close()
+    assert (len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)) == hooks
+    schedule = lrgroups.ProgressiveUnfreezing(opt, warmup_steps=3)
+    alive = weakref.ref(schedule)
+    del schedule
+    gc.collect()
+    assert alive() is None and (len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)) == hooks

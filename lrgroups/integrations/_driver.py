@@ -108,10 +108,7 @@ class Driver:
         if self.early_stopping_spec is None:
             self.stopper = None
         else:
-            kwargs = dict(self.early_stopping_spec)
-            if kwargs.get("restore_best") or kwargs.get("best_weights_path"):
-                kwargs["model"] = model
-            self.stopper = EarlyStopping(**kwargs, unfreezing=self.schedule)
+            self.stopper = EarlyStopping.from_settings(self.early_stopping_spec, model=model, unfreezing=self.schedule)
         if self.schedule is not None:
             self._hook = optimizer.register_step_post_hook(lambda *args: self.schedule.step())
         if self.pending:
