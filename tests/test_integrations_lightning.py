@@ -225,3 +225,18 @@ def test_stage_lengths_in_steps_count_optimizer_updates_under_gradient_accumulat
                         accumulate_grad_batches=2, limit_val_batches=0)
     trainer.fit(Net(), _data(0))
     assert trainer.global_step == 4 and finetuning.schedule.stage == 2
+
+
+def test_one_plateau_per_metric():
+    """A plateau schedule and an early stopper on one monitor would advance two stages on one flat
+    check (each tracker advancing once): refused when the callback is built, with the alternative."""
+    with pytest.raises(ValueError, match="one plateau per metric"):
+        LayerwiseFinetuning(unfreezing={"plateau": {"patience": 2}}, early_stopping={"patience": 2})
+    alone = LayerwiseFinetuning(unfreezing={"every_epochs": 100}, early_stopping={"mode": "min", "patience": 1})
+    trainer = _trainer([alone], epochs=1)
+    trainer.fit(Net(), _data(0), _data(1))
+    before = alone.schedule.stage
+    alone._driver.validate(-1.0, 10, "val_loss")  # a new best (mode min)
+    assert alone.schedule.stage == before
+    alone._driver.validate(-1.0, 11, "val_loss")  # one flat check: one stage
+    assert alone.schedule.stage == before + 1

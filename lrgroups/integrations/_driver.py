@@ -54,6 +54,10 @@ def check_specs(unfreezing: UnfreezingSpec, early_stopping: EarlyStoppingSpec) -
         if isinstance(unfreezing.get("plateau"), Mapping):
             _check_keys("unfreezing.plateau", unfreezing["plateau"], Plateau.__init__, ())
             Plateau(**unfreezing["plateau"])
+    if early_stopping is not None and isinstance(unfreezing, Mapping) and unfreezing.get("plateau") is not None:
+        raise ValueError("one plateau per metric: a plateau in unfreezing and early_stopping would both watch the "
+                         "monitor and advance two stages on one flat check. Give the patience to early_stopping "
+                         "alone: on a plateau it advances the schedule while stages remain, then stops")
     if early_stopping is not None:
         if not isinstance(early_stopping, Mapping):
             raise TypeError(f"early_stopping must be a dict of EarlyStopping arguments, got {early_stopping!r}")
