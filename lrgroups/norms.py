@@ -91,7 +91,7 @@ class FrozenNormStats:
             self._handles.append(module.register_forward_hook(self._after, always_call=True))
 
     def _before(self, module: nn.Module, args: tuple) -> None:
-        if module.training:
+        if module.training and module.momentum is not None:  # momentum None: an explicit re-estimation wins
             module.training = False
             self._switched.add(id(module))
 
@@ -123,7 +123,10 @@ def freeze_norm_stats(model: nn.Module, selector: ModuleSelector = None) -> Froz
 
     Each selected layer runs every forward pass as in eval mode (its ``training`` flag is switched off
     for the call and put back after, so ``model.training`` and ``module.training`` still read what
-    ``model.train()`` set). Running statistics, ``num_batches_tracked`` included, are not updated;
+    ``model.train()`` set), except while its ``momentum`` is None: that is how an explicit
+    re-estimation (``torch.optim.swa_utils.update_bn``, Lightning's ``StochasticWeightAveraging``)
+    asks for the cumulative average, and it wins, as :func:`precise_bn` does. Otherwise running
+    statistics, ``num_batches_tracked`` included, are not updated;
     gradients still flow to the affine weight and bias. This is the BN protocol of the usual
     fine-tuning practice (detectron2's ``FrozenBatchNorm`` without freezing the affine weights;
     Kumar et al. 2022 fine-tune with BatchNorm in eval mode).

@@ -452,7 +452,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for module, indices in self._norm_units:
             hook = _FrozenNormHook([self._slots[i] for i in indices], self._norm_stats == "freeze_all")
             handles.append(module.register_forward_pre_hook(hook.before))
-            handles.append(module.register_forward_hook(hook.after))
+            handles.append(module.register_forward_hook(hook.after, always_call=True))  # also after a raise
             _NORM_OWNER[module] = hook
             owned.append((module, hook))
         self._norm_handles = handles
@@ -1060,7 +1060,8 @@ def _block_params(model: nn.Module, modules: dict[str, nn.Module], name: str) ->
 
 class _FrozenNormHook:
     """Forward pre-hook and hook: a norm layer that counts as frozen runs this forward in eval mode;
-    its ``training`` flag is put back afterwards. Only the newest optimizer's hook over a module
+    its ``training`` flag is put back afterwards (also when the forward raises), except while the
+    layer's momentum is None (an explicit re-estimation). Only the newest optimizer's hook over a module
     acts; a deep copy of the model shares this object, which does nothing on the copy."""
 
     def __init__(self, slots: list[_Slot], also_frozen_before_build: bool) -> None:
@@ -1077,7 +1078,9 @@ class _FrozenNormHook:
         return self.also_frozen_before_build or any(owner != _BEFORE_BUILD for owner in owners)
 
     def before(self, module: nn.Module, args: tuple) -> None:
-        if module.training and _NORM_OWNER.get(module) is self and self.frozen():
+        # momentum None: an explicit re-estimation (torch.optim.swa_utils.update_bn, Lightning's
+        # StochasticWeightAveraging, lrgroups.precise_bn) runs the layer in train mode; it wins
+        if module.training and module.momentum is not None and _NORM_OWNER.get(module) is self and self.frozen():
             module.training = False
             self.switched = True
 

@@ -195,3 +195,44 @@ def test_precise_bn_bad_arguments():
         precise_bn(_net(), _batches(), max_batches=0)
     with pytest.raises(ValueError, match="tracks running statistics"):
         precise_bn(nn.Sequential(nn.BatchNorm1d(2, track_running_stats=False)), [torch.randn(3, 2)])
+
+
+def _frozen_bn_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("1.*", frozen=True)])
+    return model, opt
+
+
+def test_a_frozen_norm_keeps_its_mode_after_a_forward_that_raises():
+    """The optimizer's frozen-norm hook puts ``training`` back also when the forward raises (as
+    freeze_norm_stats' hook does): one behaviour for both mechanisms."""
+    model, opt = _frozen_bn_model()
+    model.train()
+    with pytest.raises(RuntimeError):
+        model(torch.randn(5, 7))  # wrong width: the first Linear raises before the norm...
+    with pytest.raises(RuntimeError):
+        model[1:](torch.randn(5, 3))  # ...and the norm itself raises here (3 features, 4 expected)
+    assert model[1].training
+
+
+@pytest.mark.parametrize("mechanism", ["optimizer", "freeze_norm_stats"])
+def test_an_explicit_re_estimation_wins_over_frozen_statistics(mechanism):
+    """torch.optim.swa_utils.update_bn (and Lightning's StochasticWeightAveraging) re-estimate the
+    statistics of a norm whose statistics are frozen, as they do without lrgroups and as
+    lrgroups.precise_bn does: mean and batch count are those of the data, not the reset values."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    if mechanism == "optimizer":  # kept: the freeze lasts as long as its owner
+        owner = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("1.*", frozen=True)])
+    else:
+        owner = lrgroups.freeze_norm_stats(model)
+    data = [torch.randn(8, 3) + 2 for _ in range(3)]
+    reference = copy.deepcopy(model)
+    torch.optim.swa_utils.update_bn(data, model)
+    plain = nn.Sequential(*[copy.deepcopy(m) for m in reference])  # no hooks: what update_bn gives without lrgroups
+    torch.optim.swa_utils.update_bn(data, plain)
+    assert int(model[1].num_batches_tracked) == 3
+    assert torch.allclose(model[1].running_mean, plain[1].running_mean)
+    model.train()(data[0])  # the freeze holds again afterwards
+    assert torch.allclose(model[1].running_mean, plain[1].running_mean) and owner is not None
