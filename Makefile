@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv bench replication test smoke perf gpu clean-venv
+.PHONY: venv bench replication standard standard-replication test smoke perf gpu clean-venv
 
 venv: $(STAMP)
 
@@ -29,6 +29,18 @@ bench: $(STAMP)
 replication: $(STAMP)
 	$(PY) -m benchmarks run --suite quick_replication --out results/quick-replication --executor ray --no-progress
 	-$(PY) -m benchmarks replicate --reference results/quick --new results/quick-replication  # differing verdicts are the report's content here, not a failure
+
+# The standard suite across four timm families (about 25 minutes on 2 cores), from scratch into
+# runs/standard, then its replication report against the committed results/standard.
+standard: $(STAMP)
+	rm -rf runs/standard
+	$(PY) -m benchmarks run --suite standard --out runs/standard --no-progress
+	-$(PY) -m benchmarks replicate --reference results/standard --new runs/standard
+
+# The committed second run of the standard suite (disjoint seeds, other source seeds, Ray).
+standard-replication: $(STAMP)
+	$(PY) -m benchmarks run --suite standard_replication --out results/standard-replication --executor ray --no-progress
+	-$(PY) -m benchmarks replicate --reference results/standard --new results/standard-replication
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -29,12 +29,24 @@ from .report import write_reports
 from .store import atomic_write
 from .suites import Suite
 
+#: Verdicts that exclude each other: an effect of at least the minimum (reproduced) against one below
+#: it (not reproduced) or of the other sign (contradicted). The other differences are between a
+#: verdict and *undetermined* or *out of scope*: one run could not decide.
+OPPOSED = {("reproduced", "not reproduced"), ("reproduced", "contradicted")}
+
+
+def opposed(a: str, b: str) -> bool:
+    """Whether two verdicts exclude each other (:data:`OPPOSED`, either order)."""
+    return (a, b) in OPPOSED or (b, a) in OPPOSED
+
 
 def compare_verdicts(reference: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """Per hypothesis of the reference: both verdicts and effects, and ``same``."""
+    """Per hypothesis of the reference: both verdicts and effects, ``same``, and ``opposed`` (the
+    two verdicts exclude each other)."""
     merged = reference[["hypothesis", "verdict", "effect"]].merge(
         new[["hypothesis", "verdict", "effect"]], on="hypothesis", how="left", suffixes=("_reference", "_new"))
     merged["same"] = merged.verdict_reference == merged.verdict_new
+    merged["opposed"] = [opposed(str(a), str(b)) for a, b in zip(merged.verdict_reference, merged.verdict_new)]
     return merged
 
 
@@ -61,12 +73,14 @@ def compare_across(reference_csv: Path, new_csv: Path) -> pd.DataFrame:
     columns = ["claim", "comparison", "metric", "pooled_verdict", "pooled_effect", "on_predicted_side",
                "families_in_scope"]
     if not reference_csv.exists() or not new_csv.exists():
-        return pd.DataFrame(columns=[*columns, "same"])
+        return pd.DataFrame(columns=[*columns, "same", "opposed"])
     reference = pd.read_csv(reference_csv)
     reference = reference[reference.families >= 2]
     merged = reference[columns].merge(pd.read_csv(new_csv)[columns], on=["claim", "comparison", "metric"],
                                       how="left", suffixes=("_reference", "_new"))
     merged["same"] = merged.pooled_verdict_reference == merged.pooled_verdict_new
+    merged["opposed"] = [opposed(str(a), str(b))
+                         for a, b in zip(merged.pooled_verdict_reference, merged.pooled_verdict_new)]
     return merged
 
 
@@ -123,7 +137,8 @@ def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite
         f"# Replication of `{reference_dir}` (suite `{reference_suite.name}`) by `{new_dir}` "
         f"(suite `{new_suite.name}`)",
         "",
-        f"Verdicts equal: {int(verdicts.same.sum())} of {len(verdicts)}. Cells whose new mean test accuracy is "
+        f"Verdicts equal: {int(verdicts.same.sum())} of {len(verdicts)}; opposed (reproduced in one run, not "
+        f"reproduced or contradicted in the other): {int(verdicts.opposed.sum())}. Cells whose new mean test accuracy is "
         f"consistent with the reference (difference inside its 95% interval): {int(cells.consistent.sum())} of "
         f"{len(cells)}; inside the reference's own 95% interval: {int(cells.inside.sum())} of {len(cells)}; same "
         f"selected lr: {int(cells.same_lr.sum())} of {len(cells)}. Verdicts whose effect changes side of the "
@@ -136,7 +151,8 @@ def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite
           f"{r.effect_new:.3f} | {'yes' if r.same else 'NO'} | {'YES' if r.hypothesis in depends else 'no'} |"
           for r in verdicts.itertuples()],
         "",
-        *([f"Verdicts across families equal: {int(across.same.sum())} of {len(across)}.", "",
+        *([f"Verdicts across families equal: {int(across.same.sum())} of {len(across)}; opposed: "
+           f"{int(across.opposed.sum())}.", "",
            "| claim | comparison | metric | verdict across families (reference) | (new) | pooled effect (reference) | "
            "(new) | families > 0 (reference) | (new) | same |",
            "|---|---|---|---|---|---|---|---|---|---|",

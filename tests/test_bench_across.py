@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pandas as pd
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.across import across_families, claim_of
@@ -28,7 +28,6 @@ def test_claim_is_the_name_before_the_family_tag() -> None:
     assert [claim_of(n) for n in ("H2a-vit", "H3a-lite0", "H1a")] == ["H2a", "H3a", "H1a"]
 
 
-@settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.floats(-0.2, 0.2), st.floats(0.005, 0.2)), min_size=2, max_size=5),
        st.integers(3, 12))
 def test_pooled_effect_is_the_random_effects_estimate(families, seeds) -> None:
@@ -84,3 +83,13 @@ def test_pooled_intervals_agree_with_the_holm_adjusted_p() -> None:
 def test_exploratory_rows_are_left_out() -> None:
     rows = _rows([0.1, 0.1], [0.01, 0.01]).assign(exploratory=True)
     assert across_families(rows).empty
+
+
+def test_opposed_verdicts_are_those_that_exclude_each_other():
+    from benchmarks.replicate import compare_verdicts, opposed
+
+    assert opposed("reproduced", "contradicted") and opposed("not reproduced", "reproduced")
+    assert not opposed("reproduced", "undetermined") and not opposed("not reproduced", "contradicted")
+    ref = pd.DataFrame({"hypothesis": ["A", "B"], "verdict": ["reproduced", "undetermined"], "effect": [0.1, 0.0]})
+    new = ref.assign(verdict=["not reproduced", "reproduced"])
+    assert compare_verdicts(ref, new).opposed.tolist() == [True, False]

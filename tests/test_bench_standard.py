@@ -132,3 +132,24 @@ def test_readme_standard_section_is_the_committed_run() -> None:
     environment = json.loads((root / "results" / "standard" / "environment.json").read_text())
     assert f"The committed reference took {round(environment['wall_seconds'])} s on 2 CPU cores" in readme
     assert environment["suite"] == "standard" and environment["failed"] == 0 and environment["not_done"] == 0
+
+
+def test_readme_standard_replication_numbers_are_the_committed_reports() -> None:
+    """The agreement the README quotes is the one `replicate` wrote into the committed replication.md."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = " ".join((root / "README.md").read_text().split())
+    report = (root / "results" / "standard-replication" / "replication.md").read_text()
+    verdicts = re.search(r"Verdicts equal: (\d+) of (\d+); opposed \(reproduced in one run, not reproduced or "
+                         r"contradicted in the other\): (\d+)", report).groups()
+    across = re.search(r"Verdicts across families equal: (\d+) of (\d+); opposed: (\d+)", report).groups()
+    cells = re.search(r"consistent with the reference \(difference inside its 95% interval\): (\d+) of (\d+)",
+                      report).groups()
+    assert f"{verdicts[0]} of {verdicts[1]} per-family verdicts equal and {verdicts[2]} opposed" in readme
+    assert f"{across[0]} of {across[1]} verdicts across families equal, {across[2]} opposed" in readme
+    assert f"{cells[0]} of {cells[1]} cells consistent" in readme
+    environment = json.loads((root / "results" / "standard-replication" / "environment.json").read_text())
+    assert environment["executor"] == "ray" and f"the Ray executor; {round(environment['wall_seconds'])} s" in readme
