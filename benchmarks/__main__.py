@@ -195,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = sorted({e.backbone for e in suite.experiments if e.backbone.startswith(TIMM)
                       and any(s.kind in PRETRAINED_KINDS for s in e.strategies) and not weights_available(e.backbone)})
     if missing:  # fails before anything is written, not cell by cell
-        print("error: pretrained weights are not in the local cache (nothing is downloaded at run time) for "
+        print("error: pretrained weights are not in the local cache (nothing is downloaded at run time; fetch them "
+              "once with this project's python on a machine with internet, into the same cache) for "
               + "; ".join(f"{b}: fetch them once with {fetch_command(b[len(TIMM):])}" for b in missing),
               file=sys.stderr)
         return 2

@@ -461,7 +461,7 @@ def _in_suite_order(frame: pd.DataFrame, order: Mapping[tuple[str, str], int]) -
 ACROSS_COLUMNS = {"claim": "claim", "comparison": "comparison", "metric": "metric", "per_family": "per family: effect "
                   "[Holm-adjusted CI] verdict", "pooled_effect": "pooled effect", "pooled_ci_low": "adj. ci low",
                   "pooled_ci_high": "adj. ci high", "tau": "tau", "on_predicted_side": "families > 0",
-                  "families_in_scope": "families in scope", "consistent": "same verdict in every family",
+                  "families_in_scope": "families in scope", "consistent": "same verdict in every family in scope",
                   "pooled_verdict": "verdict across families"}
 
 
