@@ -23,6 +23,7 @@ from .l2sp import L2SP
 from .norms import FrozenNormStats, batch_norms, freeze_norm_stats, precise_bn
 from .optimizer import CheckpointMismatchError, LayerwiseOptimizer
 from .rules import (
+    NoMatchError,
     ParamInfo,
     ParamPlan,
     Rule,
@@ -49,6 +50,7 @@ __all__ = [
     "ProgressiveUnfreezing",
     "depth_stages",
     "LayerwiseOptimizer",
+    "NoMatchError",
     "ParamInfo",
     "ParamPlan",
     "Rule",

@@ -31,7 +31,7 @@ import inspect
 import math
 import warnings
 import weakref
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
 
 import torch
@@ -50,7 +50,7 @@ from .groups import group_names, group_settings
 
 if TYPE_CHECKING:
     import pandas as pd
-from .rules import ParamInfo, ParamPlan, Rule, Selector, _no_match_message, describe_nonempty, plan_params
+from .rules import NoMatchError, ParamInfo, ParamPlan, Rule, Selector, describe_nonempty, no_match_message, plan_params
 
 __all__ = ["LayerwiseOptimizer", "CheckpointMismatchError"]
 
@@ -656,9 +656,15 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         selector = pattern if isinstance(pattern, Selector) else Selector(pattern=pattern, **select)
         chosen = [slot for slot in self._slots if selector.matches(slot.info)]
         if not chosen:
-            rule = Rule(**{f.name: getattr(selector, f.name) for f in fields(Selector)})
-            raise ValueError(_no_match_message(rule, [slot.row.name for slot in self._slots]))
+            raise NoMatchError(no_match_message(f"selection {selector.criteria()}", selector.pattern or selector.regex,
+                                                [slot.row.name for slot in self._slots]))
         return chosen
+
+    def _slot(self, name: str) -> _Slot:
+        slot = self._index.get(name)
+        if slot is None:
+            raise NoMatchError(no_match_message(f"name {name!r}", name, [slot.row.name for slot in self._slots]))
+        return slot
 
     def select(self, pattern: str | Selector | None = None, **select: Any) -> dict[str, torch.Tensor]:
         """``{name: parameter}`` of the parameters a selection picks (a glob, a
@@ -780,16 +786,16 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def group_of(self, name: str) -> int:
         """Index into ``param_groups`` of the group the rules gave ``name`` (frozen or not)."""
-        return self._index[name].group
+        return self._slot(name).group
 
     def is_frozen(self, name: str) -> bool:
         """Whether the parameter called ``name`` (or an alias of it) is frozen now."""
-        return self._index[name].frozen_by is not None
+        return self._slot(name).frozen_by is not None
 
     def frozen_by(self, name: str) -> str | None:
         """Who froze ``name``: ``"model"``, ``"rule"``, the owner given to :meth:`freeze`; ``None``
         when it trains."""
-        return self._index[name].frozen_by
+        return self._slot(name).frozen_by
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:

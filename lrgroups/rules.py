@@ -33,6 +33,7 @@ from .depth import Tied, is_norm, param_layers, unwrap_model
 
 __all__ = [
     "ParamInfo",
+    "NoMatchError",
     "Selector",
     "Rule",
     "ParamPlan",
@@ -300,18 +301,41 @@ def _check_value(what: str, value: float, where: str) -> None:
         raise ValueError(f"Invalid {what} value: {value!r} for {where} ({what} must be finite and >= 0)")
 
 
-def _no_match_message(rule: Rule, names: Sequence[str]) -> str:
-    message = f"rule {rule.label} matches no parameter"
-    probe = rule.pattern or rule.regex
-    if rule.pattern and not any(c in rule.pattern for c in "*?[") and any(
-            name.startswith(rule.pattern + ".") for name in names):
-        message += f"; did you mean {rule.pattern + '.*'!r} (a glob matches whole names; a module's name alone " \
+class NoMatchError(ValueError, KeyError):
+    """A rule, a selection (``freeze``, ``unfreeze``, ``select``, a schedule's stage) or a parameter
+    name (``group_of``, ``is_frozen``, ``frozen_by``) matches no parameter of the model; the message
+    names the closest names. A ``ValueError`` (as rule errors always were) and a ``KeyError`` (as
+    unknown names were).
+
+    Example:
+        >>> import torch.nn as nn
+        >>> try:
+        ...     plan(nn.Linear(2, 2), lr=0.1, rules=[Rule("wieght", lr=0.2)])
+        ... except NoMatchError as error:
+        ...     print(str(error).split(" (the model")[0])
+        rule Rule(pattern='wieght', lr=0.2) matches no parameter; closest names: weight
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def no_match_message(what: str, probe: str | None, names: Sequence[str]) -> str:
+    """``"<what> matches no parameter"`` with a glob hint for a bare module name, the closest names
+    to ``probe`` (a glob, regex or name) and a sample of the model's names."""
+    message = f"{what} matches no parameter"
+    if probe and not any(c in probe for c in "*?[") and any(name.startswith(probe + ".") for name in names):
+        message += f"; did you mean {probe + '.*'!r} (a glob matches whole names; a module's name alone " \
                    "matches none of its parameters)?"
     if probe:
         close = difflib.get_close_matches(probe, names, n=5, cutoff=0.3)
         if close:
             message += f"; closest names: {', '.join(close)}"
     return message + f" (the model has {len(names)} parameters, e.g. {', '.join(names[:3])})"
+
+
+def _no_match_message(rule: Rule, names: Sequence[str]) -> str:
+    return no_match_message(f"rule {rule.label}", rule.pattern or rule.regex, names)
 
 
 def plan(
@@ -444,7 +468,7 @@ def plan_params(
         )
     for rule, count in zip(rules, hits):
         if count == 0 and not rule.allow_empty:
-            raise ValueError(_no_match_message(rule, names))
+            raise NoMatchError(_no_match_message(rule, names))
     return rows
 
 

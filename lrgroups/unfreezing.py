@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence, Union
 
 from .early_stopping import Plateau
 from .optimizer import LayerwiseOptimizer
-from .rules import Rule, Selector, _no_match_message
+from .rules import NoMatchError, Selector, no_match_message
 
 __all__ = ["ProgressiveUnfreezing", "depth_stages"]
 
@@ -197,8 +197,8 @@ class ProgressiveUnfreezing:
         for index, stage in enumerate(self.stages):
             names = _selected(optimizer, stage)
             if not names:
-                rule = Rule(**{f: getattr(stage, f) for f in ("pattern", "regex", "module_type", "ndim", "depth", "where")})
-                raise ValueError(f"stage {index}: " + _no_match_message(rule, [row.name for row in optimizer.plan]))
+                raise NoMatchError(no_match_message(f"stage {index} ({stage.criteria()})", stage.pattern or stage.regex,
+                                                    [row.name for row in optimizer.plan]))
             selected.append(list(names))
             for name, param in names.items():
                 thaw_at.setdefault(name, index)

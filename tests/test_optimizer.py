@@ -806,12 +806,6 @@ def test_rule_options_the_inner_optimizer_would_ignore_are_refused():
     assert opt.param_groups[-1]["betas"] == (0.8, 0.9)
 
 
-def test_a_module_name_as_a_rule_suggests_its_glob():
-    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
-    with pytest.raises(ValueError, match=r"did you mean '1\.\*'"):
-        lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("1", lr=0.2)])
-
-
 @pytest.mark.parametrize("architecture", ["bert", "gpt2"])
 def test_the_readme_muon_recipe_sends_embeddings_and_heads_to_adamw(architecture):
     """DeepSpeed#7641, KellerJordan/Muon#22: only hidden 2-D weights go to Muon; embeddings
@@ -859,3 +853,17 @@ def test_the_ratio_warning_points_at_the_users_line_and_says_what_to_pass():
     text = str(warning.message)
     assert "over 20 groups" in text and "lr_min=0" in text and "max_lr=opt.per_group(peak_lr)" in text
     assert text.count("now ") == 2 and len(text) < 1200  # two groups named, whatever the group count
+
+
+@pytest.mark.parametrize("call", ["freeze", "unfreeze", "select", "group_of", "is_frozen", "frozen_by"])
+def test_a_selection_or_name_matching_nothing_is_one_public_error_with_the_closest_names(call):
+    """freeze, unfreeze and select with a selection, and group_of, is_frozen and frozen_by with a name,
+    raise lrgroups.NoMatchError (a ValueError and a KeyError) that says a selection or a name, not a
+    "rule", matched nothing, and names the closest parameter names."""
+    opt = lrgroups.LayerwiseOptimizer(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), torch.optim.SGD, lr=0.1)
+    with pytest.raises(lrgroups.NoMatchError) as error:
+        getattr(opt, call)("0.wieght")
+    text = str(error.value)
+    assert "rule" not in text and ("selection" in text or "name '0.wieght'" in text)
+    assert "closest names: 0.weight" in text
+    assert isinstance(error.value, KeyError) and isinstance(error.value, ValueError)
