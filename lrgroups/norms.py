@@ -80,10 +80,14 @@ def _selected(model: nn.Module, selector: ModuleSelector, what: str) -> dict[str
 
 class FrozenNormStats:
     """The handle :func:`freeze_norm_stats` returns: the frozen layers, ``remove()``, and a context
-    manager that removes on exit."""
+    manager that removes on exit. The one mechanism in lrgroups that hooks norm layers: the
+    :class:`~lrgroups.LayerwiseOptimizer` holds one per norm layer it manages, with ``active``
+    (``module -> bool``, checked at every forward) saying whether the layer counts as frozen now."""
 
-    def __init__(self, modules: Mapping[str, _BatchNorm]) -> None:
+    def __init__(self, modules: Mapping[str, nn.modules.batchnorm._NormBase],
+                 active: Callable[[nn.Module], bool] | None = None) -> None:
         self.modules = dict(modules)
+        self._active = active
         self._switched: set[int] = set()
         self._handles = []
         for module in self.modules.values():
@@ -91,7 +95,8 @@ class FrozenNormStats:
             self._handles.append(module.register_forward_hook(self._after, always_call=True))
 
     def _before(self, module: nn.Module, args: tuple) -> None:
-        if module.training and module.momentum is not None:  # momentum None: an explicit re-estimation wins
+        # momentum None: an explicit re-estimation (swa_utils.update_bn, Lightning's SWA, precise_bn) wins
+        if module.training and module.momentum is not None and (self._active is None or self._active(module)):
             module.training = False
             self._switched.add(id(module))
 

@@ -47,6 +47,7 @@ from .checkpoint import (
 )
 from .depth import unwrap_model
 from .groups import group_names, group_settings
+from .norms import FrozenNormStats
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -449,10 +450,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def _install_hooks(self) -> None:
         self.register_state_dict_post_hook(_add_layout, prepend=True)
         handles, owned = [], []
-        for module, indices in self._norm_units:
+        for module, indices in self._norm_units:  # the hooks themselves are norms.FrozenNormStats'
             hook = _FrozenNormHook([self._slots[i] for i in indices], self._norm_stats == "freeze_all")
-            handles.append(module.register_forward_pre_hook(hook.before))
-            handles.append(module.register_forward_hook(hook.after, always_call=True))  # also after a raise
+            handles.append(FrozenNormStats({"": module}, active=hook.active))
             _NORM_OWNER[module] = hook
             owned.append((module, hook))
         self._norm_handles = handles
@@ -1014,7 +1014,7 @@ def _add_layout(optimizer: LayerwiseOptimizer, state_dict: dict[str, Any]) -> No
     state_dict["lrgroups"] = optimizer._layout()
 
 
-def _release_norm_hooks(handles: list, owned: list) -> None:
+def _release_norm_hooks(handles: list[FrozenNormStats], owned: list) -> None:
     for handle in handles:
         handle.remove()
     for module, hook in owned:
@@ -1065,15 +1065,15 @@ def _block_params(model: nn.Module, modules: dict[str, nn.Module], name: str) ->
 
 
 class _FrozenNormHook:
-    """Forward pre-hook and hook: a norm layer that counts as frozen runs this forward in eval mode;
-    its ``training`` flag is put back afterwards (also when the forward raises), except while the
-    layer's momentum is None (an explicit re-estimation). Only the newest optimizer's hook over a module
-    acts; a deep copy of the model shares this object, which does nothing on the copy."""
+    """Whether a norm layer counts as frozen for this optimizer now (the ``active`` predicate of its
+    :class:`~lrgroups.norms.FrozenNormStats` handle, which runs the layer in eval mode and puts its
+    ``training`` flag back afterwards, also when the forward raises, and lets an explicit
+    re-estimation through). Only the newest optimizer's over a module decides; a deep copy of the model
+    shares this object, which decides nothing on the copy."""
 
     def __init__(self, slots: list[_Slot], also_frozen_before_build: bool) -> None:
         self.slots = slots
         self.also_frozen_before_build = also_frozen_before_build
-        self.switched = False
 
     def frozen(self) -> bool:
         """All its parameters are frozen, and (unless ``freeze_all``) not all by someone else before
@@ -1083,17 +1083,8 @@ class _FrozenNormHook:
             return False
         return self.also_frozen_before_build or any(owner != _BEFORE_BUILD for owner in owners)
 
-    def before(self, module: nn.Module, args: tuple) -> None:
-        # momentum None: an explicit re-estimation (torch.optim.swa_utils.update_bn, Lightning's
-        # StochasticWeightAveraging, lrgroups.precise_bn) runs the layer in train mode; it wins
-        if module.training and module.momentum is not None and _NORM_OWNER.get(module) is self and self.frozen():
-            module.training = False
-            self.switched = True
-
-    def after(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self.switched:
-            module.training = True
-            self.switched = False
+    def active(self, module: nn.Module) -> bool:
+        return _NORM_OWNER.get(module) is self and self.frozen()
 
     def __deepcopy__(self, memo: dict) -> "_FrozenNormHook":
         return self
