@@ -40,8 +40,6 @@ from statsmodels.stats.power import TTestPower
 ALPHA = 0.05
 #: Power at which the minimum detectable effect and the seeds needed are stated.
 POWER = 0.8
-#: The five verdicts (DESIGN.md, "Verdicts in five words").
-VERDICTS = ("reproduced", "not reproduced", "contradicted", "undetermined", "out of scope")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import resource
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,8 +22,6 @@ from torch import Tensor, nn
 CPU_THREADS = 2
 #: Images per forward pass when evaluating.
 EVAL_BATCH = 256
-#: Feature maps are average-pooled to at most this many positions per side before CKA.
-FEATURE_GRID = 8
 
 
 @dataclass(frozen=True)
@@ -40,12 +37,6 @@ class Device:
     @property
     def torch(self) -> torch.device:
         return torch.device(self.type)
-
-    @property
-    def memory_measure(self) -> str:
-        if self.type == "cuda":
-            return "torch.cuda.max_memory_allocated during the cell"
-        return "process max RSS (resource.getrusage ru_maxrss): peak so far, and its growth during the cell"
 
     def autocast_context(self) -> contextlib.AbstractContextManager:
         if self.autocast:
@@ -128,37 +119,3 @@ def predict(model: nn.Module, images: Tensor, device: Device) -> Tensor:
         with device.autocast_context():
             outputs.append(model(device.batch(images[start : start + EVAL_BATCH])).float().cpu())
     return torch.cat(outputs)
-
-
-@torch.no_grad()
-def predict_with_features(model: nn.Module, images: Tensor, device: Device) -> tuple[Tensor, dict[str, Tensor]]:
-    """Logits and the per-stage features (timm ``forward_intermediates``), float32 on the CPU, each
-    flattened to [n, channels * height * width] after average-pooling maps larger than
-    FEATURE_GRID x FEATURE_GRID down to that size (so 224 px stages stay cheap); stages named by
-    ``model.feature_info``."""
-    model.eval()
-    names = [info["module"] for info in model.feature_info]
-    logits, stages = [], {name: [] for name in names}
-    for start in range(0, len(images), EVAL_BATCH):
-        with device.autocast_context():
-            final, intermediates = model.forward_intermediates(device.batch(images[start : start + EVAL_BATCH]))
-            logits.append(model.forward_head(final).float().cpu())
-        if len(intermediates) != len(names):
-            raise RuntimeError(f"forward_intermediates gave {len(intermediates)} stages, feature_info names {len(names)}")
-        for name, feature in zip(names, intermediates):
-            if feature.shape[-1] > FEATURE_GRID or feature.shape[-2] > FEATURE_GRID:
-                feature = F.adaptive_avg_pool2d(feature.float(), FEATURE_GRID)
-            stages[name].append(feature.float().flatten(1).cpu())
-    return torch.cat(logits), {name: torch.cat(parts) for name, parts in stages.items()}
-
-
-def peak_memory_mb(device: Device) -> float:
-    """CUDA: max allocated since the last reset; CPU: the process's max RSS so far."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak_memory(device: Device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()

@@ -66,7 +66,6 @@ __all__ = [
 ]
 
 _NOT_HEAD = Selector(where=lambda info: not info.is_head)
-_HEAD = Selector(where=lambda info: info.is_head)
 
 Probe = Union[Tuple[torch.Tensor, torch.Tensor], Callable[[nn.Module], Tuple[torch.Tensor, torch.Tensor]], str, None]
 

@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 import statistics
 from typing import Any
 
@@ -204,14 +203,6 @@ def _layout(section: list[dict], summary: list[list[str]]) -> list[str]:
         if info.get("profile_extra"):
             lines += _profile_lines(f"{info['model']} / {info['optimizer']} merged vs single", info["profile_extra"])
     return lines
-
-
-def _short(function: str) -> str:
-    """``path:line(name)`` -> ``name``; ``<built-in method torch.x>`` -> ``torch.x``."""
-    if function.startswith("<built-in method "):
-        return function[len("<built-in method ") : -1]
-    match = re.search(r"\(([^()]*)\)$", function)
-    return match.group(1) if match else function
 
 
 def _build(large: list[dict], meta_vs_real: list[dict], families: list[dict], summary: list[list[str]]) -> list[str]:
