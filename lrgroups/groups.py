@@ -86,7 +86,8 @@ def param_groups(
     keys; Lightning's ``LearningRateMonitor`` logs it). Parameters that are frozen (``requires_grad``
     False, or a rule's ``frozen=True``) are left out: a bare optimizer cannot take them in later (use
     :class:`~lrgroups.LayerwiseOptimizer` to unfreeze without breaking schedulers), and a rule's
-    ``frozen=True`` does not change ``requires_grad`` here.
+    ``frozen=`` does not change ``requires_grad`` here: a parameter a ``frozen=False`` rule thaws is
+    in its group but gets a gradient only once you set ``requires_grad_(True)`` on it.
 
     Args:
         model: any ``nn.Module`` (DDP, ``torch.compile`` and peft wrappers are looked through).

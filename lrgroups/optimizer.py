@@ -48,10 +48,10 @@ from .checkpoint import (
 from .depth import unwrap_model
 from .groups import group_names, group_settings
 from .norms import FrozenNormStats
+from .rules import NoMatchError, ParamInfo, ParamPlan, Rule, Selector, describe_nonempty, no_match_message, plan_params
 
 if TYPE_CHECKING:
     import pandas as pd
-from .rules import NoMatchError, ParamInfo, ParamPlan, Rule, Selector, describe_nonempty, no_match_message, plan_params
 
 __all__ = ["LayerwiseOptimizer", "CheckpointMismatchError"]
 

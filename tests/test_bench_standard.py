@@ -131,6 +131,9 @@ def test_readme_standard_section_is_the_committed_run() -> None:
     assert block == readme_across_table(pd.read_csv(root / "results" / "standard" / "across.csv")).strip()
     environment = json.loads((root / "results" / "standard" / "environment.json").read_text())
     assert f"The committed reference took {round(environment['wall_seconds'])} s on 2 CPU cores" in readme
+    loads = (environment["load_average_start"][0], environment["load_average"][0])
+    assert " ".join(f"load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end".split()) in " ".join(
+        readme.split())
     assert environment["suite"] == "standard" and environment["failed"] == 0 and environment["not_done"] == 0
 
 
