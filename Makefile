@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv bench replication standard standard-replication test smoke perf gpu clean-venv
+.PHONY: venv bench replication standard standard-replication test docs docs-serve smoke perf gpu clean-venv
 
 venv: $(STAMP)
 
@@ -45,6 +45,13 @@ standard-replication: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -p no:cacheprovider
+
+# The documentation site (mkdocs-material + mkdocstrings, the docs extra) into site/; strict: a warning fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict
 
 smoke: $(STAMP)
 	$(PY) -m benchmarks run --suite smoke

@@ -6,6 +6,7 @@
     python -m benchmarks report [--suite quick | --config my_suite.toml] [--out DIR] [--readme README.md]
     python -m benchmarks replicate --reference results/quick --new runs/quick [--suite quick | --config my_suite.toml]
     python -m benchmarks config-reference [--write]   # every key of a suite config (benchmarks/configs/README.md)
+    python -m benchmarks docs-tables [--check]        # the README's and docs' tables, from results/ (benchmarks.blocks)
     python -m benchmarks perf [ARGS...]       # forwarded to benchmarks.perf.run.main
 
 ``run`` computes the suite's unfinished cells into ``<out>/runs.jsonl`` (default ``runs/<suite>``:
@@ -48,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="rebuild a suite's reports from its runs.jsonl")
     replicate = commands.add_parser("replicate", help="compare a new run of a suite with a reference run")
     reference = commands.add_parser("config-reference", help="the table of every key a suite config takes")
+    tables = commands.add_parser("docs-tables", help="rewrite the generated tables of README.md and docs/ from results/")
+    tables.add_argument("--check", action="store_true", help="only list the stale blocks; exit code 1 if any")
     commands.add_parser("perf", help="performance benchmarks (arguments go to benchmarks.perf.run)", add_help=False)
     for sub, default in ((run, f"default: {DEFAULT_SUITE}"),
                          (report, f"default: the one --out records; without --out: {DEFAULT_SUITE}"),
@@ -143,6 +146,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {REFERENCE}")
         else:
             print(reference(), end="")
+        return 0
+    if args.command == "docs-tables":
+        from . import blocks
+
+        if args.check:
+            stale = blocks.stale(blocks.documents())
+            print("\n".join(f"stale: {s}" for s in stale) or "every generated block is up to date")
+            return 1 if stale else 0
+        changed = blocks.write(blocks.documents())
+        print("\n".join(f"rewrote {c}" for c in changed) or "every generated block was up to date")
         return 0
     from .config import ConfigError
 

@@ -80,9 +80,13 @@ class Unfreezing(Protocol):
     """What `EarlyStopping` needs of a progressive-unfreezing schedule."""
 
     @property
-    def stages_remaining(self) -> int: ...
+    def stages_remaining(self) -> int:
+        """How many stages are still frozen (0 after the last)."""
+        ...
 
-    def advance(self, reason: str) -> None: ...
+    def advance(self, reason: str) -> None:
+        """Unfreeze the next stage; ``reason`` says why (logged, kept in the schedule's history)."""
+        ...
 
 
 def is_improvement(
@@ -162,6 +166,7 @@ class Plateau:
         )
 
     def state_dict(self) -> dict[str, Any]:
+        """The plateau's state (mode, best value and step, checks since improvement): plain Python types."""
         return {
             "mode": self.mode,
             "best": self.best,
@@ -170,6 +175,11 @@ class Plateau:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`.
+
+        Raises:
+            ValueError: ``state`` was saved in the other mode.
+        """
         if state["mode"] != self.mode:
             raise ValueError(f"state was saved in mode {state['mode']!r}, this Plateau is {self.mode!r}")
         self.best, self.best_step = state["best"], state["best_step"]
@@ -233,7 +243,10 @@ class EarlyStopping:
     no improvement > 0.001 in the last 3 checks (best 0.4 at step 200)
 
     Args:
-        mode, patience, min_delta, relative: as for `Plateau`.
+        mode: as for :class:`Plateau`.
+        patience: as for :class:`Plateau`.
+        min_delta: as for :class:`Plateau`.
+        relative: as for :class:`Plateau`.
         min_steps: no stop while ``step < min_steps``.
         stopping_threshold: stop once the metric is at least this good.
         divergence_threshold: stop once the metric is worse than this.

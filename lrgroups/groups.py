@@ -93,7 +93,10 @@ def param_groups(
         model: any ``nn.Module`` (DDP, ``torch.compile`` and peft wrappers are looked through).
         lr: the base learning rate, the start of every rule.
         weight_decay: the base weight decay; ``None`` leaves it to the optimizer.
-        rules, coarse, example_input, tied: as for :class:`~lrgroups.LayerwiseOptimizer`.
+        rules: as for :class:`~lrgroups.LayerwiseOptimizer`.
+        coarse: as for :class:`~lrgroups.LayerwiseOptimizer`.
+        example_input: as for :class:`~lrgroups.LayerwiseOptimizer`.
+        tied: as for :class:`~lrgroups.LayerwiseOptimizer`.
 
     Raises:
         ValueError: as :func:`lrgroups.plan` (a rule matching nothing, a negative or non-finite lr,

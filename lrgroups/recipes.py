@@ -239,6 +239,7 @@ class FineTuning:
     l2sp: L2SP | None = None
 
     def after_step(self) -> list[str]:
+        """Call after every ``optimizer.step()``: advances the schedule (and the epoch, with ``steps_per_epoch``); returns the names unfrozen."""
         self.steps += 1
         unfrozen = self.unfreezing.step() if self.unfreezing is not None else []
         if self.steps_per_epoch and self.steps % self.steps_per_epoch == 0:
@@ -246,14 +247,17 @@ class FineTuning:
         return unfrozen
 
     def after_epoch(self) -> list[str]:
+        """Call at the end of each epoch (unless ``steps_per_epoch`` counts them); returns the names unfrozen."""
         return self.unfreezing.end_epoch() if self.unfreezing is not None else []
 
     def after_validation(self, metric: float) -> bool:
+        """Call after each evaluation with its metric; returns True when training should stop (False without early stopping)."""
         if self.early_stopping is None:
             return False
         return self.early_stopping.step(metric, step=self.steps).stop
 
     def state_dict(self) -> dict[str, Any]:
+        """The optimizer's, the schedule's, the stopper's and L2-SP's state and the step count."""
         return {
             "optimizer": self.optimizer.state_dict(),
             "unfreezing": None if self.unfreezing is None else self.unfreezing.state_dict(),
@@ -263,6 +267,7 @@ class FineTuning:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
         self.optimizer.load_state_dict(state["optimizer"])
         if self.unfreezing is not None:
             self.unfreezing.load_state_dict(state["unfreezing"])
@@ -318,8 +323,11 @@ class Recipe:
         """Build the optimizer (and schedule, stopper) for ``model``; ``lr`` is the head's lr.
 
         Args:
-            model, optimizer, lr, weight_decay, **optimizer_kwargs: as for
-                :class:`~lrgroups.LayerwiseOptimizer` (``optimizer`` is its class or factory).
+            model: as for :class:`~lrgroups.LayerwiseOptimizer`.
+            optimizer: the inner optimizer's class or factory, as for :class:`~lrgroups.LayerwiseOptimizer`.
+            lr: as for :class:`~lrgroups.LayerwiseOptimizer`.
+            weight_decay: as for :class:`~lrgroups.LayerwiseOptimizer`.
+            **optimizer_kwargs: as for :class:`~lrgroups.LayerwiseOptimizer`.
             total_steps: the training budget in optimizer steps (needed by recipes that place stages
                 within it).
             steps_per_epoch: makes :meth:`FineTuning.after_step` count epochs.

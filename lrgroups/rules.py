@@ -75,6 +75,7 @@ class ParamInfo:
 
     @property
     def ndim(self) -> int:
+        """The parameter's number of dimensions (``param.ndim``)."""
         return self.param.ndim
 
 
@@ -99,6 +100,7 @@ class Selector:
     where: Callable[[ParamInfo], bool] | None = None
 
     def matches(self, info: ParamInfo) -> bool:
+        """Whether the parameter ``info`` describes is selected: every field given must match (name or alias glob, regex, module type, ndim, depth range, predicate)."""
         names = (info.name, *info.aliases)
         if self.pattern is not None and not any(fnmatch.fnmatchcase(n, self.pattern) for n in names):
             return False
@@ -194,6 +196,7 @@ class Rule(Selector):
 
     @property
     def label(self) -> str:
+        """How tables and messages name this rule: its ``name``, else its fields and settings."""
         if self.name is not None:
             return self.name
         settings = [

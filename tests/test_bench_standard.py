@@ -115,7 +115,7 @@ def test_suite_backbones_load_from_a_config() -> None:
 
 
 def test_readme_standard_section_is_the_committed_run() -> None:
-    """The README's cross-backbone table is what `report --readme` writes from results/standard, and
+    """The standard suite page's cross-backbone table is what `report --readme` writes from results/standard, and
     the wall time it quotes is the one the run recorded."""
     import json
     from pathlib import Path
@@ -125,7 +125,7 @@ def test_readme_standard_section_is_the_committed_run() -> None:
     from benchmarks.report import readme_across_table, readme_markers
 
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
+    readme = (root / "docs" / "benchmarks" / "standard.md").read_text()
     start, end = readme_markers("across-standard")
     block = readme.split(start, 1)[1].split(end, 1)[0].strip()
     assert block == readme_across_table(pd.read_csv(root / "results" / "standard" / "across.csv")).strip()
@@ -138,13 +138,13 @@ def test_readme_standard_section_is_the_committed_run() -> None:
 
 
 def test_readme_standard_replication_numbers_are_the_committed_reports() -> None:
-    """The agreement the README quotes is the one `replicate` wrote into the committed replication.md."""
+    """The agreement docs/benchmarks/standard.md quotes is the one `replicate` wrote into the committed replication.md."""
     import json
     import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    readme = " ".join((root / "README.md").read_text().split())
+    readme = " ".join((root / "docs" / "benchmarks" / "standard.md").read_text().split())
     report = (root / "results" / "standard-replication" / "replication.md").read_text()
     verdicts = re.search(r"Verdicts equal: (\d+) of (\d+); opposed \(reproduced in one run, not reproduced or "
                          r"contradicted in the other\): (\d+)", report).groups()

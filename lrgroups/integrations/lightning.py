@@ -172,6 +172,11 @@ class LayerwiseFinetuning(Callback):
         return self._driver.stopper
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Lightning hook: refuse a plain ``DDPStrategy`` (use :class:`LayerwiseDDPStrategy`).
+
+        Raises:
+            ValueError: the Trainer's strategy is a ``DDPStrategy`` that is not a ``LayerwiseDDPStrategy``.
+        """
         strategy = trainer.strategy
         if isinstance(strategy, DDPStrategy) and not isinstance(strategy, LayerwiseDDPStrategy):
             raise ValueError(
@@ -182,6 +187,12 @@ class LayerwiseFinetuning(Callback):
             )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Lightning hook: adopt the ``LayerwiseOptimizer`` from ``configure_optimizers``; build the schedule and the stopper.
+
+        Raises:
+            TypeError: ``configure_optimizers`` returned no optimizer at ``optimizer_index``.
+            ValueError: the monitor would never be read (no validation loop and not ``check_on_train_epoch_end``).
+        """
         optimizers = trainer.optimizers
         if len(optimizers) <= self.optimizer_index:
             raise TypeError(f"configure_optimizers returned {len(optimizers)} optimizers; LayerwiseFinetuning needs a LayerwiseOptimizer")
@@ -197,11 +208,13 @@ class LayerwiseFinetuning(Callback):
         self._driver.build(optimizer, pl_module, total_steps=total_steps)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Lightning hook: count the epoch for the schedule; check the monitor with ``check_on_train_epoch_end``."""
         self._driver.end_epoch()
         if self.check_on_train_epoch_end:
             self._check(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Lightning hook: check the monitor after each validation of a fit (sanity checks skipped)."""
         if trainer.sanity_checking or trainer.state.fn != "fit" or self.check_on_train_epoch_end:
             return
         self._check(trainer)
@@ -223,6 +236,7 @@ class LayerwiseFinetuning(Callback):
             trainer.should_stop = trainer.should_stop or stop
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Lightning hook: remove the schedule's step hooks."""
         self._driver.close()
 
     def state_dict(self) -> dict[str, Any]:

@@ -137,6 +137,11 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
         self._driver.load_state_dict(state_dict)
 
     def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs) -> None:
+        """Trainer hook: adopt the ``LayerwiseOptimizer`` the Trainer built; build (or resume) the schedule and the stopper.
+
+        Raises:
+            ValueError: resuming without the callback's saved state (``restore_callback_states_from_checkpoint``).
+        """
         resuming = state.global_step > 0
         if resuming and self._driver.pending is None and self._driver.optimizer is None and (
             self.unfreezing is not None or self.early_stopping is not None
@@ -157,14 +162,17 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
         self._step_lrs = {f"learning_rate/{g['name']}": float(g["lr"]) for g in optimizer.param_groups}
 
     def on_epoch_end(self, args, state, control, **kwargs) -> None:
+        """Trainer hook: count the epoch for the schedule."""
         self._driver.end_epoch()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs) -> None:
+        """Trainer hook: feed ``metrics[metric]`` to the stopper or plateau; stop training when it says so."""
         decision = self._driver.validate((metrics or {}).get(self.metric), state.global_step, self.metric)
         if decision is not None and decision.stop:
             control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs) -> None:
+        """Trainer hook: add each param group's lr to the logs as ``learning_rate/<group name>``."""
         if logs is None or optimizer is None or "loss" not in logs and "learning_rate" not in logs:
             return
         lrs = self._step_lrs or {f"learning_rate/{g['name']}": float(g["lr"]) for g in unwrap(optimizer).param_groups}
@@ -173,6 +181,7 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
             state.log_history[-1].update(lrs)  # the Trainer appended a copy of logs before on_log
 
     def on_train_end(self, args, state, control, **kwargs) -> None:
+        """Trainer hook: remove the schedule's and the callback's step hooks."""
         self._driver.close()
         if self._lr_hook is not None:
             self._lr_hook.remove()

@@ -1,0 +1,180 @@
+"""The generated blocks of the README and the documentation pages: tables computed from the committed
+``results/``, never copied by hand.
+
+A block sits between two markers, ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``, and its NAME says
+what it holds:
+
+- ``verdicts-<run>``: the confirmatory verdict table of ``results/<run>/verdicts.csv`` (the table
+  ``report --readme`` writes);
+- ``across-<run>``: the cross-family table of ``results/<run>/across.csv``;
+- ``claims-<strategy>``: every confirmatory claim about a strategy (its name inside the comparison's
+  left side: ``lp_ft``, ``wise``, ``l2_sp``, ``surgical``, ``discriminative``, ``gradual_unfreezing``,
+  ``layer_decay``) with its verdict in each committed run that tests it;
+- ``perf-table``: the summary table of ``results/perf/perf.md``;
+- ``api-index``: every public name of ``lrgroups`` (its ``__all__``) and of the integrations, with the
+  first sentence of its docstring (read statically by griffe, as the API pages are).
+
+``python -m benchmarks docs-tables`` rewrites every block of README.md and docs/**/*.md;
+``--check`` only reports the stale ones (exit code 1), which is what the tests run.
+
+Example:
+    >>> from benchmarks.blocks import generate
+    >>> print(generate("verdicts-quick").splitlines()[0][:40])
+    | hypothesis | mirrors | comparison | tar
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from .report import _markdown, readme_across_table, readme_table
+from .store import atomic_write
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+BLOCK = re.compile(r"(<!-- ([\w.+-]+):start -->\n)(.*?)(<!-- \2:end -->)", re.S)
+
+#: The committed reference runs whose claims the ``claims-<strategy>`` blocks collect.
+CLAIM_RUNS = ("quick", "standard")
+_CLAIM_COLUMNS = {"run": "run", "hypothesis": "claim", "mirrors": "mirrors", "comparison": "comparison",
+                  "target": "target", "metric": "metric", "effect": "effect", "ci_low": "adj. ci low",
+                  "ci_high": "adj. ci high", "verdict": "verdict"}
+
+
+def documents(root: Path = ROOT) -> list[Path]:
+    """The files whose blocks are generated: README.md and every page under docs/."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
+def generate(name: str, results: Path = RESULTS) -> str:
+    """The content of block ``name`` computed from ``results`` (a markdown table, no trailing newline).
+
+    Raises:
+        ValueError: ``name`` is no kind of block this module knows.
+        FileNotFoundError: the committed file it reads is missing.
+    """
+    kind, _, argument = name.partition("-")
+    if kind == "verdicts" and argument:
+        return readme_table(pd.read_csv(results / argument / "verdicts.csv")).strip()
+    if kind == "across" and argument:
+        return readme_across_table(pd.read_csv(results / argument / "across.csv")).strip()
+    if kind == "claims" and argument:
+        return claims_table(argument, results)
+    if name == "perf-table":
+        return perf_table(results / "perf" / "perf.md")
+    if name == "api-index":
+        return api_index()
+    raise ValueError(f"unknown generated block {name!r}: expected verdicts-<run>, across-<run>, claims-<strategy>, "
+                     "perf-table or api-index")
+
+
+def claims_table(strategy: str, results: Path = RESULTS) -> str:
+    """Every confirmatory claim whose comparison puts ``strategy`` (a substring of a strategy name) on
+    the predicted-better side, in each committed reference run of :data:`CLAIM_RUNS`: its verdict per
+    experiment (per timm family in the standard suite) and, where a claim is pooled over two families
+    or more (``across.csv``), the pooled verdict.
+
+    Raises:
+        ValueError: no committed run tests such a claim.
+    """
+    rows = []
+    for run in CLAIM_RUNS:
+        folder = results / run
+        if not (folder / "verdicts.csv").exists():
+            continue
+        frame = pd.read_csv(folder / "verdicts.csv")
+        rows.append(frame[~frame.exploratory.astype(bool)].assign(run=run))
+        if (folder / "across.csv").exists():
+            across = pd.read_csv(folder / "across.csv")
+            across = across[across.families_in_scope >= 2]
+            rows.append(pd.DataFrame({
+                "run": run, "hypothesis": across.claim + " pooled", "mirrors": "", "comparison": across.comparison,
+                "target": across.families_in_scope.map(lambda n: f"{n} families"), "metric": across.metric,
+                "effect": across.pooled_effect, "ci_low": across.pooled_ci_low, "ci_high": across.pooled_ci_high,
+                "verdict": across.pooled_verdict}))
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["comparison"])
+    table = table[table.comparison.str.split(" > ").str[0].str.contains(strategy, regex=False)]
+    if table.empty:
+        raise ValueError(f"no committed run tests a claim about {strategy!r}")
+    return _markdown(table, _CLAIM_COLUMNS).strip()
+
+
+def perf_table(perf_md: Path) -> str:
+    """The ``## Summary`` table of a ``perf.md`` written by ``python -m benchmarks perf``."""
+    lines = perf_md.read_text().split("## Summary", 1)[1].strip().splitlines()
+    table = lines[:next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))]
+    return "\n".join(table).strip()
+
+
+#: The integration modules whose public classes the API index lists beside ``lrgroups.__all__``.
+INTEGRATIONS = ("lrgroups.integrations.lightning", "lrgroups.integrations.transformers")
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):`~?([^`]+)`")
+
+
+def _first_sentence(docstring: str) -> str:
+    text = " ".join(docstring.split("\n\n", 1)[0].split())
+    text = _ROLE.sub(lambda m: f"`{m.group(1).rsplit('.', 1)[-1]}`", text).replace("``", "`")
+    end = re.search(r"\.(\s|$)", text)
+    return (text[: end.start()] if end else text).replace("|", "\\|") + "."
+
+
+def api_index(root: Path = ROOT) -> str:
+    """A table per module of every public name: ``lrgroups.__all__`` (each under the module that defines
+    it) and the public classes of :data:`INTEGRATIONS`, linked to the API pages, with the first
+    sentence of its docstring.
+
+    Raises:
+        ValueError: a public name has no docstring.
+    """
+    import griffe
+
+    package = griffe.load("lrgroups", search_paths=[str(root)], resolve_aliases=True)
+    modules: dict[str, list[tuple[str, str]]] = {}
+    names = [(f"lrgroups.{n}", n) for n in package.exports or ()]
+    for module in INTEGRATIONS:
+        names += [(m.path, m.name) for m in package[module.removeprefix("lrgroups.")].members.values()
+                  if not m.is_alias and m.is_class and not m.name.startswith("_")]
+    for path, name in names:
+        obj = package[path.removeprefix("lrgroups.")]
+        target = obj.final_target if obj.is_alias else obj
+        if target.docstring is None:
+            raise ValueError(f"{path} has no docstring")
+        home = target.path if target.is_module else target.parent.path
+        modules.setdefault(home, []).append((f"[`{name}`][{path}]", _first_sentence(target.docstring.value)))
+    lines = []
+    for home in sorted(modules):
+        lines += [f"### `{home}`", "", "| name | what it is |", "|---|---|"]
+        lines += [f"| {link} | {summary} |" for link, summary in modules[home]] + [""]
+    return "\n".join(lines).strip()
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    """The ``(name, content)`` of every generated block in ``text``, content stripped."""
+    return [(m.group(2), m.group(3).strip()) for m in BLOCK.finditer(text)]
+
+
+def rewrite(text: str, results: Path = RESULTS) -> str:
+    """``text`` with every generated block recomputed from ``results``."""
+    return BLOCK.sub(lambda m: f"{m.group(1)}{generate(m.group(2), results)}\n{m.group(4)}", text)
+
+
+def stale(paths: Iterable[Path], results: Path = RESULTS) -> list[str]:
+    """``"<file>: <block>"`` for every block whose content differs from what :func:`generate` gives."""
+    return [f"{path}: {name}" for path in paths for name, content in blocks(path.read_text())
+            if content != generate(name, results)]
+
+
+def write(paths: Iterable[Path], results: Path = RESULTS) -> list[str]:
+    """Rewrite the blocks of ``paths`` in place; returns ``"<file>: <block>"`` for each block changed."""
+    paths = list(paths)
+    changed = stale(paths, results)
+    for path in paths:
+        text = path.read_text()
+        new = rewrite(text, results)
+        if new != text:
+            atomic_write(path, new)
+    return changed

@@ -1,0 +1,204 @@
+"""The README and the documentation site (``docs/``, ``mkdocs.yml``): every code block runs as written,
+every table that comes from ``results/`` is what the project's command generates from the committed
+files, the strict build passes offline, and every public name is documented."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pkgutil
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmarks import blocks
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+PAGES = [README, *sorted(DOCS.rglob("*.md"))]
+
+
+def _code(language: str) -> list[tuple[str, int, str]]:
+    out = []
+    for page in PAGES:
+        found = re.findall(rf"^```{language}\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+        out += [(page.relative_to(ROOT).as_posix(), i, code) for i, code in enumerate(found)]
+    return out
+
+
+PYTHON = _code("python")
+TOML = _code("toml")
+
+
+def test_every_usage_page_has_an_example():
+    """The concept and integration pages each show runnable code, as the README did before the split."""
+    with_code = {page for page, _, _ in PYTHON}
+    usage = [p.relative_to(ROOT).as_posix() for p in sorted((DOCS / "concepts").glob("*.md"))
+             + sorted((DOCS / "integrations").glob("*.md")) if p.name != "index.md"]
+    assert usage and [p for p in usage if p not in with_code] == ["docs/concepts/distributed.md"]
+    assert "README.md" in with_code and len(PYTHON) >= 15
+
+
+@pytest.mark.parametrize("page, index, code", PYTHON, ids=[f"{p}[{i}]" for p, i, _ in PYTHON])
+def test_python_block_runs(page, index, code, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"{page}[python block {index}]", "exec"), {"__name__": "__docs__"})
+
+
+@pytest.mark.parametrize("page, index, code", TOML, ids=[f"{p}[{i}]" for p, i, _ in TOML])
+def test_toml_suite_loads_and_dry_runs(page, index, code, tmp_path, capsys):
+    """Every TOML suite in the docs loads with the config checks and lists its cells."""
+    from benchmarks.__main__ import main
+    from benchmarks.config import load_suite
+
+    path = tmp_path / "suite.toml"
+    path.write_text(code)
+    assert load_suite(path).cells()
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "pending" in capsys.readouterr().out
+
+
+def test_generated_tables_are_the_committed_results():
+    """Every block of the README and the docs is what `python -m benchmarks docs-tables` writes from
+    results/ (and the README has the quick verdicts, the docs every kind of block)."""
+    assert blocks.stale(blocks.documents()) == []
+    names = {name for page in blocks.documents() for name, _ in blocks.blocks(page.read_text())}
+    assert {"verdicts-quick", "verdicts-standard", "across-standard", "perf-table", "api-index"} <= names
+    assert {name for name, _ in blocks.blocks(README.read_text())} == {"verdicts-quick"}
+    assert len([n for n in names if n.startswith("claims-")]) == 7
+
+
+def test_a_stale_table_is_found_and_rewritten(tmp_path):
+    """The check can fail: a verdict changed in a copy of results/ makes the README's block stale, and
+    `write` puts the new verdict in."""
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results" / "quick", results / "quick", ignore=shutil.ignore_patterns("*.png", "runs.*"))
+    verdicts = pd.read_csv(results / "quick" / "verdicts.csv")
+    verdicts.loc[0, "verdict"] = "contradicted"
+    verdicts.to_csv(results / "quick" / "verdicts.csv", index=False)
+    readme = tmp_path / "README.md"
+    readme.write_text(README.read_text())
+    assert blocks.stale([readme], results) == [f"{readme}: verdicts-quick"]
+    assert blocks.write([readme], results) == [f"{readme}: verdicts-quick"]
+    assert blocks.stale([readme], results) == [] and "| contradicted |" in readme.read_text().split("\n| H1b")[0]
+    with pytest.raises(ValueError, match="unknown generated block"):
+        blocks.generate("verdict-quick", results)
+
+
+def test_docs_tables_command(capsys):
+    from benchmarks.__main__ import main
+
+    assert main(["docs-tables", "--check"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def _mkdocs(config: Path, site: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_the_site_builds_strict_and_offline(tmp_path):
+    """`make docs`: the strict build passes (no broken link, cross-reference or docstring warning), the
+    API pages hold the public names, the suite's figures are in the site, and no page loads a script,
+    a style sheet, a font or an image from the network."""
+    site = tmp_path / "site"
+    build = _mkdocs(ROOT / "mkdocs.yml", site)
+    assert build.returncode == 0, build.stderr[-3000:]
+    assert "WARNING" not in build.stderr
+    optimizer = (site / "api" / "optimizer.html").read_text()
+    assert 'id="lrgroups.optimizer.LayerwiseOptimizer.freeze"' in optimizer
+    assert (site / "results" / "quick" / "curves_q2_ulmfit_new_classes.png").exists()
+    assert (site / "results" / "standard" / "across_backbones.png").exists()
+    remote = re.compile(r"""<(?:script|img|iframe)[^>]+src=["']https?:|<link[^>]+href=["']https?:|url\(["']?https?:""")
+    loads = [f"{p.relative_to(site)}: {m.group(0)}" for p in site.rglob("*") if p.suffix in (".html", ".css", ".js")
+             for m in remote.finditer(p.read_text(errors="replace"))]
+    assert loads == []
+
+
+@pytest.mark.slow
+def test_a_broken_cross_reference_fails_the_build(tmp_path):
+    """The strict build is a check that can fail: a page linking a name that does not exist, with the
+    project's own configuration."""
+    docs = tmp_path / "docs"
+    shutil.copytree(DOCS / "_hooks", docs / "_hooks")
+    (docs / "index.md").write_text("# x\n\nSee [`nothing`][lrgroups.no_such_name].\n\n::: lrgroups.wise_ft\n")
+    config = (ROOT / "mkdocs.yml").read_text().split("\nnav:", 1)[0].replace("docs/_hooks/", f"{docs}/_hooks/")
+    (tmp_path / "mkdocs.yml").write_text(config.replace("docs_dir: docs", f"docs_dir: {docs}"))
+    build = _mkdocs(tmp_path / "mkdocs.yml", tmp_path / "site")
+    assert build.returncode != 0 and "lrgroups.no_such_name" in build.stderr
+
+
+def _public_modules() -> list[str]:
+    import lrgroups
+
+    return ["lrgroups", *(m.name for m in pkgutil.walk_packages(lrgroups.__path__, "lrgroups.")
+                          if not any(part.startswith("_") for part in m.name.split(".")))]
+
+
+def test_every_public_module_has_an_api_page():
+    documented = {m for page in (DOCS / "api").glob("*.md") for m in re.findall(r"^::: (\S+)", page.read_text(), re.M)}
+    assert [m for m in _public_modules() if m != "lrgroups" and m not in documented] == []
+
+
+def test_every_public_name_has_a_docstring():
+    """What the API reference renders: every public module, class, function and method (a framework
+    hook included) says what it does."""
+    missing = []
+    for name in _public_modules():
+        module = importlib.import_module(name)
+        if not module.__doc__:
+            missing.append(name)
+        for attr, obj in vars(module).items():
+            if attr.startswith("_") or getattr(obj, "__module__", None) != name:
+                continue
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and not obj.__doc__:
+                missing.append(f"{name}.{attr}")
+            for member, value in (vars(obj).items() if inspect.isclass(obj) else ()):
+                function = value.fget if isinstance(value, property) else getattr(value, "__func__", value)
+                if not member.startswith("_") and inspect.isfunction(function) and not function.__doc__:
+                    missing.append(f"{name}.{attr}.{member}")
+    assert missing == []
+
+
+def test_the_api_index_lists_every_exported_name():
+    import lrgroups
+
+    index = (DOCS / "api" / "index.md").read_text()
+    assert [n for n in lrgroups.__all__ if f"][lrgroups.{n}]" not in index] == []
+    for name in ("LayerwiseFinetuning", "LayerwiseDDPStrategy", "LayerwiseCallback"):
+        assert f"[`{name}`]" in index
+
+
+def test_readme_is_short_and_links_every_docs_page():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 250
+    linked = set(re.findall(r"\]\((docs/[^)#]+\.md)", README.read_text()))
+    pages = {p.relative_to(ROOT).as_posix() for p in DOCS.rglob("*.md") if "_hooks" not in p.parts}
+    modules = {p for p in pages if p.startswith("docs/api/") and p != "docs/api/index.md"}
+    assert pages - modules - linked == set() and linked <= pages
+
+
+def test_recipes_page_prose_holds_on_the_committed_runs():
+    """What docs/recipes.md says in words about ULMFiT at the standard suite's budget is what the
+    committed reference measured: negative accuracy effects in every family, forgetting less in every
+    family, slower convergence in most."""
+    text = " ".join((DOCS / "recipes.md").read_text().split())
+    assert ("both have a negative effect on target accuracy in every family, converge more slowly in most, "
+            "and forget less in every family") in text
+    verdicts = pd.read_csv(ROOT / "results" / "standard" / "verdicts.csv").set_index("hypothesis")
+    families = ("resnet", "convnext", "vit")
+    effect = {h: [verdicts.loc[f"{h}-{f}", "effect"] for f in families] for h in ("H2a", "H2b", "H2c", "H2d",
+                                                                                   "H2e", "H2f")}
+    assert all(e < 0 for h in ("H2a", "H2b") for e in effect[h])
+    assert all(e > 0 for h in ("H2e", "H2f") for e in effect[h])
+    slower = [e < 0 for h in ("H2c", "H2d") for e in effect[h]]
+    assert sum(slower) > len(slower) / 2
