@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main
+from benchmarks.cells import key_environment
 from benchmarks.config import REFERENCE, ConfigError, load_suite, reference, suite_from_toml
-from benchmarks.runner import key_environment
 from benchmarks.store import read_runs
 from benchmarks.suites import SUITES, Precondition
 from benchmarks.training import resolve_device

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmarks.__main__ import main
-from benchmarks.runner import run_cell
+from benchmarks.cells import run_cell
 from benchmarks.sizing import MIN_SEEDS, seeds_that_fit, size_suite, time_one_step
 from benchmarks.sources import ensure, preparations
 from benchmarks.suites import PROBE_CS, SUITES, WISE_ALPHAS, Budget, Cell, Suite

@@ -14,9 +14,9 @@ import skimage.data
 from PIL import Image
 
 from benchmarks.__main__ import main
+from benchmarks.cells import key_environment
 from benchmarks.config import ConfigError, load_suite, suite_from_toml
 from benchmarks.data import FolderDataset, folder_root, imagefolder_raw, raw_dataset
-from benchmarks.runner import key_environment
 from benchmarks.sources import Preparation, cell_data
 from benchmarks.store import read_runs
 from benchmarks.training import resolve_device

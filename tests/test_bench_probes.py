@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from benchmarks import probes
-from benchmarks.runner import key_environment, run_cell
+from benchmarks.cells import key_environment, run_cell
 from benchmarks.sources import ensure, preparations
 from benchmarks.suites import LINEAR_PROBE, PROBE_CS, Budget, Cell, Experiment, Source, Target, finetune
 from benchmarks.training import resolve_device
