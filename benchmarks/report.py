@@ -521,7 +521,7 @@ def write_reports(out: Path, suite: Suite) -> None:
         "Paired difference `better - worse` over seeds, each side at its validation-selected lr. Interval: "
         f"two-sided Student-t at the hypothesis' Holm step level (family-wise {ALPHA} over the "
         f"{int((confirmatory.p_holm.notna()).sum())} confirmatory hypotheses in scope), so it excludes 0 exactly "
-        "when p (Holm) < 0.05. *reproduced*: interval above 0 and effect >= min effect; *not reproduced*: "
+        f"when p (Holm) < {ALPHA}. *reproduced*: interval above 0 and effect >= min effect; *not reproduced*: "
         "interval's upper end below the min effect; *contradicted*: interval below 0 and effect <= -min effect; "
         "*undetermined*: otherwise; *out of scope*: a precondition or the transfer gate failed. MDE: the "
         "smallest effect the test detects with 80% power at these seeds and this level.", "",

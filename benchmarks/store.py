@@ -107,6 +107,7 @@ def write_runs(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]
 
 
 def versions(libraries: Iterable[str] = KEY_LIBRARIES) -> dict[str, str]:
+    """``{library: version}`` of installed distributions (``"not installed"`` for a missing one)."""
     found = {}
     for library in libraries:
         try:
@@ -114,6 +115,18 @@ def versions(libraries: Iterable[str] = KEY_LIBRARIES) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             found[library] = "not installed"
     return found
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def git_commit(cwd: str | os.PathLike[str] | None = None) -> dict[str, Any]:

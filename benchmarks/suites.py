@@ -614,7 +614,7 @@ def _standard() -> Suite:
     hypotheses += _q3_hypotheses("s3_lite0", suffix="-lite0")
     return Suite(
         "standard",
-        "The quick suite's protocol across four timm families (about 25 minutes on 2 cores): a ResNet-10-T, a "
+        "The quick suite's protocol across four timm families: a ResNet-10-T, a "
         "ConvNeXt and a ViT pretrained by the suite on Animal-MNIST 0-4 (two source seeds each), each on Lee et "
         "al.'s contrast shift (6 seeds) and on ULMFiT / L2-SP new classes (10 seeds; the ViT also with BEiT/MAE "
         "layer decay), and the ImageNet EfficientNet-Lite0 top on LP-FT / WiSE-FT (8 seeds). Verdicts per family "
@@ -661,7 +661,7 @@ _GPU_BUDGET = Budget(steps=200, batch_size=64, eval_every=20, warmup_steps=20, f
 _FULL_BUDGET = Budget(steps=300, batch_size=25, eval_every=20, warmup_steps=30)
 FULL = Suite(
     "full",
-    "The quick suite with 10 seeds, 50 shots per class and 5x the steps (hours on 2 CPU cores); layer decay on "
+    "The quick suite with 10 seeds, 50 shots per class and 5x the steps; layer decay on "
     "the CNN as an exploratory comparison.",
     (_q1(tuple(range(10)), _FULL_BUDGET, shots=50, more=True), _q2(tuple(range(10)), _FULL_BUDGET, shots=50, more=True),
      _q3(tuple(range(10)), _FULL_BUDGET, shots=50, image_size=96)),
@@ -729,7 +729,7 @@ def _gpu_hypotheses() -> tuple[Hypothesis, ...]:
 
 GPU = Suite(
     "gpu",
-    "One GPU (bf16 autocast, channels_last), about 8 minutes: real ImageNet EfficientNet-Lite0 (224 px) and "
+    "One GPU (bf16 autocast, channels_last): real ImageNet EfficientNet-Lite0 (224 px) and "
     "Lite2 (260 px), whole networks: LP / FT / LP-FT / WiSE-FT on Animal-MNIST ID and corrupted OOD, and "
     "Lee et al.'s surgical protocol after a clean-source stage (Lite0 trained on clean Animal-MNIST first, its head "
     "kept, forgetting of the clean source tracked); up to 8 seeds, sized at run time from a timed training step.",

@@ -10,13 +10,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .store import cpu_name
 
 #: CPU threads of every CPU run: fixed so that the same command gives the same numbers.
 CPU_THREADS = 2
@@ -56,17 +57,6 @@ class Device:
             torch.cuda.synchronize()
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def resolve_device(choice: str = "auto", threads: int = CPU_THREADS) -> Device:
     """``auto``: CUDA when present, else the CPU. On the CPU, fixes torch to ``threads`` threads.
 
@@ -82,7 +72,7 @@ def resolve_device(choice: str = "auto", threads: int = CPU_THREADS) -> Device:
             raise RuntimeError("--device cuda but torch sees no CUDA device")
         return Device("cuda", torch.cuda.get_device_name(), None, autocast=True, channels_last=True)
     torch.set_num_threads(threads)
-    return Device("cpu", _cpu_name(), torch.get_num_threads(), autocast=False, channels_last=False)
+    return Device("cpu", cpu_name(), torch.get_num_threads(), autocast=False, channels_last=False)
 
 
 def batches(num_examples: int, batch_size: int, seed: int) -> Iterator[Tensor]:

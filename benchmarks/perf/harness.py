@@ -27,13 +27,30 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-__all__ = ["Variant", "Interleaved", "median_interval", "measure", "profile_per_call", "profile_diff", "scaled"]
+__all__ = ["Variant", "Interleaved", "median_interval", "measure", "profile_per_call", "profile_diff", "scaled",
+           "set_scale"]
+
+
+#: The fraction of the rounds and time budgets a run uses: 1 for the full run; ``--quick`` sets it to
+#: ``run.QUICK_SCALE`` through :func:`set_scale` before pytest imports the benchmarks.
+_SCALE = {"value": 1.0}
+
+
+def set_scale(scale: float) -> float:
+    """Set the rounds scale for the benchmarks run next; returns the previous one.
+
+    Raises:
+        ValueError: ``scale`` is not positive.
+    """
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale!r}")
+    previous, _SCALE["value"] = _SCALE["value"], float(scale)
+    return previous
 
 
 def scaled(rounds: int, minimum: int = 5) -> int:
-    """``rounds`` scaled by ``LRGROUPS_PERF_SCALE`` (``--quick`` sets it below 1)."""
-    scale = float(os.environ.get("LRGROUPS_PERF_SCALE", "1"))
-    return max(minimum, round(rounds * scale))
+    """``rounds`` times the scale (:func:`set_scale`; ``--quick`` sets it below 1), at least ``minimum``."""
+    return max(minimum, round(rounds * _SCALE["value"]))
 
 
 def synchronize(device: torch.device) -> None:
@@ -145,7 +162,7 @@ def measure(
         start = time.perf_counter()
         timer.round()
         last = time.perf_counter() - start
-    budget = budget_s * float(os.environ.get("LRGROUPS_PERF_SCALE", "1"))
+    budget = budget_s * _SCALE["value"]
     fitted = rounds if last <= 0 else max(min(rounds, min_rounds), min(rounds, int(budget / last)))
     benchmark.pedantic(timer.round, rounds=fitted, warmup_rounds=0, iterations=1)
     summary = timer.summary(baseline)
