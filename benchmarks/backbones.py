@@ -119,7 +119,7 @@ def create_resnet_tiny(num_classes: int) -> nn.Module:
     return RESNET_TINY.create(num_classes)
 
 
-def family(backbone: str) -> str:
+def family(backbone_name: str) -> str:
     """The timm family of a suite backbone name: the architecture's family for suite-pretrained
     ones, ``EfficientNet`` for the shipped Lite checkpoints, and for ``timm:<name>`` the timm module
     that defines the model (``convnext``, ``vision_transformer``, ...).
@@ -127,15 +127,7 @@ def family(backbone: str) -> str:
     Raises:
         KeyError: an unknown backbone (or a timm name timm does not know).
     """
-    if backbone in SUITE_ARCHITECTURES:
-        return SUITE_ARCHITECTURES[backbone].family
-    if backbone in ("lite0_top", "lite0_full", "lite2_full"):
-        return "EfficientNet"
-    if backbone.startswith(TIMM) and timm.is_model(backbone[len(TIMM):]):
-        from timm.models import model_entrypoint
-
-        return model_entrypoint(backbone[len(TIMM):]).__module__.rsplit(".", 1)[-1]
-    raise KeyError(f"unknown backbone {backbone!r}")
+    return backbone(backbone_name).family
 
 
 class Lite0Top(nn.Module):
@@ -279,3 +271,104 @@ def timm_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]
     if cfg is None:
         return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     return tuple(cfg.mean), tuple(cfg.std)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One backbone a suite can run, the one place its name is dispatched on: what it is built from
+    (an architecture the suite pretrains, a shipped EfficientNet-Lite, or any timm model), what it eats
+    (``channels`` of pixels normalised by :meth:`normalization`, or cached Lite0 lower features), which
+    source kinds fit it and its timm family.
+
+    Example:
+        >>> spec = backbone("vit_tiny")
+        >>> spec.family, spec.channels, spec.sources, spec.input_shape(28)
+        ('ViT', 1, ('pretrain',), (1, 28, 28))
+        >>> backbone("timm:resnet18").family, backbone("lite0_top").fed_features
+        ('resnet', True)
+    """
+
+    name: str
+    family: str
+    channels: int
+    #: Source kinds that fit (:class:`benchmarks.suites.Source`): ``pretrain`` (the suite trains the
+    #: architecture), ``adapt`` (shipped weights trained on a clean source first), ``imagenet``.
+    sources: tuple[str, ...]
+    architecture: SuiteArchitecture | None = None
+    lite: str | None = None
+    timm_name: str | None = None
+    fed_features: bool = False
+
+    @property
+    def pretrained_kind(self) -> str:
+        """How the metadata names its pretrained weights: ``imagenet`` (shipped) or ``timm_pretrained``."""
+        return "timm_pretrained" if self.timm_name else "imagenet"
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per input channel: 0.5 for the suite's architectures and the shipped Lites, the
+        model's own for ``timm:<name>``."""
+        if self.timm_name is not None:
+            return timm_normalization(self.timm_name)
+        return (0.5,) * self.channels, (0.5,) * self.channels
+
+    def input_shape(self, image_size: int) -> tuple[int, int, int]:
+        """(channels, height, width) of one input image.
+
+        Raises:
+            ValueError: a backbone fed cached features (it eats no images).
+        """
+        if self.fed_features:
+            raise ValueError(f"backbone {self.name!r} eats cached features, not images")
+        return self.channels, image_size, image_size
+
+    def create(self, pretrained: bool, num_classes: int | None = None) -> nn.Module:
+        """A fresh model (random parts seeded by the caller): the suite's architecture with
+        ``num_classes`` outputs (its trained weights are the caller's to load); the top of Lite0 over
+        cached features; a whole shipped Lite (its head replaced when ``num_classes`` is given); or the
+        timm model with its cached weights.
+
+        Raises:
+            ValueError: ``pretrained`` for an architecture the suite pretrains, or no ``num_classes`` for it.
+            MissingWeightsError: a timm model's pretrained weights are not cached.
+        """
+        if self.architecture is not None:
+            if pretrained or num_classes is None:
+                raise ValueError(f"{self.name!r} is pretrained by the suite: create(False, num_classes), then "
+                                 "load its source state")
+            return self.architecture.create(num_classes)
+        if self.fed_features:
+            return Lite0Top(create_lite(pretrained))
+        if self.lite is not None:
+            model = create_lite(pretrained, self.lite)
+            if num_classes is not None:
+                model.reset_classifier(num_classes)
+            return model
+        return create_timm(self.timm_name, pretrained)
+
+
+_LITE_FAMILY = "EfficientNet"
+#: Every built-in backbone by name; ``timm:<model name>`` is built on demand by :func:`backbone`.
+BACKBONES: dict[str, Backbone] = {
+    **{name: Backbone(name, arch.family, 1, ("pretrain",), architecture=arch)
+       for name, arch in SUITE_ARCHITECTURES.items()},
+    "lite0_top": Backbone("lite0_top", _LITE_FAMILY, 3, ("imagenet",), lite="lite0", fed_features=True),
+    "lite0_full": Backbone("lite0_full", _LITE_FAMILY, 3, ("adapt", "imagenet"), lite="lite0"),
+    "lite2_full": Backbone("lite2_full", _LITE_FAMILY, 3, ("adapt", "imagenet"), lite="lite2"),
+}
+
+
+def backbone(name: str) -> Backbone:
+    """The :class:`Backbone` named ``name``: a built-in one (:data:`BACKBONES`) or ``timm:<model name>``.
+
+    Raises:
+        KeyError: an unknown name, or a timm model timm does not know.
+    """
+    if name in BACKBONES:
+        return BACKBONES[name]
+    if name.startswith(TIMM) and timm.is_model(name[len(TIMM):]):
+        from timm.models import model_entrypoint
+
+        model = name[len(TIMM):]
+        return Backbone(name, model_entrypoint(model).__module__.rsplit(".", 1)[-1], 3, ("imagenet",),
+                        timm_name=model)
+    raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}, timm:<model name>")

@@ -53,7 +53,9 @@ from typing import Any
 
 import tomllib
 
-from .backbones import SUITE_ARCHITECTURES, TIMM
+from .backbones import BACKBONES as BUILT_IN_BACKBONES
+from .backbones import TIMM
+from .backbones import backbone as backbone_spec
 from .data import CORRUPTION_KINDS, IMAGEFOLDER, POOLED, class_counts, imagefolder
 from .store import SUITE_TOML, read_suite_record
 from .suites import (
@@ -73,8 +75,8 @@ from .suites import (
     scratch,
 )
 
-#: Backbones a config may name (see ``benchmarks.sources.source_backbone``).
-BACKBONES = (*SUITE_ARCHITECTURES, "lite0_top", "lite0_full", "lite2_full")
+#: Backbones a config may name besides ``timm:<model name>`` (:data:`benchmarks.backbones.BACKBONES`).
+BACKBONES = tuple(BUILT_IN_BACKBONES)
 #: Strategy kinds; a table without ``kind`` is the first.
 STRATEGY_KINDS = ("finetune", "scratch", "probe", "pixel")
 #: The baseline kinds' strategies: their default name and lr.
@@ -280,11 +282,11 @@ def _experiment(table: Any, where: str, base: Path | None = None) -> Experiment:
     table["source"] = _build(Source, source, f"{where}.source")
     _check_source(table["source"], f"{where}.source")
     kind = table["source"].kind
-    fits = {"pretrain": backbone in SUITE_ARCHITECTURES, "adapt": backbone in ("lite0_full", "lite2_full"),
-            "imagenet": backbone not in SUITE_ARCHITECTURES}[kind]
-    if not fits:
+    if kind not in backbone_spec(backbone).sources:
+        fit = {k: ", ".join(b.name for b in BUILT_IN_BACKBONES.values() if k in b.sources)
+               for k in ("pretrain", "adapt", "imagenet")}
         raise ConfigError(f"{where}.source: a {kind} source does not fit backbone {backbone!r} (pretrain: "
-                          f"{', '.join(SUITE_ARCHITECTURES)}; adapt: lite0_full, lite2_full; imagenet: the others)")
+                          f"{fit['pretrain']}; adapt: {fit['adapt']}; imagenet: {fit['imagenet']}, timm:<model name>)")
     table["budget"] = _build(Budget, table.get("budget"), f"{where}.budget")
     targets = []
     for i, target in enumerate(table.get("targets") or []):

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .backbones import SUITE_ARCHITECTURES
-from .sources import FULL_LITE, source_backbone
+from .backbones import backbone
+from .sources import source_backbone
 from .suites import Experiment, Suite
 from .training import Device, train_step
 
@@ -32,11 +32,7 @@ def input_shape(experiment: Experiment) -> tuple[int, int, int]:
     Raises:
         ValueError: a backbone fed cached features (nothing to time on images).
     """
-    if experiment.backbone in FULL_LITE or experiment.backbone.startswith("timm:"):
-        return 3, experiment.image_size, experiment.image_size
-    if experiment.backbone in SUITE_ARCHITECTURES:
-        return 1, experiment.image_size, experiment.image_size
-    raise ValueError(f"cannot time {experiment.backbone!r} on images")
+    return backbone(experiment.backbone).input_shape(experiment.image_size)
 
 
 def time_one_step(experiment: Experiment, device: Device, repeats: int = 3) -> float:

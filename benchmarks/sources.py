@@ -25,23 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .backbones import (
-    SUITE_ARCHITECTURES,
-    TIMM,
-    Lite0Top,
-    create_lite,
-    create_timm,
-    lite0_lower,
-    timm_normalization,
-)
+from .backbones import backbone, create_lite, lite0_lower
 from .data import as_images, corrupt, draw, folder_splits, normalize, pool_indices, raw_dataset
 from .metrics import accuracy
 from .store import atomic_torch_save, atomic_write, sha256_file, to_json
 from .suites import Experiment, Target, config_hash
 from .training import Device, batches, predict, train_step
 
-#: Backbones that fine-tune a whole shipped EfficientNet-Lite on images (the GPU suite): its variant.
-FULL_LITE = {"lite0_full": "lite0", "lite2_full": "lite2"}
 #: Precise BN re-estimates statistics on every PRECISE_BN_EVERY-th source training image.
 PRECISE_BN_EVERY = 6
 #: The seed of the fixed corruption noise of test sets (train and validation use the cell seed).
@@ -157,15 +147,10 @@ def backbone_inputs(experiment: Experiment, pixels: Tensor) -> Tensor:
     """
     from .data import resize, to_channels
 
-    images = resize(pixels, experiment.image_size)
-    if experiment.backbone in SUITE_ARCHITECTURES:
-        return normalize(images, (0.5,), (0.5,))
-    if experiment.backbone in FULL_LITE:
-        return normalize(to_channels(images, 3), (0.5,) * 3, (0.5,) * 3)
-    if experiment.backbone.startswith(TIMM):
-        mean, std = timm_normalization(experiment.backbone[len(TIMM):])
-        return normalize(to_channels(images, 3), mean, std)
-    raise KeyError(f"backbone {experiment.backbone!r} is not fed images")
+    spec = backbone(experiment.backbone)
+    if spec.fed_features:
+        raise KeyError(f"backbone {experiment.backbone!r} is not fed images")
+    return normalize(to_channels(resize(pixels, experiment.image_size), spec.channels), *spec.normalization())
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -240,7 +225,7 @@ def preparations(experiments: tuple[Experiment, ...]) -> list[list[Preparation]]
                 if (experiment.backbone, source) not in sources:
                     sources.add((experiment.backbone, source))
                     first.append(Preparation(experiment, "source", source_seed=source.seed))
-        if experiment.backbone == "lite0_top":
+        if backbone(experiment.backbone).fed_features:
             first += [Preparation(experiment, "features", True), Preparation(experiment, "features", False)]
         from .probes import needs_probes
 
@@ -257,12 +242,7 @@ def pretrain(experiment: Experiment, device: Device, source_seed: int = 0) -> tu
     source = replace(experiment.source, seed=source_seed)
     test, train = source_splits(experiment)
     torch.manual_seed(source.seed)
-    if source.kind == "adapt":
-        model = create_lite(True, FULL_LITE[experiment.backbone])
-        model.reset_classifier(len(source.classes))
-    else:
-        model = SUITE_ARCHITECTURES[experiment.backbone].create(len(source.classes))
-    model = device.prepare(model)
+    model = device.prepare(backbone(experiment.backbone).create(source.kind == "adapt", len(source.classes)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=source.lr, weight_decay=source.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(warmup_cosine, warmup=source.warmup_steps, total=source.steps))
@@ -365,37 +345,24 @@ def source_backbone(experiment: Experiment, pretrained: bool, cache_dir: Path,
     Raises:
         KeyError: an unknown backbone.
     """
-    if experiment.source.trained and pretrained:
-        if experiment.backbone in SUITE_ARCHITECTURES:
-            model = SUITE_ARCHITECTURES[experiment.backbone].create(len(experiment.source.classes))
-        else:  # an adapted shipped Lite: its architecture with the source head
-            model = create_lite(False, FULL_LITE[experiment.backbone])
-            model.reset_classifier(len(experiment.source.classes))
+    spec = backbone(experiment.backbone)
+    if experiment.source.trained and pretrained:  # the suite's source (or adapted Lite) with its source head
+        model = spec.create(False, len(experiment.source.classes))
         state, meta = load(Preparation(experiment, "source", source_seed=source_seed), cache_dir, environment)
         model.load_state_dict(state)
         return model, meta
-    if experiment.backbone in SUITE_ARCHITECTURES:
+    if spec.architecture is not None:
         classes = len(experiment.source.classes) if experiment.source.trained else experiment.targets[0].num_classes
-        return SUITE_ARCHITECTURES[experiment.backbone].create(classes), {"kind": "random_init"}
-    if experiment.backbone == "lite0_top":
-        return Lite0Top(create_lite(pretrained)), {"kind": "imagenet" if pretrained else "random_init"}
-    if experiment.backbone in FULL_LITE:  # the whole network at its native resolution
-        model = create_lite(pretrained, FULL_LITE[experiment.backbone])
-        if experiment.source.trained:
-            model.reset_classifier(len(experiment.source.classes))
-        return model, {"kind": "imagenet" if pretrained else "random_init"}
-    if experiment.backbone.startswith(TIMM):  # any timm model: cached pretrained weights or random init
-        name = experiment.backbone[len(TIMM):]
-        return create_timm(name, pretrained), {"kind": "timm_pretrained" if pretrained else "random_init"}
-    raise KeyError(f"unknown backbone {experiment.backbone!r}; known: {', '.join(SUITE_ARCHITECTURES)}, lite0_top, "
-                   f"{', '.join(FULL_LITE)}, timm:<model name>")
+        return spec.create(False, classes), {"kind": "random_init"}
+    classes = len(experiment.source.classes) if experiment.source.trained and spec.lite else None
+    return spec.create(pretrained, classes), {"kind": spec.pretrained_kind if pretrained else "random_init"}
 
 
 def model_inputs(experiment: Experiment, target: Target, seed: int, split_name: str, split: Split,
                  pretrained: bool, cache_dir: Path, environment: Mapping[str, Any]) -> Tensor:
     """What the backbone eats for a split: cached Lite0 lower features (``lite0_top``), else
     :func:`backbone_inputs` of its pixels."""
-    if experiment.backbone == "lite0_top":
+    if backbone(experiment.backbone).fed_features:
         payload, _ = load(Preparation(experiment, "features", pretrained), cache_dir, environment)
         return payload[f"{target.name}/{seed}/{split_name}"]
     return backbone_inputs(experiment, split.pixels)

@@ -112,3 +112,50 @@ def test_lite2_weights_load_and_classify_the_coffee() -> None:
     assert int(probabilities.argmax()) == ESPRESSO
     with pytest.raises(KeyError):
         backbones.load_efficientnet_lite("lite9")
+
+
+def test_one_backbone_registry_answers_every_question_a_suite_asks() -> None:
+    """benchmarks.backbones.backbone(name) is the one dispatch on a backbone's name: family, input
+    channels and normalisation, which source kinds fit, how it is built; unknown names fail there."""
+    from benchmarks.backbones import BACKBONES, Backbone, backbone
+
+    assert set(BACKBONES) == {"resnet_tiny", "convnext_tiny", "vit_tiny", "lite0_top", "lite0_full", "lite2_full"}
+    vit = backbone("vit_tiny")
+    assert (vit.family, vit.channels, vit.sources, vit.normalization()) == ("ViT", 1, ("pretrain",), ((0.5,), (0.5,)))
+    assert vit.input_shape(28) == (1, 28, 28)
+    model = vit.create(False, 5)
+    assert model.num_classes == 5 and sum(p.numel() for p in model.parameters()) < 100_000
+    with pytest.raises(ValueError, match="pretrained by the suite"):
+        vit.create(True, 5)
+    top = backbone("lite0_top")
+    assert top.fed_features and top.sources == ("imagenet",) and top.pretrained_kind == "imagenet"
+    with pytest.raises(ValueError, match="cached features"):
+        top.input_shape(224)
+    assert backbone("lite2_full").sources == ("adapt", "imagenet")
+    resnet = backbone("timm:resnet18")
+    assert isinstance(resnet, Backbone) and resnet.family == "resnet" and resnet.channels == 3
+    assert resnet.normalization() == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert resnet.pretrained_kind == "timm_pretrained" and resnet.input_shape(224) == (3, 224, 224)
+    for name in ("resnet_huge", "timm:no_such_model"):
+        with pytest.raises(KeyError, match="unknown backbone"):
+            backbone(name)
+
+
+def test_backbone_inputs_normalise_by_the_registry() -> None:
+    """Pixels become inputs through the registry: 1 channel at mean = std = 0.5 for the suite's
+    architectures, 3 channels with the timm model's own statistics for timm:<name>."""
+    import dataclasses
+
+    from benchmarks.sources import backbone_inputs
+    from benchmarks.suites import SUITES
+
+    experiment = next(e for e in SUITES["standard"].experiments if e.backbone == "convnext_tiny")
+    pixels = torch.rand(2, 1, 28, 28)
+    x = backbone_inputs(experiment, pixels)
+    assert x.shape == (2, 1, 32, 32) and torch.allclose(x * 0.5 + 0.5, data.resize(pixels, 32), atol=1e-6)
+    timm_experiment = dataclasses.replace(experiment, backbone="timm:resnet18", image_size=28)
+    y = backbone_inputs(timm_experiment, pixels)
+    assert y.shape == (2, 3, 28, 28)
+    assert torch.allclose(y[:, 0] * 0.229 + 0.485, pixels[:, 0], atol=1e-6)
+    with pytest.raises(KeyError, match="not fed images"):
+        backbone_inputs(dataclasses.replace(experiment, backbone="lite0_top"), pixels)
