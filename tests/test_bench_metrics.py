@@ -68,3 +68,29 @@ def test_retention() -> None:
 def test_accuracy() -> None:
     logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, -1.0], [0.1, 0.2]])
     assert metrics.accuracy(logits, torch.tensor([0, 1, 1, 0])) == 0.5
+
+
+def test_every_committed_cell_record_follows_the_declared_schema() -> None:
+    """runs.jsonl between runner and report is typed: every key of every committed record is declared
+    in benchmarks.store.CellRecord, and the runner's keys are in every record."""
+    from pathlib import Path
+
+    from benchmarks.store import read_runs, undeclared_keys
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    records = [r for path in sorted(root.glob("*/runs.jsonl")) for r in read_runs(path)]
+    assert len(records) > 4000
+    assert sorted({k for r in records for k in undeclared_keys(r)}) == []
+    required = ("key", "experiment", "target", "strategy", "seed", "lr", "phase", "config", "status", "test_accuracy")
+    assert all(all(k in r for k in required) for r in records)
+
+
+def test_writing_an_undeclared_measurement_is_refused(tmp_path) -> None:
+    import pytest
+
+    from benchmarks.store import read_runs, write_runs
+
+    write_runs(tmp_path / "runs.jsonl", [{"key": "a", "test_accuracy": 0.5, "ood_accuracy_sobel": 0.25}])
+    assert read_runs(tmp_path / "runs.jsonl") == [{"key": "a", "ood_accuracy_sobel": 0.25, "test_accuracy": 0.5}]
+    with pytest.raises(ValueError, match="not declared in benchmarks.store.CellRecord"):
+        write_runs(tmp_path / "runs.jsonl", [{"key": "b", "test_acuracy": 0.5}])
