@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["render", "fmt_seconds", "fmt_ratio"]
 
@@ -36,6 +36,14 @@ def _verdict(value: float, goal: float, interval: list[float] | None = None, con
     if control is not None and abs(control[0] - 1) >= value - goal:
         noisy = True
     return "MISS*" if noisy else "MISS"
+
+
+class Section(NamedTuple):
+    """One section of perf.md: its lines, and its rows of the summary table (measurement, goal,
+    measured, result)."""
+
+    lines: list[str]
+    summary: list[list[str]]
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -66,7 +74,8 @@ def _profile_lines(title: str, rows: list[dict]) -> list[str]:
     )
 
 
-def _step(section: list[dict], summary: list[list[str]]) -> list[str]:
+def _step(section: list[dict]) -> Section:
+    summary: list[list[str]] = []
     lines = [
         "## Step overhead",
         "",
@@ -108,12 +117,13 @@ def _step(section: list[dict], summary: list[list[str]]) -> list[str]:
         if info.get("profile_extra"):
             title = f"{info['model']} / {info['optimizer']}: {verdict}"
             lines += _profile_lines(title, info["profile_extra"])
-    return lines
+    return Section(lines, summary)
 
 
-def _multi(section: list[dict], summary: list[list[str]]) -> list[str]:
+def _multi(section: list[dict]) -> Section:
+    summary: list[list[str]] = []
     if not section:
-        return []
+        return Section([], summary)
     lines = [
         "## Multi-optimizer step",
         "",
@@ -141,12 +151,13 @@ def _multi(section: list[dict], summary: list[list[str]]) -> list[str]:
             ]
         )
         summary.append([f"multi-optimizer step, {info['model']}, {info['optimizers']}: wrapped / by hand", f"≤ {info['goal']:.2f}", f"{ratio[0]:.3f}", verdict])
-    return lines + _table(
+    return Section(lines + _table(
         ["model", "optimizers", "groups", "threads", "by hand", "wrapped", "ratio [95% CI]", "A/A", "goal", "result"], rows
-    )
+    ), summary)
 
 
-def _layout(section: list[dict], summary: list[list[str]]) -> list[str]:
+def _layout(section: list[dict]) -> Section:
+    summary: list[list[str]] = []
     lines = [
         "## Group layout cost",
         "",
@@ -202,10 +213,11 @@ def _layout(section: list[dict], summary: list[list[str]]) -> list[str]:
     for info in section:
         if info.get("profile_extra"):
             lines += _profile_lines(f"{info['model']} / {info['optimizer']} merged vs single", info["profile_extra"])
-    return lines
+    return Section(lines, summary)
 
 
-def _build(large: list[dict], meta_vs_real: list[dict], families: list[dict], summary: list[list[str]]) -> list[str]:
+def _build(large: list[dict], meta_vs_real: list[dict], families: list[dict]) -> Section:
+    summary: list[list[str]] = []
     lines = [
         "## Build time",
         "",
@@ -295,10 +307,11 @@ def _build(large: list[dict], meta_vs_real: list[dict], families: list[dict], su
     no_timm = [f for f in ok if f.get("timm_error")]
     if no_timm:
         lines += ["timm's reference build failed for: " + ", ".join(f"{f['model']} ({f['timm_error']})" for f in no_timm) + ".", ""]
-    return lines
+    return Section(lines, summary)
 
 
-def _unfreeze(section: list[dict], summary: list[list[str]]) -> list[str]:
+def _unfreeze(section: list[dict]) -> Section:
+    summary: list[list[str]] = []
     lines = [
         "## Unfreeze time",
         "",
@@ -329,10 +342,11 @@ def _unfreeze(section: list[dict], summary: list[list[str]]) -> list[str]:
     for info in section:
         if info.get("profile"):
             lines += _profile_lines("unfreeze + freeze profile", info["profile"])
-    return lines
+    return Section(lines, summary)
 
 
-def _memory(section: list[dict], summary: list[list[str]]) -> list[str]:
+def _memory(section: list[dict]) -> Section:
+    summary: list[list[str]] = []
     lines = [
         "## Memory",
         "",
@@ -389,15 +403,16 @@ def _memory(section: list[dict], summary: list[list[str]]) -> list[str]:
         ],
         rows,
     )
-    return lines
+    return Section(lines, summary)
 
 
-def _bandwidth(section: list[dict], summary: list[list[str]], cuda: bool) -> list[str]:
+def _bandwidth(section: list[dict], cuda: bool) -> Section:
+    summary: list[list[str]] = []
     lines = ["## AdamW step against the memory-bandwidth floor (CUDA)", ""]
     if not section:
         reason = "no CUDA device in this run" if not cuda else "the test did not record results"
         summary.append(["CUDA: layered fused AdamW / single-group fused AdamW, ViT-B", "≤ 1.10", "not run", "—"])
-        return lines + [f"Not run: {reason}.", ""]
+        return Section(lines + [f"Not run: {reason}.", ""], summary)
     for info in section:
         lines += [
             f"{info['model']} ({info['numel'] / 1e6:.1f} M parameters, {info['groups']} layered groups) on "
@@ -418,21 +433,23 @@ def _bandwidth(section: list[dict], summary: list[list[str]], cuda: bool) -> lis
         verdict = _verdict(ratio[0], info["goal"], ratio)
         lines += [f"Layer-decayed fused step / single-group fused step: {fmt_ratio(ratio)}, goal ≤ {info['goal']:.2f}: {verdict}.", ""]
         summary.append([f"CUDA: layered fused AdamW / single-group fused AdamW, {info['model']}", f"≤ {info['goal']:.2f}", f"{ratio[0]:.3f}", verdict])
-    return lines
+    return Section(lines, summary)
 
 
 def render(results: dict[str, Any], environment: dict[str, Any]) -> str:
     """The whole perf.md."""
     sections = _by_section(results.get("benchmarks", []))
-    summary: list[list[str]] = []
-    body: list[str] = []
-    body += _step(sections.get("step", []), summary)
-    body += _multi(sections.get("multi", []), summary)
-    body += _layout(sections.get("layout", []), summary)
-    body += _build(sections.get("build_large", []), sections.get("build_meta_vs_real", []), sections.get("build_family", []), summary)
-    body += _unfreeze(sections.get("unfreeze", []), summary)
-    body += _memory(sections.get("memory", []), summary)
-    body += _bandwidth(sections.get("bandwidth", []), summary, environment.get("cuda", False))
+    parts = [
+        _step(sections.get("step", [])),
+        _multi(sections.get("multi", [])),
+        _layout(sections.get("layout", [])),
+        _build(sections.get("build_large", []), sections.get("build_meta_vs_real", []), sections.get("build_family", [])),
+        _unfreeze(sections.get("unfreeze", [])),
+        _memory(sections.get("memory", [])),
+        _bandwidth(sections.get("bandwidth", []), environment.get("cuda", False)),
+    ]
+    body = [line for part in parts for line in part.lines]
+    summary = [row for part in parts for row in part.summary]
 
     head = [
         "# lrgroups performance",
