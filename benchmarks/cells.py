@@ -56,11 +56,10 @@ from .sources import (
     cell_data,
     model_inputs,
     source_backbone,
-    warmup_cosine,
 )
 from .store import versions
 from .suites import WISE_ALPHAS, Cell, Experiment
-from .training import Device, batches, predict, steps_per_epoch, train_step
+from .training import Device, batches, predict, steps_per_epoch, train_step, warmup_cosine
 
 #: Retention along training uses every CURVE_EVERY-th source image (test and precise-BN sets).
 CURVE_EVERY = 2

@@ -13,7 +13,6 @@ which process computes it.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -30,7 +29,7 @@ from .data import as_images, corrupt, draw, folder_splits, normalize, pool_indic
 from .metrics import accuracy
 from .store import atomic_torch_save, atomic_write, sha256_file, to_json
 from .suites import Experiment, Target, config_hash
-from .training import Device, batches, predict, train_step
+from .training import Device, batches, predict, train_step, warmup_cosine
 
 #: Precise BN re-estimates statistics on every PRECISE_BN_EVERY-th source training image.
 PRECISE_BN_EVERY = 6
@@ -151,13 +150,6 @@ def backbone_inputs(experiment: Experiment, pixels: Tensor) -> Tensor:
     if spec.fed_features:
         raise KeyError(f"backbone {experiment.backbone!r} is not fed images")
     return normalize(to_channels(resize(pixels, experiment.image_size), spec.channels), *spec.normalization())
-
-
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """lr factor at ``step``: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 # --- Preparations --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -88,6 +89,13 @@ def batches(num_examples: int, batch_size: int, seed: int) -> Iterator[Tensor]:
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(1, num_examples // batch_size)
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """lr factor at ``step``: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor, device: Device) -> Tensor:
