@@ -55,6 +55,7 @@ __all__ = [
     "unwrap_model",
     "find_head",
     "is_norm",
+    "is_container",
 ]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -126,6 +127,12 @@ def is_norm(module: nn.Module) -> bool:
     """True for normalisation layers (batch/instance/layer/group/RMS norm and their subclasses,
     which covers timm's norm layers)."""
     return isinstance(module, _NORMS)
+
+
+def is_container(module: nn.Module) -> bool:
+    """True for the plain containers (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``), which
+    group layers without being a layer or a block themselves."""
+    return isinstance(module, _CONTAINERS)
 
 
 def _has_params(module: nn.Module) -> bool:
