@@ -322,7 +322,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             group["param_names"] = [slot.row.name for slot in trainable]
 
     def _install_hooks(self) -> None:
-        self.register_state_dict_post_hook(_add_layout, prepend=True)
+        self._layout_hook = self.register_state_dict_post_hook(_add_layout, prepend=True)
         handles = []
         for module, indices in self._norm_units:  # the hooks are norms.FrozenNormStats' (the newest decides)
             frozen = OwnedNormFreeze(module, [self._slots[i] for i in indices], self._norm_stats == "freeze_all",

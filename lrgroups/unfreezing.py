@@ -68,13 +68,14 @@ def _selected(optimizer: LayerwiseOptimizer, selector: Selector) -> dict[str, An
 #: The owner recorded for what a schedule freezes (``optimizer.frozen_by(name)``, ``explain()``).
 SCHEDULE_OWNER = "schedule"
 
-# The tensors some schedule froze and has not thawed: a schedule built later on the same model (a
-# re-run notebook cell, a second optimizer) may thaw them; what anyone else froze it never thaws.
-_FROZEN_BY_SCHEDULES: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+# The record a schedule leaves on a tensor it froze and has not thawed (removed when it thaws it):
+# a schedule built later on the same model (a re-run notebook cell, a second optimizer) takes such
+# tensors over; what anyone else froze it never thaws. It lives on the tensor, as long as the tensor.
+_FROZEN_BY_A_SCHEDULE = "_lrgroups_frozen_by_a_schedule"
 
 
 def _frozen_by_a_schedule(param: Any) -> bool:
-    return _FROZEN_BY_SCHEDULES.get(id(param)) is param
+    return not param.requires_grad and getattr(param, _FROZEN_BY_A_SCHEDULE, False)
 
 
 def _by_name(names: Sequence[str]) -> Selector:
@@ -103,7 +104,8 @@ class ProgressiveUnfreezing:
     ``requires_grad_(False)``, by a rule, by peft) stays frozen through every stage (an explicit
     ``optimizer.unfreeze(...)`` still thaws it), and a stage that would thaw nothing warns. (What an
     earlier schedule froze on the same model and did not thaw — a re-run notebook cell — the new
-    schedule takes over.) A stage is
+    schedule takes over: ``optimizer.frozen_by(name)`` then reports it as ``"schedule"``. The record
+    lives on the tensor itself, not in a registry.) A stage is
     advanced by
     :meth:`step` (after ``every_steps`` optimizer steps in the stage), :meth:`end_epoch` (after
     ``every_epochs`` epochs), :meth:`observe` (when the monitored metric reaches a plateau: patience
@@ -208,6 +210,11 @@ class ProgressiveUnfreezing:
             for name, k in thaw_at.items()
             if k > 0 and (not optimizer.is_frozen(name) or _frozen_by_a_schedule(self._params[name]))
         }
+        # what an earlier schedule froze, this optimizer sees as frozen before it was built: the
+        # schedule takes it over, so frozen_by reports it as a schedule's
+        taken = [name for name in owned if optimizer.frozen_by(name) not in (None, SCHEDULE_OWNER)]
+        if taken:
+            optimizer.unfreeze(_by_name(taken))
         self._set_frozen(list(owned), True)
         if all(optimizer.is_frozen(name) for name in selected[0]):
             warnings.warn(
@@ -241,9 +248,9 @@ class ProgressiveUnfreezing:
         for name in names:
             param = self._params[name]
             if frozen:
-                _FROZEN_BY_SCHEDULES[id(param)] = param
-            elif _frozen_by_a_schedule(param):
-                del _FROZEN_BY_SCHEDULES[id(param)]
+                setattr(param, _FROZEN_BY_A_SCHEDULE, True)
+            elif hasattr(param, _FROZEN_BY_A_SCHEDULE):
+                delattr(param, _FROZEN_BY_A_SCHEDULE)
         return changed
 
     @property
