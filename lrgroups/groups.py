@@ -25,7 +25,8 @@ from typing import Any
 
 import torch.nn as nn
 
-from .rules import ParamPlan, Rule, describe_nonempty, plan_params
+from .depth import describe_nonempty
+from .rules import ParamPlan, Rule, plan_params
 
 
 def group_settings(rows: Sequence[ParamPlan], optimizers: Sequence[str | None] = (None,)) -> tuple[list[tuple], list[list[int]]]:

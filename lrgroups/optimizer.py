@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from . import checkpoint
 from .checkpoint import CheckpointMismatchError, cast_like_torch, first_names
-from .depth import unwrap_model
+from .depth import ParamInfo, describe_nonempty, unwrap_model
 from .groups import group_names, group_settings
 from .inner import (
     DERIVED_STATE,
@@ -52,7 +52,7 @@ from .inner import (
     unprofiled_step,
 )
 from .norms import FrozenNormStats, OwnedNormFreeze, norm_units, remove_all
-from .rules import NoMatchError, ParamInfo, ParamPlan, Rule, Selector, describe_nonempty, no_match_message, plan_params
+from .rules import NoMatchError, ParamPlan, Rule, Selector, no_match_message, plan_params
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -23,13 +23,12 @@ import difflib
 import fnmatch
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, Union
 
-import torch
 import torch.nn as nn
 
-from .depth import Tied, is_norm, param_layers, unwrap_model
+from .depth import ParamInfo, Tied, describe, describe_nonempty
 
 __all__ = [
     "ParamInfo",
@@ -48,34 +47,6 @@ __all__ = [
 
 Number = Union[int, float]
 Setting = Union[Number, Callable[["ParamInfo"], Number], None]
-
-
-@dataclass(frozen=True)
-class ParamInfo:
-    """What a rule may look at for one parameter (tied weights appear once, under their first name).
-
-    ``depth``/``max_depth`` come from :mod:`lrgroups.depth`; ``is_head`` marks the parameters of
-    every head (one flag per tensor, whatever its names); ``depth_source`` says where the depth came
-    from (``"timm group_matcher"``, ``"forward order"``, ``"registration order"``, with ``"; head"``
-    for heads moved to the top depth and the tied-embedding treatment, see
-    :func:`lrgroups.depth.param_layers`); ``no_weight_decay`` marks names the model lists in its own
-    ``no_weight_decay()``.
-    """
-
-    name: str
-    aliases: tuple[str, ...]
-    param: torch.Tensor = field(repr=False, compare=False)
-    module: nn.Module = field(repr=False, compare=False)
-    depth: int
-    max_depth: int
-    is_head: bool
-    is_norm: bool
-    no_weight_decay: bool
-    depth_source: str = ""
-
-    @property
-    def ndim(self) -> int:
-        return self.param.ndim
 
 
 @dataclass(frozen=True)
@@ -234,64 +205,6 @@ class ParamPlan:
         return (self.optimizer, self.lr, self.weight_decay, self.options)
 
 
-def describe(
-    model: nn.Module, coarse: bool = False, *, example_input: Any = None, tied: Tied | None = None
-) -> list[ParamInfo]:
-    """One :class:`ParamInfo` per distinct parameter tensor of ``model``, in registration order.
-
-    ``example_input`` and ``tied`` are those of :func:`lrgroups.depth.param_layers` (how depth follows
-    the data flow, where a tied embedding/output tensor goes); so are its errors and warnings.
-
-    Example:
-        >>> import torch, torch.nn as nn
-        >>> infos = describe(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)), example_input=torch.randn(1, 4))
-        >>> [(i.name, i.depth, i.is_head, i.depth_source) for i in infos][-1]
-        ('1.bias', 1, True, 'forward order; head')
-    """
-    given, model = model, unwrap_model(model)
-    layers = param_layers(model, coarse, example_input=example_input, tied=tied)
-    by_id = {id(param): layers[name] for name, param in model.named_parameters()}
-    max_depth = max((layer.depth for layer in layers.values()), default=0)
-    no_wd = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
-
-    # One walk over every (module, parameter) registration, shared ones included: the first name of
-    # a tensor is its name (as in ``named_parameters()``), later ones are its aliases.
-    names: dict[int, list[str]] = {}
-    first: list[tuple[str, torch.Tensor, nn.Module]] = []
-    for module_name, module in model.named_modules(remove_duplicate=False):
-        prefix = module_name + "." if module_name else ""
-        for param_name, param in module._parameters.items():
-            if param is None:
-                continue
-            if id(param) not in names:
-                names[id(param)] = []
-                first.append((prefix + param_name, param, module))
-            names[id(param)].append(prefix + param_name)
-    if given is not model:  # the names of the module the user passed (peft's base_model.model., DDP's module.)
-        for name, param in given.named_parameters(remove_duplicate=False):
-            if id(param) in names and name not in names[id(param)]:
-                names[id(param)].append(name)
-
-    infos = []
-    for name, param, module in first:
-        layer = by_id[id(param)]
-        infos.append(
-            ParamInfo(
-                name=name,
-                aliases=tuple(names[id(param)][1:]),
-                param=param,
-                module=module,
-                depth=layer.depth,
-                max_depth=max_depth,
-                is_head=layer.is_head,
-                is_norm=is_norm(module),
-                no_weight_decay=any(fnmatch.fnmatchcase(name, pattern) for pattern in no_wd),
-                depth_source=layer.source,
-            )
-        )
-    return infos
-
-
 def _resolve(value: Setting, info: ParamInfo) -> float:
     return float(value(info) if callable(value) else value)
 
@@ -359,16 +272,6 @@ def plan(
     """
     infos = describe_nonempty(model, coarse, example_input=example_input, tied=tied)
     return plan_params(infos, lr=lr, weight_decay=weight_decay, rules=rules)
-
-
-def describe_nonempty(
-    model: nn.Module, coarse: bool = False, *, example_input: Any = None, tied: Tied | None = None
-) -> list[ParamInfo]:
-    """:func:`describe`, raising ``ValueError`` for a model without parameters."""
-    infos = describe(model, coarse, example_input=example_input, tied=tied)
-    if not infos:
-        raise ValueError(f"{type(unwrap_model(model)).__name__} has no parameters to optimize")
-    return infos
 
 
 Base = Union[float, None, Mapping[Union[str, None], Union[float, None]]]
