@@ -22,6 +22,7 @@ import weakref
 from functools import partial
 from typing import Any, Mapping, Sequence, Union
 
+from . import _deprecated
 from .early_stopping import Plateau
 from .optimizer import LayerwiseOptimizer
 from .rules import NoMatchError, Selector, no_match_message
@@ -119,12 +120,14 @@ class ProgressiveUnfreezing:
         depths_per_stage: with the default stages, how many depths each stage spans.
         every_steps / every_epochs: advance after this many steps / epochs in a stage.
         plateau: a :class:`~lrgroups.Plateau` on a validation metric fed to :meth:`observe`.
-        reset_patience: reset the plateau's patience after each stage change (default True).
+        reset_patience_on_advance: reset the plateau's patience after each stage change (default True;
+            :class:`~lrgroups.EarlyStopping`'s name for the same flag).
         warmup_steps: after a stage is unfrozen, the lr of the param groups that received its
             parameters ramps linearly from ``1/warmup_steps`` to 1 of the scheduled value over this
             many steps (applied inside ``step()`` only, so schedulers never see it; groups shared
             with parameters already training warm up too; each group keeps its own count, so a
             stage unfrozen mid warm-up does not cut another short).
+        reset_patience: deprecated name of ``reset_patience_on_advance``.
 
     Resuming: :meth:`load_state_dict` makes the optimizer's frozen set agree with the saved stage
     (see there), so a fresh optimizer, or one whose checkpoint was loaded before or after the
@@ -149,9 +152,12 @@ class ProgressiveUnfreezing:
         every_steps: int | None = None,
         every_epochs: int | None = None,
         plateau: Plateau | None = None,
-        reset_patience: bool = True,
+        reset_patience_on_advance: bool | None = None,
         warmup_steps: int = 0,
+        reset_patience: bool | None = None,
     ) -> None:
+        reset_patience_on_advance = _deprecated.keyword("ProgressiveUnfreezing", "reset_patience", reset_patience,
+                                                        "reset_patience_on_advance", reset_patience_on_advance, True)
         if not isinstance(optimizer, LayerwiseOptimizer):
             raise TypeError(f"ProgressiveUnfreezing needs a LayerwiseOptimizer, got {type(optimizer).__name__}")
         for what, value in (("every_steps", every_steps), ("every_epochs", every_epochs)):
@@ -166,7 +172,7 @@ class ProgressiveUnfreezing:
             raise ValueError("ProgressiveUnfreezing needs at least one stage")
         self.optimizer = optimizer
         self.every_steps, self.every_epochs = every_steps, every_epochs
-        self.plateau, self.reset_patience = plateau, reset_patience
+        self.plateau, self.reset_patience_on_advance = plateau, reset_patience_on_advance
         self.warmup_steps = warmup_steps
         self.stage = 0
         self.steps = 0
@@ -183,6 +189,8 @@ class ProgressiveUnfreezing:
             handles = [optimizer.register_step_pre_hook(partial(_call_weak, pre)),
                        optimizer.register_step_post_hook(partial(_call_weak, post))]
         self._finalizer = weakref.finalize(self, _remove_handles, handles)
+
+    reset_patience = _deprecated.alias("reset_patience_on_advance")
 
     def close(self) -> None:
         """Remove the step hooks this schedule installed on the optimizer (the warm-up's; idempotent).
@@ -267,7 +275,7 @@ class ProgressiveUnfreezing:
         self.history.append({"stage": self.stage, "step": self.steps, "reason": reason, "unfrozen": len(names)})
         self.steps_in_stage = 0
         self.epochs_in_stage = 0
-        if self.plateau is not None and self.reset_patience:
+        if self.plateau is not None and self.reset_patience_on_advance:
             self.plateau.reset_patience()
         if self.warmup_steps:
             self._warmup.update({self.optimizer.group_of(name): 0 for name in names})

@@ -39,10 +39,10 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..distributed import wrap_ddp
+from ..driver import EarlyStoppingSpec, FineTuning, UnfreezingSpec, has_plateau
 from ..early_stopping import EarlyStopping
 from ..unfreezing import ProgressiveUnfreezing
 from . import unwrap
-from ._driver import Driver, EarlyStoppingSpec, UnfreezingSpec
 
 if TYPE_CHECKING:
     from ..recipes import Recipe
@@ -119,7 +119,7 @@ class LayerwiseFinetuning(Callback):
         strict: bool = True,
         verbose: bool = False,
     ) -> None:
-        self._driver = Driver(unfreezing, early_stopping)
+        self._driver = FineTuning.from_specs(unfreezing, early_stopping)
         self.monitor = monitor
         self.optimizer_index = optimizer_index
         self.check_on_train_epoch_end = check_on_train_epoch_end
@@ -164,12 +164,12 @@ class LayerwiseFinetuning(Callback):
     @property
     def schedule(self) -> ProgressiveUnfreezing | None:
         """The schedule built in ``on_fit_start`` (``None`` before, or without ``unfreezing``)."""
-        return self._driver.schedule
+        return self._driver.unfreezing
 
     @property
     def early_stopping(self) -> EarlyStopping | None:
         """The stopper built in ``on_fit_start`` (``None`` before, or without ``early_stopping``)."""
-        return self._driver.stopper
+        return self._driver.early_stopping
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         strategy = trainer.strategy
@@ -186,7 +186,7 @@ class LayerwiseFinetuning(Callback):
         if len(optimizers) <= self.optimizer_index:
             raise TypeError(f"configure_optimizers returned {len(optimizers)} optimizers; LayerwiseFinetuning needs a LayerwiseOptimizer")
         optimizer = unwrap(optimizers[self.optimizer_index])
-        wants = self._driver.early_stopping_spec is not None or _has_plateau(self._driver.unfreezing_spec)
+        wants = self._driver.early_stopping_spec is not None or has_plateau(self._driver.unfreezing_spec)
         if wants and not self.check_on_train_epoch_end and (
                 trainer.limit_val_batches == 0 or not is_overridden("validation_step", pl_module)):
             raise ValueError(f"the monitor {self.monitor!r} of early stopping or of a plateau schedule is read after "
@@ -194,7 +194,7 @@ class LayerwiseFinetuning(Callback):
                              "check_on_train_epoch_end=True to read a metric logged in training")
         total = trainer.estimated_stepping_batches
         total_steps = int(total) if total != float("inf") else None
-        self._driver.build(optimizer, pl_module, total_steps=total_steps)
+        self._driver.build(optimizer, pl_module, total_steps=total_steps)  # counts optimizer steps by a step hook
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._driver.end_epoch()
@@ -212,7 +212,7 @@ class LayerwiseFinetuning(Callback):
             rank_zero_warn(f"LayerwiseFinetuning: the monitored metric {self.monitor!r} was not logged; check "
                            "skipped (strict=False)", category=RuntimeWarning)
             return
-        decision = self._driver.validate(metric, trainer.global_step, self.monitor)
+        decision = self._driver.observe(metric, trainer.global_step, name=self.monitor)
         if decision is not None:
             stop = trainer.strategy.reduce_boolean_decision(decision.stop, all=False)
             if stop and not trainer.should_stop:
@@ -240,12 +240,6 @@ def _spec_key(spec: Any) -> Any:
     if spec is None or isinstance(spec, Mapping):
         return None if spec is None else sorted((str(k), repr(v)) for k, v in spec.items())
     return getattr(spec, "name", None) or getattr(spec, "__qualname__", type(spec).__qualname__)
-
-
-def _has_plateau(spec: Any) -> bool:
-    """Whether an unfreezing spec (its dict, or a recipe's) advances on a plateau of the monitor."""
-    unfreezing = spec if isinstance(spec, Mapping) else getattr(spec, "unfreezing", None)
-    return isinstance(unfreezing, Mapping) and unfreezing.get("plateau") is not None
 
 
 class LayerwiseDDPStrategy(DDPStrategy):

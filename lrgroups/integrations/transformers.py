@@ -33,10 +33,10 @@ from typing import Any, Mapping
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from ..driver import FineTuning
 from ..early_stopping import EarlyStopping
 from ..unfreezing import ProgressiveUnfreezing
 from . import unwrap
-from ._driver import Driver
 
 __all__ = ["LayerwiseCallback"]
 
@@ -99,7 +99,7 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
         self.unfreezing = None if unfreezing is None else dict(unfreezing)
         self.early_stopping = None if early_stopping is None else dict(early_stopping)
         self.metric = metric
-        self._driver = Driver(self.unfreezing, self.early_stopping)
+        self._driver = FineTuning.from_specs(self.unfreezing, self.early_stopping)
         self._lr_hook = None
         self._step_lrs: dict[str, float] = {}
         if saved_state is not None:
@@ -108,12 +108,12 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
     @property
     def schedule(self) -> ProgressiveUnfreezing | None:
         """The schedule built in ``on_train_begin`` (``None`` before, or without ``unfreezing``)."""
-        return self._driver.schedule
+        return self._driver.unfreezing
 
     @property
     def stopper(self) -> EarlyStopping | None:
         """The stopper built in ``on_train_begin`` (``None`` before, or without ``early_stopping``)."""
-        return self._driver.stopper
+        return self._driver.early_stopping
 
     def state(self) -> dict[str, Any]:
         """``ExportableState``: the arguments, and the schedule's and stopper's state as ``saved_state``
@@ -160,7 +160,7 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
         self._driver.end_epoch()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs) -> None:
-        decision = self._driver.validate((metrics or {}).get(self.metric), state.global_step, self.metric)
+        decision = self._driver.observe((metrics or {}).get(self.metric), state.global_step, name=self.metric)
         if decision is not None and decision.stop:
             control.should_training_stop = True
 
