@@ -23,7 +23,8 @@ import difflib
 import fnmatch
 import math
 import re
-from dataclasses import dataclass
+from abc import ABCMeta
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch.nn as nn
@@ -50,8 +51,11 @@ Setting = Union[Number, Callable[["ParamInfo"], Number], None]
 
 
 @dataclass(frozen=True)
-class Selector:
+class Selector(metaclass=ABCMeta):
     """Which parameters something applies to. All given criteria must hold (logical and).
+
+    A :class:`Rule` holds one (``rule.selector``) and is accepted wherever a selector is
+    (``isinstance(rule, Selector)`` holds: it reads as its selector).
 
     Args:
         pattern: shell glob over the parameter name or any of its aliases (``"layer4.*"``).
@@ -87,12 +91,12 @@ class Selector:
 
     def criteria(self) -> str:
         """The selector's criteria as text, for error messages."""
-        parts = [
-            f"{name}={getattr(self, name)!r}"
-            for name in ("pattern", "regex", "module_type", "ndim", "depth", "where")
-            if getattr(self, name) is not None
-        ]
+        parts = [f"{name}={getattr(self, name)!r}" for name in SELECTOR_FIELDS if getattr(self, name) is not None]
         return ", ".join(parts) or "everything"
+
+
+#: The criteria of a :class:`Selector`, in order (also :class:`Rule`'s first constructor arguments).
+SELECTOR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Selector))
 
 
 _RESERVED_OPTIONS = frozenset({"params", "param_names", "lr", "weight_decay"})
@@ -113,18 +117,33 @@ class _FrozenOptions(dict):
         return (_FrozenOptions, (dict(self),))
 
 
-@dataclass(frozen=True)
-class Rule(Selector):
-    """Select parameters (see :class:`Selector`) and set their lr, weight decay or frozen flag.
+@dataclass(frozen=True, init=False, repr=False)
+class Rule:
+    """Select parameters (a :class:`Selector`, its fields given directly or as ``selector=``) and set
+    their lr, weight decay, options, inner optimizer or frozen flag.
+
+    The selection is a field of the rule, apart from its settings: ``rule.selector``. The selector's
+    fields and methods read through the rule (``rule.pattern``, ``rule.matches(info)``,
+    ``rule.criteria()``), and a rule is accepted wherever a selector is.
 
     Example:
-        >>> Rule("fc.*", lr=1e-3).label
-        "Rule(pattern='fc.*', lr=0.001)"
+        >>> rule = Rule("fc.*", lr=1e-3)
+        >>> rule.label, rule.selector
+        ("Rule(pattern='fc.*', lr=0.001)", Selector(pattern='fc.*', regex=None, module_type=None, ndim=None, depth=None, where=None))
+        >>> Rule(selector=Selector(ndim=1), weight_decay=0.0) == Rule(ndim=1, weight_decay=0.0)
+        True
 
     Args:
+        pattern: shell glob over the parameter name or any of its aliases (see :class:`Selector`).
+        regex: regular expression searched in the name.
+        module_type: the owning module's type (or tuple of types).
+        ndim: the tensor's number of dimensions (or a tuple of them).
+        depth: an int, or an inclusive ``(low, high)`` range.
+        where: any predicate of :class:`ParamInfo`.
         lr: absolute learning rate (replaces the running value).
         lr_mult: multiplies the running learning rate.
-        weight_decay: absolute weight decay. wd_mult: multiplies it.
+        weight_decay: absolute weight decay.
+        wd_mult: multiplies the running weight decay.
         frozen: ``True`` freezes (not in the optimizer, ``requires_grad=False``), ``False`` trains.
         options: any other per-group option of the inner optimizer (``{"betas": (0.9, 0.95)}``,
             ``{"momentum": 0.8}``, Rprop's ``{"step_sizes": (1e-6, 1.0)}``); merged key by key, a
@@ -137,8 +156,14 @@ class Rule(Selector):
         allow_empty: if ``False`` (default) a rule that matches no parameter is an error.
         needs_depth: if ``True`` the rule is meaningless when every parameter has one depth, which
             is then an error (layer decay must never be a silent no-op).
+        selector: the selection as a :class:`Selector`; fields given directly replace its own.
+
+    Raises:
+        TypeError: ``options`` is not a mapping.
+        ValueError: ``options`` sets ``lr``, ``weight_decay``, ``params`` or ``param_names``.
     """
 
+    selector: Selector
     lr: Setting = None
     lr_mult: Setting = None
     weight_decay: Setting = None
@@ -150,7 +175,40 @@ class Rule(Selector):
     allow_empty: bool = False
     needs_depth: bool = False
 
+    def __init__(
+        self,
+        pattern: str | None = None,
+        regex: str | None = None,
+        module_type: type | tuple[type, ...] | None = None,
+        ndim: int | tuple[int, ...] | None = None,
+        depth: int | tuple[int | None, int | None] | None = None,
+        where: Callable[[ParamInfo], bool] | None = None,
+        lr: Setting = None,
+        lr_mult: Setting = None,
+        weight_decay: Setting = None,
+        wd_mult: Setting = None,
+        frozen: bool | None = None,
+        options: Mapping[str, Any] | None = None,
+        optimizer: str | None = None,
+        name: str | None = None,
+        allow_empty: bool = False,
+        needs_depth: bool = False,
+        *,
+        selector: Selector | None = None,
+    ) -> None:
+        given = {key: value for key, value in zip(SELECTOR_FIELDS, (pattern, regex, module_type, ndim, depth, where))
+                 if value is not None}
+        selector = Selector(**given) if selector is None else replace(selector, **given) if given else selector
+        settings = {"selector": selector, "lr": lr, "lr_mult": lr_mult, "weight_decay": weight_decay,
+                    "wd_mult": wd_mult, "frozen": frozen, "options": options, "optimizer": optimizer, "name": name,
+                    "allow_empty": allow_empty, "needs_depth": needs_depth}
+        for key, value in settings.items():
+            object.__setattr__(self, key, value)
+        self.__post_init__()
+
     def __post_init__(self) -> None:
+        if not isinstance(self.selector, Selector) or isinstance(self.selector, Rule):
+            raise TypeError(f"selector must be a Selector, got {self.selector!r}")
         if self.options is not None:
             if not isinstance(self.options, Mapping):
                 raise TypeError(f"options must be a mapping of option names to values, got {self.options!r}")
@@ -163,8 +221,37 @@ class Rule(Selector):
             # A frozen rule keeps a hashable, order-free copy.
             object.__setattr__(self, "options", _FrozenOptions(self.options))
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "selector" not in state:  # pickled when Rule subclassed Selector: its fields were the rule's
+            state = dict(state)
+            state["selector"] = Selector(**{key: state.pop(key, None) for key in SELECTOR_FIELDS})
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        values = [*(getattr(self.selector, key) for key in SELECTOR_FIELDS),
+                  *(getattr(self, f.name) for f in fields(self) if f.name != "selector")]
+        names = [*SELECTOR_FIELDS, *(f.name for f in fields(self) if f.name != "selector")]
+        return f"Rule({', '.join(f'{key}={value!r}' for key, value in zip(names, values))})"
+
+    # The selector's fields and methods, read through the rule.
+    pattern = property(lambda self: self.selector.pattern, doc="The selector's ``pattern``.")
+    regex = property(lambda self: self.selector.regex, doc="The selector's ``regex``.")
+    module_type = property(lambda self: self.selector.module_type, doc="The selector's ``module_type``.")
+    ndim = property(lambda self: self.selector.ndim, doc="The selector's ``ndim``.")
+    depth = property(lambda self: self.selector.depth, doc="The selector's ``depth``.")
+    where = property(lambda self: self.selector.where, doc="The selector's ``where``.")
+
+    def matches(self, info: ParamInfo) -> bool:
+        """Whether the rule's selector picks ``info`` (:meth:`Selector.matches`)."""
+        return self.selector.matches(info)
+
+    def criteria(self) -> str:
+        """The selector's criteria as text (:meth:`Selector.criteria`)."""
+        return self.selector.criteria()
+
     @property
     def label(self) -> str:
+        """The rule's ``name``, else ``Rule(<criteria>, <settings>)``."""
         if self.name is not None:
             return self.name
         settings = [
@@ -175,6 +262,9 @@ class Rule(Selector):
         if self.options:
             settings.append(f"options={dict(self.options)!r}")
         return f"Rule({', '.join([self.criteria(), *settings])})"
+
+
+Selector.register(Rule)  # a rule reads as its selector wherever a Selector is taken
 
 
 @dataclass(frozen=True)
