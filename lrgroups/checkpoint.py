@@ -141,6 +141,13 @@ def cast_like_torch(param: torch.Tensor, value: Any, group: Mapping[str, Any], k
 def first_names(names: Sequence[str], shown: int = SHOWN) -> str:
     """``"a, b, c"``, or ``"a, b, c, d, e and 12 more"`` past ``shown`` names.
 
+    Args:
+        names: the names.
+        shown: how many are written out.
+
+    Returns:
+        The text.
+
     Example:
         >>> first_names(["a", "b", "c"], shown=2)
         'a, b and 1 more'
@@ -191,6 +198,12 @@ def layout(slots: Sequence[Any], slot_settings: Sequence[Mapping[str, Any]], *, 
 def has_stepped(state_dict: Mapping[str, Any]) -> bool:
     """Whether a checkpoint comes from an optimizer past its first step: its lrgroups layout says so;
     a torch-layout one (no layout) when it holds any per-parameter state.
+
+    Args:
+        state_dict: the checkpoint.
+
+    Returns:
+        Whether the optimizer that saved it had stepped.
 
     Example:
         >>> has_stepped({"state": {}, "param_groups": []}), has_stepped({"state": {0: {}}, "param_groups": []})

@@ -490,6 +490,7 @@ class ParamInfo:
 
     @property
     def ndim(self) -> int:
+        """The tensor's number of dimensions."""
         return self.param.ndim
 
 

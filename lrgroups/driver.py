@@ -69,7 +69,14 @@ def _check_keys(what: str, given: Mapping[str, Any], target: Callable, set_here:
 
 
 def has_plateau(spec: Any) -> bool:
-    """Whether an unfreezing spec (its dict, or a recipe's) advances on a plateau of the metric."""
+    """Whether an unfreezing spec (its dict, or a recipe's) advances on a plateau of the metric.
+
+    Args:
+        spec: an :data:`UnfreezingSpec` (a callable's schedule is not known before it is built: False).
+
+    Returns:
+        Whether it has a plateau.
+    """
     unfreezing = spec if isinstance(spec, Mapping) else getattr(spec, "unfreezing", None) if _is_recipe(spec) else None
     return isinstance(unfreezing, Mapping) and unfreezing.get("plateau") is not None
 
@@ -200,9 +207,9 @@ class FineTuning:
     steps_per_epoch: int | None = None
     steps: int = 0
     l2sp: L2SP | None = None
-    _specs: tuple[UnfreezingSpec, EarlyStoppingSpec] | None = field(default=None, repr=False, compare=False)
-    _pending: dict[str, Any] | None = field(default=None, repr=False, compare=False)
-    _hook: Any = field(default=None, repr=False, compare=False)
+    _specs: tuple[UnfreezingSpec, EarlyStoppingSpec] | None = field(default=None, init=False, repr=False, compare=False)
+    _pending: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _hook: Any = field(default=None, init=False, repr=False, compare=False)
 
     # ---------------------------------------------------------------- built from a configuration
     @classmethod
@@ -220,7 +227,9 @@ class FineTuning:
             TypeError, ValueError: as :func:`check_specs`.
         """
         check_specs(unfreezing, early_stopping)
-        return cls(None, _specs=(unfreezing, early_stopping))
+        driver = cls(None)
+        driver._specs = (unfreezing, early_stopping)
+        return driver
 
     @property
     def unfreezing_spec(self) -> UnfreezingSpec:
@@ -322,7 +331,14 @@ class FineTuning:
         return None
 
     def after_validation(self, metric: float | torch.Tensor) -> bool:
-        """:meth:`observe` for a hand-written loop: whether training should stop."""
+        """:meth:`observe` for a hand-written loop.
+
+        Args:
+            metric: the validation metric (a float or a one-element tensor).
+
+        Returns:
+            Whether training should stop.
+        """
         decision = self.observe(metric)
         return decision is not None and decision.stop
 

@@ -80,9 +80,13 @@ class Unfreezing(Protocol):
     """What `EarlyStopping` needs of a progressive-unfreezing schedule."""
 
     @property
-    def stages_remaining(self) -> int: ...
+    def stages_remaining(self) -> int:
+        """Stages not unfrozen yet."""
+        ...
 
-    def advance(self, reason: str) -> None: ...
+    def advance(self, reason: str) -> list[str]:
+        """Unfreeze the next stage; returns the names unfrozen."""
+        ...
 
 
 def is_improvement(
@@ -162,6 +166,7 @@ class Plateau:
         )
 
     def state_dict(self) -> dict[str, Any]:
+        """The mode, the best value and its step, and the checks since it (plain values)."""
         return {
             "mode": self.mode,
             "best": self.best,
@@ -170,6 +175,11 @@ class Plateau:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (see :meth:`state_dict`).
+
+        Raises:
+            ValueError: the state was saved in the other mode.
+        """
         if state["mode"] != self.mode:
             raise ValueError(f"state was saved in mode {state['mode']!r}, this Plateau is {self.mode!r}")
         self.best, self.best_step = state["best"], state["best_step"]
@@ -233,7 +243,10 @@ class EarlyStopping:
     no improvement > 0.001 in the last 3 checks (best 0.4 at step 200)
 
     Args:
-        mode, patience, min_delta, relative: as for `Plateau`.
+        mode: ``"min"`` if lower is better, ``"max"`` if higher is (as for `Plateau`).
+        patience: checks without improvement that make a plateau (as for `Plateau`).
+        min_delta: the margin an improvement must exceed (as for `Plateau`).
+        relative: the margin is ``min_delta * |best|`` (as for `Plateau`).
         min_steps: no stop while ``step < min_steps``.
         stopping_threshold: stop once the metric is at least this good.
         divergence_threshold: stop once the metric is worse than this.

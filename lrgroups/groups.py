@@ -94,7 +94,13 @@ def param_groups(
         model: any ``nn.Module`` (DDP, ``torch.compile`` and peft wrappers are looked through).
         lr: the base learning rate, the start of every rule.
         weight_decay: the base weight decay; ``None`` leaves it to the optimizer.
-        rules, coarse, example_input, tied: as for :class:`~lrgroups.LayerwiseOptimizer`.
+        rules: ordered :class:`~lrgroups.Rule` s, as for :class:`~lrgroups.LayerwiseOptimizer`.
+        coarse: stage-wise depths, as for :class:`~lrgroups.LayerwiseOptimizer`.
+        example_input: how depths follow the data flow (see :func:`lrgroups.depth.param_layers`).
+        tied: where a tied embedding/output tensor goes (see :func:`lrgroups.depth.param_layers`).
+
+    Returns:
+        The group dicts, trainable parameters only (a group left empty is dropped).
 
     Raises:
         ValueError: as :func:`lrgroups.plan` (a rule matching nothing, a negative or non-finite lr,

@@ -238,7 +238,11 @@ class OwnedNormFreeze:
 
 
 def remove_all(handles: list[FrozenNormStats]) -> None:
-    """Remove every handle in ``handles`` and empty the list (idempotent)."""
+    """Remove every handle in ``handles`` and empty the list (idempotent).
+
+    Args:
+        handles: the handles (the optimizer's list, emptied in place).
+    """
     for handle in handles:
         handle.remove()
     handles.clear()

@@ -117,8 +117,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             the wrapper never touches the others (their ``requires_grad`` included), so two
             wrappers on disjoint parts of one model both train.
         coarse: stage-wise depths (timm ``group_matcher(coarse=True)``) instead of block-wise.
-        example_input / tied: how depths follow the data flow and where a tied embedding/output
-            tensor goes (see :func:`lrgroups.depth.param_layers`).
+        example_input: how depths follow the data flow (see :func:`lrgroups.depth.param_layers`).
+        tied: where a tied embedding/output tensor goes (see :func:`lrgroups.depth.param_layers`).
         norm_stats: what a frozen normalisation layer does with its running statistics:
             ``"freeze"`` (default: a norm layer this optimizer froze — by a rule, :meth:`freeze` or a
             schedule — runs in eval mode while it is frozen, so a frozen block does not change at

@@ -302,14 +302,20 @@ class Recipe:
         """Build the optimizer (and schedule, stopper) for ``model``; ``lr`` is the head's lr.
 
         Args:
-            model, optimizer, lr, weight_decay, **optimizer_kwargs: as for
-                :class:`~lrgroups.LayerwiseOptimizer` (``optimizer`` is its class or factory).
+            model: the model, as for :class:`~lrgroups.LayerwiseOptimizer`.
+            optimizer: the inner optimizer's class or factory, as for :class:`~lrgroups.LayerwiseOptimizer`.
+            lr: the head's learning rate (the base lr).
+            weight_decay: the base weight decay.
             total_steps: the training budget in optimizer steps (needed by recipes that place stages
                 within it).
             steps_per_epoch: makes :meth:`FineTuning.after_step` count epochs.
             probe: for recipes with a probe (:func:`lp_ft`): ``(features (N, D), labels (N,))`` of
                 the head's inputs (see :func:`head_features`), a callable ``model -> (features,
                 labels)``, or ``"fitted"`` when the head was already fitted.
+            **optimizer_kwargs: passed to the inner optimizer, as for :class:`~lrgroups.LayerwiseOptimizer`.
+
+        Returns:
+            The :class:`~lrgroups.driver.FineTuning` driver of the run.
 
         Raises:
             ValueError: ``total_steps`` missing where needed, ``probe`` missing or given to a

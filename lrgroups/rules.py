@@ -74,6 +74,7 @@ class Selector(metaclass=ABCMeta):
     where: Callable[[ParamInfo], bool] | None = None
 
     def matches(self, info: ParamInfo) -> bool:
+        """Whether every given criterion holds for the parameter ``info`` describes."""
         names = (info.name, *info.aliases)
         if self.pattern is not None and not any(fnmatch.fnmatchcase(n, self.pattern) for n in names):
             return False
@@ -234,12 +235,35 @@ class Rule:
         return f"Rule({', '.join(f'{key}={value!r}' for key, value in zip(names, values))})"
 
     # The selector's fields and methods, read through the rule.
-    pattern = property(lambda self: self.selector.pattern, doc="The selector's ``pattern``.")
-    regex = property(lambda self: self.selector.regex, doc="The selector's ``regex``.")
-    module_type = property(lambda self: self.selector.module_type, doc="The selector's ``module_type``.")
-    ndim = property(lambda self: self.selector.ndim, doc="The selector's ``ndim``.")
-    depth = property(lambda self: self.selector.depth, doc="The selector's ``depth``.")
-    where = property(lambda self: self.selector.where, doc="The selector's ``where``.")
+    @property
+    def pattern(self) -> str | None:
+        """The selector's ``pattern``."""
+        return self.selector.pattern
+
+    @property
+    def regex(self) -> str | None:
+        """The selector's ``regex``."""
+        return self.selector.regex
+
+    @property
+    def module_type(self) -> type | tuple[type, ...] | None:
+        """The selector's ``module_type``."""
+        return self.selector.module_type
+
+    @property
+    def ndim(self) -> int | tuple[int, ...] | None:
+        """The selector's ``ndim``."""
+        return self.selector.ndim
+
+    @property
+    def depth(self) -> int | tuple[int | None, int | None] | None:
+        """The selector's ``depth``."""
+        return self.selector.depth
+
+    @property
+    def where(self) -> Callable[[ParamInfo], bool] | None:
+        """The selector's ``where``."""
+        return self.selector.where
 
     def matches(self, info: ParamInfo) -> bool:
         """Whether the rule's selector picks ``info`` (:meth:`Selector.matches`)."""

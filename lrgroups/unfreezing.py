@@ -118,7 +118,8 @@ class ProgressiveUnfreezing:
         stages: what each stage unfreezes, in order (glob strings, :class:`~lrgroups.Selector` s or
             dicts of selector fields). Default: :func:`depth_stages` (head, then deepest first).
         depths_per_stage: with the default stages, how many depths each stage spans.
-        every_steps / every_epochs: advance after this many steps / epochs in a stage.
+        every_steps: advance after this many optimizer steps in a stage.
+        every_epochs: advance after this many epochs in a stage.
         plateau: a :class:`~lrgroups.Plateau` on a validation metric fed to :meth:`observe`.
         reset_patience_on_advance: reset the plateau's patience after each stage change (default True;
             :class:`~lrgroups.EarlyStopping`'s name for the same flag).

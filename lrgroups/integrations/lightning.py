@@ -172,6 +172,7 @@ class LayerwiseFinetuning(Callback):
         return self._driver.early_stopping
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Refuse a plain ``DDPStrategy`` (see :class:`LayerwiseDDPStrategy`)."""
         strategy = trainer.strategy
         if isinstance(strategy, DDPStrategy) and not isinstance(strategy, LayerwiseDDPStrategy):
             raise ValueError(
@@ -182,6 +183,7 @@ class LayerwiseFinetuning(Callback):
             )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Adopt the optimizer and build the schedule and the stopper over it (state loaded before applied)."""
         optimizers = trainer.optimizers
         if len(optimizers) <= self.optimizer_index:
             raise TypeError(f"configure_optimizers returned {len(optimizers)} optimizers; LayerwiseFinetuning needs a LayerwiseOptimizer")
@@ -197,11 +199,13 @@ class LayerwiseFinetuning(Callback):
         self._driver.build(optimizer, pl_module, total_steps=total_steps)  # counts optimizer steps by a step hook
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Count an epoch (and check the monitor with ``check_on_train_epoch_end=True``)."""
         self._driver.end_epoch()
         if self.check_on_train_epoch_end:
             self._check(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Feed the monitor to the plateau or the stopper (not in the sanity check)."""
         if trainer.sanity_checking or trainer.state.fn != "fit" or self.check_on_train_epoch_end:
             return
         self._check(trainer)
@@ -223,6 +227,7 @@ class LayerwiseFinetuning(Callback):
             trainer.should_stop = trainer.should_stop or stop
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remove the step hook the driver installed."""
         self._driver.close()
 
     def state_dict(self) -> dict[str, Any]:

@@ -137,6 +137,7 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
         self._driver.load_state_dict(state_dict)
 
     def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs) -> None:
+        """Build the schedule and the stopper over the Trainer's optimizer (saved state applied on resume)."""
         resuming = state.global_step > 0
         if resuming and self._driver.pending is None and self._driver.optimizer is None and (
             self.unfreezing is not None or self.early_stopping is not None
@@ -157,14 +158,17 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
         self._step_lrs = {f"learning_rate/{g['name']}": float(g["lr"]) for g in optimizer.param_groups}
 
     def on_epoch_end(self, args, state, control, **kwargs) -> None:
+        """Count an epoch."""
         self._driver.end_epoch()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs) -> None:
+        """Feed ``metric`` to the plateau or the stopper; a stop sets ``control.should_training_stop``."""
         decision = self._driver.observe((metrics or {}).get(self.metric), state.global_step, name=self.metric)
         if decision is not None and decision.stop:
             control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs) -> None:
+        """Add ``learning_rate/<group name>`` for every param group to the logs."""
         if logs is None or optimizer is None or "loss" not in logs and "learning_rate" not in logs:
             return
         lrs = self._step_lrs or {f"learning_rate/{g['name']}": float(g["lr"]) for g in unwrap(optimizer).param_groups}
@@ -173,6 +177,7 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
             state.log_history[-1].update(lrs)  # the Trainer appended a copy of logs before on_log
 
     def on_train_end(self, args, state, control, **kwargs) -> None:
+        """Remove the step hooks the callback installed."""
         self._driver.close()
         if self._lr_hook is not None:
             self._lr_hook.remove()
