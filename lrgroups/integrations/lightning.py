@@ -27,18 +27,15 @@ Example:
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Mapping
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torch.nn.parallel import DistributedDataParallel
 
-from ..distributed import wrap_ddp
+from ..distributed import every_parameter_registered
 from ..driver import EarlyStoppingSpec, FineTuning, UnfreezingSpec, has_plateau
 from ..early_stopping import EarlyStopping
 from ..unfreezing import ProgressiveUnfreezing
@@ -249,10 +246,11 @@ def _spec_key(spec: Any) -> Any:
 
 class LayerwiseDDPStrategy(DDPStrategy):
     """``DDPStrategy`` whose ``DistributedDataParallel`` registers every parameter for gradient
-    reduction, frozen ones included (:func:`lrgroups.wrap_ddp`), with ``find_unused_parameters=True``:
-    parameters frozen when Lightning wraps the model (by you, by peft) and unfrozen later are
-    reduced like the others, and frozen ones (no gradient) are skipped. Other arguments are
-    ``DDPStrategy``'s.
+    reduction, frozen ones included (as :func:`lrgroups.wrap_ddp` builds it: Lightning's public
+    ``configure_ddp`` runs inside :func:`lrgroups.distributed.every_parameter_registered`), with
+    ``find_unused_parameters=True``: parameters frozen when Lightning wraps the model (by you, by
+    peft) and unfrozen later are reduced like the others, and frozen ones (no gradient) are skipped.
+    Other arguments are ``DDPStrategy``'s.
 
     Raises:
         ValueError: ``find_unused_parameters=False`` (frozen parameters produce no gradient).
@@ -270,8 +268,8 @@ class LayerwiseDDPStrategy(DDPStrategy):
         kwargs["find_unused_parameters"] = True
         super().__init__(*args, **kwargs)
 
-    def _setup_model(self, model: torch.nn.Module) -> DistributedDataParallel:
-        device_ids = self.determine_ddp_device_ids()
-        context = torch.cuda.stream(torch.cuda.Stream()) if device_ids is not None else nullcontext()
-        with context:
-            return wrap_ddp(model, device_ids=device_ids, **self._ddp_kwargs)
+    def configure_ddp(self) -> None:
+        """Lightning's own ``configure_ddp`` (public), with every parameter registered for reduction
+        (:func:`lrgroups.distributed.every_parameter_registered`)."""
+        with every_parameter_registered(self.model):
+            super().configure_ddp()
