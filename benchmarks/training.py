@@ -56,7 +56,8 @@ class Device:
             torch.cuda.synchronize()
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
@@ -82,7 +83,7 @@ def resolve_device(choice: str = "auto", threads: int = CPU_THREADS) -> Device:
             raise RuntimeError("--device cuda but torch sees no CUDA device")
         return Device("cuda", torch.cuda.get_device_name(), None, autocast=True, channels_last=True)
     torch.set_num_threads(threads)
-    return Device("cpu", _cpu_name(), torch.get_num_threads(), autocast=False, channels_last=False)
+    return Device("cpu", cpu_name(), torch.get_num_threads(), autocast=False, channels_last=False)
 
 
 def batches(num_examples: int, batch_size: int, seed: int) -> Iterator[Tensor]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
 import platform
@@ -26,26 +25,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..store import atomic_write, versions
+from ..training import cpu_name
+
 ROOT = Path(__file__).resolve().parents[2]
 PERF_DIR = Path(__file__).resolve().parent
 QUICK_SCALE = 0.33
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _git(*args: str) -> str:
@@ -64,16 +49,17 @@ def environment(command: str, scale: float) -> dict[str, Any]:
     if changed:
         commit += f" (plus uncommitted changes to {len(changed.splitlines())} files under lrgroups/ or benchmarks/perf/)"
     cuda = torch.cuda.is_available()
+    found = versions(("lrgroups", "timm", "pytest-benchmark"))
     return {
         "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
         "git commit": commit,
-        "lrgroups": _version("lrgroups"),
+        "lrgroups": found["lrgroups"],
         "torch": torch.__version__,
-        "timm": _version("timm"),
-        "pytest-benchmark": _version("pytest-benchmark"),
+        "timm": found["timm"],
+        "pytest-benchmark": found["pytest-benchmark"],
         "python": platform.python_version(),
         "device": "cuda" if cuda else "cpu",
-        "CPU": f"{_cpu_name()} ({os.cpu_count()} logical cores)",
+        "CPU": f"{cpu_name()} ({os.cpu_count()} logical cores)",
         "GPU": torch.cuda.get_device_name(0) if cuda else "none",
         "torch threads": torch.get_num_threads(),
         "load average at start (1 min)": f"{os.getloadavg()[0]:.2f}",
@@ -104,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         from .report import render
 
         env = json.loads((out / "environment.json").read_text())
-        (out / "perf.md").write_text(render(json.loads((out / "perf.json").read_text()), env))
+        atomic_write(out / "perf.md", render(json.loads((out / "perf.json").read_text()), env))
         print(f"wrote {out / 'perf.md'}")
         return 0
 
@@ -154,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     from .report import render
 
     env["load average at end (1 min)"] = f"{os.getloadavg()[0]:.2f}"
-    (out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
+    atomic_write(out / "environment.json", json.dumps(env, indent=2) + "\n")
     results = json.loads(results_path.read_text())
-    (out / "perf.md").write_text(render(results, env))
+    atomic_write(out / "perf.md", render(results, env))
     print(f"wrote {out / 'perf.md'} and {results_path}")
     return code
 
