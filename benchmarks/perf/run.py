@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from ..store import atomic_write, versions
-from ..training import cpu_name
 
 ROOT = Path(__file__).resolve().parents[2]
 PERF_DIR = Path(__file__).resolve().parent
@@ -43,6 +42,8 @@ def _git(*args: str) -> str:
 def environment(command: str, scale: float) -> dict[str, Any]:
     """What the numbers depend on: versions, hardware, threads, commit, date, load."""
     import torch
+
+    from ..training import cpu_name
 
     commit = _git("rev-parse", "HEAD") or "unknown"
     changed = _git("status", "--porcelain", "--", "lrgroups", "benchmarks/perf")
