@@ -11,7 +11,7 @@ what it holds:
   left side: ``lp_ft``, ``wise``, ``l2_sp``, ``surgical``, ``discriminative``, ``gradual_unfreezing``,
   ``layer_decay``) with its verdict in each committed run that tests it;
 - ``perf-table``: the summary table of ``results/perf/perf.md``;
-- ``api-index``: every public name of ``lrgroups`` (its ``__all__``) and of the integrations, with the
+- ``api-index``: every public name of ``lrgroups`` (its ``__all__``), of the training driver and of the integrations, with the
   first sentence of its docstring (read statically by griffe, as the API pages are).
 
 ``python -m benchmarks docs-tables`` rewrites every block of README.md and docs/**/*.md;
@@ -110,8 +110,8 @@ def perf_table(perf_md: Path) -> str:
     return "\n".join(table).strip()
 
 
-#: The integration modules whose public classes the API index lists beside ``lrgroups.__all__``.
-INTEGRATIONS = ("lrgroups.integrations.lightning", "lrgroups.integrations.transformers")
+#: Modules whose public classes the API index lists beside ``lrgroups.__all__``.
+INTEGRATIONS = ("lrgroups.driver", "lrgroups.integrations.lightning", "lrgroups.integrations.transformers")
 _ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):`~?([^`]+)`")
 
 

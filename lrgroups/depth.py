@@ -31,18 +31,22 @@ DDP, DataParallel, ``torch.compile`` and peft's ``PeftModel`` (names are the bar
 modules that own no parameter and hold all of them in one child (``.module``, ``.model``, peft's
 ``base_model.model``: names keep that prefix; timm's ``group_matcher`` patterns apply to the names
 without it, and the layers are those of the child).
+
+:func:`describe` turns depths into one :class:`ParamInfo` per parameter tensor (what rules read);
+the forward pass that orders layers is :mod:`lrgroups.tracing`'s.
 """
 
 from __future__ import annotations
 
-import itertools
+import fnmatch
 import warnings
-import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, NamedTuple
 
 import torch
 import torch.nn as nn
+
+from .tracing import Trace, trace_model
 
 __all__ = [
     "DepthInfo",
@@ -55,6 +59,9 @@ __all__ = [
     "unwrap_model",
     "find_head",
     "is_norm",
+    "is_container",
+    "ParamInfo",
+    "describe",
 ]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -65,8 +72,6 @@ _NORMS = (
     nn.LocalResponseNorm,
     nn.RMSNorm,
 )
-_CONV_SIZES = (32, 64, 224)
-_MAX_CANDIDATES = 12  # input shapes tried before falling back to registration order
 
 Tied = Literal["head", "embedding"]
 
@@ -126,6 +131,12 @@ def is_norm(module: nn.Module) -> bool:
     """True for normalisation layers (batch/instance/layer/group/RMS norm and their subclasses,
     which covers timm's norm layers)."""
     return isinstance(module, _NORMS)
+
+
+def is_container(module: nn.Module) -> bool:
+    """True for the plain containers (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``), which
+    group layers without being a layer or a block themselves."""
+    return isinstance(module, _CONTAINERS)
 
 
 def _has_params(module: nn.Module) -> bool:
@@ -264,236 +275,8 @@ def find_head(model: nn.Module) -> nn.Module | None:
     return linears[-1] if linears else None
 
 
-# ---------------------------------------------------------------------------- data flow
-@dataclass(frozen=True)
-class _Trace:
-    """What one forward pass showed, by object id (valid while the model's structure is unchanged)."""
-
-    first_call: dict[int, int]  # module -> its first call; parameter -> its first use (one clock)
-    head_modules: frozenset[int]  # modules whose output reaches the model output directly
-    head_params: frozenset[int]  # parameters used directly at the output (a functional tied layer)
-    feeds: dict[int, frozenset[int]]  # head module -> the modules whose output flows into it
-
-
-_TRACES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def _grad_fns(value: Any) -> list:
-    if isinstance(value, torch.Tensor):
-        return [value.grad_fn] if value.grad_fn is not None else []
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        return [fn for item in value for fn in _grad_fns(item)]
-    return []
-
-
-def _next(node) -> list:
-    return [fn for fn, _ in node.next_functions if fn is not None]
-
-
-def _direct_weights(node, produced: dict) -> set[int]:
-    """The parameters ``node`` consumes through views only, when one of them has 2 or more
-    dimensions (``F.linear(h, embedding.weight, bias)``: a functional layer); else none."""
-    found = []
-    for fn in _next(node):
-        while fn not in produced and type(fn).__name__ != "AccumulateGrad" and len(_next(fn)) == 1:
-            fn = _next(fn)[0]
-        if type(fn).__name__ == "AccumulateGrad":
-            found.append(fn.variable)
-    return {id(p) for p in found} if any(p.ndim >= 2 for p in found) else set()
-
-
-def _reach(starts: list) -> set:
-    seen, stack = set(), list(starts)
-    while stack:
-        node = stack.pop()
-        if node not in seen:
-            seen.add(node)
-            stack.extend(_next(node))
-    return seen
-
-
-def _run_trace(model: nn.Module, args: tuple, kwargs: dict) -> _Trace:
-    clock = itertools.count()
-    first_call: dict[int, int] = {}  # module or parameter -> first call / first use
-    produced: dict[Any, set[int]] = {}  # grad_fn -> modules whose output it is
-    params = list(model.parameters())
-    param_ids = {id(p) for p in params}
-
-    def before(module, _args):
-        if id(module) not in first_call:
-            first_call[id(module)] = next(clock)
-
-    def after(module, _args, output):
-        for fn in _grad_fns(output):
-            produced.setdefault(fn, set()).add(id(module))
-
-    class FirstUse(torch.overrides.TorchFunctionMode):
-        """Records when each parameter is first used (also by functional code, outside its module)."""
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            for value in (*args, *(kwargs or {}).values()):
-                if isinstance(value, torch.Tensor) and id(value) in param_ids and id(value) not in first_call:
-                    first_call[id(value)] = next(clock)
-            return func(*args, **(kwargs or {}))
-
-    modules = [m for m in model.modules() if _has_params(m)]
-    requires_grad = [p.requires_grad for p in params]
-    training = [(m, m.training) for m in model.modules()]
-    handles = [m.register_forward_pre_hook(before) for m in modules]
-    # The model's own output (also that of the wrapped model inside a wrapper: a module holding every
-    # parameter) is where the search for heads starts, not a layer's output.
-    handles += [m.register_forward_hook(after) for m in modules if len(list(m.parameters())) < len(params)]
-    try:
-        model.eval()
-        for p in params:
-            p.requires_grad_(True)
-        # eager, also for a model compiled in place (``model.compile()``): Dynamo would trace the hooks
-        # and this mode (pytorch#117758, #105653) instead of the model
-        with torch.compiler.set_stance("force_eager"), torch.enable_grad(), FirstUse():
-            output = model(*args, **kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for p, flag in zip(params, requires_grad):
-            p.requires_grad_(flag)
-        for m, flag in training:
-            m.training = flag
-    head_modules: set[int] = set()
-    head_params: set[int] = set()
-    hits: dict[int, list] = {}
-    seen, stack = set(), _grad_fns(output)
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if node in produced:
-            for module_id in produced[node]:
-                head_modules.add(module_id)
-                hits.setdefault(module_id, []).append(node)
-            continue
-        if type(node).__name__ == "AccumulateGrad":
-            head_params.add(id(node.variable))
-            continue
-        direct = _direct_weights(node, produced)
-        if direct:
-            head_params |= direct
-            continue
-        stack.extend(_next(node))
-    feeds = {}
-    for module_id, nodes in hits.items():
-        reach = _reach(nodes) - set(nodes)
-        feeds[module_id] = frozenset(m for node in reach if node in produced for m in produced[node])
-    return _Trace(first_call, frozenset(head_modules), frozenset(head_params), feeds)
-
-
-def _as_call(example_input: Any) -> tuple[tuple, dict]:
-    if isinstance(example_input, dict):
-        return (), dict(example_input)
-    if isinstance(example_input, (tuple, list)):
-        return tuple(example_input), {}
-    return (example_input,), {}
-
-
-def _candidate_inputs(model: nn.Module) -> Iterator[tuple[tuple, dict]]:
-    """Inputs the model may accept, from what it declares (Lightning's ``example_input_array``,
-    Hugging Face's ``dummy_inputs``, timm's ``pretrained_cfg["input_size"]``) or from the shape its
-    first layers read (an ``nn.Embedding``: token ids; a conv: an image of 32, 64 or 224 pixels; a
-    linear: a feature vector)."""
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype if param.is_floating_point() else torch.float32
-    declared = getattr(model, "example_input_array", None)
-    if declared is not None:
-        yield _as_call(declared)
-    try:
-        dummy = getattr(model, "dummy_inputs", None)
-    except Exception:  # a property that cannot build its inputs
-        dummy = None
-    if isinstance(dummy, dict):
-        yield (), {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in dummy.items()}
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if isinstance(cfg, dict) and cfg.get("input_size"):
-        yield (torch.zeros(1, *cfg["input_size"], device=device, dtype=dtype),), {}
-    layers = sorted(
-        (m for m in model.modules() if isinstance(m, (nn.Embedding, nn.modules.conv._ConvNd, nn.Linear))),
-        key=lambda m: not (isinstance(m, nn.Embedding) or getattr(m, "in_channels", None) in (1, 3)),
-    )  # images and token ids first, then in registration order
-    tried: set = set()
-    for module in layers:
-        if isinstance(module, nn.Embedding):
-            shapes = [("ids", (1, 8), module.num_embeddings)]
-        elif isinstance(module, nn.modules.conv._ConvNd):
-            spatial = len(module.kernel_size)
-            shapes = [("x", (1, module.in_channels) + (size,) * spatial, None) for size in _CONV_SIZES]
-        else:
-            shapes = [("x", (1, module.in_features), None), ("x", (1, 4, module.in_features), None)]
-        for kind, shape, high in shapes:
-            if (kind, shape) in tried or len(tried) >= _MAX_CANDIDATES:
-                continue
-            tried.add((kind, shape))
-            if kind == "ids":
-                yield (torch.ones(shape, dtype=torch.long, device=device) * min(1, high - 1),), {}
-            else:
-                yield (torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device, dtype),), {}
-
-
-def _signature(model: nn.Module) -> tuple:
-    return tuple((name, id(m)) for name, m in model.named_modules(remove_duplicate=False)) + tuple(
-        id(p) for p in model.parameters()
-    )
-
-
-def _input_key(example_input: Any) -> Any:
-    if example_input is None:
-        return "auto"
-    if isinstance(example_input, torch.Tensor):
-        return ("tensor", tuple(example_input.shape), example_input.dtype, str(example_input.device))
-    if isinstance(example_input, dict):
-        return ("dict", tuple((k, _input_key(v)) for k, v in example_input.items()))
-    if isinstance(example_input, (tuple, list)):
-        return ("seq", tuple(_input_key(v) for v in example_input))
-    return ("object", id(example_input))
-
-
-def _trace(model: nn.Module, example_input: Any) -> tuple[_Trace | None, str]:
-    """The cached trace of ``model`` on ``example_input`` (or on an input built from the model),
-    and why there is none when it is None.
-
-    Raises:
-        ValueError: the model fails on the ``example_input`` the user gave.
-    """
-    per_model = _TRACES.setdefault(model, {})
-    key = (_signature(model), _input_key(example_input))
-    if key in per_model:
-        return per_model[key]
-    if example_input is not None:
-        args, kwargs = _as_call(example_input)
-        try:
-            result = (_run_trace(model, args, kwargs), "")
-        except Exception as error:
-            raise ValueError(
-                f"{type(model).__name__} failed on example_input (needed to order its layers by data "
-                f"flow): {type(error).__name__}: {error}"
-            ) from error
-    elif any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
-        result = (None, "it has uninitialized (lazy) parameters")
-    else:
-        result = (None, "no input built from its layers' shapes ran")
-        for args, kwargs in _candidate_inputs(model):
-            try:
-                result = (_run_trace(model, args, kwargs), "")
-                break
-            except Exception as error:
-                result = (None, f"no input built from its layers' shapes ran (last: {type(error).__name__}: {error})")
-    per_model.clear()  # one structure, one input kept per model
-    per_model[key] = result
-    return result
-
-
 # ---------------------------------------------------------------------------- heads
-def _module_heads(model: nn.Module, prefix: str, units: list[_Unit], trace: _Trace) -> set[int]:
+def _module_heads(model: nn.Module, prefix: str, units: list[_Unit], trace: Trace) -> set[int]:
     """Tensor ids of every head: units whose output reaches the model output directly and that feed
     no other such unit, plus tensors used directly at the output. With two heads or more, a head
     also takes the layers that only it uses inside the smallest module around it that holds no
@@ -544,19 +327,22 @@ def _input_embeddings(model: nn.Module) -> set[int]:
     return ids
 
 
-def _registrations(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
-    """Every ``(name, owning module)`` under which each tensor (by id) is registered."""
-    found: dict[int, list[tuple[str, nn.Module]]] = {}
+def _registrations(model: nn.Module) -> list[tuple[str, nn.Parameter, nn.Module]]:
+    """Every ``(name, tensor, owning module)`` registration of a parameter, in registration order,
+    shared tensors once per registration (public ``named_parameters(recurse=False,
+    remove_duplicate=False)`` of every module)."""
+    found = []
     for module_name, module in model.named_modules(remove_duplicate=False):
         prefix = module_name + "." if module_name else ""
-        for param_name, param in module._parameters.items():
-            if param is not None:
-                found.setdefault(id(param), []).append((prefix + param_name, module))
+        for param_name, param in module.named_parameters(recurse=False, remove_duplicate=False):
+            found.append((prefix + param_name, param, module))
     return found
 
 
 def _warn_tied(model: nn.Module, tied_ids: set[int]) -> None:
-    registrations = _registrations(model)
+    registrations: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, param, module in _registrations(model):
+        registrations.setdefault(id(param), []).append((name, module))
     for tensor_id in tied_ids:
         roles = registrations.get(tensor_id, [])
         embedding = next((n for n, m in roles if isinstance(m, nn.Embedding)), roles[0][0] if roles else "?")
@@ -629,7 +415,7 @@ def param_layers(
             for name, p in named
         }
     units = list(_units(core, prefix, coarse))
-    trace, why = _trace(model, example_input)
+    trace, why = trace_model(model, example_input)
     if trace is None:
         warnings.warn(
             f"{type(model).__name__}: depths follow registration order because {why}; pass "
@@ -676,3 +462,111 @@ def param_depths(
     """
     layers = param_layers(model, coarse, example_input=example_input, tied=tied)
     return {name: info.depth for name, info in layers.items()}
+
+
+# ---------------------------------------------------------------------------- parameter descriptions
+@dataclass(frozen=True)
+class ParamInfo:
+    """What a rule may look at for one parameter (tied weights appear once, under their first name).
+
+    ``depth``/``max_depth`` come from :mod:`lrgroups.depth`; ``is_head`` marks the parameters of
+    every head (one flag per tensor, whatever its names); ``depth_source`` says where the depth came
+    from (``"timm group_matcher"``, ``"forward order"``, ``"registration order"``, with ``"; head"``
+    for heads moved to the top depth and the tied-embedding treatment, see
+    :func:`lrgroups.depth.param_layers`); ``no_weight_decay`` marks names the model lists in its own
+    ``no_weight_decay()``.
+    """
+
+    name: str
+    aliases: tuple[str, ...]
+    param: torch.Tensor = field(repr=False, compare=False)
+    module: nn.Module = field(repr=False, compare=False)
+    depth: int
+    max_depth: int
+    is_head: bool
+    is_norm: bool
+    no_weight_decay: bool
+    depth_source: str = ""
+
+    @property
+    def ndim(self) -> int:
+        """The tensor's number of dimensions."""
+        return self.param.ndim
+
+
+def describe(
+    model: nn.Module, coarse: bool = False, *, example_input: Any = None, tied: Tied | None = None
+) -> list[ParamInfo]:
+    """One :class:`ParamInfo` per distinct parameter tensor of ``model``, in registration order.
+
+    Args:
+        model: any ``nn.Module`` (wrappers are looked through; a tensor's names under the module
+            given are among its aliases).
+        coarse: stage-wise depths (see :func:`param_layers`).
+        example_input: how depth follows the data flow (see :func:`param_layers`).
+        tied: where a tied embedding/output tensor goes (see :func:`param_layers`).
+
+    Returns:
+        The descriptions, one per tensor (its first registered name is its name, later ones its aliases).
+
+    Raises:
+        ValueError: as :func:`param_layers`.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> infos = describe(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)), example_input=torch.randn(1, 4))
+        >>> [(i.name, i.depth, i.is_head, i.depth_source) for i in infos][-1]
+        ('1.bias', 1, True, 'forward order; head')
+    """
+    given, model = model, unwrap_model(model)
+    layers = param_layers(model, coarse, example_input=example_input, tied=tied)
+    by_id = {id(param): layers[name] for name, param in model.named_parameters()}
+    max_depth = max((layer.depth for layer in layers.values()), default=0)
+    no_wd = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
+
+    # One walk over every (module, parameter) registration, shared ones included: the first name of
+    # a tensor is its name (as in ``named_parameters()``), later ones are its aliases.
+    names: dict[int, list[str]] = {}
+    first: list[tuple[str, torch.Tensor, nn.Module]] = []
+    for name, param, module in _registrations(model):
+        if id(param) not in names:
+            names[id(param)] = []
+            first.append((name, param, module))
+        names[id(param)].append(name)
+    if given is not model:  # the names of the module the user passed (peft's base_model.model., DDP's module.)
+        for name, param in given.named_parameters(remove_duplicate=False):
+            if id(param) in names and name not in names[id(param)]:
+                names[id(param)].append(name)
+
+    infos = []
+    for name, param, module in first:
+        layer = by_id[id(param)]
+        infos.append(
+            ParamInfo(
+                name=name,
+                aliases=tuple(names[id(param)][1:]),
+                param=param,
+                module=module,
+                depth=layer.depth,
+                max_depth=max_depth,
+                is_head=layer.is_head,
+                is_norm=is_norm(module),
+                no_weight_decay=any(fnmatch.fnmatchcase(name, pattern) for pattern in no_wd),
+                depth_source=layer.source,
+            )
+        )
+    return infos
+
+
+def describe_nonempty(
+    model: nn.Module, coarse: bool = False, *, example_input: Any = None, tied: Tied | None = None
+) -> list[ParamInfo]:
+    """:func:`describe`, refusing a model without parameters.
+
+    Raises:
+        ValueError: the model has no parameters (and as :func:`describe`).
+    """
+    infos = describe(model, coarse, example_input=example_input, tied=tied)
+    if not infos:
+        raise ValueError(f"{type(unwrap_model(model)).__name__} has no parameters to optimize")
+    return infos

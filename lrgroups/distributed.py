@@ -26,28 +26,66 @@ torch's loader raises: save ``opt.state_dict()`` itself then.
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["wrap_ddp"]
+__all__ = ["wrap_ddp", "every_parameter_registered"]
+
+
+@contextmanager
+def every_parameter_registered(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block every parameter of ``model`` requires grad, so a ``DistributedDataParallel``
+    built there registers them all for gradient reduction, frozen ones included; on leaving (also on
+    an error) the frozen ones are frozen again. What :func:`wrap_ddp` and Lightning's
+    ``LayerwiseDDPStrategy`` build DDP in.
+
+    Args:
+        model: the model DDP is about to wrap.
+
+    Yields:
+        ``model``.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> model = nn.Linear(2, 2).requires_grad_(False)
+        >>> with every_parameter_registered(model):
+        ...     model.weight.requires_grad
+        True
+        >>> model.weight.requires_grad
+        False
+    """
+    frozen = [param for param in model.parameters() if not param.requires_grad]
+    for param in frozen:
+        param.requires_grad_(True)
+    try:
+        yield model
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
 
 
 def wrap_ddp(model: nn.Module, **ddp_kwargs: Any) -> DistributedDataParallel:
     """``DistributedDataParallel(model, find_unused_parameters=True, **ddp_kwargs)`` built with every
     parameter registered for gradient reduction, frozen ones included; ``requires_grad`` is left as
-    it was. ``find_unused_parameters=False`` is refused: frozen parameters produce no gradient."""
+    it was.
+
+    Args:
+        model: the model to wrap.
+        **ddp_kwargs: ``DistributedDataParallel``'s arguments (``device_ids``, ...).
+
+    Returns:
+        The DDP module.
+
+    Raises:
+        ValueError: ``find_unused_parameters=False`` (frozen parameters produce no gradient).
+    """
     if ddp_kwargs.get("find_unused_parameters") is False:
         raise ValueError(
             "wrap_ddp needs find_unused_parameters=True: frozen parameters produce no gradient"
         )
     ddp_kwargs["find_unused_parameters"] = True
-    frozen = [param for param in model.parameters() if not param.requires_grad]
-    for param in frozen:
-        param.requires_grad_(True)
-    try:
+    with every_parameter_registered(model):
         return DistributedDataParallel(model, **ddp_kwargs)
-    finally:
-        for param in frozen:
-            param.requires_grad_(False)

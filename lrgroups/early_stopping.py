@@ -81,11 +81,11 @@ class Unfreezing(Protocol):
 
     @property
     def stages_remaining(self) -> int:
-        """How many stages are still frozen (0 after the last)."""
+        """Stages not unfrozen yet."""
         ...
 
-    def advance(self, reason: str) -> None:
-        """Unfreeze the next stage; ``reason`` says why (logged, kept in the schedule's history)."""
+    def advance(self, reason: str) -> list[str]:
+        """Unfreeze the next stage; returns the names unfrozen."""
         ...
 
 
@@ -166,7 +166,7 @@ class Plateau:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """The plateau's state (mode, best value and step, checks since improvement): plain Python types."""
+        """The mode, the best value and its step, and the checks since it (plain values)."""
         return {
             "mode": self.mode,
             "best": self.best,
@@ -175,10 +175,10 @@ class Plateau:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict`.
+        """Continue from ``state`` (see :meth:`state_dict`).
 
         Raises:
-            ValueError: ``state`` was saved in the other mode.
+            ValueError: the state was saved in the other mode.
         """
         if state["mode"] != self.mode:
             raise ValueError(f"state was saved in mode {state['mode']!r}, this Plateau is {self.mode!r}")
@@ -243,10 +243,10 @@ class EarlyStopping:
     no improvement > 0.001 in the last 3 checks (best 0.4 at step 200)
 
     Args:
-        mode: as for :class:`Plateau`.
-        patience: as for :class:`Plateau`.
-        min_delta: as for :class:`Plateau`.
-        relative: as for :class:`Plateau`.
+        mode: ``"min"`` if lower is better, ``"max"`` if higher is (as for `Plateau`).
+        patience: checks without improvement that make a plateau (as for `Plateau`).
+        min_delta: the margin an improvement must exceed (as for `Plateau`).
+        relative: the margin is ``min_delta * |best|`` (as for `Plateau`).
         min_steps: no stop while ``step < min_steps``.
         stopping_threshold: stop once the metric is at least this good.
         divergence_threshold: stop once the metric is worse than this.

@@ -25,7 +25,8 @@ from typing import Any
 
 import torch.nn as nn
 
-from .rules import ParamPlan, Rule, describe_nonempty, plan_params
+from .depth import describe_nonempty
+from .rules import ParamPlan, Rule, plan_params
 
 
 def group_settings(rows: Sequence[ParamPlan], optimizers: Sequence[str | None] = (None,)) -> tuple[list[tuple], list[list[int]]]:
@@ -93,10 +94,13 @@ def param_groups(
         model: any ``nn.Module`` (DDP, ``torch.compile`` and peft wrappers are looked through).
         lr: the base learning rate, the start of every rule.
         weight_decay: the base weight decay; ``None`` leaves it to the optimizer.
-        rules: as for :class:`~lrgroups.LayerwiseOptimizer`.
-        coarse: as for :class:`~lrgroups.LayerwiseOptimizer`.
-        example_input: as for :class:`~lrgroups.LayerwiseOptimizer`.
-        tied: as for :class:`~lrgroups.LayerwiseOptimizer`.
+        rules: ordered :class:`~lrgroups.Rule` s, as for :class:`~lrgroups.LayerwiseOptimizer`.
+        coarse: stage-wise depths, as for :class:`~lrgroups.LayerwiseOptimizer`.
+        example_input: how depths follow the data flow (see :func:`lrgroups.depth.param_layers`).
+        tied: where a tied embedding/output tensor goes (see :func:`lrgroups.depth.param_layers`).
+
+    Returns:
+        The group dicts, trainable parameters only (a group left empty is dropped).
 
     Raises:
         ValueError: as :func:`lrgroups.plan` (a rule matching nothing, a negative or non-finite lr,

@@ -31,7 +31,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from .rules import Selector, describe
+from .depth import describe
+from .rules import Selector
 
 __all__ = ["L2SP"]
 

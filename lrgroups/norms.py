@@ -26,15 +26,15 @@ Example:
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .depth import unwrap_model
+from .depth import is_container, unwrap_model
 
-__all__ = ["batch_norms", "freeze_norm_stats", "FrozenNormStats", "precise_bn"]
+__all__ = ["batch_norms", "freeze_norm_stats", "FrozenNormStats", "precise_bn", "norm_units"]
 
 ModuleSelector = Union[str, Callable[[str, nn.Module], bool], None]
 
@@ -80,9 +80,20 @@ def _selected(model: nn.Module, selector: ModuleSelector, what: str) -> dict[str
 
 class FrozenNormStats:
     """The handle :func:`freeze_norm_stats` returns: the frozen layers, ``remove()``, and a context
-    manager that removes on exit. The one mechanism in lrgroups that hooks norm layers: the
-    :class:`~lrgroups.LayerwiseOptimizer` holds one per norm layer it manages, with ``active``
-    (``module -> bool``, checked at every forward) saying whether the layer counts as frozen now."""
+    manager that removes on exit.
+
+    The one mechanism in lrgroups that hooks norm layers: the :class:`~lrgroups.LayerwiseOptimizer`
+    holds one per norm layer it manages, with ``active`` (``module -> bool``, checked at every
+    forward) saying whether the layer counts as frozen now. Among the handles with an ``active``
+    predicate on one layer only the newest not removed decides (found through the layer's own
+    forward pre-hooks, in registration order, as torch's ``weight_norm`` finds its hook): removing it
+    hands the decision back to the one before. Handles without a predicate (``freeze_norm_stats``)
+    always freeze their layers.
+
+    Args:
+        modules: the layers by name (BatchNorm or InstanceNorm layers: ``_NormBase`` subclasses).
+        active: ``module -> bool``, whether a layer counts as frozen at this forward; ``None``: always.
+    """
 
     def __init__(self, modules: Mapping[str, nn.modules.batchnorm._NormBase],
                  active: Callable[[nn.Module], bool] | None = None) -> None:
@@ -94,9 +105,19 @@ class FrozenNormStats:
             self._handles.append(module.register_forward_pre_hook(self._before))
             self._handles.append(module.register_forward_hook(self._after, always_call=True))
 
+    def _decides(self, module: nn.Module) -> bool:
+        if self._active is None:
+            return True
+        newest = None
+        for hook in module._forward_pre_hooks.values():  # registration order: the last one is the newest
+            owner = getattr(hook, "__self__", None)
+            if isinstance(owner, FrozenNormStats) and owner._active is not None:
+                newest = owner
+        return newest is self and self._active(module)
+
     def _before(self, module: nn.Module, args: tuple) -> None:
         # momentum None: an explicit re-estimation (swa_utils.update_bn, Lightning's SWA, precise_bn) wins
-        if module.training and module.momentum is not None and (self._active is None or self._active(module)):
+        if module.training and module.momentum is not None and self._decides(module):
             module.training = False
             self._switched.add(id(module))
 
@@ -106,7 +127,8 @@ class FrozenNormStats:
             self._switched.discard(id(module))
 
     def remove(self) -> None:
-        """Remove the hooks: the layers follow ``model.train()`` / ``model.eval()`` again."""
+        """Remove the hooks: the layers follow ``model.train()`` / ``model.eval()`` again (or the
+        previous handle with an ``active`` predicate decides)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -120,6 +142,110 @@ class FrozenNormStats:
     def __repr__(self) -> str:
         state = "active" if self._handles else "removed"
         return f"FrozenNormStats({len(self.modules)} BatchNorm layers, {state})"
+
+
+def norm_units(model: nn.Module, params: Sequence[torch.Tensor]) -> list[tuple[nn.Module, list[int]]]:
+    """The norm layers with running statistics (BatchNorm and InstanceNorm: ``_NormBase``) whose
+    frozen state ``params`` decide, each with the indices (into ``params``) of the parameters that
+    decide it: its own parameters; for a norm without parameters, those of its block (the nearest
+    enclosing module other than the model and the plain containers that has parameters), else those
+    of the layer registered just before it. A norm decided by a parameter not in ``params`` is left
+    out.
+
+    Args:
+        model: the bare model (no DDP or compile wrapper).
+        params: the parameters an optimizer manages, in its order.
+
+    Returns:
+        ``[(norm layer, sorted parameter indices)]`` in module order.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3, affine=False), nn.Linear(3, 1))
+        >>> [(type(m).__name__, idx) for m, idx in norm_units(model, list(model.parameters()))]
+        [('BatchNorm1d', [0, 1])]
+    """
+    index = {id(param): i for i, param in enumerate(params)}
+    modules = dict(model.named_modules())
+    units = []
+    for name, module in modules.items():
+        if not isinstance(module, nn.modules.batchnorm._NormBase):
+            continue
+        own = list(module.parameters())
+        if not own:
+            own = _block_params(model, modules, name)
+        if own and all(id(p) in index for p in own):
+            units.append((module, sorted({index[id(p)] for p in own})))
+    return units
+
+
+def _block_params(model: nn.Module, modules: dict[str, nn.Module], name: str) -> list[torch.Tensor]:
+    parts = name.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        ancestor = modules[".".join(parts[:depth])]
+        if not is_container(ancestor):
+            params = list(ancestor.parameters())
+            if params:
+                return params
+    parent = modules[".".join(parts[:-1])] if len(parts) > 1 else model
+    before = []
+    for child_name, child in parent.named_children():
+        if child_name == parts[-1]:
+            break
+        if next(child.parameters(), None) is not None:
+            before = list(child.parameters())
+    return before
+
+
+class OwnedNormFreeze:
+    """The ``active`` predicate of the :class:`FrozenNormStats` handle an optimizer holds for one norm
+    layer: the layer counts as frozen when every slot that decides it is frozen and (unless
+    ``also_frozen_before_build``) not all by ``before_build`` (peft's or the user's frozen norms keep
+    the mode the model gives them).
+
+    A deep copy of the model shares this object, which decides nothing on the copy (the predicate
+    answers only for the layer it was made for); a pickled one decides nothing once unpickled.
+
+    Args:
+        module: the norm layer.
+        slots: objects with ``frozen_by`` (``None``: trains), one per deciding parameter.
+        also_frozen_before_build: also freeze a layer frozen before the optimizer was built.
+        before_build: the owner recorded for what was frozen before the optimizer was built.
+    """
+
+    def __init__(self, module: nn.Module, slots: Sequence[Any], also_frozen_before_build: bool,
+                 before_build: str) -> None:
+        self.module: nn.Module | None = module
+        self.slots = list(slots)
+        self.also_frozen_before_build = also_frozen_before_build
+        self.before_build = before_build
+
+    def frozen(self) -> bool:
+        """Whether the layer counts as frozen now (see the class docstring)."""
+        owners = [slot.frozen_by for slot in self.slots]
+        if None in owners:
+            return False
+        return self.also_frozen_before_build or any(owner != self.before_build for owner in owners)
+
+    def __call__(self, module: nn.Module) -> bool:
+        return module is self.module and self.frozen()
+
+    def __deepcopy__(self, memo: dict) -> "OwnedNormFreeze":
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "module": None}
+
+
+def remove_all(handles: list[FrozenNormStats]) -> None:
+    """Remove every handle in ``handles`` and empty the list (idempotent).
+
+    Args:
+        handles: the handles (the optimizer's list, emptied in place).
+    """
+    for handle in handles:
+        handle.remove()
+    handles.clear()
 
 
 def freeze_norm_stats(model: nn.Module, selector: ModuleSelector = None) -> FrozenNormStats:

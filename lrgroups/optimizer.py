@@ -26,46 +26,39 @@ torch's.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 import warnings
 import weakref
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
-from .checkpoint import (
-    FORMAT,
-    CheckpointMismatchError,
-    cast_like_torch,
-    names_by_group,
-    shape_problems,
-    state_by_name,
-)
-from .depth import unwrap_model
+from . import checkpoint
+from .checkpoint import CheckpointMismatchError, cast_like_torch, first_names
+from .depth import ParamInfo, describe_nonempty, unwrap_model
 from .groups import group_names, group_settings
-from .norms import FrozenNormStats
-from .rules import NoMatchError, ParamInfo, ParamPlan, Rule, Selector, describe_nonempty, no_match_message, plan_params
+from .inner import (
+    DERIVED_STATE,
+    ForwardedToInner,
+    Inner,
+    OptimizerSpec,
+    accepts,
+    base_value,
+    build_inner,
+    factory_name,
+    specs,
+    unprofiled_step,
+)
+from .norms import FrozenNormStats, OwnedNormFreeze, norm_units, remove_all
+from .rules import NoMatchError, ParamPlan, Rule, Selector, no_match_message, plan_params
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["LayerwiseOptimizer", "CheckpointMismatchError"]
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-OptimizerSpec = Union[OptimizerFactory, tuple]
-
-# Optimizers whose state is derived from the whole parameter set (L-BFGS keeps flat history
-# vectors over all its parameters): their membership cannot change once they hold state.
-_DERIVED_STATE: tuple[type, ...] = (torch.optim.LBFGS,)
-# The code of torch's step-profiling wrapper (``Optimizer.profile_hook_step``): an inner optimizer's
-# step is called unwrapped, so hooks and profiling run once, on the wrapper, in torch's order.
-_PROFILED_STEP = torch.optim.Optimizer.profile_hook_step(lambda self: None).__code__
-# Which optimizer's norm hook decides a norm layer's mode (the newest optimizer over it wins).
-_NORM_OWNER: "weakref.WeakKeyDictionary[nn.Module, _FrozenNormHook]" = weakref.WeakKeyDictionary()
 _NORM_POLICIES = ("freeze", "freeze_all", "update")
 # Who froze a parameter before the wrapper was built (the user, peft, a framework).
 _BEFORE_BUILD = "model"
@@ -73,7 +66,8 @@ _BEFORE_BUILD = "model"
 
 @dataclass(eq=False)
 class _Slot:
-    """One parameter: its description, plan row, param group and who froze it (``None``: trains)."""
+    """One parameter: its description, plan row (as the rules planned it: ``row.frozen`` is what they
+    and ``requires_grad`` froze at build), param group and who froze it now (``None``: trains)."""
 
     info: ParamInfo
     row: ParamPlan
@@ -86,111 +80,7 @@ class _Slot:
         return self.info.param
 
 
-@dataclass(eq=False)
-class _Inner:
-    """One inner optimizer and the param groups (a contiguous range) it steps."""
-
-    name: str | None
-    optimizer: torch.optim.Optimizer
-    factory: OptimizerFactory
-    kwargs: dict
-    start: int
-    stop: int
-    eager_state: bool  # its constructor creates state (Adagrad): a hot-added parameter needs it too
-
-
-def _signature_default(factory: OptimizerFactory, name: str) -> Any:
-    try:
-        parameter = inspect.signature(factory).parameters.get(name)
-    except (TypeError, ValueError):
-        return inspect.Parameter.empty
-    return inspect.Parameter.empty if parameter is None else parameter.default
-
-
-def _accepts(factory: OptimizerFactory, name: str) -> bool:
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return True
-    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-
-
-def _factory_name(factory: OptimizerFactory) -> str:
-    return getattr(factory, "__name__", repr(factory))
-
-
-def _specs(optimizer: Any, kwargs: dict) -> dict[str | None, tuple[OptimizerFactory, dict]]:
-    """``{name: (factory, kwargs)}``; name ``None`` for a single optimizer."""
-    if isinstance(optimizer, Mapping):
-        if not optimizer:
-            raise ValueError("give at least one optimizer")
-        if kwargs:
-            raise TypeError(
-                f"with several optimizers give each its own keyword arguments, as name: (class, {{...}}); "
-                f"got {sorted(kwargs)} for all of them"
-            )
-        specs = {}
-        for name, spec in optimizer.items():
-            factory, own = spec if isinstance(spec, tuple) else (spec, {})
-            specs[str(name)] = (_check_factory(factory), dict(own))
-        return specs
-    return {None: (_check_factory(optimizer), dict(kwargs))}
-
-
-def _check_factory(factory: Any) -> OptimizerFactory:
-    if isinstance(factory, torch.optim.Optimizer):
-        raise TypeError(
-            f"pass the optimizer class or a factory, not an instance: LayerwiseOptimizer(model, "
-            f"{type(factory).__name__}, lr=...) (it builds the param groups itself)"
-        )
-    if not callable(factory):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer subclass or a callable, got {factory!r}")
-    return factory
-
-
-def _base_value(what: str, given: Any, factory: OptimizerFactory, kwargs: dict, required: bool) -> Any:
-    """The starting value of ``what`` for one inner optimizer: its own keyword, else the wrapper's,
-    else the optimizer's own default (read from its signature)."""
-    if what in kwargs:
-        return kwargs[what]
-    if given is not None:
-        return given
-    default = _signature_default(factory, what)
-    if default is inspect.Parameter.empty or default is None:
-        if required:
-            raise ValueError(f"{_factory_name(factory)} has no default {what}: pass {what}=...")
-        return None
-    return default
-
-
-def _unprofiled_step(optimizer: torch.optim.Optimizer) -> Callable:
-    step = type(optimizer).step
-    if getattr(step, "__code__", None) is _PROFILED_STEP:
-        step = step.__wrapped__
-    return functools.partial(step, optimizer)
-
-
-class _ForwardedToInner:
-    """An attribute set on the wrapper by a caller that steps it and read by the inner optimizers'
-    ``step`` (GradScaler's ``grad_scale``/``found_inf`` for fused optimizers): set and deleted on
-    every inner optimizer."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, wrapper: Any, owner: type | None = None) -> Any:
-        if wrapper is None:
-            return self
-        return getattr(wrapper._inners[0].optimizer, self.name)
-
-    def __set__(self, wrapper: Any, value: Any) -> None:
-        for inner in wrapper._inners:
-            setattr(inner.optimizer, self.name, value)
-
-    def __delete__(self, wrapper: Any) -> None:
-        for inner in wrapper._inners:
-            if hasattr(inner.optimizer, self.name):
-                delattr(inner.optimizer, self.name)
+_Inner = Inner  # unpickles optimizers pickled before lrgroups.inner existed
 
 
 class LayerwiseOptimizer(torch.optim.Optimizer):
@@ -227,10 +117,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             the wrapper never touches the others (their ``requires_grad`` included), so two
             wrappers on disjoint parts of one model both train.
         coarse: stage-wise depths (timm ``group_matcher(coarse=True)``) instead of block-wise.
-        example_input: the input of the forward pass that orders the layers by when they run (see
-            :func:`lrgroups.depth.param_layers`).
-        tied: where a tensor tied between the input embedding and the output layer goes, ``"head"`` or
-            ``"embedding"`` (see :func:`lrgroups.depth.param_layers`).
+        example_input: how depths follow the data flow (see :func:`lrgroups.depth.param_layers`).
+        tied: where a tied embedding/output tensor goes (see :func:`lrgroups.depth.param_layers`).
         norm_stats: what a frozen normalisation layer does with its running statistics:
             ``"freeze"`` (default: a norm layer this optimizer froze — by a rule, :meth:`freeze` or a
             schedule — runs in eval mode while it is frozen, so a frozen block does not change at
@@ -242,7 +130,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             its block (the nearest enclosing non-container module with parameters, else the layer
             registered just before it). The hooks are removed by :meth:`close` (or leaving a
             ``with`` block) and when the optimizer is garbage-collected; the newest optimizer over
-            a norm layer decides its mode; a ``copy.deepcopy`` of the model carries no active hook.
+            a norm layer decides its mode, and closing it hands the decision back to the one before;
+            a ``copy.deepcopy`` of the model carries no active hook.
         **optimizer_kwargs: passed to the (single) optimizer (betas, eps, momentum, foreach, ...).
 
     Raises:
@@ -265,8 +154,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         60
     """
 
-    grad_scale = _ForwardedToInner()
-    found_inf = _ForwardedToInner()
+    grad_scale = ForwardedToInner()
+    found_inf = ForwardedToInner()
 
     def __init__(
         self,
@@ -294,11 +183,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             )
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")  # torch's own check, before lr is read
-        specs = _specs(optimizer, optimizer_kwargs)
-        for name, (factory, kwargs) in specs.items():
+        wanted = specs(optimizer, optimizer_kwargs)
+        for name, (factory, kwargs) in wanted.items():
             if kwargs.get("differentiable"):
                 raise ValueError(
-                    f"{_factory_name(factory)}(differentiable=True) is not supported: a differentiable step "
+                    f"{factory_name(factory)}(differentiable=True) is not supported: a differentiable step "
                     "(autograd through the update, e.g. for meta-learning) needs non-leaf parameters, which a "
                     "module's parameters are not; step a bare torch optimizer over lrgroups.param_groups(model, ...)")
         infos = describe_nonempty(model, coarse, example_input=example_input, tied=tied)
@@ -307,12 +196,12 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             infos = [info for info in infos if selector.matches(info)]
             if not infos:
                 raise ValueError(f"select={selector.criteria()} matches no parameter of the model")
-        base_lr = {name: _base_value("lr", lr, f, kw, required=True) for name, (f, kw) in specs.items()}
-        base_wd = {name: _base_value("weight_decay", weight_decay, f, kw, required=False) for name, (f, kw) in specs.items()}
-        for name, (factory, kwargs) in specs.items():
-            if weight_decay is not None and "weight_decay" not in kwargs and not _accepts(factory, "weight_decay"):
-                raise ValueError(f"{_factory_name(factory)} has no weight_decay option but weight_decay={weight_decay} was given")
-        names = list(specs) if None not in specs else None
+        base_lr = {name: base_value("lr", lr, f, kw, required=True) for name, (f, kw) in wanted.items()}
+        base_wd = {name: base_value("weight_decay", weight_decay, f, kw, required=False) for name, (f, kw) in wanted.items()}
+        for name, (factory, kwargs) in wanted.items():
+            if weight_decay is not None and "weight_decay" not in kwargs and not accepts(factory, "weight_decay"):
+                raise ValueError(f"{factory_name(factory)} has no weight_decay option but weight_decay={weight_decay} was given")
+        names = list(wanted) if None not in wanted else None
         rows = plan_params(
             infos,
             lr={name: float(value) for name, value in base_lr.items()} if names else float(base_lr[None]),
@@ -322,11 +211,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         )
 
         # Groups: distinct settings in order of first appearance, grouped by inner optimizer.
-        order, members = group_settings(rows, list(specs))
+        order, members = group_settings(rows, list(wanted))
         group_index = {s: i for i, s in enumerate(order)}
-        inners: list[_Inner] = []
+        inners: list[Inner] = []
         start = 0
-        for name, (factory, kwargs) in specs.items():
+        for name, (factory, kwargs) in wanted.items():
             settings = [setting for setting in order if setting[0] == name]
             if not settings:
                 raise ValueError(f"no parameter is routed to optimizer {name!r}")
@@ -334,9 +223,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 self._group_dict([infos[i].param for i in members[start + k]], setting, base_lr[name], base_wd[name])
                 for k, setting in enumerate(settings)
             ]
-            built = self._build_inner(factory, groups, kwargs, name, lr, weight_decay)
+            built = build_inner(factory, groups, kwargs, name, lr, weight_decay)
             if len(built.param_groups) != len(groups):
-                raise ValueError(f"{_factory_name(factory)} made {len(built.param_groups)} param groups of {len(groups)}")
+                raise ValueError(f"{factory_name(factory)} made {len(built.param_groups)} param groups of {len(groups)}")
             unknown = sorted({key for setting in settings for key, _ in setting[3]} - set(built.defaults))
             if unknown:
                 raise ValueError(f"rule options {unknown} are not options of {type(built).__name__}, which would "
@@ -344,7 +233,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             decayed = any(rows[i].weight_decay is not None for k in range(len(settings)) for i in members[start + k])
             if decayed and "weight_decay" not in built.defaults:
                 raise ValueError(f"{type(built).__name__} has no weight_decay option but the rules set weight decay")
-            inners.append(_Inner(name, built, factory, kwargs, start, start + len(settings), False))
+            inners.append(Inner(name, built, factory, kwargs, start, start + len(settings), False))
             start += len(settings)
 
         all_groups = [group for inner in inners for group in inner.optimizer.param_groups]
@@ -366,10 +255,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             inner.eager_state = any(p in state for g in inner.optimizer.param_groups for p in g["params"])
 
         slots = []
-        for index, (info, row) in enumerate(zip(infos, rows)):
+        for info, row in zip(infos, rows):
             g = group_index[row.settings]
-            if row.weight_decay is None and "weight_decay" in all_groups[g]:
-                row = replace(row, weight_decay=all_groups[g]["weight_decay"])
             frozen_by = None
             if row.frozen:
                 frozen_by = _BEFORE_BUILD if not info.param.requires_grad else "rule"
@@ -377,6 +264,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._slots = slots
         self._inners = inners
         self._planned_lrs = [float(s[1]) for s in order]
+        self._planned_wds = [group.get("weight_decay") for group in all_groups]  # where no rule sets one
         self._norm_stats = norm_stats
         self._derive()
         self._relink(loaded=False)
@@ -388,7 +276,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             slot.param.requires_grad_(slot.frozen_by is None)
             if slot.frozen_by is not None:
                 slot.param.grad = None
-        self._norm_units = _norm_units(unwrap_model(model), slots) if norm_stats != "update" else []
+        self._norm_units = norm_units(unwrap_model(model), [slot.param for slot in slots]) if norm_stats != "update" else []
         self._install_hooks()
         self._ratio_check = self.register_step_pre_hook(self._warn_if_ratios_flattened)
 
@@ -406,29 +294,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         group.update(options)
         return group
 
-    @staticmethod
-    def _build_inner(factory, groups, kwargs, name, lr, weight_decay) -> torch.optim.Optimizer:
-        call = dict(kwargs)
-        if lr is not None and "lr" not in call:
-            call["lr"] = lr
-        if weight_decay is not None and "weight_decay" not in call:
-            call["weight_decay"] = weight_decay
-        label = _factory_name(factory) + ("" if name is None else f" ({name!r})")
-        try:
-            built = factory(groups, **call)
-        except Exception as error:
-            raise ValueError(f"could not build {label} from {len(groups)} param groups with {call}: {error}") from error
-        if not isinstance(built, torch.optim.Optimizer):
-            raise TypeError(f"{label} returned {type(built).__name__}, not a torch.optim.Optimizer")
-        return built
-
     def _derive(self) -> None:
         """What follows from the slots and inner optimizers (rebuilt after unpickling)."""
         self._index = {name: slot for slot in self._slots for name in (slot.row.name, *slot.row.aliases)}
         self._group_slots: list[list[_Slot]] = [[] for _ in self._planned_lrs]
         for slot in self._slots:
             self._group_slots[slot.group].append(slot)
-        self._steps = [_unprofiled_step(inner.optimizer) for inner in self._inners]
+        self._steps = [unprofiled_step(inner.optimizer) for inner in self._inners]
 
     def _relink(self, loaded: bool = True) -> None:
         """Point every inner optimizer at its range of ``param_groups`` and at the shared ``state``;
@@ -450,15 +322,14 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             group["param_names"] = [slot.row.name for slot in trainable]
 
     def _install_hooks(self) -> None:
-        self.register_state_dict_post_hook(_add_layout, prepend=True)
-        handles, owned = [], []
-        for module, indices in self._norm_units:  # the hooks themselves are norms.FrozenNormStats'
-            hook = _FrozenNormHook([self._slots[i] for i in indices], self._norm_stats == "freeze_all")
-            handles.append(FrozenNormStats({"": module}, active=hook.active))
-            _NORM_OWNER[module] = hook
-            owned.append((module, hook))
+        self._layout_hook = self.register_state_dict_post_hook(_add_layout, prepend=True)
+        handles = []
+        for module, indices in self._norm_units:  # the hooks are norms.FrozenNormStats' (the newest decides)
+            frozen = OwnedNormFreeze(module, [self._slots[i] for i in indices], self._norm_stats == "freeze_all",
+                                     _BEFORE_BUILD)
+            handles.append(FrozenNormStats({"": module}, active=frozen))
         self._norm_handles = handles
-        self._finalizer = weakref.finalize(self, _release_norm_hooks, handles, owned)
+        self._finalizer = weakref.finalize(self, remove_all, handles)
 
     def close(self) -> None:
         """Remove the norm-layer hooks this optimizer installed (idempotent). Also done when the
@@ -474,7 +345,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     # ---------------------------------------------------------------- torch.optim.Optimizer protocol
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state.update({key: self.__dict__[key] for key in ("_slots", "_inners", "_planned_lrs", "_norm_stats", "_norm_units")})
+        state.update({key: self.__dict__[key] for key in ("_slots", "_inners", "_planned_lrs", "_planned_wds",
+                                                          "_norm_stats", "_norm_units")})
         state["_ratio_check_pending"] = self.__dict__.get("_ratio_check") is not None
         return state
 
@@ -483,6 +355,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         ratio_check_pending = state.pop("_ratio_check_pending", True)
         super().__setstate__(state)
         if "_slots" in state:  # unpickled or deep-copied: rebuild what is derived, own hooks anew
+            if "_planned_wds" not in state:  # pickled when the rows held the inner default weight decay
+                self._planned_wds = [None] * len(self._planned_lrs)
             self._derive()
             self._install_hooks()
             self._ratio_check = self.register_step_pre_hook(self._warn_if_ratios_flattened) if ratio_check_pending else None
@@ -540,7 +414,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     # ---------------------------------------------------------------- plan views
     @property
     def plan(self) -> list[ParamPlan]:
-        """The rows the rules produced, with ``frozen`` as it is now."""
+        """The rows the rules produced (as :func:`lrgroups.plan` gives them: ``weight_decay`` is
+        ``None`` where neither the call nor a rule set one; :meth:`explain` shows the inner
+        optimizer's default there), with ``frozen`` as it is now."""
         return [
             slot.row if slot.row.frozen == (slot.frozen_by is not None) else replace(slot.row, frozen=slot.frozen_by is not None)
             for slot in self._slots
@@ -564,7 +440,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                     "depth": slot.row.depth,
                     "depth_source": slot.row.depth_source,
                     "lr": slot.row.lr,
-                    "weight_decay": slot.row.weight_decay,
+                    "weight_decay": settings["weight_decay"],
                     "options": dict(slot.row.options),
                     "optimizer": slot.row.optimizer,
                     "frozen": slot.frozen_by is not None,
@@ -575,7 +451,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                     "shape": slot.row.shape,
                     "numel": math.prod(slot.row.shape),
                 }
-                for slot in self._slots
+                for slot, settings in zip(self._slots, self._settings)
             ]
         )
         table["frozen_by"] = pd.Series([slot.frozen_by for slot in self._slots], dtype=object)
@@ -686,7 +562,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def _check_membership_change(self, slots: list[_Slot]) -> None:
         groups = {slot.group for slot in slots}
         for inner in self._inners:
-            if isinstance(inner.optimizer, _DERIVED_STATE) and any(inner.start <= g < inner.stop for g in groups):
+            if isinstance(inner.optimizer, DERIVED_STATE) and any(inner.start <= g < inner.stop for g in groups):
                 if any(p in self.state for g in self.param_groups[inner.start : inner.stop] for p in g["params"]):
                     raise RuntimeError(
                         f"{type(inner.optimizer).__name__} derives its state from the whole parameter set "
@@ -771,7 +647,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for names, what in ((collecting, "frozen but requires_grad=True: their gradients are never applied"),
                             (starved, "trainable but requires_grad=False: they get no gradient, so no step")):
             if names:
-                warnings.warn(f"requires_grad was changed outside the optimizer: {_first(names)} {'is' if len(names) == 1 else 'are'} "
+                warnings.warn(f"requires_grad was changed outside the optimizer: {first_names(names)} {'is' if len(names) == 1 else 'are'} "
                               f"{what}; freeze and unfreeze through the optimizer (opt.freeze / opt.unfreeze)",
                               UserWarning, stacklevel=3)
 
@@ -817,17 +693,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """
         return super().state_dict()
 
-    def _layout(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "names": [slot.row.name for slot in self._slots],
-            "settings": [_settings(slot.row) for slot in self._slots],
-            "groups": [slot.group for slot in self._slots],
-            "frozen": {slot.row.name: slot.frozen_by for slot in self._slots if slot.frozen_by is not None},
-            "planned_frozen": [slot.row.name for slot in self._slots if slot.row.frozen],
-            "kept": {slot.row.name: slot.kept for slot in self._slots if slot.kept is not None},
-            "stepped": self._ratio_check is None,
-        }
+    @property
+    def _settings(self) -> list[dict[str, Any]]:
+        """Each parameter's settings as a checkpoint records them (the inner optimizer's weight decay
+        where no rule set one)."""
+        return [checkpoint.settings(slot.row, self._planned_wds[slot.group]) for slot in self._slots]
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint by parameter name: this wrapper's own (layout, frozen set with owners,
@@ -844,7 +714,15 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 a state tensor whose shape does not fit its parameter, ...), listing every
                 difference; nothing is changed then, nor when the load fails half-way.
         """
-        frozen, kept, torch_part = self._translate(state_dict)
+        per_parameter = {  # state whose shape follows its parameter (not L-BFGS's flat history)
+            slot.row.name
+            for inner in self._inners
+            if not isinstance(inner.optimizer, DERIVED_STATE)
+            for slot in self._slots
+            if inner.start <= slot.group < inner.stop
+        }
+        frozen, kept, torch_part = checkpoint.translate(state_dict, self._slots, self._settings, self.param_groups,
+                                                        per_parameter)
         saved_frozen = [(slot, slot.frozen_by, slot.kept) for slot in self._slots]
         saved_state, saved_groups = dict(self.state), self.param_groups
         state_object = self.state
@@ -873,116 +751,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for name, state in kept.items():
             slot = self._index[name]
             slot.kept = cast_like_torch(slot.param, state, self.param_groups[slot.group])
-        if _has_stepped(state_dict):  # a checkpoint of a run past its first step: nothing left to check
+        if checkpoint.has_stepped(state_dict):  # a checkpoint of a run past its first step: nothing left to check
             self._end_ratio_check()
-
-    def _translate(self, state_dict: Mapping[str, Any]) -> tuple[dict, dict, dict]:
-        """(frozen set, kept-aside state, torch-layout dict for this layout) from a checkpoint;
-        raises CheckpointMismatchError listing every difference; changes nothing."""
-        if not isinstance(state_dict, Mapping) or "state" not in state_dict or "param_groups" not in state_dict:
-            raise CheckpointMismatchError("not an optimizer state dict: it needs 'state' and 'param_groups'")
-        names = [slot.row.name for slot in self._slots]
-        params = {slot.row.name: slot.param for slot in self._slots}
-        per_parameter = {  # state whose shape follows its parameter (not L-BFGS's flat history)
-            slot.row.name
-            for inner in self._inners
-            if not isinstance(inner.optimizer, _DERIVED_STATE)
-            for slot in self._slots
-            if inner.start <= slot.group < inner.stop
-        }
-        layout = state_dict.get("lrgroups")
-        problems: list[str] = []
-        if layout is not None:
-            problems = self._layout_problems(layout)
-            if problems:
-                raise CheckpointMismatchError("checkpoint does not fit this model/rules:\n  " + "\n  ".join(problems))
-            frozen = dict(layout["frozen"])
-            kept = dict(layout["kept"])
-        else:
-            frozen = {slot.row.name: slot.frozen_by for slot in self._slots if slot.frozen_by is not None}
-            kept = {}
-        trainable = [name for name in names if name not in frozen]
-        saved_names = names_by_group(state_dict, [names, trainable])
-        unexpected = sorted({n for group in saved_names for n in group} - set(names))
-        if unexpected:
-            raise CheckpointMismatchError(f"parameters in the checkpoint but not in the model: {_first(unexpected)}")
-        by_name = state_by_name(state_dict, saved_names)
-        if layout is not None:
-            implied = [name for group in saved_names for name in group]
-            expected = [slot.row.name for g in self._group_slots for slot in g if slot.row.name not in frozen]
-            if sorted(implied) != sorted(expected):
-                problems.append("the checkpoint's param groups do not hold the trainable parameters its frozen set implies")
-        else:
-            kept = {name: state for name, state in by_name.items() if name in frozen}
-        problems += shape_problems({n: s for n, s in by_name.items() if n in per_parameter}, params)
-        problems += shape_problems({n: s for n, s in kept.items() if n in per_parameter}, params)
-        if problems:
-            shown = problems[: 2 * _SHOWN] + ([f"... and {len(problems) - 2 * _SHOWN} more"]
-                                               if len(problems) > 2 * _SHOWN else [])
-            raise CheckpointMismatchError("checkpoint does not fit this model/rules:\n  " + "\n  ".join(shown))
-        same_layout = len(saved_names) == len(self.param_groups) and all(
-            set(group) <= {slot.row.name for slot in slots} for group, slots in zip(saved_names, self._group_slots)
-        )
-        groups, state, next_id = [], {}, 0
-        for g, slots in enumerate(self._group_slots):
-            hyper = {k: v for k, v in self.param_groups[g].items() if k not in ("params", "param_names")}
-            if same_layout:
-                hyper.update({k: v for k, v in state_dict["param_groups"][g].items() if k not in ("params", "param_names")})
-            members = [slot.row.name for slot in slots if slot.row.name not in frozen]
-            ids = list(range(next_id, next_id + len(members)))
-            next_id += len(members)
-            state.update({i: by_name[name] for i, name in zip(ids, members) if name in by_name})
-            groups.append({**hyper, "params": ids, "param_names": members})
-        others = {key: value for key, value in state_dict.items() if key not in ("state", "param_groups")}
-        return frozen, kept, {**others, "state": state, "param_groups": groups}
-
-    def _layout_problems(self, layout: Mapping[str, Any]) -> list[str]:
-        """Every way the saved layout differs from this one, each a line naming the first
-        parameters concerned and how many more (:func:`_first`)."""
-        if layout.get("format") != FORMAT:
-            return [f"not a LayerwiseOptimizer checkpoint (format {layout.get('format')!r}, expected {FORMAT!r})"]
-        problems = []
-        names = [slot.row.name for slot in self._slots]
-        saved_names, own_names = set(layout["names"]), set(names)
-        missing = [n for n in names if n not in saved_names]
-        unexpected = [n for n in layout["names"] if n not in own_names]
-        if missing:
-            problems.append(f"parameters missing from the checkpoint: {_first(missing)}")
-        if unexpected:
-            problems.append(f"parameters in the checkpoint but not in the model: {_first(unexpected)}")
-        if missing or unexpected:
-            return problems
-        if layout["names"] != names:
-            problems.append("parameters are in a different order")
-        differing = [f"{slot.row.name}: rules give {_settings(slot.row)}, checkpoint has {theirs}"
-                     for slot, theirs in zip(self._slots, layout["settings"]) if _settings(slot.row) != theirs]
-        problems += differing[:_SHOWN]
-        if len(differing) > _SHOWN:
-            problems.append(f"... and {len(differing) - _SHOWN} more parameters whose settings differ")
-        if list(layout["groups"]) != [slot.group for slot in self._slots]:
-            problems.append("group layout differs (the rules produce different groups)")
-        if "planned_frozen" in layout:  # what the rules (and requires_grad at build) froze, not the frozen set now
-            saved = set(layout["planned_frozen"])
-            ours = {slot.row.name for slot in self._slots if slot.row.frozen}
-            newly = [n for n in names if n in ours - saved]
-            thawed = [n for n in names if n in saved - ours]
-            if thawed:
-                problems.append(f"frozen at build in the checkpoint (its rules or the model), trainable under these "
-                                f"rules: {_first(thawed)}")
-            if newly:
-                problems.append(f"frozen at build by these rules (or the model), trainable in the checkpoint: "
-                                f"{_first(newly)}")
-        return problems
-
-
-#: How many differing parameters a checkpoint mismatch names before it counts the rest.
-_SHOWN = 5
-
-
-def _first(names: Sequence[str], shown: int = _SHOWN) -> str:
-    """``"a, b, c"`` or ``"a, b, c, d, e and 12 more"``."""
-    head = ", ".join(names[:shown])
-    return head if len(names) <= shown else f"{head} and {len(names) - shown} more"
 
 
 def _user_stacklevel() -> int:
@@ -998,95 +768,7 @@ def _user_stacklevel() -> int:
     return level
 
 
-def _has_stepped(state_dict: Mapping[str, Any]) -> bool:
-    """Whether a checkpoint comes from an optimizer past its first step: its lrgroups layout says so;
-    a torch-layout one (no layout) when it holds any per-parameter state."""
-    layout = state_dict.get("lrgroups")
-    if layout is not None and "stepped" in layout:
-        return bool(layout["stepped"])
-    return layout is not None or bool(state_dict["state"])
-
-
-def _settings(row: ParamPlan) -> dict[str, Any]:
-    return {"optimizer": row.optimizer, "lr": row.lr, "weight_decay": row.weight_decay, "options": dict(row.options)}
-
-
 def _add_layout(optimizer: LayerwiseOptimizer, state_dict: dict[str, Any]) -> None:
-    """State-dict post-hook (registered first): lrgroups' layout in its own key."""
-    state_dict["lrgroups"] = optimizer._layout()
-
-
-def _release_norm_hooks(handles: list[FrozenNormStats], owned: list) -> None:
-    for handle in handles:
-        handle.remove()
-    for module, hook in owned:
-        if _NORM_OWNER.get(module) is hook:
-            del _NORM_OWNER[module]
-    owned.clear()
-
-
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-
-
-def _norm_units(model: nn.Module, slots: list[_Slot]) -> list[tuple[nn.Module, list[int]]]:
-    """``(norm layer with running statistics, indices of the slots that decide whether it is
-    frozen)``: its own parameters; for a norm without parameters, its block's (the nearest
-    enclosing non-container module other than the model, with parameters), else the parameters of
-    the layer registered just before it. Norms decided by a parameter this optimizer does not own
-    are left alone."""
-    index = {id(slot.param): i for i, slot in enumerate(slots)}
-    modules = dict(model.named_modules())
-    units = []
-    for name, module in modules.items():
-        if not isinstance(module, nn.modules.batchnorm._NormBase):
-            continue
-        params = list(module.parameters())
-        if not params:
-            params = _block_params(model, modules, name)
-        if params and all(id(p) in index for p in params):
-            units.append((module, sorted({index[id(p)] for p in params})))
-    return units
-
-
-def _block_params(model: nn.Module, modules: dict[str, nn.Module], name: str) -> list[torch.Tensor]:
-    parts = name.split(".")
-    for depth in range(len(parts) - 1, 0, -1):
-        ancestor = modules[".".join(parts[:depth])]
-        if not isinstance(ancestor, _CONTAINERS):
-            params = list(ancestor.parameters())
-            if params:
-                return params
-    parent = modules[".".join(parts[:-1])] if len(parts) > 1 else model
-    before = []
-    for child_name, child in parent.named_children():
-        if child_name == parts[-1]:
-            break
-        if next(child.parameters(), None) is not None:
-            before = list(child.parameters())
-    return before
-
-
-class _FrozenNormHook:
-    """Whether a norm layer counts as frozen for this optimizer now (the ``active`` predicate of its
-    :class:`~lrgroups.norms.FrozenNormStats` handle, which runs the layer in eval mode and puts its
-    ``training`` flag back afterwards, also when the forward raises, and lets an explicit
-    re-estimation through). Only the newest optimizer's over a module decides; a deep copy of the model
-    shares this object, which decides nothing on the copy."""
-
-    def __init__(self, slots: list[_Slot], also_frozen_before_build: bool) -> None:
-        self.slots = slots
-        self.also_frozen_before_build = also_frozen_before_build
-
-    def frozen(self) -> bool:
-        """All its parameters are frozen, and (unless ``freeze_all``) not all by someone else before
-        the optimizer was built: peft's or the user's frozen norms keep the mode the model gives them."""
-        owners = [s.frozen_by for s in self.slots]
-        if None in owners:
-            return False
-        return self.also_frozen_before_build or any(owner != _BEFORE_BUILD for owner in owners)
-
-    def active(self, module: nn.Module) -> bool:
-        return _NORM_OWNER.get(module) is self and self.frozen()
-
-    def __deepcopy__(self, memo: dict) -> "_FrozenNormHook":
-        return self
+    """State-dict post-hook (registered first): lrgroups' layout in its own key (:func:`lrgroups.checkpoint.layout`)."""
+    state_dict["lrgroups"] = checkpoint.layout(optimizer._slots, optimizer._settings,
+                                               stepped=optimizer._ratio_check is None)

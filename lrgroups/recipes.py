@@ -33,14 +33,15 @@ Ownership: a recipe freezes and thaws only what it froze itself; parameters that
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Tuple, Union
+from typing import Any, Callable, Mapping, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from . import rules as R
 from .depth import find_head, unwrap_model
-from .early_stopping import EarlyStopping, Plateau
+from .driver import FineTuning, build_controllers, check_specs
+from .early_stopping import Plateau
 from .l2sp import L2SP
 from .optimizer import LayerwiseOptimizer
 from .rules import Rule, Selector
@@ -220,68 +221,34 @@ def _fit_head(model: nn.Module, probe: Probe, C: float, recipe: str) -> None:
 
 
 # ---------------------------------------------------------------- built recipes
-@dataclass
-class FineTuning:
-    """A built recipe: the optimizer plus the schedule and stopper a training loop drives.
-
-    Call :meth:`after_step` after every ``optimizer.step()`` and :meth:`after_validation` after
-    every evaluation (it returns True when training should stop); call :meth:`after_epoch` at the
-    end of each epoch when the recipe counts epochs (``steps_per_epoch`` given to ``build`` does it
-    for you inside :meth:`after_step`). ``l2sp`` is the :class:`~lrgroups.L2SP` hook of recipes with
-    L2-SP (it acts inside ``optimizer.step()``); :meth:`state_dict` carries its anchors.
-    """
-
-    optimizer: LayerwiseOptimizer
-    unfreezing: ProgressiveUnfreezing | None = None
-    early_stopping: EarlyStopping | None = None
-    steps_per_epoch: int | None = None
-    steps: int = 0
-    l2sp: L2SP | None = None
-
-    def after_step(self) -> list[str]:
-        """Call after every ``optimizer.step()``: advances the schedule (and the epoch, with ``steps_per_epoch``); returns the names unfrozen."""
-        self.steps += 1
-        unfrozen = self.unfreezing.step() if self.unfreezing is not None else []
-        if self.steps_per_epoch and self.steps % self.steps_per_epoch == 0:
-            unfrozen += self.after_epoch()
-        return unfrozen
-
-    def after_epoch(self) -> list[str]:
-        """Call at the end of each epoch (unless ``steps_per_epoch`` counts them); returns the names unfrozen."""
-        return self.unfreezing.end_epoch() if self.unfreezing is not None else []
-
-    def after_validation(self, metric: float) -> bool:
-        """Call after each evaluation with its metric; returns True when training should stop (False without early stopping)."""
-        if self.early_stopping is None:
-            return False
-        return self.early_stopping.step(metric, step=self.steps).stop
-
-    def state_dict(self) -> dict[str, Any]:
-        """The optimizer's, the schedule's, the stopper's and L2-SP's state and the step count."""
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "unfreezing": None if self.unfreezing is None else self.unfreezing.state_dict(),
-            "early_stopping": None if self.early_stopping is None else self.early_stopping.state_dict(),
-            "steps": self.steps,
-            "l2sp": None if self.l2sp is None else self.l2sp.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict`."""
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.unfreezing is not None:
-            self.unfreezing.load_state_dict(state["unfreezing"])
-        if self.early_stopping is not None:
-            self.early_stopping.load_state_dict(state["early_stopping"])
-        self.steps = state["steps"]
-        if self.l2sp is not None:
-            self.l2sp.load_state_dict(state["l2sp"])
-
-
 def _owned(stage: Selector, trainable: set[int]) -> Selector:
     """``stage`` restricted to parameters that were trainable before the recipe was built."""
     where = stage.where
     return replace(stage, where=lambda info: id(info.param) in trainable and (where is None or where(info)))
+
+
+class _Settings(dict):
+    """A recipe's keyword settings: a read-only dict (its nested dicts too; lists become tuples) that
+    hashes by its items, so a recipe is a value."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted((key, repr(value)) for key, value in self.items())))
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a recipe's settings are read-only; build a new Recipe (dataclasses.replace)")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (_Settings, (dict(self),))
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return _Settings({key: _frozen(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return tuple(_frozen(item) for item in value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -297,6 +264,12 @@ class Recipe:
     first fits the head as a linear probe (:func:`fit_linear_probe` with ``C=probe_C``). ``l2sp``
     holds :class:`~lrgroups.L2SP` keyword arguments (``alpha``, ``beta``, ``anchor``); it replaces
     weight decay.
+
+    A recipe is a value: hashable, and its settings are read-only (the dicts are kept as read-only
+    copies, lists in them as tuples, ``rules`` as a tuple); :func:`dataclasses.replace` makes a new one.
+
+    Raises:
+        TypeError: changing a setting in place.
     """
 
     name: str
@@ -307,6 +280,12 @@ class Recipe:
     probe_C: float | None = None
     l2sp: dict[str, Any] | None = None
     description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", tuple(self.rules))
+        for name in ("unfreezing", "early_stopping", "l2sp"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _frozen(getattr(self, name)))
 
     def build(
         self,
@@ -323,17 +302,20 @@ class Recipe:
         """Build the optimizer (and schedule, stopper) for ``model``; ``lr`` is the head's lr.
 
         Args:
-            model: as for :class:`~lrgroups.LayerwiseOptimizer`.
+            model: the model, as for :class:`~lrgroups.LayerwiseOptimizer`.
             optimizer: the inner optimizer's class or factory, as for :class:`~lrgroups.LayerwiseOptimizer`.
-            lr: as for :class:`~lrgroups.LayerwiseOptimizer`.
-            weight_decay: as for :class:`~lrgroups.LayerwiseOptimizer`.
-            **optimizer_kwargs: as for :class:`~lrgroups.LayerwiseOptimizer`.
+            lr: the head's learning rate (the base lr).
+            weight_decay: the base weight decay.
             total_steps: the training budget in optimizer steps (needed by recipes that place stages
                 within it).
             steps_per_epoch: makes :meth:`FineTuning.after_step` count epochs.
             probe: for recipes with a probe (:func:`lp_ft`): ``(features (N, D), labels (N,))`` of
                 the head's inputs (see :func:`head_features`), a callable ``model -> (features,
                 labels)``, or ``"fitted"`` when the head was already fitted.
+            **optimizer_kwargs: passed to the inner optimizer, as for :class:`~lrgroups.LayerwiseOptimizer`.
+
+        Returns:
+            The :class:`~lrgroups.driver.FineTuning` driver of the run.
 
         Raises:
             ValueError: ``total_steps`` missing where needed, ``probe`` missing or given to a
@@ -346,14 +328,14 @@ class Recipe:
             raise ValueError(f"recipe {self.name!r} fits no probe; got probe={probe!r}")
         if self.l2sp is not None and weight_decay:
             raise ValueError(f"recipe {self.name!r} replaces weight decay by L2-SP: pass weight_decay=0")
+        stopping = None if self.early_stopping is None else {"mode": "max", **self.early_stopping}
+        check_specs(self if self.unfreezing is not None else None, stopping)
         opt = LayerwiseOptimizer(
             model, optimizer, lr=lr, weight_decay=weight_decay, rules=self.rules, coarse=self.coarse,
             **optimizer_kwargs,
         )
-        unfreezing = self.schedule(opt, total_steps)
-        stopper = None
-        if self.early_stopping is not None:
-            stopper = EarlyStopping.from_settings(self.early_stopping, model=model, unfreezing=unfreezing, mode="max")
+        unfreezing, stopper = build_controllers(opt, model, self if self.unfreezing is not None else None, stopping,
+                                                total_steps=total_steps)
         l2sp = None if self.l2sp is None else L2SP(model, opt, **self.l2sp)
         return FineTuning(opt, unfreezing, stopper, steps_per_epoch, l2sp=l2sp)
 

@@ -23,13 +23,13 @@ import difflib
 import fnmatch
 import math
 import re
-from dataclasses import dataclass, field
+from abc import ABCMeta
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Mapping, Sequence, Union
 
-import torch
 import torch.nn as nn
 
-from .depth import Tied, is_norm, param_layers, unwrap_model
+from .depth import ParamInfo, Tied, describe, describe_nonempty
 
 __all__ = [
     "ParamInfo",
@@ -51,37 +51,11 @@ Setting = Union[Number, Callable[["ParamInfo"], Number], None]
 
 
 @dataclass(frozen=True)
-class ParamInfo:
-    """What a rule may look at for one parameter (tied weights appear once, under their first name).
-
-    ``depth``/``max_depth`` come from :mod:`lrgroups.depth`; ``is_head`` marks the parameters of
-    every head (one flag per tensor, whatever its names); ``depth_source`` says where the depth came
-    from (``"timm group_matcher"``, ``"forward order"``, ``"registration order"``, with ``"; head"``
-    for heads moved to the top depth and the tied-embedding treatment, see
-    :func:`lrgroups.depth.param_layers`); ``no_weight_decay`` marks names the model lists in its own
-    ``no_weight_decay()``.
-    """
-
-    name: str
-    aliases: tuple[str, ...]
-    param: torch.Tensor = field(repr=False, compare=False)
-    module: nn.Module = field(repr=False, compare=False)
-    depth: int
-    max_depth: int
-    is_head: bool
-    is_norm: bool
-    no_weight_decay: bool
-    depth_source: str = ""
-
-    @property
-    def ndim(self) -> int:
-        """The parameter's number of dimensions (``param.ndim``)."""
-        return self.param.ndim
-
-
-@dataclass(frozen=True)
-class Selector:
+class Selector(metaclass=ABCMeta):
     """Which parameters something applies to. All given criteria must hold (logical and).
+
+    A :class:`Rule` holds one (``rule.selector``) and is accepted wherever a selector is
+    (``isinstance(rule, Selector)`` holds: it reads as its selector).
 
     Args:
         pattern: shell glob over the parameter name or any of its aliases (``"layer4.*"``).
@@ -100,7 +74,7 @@ class Selector:
     where: Callable[[ParamInfo], bool] | None = None
 
     def matches(self, info: ParamInfo) -> bool:
-        """Whether the parameter ``info`` describes is selected: every field given must match (name or alias glob, regex, module type, ndim, depth range, predicate)."""
+        """Whether every given criterion holds for the parameter ``info`` describes."""
         names = (info.name, *info.aliases)
         if self.pattern is not None and not any(fnmatch.fnmatchcase(n, self.pattern) for n in names):
             return False
@@ -118,12 +92,12 @@ class Selector:
 
     def criteria(self) -> str:
         """The selector's criteria as text, for error messages."""
-        parts = [
-            f"{name}={getattr(self, name)!r}"
-            for name in ("pattern", "regex", "module_type", "ndim", "depth", "where")
-            if getattr(self, name) is not None
-        ]
+        parts = [f"{name}={getattr(self, name)!r}" for name in SELECTOR_FIELDS if getattr(self, name) is not None]
         return ", ".join(parts) or "everything"
+
+
+#: The criteria of a :class:`Selector`, in order (also :class:`Rule`'s first constructor arguments).
+SELECTOR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Selector))
 
 
 _RESERVED_OPTIONS = frozenset({"params", "param_names", "lr", "weight_decay"})
@@ -144,18 +118,33 @@ class _FrozenOptions(dict):
         return (_FrozenOptions, (dict(self),))
 
 
-@dataclass(frozen=True)
-class Rule(Selector):
-    """Select parameters (see :class:`Selector`) and set their lr, weight decay or frozen flag.
+@dataclass(frozen=True, init=False, repr=False)
+class Rule:
+    """Select parameters (a :class:`Selector`, its fields given directly or as ``selector=``) and set
+    their lr, weight decay, options, inner optimizer or frozen flag.
+
+    The selection is a field of the rule, apart from its settings: ``rule.selector``. The selector's
+    fields and methods read through the rule (``rule.pattern``, ``rule.matches(info)``,
+    ``rule.criteria()``), and a rule is accepted wherever a selector is.
 
     Example:
-        >>> Rule("fc.*", lr=1e-3).label
-        "Rule(pattern='fc.*', lr=0.001)"
+        >>> rule = Rule("fc.*", lr=1e-3)
+        >>> rule.label, rule.selector
+        ("Rule(pattern='fc.*', lr=0.001)", Selector(pattern='fc.*', regex=None, module_type=None, ndim=None, depth=None, where=None))
+        >>> Rule(selector=Selector(ndim=1), weight_decay=0.0) == Rule(ndim=1, weight_decay=0.0)
+        True
 
     Args:
+        pattern: shell glob over the parameter name or any of its aliases (see :class:`Selector`).
+        regex: regular expression searched in the name.
+        module_type: the owning module's type (or tuple of types).
+        ndim: the tensor's number of dimensions (or a tuple of them).
+        depth: an int, or an inclusive ``(low, high)`` range.
+        where: any predicate of :class:`ParamInfo`.
         lr: absolute learning rate (replaces the running value).
         lr_mult: multiplies the running learning rate.
-        weight_decay: absolute weight decay. wd_mult: multiplies it.
+        weight_decay: absolute weight decay.
+        wd_mult: multiplies the running weight decay.
         frozen: ``True`` freezes (not in the optimizer, ``requires_grad=False``), ``False`` trains.
         options: any other per-group option of the inner optimizer (``{"betas": (0.9, 0.95)}``,
             ``{"momentum": 0.8}``, Rprop's ``{"step_sizes": (1e-6, 1.0)}``); merged key by key, a
@@ -168,8 +157,14 @@ class Rule(Selector):
         allow_empty: if ``False`` (default) a rule that matches no parameter is an error.
         needs_depth: if ``True`` the rule is meaningless when every parameter has one depth, which
             is then an error (layer decay must never be a silent no-op).
+        selector: the selection as a :class:`Selector`; fields given directly replace its own.
+
+    Raises:
+        TypeError: ``options`` is not a mapping.
+        ValueError: ``options`` sets ``lr``, ``weight_decay``, ``params`` or ``param_names``.
     """
 
+    selector: Selector
     lr: Setting = None
     lr_mult: Setting = None
     weight_decay: Setting = None
@@ -181,7 +176,40 @@ class Rule(Selector):
     allow_empty: bool = False
     needs_depth: bool = False
 
+    def __init__(
+        self,
+        pattern: str | None = None,
+        regex: str | None = None,
+        module_type: type | tuple[type, ...] | None = None,
+        ndim: int | tuple[int, ...] | None = None,
+        depth: int | tuple[int | None, int | None] | None = None,
+        where: Callable[[ParamInfo], bool] | None = None,
+        lr: Setting = None,
+        lr_mult: Setting = None,
+        weight_decay: Setting = None,
+        wd_mult: Setting = None,
+        frozen: bool | None = None,
+        options: Mapping[str, Any] | None = None,
+        optimizer: str | None = None,
+        name: str | None = None,
+        allow_empty: bool = False,
+        needs_depth: bool = False,
+        *,
+        selector: Selector | None = None,
+    ) -> None:
+        given = {key: value for key, value in zip(SELECTOR_FIELDS, (pattern, regex, module_type, ndim, depth, where))
+                 if value is not None}
+        selector = Selector(**given) if selector is None else replace(selector, **given) if given else selector
+        settings = {"selector": selector, "lr": lr, "lr_mult": lr_mult, "weight_decay": weight_decay,
+                    "wd_mult": wd_mult, "frozen": frozen, "options": options, "optimizer": optimizer, "name": name,
+                    "allow_empty": allow_empty, "needs_depth": needs_depth}
+        for key, value in settings.items():
+            object.__setattr__(self, key, value)
+        self.__post_init__()
+
     def __post_init__(self) -> None:
+        if not isinstance(self.selector, Selector) or isinstance(self.selector, Rule):
+            raise TypeError(f"selector must be a Selector, got {self.selector!r}")
         if self.options is not None:
             if not isinstance(self.options, Mapping):
                 raise TypeError(f"options must be a mapping of option names to values, got {self.options!r}")
@@ -194,9 +222,60 @@ class Rule(Selector):
             # A frozen rule keeps a hashable, order-free copy.
             object.__setattr__(self, "options", _FrozenOptions(self.options))
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "selector" not in state:  # pickled when Rule subclassed Selector: its fields were the rule's
+            state = dict(state)
+            state["selector"] = Selector(**{key: state.pop(key, None) for key in SELECTOR_FIELDS})
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        values = [*(getattr(self.selector, key) for key in SELECTOR_FIELDS),
+                  *(getattr(self, f.name) for f in fields(self) if f.name != "selector")]
+        names = [*SELECTOR_FIELDS, *(f.name for f in fields(self) if f.name != "selector")]
+        return f"Rule({', '.join(f'{key}={value!r}' for key, value in zip(names, values))})"
+
+    # The selector's fields and methods, read through the rule.
+    @property
+    def pattern(self) -> str | None:
+        """The selector's ``pattern``."""
+        return self.selector.pattern
+
+    @property
+    def regex(self) -> str | None:
+        """The selector's ``regex``."""
+        return self.selector.regex
+
+    @property
+    def module_type(self) -> type | tuple[type, ...] | None:
+        """The selector's ``module_type``."""
+        return self.selector.module_type
+
+    @property
+    def ndim(self) -> int | tuple[int, ...] | None:
+        """The selector's ``ndim``."""
+        return self.selector.ndim
+
+    @property
+    def depth(self) -> int | tuple[int | None, int | None] | None:
+        """The selector's ``depth``."""
+        return self.selector.depth
+
+    @property
+    def where(self) -> Callable[[ParamInfo], bool] | None:
+        """The selector's ``where``."""
+        return self.selector.where
+
+    def matches(self, info: ParamInfo) -> bool:
+        """Whether the rule's selector picks ``info`` (:meth:`Selector.matches`)."""
+        return self.selector.matches(info)
+
+    def criteria(self) -> str:
+        """The selector's criteria as text (:meth:`Selector.criteria`)."""
+        return self.selector.criteria()
+
     @property
     def label(self) -> str:
-        """How tables and messages name this rule: its ``name``, else its fields and settings."""
+        """The rule's ``name``, else ``Rule(<criteria>, <settings>)``."""
         if self.name is not None:
             return self.name
         settings = [
@@ -207,6 +286,9 @@ class Rule(Selector):
         if self.options:
             settings.append(f"options={dict(self.options)!r}")
         return f"Rule({', '.join([self.criteria(), *settings])})"
+
+
+Selector.register(Rule)  # a rule reads as its selector wherever a Selector is taken
 
 
 @dataclass(frozen=True)
@@ -235,64 +317,6 @@ class ParamPlan:
         """What decides the param group: parameters with equal settings (inner optimizer, lr,
         weight decay and every option) share one group."""
         return (self.optimizer, self.lr, self.weight_decay, self.options)
-
-
-def describe(
-    model: nn.Module, coarse: bool = False, *, example_input: Any = None, tied: Tied | None = None
-) -> list[ParamInfo]:
-    """One :class:`ParamInfo` per distinct parameter tensor of ``model``, in registration order.
-
-    ``example_input`` and ``tied`` are those of :func:`lrgroups.depth.param_layers` (how depth follows
-    the data flow, where a tied embedding/output tensor goes); so are its errors and warnings.
-
-    Example:
-        >>> import torch, torch.nn as nn
-        >>> infos = describe(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)), example_input=torch.randn(1, 4))
-        >>> [(i.name, i.depth, i.is_head, i.depth_source) for i in infos][-1]
-        ('1.bias', 1, True, 'forward order; head')
-    """
-    given, model = model, unwrap_model(model)
-    layers = param_layers(model, coarse, example_input=example_input, tied=tied)
-    by_id = {id(param): layers[name] for name, param in model.named_parameters()}
-    max_depth = max((layer.depth for layer in layers.values()), default=0)
-    no_wd = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
-
-    # One walk over every (module, parameter) registration, shared ones included: the first name of
-    # a tensor is its name (as in ``named_parameters()``), later ones are its aliases.
-    names: dict[int, list[str]] = {}
-    first: list[tuple[str, torch.Tensor, nn.Module]] = []
-    for module_name, module in model.named_modules(remove_duplicate=False):
-        prefix = module_name + "." if module_name else ""
-        for param_name, param in module._parameters.items():
-            if param is None:
-                continue
-            if id(param) not in names:
-                names[id(param)] = []
-                first.append((prefix + param_name, param, module))
-            names[id(param)].append(prefix + param_name)
-    if given is not model:  # the names of the module the user passed (peft's base_model.model., DDP's module.)
-        for name, param in given.named_parameters(remove_duplicate=False):
-            if id(param) in names and name not in names[id(param)]:
-                names[id(param)].append(name)
-
-    infos = []
-    for name, param, module in first:
-        layer = by_id[id(param)]
-        infos.append(
-            ParamInfo(
-                name=name,
-                aliases=tuple(names[id(param)][1:]),
-                param=param,
-                module=module,
-                depth=layer.depth,
-                max_depth=max_depth,
-                is_head=layer.is_head,
-                is_norm=is_norm(module),
-                no_weight_decay=any(fnmatch.fnmatchcase(name, pattern) for pattern in no_wd),
-                depth_source=layer.source,
-            )
-        )
-    return infos
 
 
 def _resolve(value: Setting, info: ParamInfo) -> float:
@@ -362,16 +386,6 @@ def plan(
     """
     infos = describe_nonempty(model, coarse, example_input=example_input, tied=tied)
     return plan_params(infos, lr=lr, weight_decay=weight_decay, rules=rules)
-
-
-def describe_nonempty(
-    model: nn.Module, coarse: bool = False, *, example_input: Any = None, tied: Tied | None = None
-) -> list[ParamInfo]:
-    """:func:`describe`, raising ``ValueError`` for a model without parameters."""
-    infos = describe(model, coarse, example_input=example_input, tied=tied)
-    if not infos:
-        raise ValueError(f"{type(unwrap_model(model)).__name__} has no parameters to optimize")
-    return infos
 
 
 Base = Union[float, None, Mapping[Union[str, None], Union[float, None]]]

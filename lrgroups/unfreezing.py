@@ -22,6 +22,7 @@ import weakref
 from functools import partial
 from typing import Any, Mapping, Sequence, Union
 
+from . import _deprecated
 from .early_stopping import Plateau
 from .optimizer import LayerwiseOptimizer
 from .rules import NoMatchError, Selector, no_match_message
@@ -68,13 +69,14 @@ def _selected(optimizer: LayerwiseOptimizer, selector: Selector) -> dict[str, An
 #: The owner recorded for what a schedule freezes (``optimizer.frozen_by(name)``, ``explain()``).
 SCHEDULE_OWNER = "schedule"
 
-# The tensors some schedule froze and has not thawed: a schedule built later on the same model (a
-# re-run notebook cell, a second optimizer) may thaw them; what anyone else froze it never thaws.
-_FROZEN_BY_SCHEDULES: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+# The record a schedule leaves on a tensor it froze and has not thawed (removed when it thaws it):
+# a schedule built later on the same model (a re-run notebook cell, a second optimizer) takes such
+# tensors over; what anyone else froze it never thaws. It lives on the tensor, as long as the tensor.
+_FROZEN_BY_A_SCHEDULE = "_lrgroups_frozen_by_a_schedule"
 
 
 def _frozen_by_a_schedule(param: Any) -> bool:
-    return _FROZEN_BY_SCHEDULES.get(id(param)) is param
+    return not param.requires_grad and getattr(param, _FROZEN_BY_A_SCHEDULE, False)
 
 
 def _by_name(names: Sequence[str]) -> Selector:
@@ -103,7 +105,8 @@ class ProgressiveUnfreezing:
     ``requires_grad_(False)``, by a rule, by peft) stays frozen through every stage (an explicit
     ``optimizer.unfreeze(...)`` still thaws it), and a stage that would thaw nothing warns. (What an
     earlier schedule froze on the same model and did not thaw — a re-run notebook cell — the new
-    schedule takes over.) A stage is
+    schedule takes over: ``optimizer.frozen_by(name)`` then reports it as ``"schedule"``. The record
+    lives on the tensor itself, not in a registry.) A stage is
     advanced by
     :meth:`step` (after ``every_steps`` optimizer steps in the stage), :meth:`end_epoch` (after
     ``every_epochs`` epochs), :meth:`observe` (when the monitored metric reaches a plateau: patience
@@ -118,12 +121,14 @@ class ProgressiveUnfreezing:
         every_steps: advance after this many optimizer steps in a stage.
         every_epochs: advance after this many epochs in a stage.
         plateau: a :class:`~lrgroups.Plateau` on a validation metric fed to :meth:`observe`.
-        reset_patience: reset the plateau's patience after each stage change (default True).
+        reset_patience_on_advance: reset the plateau's patience after each stage change (default True;
+            :class:`~lrgroups.EarlyStopping`'s name for the same flag).
         warmup_steps: after a stage is unfrozen, the lr of the param groups that received its
             parameters ramps linearly from ``1/warmup_steps`` to 1 of the scheduled value over this
             many steps (applied inside ``step()`` only, so schedulers never see it; groups shared
             with parameters already training warm up too; each group keeps its own count, so a
             stage unfrozen mid warm-up does not cut another short).
+        reset_patience: deprecated name of ``reset_patience_on_advance``.
 
     Resuming: :meth:`load_state_dict` makes the optimizer's frozen set agree with the saved stage
     (see there), so a fresh optimizer, or one whose checkpoint was loaded before or after the
@@ -148,9 +153,12 @@ class ProgressiveUnfreezing:
         every_steps: int | None = None,
         every_epochs: int | None = None,
         plateau: Plateau | None = None,
-        reset_patience: bool = True,
+        reset_patience_on_advance: bool | None = None,
         warmup_steps: int = 0,
+        reset_patience: bool | None = None,
     ) -> None:
+        reset_patience_on_advance = _deprecated.keyword("ProgressiveUnfreezing", "reset_patience", reset_patience,
+                                                        "reset_patience_on_advance", reset_patience_on_advance, True)
         if not isinstance(optimizer, LayerwiseOptimizer):
             raise TypeError(f"ProgressiveUnfreezing needs a LayerwiseOptimizer, got {type(optimizer).__name__}")
         for what, value in (("every_steps", every_steps), ("every_epochs", every_epochs)):
@@ -165,7 +173,7 @@ class ProgressiveUnfreezing:
             raise ValueError("ProgressiveUnfreezing needs at least one stage")
         self.optimizer = optimizer
         self.every_steps, self.every_epochs = every_steps, every_epochs
-        self.plateau, self.reset_patience = plateau, reset_patience
+        self.plateau, self.reset_patience_on_advance = plateau, reset_patience_on_advance
         self.warmup_steps = warmup_steps
         self.stage = 0
         self.steps = 0
@@ -182,6 +190,8 @@ class ProgressiveUnfreezing:
             handles = [optimizer.register_step_pre_hook(partial(_call_weak, pre)),
                        optimizer.register_step_post_hook(partial(_call_weak, post))]
         self._finalizer = weakref.finalize(self, _remove_handles, handles)
+
+    reset_patience = _deprecated.alias("reset_patience_on_advance")
 
     def close(self) -> None:
         """Remove the step hooks this schedule installed on the optimizer (the warm-up's; idempotent).
@@ -209,6 +219,11 @@ class ProgressiveUnfreezing:
             for name, k in thaw_at.items()
             if k > 0 and (not optimizer.is_frozen(name) or _frozen_by_a_schedule(self._params[name]))
         }
+        # what an earlier schedule froze, this optimizer sees as frozen before it was built: the
+        # schedule takes it over, so frozen_by reports it as a schedule's
+        taken = [name for name in owned if optimizer.frozen_by(name) not in (None, SCHEDULE_OWNER)]
+        if taken:
+            optimizer.unfreeze(_by_name(taken))
         self._set_frozen(list(owned), True)
         if all(optimizer.is_frozen(name) for name in selected[0]):
             warnings.warn(
@@ -242,9 +257,9 @@ class ProgressiveUnfreezing:
         for name in names:
             param = self._params[name]
             if frozen:
-                _FROZEN_BY_SCHEDULES[id(param)] = param
-            elif _frozen_by_a_schedule(param):
-                del _FROZEN_BY_SCHEDULES[id(param)]
+                setattr(param, _FROZEN_BY_A_SCHEDULE, True)
+            elif hasattr(param, _FROZEN_BY_A_SCHEDULE):
+                delattr(param, _FROZEN_BY_A_SCHEDULE)
         return changed
 
     @property
@@ -261,7 +276,7 @@ class ProgressiveUnfreezing:
         self.history.append({"stage": self.stage, "step": self.steps, "reason": reason, "unfrozen": len(names)})
         self.steps_in_stage = 0
         self.epochs_in_stage = 0
-        if self.plateau is not None and self.reset_patience:
+        if self.plateau is not None and self.reset_patience_on_advance:
             self.plateau.reset_patience()
         if self.warmup_steps:
             self._warmup.update({self.optimizer.group_of(name): 0 for name in names})

@@ -322,3 +322,61 @@ def test_a_mismatch_names_the_first_differences_and_counts_the_rest():
         other.load_state_dict(opt.state_dict())
     lines = str(error.value).splitlines()
     assert len(lines) <= 8 and "... and 17 more parameters whose settings differ" in str(error.value)
+
+
+# The "lrgroups" key this model, these rules and this history wrote before the checkpoint format code
+# moved from optimizer.py into lrgroups.checkpoint (captured from commit 226c7fa): the format is unchanged.
+_LAYOUT_BEFORE_THE_SPLIT = {
+    "format": "lrgroups.LayerwiseOptimizer/2",
+    "names": ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"],
+    "settings": [{"optimizer": None, "lr": lr, "weight_decay": wd, "options": {}}
+                 for lr, wd in [(0.0005, 0.01), (0.0005, 0.0), (0.0005, 0.01), (0.0005, 0.0), (0.001, 0.01), (0.001, 0.0)]],
+    "groups": [0, 1, 0, 1, 2, 3],
+    "frozen": {"0.weight": "user", "1.weight": "rule", "1.bias": "rule"},
+    "planned_frozen": ["1.weight", "1.bias"],
+    "stepped": True,
+}
+
+
+def _layout_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3, rules=[
+        lrgroups.layer_decay(0.5), lrgroups.Rule("*.bias", weight_decay=0.0), lrgroups.Rule("1.*", frozen=True)])
+    return model, opt
+
+
+def test_checkpoint_format_is_the_one_written_before_the_split():
+    """state_dict()["lrgroups"] is exactly what the optimizer wrote before its checkpoint code moved
+    to lrgroups.checkpoint (the inner optimizer's default weight decay recorded where no rule set one),
+    and such a checkpoint loads."""
+    model, opt = _layout_model()
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    opt.freeze("0.weight", keep_state=True)
+    saved = opt.state_dict()
+    assert {k: v for k, v in saved["lrgroups"].items() if k != "kept"} == _LAYOUT_BEFORE_THE_SPLIT
+    assert sorted(saved["lrgroups"]["kept"]) == ["0.weight"]
+    assert opt.explain().weight_decay.tolist() == [0.01, 0.0, 0.01, 0.0, 0.01, 0.0]
+    _, fresh = _layout_model()
+    fresh.load_state_dict(copy.deepcopy(saved))
+    assert fresh.frozen_by("0.weight") == "user"
+    assert fresh.state_dict()["lrgroups"]["settings"] == _LAYOUT_BEFORE_THE_SPLIT["settings"]
+
+
+def test_translate_is_a_pure_function_of_the_layout():
+    """lrgroups.checkpoint.translate reads a checkpoint onto an optimizer's slots without changing
+    the optimizer, and names every difference when it does not fit."""
+    from lrgroups import checkpoint
+
+    model, opt = _layout_model()
+    saved = opt.state_dict()
+    before = copy.deepcopy(opt.state_dict())
+    per_parameter = {slot.row.name for slot in opt._slots}
+    frozen, kept, torch_part = checkpoint.translate(saved, opt._slots, opt._settings, opt.param_groups, per_parameter)
+    assert frozen == {"1.weight": "rule", "1.bias": "rule"} and kept == {}
+    assert [g["param_names"] for g in torch_part["param_groups"]] == [["0.weight"], ["0.bias"], ["3.weight"], ["3.bias"]]
+    assert opt.state_dict()["lrgroups"] == before["lrgroups"]
+    other = dict(saved, lrgroups=dict(saved["lrgroups"], names=["x"] + saved["lrgroups"]["names"][1:]))
+    with pytest.raises(lrgroups.CheckpointMismatchError, match="missing from the checkpoint: 0.weight"):
+        checkpoint.translate(other, opt._slots, opt._settings, opt.param_groups, per_parameter)

@@ -236,7 +236,7 @@ def test_one_plateau_per_metric():
     trainer = _trainer([alone], epochs=1)
     trainer.fit(Net(), _data(0), _data(1))
     before = alone.schedule.stage
-    alone._driver.validate(-1.0, 10, "val_loss")  # a new best (mode min)
+    alone._driver.observe(-1.0, 10, name="val_loss")  # a new best (mode min)
     assert alone.schedule.stage == before
-    alone._driver.validate(-1.0, 11, "val_loss")  # one flat check: one stage
+    alone._driver.observe(-1.0, 11, name="val_loss")  # one flat check: one stage
     assert alone.schedule.stage == before + 1

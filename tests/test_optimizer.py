@@ -736,6 +736,21 @@ def test_norm_hooks_are_owned_removable_and_not_seen_by_a_second_optimizer_or_a_
     assert not model[0].bn._forward_pre_hooks
 
 
+def test_closing_the_newest_optimizer_hands_its_norm_layers_back_to_the_previous_one():
+    """Two optimizers over one model: the newest decides a norm layer's mode; closing it hands the
+    decision back to the one before (which froze the block), as removing a hook uncovers the one
+    registered before it. No module-global owner map is involved."""
+    model = _bn_model()
+    first = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("0.*", frozen=True)])
+    model.requires_grad_(True)
+    second = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
+    assert _stats_move(model, model[0].bn)  # the newest trains the block: statistics move
+    second.close()
+    assert not _stats_move(model, model[0].bn)  # the first one, which froze the block, decides again
+    first.close()
+    assert _stats_move(model, model[0].bn) and not model[0].bn._forward_pre_hooks
+
+
 def test_unfreezing_under_an_optimizer_that_creates_state_in_its_constructor():
     """Adagrad creates its state when built: a parameter unfrozen later gets the state Adagrad's
     constructor gives it (not a KeyError at the next step), and then steps as under bare Adagrad."""

@@ -6,7 +6,7 @@ import pytest
 import torch.nn as nn
 
 import lrgroups
-from lrgroups.rules import NoMatchError, no_match_message
+from lrgroups.rules import NoMatchError, Selector, no_match_message
 
 
 def test_a_module_name_as_a_rule_suggests_its_glob():
@@ -26,3 +26,46 @@ def test_no_match_message_without_a_probe_lists_a_sample_of_names():
     assert no_match_message("selection ndim=3", None, names) == (
         "selection ndim=3 matches no parameter (the model has 10 parameters, e.g. 0.weight, 1.weight, 2.weight)")
     assert str(NoMatchError("plain")) == "plain"  # not KeyError's quoted form
+
+
+# A Rule pickled when Rule subclassed Selector (commit 226c7fa): Rule('fc.*', ndim=2, lr=0.1,
+# options={'momentum': 0.9}, name='x').
+_OLD_RULE_PICKLE = bytes.fromhex(
+    "80049515010000000000008c0e6c7267726f7570732e72756c6573948c0452756c659493942981947d94288c077061747465726e948c0466"
+    "632e2a948c057265676578944e8c0b6d6f64756c655f74797065944e8c046e64696d944b028c056465707468944e8c057768657265944e8c"
+    "026c7294473fb999999999999a8c076c725f6d756c74944e8c0c7765696768745f6465636179944e8c0777645f6d756c74944e8c0666726f"
+    "7a656e944e8c076f7074696f6e739468008c0e5f46726f7a656e4f7074696f6e739493947d948c086d6f6d656e74756d94473feccccccccc"
+    "cccd73859452948c096f7074696d697a6572944e8c046e616d65948c0178948c0b616c6c6f775f656d70747994898c0b6e656564735f6465"
+    "707468948975622e"
+)
+
+
+def test_a_rule_holds_its_selector_and_every_old_spelling_works():
+    """Selector is a field of Rule (rule.selector), not its base class; the flat spelling, the
+    selector's fields and methods through the rule, isinstance(rule, Selector), a rule given where a
+    selector is taken, replace(), hashing, the repr and rules pickled before all work as they did."""
+    import dataclasses
+    import pickle
+
+    import torch
+
+    rule = lrgroups.Rule("fc.*", ndim=2, lr=0.1, options={"momentum": 0.9}, name="x")
+    assert Selector not in type(rule).__mro__ and rule.selector == Selector(pattern="fc.*", ndim=2)
+    assert (rule.pattern, rule.ndim, rule.regex, rule.criteria()) == ("fc.*", 2, None, "pattern='fc.*', ndim=2")
+    assert isinstance(rule, Selector) and hash(rule) == hash(lrgroups.Rule("fc.*", ndim=2, lr=0.1,
+                                                                           options={"momentum": 0.9}, name="x"))
+    assert rule == lrgroups.Rule(selector=Selector(pattern="fc.*", ndim=2), lr=0.1, options={"momentum": 0.9}, name="x")
+    assert repr(lrgroups.Rule("fc.*", lr=1e-3)) == (
+        "Rule(pattern='fc.*', regex=None, module_type=None, ndim=None, depth=None, where=None, lr=0.001, "
+        "lr_mult=None, weight_decay=None, wd_mult=None, frozen=None, options=None, optimizer=None, name=None, "
+        "allow_empty=False, needs_depth=False)")
+    assert dataclasses.replace(rule, lr=0.2).lr == 0.2 and dataclasses.replace(rule, pattern="0.*").pattern == "0.*"
+    assert pickle.loads(pickle.dumps(rule)) == rule
+    old = pickle.loads(_OLD_RULE_PICKLE)
+    assert old == rule and old.selector == rule.selector and old.options == {"momentum": 0.9}
+    with pytest.raises(TypeError, match="selector must be a Selector"):
+        lrgroups.Rule(selector="fc.*")
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
+    assert opt.freeze(lrgroups.Rule("1.*", lr=0.5)) == ["1.weight", "1.bias"]
+    assert list(opt.select(lrgroups.Rule(ndim=1))) == ["0.bias", "1.bias"]

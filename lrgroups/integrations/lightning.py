@@ -27,22 +27,19 @@ Example:
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Mapping
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from torch.nn.parallel import DistributedDataParallel
 
-from ..distributed import wrap_ddp
+from ..distributed import every_parameter_registered
+from ..driver import EarlyStoppingSpec, FineTuning, UnfreezingSpec, has_plateau
 from ..early_stopping import EarlyStopping
 from ..unfreezing import ProgressiveUnfreezing
 from . import unwrap
-from ._driver import Driver, EarlyStoppingSpec, UnfreezingSpec
 
 if TYPE_CHECKING:
     from ..recipes import Recipe
@@ -119,7 +116,7 @@ class LayerwiseFinetuning(Callback):
         strict: bool = True,
         verbose: bool = False,
     ) -> None:
-        self._driver = Driver(unfreezing, early_stopping)
+        self._driver = FineTuning.from_specs(unfreezing, early_stopping)
         self.monitor = monitor
         self.optimizer_index = optimizer_index
         self.check_on_train_epoch_end = check_on_train_epoch_end
@@ -164,19 +161,15 @@ class LayerwiseFinetuning(Callback):
     @property
     def schedule(self) -> ProgressiveUnfreezing | None:
         """The schedule built in ``on_fit_start`` (``None`` before, or without ``unfreezing``)."""
-        return self._driver.schedule
+        return self._driver.unfreezing
 
     @property
     def early_stopping(self) -> EarlyStopping | None:
         """The stopper built in ``on_fit_start`` (``None`` before, or without ``early_stopping``)."""
-        return self._driver.stopper
+        return self._driver.early_stopping
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Lightning hook: refuse a plain ``DDPStrategy`` (use :class:`LayerwiseDDPStrategy`).
-
-        Raises:
-            ValueError: the Trainer's strategy is a ``DDPStrategy`` that is not a ``LayerwiseDDPStrategy``.
-        """
+        """Refuse a plain ``DDPStrategy`` (see :class:`LayerwiseDDPStrategy`)."""
         strategy = trainer.strategy
         if isinstance(strategy, DDPStrategy) and not isinstance(strategy, LayerwiseDDPStrategy):
             raise ValueError(
@@ -187,17 +180,12 @@ class LayerwiseFinetuning(Callback):
             )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Lightning hook: adopt the ``LayerwiseOptimizer`` from ``configure_optimizers``; build the schedule and the stopper.
-
-        Raises:
-            TypeError: ``configure_optimizers`` returned no optimizer at ``optimizer_index``.
-            ValueError: the monitor would never be read (no validation loop and not ``check_on_train_epoch_end``).
-        """
+        """Adopt the optimizer and build the schedule and the stopper over it (state loaded before applied)."""
         optimizers = trainer.optimizers
         if len(optimizers) <= self.optimizer_index:
             raise TypeError(f"configure_optimizers returned {len(optimizers)} optimizers; LayerwiseFinetuning needs a LayerwiseOptimizer")
         optimizer = unwrap(optimizers[self.optimizer_index])
-        wants = self._driver.early_stopping_spec is not None or _has_plateau(self._driver.unfreezing_spec)
+        wants = self._driver.early_stopping_spec is not None or has_plateau(self._driver.unfreezing_spec)
         if wants and not self.check_on_train_epoch_end and (
                 trainer.limit_val_batches == 0 or not is_overridden("validation_step", pl_module)):
             raise ValueError(f"the monitor {self.monitor!r} of early stopping or of a plateau schedule is read after "
@@ -205,16 +193,16 @@ class LayerwiseFinetuning(Callback):
                              "check_on_train_epoch_end=True to read a metric logged in training")
         total = trainer.estimated_stepping_batches
         total_steps = int(total) if total != float("inf") else None
-        self._driver.build(optimizer, pl_module, total_steps=total_steps)
+        self._driver.build(optimizer, pl_module, total_steps=total_steps)  # counts optimizer steps by a step hook
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Lightning hook: count the epoch for the schedule; check the monitor with ``check_on_train_epoch_end``."""
+        """Count an epoch (and check the monitor with ``check_on_train_epoch_end=True``)."""
         self._driver.end_epoch()
         if self.check_on_train_epoch_end:
             self._check(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Lightning hook: check the monitor after each validation of a fit (sanity checks skipped)."""
+        """Feed the monitor to the plateau or the stopper (not in the sanity check)."""
         if trainer.sanity_checking or trainer.state.fn != "fit" or self.check_on_train_epoch_end:
             return
         self._check(trainer)
@@ -225,7 +213,7 @@ class LayerwiseFinetuning(Callback):
             rank_zero_warn(f"LayerwiseFinetuning: the monitored metric {self.monitor!r} was not logged; check "
                            "skipped (strict=False)", category=RuntimeWarning)
             return
-        decision = self._driver.validate(metric, trainer.global_step, self.monitor)
+        decision = self._driver.observe(metric, trainer.global_step, name=self.monitor)
         if decision is not None:
             stop = trainer.strategy.reduce_boolean_decision(decision.stop, all=False)
             if stop and not trainer.should_stop:
@@ -236,7 +224,7 @@ class LayerwiseFinetuning(Callback):
             trainer.should_stop = trainer.should_stop or stop
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Lightning hook: remove the schedule's step hooks."""
+        """Remove the step hook the driver installed."""
         self._driver.close()
 
     def state_dict(self) -> dict[str, Any]:
@@ -256,18 +244,13 @@ def _spec_key(spec: Any) -> Any:
     return getattr(spec, "name", None) or getattr(spec, "__qualname__", type(spec).__qualname__)
 
 
-def _has_plateau(spec: Any) -> bool:
-    """Whether an unfreezing spec (its dict, or a recipe's) advances on a plateau of the monitor."""
-    unfreezing = spec if isinstance(spec, Mapping) else getattr(spec, "unfreezing", None)
-    return isinstance(unfreezing, Mapping) and unfreezing.get("plateau") is not None
-
-
 class LayerwiseDDPStrategy(DDPStrategy):
     """``DDPStrategy`` whose ``DistributedDataParallel`` registers every parameter for gradient
-    reduction, frozen ones included (:func:`lrgroups.wrap_ddp`), with ``find_unused_parameters=True``:
-    parameters frozen when Lightning wraps the model (by you, by peft) and unfrozen later are
-    reduced like the others, and frozen ones (no gradient) are skipped. Other arguments are
-    ``DDPStrategy``'s.
+    reduction, frozen ones included (as :func:`lrgroups.wrap_ddp` builds it: Lightning's public
+    ``configure_ddp`` runs inside :func:`lrgroups.distributed.every_parameter_registered`), with
+    ``find_unused_parameters=True``: parameters frozen when Lightning wraps the model (by you, by
+    peft) and unfrozen later are reduced like the others, and frozen ones (no gradient) are skipped.
+    Other arguments are ``DDPStrategy``'s.
 
     Raises:
         ValueError: ``find_unused_parameters=False`` (frozen parameters produce no gradient).
@@ -285,8 +268,8 @@ class LayerwiseDDPStrategy(DDPStrategy):
         kwargs["find_unused_parameters"] = True
         super().__init__(*args, **kwargs)
 
-    def _setup_model(self, model: torch.nn.Module) -> DistributedDataParallel:
-        device_ids = self.determine_ddp_device_ids()
-        context = torch.cuda.stream(torch.cuda.Stream()) if device_ids is not None else nullcontext()
-        with context:
-            return wrap_ddp(model, device_ids=device_ids, **self._ddp_kwargs)
+    def configure_ddp(self) -> None:
+        """Lightning's own ``configure_ddp`` (public), with every parameter registered for reduction
+        (:func:`lrgroups.distributed.every_parameter_registered`)."""
+        with every_parameter_registered(self.model):
+            super().configure_ddp()

@@ -33,10 +33,10 @@ from typing import Any, Mapping
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from ..driver import FineTuning
 from ..early_stopping import EarlyStopping
 from ..unfreezing import ProgressiveUnfreezing
 from . import unwrap
-from ._driver import Driver
 
 __all__ = ["LayerwiseCallback"]
 
@@ -99,7 +99,7 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
         self.unfreezing = None if unfreezing is None else dict(unfreezing)
         self.early_stopping = None if early_stopping is None else dict(early_stopping)
         self.metric = metric
-        self._driver = Driver(self.unfreezing, self.early_stopping)
+        self._driver = FineTuning.from_specs(self.unfreezing, self.early_stopping)
         self._lr_hook = None
         self._step_lrs: dict[str, float] = {}
         if saved_state is not None:
@@ -108,12 +108,12 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
     @property
     def schedule(self) -> ProgressiveUnfreezing | None:
         """The schedule built in ``on_train_begin`` (``None`` before, or without ``unfreezing``)."""
-        return self._driver.schedule
+        return self._driver.unfreezing
 
     @property
     def stopper(self) -> EarlyStopping | None:
         """The stopper built in ``on_train_begin`` (``None`` before, or without ``early_stopping``)."""
-        return self._driver.stopper
+        return self._driver.early_stopping
 
     def state(self) -> dict[str, Any]:
         """``ExportableState``: the arguments, and the schedule's and stopper's state as ``saved_state``
@@ -137,11 +137,7 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
         self._driver.load_state_dict(state_dict)
 
     def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs) -> None:
-        """Trainer hook: adopt the ``LayerwiseOptimizer`` the Trainer built; build (or resume) the schedule and the stopper.
-
-        Raises:
-            ValueError: resuming without the callback's saved state (``restore_callback_states_from_checkpoint``).
-        """
+        """Build the schedule and the stopper over the Trainer's optimizer (saved state applied on resume)."""
         resuming = state.global_step > 0
         if resuming and self._driver.pending is None and self._driver.optimizer is None and (
             self.unfreezing is not None or self.early_stopping is not None
@@ -162,17 +158,17 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
         self._step_lrs = {f"learning_rate/{g['name']}": float(g["lr"]) for g in optimizer.param_groups}
 
     def on_epoch_end(self, args, state, control, **kwargs) -> None:
-        """Trainer hook: count the epoch for the schedule."""
+        """Count an epoch."""
         self._driver.end_epoch()
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs) -> None:
-        """Trainer hook: feed ``metrics[metric]`` to the stopper or plateau; stop training when it says so."""
-        decision = self._driver.validate((metrics or {}).get(self.metric), state.global_step, self.metric)
+        """Feed ``metric`` to the plateau or the stopper; a stop sets ``control.should_training_stop``."""
+        decision = self._driver.observe((metrics or {}).get(self.metric), state.global_step, name=self.metric)
         if decision is not None and decision.stop:
             control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs) -> None:
-        """Trainer hook: add each param group's lr to the logs as ``learning_rate/<group name>``."""
+        """Add ``learning_rate/<group name>`` for every param group to the logs."""
         if logs is None or optimizer is None or "loss" not in logs and "learning_rate" not in logs:
             return
         lrs = self._step_lrs or {f"learning_rate/{g['name']}": float(g["lr"]) for g in unwrap(optimizer).param_groups}
@@ -181,7 +177,7 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
             state.log_history[-1].update(lrs)  # the Trainer appended a copy of logs before on_log
 
     def on_train_end(self, args, state, control, **kwargs) -> None:
-        """Trainer hook: remove the schedule's and the callback's step hooks."""
+        """Remove the step hooks the callback installed."""
         self._driver.close()
         if self._lr_hook is not None:
             self._lr_hook.remove()

@@ -1,0 +1,281 @@
+"""The inner optimizers of a :class:`~lrgroups.LayerwiseOptimizer`: how the ``optimizer`` argument is
+read (a class, a factory, or several by name), their defaults, and building one from its groups.
+
+A spec is a ``torch.optim.Optimizer`` subclass or a callable ``(param_groups, **kwargs) ->
+Optimizer``; several inner optimizers are given as a dict ``{name: spec}`` or ``{name: (spec,
+{kwargs})}``. What the wrapper is not given (``lr``, ``weight_decay``) is read from the inner
+optimizer's own signature, so its defaults stay its own.
+
+Example:
+    >>> import torch
+    >>> from lrgroups.inner import base_value, specs
+    >>> specs({"adamw": torch.optim.AdamW, "sgd": (torch.optim.SGD, {"momentum": 0.9})}, {})["sgd"]
+    (<class 'torch.optim.sgd.SGD'>, {'momentum': 0.9})
+    >>> base_value("weight_decay", None, torch.optim.AdamW, {}, required=False)
+    0.01
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Union
+
+import torch
+
+__all__ = [
+    "DERIVED_STATE",
+    "ForwardedToInner",
+    "Inner",
+    "OptimizerFactory",
+    "OptimizerSpec",
+    "accepts",
+    "base_value",
+    "build_inner",
+    "check_factory",
+    "factory_name",
+    "signature_default",
+    "specs",
+    "unprofiled_step",
+]
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+OptimizerSpec = Union[OptimizerFactory, tuple]
+
+#: Optimizers whose state is derived from the whole parameter set (L-BFGS keeps flat history
+#: vectors over all its parameters): their membership cannot change once they hold state, and
+#: their state does not follow the shapes of the parameters.
+DERIVED_STATE: tuple[type, ...] = (torch.optim.LBFGS,)
+# The code of torch's step-profiling wrapper (``Optimizer.profile_hook_step``): an inner optimizer's
+# step is called unwrapped, so hooks and profiling run once, on the wrapper, in torch's order.
+_PROFILED_STEP = torch.optim.Optimizer.profile_hook_step(lambda self: None).__code__
+
+
+@dataclass(eq=False)
+class Inner:
+    """One inner optimizer and the param groups (a contiguous range ``start:stop`` of the wrapper's
+    ``param_groups``) it steps.
+
+    Attributes:
+        name: its name in the dict of optimizers; ``None`` for a single one.
+        optimizer: the built optimizer.
+        factory: the class or callable it was built with.
+        kwargs: the keyword arguments it was built with (the wrapper's own ``lr`` and
+            ``weight_decay`` not included).
+        start: the index of its first group in the wrapper's ``param_groups``.
+        stop: one past the index of its last group.
+        eager_state: its constructor creates state (Adagrad): a hot-added parameter needs it too.
+    """
+
+    name: str | None
+    optimizer: torch.optim.Optimizer
+    factory: OptimizerFactory
+    kwargs: dict
+    start: int
+    stop: int
+    eager_state: bool
+
+
+def signature_default(factory: OptimizerFactory, name: str) -> Any:
+    """The default of keyword ``name`` in ``factory``'s signature; ``inspect.Parameter.empty`` when it
+    has none, does not take it, or has no readable signature.
+
+    Args:
+        factory: an optimizer class or callable.
+        name: a keyword argument (``"lr"``, ``"weight_decay"``).
+
+    Returns:
+        The default value, or ``inspect.Parameter.empty``.
+    """
+    try:
+        parameter = inspect.signature(factory).parameters.get(name)
+    except (TypeError, ValueError):
+        return inspect.Parameter.empty
+    return inspect.Parameter.empty if parameter is None else parameter.default
+
+
+def accepts(factory: OptimizerFactory, name: str) -> bool:
+    """Whether ``factory`` takes keyword ``name`` (also through ``**kwargs``; ``True`` when its
+    signature cannot be read).
+
+    Args:
+        factory: an optimizer class or callable.
+        name: a keyword argument.
+
+    Returns:
+        Whether the keyword is accepted.
+    """
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def factory_name(factory: OptimizerFactory) -> str:
+    """``factory.__name__`` (``"AdamW"``), else its ``repr``: the name messages use.
+
+    Args:
+        factory: an optimizer class or callable.
+
+    Returns:
+        The name.
+    """
+    return getattr(factory, "__name__", repr(factory))
+
+
+def check_factory(factory: Any) -> OptimizerFactory:
+    """``factory`` when it is an optimizer class or a callable.
+
+    Args:
+        factory: what the user gave as the optimizer.
+
+    Returns:
+        ``factory`` itself.
+
+    Raises:
+        TypeError: an optimizer instance (the wrapper builds the groups itself), or not callable.
+    """
+    if isinstance(factory, torch.optim.Optimizer):
+        raise TypeError(
+            f"pass the optimizer class or a factory, not an instance: LayerwiseOptimizer(model, "
+            f"{type(factory).__name__}, lr=...) (it builds the param groups itself)"
+        )
+    if not callable(factory):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer subclass or a callable, got {factory!r}")
+    return factory
+
+
+def specs(optimizer: Any, kwargs: dict) -> dict[str | None, tuple[OptimizerFactory, dict]]:
+    """The inner optimizers to build, ``{name: (factory, kwargs)}``; name ``None`` for a single one.
+
+    Args:
+        optimizer: a class or factory, or a dict of them by name (values optionally ``(factory,
+            {kwargs})``).
+        kwargs: the wrapper's extra keyword arguments (for a single optimizer only).
+
+    Returns:
+        The specs, in the order given.
+
+    Raises:
+        ValueError: an empty dict.
+        TypeError: keyword arguments for all of several optimizers; a spec that is not a class or
+            a callable (see :func:`check_factory`).
+    """
+    if isinstance(optimizer, Mapping):
+        if not optimizer:
+            raise ValueError("give at least one optimizer")
+        if kwargs:
+            raise TypeError(
+                f"with several optimizers give each its own keyword arguments, as name: (class, {{...}}); "
+                f"got {sorted(kwargs)} for all of them"
+            )
+        found = {}
+        for name, spec in optimizer.items():
+            factory, own = spec if isinstance(spec, tuple) else (spec, {})
+            found[str(name)] = (check_factory(factory), dict(own))
+        return found
+    return {None: (check_factory(optimizer), dict(kwargs))}
+
+
+def base_value(what: str, given: Any, factory: OptimizerFactory, kwargs: dict, required: bool) -> Any:
+    """The starting value of ``what`` for one inner optimizer: its own keyword, else the wrapper's,
+    else the optimizer's own default (read from its signature).
+
+    Args:
+        what: ``"lr"`` or ``"weight_decay"``.
+        given: the wrapper's value (``None``: not given).
+        factory: the inner optimizer's class or callable.
+        kwargs: its own keyword arguments.
+        required: raise when there is no value at all.
+
+    Returns:
+        The value, or ``None`` (not required and no default).
+
+    Raises:
+        ValueError: ``required`` and no value anywhere.
+    """
+    if what in kwargs:
+        return kwargs[what]
+    if given is not None:
+        return given
+    default = signature_default(factory, what)
+    if default is inspect.Parameter.empty or default is None:
+        if required:
+            raise ValueError(f"{factory_name(factory)} has no default {what}: pass {what}=...")
+        return None
+    return default
+
+
+def build_inner(factory: OptimizerFactory, groups: list[dict], kwargs: dict, name: str | None,
+                lr: Any, weight_decay: Any) -> torch.optim.Optimizer:
+    """Build one inner optimizer over ``groups``.
+
+    Args:
+        factory: its class or callable.
+        groups: its param group dicts.
+        kwargs: its own keyword arguments.
+        name: its name among several (``None``: the only one), for messages.
+        lr: the wrapper's ``lr`` (passed unless ``kwargs`` has one; ``None``: not given).
+        weight_decay: the wrapper's ``weight_decay`` (likewise).
+
+    Returns:
+        The optimizer.
+
+    Raises:
+        ValueError: the factory raised (its message included).
+        TypeError: it returned something that is not a ``torch.optim.Optimizer``.
+    """
+    call = dict(kwargs)
+    if lr is not None and "lr" not in call:
+        call["lr"] = lr
+    if weight_decay is not None and "weight_decay" not in call:
+        call["weight_decay"] = weight_decay
+    label = factory_name(factory) + ("" if name is None else f" ({name!r})")
+    try:
+        built = factory(groups, **call)
+    except Exception as error:
+        raise ValueError(f"could not build {label} from {len(groups)} param groups with {call}: {error}") from error
+    if not isinstance(built, torch.optim.Optimizer):
+        raise TypeError(f"{label} returned {type(built).__name__}, not a torch.optim.Optimizer")
+    return built
+
+
+def unprofiled_step(optimizer: torch.optim.Optimizer) -> Callable:
+    """``optimizer.step`` without torch's profiling wrapper (so the wrapper's hooks and profiling run
+    once, on the wrapper).
+
+    Args:
+        optimizer: an inner optimizer.
+
+    Returns:
+        A callable ``(closure=None) -> loss``.
+    """
+    step = type(optimizer).step
+    if getattr(step, "__code__", None) is _PROFILED_STEP:
+        step = step.__wrapped__
+    return functools.partial(step, optimizer)
+
+
+class ForwardedToInner:
+    """An attribute set on the wrapper by a caller that steps it and read by the inner optimizers'
+    ``step`` (GradScaler's ``grad_scale``/``found_inf`` for fused optimizers): set and deleted on
+    every inner optimizer (the wrapper's ``_inners``)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, wrapper: Any, owner: type | None = None) -> Any:
+        if wrapper is None:
+            return self
+        return getattr(wrapper._inners[0].optimizer, self.name)
+
+    def __set__(self, wrapper: Any, value: Any) -> None:
+        for inner in wrapper._inners:
+            setattr(inner.optimizer, self.name, value)
+
+    def __delete__(self, wrapper: Any) -> None:
+        for inner in wrapper._inners:
+            if hasattr(inner.optimizer, self.name):
+                delattr(inner.optimizer, self.name)
