@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from ..store import atomic_write, cpu_name, git_commit, versions
-from .harness import set_scale
 
 ROOT = Path(__file__).resolve().parents[2]
 PERF_DIR = Path(__file__).resolve().parent
@@ -93,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     scale = QUICK_SCALE if args.quick else 1.0
     env = environment(_command(argv), scale)
     results_path = out / "perf.json"
+
+    from .harness import set_scale  # imports torch: only when measuring
 
     previous = set_scale(scale)
     pytest_args = [
