@@ -12,7 +12,9 @@ what it holds:
   ``layer_decay``) with its verdict in each committed run that tests it;
 - ``perf-table``: the summary table of ``results/perf/perf.md``;
 - ``api-index``: every public name of ``lrgroups`` (its ``__all__``), of the training driver and of the integrations, with the
-  first sentence of its docstring (read statically by griffe, as the API pages are).
+  first sentence of its docstring (read statically by griffe, as the API pages are);
+- ``deprecations``: every deprecated public name (``lrgroups._deprecated.DEPRECATED``) and what
+  replaced it.
 
 ``python -m benchmarks docs-tables`` rewrites every block of README.md and docs/**/*.md;
 ``--check`` only reports the stale ones (exit code 1), which is what the tests run.
@@ -68,8 +70,13 @@ def generate(name: str, results: Path = RESULTS) -> str:
         return perf_table(results / "perf" / "perf.md")
     if name == "api-index":
         return api_index()
+    if name == "deprecations":
+        from lrgroups._deprecated import DEPRECATED
+
+        rows = [f"| `{where}` | `{old}` | `{new}` |" for where, old, new in DEPRECATED]
+        return "\n".join(["| where | deprecated name | use instead |", "|---|---|---|", *rows])
     raise ValueError(f"unknown generated block {name!r}: expected verdicts-<run>, across-<run>, claims-<strategy>, "
-                     "perf-table or api-index")
+                     "perf-table, api-index or deprecations")
 
 
 def claims_table(strategy: str, results: Path = RESULTS) -> str:

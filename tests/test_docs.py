@@ -70,7 +70,7 @@ def test_generated_tables_are_the_committed_results():
     results/ (and the README has the quick verdicts, the docs every kind of block)."""
     assert blocks.stale(blocks.documents()) == []
     names = {name for page in blocks.documents() for name, _ in blocks.blocks(page.read_text())}
-    assert {"verdicts-quick", "verdicts-standard", "across-standard", "perf-table", "api-index"} <= names
+    assert {"verdicts-quick", "verdicts-standard", "across-standard", "perf-table", "api-index", "deprecations"} <= names
     assert {name for name, _ in blocks.blocks(README.read_text())} == {"verdicts-quick"}
     assert len([n for n in names if n.startswith("claims-")]) == 7
 
