@@ -35,6 +35,8 @@ def _code(language: str) -> list[tuple[str, int, str]]:
 
 PYTHON = _code("python")
 TOML = _code("toml")
+SHELL = [(page, line.split("#", 1)[0].strip()) for page, _, block in _code("bash") for line in block.splitlines()
+         if line.split("#", 1)[0].strip()]
 
 
 def test_every_usage_page_has_an_example():
@@ -63,6 +65,34 @@ def test_toml_suite_loads_and_dry_runs(page, index, code, tmp_path, capsys):
     assert load_suite(path).cells()
     assert main(["run", "--config", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
     assert "pending" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("page, command", SHELL, ids=[f"{p}: {c}" for p, c in SHELL])
+def test_shell_command_is_real(page, command):
+    """The shell blocks (too long to run in the tests: whole suites) name what exists: a make target of
+    the Makefile, a subcommand of `python -m benchmarks` with options its parser accepts, an extra of
+    pyproject.toml."""
+    import shlex
+
+    import tomllib
+
+    words = shlex.split(command)
+    if words[0] == "make":
+        targets = re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), flags=re.M)
+        assert words[1] in targets
+    elif words[:3] == ["python", "-m", "benchmarks"]:
+        from benchmarks.__main__ import _parser
+
+        if words[3] != "perf":
+            _parser().parse_args(words[3:])
+    elif words[:2] == ["pip", "install"]:
+        extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+        for spec in words[2:]:
+            if spec != "-e":
+                wanted = re.findall(r"\[(.*?)\]", spec)
+                assert all(e in extras for group in wanted for e in group.split(","))
+    else:
+        raise AssertionError(f"{page}: a shell command this test does not know how to check: {command}")
 
 
 def test_generated_tables_are_the_committed_results():
