@@ -25,8 +25,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..store import atomic_write, versions
-
 ROOT = Path(__file__).resolve().parents[2]
 PERF_DIR = Path(__file__).resolve().parent
 QUICK_SCALE = 0.33
@@ -43,6 +41,7 @@ def environment(command: str, scale: float) -> dict[str, Any]:
     """What the numbers depend on: versions, hardware, threads, commit, date, load."""
     import torch
 
+    from ..store import versions
     from ..training import cpu_name
 
     commit = _git("rev-parse", "HEAD") or "unknown"
@@ -87,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     out = Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
+    from ..store import atomic_write  # imports torch, as the run itself does
+
     if args.report_only:
         from .report import render
 
