@@ -241,7 +241,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         # torch's own machinery: hooks, step profiling, pickling; add_param_group validates (leaf
         # tensors, no parameter in two groups) and re-lists each group's params, which are put
         # back so inner optimizers that hold on to their lists keep them.
+        self._building = True
         super().__init__(all_groups, {})
+        self._building = False
         for group, params in zip(all_groups, lists):
             group["params"] = params
         self.defaults = inners[0].optimizer.defaults
@@ -404,7 +406,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         Raises:
             TypeError: always, after construction.
         """
-        if "_slots" not in self.__dict__:  # Optimizer.__init__ adding the inner optimizers' groups
+        if self.__dict__.get("_building"):  # Optimizer.__init__ adding the inner optimizers' groups
             return super().add_param_group(param_group)
         raise TypeError(
             "LayerwiseOptimizer builds its groups from rules and never adds groups (that would break "
@@ -528,14 +530,15 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self._ratio_check = None
 
     # ---------------------------------------------------------------- freezing
-    def _select(self, pattern: str | Selector | None, select: dict) -> list[_Slot]:
+    def _select(self, pattern: str | Selector | None, select: dict, missing: str = "raise") -> list[_Slot]:
         if isinstance(pattern, Selector) and select:
             raise TypeError("give a Selector or selector fields, not both")
+        if missing not in ("raise", "empty"):
+            raise ValueError(f"missing must be 'raise' or 'empty', got {missing!r}")
         selector = pattern if isinstance(pattern, Selector) else Selector(pattern=pattern, **select)
         chosen = [slot for slot in self._slots if selector.matches(slot.info)]
-        if not chosen:
-            raise NoMatchError(no_match_message(f"selection {selector.criteria()}", selector.pattern or selector.regex,
-                                                [slot.row.name for slot in self._slots]))
+        if not chosen and missing == "raise":
+            raise selector.no_match_error([slot.row.name for slot in self._slots])
         return chosen
 
     def _slot(self, name: str) -> _Slot:
@@ -544,12 +547,22 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             raise NoMatchError(no_match_message(f"name {name!r}", name, [slot.row.name for slot in self._slots]))
         return slot
 
-    def select(self, pattern: str | Selector | None = None, **select: Any) -> dict[str, torch.Tensor]:
+    def select(self, pattern: str | Selector | None = None, *, missing: str = "raise",
+               **select: Any) -> dict[str, torch.Tensor]:
         """``{name: parameter}`` of the parameters a selection picks (a glob, a
         :class:`~lrgroups.Selector`, or its fields as keywords), in plan order; nothing changes.
 
+        Args:
+            pattern: a glob over the names, or a :class:`~lrgroups.Selector`.
+            missing: ``"raise"`` (default) when nothing matches, or ``"empty"`` to return ``{}``.
+            **select: :class:`~lrgroups.Selector` fields (``ndim=1``, ``depth=(0, 3)``, ...).
+
+        Returns:
+            The selected parameters by name.
+
         Raises:
-            ValueError: the selection matches no parameter (with the closest names).
+            ValueError: the selection matches no parameter (with the closest names; a
+                :class:`~lrgroups.NoMatchError`), unless ``missing="empty"``.
 
         Example:
             >>> import torch, torch.nn as nn, lrgroups
@@ -557,7 +570,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             >>> list(opt.select(ndim=1))
             ['0.bias', '1.bias']
         """
-        return {slot.row.name: slot.param for slot in self._select(pattern, select)}
+        return {slot.row.name: slot.param for slot in self._select(pattern, select, missing)}
 
     def _check_membership_change(self, slots: list[_Slot]) -> None:
         groups = {slot.group for slot in slots}

@@ -366,7 +366,7 @@ class Recipe:
         everything = optimizer.select()
         trainable = {id(param) for name, param in everything.items() if optimizer.frozen_by(name) != "model"}
         stages = [_owned(stage, trainable) for stage in stages]
-        stages = [stage for stage in stages if _selects_any(optimizer, stage)]
+        stages = [stage for stage in stages if optimizer.select(stage, missing="empty")]
         if not stages:
             return None
         for key in ("every_steps", "every_epochs"):
@@ -377,14 +377,6 @@ class Recipe:
         if "plateau" in kwargs:
             kwargs["plateau"] = Plateau(**kwargs["plateau"])
         return ProgressiveUnfreezing(optimizer, stages, **kwargs)
-
-
-def _selects_any(optimizer: LayerwiseOptimizer, stage: Selector) -> bool:
-    try:
-        optimizer.select(stage)
-    except ValueError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------- the strategies

@@ -95,6 +95,22 @@ class Selector(metaclass=ABCMeta):
         parts = [f"{name}={getattr(self, name)!r}" for name in SELECTOR_FIELDS if getattr(self, name) is not None]
         return ", ".join(parts) or "everything"
 
+    def no_match_error(self, names: Sequence[str], what: str | None = None) -> NoMatchError:
+        """The error for this selector matching none of ``names``, with the closest names.
+
+        Args:
+            names: the parameter names it was matched against.
+            what: what matched nothing, for the message (default ``"selection <criteria>"``).
+
+        Returns:
+            The :class:`NoMatchError` (to raise).
+
+        Example:
+            >>> print(Selector(pattern="wieght").no_match_error(["weight", "bias"]))  # doctest: +ELLIPSIS
+            selection pattern='wieght' matches no parameter; closest names: weight (the model has 2 ...
+        """
+        return NoMatchError(no_match_message(what or f"selection {self.criteria()}", self.pattern or self.regex, names))
+
 
 #: The criteria of a :class:`Selector`, in order (also :class:`Rule`'s first constructor arguments).
 SELECTOR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Selector))
@@ -273,6 +289,11 @@ class Rule:
         """The selector's criteria as text (:meth:`Selector.criteria`)."""
         return self.selector.criteria()
 
+    def no_match_error(self, names: Sequence[str], what: str | None = None) -> NoMatchError:
+        """The error for this rule matching none of ``names`` (:meth:`Selector.no_match_error`; by
+        default the message names the rule by its :attr:`label`)."""
+        return self.selector.no_match_error(names, what or f"rule {self.label}")
+
     @property
     def label(self) -> str:
         """The rule's ``name``, else ``Rule(<criteria>, <settings>)``."""
@@ -359,10 +380,6 @@ def no_match_message(what: str, probe: str | None, names: Sequence[str]) -> str:
         if close:
             message += f"; closest names: {', '.join(close)}"
     return message + f" (the model has {len(names)} parameters, e.g. {', '.join(names[:3])})"
-
-
-def _no_match_message(rule: Rule, names: Sequence[str]) -> str:
-    return no_match_message(f"rule {rule.label}", rule.pattern or rule.regex, names)
 
 
 def plan(
@@ -485,7 +502,7 @@ def plan_params(
         )
     for rule, count in zip(rules, hits):
         if count == 0 and not rule.allow_empty:
-            raise NoMatchError(_no_match_message(rule, names))
+            raise rule.no_match_error(names)
     return rows
 
 

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence, Union
 from . import _deprecated
 from .early_stopping import Plateau
 from .optimizer import LayerwiseOptimizer
-from .rules import NoMatchError, Selector, no_match_message
+from .rules import Selector
 
 __all__ = ["ProgressiveUnfreezing", "depth_stages"]
 
@@ -56,14 +56,6 @@ def _selector(stage: StageSpec) -> Selector:
     if isinstance(stage, str):
         return Selector(pattern=stage)
     return Selector(**stage)
-
-
-def _selected(optimizer: LayerwiseOptimizer, selector: Selector) -> dict[str, Any]:
-    """``{name: tensor}`` of the parameters ``selector`` picks, in plan order (empty when none)."""
-    try:
-        return optimizer.select(selector)
-    except ValueError:
-        return {}
 
 
 #: The owner recorded for what a schedule freezes (``optimizer.frozen_by(name)``, ``explain()``).
@@ -206,10 +198,9 @@ class ProgressiveUnfreezing:
         thaw_at: dict[str, int] = {}
         selected = []
         for index, stage in enumerate(self.stages):
-            names = _selected(optimizer, stage)
+            names = optimizer.select(stage, missing="empty")
             if not names:
-                raise NoMatchError(no_match_message(f"stage {index} ({stage.criteria()})", stage.pattern or stage.regex,
-                                                    [row.name for row in optimizer.plan]))
+                raise stage.no_match_error([row.name for row in optimizer.plan], f"stage {index} ({stage.criteria()})")
             selected.append(list(names))
             for name, param in names.items():
                 thaw_at.setdefault(name, index)
@@ -249,7 +240,7 @@ class ProgressiveUnfreezing:
         if not names:
             return []
         missing = [name for name in names if name not in self._params]
-        self._params.update(_selected(self.optimizer, _by_name(missing)) if missing else {})
+        self._params.update(self.optimizer.select(_by_name(missing), missing="empty") if missing else {})
         if frozen:
             changed = self.optimizer.freeze(_by_name(names), owner=SCHEDULE_OWNER)
         else:

@@ -19,7 +19,7 @@ import lrgroups
 PACKAGE = Path(lrgroups.__file__).parent
 # A memo of derived values (the forward trace of a model, by model, weakly), not a record of who owns
 # what: it installs nothing and changes no behaviour but how often the model's forward runs.
-CACHES = {("lrgroups.depth", "_TRACES"), ("lrgroups.tracing", "_TRACES")}
+CACHES = {("lrgroups.tracing", "_TRACES")}
 _DATA = (str, bytes, int, float, bool, type(None), type, tuple, frozenset)
 
 
@@ -69,14 +69,14 @@ def _hook_calls(text: str) -> list[tuple[str, bool]]:
 def test_every_hook_lrgroups_installs_has_a_kept_handle_and_only_norms_hooks_norm_layers():
     """Every register_*hook call in lrgroups keeps the handle it returns (none is a bare
     statement); forward hooks are installed by lrgroups.norms (norm layers), the temporary forward
-    trace of the depth module and head_features' one-call probe, each removed in a finally."""
+    trace (lrgroups.tracing) and head_features' one-call probe, each removed in a finally."""
     forward = set()
     for path in PACKAGE.rglob("*.py"):
         for method, kept in _hook_calls(path.read_text()):
             assert kept, f"{path.name}: a {method} whose handle is dropped"
             if method.startswith("register_forward"):
                 forward.add(path.name)
-    assert forward <= {"norms.py", "depth.py", "tracing.py", "recipes.py"}
+    assert forward <= {"norms.py", "tracing.py", "recipes.py"}
     assert "norms.py" in forward
 
 

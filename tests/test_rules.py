@@ -69,3 +69,22 @@ def test_a_rule_holds_its_selector_and_every_old_spelling_works():
     opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
     assert opt.freeze(lrgroups.Rule("1.*", lr=0.5)) == ["1.weight", "1.bias"]
     assert list(opt.select(lrgroups.Rule(ndim=1))) == ["0.bias", "1.bias"]
+
+
+def test_one_no_match_error_for_a_selection_and_select_missing_empty():
+    """Selector.no_match_error is the one message for a selection that matches nothing (a rule's names
+    the rule, a schedule's stage names the stage); opt.select(..., missing="empty") returns {} instead."""
+    import torch
+
+    names = ["0.weight", "0.bias"]
+    assert str(Selector(pattern="0.wieght").no_match_error(names)).startswith(
+        "selection pattern='0.wieght' matches no parameter; closest names: 0.weight")
+    assert str(lrgroups.Rule("0.wieght", lr=0.1).no_match_error(names)).startswith("rule Rule(pattern='0.wieght'")
+    opt = lrgroups.LayerwiseOptimizer(nn.Sequential(nn.Linear(2, 2)), torch.optim.SGD, lr=0.1)
+    assert opt.select("x.*", missing="empty") == {} and list(opt.select("0.*", missing="empty")) == names
+    with pytest.raises(NoMatchError, match="closest names: 0.weight"):
+        opt.select("0.wieght")
+    with pytest.raises(ValueError, match="missing must be"):
+        opt.select("0.*", missing="ignore")
+    with pytest.raises(NoMatchError, match=r"stage 1 \(pattern='9\.\*'\) matches no parameter"):
+        lrgroups.ProgressiveUnfreezing(opt, ["0.bias", "9.*"])

@@ -117,82 +117,6 @@ def test_hot_add_equivalence_under_every_scheduler(data, scheduler_name, optimiz
         assert torch.equal(a, b), name
 
 
-OPTIMIZERS = [
-    (torch.optim.AdamW, {"weight_decay": 0.1}),
-    (torch.optim.SGD, {"momentum": 0.9, "weight_decay": 0.1}),
-    (torch.optim.Adam, {"foreach": True}),
-    (timm.optim.Lion, {"weight_decay": 0.1}),
-]
-
-
-@pytest.mark.parametrize("factory, kwargs", OPTIMIZERS)
-def test_frozen_is_bitwise_untouched_after_refreeze(factory, kwargs):
-    """Train everything, then freeze a block: it is bitwise unchanged by later steps for every
-    optimizer (no momentum carry-over, no decoupled weight decay), its .grad is None, and it holds
-    no optimizer state."""
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    weight_decay = kwargs.pop("weight_decay", 0.0)
-    opt = lrgroups.LayerwiseOptimizer(model, factory, lr=1e-2, weight_decay=weight_decay, **kwargs)
-    for _ in range(3):
-        model(torch.randn(6, 4)).pow(2).mean().backward()
-        opt.step()
-    assert opt.freeze("0.*") == ["0.weight", "0.bias"]
-    snapshot = [p.detach().clone() for p in model[0].parameters()]
-    assert all(p.grad is None for p in model[0].parameters())
-    assert all(p not in opt.state for p in model[0].parameters())
-    for _ in range(3):
-        model(torch.randn(6, 4)).pow(2).mean().backward()
-        opt.step()
-        opt.zero_grad()
-    assert all(torch.equal(a, b) for a, b in zip(model[0].parameters(), snapshot))
-    assert all(p.grad is None for p in model[0].parameters())
-
-
-def test_freeze_keep_state_restores_moments_drop_starts_fresh():
-    """freeze(keep_state=True) keeps the optimizer state aside and unfreeze puts it back; the default
-    drops it (a later unfreeze starts like a newly added parameter)."""
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-2)
-    model(torch.randn(6, 4)).sum().backward()
-    opt.step()
-    moment = opt.state[model[0].weight]["exp_avg"].clone()
-    opt.freeze("0.weight", keep_state=True)
-    opt.freeze("0.bias")
-    opt.unfreeze("0.*")
-    assert torch.equal(opt.state[model[0].weight]["exp_avg"], moment)
-    assert model[0].bias not in opt.state
-
-
-def test_freeze_unfreeze_report_changes_and_errors():
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
-    assert opt.freeze(depth=0) == ["0.weight", "0.bias"]
-    assert opt.freeze(depth=0) == []
-    assert opt.is_frozen("0.weight") and not model[0].weight.requires_grad
-    with pytest.raises(ValueError, match="closest names: 2.weight"):
-        opt.unfreeze("2.wieght")
-    assert opt.unfreeze(module_type=nn.Linear) == ["0.weight", "0.bias"]
-
-
-def test_frozen_batchnorm_statistics_policy():
-    """norm_stats='freeze' (default): a BatchNorm whose affine parameters are frozen keeps its
-    running statistics even in train mode; once unfrozen they update again. 'update' lets them move."""
-    for policy, moves_while_frozen in (("freeze", False), ("update", True)):
-        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
-        model(torch.randn(2, 3, 6, 6))
-        opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, norm_stats=policy,
-                                          rules=[lrgroups.Rule(depth=0, frozen=True)])
-        model.train()
-        before = model[1].running_mean.clone()
-        model(torch.randn(2, 3, 6, 6))
-        assert (not torch.equal(model[1].running_mean, before)) == moves_while_frozen
-        opt.unfreeze(depth=0)
-        model.train()
-        before = model[1].running_mean.clone()
-        model(torch.randn(2, 3, 6, 6))
-        assert not torch.equal(model[1].running_mean, before)
-
-
 def _mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -275,21 +199,6 @@ def test_warmup_counts_per_group_when_stages_overlap():
         opt.step()
     assert [a for a, _ in seen] == pytest.approx([0.0125, 0.025, 0.0375, 0.05])
     assert [b for _, b in seen[1:]] == pytest.approx([0.00625, 0.0125, 0.01875])
-
-
-def test_frozen_norm_returns_to_train_mode_after_unfreeze_without_model_train():
-    """norm_stats='freeze' switches a frozen BatchNorm to eval for each forward only: once unfrozen it
-    updates its statistics again without another model.train() call."""
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
-    model(torch.randn(2, 3, 6, 6))
-    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule(depth=0, frozen=True)])
-    model.train()
-    model(torch.randn(2, 3, 6, 6))
-    assert model[1].training
-    opt.unfreeze(depth=0)
-    before = model[1].running_mean.clone()
-    model(torch.randn(2, 3, 6, 6))
-    assert not torch.equal(model[1].running_mean, before)
 
 
 # ---------------------------------------------------------------- issue 11: what the user froze, resume, real shapes
