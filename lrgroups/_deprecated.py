@@ -24,7 +24,7 @@ __all__ = ["DEPRECATED", "alias", "keyword"]
 
 #: ``(where, old name, new name)`` of every deprecated alias.
 DEPRECATED: tuple[tuple[str, str, str], ...] = (
-    ("lrgroups.recipes.FineTuning", "after_epoch", "end_epoch"),
+    ("lrgroups.driver.FineTuning", "after_epoch", "end_epoch"),
     ("lrgroups.ProgressiveUnfreezing", "reset_patience", "reset_patience_on_advance"),
     ("lrgroups.ProgressiveUnfreezing.__init__", "reset_patience", "reset_patience_on_advance"),
 )

@@ -188,8 +188,9 @@ class FineTuning:
     In a hand-written loop call :meth:`after_step` after every ``optimizer.step()`` and
     :meth:`after_validation` after every evaluation (it returns True when training should stop); call
     :meth:`end_epoch` at the end of each epoch when the schedule counts epochs (``steps_per_epoch``
-    does it for you inside :meth:`after_step`). A driver built with ``count_steps=True`` counts
-    steps itself, through a step hook on the optimizer (skipped AMP steps do not count).
+    does it for you inside :meth:`after_step`). A driver whose :meth:`build` ran with ``count_steps=True``
+    (the default) counts steps itself, through a step hook on the optimizer (skipped AMP steps do not
+    count): do not also call :meth:`after_step` then.
 
     Args:
         optimizer: the :class:`~lrgroups.LayerwiseOptimizer`.

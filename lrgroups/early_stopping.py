@@ -1,7 +1,9 @@
 """Early stopping on a validation metric, with best-weight restoring and unfreezing stages.
 
-Example: train, validate every epoch, stop when the validation loss stops improving and put the
-weights of the best epoch back into the model::
+Train, validate every epoch, stop when the validation loss stops improving and put the weights of
+the best epoch back into the model:
+
+Example:
 
     >>> import torch
     >>> from lrgroups.early_stopping import EarlyStopping

@@ -104,7 +104,7 @@ def test_driver_state_round_trips_in_both_forms():
 def test_every_deprecated_alias_warns_and_still_works(where, old, new):
     model = _mlp()
     opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
-    if where == "lrgroups.recipes.FineTuning":
+    if where == "lrgroups.driver.FineTuning":
         tuning = lrgroups.recipes.Recipe("epochs", unfreezing={"every_epochs": 1}).build(model, torch.optim.SGD, lr=0.1)
         with pytest.deprecated_call(match=f"{old} is deprecated, use {new}"):
             unfrozen = getattr(tuning, old)()
