@@ -394,7 +394,10 @@ def plan(
 ) -> list[ParamPlan]:
     """The settings of every parameter of ``model``: a pure function of the model and the rules.
 
-    ``coarse``, ``example_input`` and ``tied`` decide depths and heads (see :func:`describe`).
+    ``coarse``, ``example_input`` and ``tied`` decide depths and heads (see :func:`describe`). Without an
+    inner optimizer there is no default to fall back on, so ``weight_decay`` defaults to 0 here, where
+    :class:`~lrgroups.LayerwiseOptimizer` takes the inner optimizer's own default (AdamW's 0.01) and
+    :func:`~lrgroups.param_groups` leaves it to the optimizer; pass it to see the plan they build.
 
     Raises ``ValueError`` (one message naming the cause, nothing else done) for: a model without
     parameters, a non-finite or negative lr or weight decay (base or produced by a rule), a rule
