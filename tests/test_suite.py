@@ -308,3 +308,27 @@ def test_readme_numbers_about_the_committed_runs_are_the_runs_own() -> None:
     for page in (readme, quick):
         assert f"agrees on {verdicts[0]} of {verdicts[1]} verdicts" in " ".join(page.split())
     assert f"{consistent[0]} of {consistent[1]} cells are consistent" in quick
+
+
+def test_the_other_cpu_numbers_the_docs_quote_are_the_committed_report() -> None:
+    """docs/benchmarks/quick.md's paragraph on another CPU quotes results/quick-xeon/replication.md, and
+    that run did run on another CPU model than the reference."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    page = " ".join((root / "docs" / "benchmarks" / "quick.md").read_text().split())
+    report = (root / "results" / "quick-xeon" / "replication.md").read_text()
+    verdicts = re.search(r"Verdicts equal: (\d+) of (\d+); opposed \(.*?\): (\d+)", report).groups()
+    cells = re.search(r"consistent with the reference \(difference inside its 95% interval\): (\d+) of (\d+)",
+                      report).groups()
+    assert f"agrees on {verdicts[0]} of {verdicts[1]} verdicts, {verdicts[2]} opposed, and {cells[0]} of {cells[1]} cells" \
+        in page
+    reference = json.loads((root / "results" / "quick" / "environment.json").read_text())
+    other = json.loads((root / "results" / "quick-xeon" / "environment.json").read_text())
+    assert reference["device_name"] == "AMD EPYC" and other["device_name"].startswith("Intel(R) Xeon(R)")
+    assert reference["versions"] == other["versions"]
+    differing = re.findall(r"^\| (H\w+) \| [^|]+ \| [^|]+ \| [^|]+ \| [^|]+ \| NO \|", report, flags=re.M)
+    assert differing == ["H2a", "H2b", "H2d", "H2e", "H2f", "H2g"]
+    assert "five ULMFiT claims (H2a, H2b, H2d, H2e, H2f; H2c is undetermined in both)" in page
+    readme = " ".join((root / "README.md").read_text().split())
+    assert f"`make bench` agrees on {verdicts[0]} of {verdicts[1]} verdicts, {verdicts[2]} opposed" in readme
