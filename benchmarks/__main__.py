@@ -195,8 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from .report import write_reports
     from .runner import run_suite
-    from .store import write_suite_record
+    from .store import read_suite_record, write_suite_record
     from .training import resolve_device
+
+    recorded = read_suite_record(out)
+    if recorded is not None and recorded.name != suite.name:  # its runs.jsonl and reports are another suite's
+        print(f"error: {out} holds a run of suite {recorded.name!r}; running suite {suite.name!r} into it would mix "
+              "the two suites' records and rewrite its reports: choose another --out, or delete the folder",
+              file=sys.stderr)
+        return 2
 
     try:
         resolve_device(args.device, threads=args.threads)  # a missing device fails before anything is written

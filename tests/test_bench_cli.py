@@ -131,3 +131,16 @@ def test_run_without_out_writes_into_runs_not_results(tmp_path: Path, monkeypatc
     assert not (tmp_path / "results").exists()
     assert main(["report", "--suite", "smoke"]) == 0
     assert reports[-1] == (Path("runs") / "smoke", SUITES["smoke"])
+
+
+def test_running_a_suite_into_a_folder_of_another_suite_is_refused(tmp_path: Path, runs, capsys) -> None:
+    """A run folder records its suite; `run` of another suite into it stops before writing anything
+    (it used to overwrite the record and mix the two suites' runs.jsonl), while the same suite resumes."""
+    from benchmarks.store import read_suite_record, write_suite_record
+
+    write_suite_record(tmp_path, "quick")
+    assert main(["run", "--suite", "smoke", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "holds a run of suite 'quick'" in capsys.readouterr().err
+    assert read_suite_record(tmp_path).name == "quick" and runs == []
+    assert main(["run", "--suite", "quick", "--out", str(tmp_path), "--no-progress", "--max-cells", "1"]) == 0
+    assert [suite.name for suite, _ in runs] == ["quick"]
