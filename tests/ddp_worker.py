@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -59,7 +60,10 @@ def run(rank, world, out_dir):
         else:
             forward = model
         results[mode] = train(model, forward, opt, schedule, rank, world)
+        del model, opt, schedule, forward  # DDP's reducer goes before the process group, not at exit
+        gc.collect()
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
     dist.destroy_process_group()
 
 
