@@ -328,7 +328,8 @@ class Backbone:
         timm model with its cached weights.
 
         Raises:
-            ValueError: ``pretrained`` for an architecture the suite pretrains, or no ``num_classes`` for it.
+            ValueError: ``pretrained`` for an architecture the suite pretrains, or no ``num_classes`` for it;
+                ``num_classes`` for the Lite0 top over cached features.
             MissingWeightsError: a timm model's pretrained weights are not cached.
         """
         if self.architecture is not None:
@@ -337,13 +338,15 @@ class Backbone:
                                  "load its source state")
             return self.architecture.create(num_classes)
         if self.fed_features:
+            if num_classes is not None:
+                raise ValueError(f"{self.name!r} keeps Lite0's head over cached features: no num_classes")
             return Lite0Top(create_lite(pretrained))
         if self.lite is not None:
             model = create_lite(pretrained, self.lite)
             if num_classes is not None:
                 model.reset_classifier(num_classes)
             return model
-        return create_timm(self.timm_name, pretrained)
+        return create_timm(self.timm_name, pretrained, num_classes)
 
 
 _LITE_FAMILY = "EfficientNet"

@@ -332,3 +332,4 @@ def test_the_other_cpu_numbers_the_docs_quote_are_the_committed_report() -> None
     assert "five ULMFiT claims (H2a, H2b, H2d, H2e, H2f; H2c is undetermined in both)" in page
     readme = " ".join((root / "README.md").read_text().split())
     assert f"`make bench` agrees on {verdicts[0]} of {verdicts[1]} verdicts, {verdicts[2]} opposed" in readme
+    assert "`make bench` exits with 1 there" in readme and verdicts[0] != verdicts[1]  # replicate's exit code
