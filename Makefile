@@ -1,5 +1,6 @@
-# Quick start: `make bench` (the quick benchmark suite, from scratch, then its replication report
-# against the committed results/quick) and `make test` (the test suite).
+# Quick start: `make bench` (the quick benchmark suite's confirmatory stage, from scratch, at the
+# committed pre-registered lrs, then its replication report against the committed results/quick)
+# and `make test` (the test suite).
 # Both create the local virtual environment .venv when it is missing and reuse it when present.
 # animal-mnist is installed without dependencies: its metadata pulls in tensorflow, which reading
 # its data files does not need.
@@ -8,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv bench replication standard standard-replication test docs docs-serve smoke perf gpu clean-venv
+.PHONY: venv bench tuning reference replication standard standard-replication test docs docs-serve smoke perf gpu clean-venv
 
 venv: $(STAMP)
 
@@ -24,7 +25,20 @@ bench: $(STAMP)
 	$(PY) -m benchmarks run --suite quick --out runs/quick
 	$(PY) -m benchmarks replicate --suite quick --reference results/quick --new runs/quick
 
-# The committed second run: disjoint seeds, other source-pretraining seeds, the Ray executor (another
+# The tuning stage, from scratch into runs/quick-tuning: every strategy on its lr grid; then whether it
+# selects the lrs of the committed pre-registration (benchmarks/preregistration/quick.json; exit 1 if not).
+# The committed tuning run is results/quick-tuning; `python -m benchmarks preregister --tuning
+# results/quick-tuning --write` wrote the pre-registration from it.
+tuning: $(STAMP)
+	rm -rf runs/quick-tuning
+	$(PY) -m benchmarks run --suite quick_tuning --out runs/quick-tuning --no-progress
+	$(PY) -m benchmarks preregister --tuning runs/quick-tuning
+
+# The committed reference of the confirmatory stage (results/quick).
+reference: $(STAMP)
+	$(PY) -m benchmarks run --suite quick --out results/quick --no-progress
+
+# The committed second run: disjoint seeds with their own source models, the Ray executor (another
 # process layout), compared verdict by verdict with the reference.
 replication: $(STAMP)
 	$(PY) -m benchmarks run --suite quick_replication --out results/quick-replication --executor ray --no-progress

@@ -5,6 +5,7 @@
                              [--dry-run] [--max-cells N] [--no-progress]
     python -m benchmarks report [--suite quick | --config my_suite.toml] [--out DIR] [--readme README.md]
     python -m benchmarks replicate --reference results/quick --new runs/quick [--suite quick | --config my_suite.toml]
+    python -m benchmarks preregister --tuning results/quick-tuning [--suite quick_tuning] [--write]
     python -m benchmarks config-reference [--write]   # every key of a suite config (benchmarks/configs/README.md)
     python -m benchmarks docs-tables [--check]        # the README's and docs' tables, from results/ (benchmarks.blocks)
     python -m benchmarks perf [ARGS...]       # forwarded to benchmarks.perf.run.main
@@ -13,7 +14,10 @@
 the committed ``results/`` is written only when ``--out`` names it), records the suite in
 ``<out>/suite.json`` (a config suite also as ``<out>/suite.toml``, a copy of its config) and rewrites
 the reports; ``report`` rebuilds them from runs.jsonl alone; ``replicate`` compares a new run with a
-reference, verdict by verdict and cell by cell, into ``<new>/replication.md``. Without ``--suite``
+reference, verdict by verdict and cell by cell, into ``<new>/replication.md``; ``preregister``
+derives the pre-registered lrs and seed counts from a tuning-stage run and compares them with the
+committed ``benchmarks/preregistration/<suite>.json`` (exit code 1 when an lr differs), or writes
+them there with ``--write`` (:mod:`benchmarks.preregistration`). Without ``--suite``
 and ``--config``, ``run`` runs ``quick``, ``report --out DIR`` and ``replicate`` take the suite each
 folder records (the reference and the new run may hold different suites, e.g. ``quick`` and
 ``quick_replication``).
@@ -48,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a suite (resumable) and write its reports")
     report = commands.add_parser("report", help="rebuild a suite's reports from its runs.jsonl")
     replicate = commands.add_parser("replicate", help="compare a new run of a suite with a reference run")
+    preregister = commands.add_parser("preregister", help="the pre-registered lrs and seeds a tuning run implies: "
+                                      "compare them with the committed ones, or --write them")
+    preregister.add_argument("--tuning", type=Path, required=True, help="the tuning-stage run (e.g. results/quick-tuning)")
+    preregister.add_argument("--suite", choices=sorted(n for n in SUITES if n.endswith("_tuning")),
+                             default="quick_tuning", help="the tuning suite (default: quick_tuning)")
+    preregister.add_argument("--write", action="store_true",
+                             help="write benchmarks/preregistration/<suite>.json instead of comparing")
     reference = commands.add_parser("config-reference", help="the table of every key a suite config takes")
     tables = commands.add_parser("docs-tables", help="rewrite the generated tables of README.md and docs/ from results/")
     tables.add_argument("--check", action="store_true", help="only list the stale blocks; exit code 1 if any")
@@ -128,6 +139,38 @@ def _suite(args: argparse.Namespace, folder: Path | None) -> Suite:
     return recorded_suite(folder)
 
 
+def _preregister(args: argparse.Namespace) -> int:
+    """``preregister``: write the pre-registration, or compare it with the committed one (exit 1 when
+    an lr differs, 2 when the tuning run is missing)."""
+    import json
+
+    from . import preregistration
+
+    tuning = SUITES[args.suite]
+    try:
+        registration = preregistration.register(tuning, args.tuning)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    path = preregistration.path_for(tuning)
+    unmet = [r["hypothesis"] for r in registration["sizing"] if not r["need_met"]]
+    print(f"seeds per experiment: {registration['seeds']} (estimated {registration['estimated_worker_seconds']:.0f} "
+          f"worker-seconds; needs not met: {', '.join(unmet) or 'none'})")
+    if args.write:
+        preregistration.write(registration, path)
+        print(f"wrote {path} (version {registration['version']})")
+        return 0
+    if not path.exists():
+        print(f"no committed pre-registration at {path}: write one with --write", file=sys.stderr)
+        return 2
+    table = preregistration.compare(json.loads(path.read_text()), registration)
+    for row in table.itertuples():
+        print(f"{row.experiment:12} {row.target:18} {row.strategy:20} committed {row.lr_committed:<9g} "
+              f"new {row.lr_new:<9g} {'same' if row.same else 'DIFFERENT'}")
+    print(f"same lr selected: {int(table.same.sum())} of {len(table)}")
+    return 0 if table.same.all() else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (1 when a cell failed or a replication differs, 2 for a
     suite that does not load or a missing device)."""
@@ -157,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         changed = blocks.write(blocks.documents())
         print("\n".join(f"rewrote {c}" for c in changed) or "every generated block was up to date")
         return 0
+    if args.command == "preregister":
+        return _preregister(args)
     from .config import ConfigError
 
     try:

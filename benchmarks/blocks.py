@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report import _markdown, readme_across_table, readme_table
+from .report import _markdown, marked_fragile, readme_across_table, readme_table
 from .store import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ BLOCK = re.compile(r"(<!-- ([\w.+-]+):start -->\n)(.*?)(<!-- \2:end -->)", re.S)
 CLAIM_RUNS = ("quick", "standard")
 _CLAIM_COLUMNS = {"run": "run", "hypothesis": "claim", "mirrors": "mirrors", "comparison": "comparison",
                   "target": "target", "metric": "metric", "effect": "effect", "ci_low": "adj. ci low",
-                  "ci_high": "adj. ci high", "verdict": "verdict"}
+                  "ci_high": "adj. ci high", "verdict": "verdict", "replication_probability": "replication probability"}
 
 
 def documents(root: Path = ROOT) -> list[Path]:
@@ -83,7 +83,7 @@ def claims_table(strategy: str, results: Path = RESULTS) -> str:
     """Every confirmatory claim whose comparison puts ``strategy`` (a substring of a strategy name) on
     the predicted-better side, in each committed reference run of :data:`CLAIM_RUNS`: its verdict per
     experiment (per timm family in the standard suite) and, where a claim is pooled over two families
-    or more (``across.csv``), the pooled verdict.
+    or more (``across.csv``), the sign count and the descriptive pooled mean (no verdict).
 
     Raises:
         ValueError: no committed run tests such a claim.
@@ -94,7 +94,7 @@ def claims_table(strategy: str, results: Path = RESULTS) -> str:
         if not (folder / "verdicts.csv").exists():
             continue
         frame = pd.read_csv(folder / "verdicts.csv")
-        rows.append(frame[~frame.exploratory.astype(bool)].assign(run=run))
+        rows.append(marked_fragile(frame[~frame.exploratory.astype(bool)]).assign(run=run))
         if (folder / "across.csv").exists():
             across = pd.read_csv(folder / "across.csv")
             across = across[across.families_in_scope >= 2]
@@ -102,9 +102,10 @@ def claims_table(strategy: str, results: Path = RESULTS) -> str:
                 "run": run, "hypothesis": across.claim + " pooled", "mirrors": "", "comparison": across.comparison,
                 "target": across.families_in_scope.map(lambda n: f"{n} families"), "metric": across.metric,
                 "effect": across.pooled_effect, "ci_low": across.pooled_ci_low, "ci_high": across.pooled_ci_high,
-                "verdict": across.pooled_verdict}))
+                "verdict": "descriptive; " + across.sign_count}))
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["comparison"])
-    table = table[table.comparison.str.split(" > ").str[0].str.contains(strategy, regex=False)]
+    better = table.comparison.str.lstrip("(").str.split(" >").str[0]
+    table = table[better.str.contains(strategy, regex=False)]
     if table.empty:
         raise ValueError(f"no committed run tests a claim about {strategy!r}")
     return _markdown(table, _CLAIM_COLUMNS).strip()

@@ -207,7 +207,7 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
     y_train = data.train.labels
     frozen_norms = (freeze_norm_stats(model) if pretrained and experiment.bn == "frozen" and batch_norms(model)
                     else None)
-    tracks_source = data.source_test is not None and pretrained
+    tracks_source = data.source_test is not None and pretrained and experiment.measure_retention
     before = _source_scores(experiment, model, source_head, data, device) if tracks_source else None
 
     record: dict[str, Any] = {}

@@ -1,13 +1,14 @@
 """Replication report: a new run of a suite against a reference run (e.g. ``runs/quick`` against the
 committed ``results/quick``).
 
-* Verdict by verdict: the same verdict or not, with both effects.
+* Verdict by verdict: whether the two verdicts are compatible under the nesting of the words
+  (:func:`benchmarks.stats.compatible`: *contradicted* and *direction only* each imply *not
+  reproduced*), opposed (:func:`benchmarks.stats.opposed`, listed apart), or one run undecided;
+  with both effects, units and replication probabilities.
 * Cell by cell (experiment, target, strategy at its selected lr): whether the new mean test
   accuracy is consistent with the reference's, and whether the same lr was selected.
 * Across families (suites whose claims are tested on several backbones, ``across.csv``): the
   pooled verdict of each claim in both runs.
-* Source seeds: per hypothesis, the effect over the seeds of each source-pretraining seed, and the
-  verdicts whose effect changes side of the minimum effect between them.
 
 Writes ``<new>/replication.md`` and ``<new>/replication.csv``.
 
@@ -15,6 +16,8 @@ Example:
     >>> import pandas as pd
     >>> ref = pd.DataFrame({"hypothesis": ["H1"], "verdict": ["reproduced"], "effect": [0.1]})
     >>> compare_verdicts(ref, ref.assign(effect=[0.12])).same.tolist()
+    [True]
+    >>> compare_verdicts(ref.assign(verdict=["contradicted"]), ref.assign(verdict=["not reproduced"])).compatible.tolist()
     [True]
 """
 
@@ -26,26 +29,22 @@ from pathlib import Path
 import pandas as pd
 
 from .report import write_reports
+from .stats import compatible, opposed
 from .store import atomic_write
 from .suites import Suite
 
-#: Verdicts that exclude each other: an effect of at least the minimum (reproduced) against one below
-#: it (not reproduced) or of the other sign (contradicted). The other differences are between a
-#: verdict and *undetermined* or *out of scope*: one run could not decide.
-OPPOSED = {("reproduced", "not reproduced"), ("reproduced", "contradicted")}
-
-
-def opposed(a: str, b: str) -> bool:
-    """Whether two verdicts exclude each other (:data:`OPPOSED`, either order)."""
-    return (a, b) in OPPOSED or (b, a) in OPPOSED
+#: Columns of each run's verdicts.csv carried into the comparison (when present).
+_CARRIED = ("verdict", "effect", "unit", "units", "replication_probability")
 
 
 def compare_verdicts(reference: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """Per hypothesis of the reference: both verdicts and effects, ``same``, and ``opposed`` (the
-    two verdicts exclude each other)."""
-    merged = reference[["hypothesis", "verdict", "effect"]].merge(
-        new[["hypothesis", "verdict", "effect"]], on="hypothesis", how="left", suffixes=("_reference", "_new"))
+    """Per hypothesis of the reference: both verdicts and effects (and units and replication
+    probabilities where recorded), ``same`` (the same word), ``compatible`` (the same word or one
+    implying the other) and ``opposed`` (the two verdicts exclude each other)."""
+    columns = ["hypothesis", *(c for c in _CARRIED if c in reference and c in new)]
+    merged = reference[columns].merge(new[columns], on="hypothesis", how="left", suffixes=("_reference", "_new"))
     merged["same"] = merged.verdict_reference == merged.verdict_new
+    merged["compatible"] = [compatible(str(a), str(b)) for a, b in zip(merged.verdict_reference, merged.verdict_new)]
     merged["opposed"] = [opposed(str(a), str(b)) for a, b in zip(merged.verdict_reference, merged.verdict_new)]
     return merged
 
@@ -68,50 +67,29 @@ def compare_cells(reference: pd.DataFrame, new: pd.DataFrame, metric: str = "tes
 
 
 def compare_across(reference_csv: Path, new_csv: Path) -> pd.DataFrame:
-    """Per claim pooled over at least two families in the reference (``across.csv``): both pooled
-    verdicts and effects, the families on the predicted side, and ``same``; empty without such claims."""
-    columns = ["claim", "comparison", "metric", "pooled_verdict", "pooled_effect", "on_predicted_side",
+    """Per claim tested in at least two families in the reference (``across.csv``): both sign counts
+    and descriptive pooled means, and ``same`` (the same number of families on the predicted side,
+    of the same number in scope); empty without such claims."""
+    columns = ["claim", "comparison", "metric", "sign_count", "pooled_effect", "on_predicted_side",
                "families_in_scope"]
     if not reference_csv.exists() or not new_csv.exists():
-        return pd.DataFrame(columns=[*columns, "same", "opposed"])
+        return pd.DataFrame(columns=[*columns, "same"])
     reference = pd.read_csv(reference_csv)
+    new = pd.read_csv(new_csv)
+    if "sign_count" not in reference or "sign_count" not in new:  # an across.csv of an older format
+        return pd.DataFrame(columns=[*columns, "same"])
     reference = reference[reference.families >= 2]
-    merged = reference[columns].merge(pd.read_csv(new_csv)[columns], on=["claim", "comparison", "metric"],
+    merged = reference[columns].merge(new[columns], on=["claim", "comparison", "metric"],
                                       how="left", suffixes=("_reference", "_new"))
-    merged["same"] = merged.pooled_verdict_reference == merged.pooled_verdict_new
-    merged["opposed"] = [opposed(str(a), str(b))
-                         for a, b in zip(merged.pooled_verdict_reference, merged.pooled_verdict_new)]
+    merged["same"] = ((merged.on_predicted_side_reference == merged.on_predicted_side_new)
+                      & (merged.families_in_scope_reference == merged.families_in_scope_new))
     return merged
-
-
-def source_seed_effects(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
-    """Per confirmatory hypothesis of a suite-pretrained source and per source-pretraining seed: the
-    mean paired effect over the seeds fine-tuned from that source (selected lrs), and where it lies
-    against the minimum effect (``above``: >= min effect, ``below``: <= -min effect, ``between``).
-    Hypotheses on a shipped source (one source model for every seed) have no rows."""
-    rows = []
-    chosen = runs[runs.selected.astype(bool)] if "selected" in runs else runs.iloc[0:0]
-    for h in suite.hypotheses:
-        if h.exploratory or not suite.experiment(h.experiment).source.trained:
-            continue
-        part = chosen[(chosen.experiment == h.experiment) & (chosen.target == h.target)]
-        sides = [part[part.strategy == name].set_index("seed") for name in (h.better, h.worse)]
-        seeds = sorted(set(sides[0].index) & set(sides[1].index))
-        if not seeds:
-            continue
-        diff = sides[0].loc[seeds, h.metric] - sides[1].loc[seeds, h.metric]
-        source = sides[0].loc[seeds, "source_seed"].fillna(-1)
-        for seed, values in diff.groupby(source):
-            effect = float(values.mean())
-            side = "above" if effect >= h.min_effect else "below" if effect <= -h.min_effect else "between"
-            rows.append({"hypothesis": h.name, "source_seed": int(seed), "seeds": len(values), "effect": effect,
-                         "side": side})
-    return pd.DataFrame(rows, columns=["hypothesis", "source_seed", "seeds", "effect", "side"])
 
 
 def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite, new_suite: Suite) -> bool:
     """Rebuild both runs' reports (each with its own suite), compare them and write
-    ``replication.md``/``.csv`` into ``new_dir``; returns whether every confirmatory verdict is the same.
+    ``replication.md``/``.csv`` into ``new_dir``; returns whether every confirmatory verdict is
+    compatible (:func:`benchmarks.stats.compatible`).
 
     Raises:
         FileNotFoundError: a folder has no runs.jsonl.
@@ -127,46 +105,43 @@ def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite
     verdicts = compare_verdicts(reference_verdicts, new_verdicts)
     cells = compare_cells(pd.read_csv(reference_dir / "selected.csv"), pd.read_csv(new_dir / "selected.csv"))
     atomic_write(new_dir / "replication.csv", cells.to_csv(index=False, float_format="%.6g"))
-    by_source = pd.concat([source_seed_effects(reference_suite, pd.read_csv(reference_dir / "runs.csv"))
-                           .assign(run="reference"),
-                           source_seed_effects(new_suite, pd.read_csv(new_dir / "runs.csv")).assign(run="new")])
-    depends = sorted(h for h, part in by_source.groupby("hypothesis") if part.side.nunique() > 1)
-    same = bool(verdicts.same.all())
+    same = bool(verdicts.compatible.all())
     across = compare_across(reference_dir / "across.csv", new_dir / "across.csv")
+    opposed_rows = verdicts[verdicts.opposed]
+
+    def probability(value: object) -> str:
+        return f"{value:.2f}" if isinstance(value, float) and math.isfinite(value) else "–"
+
     lines = [
         f"# Replication of `{reference_dir}` (suite `{reference_suite.name}`) by `{new_dir}` "
         f"(suite `{new_suite.name}`)",
         "",
-        f"Verdicts equal: {int(verdicts.same.sum())} of {len(verdicts)}; opposed (reproduced in one run, not "
-        f"reproduced or contradicted in the other): {int(verdicts.opposed.sum())}. Cells whose new mean test accuracy is "
-        f"consistent with the reference (difference inside its 95% interval): {int(cells.consistent.sum())} of "
-        f"{len(cells)}; inside the reference's own 95% interval: {int(cells.inside.sum())} of {len(cells)}; same "
-        f"selected lr: {int(cells.same_lr.sum())} of {len(cells)}. Verdicts whose effect changes side of the "
-        f"minimum effect between the source-pretraining seeds of both runs: {', '.join(depends) or 'none'}.",
+        f"Confirmatory verdicts compatible (the same word, or one implying the other: contradicted and direction "
+        f"only each imply not reproduced): {int(verdicts.compatible.sum())} of {len(verdicts)} "
+        f"({verdicts.compatible.mean():.0%}); the same word: {int(verdicts.same.sum())} of {len(verdicts)}; opposed "
+        f"(no single true effect gives both): {int(verdicts.opposed.sum())}"
+        f"{' (' + ', '.join(opposed_rows.hypothesis) + ')' if len(opposed_rows) else ''}; the rest: one run "
+        f"decided, the other undetermined or out of scope. Cells whose new mean test accuracy is consistent with "
+        f"the reference (difference inside its 95% interval): {int(cells.consistent.sum())} of {len(cells)}; "
+        f"inside the reference's own 95% interval: {int(cells.inside.sum())} of {len(cells)}; same lr: "
+        f"{int(cells.same_lr.sum())} of {len(cells)}.",
         "",
-        "| hypothesis | verdict (reference) | verdict (new) | effect (reference) | effect (new) | same | "
-        "depends on source seed |",
-        "|---|---|---|---|---|---|---|",
+        "| hypothesis | verdict (reference) | verdict (new) | effect (reference) | effect (new) | units (reference) | "
+        "(new) | replication probability (reference) | (new) | compatible | opposed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *[f"| {r.hypothesis} | {r.verdict_reference} | {r.verdict_new} | {r.effect_reference:.3f} | "
-          f"{r.effect_new:.3f} | {'yes' if r.same else 'NO'} | {'YES' if r.hypothesis in depends else 'no'} |"
-          for r in verdicts.itertuples()],
+          f"{r.effect_new:.3f} | {getattr(r, 'units_reference', '–')} | {getattr(r, 'units_new', '–')} | "
+          f"{probability(getattr(r, 'replication_probability_reference', None))} | "
+          f"{probability(getattr(r, 'replication_probability_new', None))} | {'yes' if r.compatible else 'NO'} | "
+          f"{'YES' if r.opposed else 'no'} |" for r in verdicts.itertuples()],
         "",
-        *([f"Verdicts across families equal: {int(across.same.sum())} of {len(across)}; opposed: "
-           f"{int(across.opposed.sum())}.", "",
-           "| claim | comparison | metric | verdict across families (reference) | (new) | pooled effect (reference) | "
-           "(new) | families > 0 (reference) | (new) | same |",
-           "|---|---|---|---|---|---|---|---|---|---|",
-           *[f"| {r.claim} | {r.comparison} | {r.metric} | {r.pooled_verdict_reference} | {r.pooled_verdict_new} | "
-             f"{r.pooled_effect_reference:.3f} | {r.pooled_effect_new:.3f} | {r.on_predicted_side_reference} of "
-             f"{r.families_in_scope_reference} | {r.on_predicted_side_new} of {r.families_in_scope_new} | "
-             f"{'yes' if r.same else 'NO'} |" for r in across.itertuples()], ""] if len(across) else []),
-        "Effect per source-pretraining seed (mean over the seeds fine-tuned from it):",
-        "",
-        "| run | hypothesis | source seed | seeds | effect | against min effect |",
-        "|---|---|---|---|---|---|",
-        *[f"| {r.run} | {r.hypothesis} | {r.source_seed} | {r.seeds} | {r.effect:.3f} | {r.side} |"
-          for r in by_source.itertuples()],
-        "",
+        *([f"Sign counts across families equal: {int(across.same.sum())} of {len(across)} (the pooled means are "
+           "descriptive and carry no verdict).", "",
+           "| claim | comparison | metric | sign count (reference) | (new) | pooled mean (reference) | (new) | same |",
+           "|---|---|---|---|---|---|---|---|",
+           *[f"| {r.claim} | {r.comparison} | {r.metric} | {r.sign_count_reference} | {r.sign_count_new} | "
+             f"{r.pooled_effect_reference:.3f} | {r.pooled_effect_new:.3f} | {'yes' if r.same else 'NO'} |"
+             for r in across.itertuples()], ""] if len(across) else []),
         "| experiment | target | strategy | lr ref | lr new | test acc (reference) | test acc (new) | consistent | "
         "inside |",
         "|---|---|---|---|---|---|---|---|---|",

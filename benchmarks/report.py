@@ -43,11 +43,15 @@ from .backbones import family as backbone_family  # noqa: E402
 from .selection import BUDGET_CHECK_FACTOR, EXTENSION_CAP, mark_capped, runs_frame, select_lr  # noqa: E402
 from .stats import (  # noqa: E402
     ALPHA,
+    FRAGILE_BELOW,
+    gate_probability,
     holm,
     holm_levels,
     mean_ci,
     minimum_detectable_effect,
     paired_difference,
+    precondition_probability,
+    replication_probability,
     seeds_needed,
     t_half_width,
     verdict,
@@ -135,11 +139,59 @@ def selected_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def unit_of(suite: Suite, experiment_name: str) -> str:
+    """The statistical unit of an experiment's comparisons (:attr:`benchmarks.suites.Experiment.unit`)."""
+    return suite.experiment(experiment_name).unit
+
+
+def unit_values(suite: Suite, runs: pd.DataFrame, experiment_name: str, values: pd.Series) -> pd.Series:
+    """Per-seed ``values`` (indexed by seed) as per-unit values: unchanged when the experiment's
+    seeds are independent units; the mean over the seeds of each source model when seeds share
+    source models (the balanced mixed model's test: the t on source-model means, k - 1 degrees of
+    freedom), indexed by source seed."""
+    experiment = suite.experiment(experiment_name)
+    if not experiment.source.trained or experiment.independent_sources or values.empty:
+        return values
+    part = runs[(runs.experiment == experiment_name) & runs.source_seed.notna()]
+    source = part.drop_duplicates("seed").set_index("seed").source_seed.reindex(values.index)
+    return values.groupby(source.to_numpy()).mean()
+
+
+def _differences(runs: pd.DataFrame, experiment: str, target: str, metric: str, better: str,
+                 worse: str) -> pd.Series:
+    """``better - worse`` of ``metric`` per seed among ``runs`` (the seeds both sides have)."""
+    part = runs[(runs.experiment == experiment) & (runs.target == target)]
+    b, w = (part[part.strategy == name].set_index("seed")[metric].dropna() for name in (better, worse))
+    seeds = sorted(set(b.index) & set(w.index))
+    return (b[seeds] - w[seeds]).astype(float)
+
+
+def seed_differences(runs: pd.DataFrame, h: Hypothesis) -> pd.Series:
+    """The hypothesis' paired differences per seed among ``runs``: ``better - worse`` (for an
+    interaction, the difference on ``h.target`` minus the one on ``h.versus``)."""
+    d = _differences(runs, h.experiment, h.target, h.metric, h.better, h.worse)
+    if h.versus:
+        other = _differences(runs, h.experiment, h.versus, h.metric, h.better, h.worse)
+        seeds = sorted(set(d.index) & set(other.index))
+        d = d[seeds] - other[seeds]
+    return d
+
+
+def hypothesis_differences(suite: Suite, runs: pd.DataFrame, h: Hypothesis) -> tuple[pd.Series, int]:
+    """(the hypothesis' paired differences per unit, the seeds behind them), among ``runs``:
+    :func:`seed_differences`, averaged per source model when seeds share one (:func:`unit_values`)."""
+    d = seed_differences(runs, h)
+    return unit_values(suite, runs, h.experiment, d), len(d)
+
+
 def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """Per target: best pretrained strategy's mean test accuracy against the best of scratch and
-    pixel (the transfer gate, margin ``Experiment.gate_margin``), and the source gate (every
-    source-pretraining seed)."""
+    """Per target: the best pretrained strategy against the best of scratch and pixel (each by mean
+    test accuracy at its selected lr), decided on an interval: the transfer gate passes when the
+    lower end of the 95% Student-t interval of their paired difference (per unit) is at least
+    ``Experiment.gate_margin``, never on a point estimate; and the source gate (every
+    source-pretraining seed at least ``Source.min_accuracy``)."""
     rows = []
+    chosen = runs[runs.selected]
     for experiment in suite.experiments:
         for target in experiment.targets:
             part = table[(table.experiment == experiment.name) & (table.target == target.name)]
@@ -154,61 +206,76 @@ def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame
             sources = runs[(runs.experiment == experiment.name) & runs.source_accuracy.notna()]
             source_accuracy = float(sources.source_accuracy.min()) if len(sources) else math.nan
             source_ok = math.isnan(source_accuracy) or source_accuracy >= experiment.source.min_accuracy
-            margin = float(best.test_accuracy - baseline.test_accuracy)
+            d = unit_values(suite, runs, experiment.name, _differences(
+                chosen, experiment.name, target.name, "test_accuracy", best.strategy, baseline.strategy))
+            margin = float(d.mean()) if len(d) else math.nan
+            sd = float(d.std(ddof=1)) if len(d) >= 2 else math.nan
+            low = margin - t_half_width(sd, len(d)) if len(d) >= 2 else math.nan
             rows.append({"experiment": experiment.name, "target": target.name, "best_pretrained": best.strategy,
                          "best_pretrained_accuracy": best.test_accuracy, "best_baseline": baseline.strategy,
-                         "best_baseline_accuracy": baseline.test_accuracy, "margin": margin,
-                         "required_margin": experiment.gate_margin, "transfer_ok": margin >= experiment.gate_margin,
+                         "best_baseline_accuracy": baseline.test_accuracy, "margin": margin, "margin_sd": sd,
+                         "units": len(d), "margin_ci_low": low, "required_margin": experiment.gate_margin,
+                         "transfer_ok": bool(math.isfinite(low) and low >= experiment.gate_margin),
                          "source_accuracy": source_accuracy, "source_min_accuracy": experiment.source.min_accuracy,
                          "source_ok": source_ok})
     return pd.DataFrame(rows, columns=["experiment", "target", "best_pretrained", "best_pretrained_accuracy",
-                                       "best_baseline", "best_baseline_accuracy", "margin", "required_margin",
-                                       "transfer_ok", "source_accuracy", "source_min_accuracy", "source_ok"])
+                                       "best_baseline", "best_baseline_accuracy", "margin", "margin_sd", "units",
+                                       "margin_ci_low", "required_margin", "transfer_ok", "source_accuracy",
+                                       "source_min_accuracy", "source_ok"])
 
 
-def _sides(runs: pd.DataFrame, h: Hypothesis) -> tuple[pd.Series, pd.Series]:
-    """The hypothesis' metric by seed for its better and its worse side, among ``runs``."""
-    part = runs[(runs.experiment == h.experiment) & (runs.target == h.target)]
-    return tuple(part[part.strategy == name].set_index("seed")[h.metric].dropna() for name in (h.better, h.worse))
-
-
-def _preconditions(runs: pd.DataFrame, h: Hypothesis) -> tuple[bool, str]:
-    """(all hold, text with the means) of the hypothesis' preconditions, on the selected runs."""
-    held, texts = True, []
+def _preconditions(suite: Suite, runs: pd.DataFrame, h: Hypothesis) -> tuple[bool, str, float]:
+    """(all hold, text with the means, the probability that an independent run finds the first
+    failing precondition failing again, or every one holding again when all hold) of the
+    hypothesis' preconditions, on the selected runs."""
+    held, texts, again = True, [], []
     part = runs[(runs.experiment == h.experiment) & (runs.target == h.target)]
     for p in h.preconditions:
         means = [part[part.strategy == name][p.metric].mean() for name in (p.better, p.worse)]
         ok = bool(all(math.isfinite(m) for m in means) and means[0] >= means[1])
         held &= ok
+        d = unit_values(suite, runs, h.experiment, _differences(runs, h.experiment, h.target, p.metric, p.better,
+                                                                 p.worse))
+        sd = float(d.std(ddof=1)) if len(d) >= 2 else math.nan
+        again.append((ok, precondition_probability(ok, float(d.mean()) if len(d) else math.nan, sd, len(d))))
         texts.append(f"{p.text} ({means[0]:.3f} vs {means[1]:.3f}): {'holds' if ok else 'FAILS'}")
-    return held, "; ".join(texts)
+    failing = [q for ok, q in again if not ok]
+    probability = max(failing) if failing else (float(np.prod([q for _, q in again])) if again else math.nan)
+    return held, "; ".join(texts), probability
 
 
 def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.DataFrame:
     """One row per hypothesis (see the module docstring); the Holm family is the confirmatory
-    hypotheses in scope with a test."""
+    hypotheses in scope with a test. The unit of every test is the experiment's
+    (:func:`unit_values`); ``replication_probability``: the probability that an independent run of
+    the same design gives a compatible verdict (:func:`benchmarks.stats.replication_probability`;
+    for *out of scope*, that the failing precondition fails again), ``fragile`` below
+    :data:`benchmarks.stats.FRAGILE_BELOW`."""
     chosen = runs[runs.selected]
     rows = []
     for h in suite.hypotheses:
-        better, worse = _sides(chosen, h)
-        seeds = sorted(set(better.index) & set(worse.index))
-        gate = gate_table[(gate_table.experiment == h.experiment) & (gate_table.target == h.target)]
-        gate_ok = bool(len(gate) and gate.transfer_ok.iloc[0] and gate.source_ok.iloc[0])
-        held, text = _preconditions(chosen, h)
+        d, seeds = hypothesis_differences(suite, chosen, h)
+        gate = gate_table[(gate_table.experiment == h.experiment)
+                          & gate_table.target.isin([h.target, h.versus] if h.versus else [h.target])]
+        gate_ok = bool(len(gate) and gate.transfer_ok.all() and gate.source_ok.all())
+        held, text, precondition_again = _preconditions(suite, chosen, h)
         row = {"hypothesis": h.name, "mirrors": h.mirrors, "comparison": h.comparison, "metric": h.metric,
-               "experiment": h.experiment, "family": backbone_family(suite.experiment(h.experiment).backbone),
-               "target": h.target, "seeds": len(seeds), "min_effect": h.min_effect,
-               "min_effect_source": h.min_effect_source, "gate_ok": gate_ok, "preconditions": text or "none",
-               "preconditions_ok": held, "exploratory": h.exploratory, "published": h.published,
-               "effect": math.nan, "sd": math.nan, "p": math.nan}
-        if len(seeds) >= 2:
-            d = paired_difference(better[seeds].tolist(), worse[seeds].tolist())
-            row.update(effect=d.effect, sd=d.sd, p=d.p)
+               "kind": h.kind, "experiment": h.experiment,
+               "family": backbone_family(suite.experiment(h.experiment).backbone),
+               "target": h.target, "unit": unit_of(suite, h.experiment), "units": len(d), "seeds": seeds,
+               "min_effect": h.min_effect, "min_effect_source": h.min_effect_source, "gate_ok": gate_ok,
+               "preconditions": text or "none", "preconditions_ok": held, "precondition_again": precondition_again,
+               "exploratory": h.exploratory, "published": h.published, "effect": math.nan, "sd": math.nan,
+               "p": math.nan}
+        if len(d) >= 2:
+            shift = h.min_effect if h.kind == "noninferiority" else 0.0  # tested against -margin
+            test = paired_difference((d + shift).tolist(), [0.0] * len(d))
+            row.update(effect=float(d.mean()), sd=test.sd, p=test.p)
         rows.append(row)
-    columns = ["hypothesis", "mirrors", "comparison", "metric", "effect", "ci_low", "ci_high", "ci_level", "p_holm",
-               "verdict", "p", "min_effect", "mde", "mde_worst_step", "seeds_needed", "seeds", "sd", "preconditions",
-               "preconditions_ok", "scope", "exploratory", "experiment", "family", "target", "gate_ok", "min_effect_source",
-               "published"]
+    columns = ["hypothesis", "mirrors", "comparison", "metric", "kind", "effect", "ci_low", "ci_high", "ci_level",
+               "p_holm", "verdict", "replication_probability", "fragile", "unit", "units", "seeds", "p", "min_effect",
+               "mde", "mde_worst_step", "seeds_needed", "sd", "preconditions", "preconditions_ok", "scope",
+               "exploratory", "experiment", "family", "target", "gate_ok", "min_effect_source", "published"]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=columns).astype({"exploratory": bool})
@@ -219,22 +286,37 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
         frame.loc[family, "p_holm"] = holm(frame.p[family].tolist())
         frame.loc[family, "ci_level"] = holm_levels(frame.p[family].tolist())
     worst = ALPHA / max(1, int(family.sum()))
-    lows, highs, labels, mdes, needed, mde_worst = [], [], [], [], [], []
+    lows, highs, labels, mdes, needed, mde_worst, again = [], [], [], [], [], [], []
     for r in frame.itertuples():
         low = high = math.nan
         if math.isfinite(r.p):
-            half = t_half_width(r.sd, r.seeds, r.ci_level)
+            half = t_half_width(r.sd, r.units, r.ci_level)
             low, high = r.effect - half, r.effect + half
         lows.append(low)
         highs.append(high)
+        in_scope = r.gate_ok and r.preconditions_ok
         if r.exploratory:
             labels.append("exploratory")
+            again.append(math.nan)
         else:
-            labels.append(verdict(r.effect, low, high, r.min_effect, in_scope=r.gate_ok and r.preconditions_ok))
-        mdes.append(minimum_detectable_effect(r.sd, r.seeds, r.ci_level))
-        mde_worst.append(minimum_detectable_effect(r.sd, r.seeds, worst))
+            label = verdict(r.effect, low, high, r.min_effect, in_scope=in_scope, kind=r.kind)
+            labels.append(label)
+            if not r.gate_ok:
+                gate = gate_table[(gate_table.experiment == r.experiment) & ~gate_table.transfer_ok]
+                again.append(min((gate_probability(False, g.margin, g.margin_sd, g.units, g.required_margin)
+                                  for g in gate.itertuples()), default=math.nan))
+            elif not r.preconditions_ok:
+                again.append(r.precondition_again)
+            else:
+                again.append(replication_probability(label, r.effect, r.sd, r.units, r.min_effect, r.ci_level,
+                                                     r.kind))
+        mdes.append(minimum_detectable_effect(r.sd, r.units, r.ci_level))
+        mde_worst.append(minimum_detectable_effect(r.sd, r.units, worst))
         needed.append(seeds_needed(r.sd, r.min_effect, r.ci_level))
     frame["ci_low"], frame["ci_high"], frame["verdict"] = lows, highs, labels
+    frame["replication_probability"] = again
+    frame["fragile"] = [bool(not r.exploratory and not (r.replication_probability >= FRAGILE_BELOW))
+                        for r in frame.itertuples()]
     frame["mde"], frame["mde_worst_step"] = mdes, mde_worst
     frame["seeds_needed"] = pd.array([None if math.isnan(n) else int(n) for n in needed], dtype="Int64")
     frame["scope"] = ["" if r.gate_ok and r.preconditions_ok else
@@ -285,6 +367,31 @@ def forgetting(runs: pd.DataFrame, levels: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def pareto(runs: pd.DataFrame) -> pd.DataFrame:
+    """Forgetting across the whole lr grid, not at the selected lr alone: per (experiment, target,
+    fine-tuning strategy, lr) with a source to forget, the mean test accuracy and the mean source
+    retention at the end (precise BN) over seeds, and ``on_front``: no other point of the target
+    (any strategy, any lr) has at least the accuracy and at least the retention, and more of one
+    (the Pareto front of retention against target accuracy). ``front_share``: the share of the
+    strategy's lrs on the front. Empty where retention is not measured."""
+    part = runs[(runs.kind == "finetune") & (runs.budget_factor == 1)]
+    if "retention_precise_bn" not in part or part.retention_precise_bn.isna().all():
+        return pd.DataFrame(columns=["experiment", "target", "strategy", "lr", "seeds", "test_accuracy",
+                                     "retention_precise_bn", "on_front", "front_share"])
+    part = part.dropna(subset=["retention_precise_bn"])
+    means = part.groupby(["experiment", "target", "strategy", "lr"], sort=False).agg(
+        seeds=("seed", "nunique"), test_accuracy=("test_accuracy", "mean"),
+        retention_precise_bn=("retention_precise_bn", "mean")).reset_index()
+    fronts = []
+    for _, group in means.groupby(["experiment", "target"], sort=False):
+        a, r = group.test_accuracy.to_numpy(), group.retention_precise_bn.to_numpy()
+        dominated = [bool(np.any((a >= a[i]) & (r >= r[i]) & ((a > a[i]) | (r > r[i])))) for i in range(len(a))]
+        fronts.append(pd.Series([not d for d in dominated], index=group.index))
+    means["on_front"] = pd.concat(fronts).reindex(means.index)
+    means["front_share"] = means.groupby(["experiment", "target", "strategy"]).on_front.transform("mean")
+    return means
+
+
 def ood_table(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
     """OOD accuracy per corruption and strategy at the selected lr; ``at_chance``: no strategy beats
     1 / classes by more than CHANCE_MARGIN on that corruption."""
@@ -316,18 +423,19 @@ def budget_check(suite: Suite, runs: pd.DataFrame, verdict_table: pd.DataFrame) 
         if h.exploratory:
             continue
         longer = runs[(runs.budget_factor == BUDGET_CHECK_FACTOR) & (runs.lr == runs.selected_lr)]
-        long_b, long_w = _sides(longer, h)
-        seeds = sorted(set(long_b.index) & set(long_w.index))
+        long_d, short_d = seed_differences(longer, h), seed_differences(chosen, h)
+        seeds = sorted(set(long_d.index))
         row = {"hypothesis": h.name, "comparison": h.comparison, "metric": h.metric, "seeds": len(seeds),
                "budget_factor": BUDGET_CHECK_FACTOR}
         verdict_row = verdict_table[verdict_table.hypothesis == h.name]
         label = verdict_row.verdict.iloc[0] if len(verdict_row) else "undetermined"
-        short_b, short_w = _sides(chosen, h)
-        if len(seeds) >= 1 and set(seeds) <= set(short_b.index) & set(short_w.index):
-            row["effect_1x"] = float((short_b[seeds] - short_w[seeds]).mean())
-            row["effect_longer"] = effect = float((long_b[seeds] - long_w[seeds]).mean())
-            holds = {"reproduced": effect >= h.min_effect, "not reproduced": effect < h.min_effect,
-                     "contradicted": effect <= -h.min_effect}.get(label)
+        if len(seeds) >= 1 and set(seeds) <= set(short_d.index):
+            row["effect_1x"] = float(short_d[seeds].mean())
+            row["effect_longer"] = effect = float(long_d[seeds].mean())
+            m = h.min_effect
+            holds = ({"reproduced": effect > -m, "contradicted": effect <= -m} if h.kind == "noninferiority" else
+                     {"reproduced": effect >= m, "not reproduced": effect < m, "direction only": 0 < effect < m,
+                      "contradicted": effect <= -m}).get(label)
             row["verdict"], row["holds"] = label, holds
         rows.append(row)
     return pd.DataFrame(rows, columns=["hypothesis", "comparison", "metric", "seeds", "budget_factor", "effect_1x",
@@ -425,6 +533,27 @@ def _plot_forgetting(runs: pd.DataFrame, levels: pd.DataFrame, out: Path) -> lis
     return names
 
 
+def _plot_pareto(front: pd.DataFrame, out: Path) -> list[str]:
+    """Retention against target accuracy at every lr run (one line per strategy, lr in the labels),
+    where some strategy ran more than one lr."""
+    names = []
+    for (experiment, target), part in front.groupby(["experiment", "target"], sort=False):
+        if part.groupby("strategy").lr.nunique().max() < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for strategy, group in part.groupby("strategy", sort=False):
+            group = group.sort_values("lr")
+            ax.plot(group.test_accuracy, group.retention_precise_bn, marker="o", label=strategy)
+            for row in group.itertuples():
+                ax.annotate(f"{row.lr:g}", (row.test_accuracy, row.retention_precise_bn), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+        ax.set(xlabel="target test accuracy (mean over seeds)", ylabel="source retention at the end (precise BN)",
+               title=f"{experiment} / {target}: forgetting across the lr grid")
+        ax.legend(fontsize=7)
+        names.append(_save_figure(fig, out, f"pareto_{experiment}_{target}.png"))
+    return names
+
+
 def _plot_wise(table: pd.DataFrame, out: Path) -> list[str]:
     names = []
     if "ood_accuracy" not in table:
@@ -446,8 +575,9 @@ def _plot_wise(table: pd.DataFrame, out: Path) -> list[str]:
 
 VERDICT_COLUMNS = {"hypothesis": "hypothesis", "mirrors": "mirrors", "comparison": "comparison", "target": "target",
                    "metric": "metric", "effect": "effect", "ci_low": "adj. ci low", "ci_high": "adj. ci high",
-                   "p_holm": "p (Holm)", "min_effect": "min effect", "mde": "MDE", "seeds": "seeds",
-                   "seeds_needed": "seeds for min effect", "preconditions": "preconditions", "verdict": "verdict"}
+                   "p_holm": "p (Holm)", "min_effect": "min effect", "mde": "MDE", "unit": "unit", "units": "units",
+                   "seeds": "seeds", "seeds_needed": "seeds for min effect", "preconditions": "preconditions",
+                   "verdict": "verdict", "replication_probability": "replication probability"}
 
 
 def _in_suite_order(frame: pd.DataFrame, order: Mapping[tuple[str, str], int]) -> pd.DataFrame:
@@ -459,20 +589,28 @@ def _in_suite_order(frame: pd.DataFrame, order: Mapping[tuple[str, str], int]) -
 
 
 ACROSS_COLUMNS = {"claim": "claim", "comparison": "comparison", "metric": "metric", "per_family": "per family: effect "
-                  "[Holm-adjusted CI] verdict", "pooled_effect": "pooled effect", "pooled_ci_low": "adj. ci low",
-                  "pooled_ci_high": "adj. ci high", "tau": "tau", "on_predicted_side": "families > 0",
-                  "families_in_scope": "families in scope", "consistent": "same verdict in every family in scope",
-                  "pooled_verdict": "verdict across families"}
+                  "[Holm-adjusted CI] verdict", "sign_count": "sign count (families in scope)",
+                  "consistent": "same verdict in every family in scope", "pooled_effect": "pooled mean (descriptive)",
+                  "pooled_ci_low": "HK 95% low", "pooled_ci_high": "HK 95% high", "tau": "tau"}
 
 
 def _across_section(across: pd.DataFrame) -> list[str]:
     """The summary's cross-backbone section (claims tested in at least two families)."""
     return ["## Across backbones", "",
-            "Each claim per timm family (its verdict above) and pooled across families: DerSimonian-Laird "
-            "random-effects mean of the families' paired effects, normal interval at the claim's Holm step level "
-            f"over the {int(across.pooled_p_holm.notna().sum())} pooled claims, verdict by the same five words; "
-            "tau: the between-family standard deviation of the effect (`benchmarks/across.py`).", "",
+            "Each claim's verdicts are its per-family verdicts (above), with a sign count: the families in scope "
+            "whose effect lies on the predicted side. The pooled mean is descriptive and carries no verdict: a "
+            "random-effects mean of the families' effects with the small-k Hartung-Knapp 95% interval (Student-t, "
+            "k - 1 df); the families are hand-picked architectures, not a sample of a population. tau: the "
+            "between-family standard deviation of the effect (`benchmarks/across.py`).", "",
             _markdown(across, ACROSS_COLUMNS), "", "![across_backbones.png](across_backbones.png)", ""]
+
+
+def _fragile_note(confirmatory: pd.DataFrame) -> str:
+    """One line: how many confirmatory verdicts reach the replication target."""
+    probabilities = confirmatory.replication_probability
+    solid = int((probabilities >= FRAGILE_BELOW).sum())
+    return (f"{solid} of {len(confirmatory)} confirmatory verdicts have a replication probability of at least "
+            f"{FRAGILE_BELOW}; the others are marked fragile.\n")
 
 
 def _regenerate_hint(suite: Suite, environment: Mapping[str, Any]) -> str:
@@ -500,15 +638,17 @@ def write_reports(out: Path, suite: Suite) -> None:
     forget = forgetting(runs, levels)
     ood = ood_table(suite, runs)
     check = budget_check(suite, runs, verdict_table)
+    front = pareto(runs)
     across = across_families(verdict_table)
     order = {(e.name, t.name): i for i, (e, t) in enumerate((e, t) for e in suite.experiments for t in e.targets)}
     converge, forget, ood = (_in_suite_order(frame, order) for frame in (converge, forget, ood))
     scalar_runs = runs.drop(columns=[c for c in runs if c.startswith("curve_")])
     for name, frame in (("runs.csv", scalar_runs), ("selected.csv", table), ("gates.csv", gate_table),
                         ("verdicts.csv", verdict_table), ("convergence.csv", converge), ("forgetting.csv", forget),
-                        ("ood.csv", ood), ("budget_check.csv", check), ("across.csv", across)):
+                        ("ood.csv", ood), ("budget_check.csv", check), ("across.csv", across), ("pareto.csv", front)):
         atomic_write(out / name, frame.to_csv(index=False, float_format="%.6g"))
-    plots = _plot_curves(runs, out) + _plot_forgetting(runs, levels, out) + _plot_wise(table, out)
+    plots = (_plot_curves(runs, out) + _plot_forgetting(runs, levels, out) + _plot_pareto(front, out)
+             + _plot_wise(table, out))
     several = across[across.families >= 2]
     if len(several):
         plot_across(verdict_table, across, str(out / "across_backbones.png"))
@@ -518,14 +658,23 @@ def write_reports(out: Path, suite: Suite) -> None:
     lines = [
         f"# Suite `{suite.name}`", "", suite.description, "",
         "## Verdicts", "",
-        "Paired difference `better - worse` over seeds, each side at its validation-selected lr. Interval: "
-        f"two-sided Student-t at the hypothesis' Holm step level (family-wise {ALPHA} over the "
+        "Paired difference `better - worse` per unit, each side at its selected lr (pre-registered in a "
+        "confirmatory suite, chosen on validation in a grid suite). The unit: a seed with its own source model, a "
+        "seed on shipped weights every seed shares by construction, or, where seeds share a suite-pretrained "
+        "source model, the source model (its seeds averaged: the balanced mixed model's t on source means). "
+        f"Interval: two-sided Student-t at the hypothesis' Holm step level (family-wise {ALPHA} over the "
         f"{int((confirmatory.p_holm.notna()).sum())} confirmatory hypotheses in scope), so it excludes 0 exactly "
-        f"when p (Holm) < {ALPHA}. *reproduced*: interval above 0 and effect >= min effect; *not reproduced*: "
-        "interval's upper end below the min effect; *contradicted*: interval below 0 and effect <= -min effect; "
-        "*undetermined*: otherwise; *out of scope*: a precondition or the transfer gate failed. MDE: the "
-        "smallest effect the test detects with 80% power at these seeds and this level.", "",
-        _markdown(confirmatory, VERDICT_COLUMNS), "",
+        f"when p (Holm) < {ALPHA}. *reproduced*: interval above 0 and effect >= min effect; *direction only*: "
+        "interval above 0 and below the min effect; *not reproduced*: interval's upper end below the min effect; "
+        "*contradicted*: interval below 0 and effect <= -min effect (contradicted and direction only each imply not "
+        "reproduced); *undetermined*: otherwise; *out of scope*: a precondition or the transfer gate failed. A "
+        "non-inferiority hypothesis (`>=`) is reproduced when the interval lies above minus its margin (the min "
+        "effect) and contradicted when it lies below it. Replication probability: the chance that an independent "
+        "run of the same design gives a compatible verdict (parametric bootstrap at this run's effect and sd; for "
+        f"out of scope, that the precondition fails again); **fragile** below {FRAGILE_BELOW}. MDE: the smallest "
+        "effect the test detects with 80% power at these units and this level.", "",
+        _fragile_note(confirmatory),
+        _markdown(marked_fragile(confirmatory), VERDICT_COLUMNS), "",
         "Minimum effects and their sources:", "",
         *[f"- {r.hypothesis}: {_fmt(r.min_effect)} — {r.min_effect_source}" for r in confirmatory.itertuples()], "",
         *(_across_section(several) if len(several) else []),
@@ -575,6 +724,15 @@ def write_reports(out: Path, suite: Suite) -> None:
                                  "retention_precise_bn": "retention at end (precise BN)",
                                  "retention_weights_only": "retention at end (weights only)",
                                  "backward_transfer": "backward transfer"}, with_ci=True), ""]
+    if len(front) and front.groupby(["experiment", "target", "strategy"]).lr.nunique().max() > 1:
+        lines += ["## Forgetting across the lr grid (Pareto)", "",
+                  "Every lr run, not the selected one alone: mean target test accuracy and mean source retention at "
+                  "the end (precise BN) over seeds; on the front: no other point of the target, any strategy and "
+                  "lr, has at least both and more of one (`pareto.csv`).", "",
+                  _markdown(front, {"experiment": "experiment", "target": "target", "strategy": "strategy",
+                                    "lr": "lr", "seeds": "seeds", "test_accuracy": "test acc",
+                                    "retention_precise_bn": "retention (end)", "on_front": "on front",
+                                    "front_share": "strategy's share on front"}), ""]
     if len(ood):
         wide = ood.pivot_table(index=["experiment", "corruption", "at_chance_for_all"], columns="strategy",
                                values="ood_accuracy", sort=False).reset_index()
@@ -606,10 +764,20 @@ def readme_markers(block: str) -> tuple[str, str]:
     return f"<!-- {block}:start -->", f"<!-- {block}:end -->"
 
 
+def marked_fragile(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with " (fragile)" after each fragile verdict (a verdicts.csv with a ``fragile`` column)."""
+    if "fragile" not in frame:
+        return frame
+    fragile = frame.fragile.fillna(False).astype(bool)
+    return frame.assign(verdict=[f"{v} (fragile)" if f else v for v, f in zip(frame.verdict, fragile)])
+
+
 def readme_table(verdict_table: pd.DataFrame) -> str:
     """The confirmatory verdict table as the README shows it (from a verdicts.csv)."""
-    confirmatory = verdict_table[~verdict_table.exploratory.astype(bool)]
-    return _markdown(confirmatory, {k: v for k, v in VERDICT_COLUMNS.items() if k not in ("preconditions",)})
+    confirmatory = marked_fragile(verdict_table[~verdict_table.exploratory.astype(bool)])
+    return _markdown(confirmatory, {k: v for k, v in VERDICT_COLUMNS.items()
+                                    if k not in ("preconditions", "mirrors", "mde", "seeds_needed") and k in
+                                    confirmatory})
 
 
 def readme_across_table(across: pd.DataFrame) -> str:

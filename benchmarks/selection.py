@@ -33,7 +33,7 @@ EXTENSION_CAP = 2
 #: The budget check runs the selected cells at this many times the steps.
 BUDGET_CHECK_FACTOR = 2
 #: ... on this many seeds (the experiment's first).
-BUDGET_CHECK_SEEDS = 3
+BUDGET_CHECK_SEEDS = 2
 #: Scalar metrics the runner records per run, in table order (``ood_accuracy_<corruption>`` too).
 RUN_METRICS = ("test_accuracy", "ood_accuracy", "val_accuracy", "retention_precise_bn", "retention_weights_only",
                "backward_transfer", "ood_cka", "test_cka", "id_cka", "val_auc", "val_at_quarter",
@@ -116,8 +116,8 @@ def select_lr(runs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _extensions_run(experiment: Experiment, strategy_name: str, lrs: Sequence[float]) -> dict[str, int]:
-    base = experiment.grid(experiment.strategy(strategy_name))
+def _extensions_run(experiment: Experiment, target: str, strategy_name: str, lrs: Sequence[float]) -> dict[str, int]:
+    base = experiment.grid(experiment.strategy(strategy_name), target)
     return {"low": sum(lr < min(base) for lr in set(lrs)), "high": sum(lr > max(base) for lr in set(lrs))}
 
 
@@ -132,7 +132,7 @@ def mark_capped(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
         experiment = suite.experiment(row.experiment)
         part = runs[(runs.experiment == row.experiment) & (runs.target == row.target) & (runs.parent == row.parent)
                     & (runs.budget_factor == 1)]
-        done = _extensions_run(experiment, row.parent, part.lr.tolist())
+        done = _extensions_run(experiment, row.target, row.parent, part.lr.tolist())
         side = "low" if row.lr == part.lr.min() else "high"
         capped.append(done[side] >= EXTENSION_CAP)
     return runs.assign(capped=capped)

@@ -7,7 +7,13 @@ intervals that agree with it, the five-word verdict rule and the power of a test
   where Holm's procedure stops (Holm 1979; the step-down intervals of Strassburger & Bretz 2008,
   conservative form). An adjusted interval excludes 0 exactly when the Holm-adjusted p is below
   ALPHA, so interval and p never disagree.
-* :func:`verdict`: *reproduced*, *not reproduced*, *contradicted*, *undetermined*, *out of scope*.
+* :func:`verdict`: *reproduced*, *direction only* (the predicted sign, smaller than the minimum
+  effect), *not reproduced*, *contradicted*, *undetermined*, *out of scope*; the words are nested
+  (:data:`IMPLIES`: contradicted and direction only each imply not reproduced), and
+  :func:`compatible` / :func:`opposed` compare two runs' words under that nesting.
+* :func:`simulate_verdicts` / :func:`replication_probability` / :func:`agreement_probability`:
+  a parametric bootstrap of the verdict an independent run of the same design would give
+  (the unit's mean and standard deviation as estimated, the same seeds and level).
 * :func:`minimum_detectable_effect` / :func:`seeds_needed`: the paired t-test's power
   (statsmodels ``TTestPower``) at a Holm step's level.
 
@@ -23,6 +29,10 @@ Example:
     'reproduced'
     >>> verdict(effect=0.001, ci_low=-0.01, ci_high=0.012, min_effect=0.03)
     'not reproduced'
+    >>> verdict(effect=0.024, ci_low=0.014, ci_high=0.029, min_effect=0.03)
+    'direction only'
+    >>> compatible("contradicted", "not reproduced"), opposed("reproduced", "direction only")
+    (True, True)
 """
 
 from __future__ import annotations
@@ -111,27 +121,146 @@ def holm_levels(p_values: Sequence[float], alpha: float = ALPHA) -> np.ndarray:
     return levels
 
 
-def verdict(effect: float, ci_low: float, ci_high: float, min_effect: float, in_scope: bool = True) -> str:
-    """The verdict of a hypothesis predicting ``effect >= min_effect > 0`` from its adjusted interval.
+#: The verdict words, and the words each implies: a contradicted effect (interval below 0) and an
+#: effect of the predicted sign but below the minimum (*direction only*) both have an upper bound
+#: below the minimum effect, which is what *not reproduced* says.
+VERDICTS = ("reproduced", "direction only", "not reproduced", "contradicted", "undetermined", "out of scope")
+IMPLIES = {"contradicted": frozenset({"not reproduced"}), "direction only": frozenset({"not reproduced"})}
+#: Pairs of words no single true effect can give both of: an effect of at least the minimum against
+#: one below it, and the predicted sign against the other sign.
+OPPOSED = frozenset({frozenset({"reproduced", "not reproduced"}), frozenset({"reproduced", "contradicted"}),
+                     frozenset({"reproduced", "direction only"}), frozenset({"direction only", "contradicted"})})
+
+
+def verdict(effect: float, ci_low: float, ci_high: float, min_effect: float, in_scope: bool = True,
+            kind: str = "superiority") -> str:
+    """The verdict of a hypothesis from its adjusted interval.
+
+    ``kind="superiority"`` predicts ``effect >= min_effect > 0``:
 
     * ``out of scope``: a pre-registered precondition (or the transfer gate) failed;
     * ``contradicted``: the interval lies below 0 and the effect is at most ``-min_effect``;
     * ``reproduced``: the interval lies above 0 and the effect is at least ``min_effect``;
+    * ``direction only``: the interval lies above 0 and below ``min_effect`` (the predicted sign,
+      smaller than predicted; implies *not reproduced*);
     * ``not reproduced``: the interval's upper end is below ``min_effect`` (an effect of the
       registered size is excluded);
     * ``undetermined``: otherwise (including no data).
+
+    ``kind="noninferiority"`` predicts ``effect > -min_effect`` (``min_effect`` is the margin):
+    *reproduced* when the interval lies above ``-min_effect``, *contradicted* when it lies below
+    it, *undetermined* otherwise.
     """
     if not in_scope:
         return "out of scope"
     if not all(math.isfinite(v) for v in (effect, ci_low, ci_high)):
         return "undetermined"
+    if kind == "noninferiority":
+        return "reproduced" if ci_low > -min_effect else "contradicted" if ci_high < -min_effect else "undetermined"
     if ci_high < 0 and effect <= -min_effect:
         return "contradicted"
     if ci_low > 0 and effect >= min_effect:
         return "reproduced"
+    if ci_low > 0 and ci_high < min_effect:
+        return "direction only"
     if ci_high < min_effect:
         return "not reproduced"
     return "undetermined"
+
+
+def compatible(a: str, b: str) -> bool:
+    """Whether two runs' verdicts agree under the nesting (:data:`IMPLIES`): the same word, or one
+    implies the other (*contradicted* and *not reproduced*). *undetermined* agrees only with itself."""
+    return a == b or b in IMPLIES.get(a, ()) or a in IMPLIES.get(b, ())
+
+
+def opposed(a: str, b: str) -> bool:
+    """Whether two verdicts exclude each other (:data:`OPPOSED`)."""
+    return frozenset({a, b}) in OPPOSED
+
+
+#: Draws of the parametric bootstrap behind replication probabilities.
+REPLICATION_DRAWS = 4000
+#: A verdict whose replication probability is below this is marked *fragile*.
+FRAGILE_BELOW = 0.9
+
+
+def simulate_verdicts(effect: float, sd: float, n: int, min_effect: float, error_level: float,
+                      kind: str = "superiority", draws: int = REPLICATION_DRAWS, seed: int = 0) -> np.ndarray:
+    """Verdicts of ``draws`` independent runs of the same design (parametric bootstrap): each run
+    draws ``n`` unit differences from ``Normal(effect, sd)`` (``sd`` of the unit, the source
+    model's variance included when every unit has its own source), takes their mean and Student-t
+    interval at ``error_level`` and applies :func:`verdict`. Reproducible (``seed``)."""
+    rng = np.random.default_rng(seed)
+    if n < 2 or not (math.isfinite(effect) and math.isfinite(sd)):
+        return np.full(draws, "undetermined", dtype=object)
+    d = rng.normal(effect, sd, size=(draws, n)) if sd > 0 else np.full((draws, n), effect)
+    means, sds = d.mean(1), d.std(1, ddof=1)
+    half = stats.t.ppf(1 - error_level / 2, n - 1) * sds / math.sqrt(n)
+    low, high = means - half, means + half
+    if kind == "noninferiority":  # verdict()'s rules, vectorised
+        conditions = [low > -min_effect, high < -min_effect]
+        words = ["reproduced", "contradicted"]
+    else:
+        conditions = [(high < 0) & (means <= -min_effect), (low > 0) & (means >= min_effect),
+                      (low > 0) & (high < min_effect), high < min_effect]
+        words = ["contradicted", "reproduced", "direction only", "not reproduced"]
+    return np.select(conditions, np.array(words, dtype=object), default="undetermined").astype(object)
+
+
+def replication_probability(observed: str, effect: float, sd: float, n: int, min_effect: float, error_level: float,
+                            kind: str = "superiority", draws: int = REPLICATION_DRAWS, seed: int = 0) -> float:
+    """The probability that an independent run of the same design gives a verdict compatible with
+    ``observed`` (:func:`compatible`), by :func:`simulate_verdicts` at the estimated ``effect`` and
+    ``sd``; nan for *out of scope* (see :func:`precondition_probability`) and without data.
+
+    Example:
+        >>> replication_probability("reproduced", 0.2, 0.05, 10, 0.03, 0.01) > 0.9
+        True
+        >>> round(replication_probability("reproduced", 0.03, 0.01, 10, 0.03, 0.05), 1)
+        0.5
+    """
+    if observed == "out of scope" or n < 2 or not (math.isfinite(effect) and math.isfinite(sd)):
+        return math.nan
+    simulated = simulate_verdicts(effect, sd, n, min_effect, error_level, kind, draws, seed)
+    return float(np.mean([compatible(observed, v) for v in simulated]))
+
+
+def agreement_probability(effect: float, sd: float, n: int, min_effect: float, error_level: float,
+                          kind: str = "superiority", draws: int = REPLICATION_DRAWS, seed: int = 0,
+                          decided: bool = True) -> float:
+    """The probability that two independent runs of ``n`` units give compatible verdicts, when the
+    unit differences are ``Normal(effect, sd)`` (used to size seeds before a run); with ``decided``,
+    compatible and both decided (two *undetermined* runs agree on nothing worth sizing for)."""
+    first = simulate_verdicts(effect, sd, n, min_effect, error_level, kind, draws, seed)
+    second = simulate_verdicts(effect, sd, n, min_effect, error_level, kind, draws, seed + 1)
+    return float(np.mean([compatible(a, b) and not (decided and "undetermined" in (a, b))
+                          for a, b in zip(first, second)]))
+
+
+def gate_probability(passed: bool, margin: float, sd: float, n: int, required: float,
+                     draws: int = REPLICATION_DRAWS, seed: int = 0) -> float:
+    """The probability that an independent run of ``n`` units decides a transfer gate the same way
+    (``passed``): the gate passes when the lower end of the 95% Student-t interval of the unit
+    margins (``Normal(margin, sd)``) is at least ``required``; a parametric bootstrap; nan without data."""
+    if n < 2 or not (math.isfinite(margin) and math.isfinite(sd)):
+        return math.nan
+    rng = np.random.default_rng(seed)
+    d = rng.normal(margin, sd, size=(draws, n)) if sd > 0 else np.full((draws, n), margin)
+    low = d.mean(1) - stats.t.ppf(0.975, n - 1) * d.std(1, ddof=1) / math.sqrt(n)
+    return float(np.mean((low >= required) == passed))
+
+
+def precondition_probability(holds: bool, difference: float, sd: float, n: int) -> float:
+    """The probability that an independent run of ``n`` units finds a precondition (mean
+    difference ``better - worse >= 0``) the same way (holding when ``holds``), for unit differences
+    ``Normal(difference, sd)``: ``Phi(+-difference / (sd / sqrt(n)))``; nan without data."""
+    if n < 1 or not (math.isfinite(difference) and math.isfinite(sd)):
+        return math.nan
+    if sd == 0:
+        return 1.0 if (difference >= 0) == holds else 0.0
+    p_holds = float(stats.norm.cdf(difference / (sd / math.sqrt(n))))
+    return p_holds if holds else 1 - p_holds
 
 
 def minimum_detectable_effect(sd: float, n: int, error_level: float = ALPHA, power: float = POWER) -> float:

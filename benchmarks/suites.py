@@ -40,9 +40,13 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 Kwargs = tuple[tuple[str, Any], ...]
+
+#: Where the committed pre-registrations live (one JSON file per confirmatory suite).
+PREREGISTRATION_DIR = Path(__file__).parent / "preregistration"
 
 #: ULMFiT's discriminative factor: each layer's lr is the next one's / 2.6 (Howard & Ruder, 2018).
 ULMFIT_GAMMA = 1 / 2.6
@@ -60,6 +64,10 @@ HYPOTHESIS_METRICS = ("test_accuracy", "ood_accuracy", "val_accuracy", "retentio
                       "val_at_quarter", "retention_at_match", "effective_robustness")
 
 
+#: Kinds of hypothesis: the effect is at least the minimum effect, or above minus the margin.
+HYPOTHESIS_KINDS = ("superiority", "noninferiority")
+
+
 def _kwargs(mapping: Mapping[str, Any]) -> Kwargs:
     return tuple(sorted(mapping.items()))
 
@@ -75,7 +83,9 @@ class Strategy:
     ``lr`` is the centre of the candidate grid: AdamW's lr, or ``C`` for the pixel baseline.
     ``wise`` also evaluates WiSE-FT interpolations between the start of the run and its end (for
     LP-FT the start is the zero-shot analogue: the pretrained body with the seed's
-    validation-selected linear probe as head).
+    validation-selected linear probe as head). ``fixed_lr``: a control run at this lr only, never
+    tuned (lr 0 with BatchNorm statistics following the target batches is the BN-statistics-only
+    control; lr 0 on the head alone is no adaptation).
 
     Two kwargs are read by the runner, not passed on as they are: for ``lp_ft``, the probe's ``C``
     is chosen per seed on validation from ``PROBE_CS`` (cached probes); for ``l2_sp``, ``pull``
@@ -89,10 +99,14 @@ class Strategy:
     kwargs: Kwargs = ()
     lr: float = 1e-3
     wise: bool = False
+    fixed_lr: float | None = None
 
     @property
     def grid(self) -> tuple[float, ...]:
-        """The candidate lrs (or Cs): ``lr`` times each factor; ``PROBE_CS`` for probes."""
+        """The candidate lrs (or Cs): ``lr`` times each factor; ``PROBE_CS`` for probes; a control's
+        ``fixed_lr`` alone."""
+        if self.fixed_lr is not None:
+            return (self.fixed_lr,)
         if self.kind == "probe":
             return PROBE_CS
         factors = C_FACTORS if self.kind == "pixel" else LR_FACTORS
@@ -102,6 +116,12 @@ class Strategy:
 def finetune(name: str, recipe: str, lr: float = 1e-3, wise: bool = False, **kwargs: Any) -> Strategy:
     """A strategy built from a library recipe."""
     return Strategy(name, "finetune", recipe, _kwargs(kwargs), lr, wise)
+
+
+def control(name: str, recipe: str, lr: float = 0.0, **kwargs: Any) -> Strategy:
+    """A control at a fixed lr (never tuned): e.g. ``control("bn_only", "surgical", block="first")``
+    trains nothing at lr 0 while the first block's BatchNorm statistics follow the target batches."""
+    return Strategy(name, "finetune", recipe, _kwargs(kwargs), lr, False, fixed_lr=lr)
 
 
 def scratch(lr: float = 1e-2) -> Strategy:
@@ -205,8 +225,14 @@ class Experiment:
     the tuned block's statistics move). ``gate_margin``: how far the best pretrained
     strategy must beat the best of scratch and pixel (test accuracy) for the target to count as a
     transfer task. ``source_seeds``: the source-pretraining seeds (suite-pretrained sources);
-    cell seed ``s`` uses ``source_seeds[s % len(source_seeds)]``. ``track_forgetting``: measure test
-    accuracy and source retention at every evaluation (the matched-accuracy comparison)."""
+    the seed at position ``i`` of ``seeds`` uses ``source_seeds[i % len(source_seeds)]`` (as many
+    source seeds as seeds: every seed has its own source model, an independent unit).
+    ``track_forgetting``: measure test accuracy and source retention at every evaluation (the
+    matched-accuracy comparison). ``lrs``: pre-registered ``(target, strategy, lr)`` triples
+    (:mod:`benchmarks.preregistration`): such a strategy runs at that lr only, on that target.
+    ``skip``: ``(target, strategy)`` pairs that do not run (a control meaningless on that target).
+    ``measure_retention``: measure source retention at the end of every cell (off where no
+    hypothesis reads it: two precise-BN passes over the source data per cell saved)."""
 
     name: str
     question: str
@@ -223,22 +249,55 @@ class Experiment:
     lr_factors: tuple[float, ...] | None = None
     source_seeds: tuple[int, ...] = (0,)
     track_forgetting: bool = False
+    lrs: tuple[tuple[str, str, float], ...] = ()
+    skip: tuple[tuple[str, str], ...] = ()
+    measure_retention: bool = True
 
     def strategy(self, name: str) -> Strategy:
         return next(s for s in self.strategies if s.name == name)
 
-    def grid(self, strategy: Strategy) -> tuple[float, ...]:
-        """A strategy's candidate lrs: ``strategy.grid``, or its lr times ``lr_factors`` when set (a
-        config file's lr grid; probe and pixel keep their C values)."""
-        if self.lr_factors is None or strategy.kind in ("probe", "pixel"):
+    def grid(self, strategy: Strategy, target: Target | str | None = None) -> tuple[float, ...]:
+        """A strategy's candidate lrs on ``target``: the pre-registered lr alone when ``lrs`` has
+        one; else ``strategy.grid``, or its lr times ``lr_factors`` when set (a config file's lr
+        grid; probe and pixel keep their C values; a control keeps its fixed lr)."""
+        name = target.name if isinstance(target, Target) else target
+        registered = [lr for t, s, lr in self.lrs if s == strategy.name and t == name]
+        if registered:
+            return (float(registered[0]),)
+        if self.lr_factors is None or strategy.kind in ("probe", "pixel") or strategy.fixed_lr is not None:
             return strategy.grid
         return tuple(float(f"{strategy.lr * factor:.3g}") for factor in self.lr_factors)
+
+    def source_seed(self, seed: int) -> int | None:
+        """The source-pretraining seed of cell seed ``seed`` (None for a shipped source)."""
+        if not self.source.trained:
+            return None
+        position = self.seeds.index(seed) if seed in self.seeds else seed
+        return self.source_seeds[position % len(self.source_seeds)]
 
     def source_for(self, seed: int) -> Source:
         """The source a cell of ``seed`` starts from (its pretraining seed set for suite-pretrained sources)."""
         if not self.source.trained:
             return self.source
-        return dataclasses.replace(self.source, seed=self.source_seeds[seed % len(self.source_seeds)])
+        return dataclasses.replace(self.source, seed=self.source_seed(seed))
+
+    @property
+    def independent_sources(self) -> bool:
+        """Whether no two seeds share a source model the suite pretrains (one source seed per seed)."""
+        return len({self.source_seed(s) for s in self.seeds}) == len(self.seeds)
+
+    @property
+    def unit(self) -> str:
+        """The statistical unit of the experiment's paired comparisons: ``seed`` when every seed is
+        independent (its own source model, or shipped weights every seed shares by construction),
+        else ``source model`` (seeds sharing a source are averaged into one unit)."""
+        if not self.source.trained:
+            return "seed (shared ImageNet weights)" if self.source.kind == "imagenet" else "seed"
+        return "seed (own source model)" if self.independent_sources else "source model"
+
+    def with_seeds(self, seeds: tuple[int, ...]) -> Experiment:
+        """The experiment on ``seeds``, each with its own source model (source seed = seed)."""
+        return dataclasses.replace(self, seeds=tuple(seeds), source_seeds=tuple(seeds))
 
 
 @dataclass(frozen=True)
@@ -264,7 +323,10 @@ class Hypothesis:
     ``mirrors``: the published finding; ``published``: its number; ``min_effect_source``: where
     the minimum effect comes from. ``preconditions``: when one fails, the verdict is *out of
     scope*. ``exploratory``: reported with its interval but given no verdict and left out of the
-    Holm family."""
+    Holm family. ``versus``: an interaction: the paired difference on ``target`` minus the one on
+    target ``versus`` (Lee et al.'s crossover). ``kind``: ``"superiority"`` (the effect is at least
+    ``min_effect``) or ``"noninferiority"`` (the effect is above ``-min_effect``, the margin: "better
+    matches or beats worse")."""
 
     name: str
     mirrors: str
@@ -278,10 +340,18 @@ class Hypothesis:
     min_effect_source: str = ""
     preconditions: tuple[Precondition, ...] = ()
     exploratory: bool = False
+    versus: str = ""
+    kind: str = "superiority"
+
+    def __post_init__(self) -> None:
+        if self.kind not in HYPOTHESIS_KINDS:
+            raise ValueError(f"hypothesis {self.name}: unknown kind {self.kind!r}; known: {', '.join(HYPOTHESIS_KINDS)}")
 
     @property
     def comparison(self) -> str:
-        return f"{self.better} > {self.worse}"
+        sign = ">=" if self.kind == "noninferiority" else ">"
+        text = f"{self.better} {sign} {self.worse}"
+        return f"({text}) on {self.target} - on {self.versus}" if self.versus else text
 
 
 @dataclass(frozen=True)
@@ -312,9 +382,11 @@ class Cell:
             "keep_source_head": experiment.keep_source_head,
             "bn": experiment.bn,
             "track_forgetting": experiment.track_forgetting,
+            **({} if experiment.measure_retention else {"measure_retention": False}),
             "source": asdict(self.source),
             "target": asdict(self.target),
-            "strategy": {**asdict(self.strategy), "kwargs": dict(self.strategy.kwargs)},
+            "strategy": {**{k: v for k, v in asdict(self.strategy).items() if not (k == "fixed_lr" and v is None)},
+                         "kwargs": dict(self.strategy.kwargs)},
             "budget": asdict(experiment.budget),
             "seed": self.seed,
             "lr": self.lr,
@@ -344,13 +416,16 @@ class Suite:
     experiments: tuple[Experiment, ...]
     hypotheses: tuple[Hypothesis, ...] = ()
     time_budget_s: float | None = None
+    preregistration: str = ""
 
     def __post_init__(self) -> None:
         names = {e.name: e for e in self.experiments}
         for h in self.hypotheses:
             experiment = names.get(h.experiment)
-            if experiment is None or h.target not in {t.name for t in experiment.targets}:
-                raise ValueError(f"hypothesis {h.name}: no experiment/target {h.experiment}/{h.target}")
+            targets = {t.name for t in experiment.targets} if experiment is not None else set()
+            if experiment is None or h.target not in targets or (h.versus and h.versus not in targets):
+                raise ValueError(f"hypothesis {h.name}: no experiment/target {h.experiment}/{h.target}"
+                                 + (f" (versus {h.versus})" if h.versus else ""))
             known = {s.name for s in experiment.strategies} | derived_strategies(experiment)
             named = {h.better, h.worse} | {n for p in h.preconditions for n in (p.better, p.worse)}
             if named - known:
@@ -369,12 +444,16 @@ class Suite:
         seeds = sorted({seed for e in self.experiments for seed in e.seeds})
         return [Cell(e, target, strategy, seed, lr)
                 for seed in seeds for e in self.experiments if seed in e.seeds
-                for target in e.targets for strategy in e.strategies for lr in e.grid(strategy)]
+                for target in e.targets for strategy in e.strategies if (target.name, strategy.name) not in e.skip
+                for lr in e.grid(strategy, target)]
 
     def replication(self, seed_offset: int = 100, source_seed_offset: int = 2) -> Suite:
         """The same suite on disjoint seeds (each + ``seed_offset``) and other source-pretraining
-        seeds (each + ``source_seed_offset``), named ``<name>_replication``."""
-        experiments = tuple(dataclasses.replace(e, seeds=tuple(s + seed_offset for s in e.seeds),
+        seeds (each + ``source_seed_offset``; an experiment whose every seed has its own source model
+        keeps it so: source seed = seed), named ``<name>_replication``."""
+        experiments = tuple(e.with_seeds(tuple(s + seed_offset for s in e.seeds))
+                            if e.source.trained and e.source_seeds == e.seeds else
+                            dataclasses.replace(e, seeds=tuple(s + seed_offset for s in e.seeds),
                                                 source_seeds=tuple(s + source_seed_offset for s in e.source_seeds))
                             for e in self.experiments)
         return dataclasses.replace(self, name=f"{self.name}_replication", experiments=experiments,
@@ -415,8 +494,12 @@ def _animal04_target(name: str, shots: int = 20, **kwargs: Any) -> Target:
     return Target(name, "animal", (0, 1, 2, 3, 4), shots, 40, (800, 1000), (0, 100), **kwargs)
 
 
-def _q1(seeds: tuple[int, ...], budget: Budget, shots: int = 20, more: bool = False) -> Experiment:
-    """``more``: also the middle block and full fine-tuning (the full suite)."""
+def _q1(seeds: tuple[int, ...], budget: Budget, shots: int = 20, more: bool = False,
+        controls: bool = False) -> Experiment:
+    """``more``: also the middle block and full fine-tuning (the full suite). ``controls``: full
+    fine-tuning and the two controls that name the mechanism: ``bn_only`` (lr 0 on the first block:
+    only its BatchNorm statistics follow the target batches) and ``no_adaptation`` (lr 0 on the head:
+    the source model as it is)."""
     head = dict(train_head=False, lr=1e-2)
     return Experiment(
         "q1_surgical",
@@ -431,7 +514,9 @@ def _q1(seeds: tuple[int, ...], budget: Budget, shots: int = 20, more: bool = Fa
          *((finetune("surgical_middle", "surgical", block="middle", **head),) if more else ()),
          finetune("surgical_last", "surgical", block="last", **head),
          finetune("surgical_head", "surgical", block="head", lr=1e-2),
-         *((finetune("full", "full", lr=3e-3),) if more else ()),
+         *((finetune("full", "full", lr=3e-3),) if more or controls else ()),
+         *((control("bn_only", "surgical", block="first", train_head=False),
+            control("no_adaptation", "surgical", block="head")) if controls else ()),
          scratch(), PIXEL),
         seeds, budget, keep_source_head=True, bn="train", source_seeds=(0, 1), track_forgetting=True,
     )
@@ -490,6 +575,24 @@ def _q1_hypotheses(experiment: str = "q1_surgical", suffix: str = "",
     return tuple(h for h in out if h.target in targets)
 
 
+def _q1_control_hypotheses(experiment: str = "q1_surgical") -> tuple[Hypothesis, ...]:
+    """Lee et al.'s crossover and headline, and the BatchNorm control, on Q1 with ``controls``."""
+    return (
+        Hypothesis("H1d", f"{_LEE}: the best block depends on the shift (crossover)", experiment, "contrast",
+                   "test_accuracy", "surgical_first", "surgical_last", 0.03,
+                   "first block best on input-level shifts, last layers best on output-level shifts (Fig. 1)",
+                   _LEE_MIN, versus="label_permutation"),
+        Hypothesis("H1e", f"{_LEE}: tuning the first block matches or beats full fine-tuning", experiment,
+                   "contrast", "test_accuracy", "surgical_first", "full", 0.03,
+                   "input-level shifts: surgical (first block) >= full fine-tuning (Table 1)",
+                   "non-inferiority margin: " + _LEE_MIN, kind="noninferiority"),
+        Hypothesis("H1f", "control: training the first block's weights adds to re-estimating its BatchNorm "
+                   "statistics", experiment, "contrast", "test_accuracy", "surgical_first", "bn_only", 0.03,
+                   "not a published claim: Lee et al. tune weights; a BN network's gain can be its statistics alone",
+                   _NO_NUMBER.format("3 pp, as H1a")),
+    )
+
+
 def _q2_hypotheses(more: bool = False, experiment: str = "q2_ulmfit", suffix: str = "") -> tuple[Hypothesis, ...]:
     """ULMFiT's and L2-SP's hypotheses on ``experiment`` (names end in ``suffix``); ``more``: layer
     decay 0.75 as an exploratory row."""
@@ -502,8 +605,11 @@ def _q2_hypotheses(more: bool = False, experiment: str = "q2_ulmfit", suffix: st
                    _HALF_T7),
         Hypothesis(f"H2b{suffix}", f"{_ULMFIT}: gradual unfreezing", experiment, "new_classes", "test_accuracy",
                    "gradual_unfreezing", "full", 0.024, table7 + "Freez+discr 5.39% (-21.5%)", _HALF_T7),
-        Hypothesis(f"H2c{suffix}", f"{_ULMFIT}: discriminative rates converge faster", experiment, "new_classes",
-                   "val_at_quarter", "discriminative", "full", 0.03, "qualitative (sec. 3.2)", faster),
+        # retired to exploratory (science review 4, sec. 2.3): its effect sits on the minimum effect and
+        # is lr-confounded (discriminative's head lr is 3.3x full's); no practical seed count decides it
+        Hypothesis(f"X2c{suffix}", f"{_ULMFIT}: discriminative rates converge faster", experiment, "new_classes",
+                   "val_at_quarter", "discriminative", "full", 0.03, "qualitative (sec. 3.2)", faster,
+                   exploratory=True),
         Hypothesis(f"H2d{suffix}", f"{_ULMFIT}: gradual unfreezing converges faster", experiment, "new_classes",
                    "val_auc", "gradual_unfreezing", "full", 0.02, "qualitative (sec. 3.2, Fig. 3)",
                    _NO_NUMBER.format("2 pp of normalised validation AUC")),
@@ -543,9 +649,10 @@ def _q3_hypotheses(experiment: str = "q3_lp_ft", ft: str = "top_ft", lp_ft: str 
         Hypothesis(f"H3c{suffix}", "Wortsman et al. 2022 (WiSE-FT)", experiment, "animal10", "ood_accuracy",
                    f"{lp_ft}+wise_0.5", lp_ft, 0.02, "ImageNet shifts: +4 to 6 pp OOD over the fine-tuned end point",
                    "half the smallest published gain", (theta0_robust,)),
-        Hypothesis(f"H3d{suffix}", f"{kumar}: LP-FT reaches its accuracy sooner", experiment, "animal10", "val_auc",
+        # retired to exploratory: about 100 seeds to decide (science review 4, sec. 2.3)
+        Hypothesis(f"X3d{suffix}", f"{kumar}: LP-FT reaches its accuracy sooner", experiment, "animal10", "val_auc",
                    lp_ft, ft, 0.02, "qualitative (the probe starts the fine-tuning near its end)",
-                   _NO_NUMBER.format("2 pp of normalised validation AUC")),
+                   _NO_NUMBER.format("2 pp of normalised validation AUC"), exploratory=True),
         Hypothesis(f"X3a{suffix}", f"{kumar}: ID accuracy", experiment, "animal10", "test_accuracy", lp_ft, ft, 0.01,
                    "+1 pp ID", "exploratory", exploratory=True),
         Hypothesis(f"X3b{suffix}", f"{kumar}: features change less on ID training images", experiment, "animal10",
@@ -561,17 +668,82 @@ def _hypotheses(more: bool = False) -> tuple[Hypothesis, ...]:
 
 _FT_BUDGET = Budget(steps=60, batch_size=25, eval_every=5, warmup_steps=6, forgetting_every=10)
 
-QUICK = Suite(
-    "quick",
-    "Three questions mirroring published findings: surgical fine-tuning (6 seeds), ULMFiT and L2-SP (10 seeds), "
-    "LP-FT and WiSE-FT on ImageNet EfficientNet-Lite0 (8 seeds); two source-pretraining seeds alternate over the "
-    "seeds; 3 lrs per strategy (extended at grid edges), scratch and pixel baselines on every target; two "
-    "backbones, one per question family (a suite-pretrained ResNet-10-T/8, the top of Lite0).",
-    (_q1(tuple(range(6)), _FT_BUDGET), _q2(tuple(range(10)), _FT_BUDGET, shots=5),
-     _q3(tuple(range(8)), _FT_BUDGET)),
-    _hypotheses(),
+#: Seeds of the quick suite's tuning stage (each with its own source model); the confirmatory
+#: stage's seeds start at QUICK_FIRST_SEED, its replication's at QUICK_FIRST_SEED + 100.
+QUICK_TUNING_SEEDS = (0, 1, 2, 3)
+QUICK_FIRST_SEED = 100
+#: Q1 and Q3 read no curve metric: validation every 10 steps (the learning-curve figures), no
+#: forgetting curve, and Q1 no retention at all (no Q1 hypothesis is about forgetting); Q2 keeps both
+#: for H2d (validation AUC) and H2e/H2f (retention at matched accuracy). Q1's controls and full
+#: fine-tuning run on the input-level shifts only (on the permuted labels lr 0 is at chance).
+_Q1_BUDGET = dataclasses.replace(_FT_BUDGET, eval_every=10, forgetting_every=None)
+
+
+def _quick_experiments(seeds: Mapping[str, tuple[int, ...]]) -> tuple[Experiment, ...]:
+    """The quick suite's three questions, every seed with its own source model."""
+    q1 = dataclasses.replace(_q1((), _Q1_BUDGET, controls=True), track_forgetting=False, measure_retention=False,
+                             skip=tuple(("label_permutation", name) for name in ("full", "bn_only", "no_adaptation")))
+    q3 = dataclasses.replace(_q3((), _FT_BUDGET), budget=_Q1_BUDGET)
+    return tuple(e.with_seeds(seeds[e.name]) for e in (q1, _q2((), _FT_BUDGET, shots=5), q3))
+
+
+def _quick_hypotheses() -> tuple[Hypothesis, ...]:
+    return _q1_hypotheses() + _q1_control_hypotheses() + _q2_hypotheses() + _q3_hypotheses()
+
+
+QUICK_TUNING = Suite(
+    "quick_tuning",
+    "The quick suite's tuning stage: every strategy on its lr grid (3 candidates, extended at grid edges), "
+    f"{len(QUICK_TUNING_SEEDS)} seeds each with its own source model; each strategy's lr is selected on validation "
+    "pooled over the seeds and written into the pre-registration (benchmarks/preregistration/quick.json) that the "
+    "confirmatory stage reads. Its verdicts are not results: its hypotheses size the confirmatory seeds.",
+    _quick_experiments({name: QUICK_TUNING_SEEDS for name in ("q1_surgical", "q2_ulmfit", "q3_lp_ft")}),
+    _quick_hypotheses(),
 )
-QUICK_REPLICATION = QUICK.replication()
+
+
+def preregistered(name: str) -> dict[str, Any] | None:
+    """The committed pre-registration ``benchmarks/preregistration/<name>.json`` (None if absent);
+    see :mod:`benchmarks.preregistration`."""
+    path = PREREGISTRATION_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def confirmatory(tuning: Suite, registration: Mapping[str, Any], name: str, first_seed: int) -> Suite:
+    """The confirmatory stage of ``tuning``: each experiment on ``registration["seeds"][experiment]``
+    fresh seeds from ``first_seed`` (each with its own source model), every strategy at its
+    pre-registered lr only."""
+    experiments = []
+    for e in tuning.experiments:
+        lrs = tuple((r["target"], r["strategy"], float(r["lr"])) for r in registration["lrs"]
+                    if r["experiment"] == e.name)
+        seeds = tuple(range(first_seed, first_seed + int(registration["seeds"][e.name])))
+        experiments.append(dataclasses.replace(e.with_seeds(seeds), lrs=lrs))
+    seeds = ", ".join(f"{e.name} {len(e.seeds)}" for e in experiments)
+    return dataclasses.replace(
+        tuning, name=name, experiments=tuple(experiments), preregistration=str(registration.get("version", "")),
+        description=f"The confirmatory stage of {tuning.name}: fresh seeds ({seeds}), each with its own source "
+        f"model, every strategy at its pre-registered lr (version {registration.get('version', '?')}).")
+
+
+def _quick(registration: Mapping[str, Any]) -> Suite:
+    suite = confirmatory(QUICK_TUNING, registration, "quick", QUICK_FIRST_SEED)
+    n = {e.name: len(e.seeds) for e in suite.experiments}
+    return dataclasses.replace(suite, description=(
+        "Three questions mirroring published findings, confirmatory stage: surgical fine-tuning "
+        f"({n['q1_surgical']} seeds, with full fine-tuning and the BN-statistics-only and no-adaptation controls), "
+        f"ULMFiT and L2-SP ({n['q2_ulmfit']} seeds), LP-FT and WiSE-FT on ImageNet EfficientNet-Lite0 "
+        f"({n['q3_lp_ft']} seeds); every seed with its own source model (Q3: the shipped ImageNet weights every seed "
+        "shares); each strategy at the lr the tuning stage pre-registered (benchmarks/preregistration/quick.json, "
+        f"version {registration.get('version', '?')}); scratch and pixel baselines on every target."))
+
+
+_QUICK_REGISTRATION = preregistered("quick")
+_QUICK_STAGES: tuple[Suite, ...] = ()
+if _QUICK_REGISTRATION is not None:
+    QUICK = _quick(_QUICK_REGISTRATION)
+    QUICK_REPLICATION = QUICK.replication()
+    _QUICK_STAGES = (QUICK, QUICK_REPLICATION)
 
 #: The standard suite's suite-pretrained families: backbone (``benchmarks.backbones.SUITE_ARCHITECTURES``),
 #: the tag of its experiments and hypotheses, its input size, and its source (the ViT needs twice
@@ -585,11 +757,27 @@ STANDARD_FAMILIES: tuple[tuple[str, str, int, Source], ...] = (
 _BEIT = "Bao et al. 2022 (BEiT) / He et al. 2022 (MAE): layer-wise lr decay"
 
 
-def _standard() -> Suite:
-    """The quick suite's protocol across timm families: per suite-pretrained family, Lee et al.'s
-    contrast question (6 seeds) and the ULMFiT / L2-SP question (10 seeds), the ViT with BEiT/MAE
-    layer decay; LP-FT and WiSE-FT on the ImageNet EfficientNet-Lite0 (8 seeds). Hypotheses are
-    named ``<quick name>-<family tag>``; the report states each per family and across families."""
+def _q2_lite0(seeds: tuple[int, ...]) -> Experiment:
+    """ULMFiT and L2-SP on a real pretrained network: the ImageNet EfficientNet-Lite0 top (blocks 6+,
+    conv_head, head; the lower features cached) on MNIST digits, a real domain change (photographs
+    to handwriting). No source data: no retention."""
+    q2 = _q2(seeds, _FT_BUDGET)
+    return dataclasses.replace(
+        q2, name="s2_lite0", backbone="lite0_top", source=_IMAGENET, image_size=64, track_forgetting=False,
+        question="ULMFiT (discriminative rates, gradual unfreezing) and L2-SP on the ImageNet EfficientNet-Lite0 "
+                 "top: MNIST digits, 10 shots per class",
+        targets=(Target("digits", "mnist", tuple(range(10)), 10, 20, (100, 500), (0, 50)),),
+        strategies=tuple(dataclasses.replace(s, lr=s.lr / 10) if s.kind in ("finetune", "scratch") else s
+                         for s in q2.strategies))
+
+
+def _standard_tuning() -> Suite:
+    """The standard suite's tuning stage (the committed grid run ``results/standard-tuning``): per
+    suite-pretrained family, Lee et al.'s contrast question (6 seeds) and the ULMFiT / L2-SP question
+    (10 seeds), the ViT with BEiT/MAE layer decay, two source seeds alternating over the seeds; the
+    ULMFiT / L2-SP question on the ImageNet EfficientNet-Lite0 top with MNIST digits (8 seeds); LP-FT
+    and WiSE-FT on the ImageNet EfficientNet-Lite0 top (8 seeds). Hypotheses are named ``<quick
+    name>-<family tag>``; the report states each per family, with a sign count across families."""
     experiments: list[Experiment] = []
     hypotheses: list[Hypothesis] = []
     for backbone, tag, image_size, source in STANDARD_FAMILIES:
@@ -610,20 +798,41 @@ def _standard() -> Suite:
                 f"H4-{tag}", _BEIT, f"s2_{tag}", "new_classes", "test_accuracy", "layer_decay_0.75", "full", 0.02,
                 "layer decay 0.65 (BEiT) / 0.75 (MAE, ViT-B) in every ViT fine-tuning recipe",
                 _NO_NUMBER.format("no ablation number retrieved offline; 2 pp, as Q2's accuracy hypotheses")))
+    experiments.append(_q2_lite0(tuple(range(8))))
+    hypotheses += tuple(dataclasses.replace(h, target="digits") for h in _q2_hypotheses(False, "s2_lite0", "-lite0")
+                        if h.metric != "retention_at_match")
     experiments.append(dataclasses.replace(_q3(tuple(range(8)), _FT_BUDGET), name="s3_lite0"))
     hypotheses += _q3_hypotheses("s3_lite0", suffix="-lite0")
     return Suite(
-        "standard",
-        "The quick suite's protocol across four timm families: a ResNet-10-T, a "
-        "ConvNeXt and a ViT pretrained by the suite on Animal-MNIST 0-4 (two source seeds each), each on Lee et "
-        "al.'s contrast shift (6 seeds) and on ULMFiT / L2-SP new classes (10 seeds; the ViT also with BEiT/MAE "
-        "layer decay), and the ImageNet EfficientNet-Lite0 top on LP-FT / WiSE-FT (8 seeds). Verdicts per family "
-        "and across families.",
+        "standard_tuning",
+        "The standard suite's tuning stage (every strategy on its lr grid): three architectures the suite "
+        "pretrains on Animal-MNIST 0-4 (a ResNet-10-T, a ConvNeXt and a ViT, two source seeds each, alternating over "
+        "the seeds) on Lee et al.'s contrast shift (6 seeds) and ULMFiT / L2-SP new classes (10 seeds; the ViT also "
+        "with BEiT/MAE layer decay), and one ImageNet network, the EfficientNet-Lite0 top, on ULMFiT / L2-SP with "
+        "MNIST digits and on LP-FT / WiSE-FT (8 seeds each). Its lrs are the standard suite's pre-registration "
+        "(benchmarks/preregistration/standard.json).",
         tuple(experiments), tuple(hypotheses))
 
 
-STANDARD = _standard()
-STANDARD_REPLICATION = STANDARD.replication()
+STANDARD_TUNING = _standard_tuning()
+#: The standard suite's confirmatory seeds start here (disjoint from the quick suite's seeds and
+#: source models: no experiment is analysed in two suites).
+STANDARD_FIRST_SEED = 1000
+_STANDARD_REGISTRATION = preregistered("standard")
+_STANDARD_STAGES: tuple[Suite, ...] = ()
+if _STANDARD_REGISTRATION is not None:
+    STANDARD = dataclasses.replace(
+        confirmatory(STANDARD_TUNING, _STANDARD_REGISTRATION, "standard", STANDARD_FIRST_SEED),
+        description="Three self-pretrained toy architectures and one ImageNet network, confirmatory stage: a "
+        "ResNet-10-T, a ConvNeXt and a ViT pretrained by the suite on Animal-MNIST 0-4 (80k-270k parameters, "
+        "28-32 px; every seed with its own source model) on Lee et al.'s contrast shift and ULMFiT / L2-SP new "
+        "classes (the ViT also with BEiT/MAE layer decay), and the ImageNet EfficientNet-Lite0 top on ULMFiT / "
+        "L2-SP with MNIST digits and on LP-FT / WiSE-FT; each strategy at the lr the tuning stage pre-registered "
+        "(benchmarks/preregistration/standard.json, version "
+        f"{_STANDARD_REGISTRATION.get('version', '?')}). Verdicts per family, a sign count across families, a "
+        "descriptive pooled mean.")
+    STANDARD_REPLICATION = STANDARD.replication()
+    _STANDARD_STAGES = (STANDARD, STANDARD_REPLICATION)
 
 _SMOKE_BUDGET = Budget(steps=8, batch_size=10, eval_every=4, warmup_steps=2)
 _SMOKE_Q1 = _q1((0, 1), _SMOKE_BUDGET, shots=4)
@@ -738,5 +947,5 @@ GPU = Suite(
     time_budget_s=420.0,
 )
 
-SUITES: dict[str, Suite] = {suite.name: suite for suite in (SMOKE, QUICK, QUICK_REPLICATION, STANDARD,
-                                                             STANDARD_REPLICATION, FULL, GPU)}
+SUITES: dict[str, Suite] = {suite.name: suite for suite in (SMOKE, QUICK_TUNING, *_QUICK_STAGES, STANDARD_TUNING,
+                                                             *_STANDARD_STAGES, FULL, GPU)}

@@ -1,5 +1,6 @@
 """benchmarks.stats against known values and invariants: paired t intervals and p-values, Holm's
-correction and its intervals, the five verdicts on constructed effects, the power line."""
+correction and its intervals, the verdict words on constructed effects and their nesting, the
+replication probability on constructed data, the power line."""
 
 from __future__ import annotations
 
@@ -13,12 +14,22 @@ from scipy import stats as scipy_stats
 
 from benchmarks.stats import (
     ALPHA,
+    IMPLIES,
+    OPPOSED,
+    VERDICTS,
+    agreement_probability,
+    compatible,
+    gate_probability,
     holm,
     holm_levels,
     mean_ci,
     minimum_detectable_effect,
+    opposed,
     paired_difference,
+    precondition_probability,
+    replication_probability,
     seeds_needed,
+    simulate_verdicts,
     verdict,
 )
 
@@ -85,7 +96,8 @@ def test_an_adjusted_interval_excludes_zero_exactly_when_holm_rejects(hyps, n, s
 @pytest.mark.parametrize(("effect", "low", "high", "in_scope", "expected"), [
     (0.10, 0.02, 0.18, True, "reproduced"),          # interval above 0, effect >= min effect (0.05)
     (0.04, 0.01, 0.07, True, "undetermined"),        # significant, below the minimum, upper end above it
-    (0.01, 0.002, 0.02, True, "not reproduced"),     # significant but an effect of 0.05 is excluded
+    (0.01, 0.002, 0.02, True, "direction only"),     # significant, and an effect of 0.05 is excluded
+    (-0.01, -0.02, 0.02, True, "not reproduced"),    # an effect of 0.05 excluded, the sign not settled
     (0.00, -0.03, 0.03, True, "not reproduced"),     # null, and 0.05 excluded
     (0.00, -0.10, 0.10, True, "undetermined"),       # too little data either way
     (-0.10, -0.18, -0.02, True, "contradicted"),     # significant the other way, at least the minimum
@@ -95,6 +107,68 @@ def test_an_adjusted_interval_excludes_zero_exactly_when_holm_rejects(hyps, n, s
 ])
 def test_verdict_rules_on_constructed_effects(effect, low, high, in_scope, expected) -> None:
     assert verdict(effect, low, high, 0.05, in_scope=in_scope) == expected
+
+
+@pytest.mark.parametrize(("low", "high", "expected"), [
+    (-0.02, 0.08, "reproduced"),     # above minus the margin (0.05): better matches or beats worse
+    (-0.09, -0.06, "contradicted"),  # worse by more than the margin
+    (-0.09, 0.01, "undetermined"),
+])
+def test_noninferiority_verdicts(low, high, expected) -> None:
+    assert verdict((low + high) / 2, low, high, 0.05, kind="noninferiority") == expected
+
+
+@given(st.floats(-0.3, 0.3), st.floats(0.0, 0.2), st.floats(0.005, 0.1))
+@settings(max_examples=200, deadline=None)
+def test_the_words_are_nested(effect, half, min_effect) -> None:
+    """Whatever the interval, a *contradicted* or *direction only* verdict also satisfies the rule of
+    *not reproduced* (upper end below the minimum effect), and the words it implies are compatible
+    with it; no word is opposed to itself or to a word it implies."""
+    word = verdict(effect, effect - half, effect + half, min_effect)
+    assert word in VERDICTS
+    if word in IMPLIES:
+        assert effect + half < min_effect
+        assert all(compatible(word, other) and compatible(other, word) and not opposed(word, other)
+                   for other in IMPLIES[word])
+    assert not opposed(word, word) and compatible(word, word)
+
+
+def test_compatible_and_opposed_pairs() -> None:
+    assert compatible("contradicted", "not reproduced") and compatible("not reproduced", "direction only")
+    assert not compatible("contradicted", "direction only") and opposed("contradicted", "direction only")
+    assert not compatible("reproduced", "undetermined") and not opposed("reproduced", "undetermined")
+    assert all(opposed(*sorted(pair)) for pair in OPPOSED)
+    assert not any(compatible(*sorted(pair)) for pair in OPPOSED)
+
+
+def test_replication_probability_far_from_every_boundary_and_on_one() -> None:
+    """An effect far from 0 and from the minimum effect replicates (>= 0.9); an effect sitting on the
+    minimum effect replicates as a coin flip (about 0.5); a null effect with a tight interval keeps
+    *not reproduced*."""
+    assert replication_probability("reproduced", 0.20, 0.05, 10, 0.03, ALPHA / 10) >= 0.9
+    on_boundary = replication_probability("reproduced", 0.03, 0.01, 12, 0.03, ALPHA)
+    assert 0.4 <= on_boundary <= 0.6
+    assert replication_probability("not reproduced", 0.0, 0.01, 12, 0.05, ALPHA) >= 0.9
+    assert math.isnan(replication_probability("out of scope", 0.2, 0.05, 10, 0.03, ALPHA))
+
+
+def test_simulated_verdicts_are_the_verdict_rule() -> None:
+    """The vectorised bootstrap applies exactly :func:`verdict` to every simulated run."""
+    rng = np.random.default_rng(5)
+    d = rng.normal(0.02, 0.03, size=(300, 5))
+    means = d.mean(1)
+    half = scipy_stats.t.ppf(1 - 0.01 / 2, 4) * d.std(1, ddof=1) / math.sqrt(5)
+    for kind in ("superiority", "noninferiority"):
+        expected = [verdict(m, m - h, m + h, 0.03, kind=kind) for m, h in zip(means, half)]
+        assert simulate_verdicts(0.02, 0.03, 5, 0.03, 0.01, kind, draws=300, seed=5).tolist() == expected
+
+
+def test_agreement_grows_with_seeds_and_gate_and_precondition_probabilities() -> None:
+    assert agreement_probability(0.08, 0.06, 20, 0.03, 0.01) > agreement_probability(0.08, 0.06, 4, 0.03, 0.01)
+    assert gate_probability(True, 0.3, 0.05, 8, 0.05) == 1.0
+    assert 0.3 < gate_probability(True, 0.05 + 0.05 * 2.36 / math.sqrt(8), 0.05, 8, 0.05) < 0.7
+    assert precondition_probability(False, -0.1, 0.02, 8) > 0.99
+    assert precondition_probability(True, 0.0, 0.02, 8) == pytest.approx(0.5)
 
 
 def test_minimum_detectable_effect_matches_the_noncentral_t_power() -> None:

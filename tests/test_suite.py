@@ -244,23 +244,29 @@ def test_replication_of_a_run_by_itself_and_by_a_changed_copy(smoke, tmp_path: P
 
 
 def test_suites_are_well_formed() -> None:
-    """Unique cells; equal lr grids (probes: at least 4 Cs); baselines on every target; quick: >= 5
-    seeds, >= 500 test images, >= 2 source seeds for suite-pretrained sources, convergence and
-    forgetting hypotheses; its replication: disjoint seeds and other source seeds."""
+    """Unique cells; equal lr grids (probes: at least 4 Cs; controls: their fixed lr), or one
+    pre-registered lr per strategy and target; baselines on every target; quick: >= 6 seeds, >= 500
+    test images, every seed with its own source model, convergence and forgetting hypotheses; its
+    replication: disjoint seeds and other source models."""
     environment = key_environment(resolve_device("cpu", threads=1))
     for suite in SUITES.values():
         keys = [cell.key(environment) for cell in suite.cells()]
         assert len(keys) == len(set(keys)), suite.name
         for experiment in suite.experiments:
-            assert len({len(s.grid) for s in experiment.strategies if s.kind != "probe"}) == 1
-            assert all(len(s.grid) >= 4 for s in experiment.strategies if s.kind == "probe")
+            tuned = [s for s in experiment.strategies if s.fixed_lr is None]
+            for target in experiment.targets:
+                sizes = {len(experiment.grid(s, target)) for s in tuned if s.kind != "probe"}
+                assert sizes == {1} if experiment.lrs else len(sizes) == 1, (suite.name, experiment.name)
+            if not experiment.lrs:
+                assert all(len(s.grid) >= 4 for s in tuned if s.kind == "probe")
             names = [s.name for s in experiment.strategies]
             assert any("scratch" in n for n in names) and any("pixel" in n for n in names)
     quick, replication = SUITES["quick"], SUITES["quick_replication"]
     for experiment, other in zip(quick.experiments, replication.experiments):
-        assert len(experiment.seeds) >= 5 and not set(experiment.seeds) & set(other.seeds)
+        assert len(experiment.seeds) >= 6 and not set(experiment.seeds) & set(other.seeds)
         if experiment.source.kind == "pretrain":
-            assert len(experiment.source_seeds) >= 2 and not set(experiment.source_seeds) & set(other.source_seeds)
+            assert experiment.independent_sources and other.independent_sources
+            assert not {experiment.source_seed(s) for s in experiment.seeds} & {other.source_seed(s) for s in other.seeds}
         for target in experiment.targets:
             assert (target.test_pool[1] - target.test_pool[0]) * target.num_classes >= 500
     metrics = Counter(h.metric for h in quick.hypotheses if not h.exploratory)

@@ -1,0 +1,221 @@
+"""The two-stage protocol: independent units, the pre-registration round trip (the tuning stage
+writes it, the confirmatory stage reads it, a changed lr changes the cell keys), and the controls
+that name the mechanism (the BN-statistics-only control changes only BatchNorm statistics)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import cells as cells_module
+from benchmarks import preregistration
+from benchmarks.cells import key_environment, run_cell
+from benchmarks.sources import ensure, preparations, source_backbone
+from benchmarks.suites import (
+    PIXEL,
+    SUITES,
+    Budget,
+    Cell,
+    Experiment,
+    Hypothesis,
+    Source,
+    Suite,
+    Target,
+    confirmatory,
+    control,
+    finetune,
+    scratch,
+)
+from benchmarks.training import resolve_device
+
+ENVIRONMENT = {"device": "cpu", "cpu_threads": 1}
+
+
+def _trained_source_experiments(suite: Suite) -> list[Experiment]:
+    return [e for e in suite.experiments if e.source.trained]
+
+
+@pytest.mark.parametrize("name", ["quick", "quick_replication", "quick_tuning"])
+def test_every_confirmatory_seed_pretrains_its_own_source_model(name: str) -> None:
+    """Independent units: in the quick suite's stages, no two seeds of an experiment share a source
+    model, and the verdicts' unit says so."""
+    suite = SUITES[name]
+    assert _trained_source_experiments(suite)
+    for experiment in _trained_source_experiments(suite):
+        sources = [experiment.source_for(seed).seed for seed in experiment.seeds]
+        assert len(set(sources)) == len(experiment.seeds) and experiment.independent_sources
+        assert experiment.unit == "seed (own source model)"
+        assert len({cell.source.seed for cell in suite.cells() if cell.experiment.name == experiment.name}) == len(
+            experiment.seeds)
+
+
+def test_the_stages_use_disjoint_seeds_and_source_models() -> None:
+    """Tuning, confirmatory and replication never share a seed or a source model, so the
+    confirmatory verdicts are not fitted to the seeds that chose the lrs."""
+    stages = [SUITES[n] for n in ("quick_tuning", "quick", "quick_replication")]
+    for i, a in enumerate(stages):
+        for b in stages[i + 1:]:
+            for ea, eb in zip(a.experiments, b.experiments):
+                assert not set(ea.seeds) & set(eb.seeds)
+                if ea.source.trained:
+                    assert not {ea.source_for(s).seed for s in ea.seeds} & {eb.source_for(s).seed for s in eb.seeds}
+
+
+def test_shared_source_models_make_the_source_model_the_unit() -> None:
+    """Seeds sharing a suite-pretrained source are not independent: the unit is the source model."""
+    standard = SUITES["standard"].experiment("s2_resnet")
+    assert not standard.independent_sources and standard.unit == "source model"
+    assert SUITES["quick_tuning"].experiment("q3_lp_ft").unit == "seed (shared ImageNet weights)"
+
+
+def test_the_confirmatory_stage_runs_every_strategy_at_its_preregistered_lr_only() -> None:
+    registration = json.loads((preregistration.path_for(SUITES["quick_tuning"])).read_text())
+    quick = SUITES["quick"]
+    assert quick.preregistration == registration["version"] == preregistration.version_of(registration)
+    lrs = {(r["experiment"], r["target"], r["strategy"]): r["lr"] for r in registration["lrs"]}
+    run = {}
+    for cell in quick.cells():
+        run.setdefault((cell.experiment.name, cell.target.name, cell.strategy.name), set()).add(cell.lr)
+    assert run == {key: {lr} for key, lr in lrs.items()}
+    assert {e.name: len(e.seeds) for e in quick.experiments} == registration["seeds"]
+
+
+# --- the round trip on a small constructed tuning run ---------------------------------------------
+
+_SOURCE = Source("pretrain", "animal", (0, 1, 2), train_pool=(200, 230), test_pool=(0, 10), steps=20, batch_size=30,
+                 warmup_steps=2)
+_TARGET = Target("new", "animal", (5, 6, 7), 5, 5, (200, 300), (0, 10))
+
+
+def _tuning_suite() -> Suite:
+    experiment = Experiment("e", "q", "resnet_tiny", _SOURCE, (_TARGET,),
+                            (finetune("a", "full", lr=1e-3), finetune("b", "layer_decay", lr=1e-3, gamma=0.5),
+                             scratch(), PIXEL),
+                            (0, 1, 2), Budget(steps=4, batch_size=5, eval_every=2, warmup_steps=1)).with_seeds((0, 1, 2))
+    return Suite("toy_tuning", "toy", (experiment,),
+                 (Hypothesis("H", "toy", "e", "new", "test_accuracy", "b", "a", 0.02, "toy"),))
+
+
+def _write_tuning_run(suite: Suite, folder: Path, best: dict[str, float]) -> None:
+    """A finished tuning run whose validation accuracy peaks at ``best[strategy]``."""
+    records = []
+    for cell in suite.cells():
+        peak = best.get(cell.strategy.name, cell.lr)
+        val = 0.9 - abs(cell.lr - peak) / (peak + cell.lr) * 0.5
+        records.append({"key": cell.key(ENVIRONMENT), "status": "ok", "config": cell.config(),
+                        "val_accuracy": val, "test_accuracy": val - 0.01 * cell.seed, "wall_seconds": 1.0})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_the_preregistration_round_trip(tmp_path: Path) -> None:
+    """The tuning stage writes the lrs that won on validation pooled over its seeds; the
+    confirmatory stage reads them and runs fresh seeds at those lrs only; a changed lr changes the
+    keys of the cells it touches and of no other."""
+    tuning = _tuning_suite()
+    _write_tuning_run(tuning, tmp_path / "tuning", {"a": 3e-3, "b": 1e-3, "scratch": 1e-2, "pixel": 1.0})
+    registration = preregistration.register(tuning, tmp_path / "tuning")
+    assert {r["strategy"]: r["lr"] for r in registration["lrs"]} == {"a": 0.003, "b": 0.001, "scratch": 0.01,
+                                                                     "pixel": 1.0}
+    a = next(r for r in registration["lrs"] if r["strategy"] == "a")
+    assert a["edge"] is True and a["capped"] is False  # 3e-3 is the grid's top: the guards would extend it
+    preregistration.write(registration, tmp_path / "toy.json")
+    read = json.loads((tmp_path / "toy.json").read_text())
+    assert read == registration and read["seeds"]["e"] >= preregistration.MIN_SEEDS
+
+    confirm = confirmatory(tuning, read, "toy", first_seed=100)
+    experiment = confirm.experiments[0]
+    assert experiment.seeds[0] == 100 and not set(experiment.seeds) & set(tuning.experiments[0].seeds)
+    assert {(c.strategy.name, c.lr) for c in confirm.cells()} == {("a", 0.003), ("b", 0.001), ("scratch", 0.01),
+                                                                 ("pixel", 1.0)}
+
+    changed = json.loads(json.dumps(read))
+    next(r for r in changed["lrs"] if r["strategy"] == "a")["lr"] = 0.001
+    other = confirmatory(tuning, changed, "toy", first_seed=100)
+    keys = {c.label: c.key(ENVIRONMENT) for c in confirm.cells()}
+    other_keys = {c.label.rsplit(" / lr", 1)[0]: c.key(ENVIRONMENT) for c in other.cells()}
+    for label, key in keys.items():
+        moved = other_keys[label.rsplit(" / lr", 1)[0]] != key
+        assert moved == (" / a / " in label)
+
+    rerun = preregistration.compare(read, preregistration.register(tuning, tmp_path / "tuning"))
+    assert rerun.same.all()
+    assert not preregistration.compare(read, changed).same.all()
+
+
+def test_seeds_are_sized_to_the_decision() -> None:
+    """A large effect needs the minimum; an effect on its boundary is not sized (None)."""
+    assert preregistration._seeds_for(0.2, 0.03, 0.03, "superiority", 0.01) == preregistration.MIN_SEEDS
+    assert preregistration._seeds_for(0.03, 0.03, 0.03, "superiority", 0.01) is None
+    small = preregistration._seeds_for(0.10, 0.06, 0.03, "superiority", 0.01)
+    assert small is not None and small > preregistration.MIN_SEEDS
+
+
+# --- the controls -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def controls(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny suite-pretrained ResNet with Lee et al.'s protocol (source head kept, the tuned block's
+    BatchNorm statistics following the target batches) and the two controls."""
+    target = Target("contrast", "animal", (0, 1, 2), 5, 5, (800, 1000), (0, 10), shift="contrast")
+    experiment = Experiment("c", "q", "resnet_tiny", _SOURCE, (target,),
+                            (control("bn_only", "surgical", block="first", train_head=False),
+                             control("no_adaptation", "surgical", block="head")),
+                            (0,), Budget(steps=4, batch_size=5, eval_every=2, warmup_steps=1), keep_source_head=True,
+                            bn="train")
+    device = resolve_device("cpu", threads=1)
+    cache, environment = tmp_path_factory.mktemp("cache"), key_environment(device)
+    for wave in preparations((experiment,)):
+        for preparation in wave:
+            ensure(preparation, cache, environment, device)
+    return experiment, target, cache, environment, device
+
+
+def _after_training(monkeypatch: pytest.MonkeyPatch, experiment, target, strategy, cache, environment, device):
+    """The state of the cell's model when training ends (captured where the cell scores it)."""
+    seen = []
+    scores = cells_module._scores
+
+    def capture(model, *args, **kwargs):
+        seen.append(({k: v.detach().clone() for k, v in model.state_dict().items()},
+                     {n for n, p in model.named_parameters() if p.requires_grad}))
+        return scores(model, *args, **kwargs)
+
+    monkeypatch.setattr(cells_module, "_scores", capture)
+    run_cell(Cell(experiment, target, experiment.strategy(strategy), 0, 0.0), device, cache, environment)
+    return seen[0]
+
+
+def test_the_bn_only_control_changes_only_batchnorm_statistics(controls, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lr 0 on the first block: every weight stays bitwise; only running statistics of BatchNorm
+    layers move, and only in the first block."""
+    experiment, target, cache, environment, device = controls
+    source, _ = source_backbone(experiment, True, cache, environment, experiment.source_for(0).seed)
+    before = source.state_dict()
+    after, tuned = _after_training(monkeypatch, experiment, target, "bn_only", cache, environment, device)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed, "the control must let the first block's BatchNorm statistics follow the target batches"
+    assert all(k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked") for k in changed)
+    parameters = dict(source.named_parameters())
+    assert all(torch.equal(after[name], value) for name, value in parameters.items())
+    tuned_modules = {name.rsplit(".", 1)[0] for name in tuned}  # the first block's layers: lr 0, requires_grad
+    assert tuned_modules and {k.rsplit(".", 1)[0] for k in changed} <= tuned_modules
+    assert len(tuned_modules) < len({name.rsplit(".", 1)[0] for name in parameters})
+
+
+def test_no_adaptation_changes_nothing(controls, monkeypatch: pytest.MonkeyPatch) -> None:
+    experiment, target, cache, environment, device = controls
+    source, _ = source_backbone(experiment, True, cache, environment, experiment.source_for(0).seed)
+    after, _ = _after_training(monkeypatch, experiment, target, "no_adaptation", cache, environment, device)
+    assert all(torch.equal(v, after[k]) for k, v in source.state_dict().items())
+
+
+def test_a_control_is_never_tuned() -> None:
+    bn_only = control("bn_only", "surgical", block="first")
+    experiment = dataclasses.replace(_tuning_suite().experiments[0], strategies=(bn_only,), lr_factors=(0.5, 2.0))
+    assert experiment.grid(bn_only, _TARGET) == (0.0,)
