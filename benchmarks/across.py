@@ -93,7 +93,9 @@ def across_families(verdict_table: pd.DataFrame) -> pd.DataFrame:
     for claim, part in confirmatory.groupby(confirmatory.hypothesis.map(claim_of), sort=False):
         first = part.iloc[0]
         in_scope = part[(part.scope.fillna("") == "") & part.effect.notna() & part.sd.notna() & (part[units] >= 2)]
-        side = int((in_scope.effect > 0).sum())
+        kinds = in_scope["kind"] if "kind" in in_scope else pd.Series("superiority", index=in_scope.index)
+        predicted = np.where(kinds == "noninferiority", -in_scope.min_effect, 0.0)  # above -margin, or above 0
+        side = int((in_scope.effect > predicted).sum())
         reproduced = int((in_scope.verdict == "reproduced").sum())
         contradicted = int((in_scope.verdict == "contradicted").sum())
         row = {"claim": claim, "comparison": first.get("comparison", ""), "metric": first.get("metric", ""),

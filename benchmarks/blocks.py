@@ -7,6 +7,12 @@ what it holds:
 - ``verdicts-<run>``: the confirmatory verdict table of ``results/<run>/verdicts.csv`` (the table
   ``report --readme`` writes);
 - ``across-<run>``: the cross-family table of ``results/<run>/across.csv``;
+- ``replicability-<run>``: which confirmatory verdicts of ``results/<run>/verdicts.csv`` reach a
+  replication probability of 0.9 and which are fragile;
+- ``replication-<folder>``: the headline and the verdict table of ``results/<folder>/replication.md``
+  (``python -m benchmarks replicate`` wrote it);
+- ``environment-<folder>``: one sentence from ``results/<folder>/environment.json``: the wall time, the
+  cells, the processes and the machine of the committed run;
 - ``claims-<strategy>``: every confirmatory claim about a strategy (its name inside the comparison's
   left side: ``lp_ft``, ``wise``, ``l2_sp``, ``surgical``, ``discriminative``, ``gradual_unfreezing``,
   ``layer_decay``) with its verdict in each committed run that tests it;
@@ -66,6 +72,12 @@ def generate(name: str, results: Path = RESULTS) -> str:
         return readme_across_table(pd.read_csv(results / argument / "across.csv")).strip()
     if kind == "claims" and argument:
         return claims_table(argument, results)
+    if kind == "replicability" and argument:
+        return replicability(pd.read_csv(results / argument / "verdicts.csv"))
+    if kind == "environment" and argument:
+        return environment_line(argument, results)
+    if kind == "replication" and argument:
+        return replication_summary((results / argument / "replication.md").read_text())
     if name == "perf-table":
         return perf_table(results / "perf" / "perf.md")
     if name == "api-index":
@@ -76,7 +88,45 @@ def generate(name: str, results: Path = RESULTS) -> str:
         rows = [f"| `{where}` | `{old}` | `{new}` |" for where, old, new in DEPRECATED]
         return "\n".join(["| where | deprecated name | use instead |", "|---|---|---|", *rows])
     raise ValueError(f"unknown generated block {name!r}: expected verdicts-<run>, across-<run>, claims-<strategy>, "
-                     "perf-table, api-index or deprecations")
+                     "replicability-<run>, replication-<folder>, perf-table, api-index or deprecations")
+
+
+def replicability(verdict_table: pd.DataFrame) -> str:
+    """One line per group: the confirmatory verdicts with a replication probability of at least 0.9,
+    and the fragile ones, each with its verdict and probability."""
+    from .stats import FRAGILE_BELOW
+
+    confirmatory = verdict_table[~verdict_table.exploratory.astype(bool)]
+    solid = confirmatory[confirmatory.replication_probability >= FRAGILE_BELOW]
+    fragile = confirmatory[~(confirmatory.replication_probability >= FRAGILE_BELOW)]
+
+    def listing(part: pd.DataFrame) -> str:
+        return "; ".join(f"{r.hypothesis} {r.verdict} ({r.replication_probability:.2f})" for r in part.itertuples()) \
+            or "none"
+
+    return "\n".join([
+        f"- **{len(solid)} of {len(confirmatory)}** confirmatory verdicts have a replication probability of at least "
+        f"{FRAGILE_BELOW}: {listing(solid)}.",
+        f"- **Fragile** ({len(fragile)}): {listing(fragile)}."])
+
+
+def environment_line(folder: str, results: Path = RESULTS) -> str:
+    """How long the committed run in ``results/<folder>`` took, where, and under which load."""
+    import json
+
+    e = json.loads((results / folder / "environment.json").read_text())
+    start, end = e.get("load_average_start") or [float("nan")], e.get("load_average") or [float("nan")]
+    return (f"The committed run `results/{folder}` took {round(e['wall_seconds'])} s for {e['computed']} computed "
+            f"cells on {e['device_name']} ({e['workers']} processes of {e['threads_per_cell']} torch thread, "
+            f"{e['executor']} executor; 1-minute load average {start[0]:.1f} at the start, {end[0]:.1f} at the "
+            f"end): `results/{folder}/environment.json`.")
+
+
+def replication_summary(report: str) -> str:
+    """The headline paragraph and the verdict table of a ``replication.md``."""
+    parts = report.split("\n\n")
+    table = next((p for p in parts if p.startswith("| hypothesis |")), "")
+    return f"{parts[1].strip()}\n\n{table.strip()}"
 
 
 def claims_table(strategy: str, results: Path = RESULTS) -> str:

@@ -59,6 +59,7 @@ from .backbones import backbone as backbone_spec
 from .data import CORRUPTION_KINDS, IMAGEFOLDER, POOLED, class_counts, imagefolder
 from .store import SUITE_TOML, read_suite_record
 from .suites import (
+    HYPOTHESIS_KINDS,
     HYPOTHESIS_METRICS,
     LINEAR_PROBE,
     PIXEL,
@@ -87,8 +88,8 @@ BN_MODES = ("frozen", "train")
 #: Every table of a config: its TOML name, the dataclass whose fields are its keys, and the fields
 #: a config does not set.
 TABLES: tuple[tuple[str, type, tuple[str, ...]], ...] = (
-    ("(top level)", Suite, ("time_budget_s",)),
-    ("[[experiments]]", Experiment, ()),
+    ("(top level)", Suite, ("time_budget_s", "preregistration")),
+    ("[[experiments]]", Experiment, ("lrs", "skip")),
     ("experiments.source", Source, ()),
     ("experiments.budget", Budget, ()),
     ("[[experiments.targets]]", Target, ()),
@@ -495,6 +496,10 @@ def _allowed() -> dict[tuple[type, str], str]:
         (Hypothesis, "better"): strategies,
         (Hypothesis, "worse"): strategies,
         (Hypothesis, "metric"): metrics,
+        (Hypothesis, "versus"): "another target of the experiment (an interaction: the difference on target minus "
+                                "the one on versus)",
+        (Hypothesis, "kind"): ", ".join(f"`{k}`" for k in HYPOTHESIS_KINDS),
+        (Strategy, "fixed_lr"): "a control run at this lr only, never tuned (e.g. 0)",
         (Precondition, "better"): strategies,
         (Precondition, "worse"): strategies,
         (Precondition, "metric"): metrics,

@@ -2,7 +2,7 @@
 
 * ``verdicts.csv``: one row per hypothesis: the paired effect over seeds, its Holm-adjusted
   interval (``ci_low``, ``ci_high``, two-sided at ``ci_level``), ``p`` and ``p_holm``, the
-  verdict in five words (:func:`benchmarks.stats.verdict`), the preconditions and their outcome,
+  verdict (:func:`benchmarks.stats.verdict`), its unit and replication probability, the preconditions and their outcome,
   the power line (``mde``: minimum detectable effect at the run's seeds and the hypothesis' Holm
   level; ``seeds_needed`` for its minimum effect), the minimum effect and where it comes from, the
   published number. Exploratory rows carry an unadjusted 95% interval and no verdict.
@@ -45,6 +45,7 @@ from .stats import (  # noqa: E402
     ALPHA,
     FRAGILE_BELOW,
     gate_probability,
+    gate_state,
     holm,
     holm_levels,
     mean_ci,
@@ -188,7 +189,8 @@ def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame
     """Per target: the best pretrained strategy against the best of scratch and pixel (each by mean
     test accuracy at its selected lr), decided on an interval: the transfer gate passes when the
     lower end of the 95% Student-t interval of their paired difference (per unit) is at least
-    ``Experiment.gate_margin``, never on a point estimate; and the source gate (every
+    ``Experiment.gate_margin``, fails when its upper end is below it, and is undecided otherwise
+    (:func:`benchmarks.stats.gate_state`), never on a point estimate; and the source gate (every
     source-pretraining seed at least ``Source.min_accuracy``)."""
     rows = []
     chosen = runs[runs.selected]
@@ -210,24 +212,27 @@ def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame
                 chosen, experiment.name, target.name, "test_accuracy", best.strategy, baseline.strategy))
             margin = float(d.mean()) if len(d) else math.nan
             sd = float(d.std(ddof=1)) if len(d) >= 2 else math.nan
-            low = margin - t_half_width(sd, len(d)) if len(d) >= 2 else math.nan
+            half = t_half_width(sd, len(d)) if len(d) >= 2 else math.nan
+            state = gate_state(margin - half, margin + half, experiment.gate_margin)
             rows.append({"experiment": experiment.name, "target": target.name, "best_pretrained": best.strategy,
                          "best_pretrained_accuracy": best.test_accuracy, "best_baseline": baseline.strategy,
                          "best_baseline_accuracy": baseline.test_accuracy, "margin": margin, "margin_sd": sd,
-                         "units": len(d), "margin_ci_low": low, "required_margin": experiment.gate_margin,
-                         "transfer_ok": bool(math.isfinite(low) and low >= experiment.gate_margin),
+                         "units": len(d), "margin_ci_low": margin - half, "margin_ci_high": margin + half,
+                         "required_margin": experiment.gate_margin, "transfer": state,
+                         "transfer_ok": state == "pass",
                          "source_accuracy": source_accuracy, "source_min_accuracy": experiment.source.min_accuracy,
                          "source_ok": source_ok})
     return pd.DataFrame(rows, columns=["experiment", "target", "best_pretrained", "best_pretrained_accuracy",
                                        "best_baseline", "best_baseline_accuracy", "margin", "margin_sd", "units",
-                                       "margin_ci_low", "required_margin", "transfer_ok", "source_accuracy",
-                                       "source_min_accuracy", "source_ok"])
+                                       "margin_ci_low", "margin_ci_high", "required_margin", "transfer",
+                                       "transfer_ok", "source_accuracy", "source_min_accuracy", "source_ok"])
 
 
 def _preconditions(suite: Suite, runs: pd.DataFrame, h: Hypothesis) -> tuple[bool, str, float]:
-    """(all hold, text with the means, the probability that an independent run finds the first
-    failing precondition failing again, or every one holding again when all hold) of the
-    hypothesis' preconditions, on the selected runs."""
+    """(all hold, text with the means, the probability that an independent run finds a failing
+    precondition failing again (the likeliest of the failing ones: a lower bound), or every one
+    holding again when all hold (their product, as if independent)) of the hypothesis'
+    preconditions, on the selected runs."""
     held, texts, again = True, [], []
     part = runs[(runs.experiment == h.experiment) & (runs.target == h.target)]
     for p in h.preconditions:
@@ -255,22 +260,26 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
     rows = []
     for h in suite.hypotheses:
         d, seeds = hypothesis_differences(suite, chosen, h)
-        gate = gate_table[(gate_table.experiment == h.experiment)
-                          & gate_table.target.isin([h.target, h.versus] if h.versus else [h.target])]
-        gate_ok = bool(len(gate) and gate.transfer_ok.all() and gate.source_ok.all())
+        targets = [h.target, h.versus] if h.versus else [h.target]
+        gate = gate_table[(gate_table.experiment == h.experiment) & gate_table.target.isin(targets)]
+        complete = len(gate) == len(targets)
+        gate_failed = bool(complete and ((gate.transfer == "fail") | ~gate.source_ok.astype(bool)).any())
+        gate_ok = bool(complete and not gate_failed and (gate.transfer == "pass").all())
         held, text, precondition_again = _preconditions(suite, chosen, h)
         row = {"hypothesis": h.name, "mirrors": h.mirrors, "comparison": h.comparison, "metric": h.metric,
                "kind": h.kind, "experiment": h.experiment,
                "family": backbone_family(suite.experiment(h.experiment).backbone),
                "target": h.target, "unit": unit_of(suite, h.experiment), "units": len(d), "seeds": seeds,
                "min_effect": h.min_effect, "min_effect_source": h.min_effect_source, "gate_ok": gate_ok,
+               "gate_failed": gate_failed, "gate_targets": targets,
                "preconditions": text or "none", "preconditions_ok": held, "precondition_again": precondition_again,
                "exploratory": h.exploratory, "published": h.published, "effect": math.nan, "sd": math.nan,
                "p": math.nan}
         if len(d) >= 2:
             shift = h.min_effect if h.kind == "noninferiority" else 0.0  # tested against -margin
             test = paired_difference((d + shift).tolist(), [0.0] * len(d))
-            row.update(effect=float(d.mean()), sd=test.sd, p=test.p)
+            # zero spread (e.g. two tied source-model means) is no evidence: no test, no Holm slot
+            row.update(effect=float(d.mean()), sd=test.sd, p=test.p if test.sd > 0 else math.nan)
         rows.append(row)
     columns = ["hypothesis", "mirrors", "comparison", "metric", "kind", "effect", "ci_low", "ci_high", "ci_level",
                "p_holm", "verdict", "replication_probability", "fragile", "unit", "units", "seeds", "p", "min_effect",
@@ -279,7 +288,7 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=columns).astype({"exploratory": bool})
-    family = (~frame.exploratory) & frame.gate_ok & frame.preconditions_ok & frame.p.notna()
+    family = (~frame.exploratory) & frame.gate_ok.astype(bool) & frame.preconditions_ok & frame.p.notna()
     frame["p_holm"] = math.nan
     frame["ci_level"] = ALPHA
     if family.any():
@@ -294,17 +303,24 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
             low, high = r.effect - half, r.effect + half
         lows.append(low)
         highs.append(high)
-        in_scope = r.gate_ok and r.preconditions_ok
+        in_scope = not r.gate_failed and r.preconditions_ok
+        gate = gate_table[(gate_table.experiment == r.experiment) & gate_table.target.isin(r.gate_targets)]
         if r.exploratory:
             labels.append("exploratory")
             again.append(math.nan)
+        elif in_scope and not r.gate_ok:  # a transfer gate its interval does not decide: no verdict either
+            labels.append("undetermined")
+            undecided = gate[gate.transfer == "undecided"]
+            again.append(float(np.prod([gate_probability("undecided", g.margin, g.margin_sd, g.units,
+                                                         g.required_margin) for g in undecided.itertuples()]))
+                         if len(undecided) else math.nan)
         else:
             label = verdict(r.effect, low, high, r.min_effect, in_scope=in_scope, kind=r.kind)
             labels.append(label)
-            if not r.gate_ok:
-                gate = gate_table[(gate_table.experiment == r.experiment) & ~gate_table.transfer_ok]
-                again.append(min((gate_probability(False, g.margin, g.margin_sd, g.units, g.required_margin)
-                                  for g in gate.itertuples()), default=math.nan))
+            if r.gate_failed:  # the chance that some failing gate fails again (at least the likeliest one)
+                failing = gate[gate.transfer == "fail"]
+                again.append(max((gate_probability("fail", g.margin, g.margin_sd, g.units, g.required_margin)
+                                  for g in failing.itertuples()), default=math.nan))
             elif not r.preconditions_ok:
                 again.append(r.precondition_again)
             else:
@@ -320,7 +336,8 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
     frame["mde"], frame["mde_worst_step"] = mdes, mde_worst
     frame["seeds_needed"] = pd.array([None if math.isnan(n) else int(n) for n in needed], dtype="Int64")
     frame["scope"] = ["" if r.gate_ok and r.preconditions_ok else
-                      ("transfer/source gate failed" if not r.gate_ok else "precondition failed")
+                      "transfer/source gate failed" if r.gate_failed else
+                      "precondition failed" if not r.preconditions_ok else "transfer gate undecided"
                       for r in frame.itertuples()]
     return frame[columns]
 
@@ -668,10 +685,13 @@ def write_reports(out: Path, suite: Suite) -> None:
         "interval above 0 and below the min effect; *not reproduced*: interval's upper end below the min effect; "
         "*contradicted*: interval below 0 and effect <= -min effect (contradicted and direction only each imply not "
         "reproduced); *undetermined*: otherwise; *out of scope*: a precondition or the transfer gate failed. A "
-        "non-inferiority hypothesis (`>=`) is reproduced when the interval lies above minus its margin (the min "
-        "effect) and contradicted when it lies below it. Replication probability: the chance that an independent "
-        "run of the same design gives a compatible verdict (parametric bootstrap at this run's effect and sd; for "
-        f"out of scope, that the precondition fails again); **fragile** below {FRAGILE_BELOW}. MDE: the smallest "
+        "non-inferiority hypothesis (`>=`) is tested against minus its margin (the min effect): its p is that "
+        f"test's, its interval excludes -margin exactly when p (Holm) < {ALPHA}; reproduced when the interval lies "
+        "above -margin, contradicted when it lies below it. A transfer gate its interval does not decide leaves "
+        "the verdict undetermined. Replication probability: the chance that an independent run of the same "
+        "design gives a compatible verdict (the same word, or one implying the other), given that its gates and "
+        "preconditions hold as here (parametric bootstrap at this run's effect and sd); for out of scope, that "
+        f"the failing precondition or gate fails again; **fragile** below {FRAGILE_BELOW}. MDE: the smallest "
         "effect the test detects with 80% power at these units and this level.", "",
         _fragile_note(confirmatory),
         _markdown(marked_fragile(confirmatory), VERDICT_COLUMNS), "",
@@ -690,8 +710,9 @@ def write_reports(out: Path, suite: Suite) -> None:
         "## Gates", "",
         _markdown(gate_table, {"experiment": "experiment", "target": "target", "best_pretrained": "best pretrained",
                                "best_pretrained_accuracy": "acc", "best_baseline": "best baseline",
-                               "best_baseline_accuracy": "acc ", "margin": "margin",
-                               "required_margin": "required", "transfer_ok": "transfer ok",
+                               "best_baseline_accuracy": "acc ", "margin": "margin (mean per unit)",
+                               "margin_ci_low": "95% low", "units": "units",
+                               "margin_ci_high": "95% high", "required_margin": "required", "transfer": "transfer gate",
                                "source_accuracy": "lowest source acc", "source_min_accuracy": "source gate",
                                "source_ok": "source ok"}), "",
         "## Learning-rate selection", "",

@@ -1,5 +1,6 @@
 """Statistics of the verdicts: paired differences over seeds, Holm's step-down correction with
-intervals that agree with it, the five-word verdict rule and the power of a test.
+intervals that agree with it, the verdict rule and its nesting, the replication probability and the
+power of a test.
 
 * :func:`paired_difference`: the paired Student-t difference ``better - worse`` over seeds.
 * :func:`holm` / :func:`holm_levels`: Holm-adjusted p-values (statsmodels) and, per hypothesis,
@@ -211,8 +212,10 @@ def simulate_verdicts(effect: float, sd: float, n: int, min_effect: float, error
 def replication_probability(observed: str, effect: float, sd: float, n: int, min_effect: float, error_level: float,
                             kind: str = "superiority", draws: int = REPLICATION_DRAWS, seed: int = 0) -> float:
     """The probability that an independent run of the same design gives a verdict compatible with
-    ``observed`` (:func:`compatible`), by :func:`simulate_verdicts` at the estimated ``effect`` and
-    ``sd``; nan for *out of scope* (see :func:`precondition_probability`) and without data.
+    ``observed`` (:func:`compatible`, the reading ``replicate`` counts as agreement: for an observed
+    *contradicted* or *direction only*, a new *not reproduced* agrees), by :func:`simulate_verdicts`
+    at the estimated ``effect`` and ``sd``, given that the new run's gates and preconditions hold as
+    they did; nan for *out of scope* (see :func:`precondition_probability`) and without data.
 
     Example:
         >>> replication_probability("reproduced", 0.2, 0.05, 10, 0.03, 0.01) > 0.9
@@ -238,17 +241,31 @@ def agreement_probability(effect: float, sd: float, n: int, min_effect: float, e
                           for a, b in zip(first, second)]))
 
 
-def gate_probability(passed: bool, margin: float, sd: float, n: int, required: float,
+#: The three states of a transfer gate decided on its 95% interval.
+GATE_STATES = ("pass", "fail", "undecided")
+
+
+def gate_state(low: float, high: float, required: float) -> str:
+    """A transfer gate on the 95% interval ``[low, high]`` of the margin: ``pass`` when ``low >=
+    required``, ``fail`` when ``high < required``, ``undecided`` otherwise (or without an interval)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "undecided"
+    return "pass" if low >= required else "fail" if high < required else "undecided"
+
+
+def gate_probability(state: str, margin: float, sd: float, n: int, required: float,
                      draws: int = REPLICATION_DRAWS, seed: int = 0) -> float:
-    """The probability that an independent run of ``n`` units decides a transfer gate the same way
-    (``passed``): the gate passes when the lower end of the 95% Student-t interval of the unit
-    margins (``Normal(margin, sd)``) is at least ``required``; a parametric bootstrap; nan without data."""
+    """The probability that an independent run of ``n`` units puts a transfer gate in the same
+    ``state`` (:func:`gate_state` on the 95% Student-t interval of unit margins ``Normal(margin,
+    sd)``); a parametric bootstrap; nan without data."""
     if n < 2 or not (math.isfinite(margin) and math.isfinite(sd)):
         return math.nan
     rng = np.random.default_rng(seed)
     d = rng.normal(margin, sd, size=(draws, n)) if sd > 0 else np.full((draws, n), margin)
-    low = d.mean(1) - stats.t.ppf(0.975, n - 1) * d.std(1, ddof=1) / math.sqrt(n)
-    return float(np.mean((low >= required) == passed))
+    half = stats.t.ppf(0.975, n - 1) * d.std(1, ddof=1) / math.sqrt(n)
+    low, high = d.mean(1) - half, d.mean(1) + half
+    states = np.where(low >= required, "pass", np.where(high < required, "fail", "undecided"))
+    return float(np.mean(states == state))
 
 
 def precondition_probability(holds: bool, difference: float, sd: float, n: int) -> float:

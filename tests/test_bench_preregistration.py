@@ -67,7 +67,7 @@ def test_the_stages_use_disjoint_seeds_and_source_models() -> None:
 
 def test_shared_source_models_make_the_source_model_the_unit() -> None:
     """Seeds sharing a suite-pretrained source are not independent: the unit is the source model."""
-    standard = SUITES["standard"].experiment("s2_resnet")
+    standard = SUITES["standard_tuning"].experiment("s2_resnet")
     assert not standard.independent_sources and standard.unit == "source model"
     assert SUITES["quick_tuning"].experiment("q3_lp_ft").unit == "seed (shared ImageNet weights)"
 
@@ -219,3 +219,19 @@ def test_a_control_is_never_tuned() -> None:
     bn_only = control("bn_only", "surgical", block="first")
     experiment = dataclasses.replace(_tuning_suite().experiments[0], strategies=(bn_only,), lr_factors=(0.5, 2.0))
     assert experiment.grid(bn_only, _TARGET) == (0.0,)
+
+
+def test_the_committed_preregistration_is_what_the_committed_tuning_run_implies(capsys) -> None:
+    """`preregister` on results/quick-tuning selects exactly the committed lrs and seed counts (exit
+    code 0), and a missing tuning run is an error (exit code 2)."""
+    from benchmarks.__main__ import main
+
+    root = Path(__file__).resolve().parents[1]
+    tuning = SUITES["quick_tuning"]
+    committed = json.loads(preregistration.path_for(tuning).read_text())
+    again = preregistration.register(tuning, root / "results" / "quick-tuning")
+    assert again["lrs"] == committed["lrs"] and again["seeds"] == committed["seeds"]
+    assert again["version"] == committed["version"]
+    assert main(["preregister", "--tuning", str(root / "results" / "quick-tuning")]) == 0
+    assert f"same lr selected: {len(committed['lrs'])} of {len(committed['lrs'])}" in capsys.readouterr().out
+    assert main(["preregister", "--tuning", str(root / "no-such-run")]) == 2

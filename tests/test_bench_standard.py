@@ -14,15 +14,18 @@ from benchmarks.suites import STANDARD_FAMILIES, SUITES
 from lrgroups import recipes
 
 
-def test_standard_spans_four_timm_families_with_the_quick_protocol() -> None:
-    """At least four families, each suite-pretrained one from two source seeds; every experiment keeps
-    the quick suite's budget, lr grid and strategies; every claim is the quick suite's hypothesis
-    (same comparison, metric and minimum effect) under a family tag; layer decay only on the ViT."""
-    standard, quick = SUITES["standard"], SUITES["quick"]
-    families = {backbones.family(e.backbone) for e in standard.experiments}
-    assert families == {"ResNet", "ConvNeXt", "ViT", "EfficientNet"}
+def test_standard_is_three_toy_architectures_and_one_imagenet_network() -> None:
+    """The tuning stage: three suite-pretrained families from two source seeds each plus the
+    ImageNet EfficientNet-Lite0 top (ULMFiT / L2-SP on MNIST digits, LP-FT / WiSE-FT); every
+    experiment keeps the quick suite's budget and strategies; every claim is the quick suite's
+    hypothesis (same comparison, metric and minimum effect) under a family tag; layer decay only on
+    the ViT. The confirmatory stage: every seed with its own source model, seeds disjoint from the
+    quick suite's (no experiment analysed in two suites)."""
+    tuning, standard, quick = SUITES["standard_tuning"], SUITES["standard"], SUITES["quick"]
+    assert {backbones.family(e.backbone) for e in tuning.experiments} == {"ResNet", "ConvNeXt", "ViT", "EfficientNet"}
+    assert {e.backbone for e in tuning.experiments if e.source.kind == "imagenet"} == {"lite0_top"}
     quick_q2 = quick.experiment("q2_ulmfit")
-    for experiment in standard.experiments:
+    for experiment in tuning.experiments:
         assert experiment.budget == quick_q2.budget and experiment.lr_factors is None
         if experiment.source.kind == "pretrain":
             assert len(experiment.source_seeds) == 2 and experiment.source.min_accuracy == 0.8
@@ -30,14 +33,20 @@ def test_standard_spans_four_timm_families_with_the_quick_protocol() -> None:
             extra = {s.name for s in experiment.strategies} - {s.name for s in quick_q2.strategies}
             assert extra == ({"layer_decay_0.75"} if experiment.backbone == "vit_tiny" else set())
     by_name = {h.name: h for h in quick.hypotheses}
-    for h in standard.hypotheses:
+    for h in tuning.hypotheses:
         claim, tag = h.name.split("-")
         assert tag in {t for _, t, _, _ in STANDARD_FAMILIES} | {"lite0"}
         if claim in by_name:
             same = by_name[claim]
-            assert (h.better, h.worse, h.metric, h.min_effect, h.target) == (
-                same.better, same.worse, same.metric, same.min_effect, same.target)
-    assert [h.name for h in standard.hypotheses if h.name.startswith("H4")] == ["H4-vit"]
+            assert (h.better, h.worse, h.metric, h.min_effect) == (same.better, same.worse, same.metric,
+                                                                    same.min_effect)
+    assert [h.name for h in tuning.hypotheses if h.name.startswith("H4")] == ["H4-vit"]
+    assert not any(h.metric == "retention_at_match" for h in tuning.hypotheses if h.experiment == "s2_lite0")
+    quick_sources = {e.source_seed(s) for e in quick.experiments if e.source.trained for s in e.seeds}
+    for experiment in standard.experiments:
+        if experiment.source.trained:
+            assert experiment.independent_sources and experiment.unit == "seed (own source model)"
+            assert not {experiment.source_seed(s) for s in experiment.seeds} & quick_sources
 
 
 def test_standard_replication_uses_disjoint_seeds_and_other_source_models() -> None:
@@ -45,7 +54,8 @@ def test_standard_replication_uses_disjoint_seeds_and_other_source_models() -> N
     for experiment, other in zip(standard.experiments, replication.experiments):
         assert not set(experiment.seeds) & set(other.seeds)
         if experiment.source.trained:
-            assert not set(experiment.source_seeds) & set(other.source_seeds)
+            assert not ({experiment.source_seed(s) for s in experiment.seeds}
+                        & {other.source_seed(s) for s in other.seeds})
 
 
 @pytest.mark.parametrize("name", sorted(backbones.SUITE_ARCHITECTURES))
@@ -56,7 +66,7 @@ def test_each_suite_architecture_is_a_small_staged_timm_model(name: str) -> None
     architecture = backbones.SUITE_ARCHITECTURES[name]
     torch.manual_seed(0)
     model = architecture.create(num_classes=5).eval()
-    experiment = dataclasses.replace(SUITES["standard"].experiments[0], backbone=name,
+    experiment = dataclasses.replace(SUITES["standard_tuning"].experiments[0], backbone=name,
                                      image_size=architecture.image_size)
     x = backbone_inputs(experiment, torch.rand(3, 1, 28, 28))
     assert x.shape == (3, 1, architecture.image_size, architecture.image_size)

@@ -20,6 +20,7 @@ from benchmarks.stats import (
     agreement_probability,
     compatible,
     gate_probability,
+    gate_state,
     holm,
     holm_levels,
     mean_ci,
@@ -165,8 +166,11 @@ def test_simulated_verdicts_are_the_verdict_rule() -> None:
 
 def test_agreement_grows_with_seeds_and_gate_and_precondition_probabilities() -> None:
     assert agreement_probability(0.08, 0.06, 20, 0.03, 0.01) > agreement_probability(0.08, 0.06, 4, 0.03, 0.01)
-    assert gate_probability(True, 0.3, 0.05, 8, 0.05) == 1.0
-    assert 0.3 < gate_probability(True, 0.05 + 0.05 * 2.36 / math.sqrt(8), 0.05, 8, 0.05) < 0.7
+    assert gate_probability("pass", 0.3, 0.05, 8, 0.05) == 1.0
+    assert 0.3 < gate_probability("pass", 0.05 + 0.05 * 2.36 / math.sqrt(8), 0.05, 8, 0.05) < 0.7
+    assert gate_probability("fail", -0.2, 0.05, 8, 0.05) == 1.0
+    assert gate_state(0.06, 0.1, 0.05) == "pass" and gate_state(0.0, 0.04, 0.05) == "fail"
+    assert gate_state(0.04, 0.1, 0.05) == "undecided" and gate_state(math.nan, math.nan, 0.05) == "undecided"
     assert precondition_probability(False, -0.1, 0.02, 8) > 0.99
     assert precondition_probability(True, 0.0, 0.02, 8) == pytest.approx(0.5)
 
