@@ -2,7 +2,7 @@
 
     python -m benchmarks run [--suite quick | --config my_suite.toml] [--out DIR] [--cache DIR] [--workers N] [--threads T] [--device cpu|cuda]
                              [--executor local|ray] [--address RAY_ADDRESS]
-                             [--dry-run] [--max-cells N] [--no-progress]
+                             [--dry-run] [--max-cells N] [--no-progress] [--reuse OTHER_RUN_DIR]
     python -m benchmarks report [--suite quick | --config my_suite.toml] [--out DIR] [--readme README.md]
     python -m benchmarks replicate --reference results/quick --new runs/quick [--suite quick | --config my_suite.toml]
     python -m benchmarks preregister --tuning results/quick-tuning [--suite quick_tuning] [--write]
@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="list the cells and whether each is done (or its backbone weights missing); run nothing")
     run.add_argument("--max-cells", type=int, help="stop after computing this many new cells")
+    run.add_argument("--reuse", type=Path, action="append", default=[],
+                     help="another run folder whose finished cells of this suite count as done (copied with their "
+                          "provenance; repeatable)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -270,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         suite, out, args.cache if args.cache is not None else out / "cache", workers=args.workers,
         threads=args.threads, device_choice=args.device, max_cells=args.max_cells, progress=not args.no_progress,
         command="python -m benchmarks " + shlex.join(argv), report=write_reports, executor=args.executor,
-        address=args.address,
+        address=args.address, reuse=tuple(args.reuse),
     )
     print(f"{suite.name}: {outcome.computed} cells computed ({outcome.failed} failed), {outcome.skipped} reused, "
           f"{outcome.remaining} not done; {outcome.seconds:.0f} s; reports in {out}")

@@ -41,14 +41,16 @@ class Outcome:
 def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, threads: int = 1,
               device_choice: str = "cpu", max_cells: int | None = None, progress: bool = True, command: str = "",
               report: Callable[[Path, Suite], None] | None = None, executor: str = "local",
-              address: str | None = None, guards: bool = True) -> Outcome:
+              address: str | None = None, guards: bool = True, reuse: tuple[Path, ...] = ()) -> Outcome:
     """Run the suite's unfinished cells into ``out/runs.jsonl`` with ``workers`` processes of
     ``threads`` torch threads each (one process on CUDA), then, with ``guards``, the grid
     extensions and the budget check, then write the reports. A suite with a ``time_budget_s`` is
     first sized: one timed training step per experiment decides how many of its seeds run
     (:func:`benchmarks.sizing.size_suite`). ``executor="ray"``: one Ray task per cell with
     ``threads`` CPUs, on a local cluster or the one at ``address`` (``workers`` is not used); the
-    numbers are the same as with local processes.
+    numbers are the same as with local processes. ``reuse``: other run folders whose finished
+    records of this suite's cells (the same config and environment key, any lr or budget factor)
+    count as done here, copied with their provenance (:func:`reusable_records`).
 
     Raises:
         RuntimeError: ``device_choice="cuda"`` without a CUDA device.
@@ -69,6 +71,9 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
     environment = key_environment(device)
     runs_path = out / "runs.jsonl"
     records = {record["key"]: record for record in read_runs(runs_path)}
+    reused = reusable_records(suite, reuse, environment)
+    for key, record in reused.items():
+        records.setdefault(key, record)
     outcome = Outcome()
     invocation = uuid.uuid4().hex[:12]
     if executor == "ray":
@@ -152,7 +157,8 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
                     "not_done": outcome.remaining, "phases": phases,
                     "preparations": [{k: p.get(k) for k in ("label", "file", "seconds", "built_now", "source_accuracy",
                                                             "min_accuracy", "source_seed")} for p in prepared],
-                    "load_average_start": load_at_start, "load_average": os.getloadavg(), "sizing": sizing}
+                    "load_average_start": load_at_start, "load_average": os.getloadavg(), "sizing": sizing,
+                    "reused": {"folders": [str(f) for f in reuse], "records": len(reused)} if reuse else None}
     environment_path = out / "environment.json"
     import json
 
@@ -161,6 +167,21 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
     if report is not None:
         report(out, suite)
     return outcome
+
+
+def reusable_records(suite: Suite, folders: tuple[Path, ...], environment: dict[str, Any]) -> dict[str, dict]:
+    """The finished records in ``folders`` that are cells of ``suite`` (their config matches one of
+    the suite's cells but for lr and budget, and they were computed under ``environment``), by key."""
+    from .selection import cell_template
+
+    templates = {cell_template(cell.config()) for cell in suite.cells()}
+    found: dict[str, dict] = {}
+    for folder in folders:
+        for record in read_runs(Path(folder) / "runs.jsonl"):
+            if (record.get("status") == "ok" and record.get("environment") == environment
+                    and cell_template(record.get("config") or {}) in templates):
+                found.setdefault(record["key"], record)
+    return found
 
 
 def iter_pending(suite: Suite, out: Path, threads: int) -> Iterator[tuple[Cell, str, str]]:

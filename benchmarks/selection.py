@@ -59,6 +59,12 @@ def _canonical(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+def cell_template(config: Mapping[str, Any]) -> str:
+    """What a cell's config says but for its lr and budget: the runs of one strategy on one target
+    and seed share it (canonical JSON)."""
+    return _template(_canonical(config))
+
+
 def _number(value: Any) -> float:
     if isinstance(value, bool):
         return float(value)

@@ -327,3 +327,21 @@ def test_the_committed_replication_is_independent_of_the_reference() -> None:
     executors = {name: json.loads((root / "results" / name / "environment.json").read_text())["executor"]
                  for name in runs}
     assert executors == {"quick": "local", "quick-replication": "ray"}
+
+
+def test_a_run_reuses_another_folders_finished_cells_of_its_suite(smoke, tmp_path: Path) -> None:
+    """`run --reuse OTHER` counts OTHER's finished records of this suite's cells as done (nothing
+    recomputed, provenance kept, the reuse recorded), and takes nothing of another suite's."""
+    from benchmarks.runner import reusable_records
+
+    environment = key_environment(resolve_device("cpu", threads=1))
+    finished = {r["key"]: r for r in smoke.final if r["status"] == "ok"}
+    assert set(reusable_records(SUITES["smoke"], (smoke.out,), environment)) == set(finished)
+    assert reusable_records(SUITES["quick_tuning"], (smoke.out,), environment) == {}
+    out = tmp_path / "again"
+    assert _run(out, "--workers", "1", "--reuse", str(smoke.out)) == 0
+    again = {r["key"]: r for r in read_runs(out / "runs.jsonl")}
+    assert set(again) == set(finished)
+    assert all(again[k]["invocation"] == finished[k]["invocation"] for k in again)  # copied, not recomputed
+    recorded = json.loads((out / "environment.json").read_text())
+    assert recorded["computed"] == 0 and recorded["reused"]["records"] == len(finished)
