@@ -268,9 +268,8 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
     })
     if strategy.recipe == "l2_sp":
         record["l2sp_alpha"] = _l2sp_alpha(cell) if "pull" in dict(strategy.kwargs) else dict(strategy.kwargs)["alpha"]
-    record["ood_cka" if x.ood else "test_cka"] = metrics.linear_cka(start_features["shifted"],
-                                                                      penultimate(model, x.shifted))
-    record["id_cka"] = metrics.linear_cka(start_features["train"], penultimate(model, x.train))
+    record["ood_cka" if x.ood else "test_cka"] = _cka(start_features["shifted"], penultimate(model, x.shifted))
+    record["id_cka"] = _cka(start_features["train"], penultimate(model, x.train))
     if strategy.wise:
         record["variants"] = _wise(cell, model, start_state, x, data, device)
     if frozen_norms is not None:
@@ -283,6 +282,12 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
                       retention_precise_bn=metrics.retention(after[1], before[1]),
                       backward_transfer=after[1] - before[1])
     return record
+
+
+def _cka(before: Tensor, after: Tensor) -> float:
+    """Linear CKA of the features before and after training; nan where it is undefined (a run that
+    diverged to constant or non-finite features), so the cell still records its other metrics."""
+    return metrics.linear_cka(before, after, constant="nan")
 
 
 def _with_head(model: nn.Module, source_head: nn.Module) -> nn.Module:

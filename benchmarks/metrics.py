@@ -7,10 +7,12 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 
-def linear_cka(x: Tensor, y: Tensor) -> float:
+def linear_cka(x: Tensor, y: Tensor, *, constant: str = "raise") -> float:
     """Linear centred kernel alignment of two feature matrices of the same n examples.
 
     With Xc, Yc the column-centred x [n, d1] and y [n, d2] (Kornblith et al., 2019, "Similarity of
@@ -20,6 +22,10 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
 
     In [0, 1]; 1 for identical features, invariant to orthogonal transforms and isotropic scaling.
     Computed in float64, through the n x n Gram matrices when n is smaller than the widths.
+    ``constant``: what constant features (undefined CKA) give: ``"raise"`` or ``"nan"``.
+
+    Raises:
+        ValueError: shapes that are not [n, d1] and [n, d2]; constant features with ``constant="raise"``.
     """
     if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
         raise ValueError(f"need [n, d1] and [n, d2] features, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -31,6 +37,8 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
     else:
         cross, norm_x, norm_y = (yc.T @ xc).norm() ** 2, (xc.T @ xc).norm(), (yc.T @ yc).norm()
     if norm_x == 0 or norm_y == 0:
+        if constant == "nan":
+            return math.nan
         raise ValueError("CKA is undefined for constant features")
     return float(cross / (norm_x * norm_y))
 

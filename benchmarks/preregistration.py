@@ -30,11 +30,12 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ import pandas as pd
 from .selection import mark_capped, runs_frame, select_lr
 from .stats import ALPHA, agreement_probability
 from .store import atomic_write, read_runs
-from .suites import PREREGISTRATION_DIR, Suite
+from .suites import PREREGISTRATION_DIR, Experiment, Suite
 
 #: Format of the pre-registration file.
 FORMAT = 1
@@ -53,9 +54,11 @@ TARGET_AGREEMENT = 0.9
 #: Never fewer confirmatory seeds per experiment than this, never more than MAX_SEEDS.
 MIN_SEEDS = 6
 MAX_SEEDS = 40
-#: Estimated worker-seconds of the confirmatory stage's cells and source models, per confirmatory
-#: suite (quick: about 9 minutes of wall time on 2 cores; the guards come on top).
-WORKER_SECONDS = {"quick": 1050.0, "standard": 4000.0}
+#: Estimated worker-seconds (:func:`cost_model`) of the confirmatory stage's cells and source models,
+#: per confirmatory suite. Measured: the quick reference estimated at 844 took 525 s of wall time on
+#: 2 cores, guards and preparations included; so 870 keeps `make bench` (the run, then `replicate`)
+#: within 10 minutes, and 3000 the standard suite within about 32.
+WORKER_SECONDS = {"quick": 870.0, "standard": 3000.0}
 
 
 def confirmatory_name(tuning: Suite) -> str:
@@ -107,53 +110,78 @@ def sizing(tuning: Suite, runs: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def _cost_per_seed(tuning: Suite, runs: pd.DataFrame, folder: Path) -> dict[str, float]:
-    """Estimated worker-seconds per confirmatory seed of each experiment: its cells' mean wall time at
-    the selected lrs, plus one source model's pretraining (the tuning run's mean)."""
-    environment = json.loads((folder / "environment.json").read_text()) if (folder / "environment.json").exists() \
-        else {}
-    built = [p["seconds"] for p in environment.get("preparations") or [] if p.get("source_seed") is not None
-             and p.get("seconds") is not None]  # a reused source records the seconds it took to build
-    source_seconds = float(np.mean(built)) if built else 0.0
+def _source_group(experiment: Experiment) -> tuple[str, str]:
+    """Experiments with the same backbone and source pretrain the same source model for a seed."""
+    return experiment.backbone, json.dumps(dataclasses.asdict(experiment.source), sort_keys=True, default=str)
+
+
+def _source_seconds(tuning: Suite, folder: Path) -> dict[str, float]:
+    """Mean seconds to pretrain one source model, per experiment with a suite-trained source (from
+    the tuning run's preparation records, labelled ``source <experiment> (source seed N)``; the
+    experiments sharing a backbone and source share the measurement)."""
+    path = folder / "environment.json"
+    environment = json.loads(path.read_text()) if path.exists() else {}
+    groups = {e.name: _source_group(e) for e in tuning.experiments if e.source.trained}
+    by_group: dict[tuple[str, str], list[float]] = {}
+    for p in environment.get("preparations") or []:
+        label, seconds = str(p.get("label", "")), p.get("seconds")
+        name = label.removeprefix("source ").split(" (", 1)[0]
+        if label.startswith("source ") and name in groups and seconds is not None:
+            by_group.setdefault(groups[name], []).append(float(seconds))
+    return {name: float(np.mean(by_group[group])) if group in by_group else 0.0 for name, group in groups.items()}
+
+
+def cost_model(tuning: Suite, runs: pd.DataFrame, folder: Path) -> tuple[dict[str, float],
+                                                                         Callable[[Mapping[str, int]], float]]:
+    """(worker-seconds per seed of each experiment, ``total(seeds)``): the estimated worker-seconds
+    of the confirmatory stage for seed counts per experiment: every experiment's cells at their mean
+    wall time at the selected lrs, plus one source model per seed of each group of experiments
+    sharing a source (counted once, for the largest of them)."""
     chosen = runs[runs.selected & (runs.kind != "derived")]
-    cost = {}
+    cells = {}
     for e in tuning.experiments:
         part = chosen[chosen.experiment == e.name]
-        cells = part.groupby(["target", "strategy"]).wall_seconds.mean().sum() if len(part) else 0.0
-        cost[e.name] = float(cells) + (source_seconds if e.source.trained else 0.0)
-    return cost
+        cells[e.name] = float(part.groupby(["target", "strategy"]).wall_seconds.mean().sum()) if len(part) else 0.0
+    source = _source_seconds(tuning, folder)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for e in tuning.experiments:
+        if e.source.trained:
+            groups.setdefault(_source_group(e), []).append(e.name)
+
+    def total(seeds: Mapping[str, int]) -> float:
+        shared = sum(max(seeds[n] for n in names) * source[names[0]] for names in groups.values())
+        return sum(seeds[n] * cells[n] for n in seeds) + shared
+
+    return {n: cells[n] + source.get(n, 0.0) for n in cells}, total
 
 
-def allocate(needs: Mapping[str, tuple[str, int | None]], cost: Mapping[str, float],
-             budget: float) -> tuple[dict[str, int], list[str]]:
-    """Seeds per experiment and the hypotheses whose need is met: every experiment at MIN_SEEDS,
-    then the needs (hypothesis -> (experiment, seeds)) met cheapest first while the cost stays
-    within ``budget`` worker-seconds.
+def allocate(needs: Mapping[str, tuple[str, int | None]], names: list[str],
+             total: Callable[[Mapping[str, int]], float], budget: float) -> tuple[dict[str, int], list[str]]:
+    """Seeds per experiment and the hypotheses whose need is met: every experiment (``names``) at
+    MIN_SEEDS, then the needs (hypothesis -> (experiment, seeds)) met cheapest first (the increase of
+    ``total(seeds)``, the estimated worker-seconds) while ``total`` stays within ``budget``.
 
     Example:
-        >>> allocate({"H1": ("a", 8), "H2": ("b", 30), "H3": ("a", None)}, {"a": 1.0, "b": 2.0}, 30.0)
+        >>> cost = lambda seeds: 1.0 * seeds["a"] + 2.0 * seeds["b"]
+        >>> allocate({"H1": ("a", 8), "H2": ("b", 30), "H3": ("a", None)}, ["a", "b"], cost, 30.0)
         ({'a': 8, 'b': 6}, ['H1'])
     """
-    seeds = {e: MIN_SEEDS for e in cost}
+    seeds = {name: MIN_SEEDS for name in names}
     open_ = {h: need for h, need in needs.items() if need[1] is not None}
     met = []
 
-    def extra(h: str) -> float:
+    def raised(h: str) -> dict[str, int]:
         experiment, n = open_[h]
-        return max(0, n - seeds[experiment]) * cost[experiment]
+        return {**seeds, experiment: max(seeds[experiment], n)}
 
     while open_:
-        h = min(open_, key=lambda name: (extra(name), name))
-        experiment, n = open_.pop(h)
-        if sum(seeds[e] * cost[e] for e in seeds) + extra_cost(n, seeds[experiment], cost[experiment]) <= budget:
-            seeds[experiment] = max(seeds[experiment], n)
+        h = min(open_, key=lambda name: (total(raised(name)) - total(seeds), name))
+        candidate = raised(h)
+        del open_[h]
+        if total(candidate) <= budget:
+            seeds = candidate
             met.append(h)
     return seeds, sorted(met)
-
-
-def extra_cost(n: int, current: int, cost_per_seed: float) -> float:
-    """Worker-seconds of raising an experiment from ``current`` to ``n`` seeds."""
-    return max(0, n - current) * cost_per_seed
 
 
 def version_of(registration: Mapping[str, Any]) -> str:
@@ -182,9 +210,10 @@ def register(tuning: Suite, folder: Path) -> dict[str, Any]:
         (e, t, s) for e in tuning.experiments for t in e.targets for s in e.strategies)}
     lrs.sort(key=lambda r: order.get((r["experiment"], r["target"], r["strategy"]), len(order)))
     sized = sizing(tuning, runs)
-    cost = _cost_per_seed(tuning, runs, folder)
+    cost, total = cost_model(tuning, runs, folder)
     budget = WORKER_SECONDS.get(confirmatory_name(tuning), WORKER_SECONDS["quick"])
-    seeds, met = allocate({r["hypothesis"]: (r["experiment"], r["seeds_needed"]) for r in sized}, cost, budget)
+    seeds, met = allocate({r["hypothesis"]: (r["experiment"], r["seeds_needed"]) for r in sized},
+                          [e.name for e in tuning.experiments], total, budget)
     for r in sized:
         r["need_met"] = r["hypothesis"] in met
     environment = json.loads((folder / "environment.json").read_text()) if (folder / "environment.json").exists() \
@@ -201,7 +230,7 @@ def register(tuning: Suite, folder: Path) -> dict[str, Any]:
                 f"first within {budget:.0f} estimated worker-seconds",
         "lrs": lrs, "seeds": seeds,
         "cost_per_seed_worker_seconds": {k: round(v, 2) for k, v in cost.items()},
-        "estimated_worker_seconds": round(sum(seeds[e] * cost[e] for e in seeds), 1),
+        "estimated_worker_seconds": round(total(seeds), 1),
         "sizing": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in sized],
     }
     registration["version"] = version_of(registration)

@@ -79,7 +79,7 @@ def test_every_committed_cell_record_follows_the_declared_schema() -> None:
 
     root = Path(__file__).resolve().parents[1] / "results"
     records = [r for path in sorted(root.glob("*/runs.jsonl")) for r in read_runs(path)]
-    assert len(records) > 4000
+    assert len(records) > 1000  # the committed runs, not an empty glob
     assert sorted({k for r in records for k in undeclared_keys(r)}) == []
     required = ("key", "experiment", "target", "strategy", "seed", "lr", "phase", "config", "status", "test_accuracy")
     assert all(all(k in r for k in required) for r in records)
@@ -94,3 +94,20 @@ def test_writing_an_undeclared_measurement_is_refused(tmp_path) -> None:
     assert read_runs(tmp_path / "runs.jsonl") == [{"key": "a", "ood_accuracy_sobel": 0.25, "test_accuracy": 0.5}]
     with pytest.raises(ValueError, match="not declared in benchmarks.store.CellRecord"):
         write_runs(tmp_path / "runs.jsonl", [{"key": "b", "test_acuracy": 0.5}])
+
+
+def test_cka_of_constant_features_raises_or_is_nan() -> None:
+    """A run that diverged to constant features has no CKA: an error by default, nan for the cell
+    records (benchmarks.cells), so the cell keeps its other metrics."""
+    import math
+
+    import pytest
+    import torch
+
+    from benchmarks.metrics import linear_cka
+
+    x, flat = torch.randn(20, 4), torch.ones(20, 3)
+    with pytest.raises(ValueError, match="constant"):
+        linear_cka(x, flat)
+    assert math.isnan(linear_cka(x, flat, constant="nan"))
+    assert linear_cka(x, x, constant="nan") == pytest.approx(1.0)
