@@ -144,9 +144,9 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
     finally:
         close()
     stale = [k for k, r in records.items() if r.get("status") == "failed" and k not in set(order)]
-    if stale:  # failed guard cells this run no longer plans (their selection changed): not a result, not pending
-        for key in stale:
-            del records[key]
+    for key in stale:  # failed guard cells this run no longer plans (their selection changed): not a result, not pending
+        del records[key]
+    if stale or reused:  # reused records count as this folder's even when nothing new was computed
         write_runs(runs_path, [records[k] for k in order if k in records]
                    + [r for k, r in records.items() if k not in set(order)])
     outcome.remaining = sum(records.get(key, {}).get("status") != "ok" for key in order)
