@@ -11,6 +11,7 @@ what it holds:
   replication probability of 0.9 and which are fragile;
 - ``replication-<folder>``: the headline and the verdict table of ``results/<folder>/replication.md``
   (``python -m benchmarks replicate`` wrote it);
+- ``agreement-<folder>``: the headline paragraph of ``results/<folder>/replication.md`` alone;
 - ``environment-<folder>``: one sentence from ``results/<folder>/environment.json``: the wall time, the
   cells, the processes and the machine of the committed run;
 - ``claims-<strategy>``: every confirmatory claim about a strategy (its name inside the comparison's
@@ -78,6 +79,8 @@ def generate(name: str, results: Path = RESULTS) -> str:
         return environment_line(argument, results)
     if kind == "replication" and argument:
         return replication_summary((results / argument / "replication.md").read_text())
+    if kind == "agreement" and argument:
+        return replication_summary((results / argument / "replication.md").read_text()).split("\n\n")[0]
     if name == "perf-table":
         return perf_table(results / "perf" / "perf.md")
     if name == "api-index":
@@ -88,7 +91,8 @@ def generate(name: str, results: Path = RESULTS) -> str:
         rows = [f"| `{where}` | `{old}` | `{new}` |" for where, old, new in DEPRECATED]
         return "\n".join(["| where | deprecated name | use instead |", "|---|---|---|", *rows])
     raise ValueError(f"unknown generated block {name!r}: expected verdicts-<run>, across-<run>, claims-<strategy>, "
-                     "replicability-<run>, replication-<folder>, perf-table, api-index or deprecations")
+                     "replicability-<run>, replication-<folder>, agreement-<folder>, environment-<folder>, perf-table, "
+                     "api-index or deprecations")
 
 
 def replicability(verdict_table: pd.DataFrame) -> str:
