@@ -45,7 +45,7 @@ replication: $(STAMP)
 	-$(PY) -m benchmarks replicate --reference results/quick --new results/quick-replication  # differing verdicts are the report's content here, not a failure
 
 # The standard suite (three suite-pretrained architectures and the ImageNet EfficientNet-Lite0 top):
-# its confirmatory stage from scratch into runs/standard (about 35 minutes on 2 cores), then its
+# its confirmatory stage from scratch into runs/standard (the reference took 1831 s on 2 cores), then its
 # replication report against the committed results/standard.
 standard: $(STAMP)
 	rm -rf runs/standard

@@ -57,7 +57,7 @@ MAX_SEEDS = 40
 #: Estimated worker-seconds (:func:`cost_model`) of the confirmatory stage's cells and source models,
 #: per confirmatory suite. Measured: the quick reference estimated at 844 took 525 s of wall time on
 #: 2 cores, guards and preparations included; so 870 keeps `make bench` (the run, then `replicate`)
-#: within 10 minutes, and 3000 the standard suite within about 32.
+#: within 10 minutes; 3000 gave the standard reference 1831 s (2,874 estimated).
 WORKER_SECONDS = {"quick": 870.0, "standard": 3000.0}
 
 

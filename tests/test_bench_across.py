@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 from hypothesis import given
 from hypothesis import strategies as st
-
 from scipy import stats as scipy_stats
 
 from benchmarks.across import POOLED_METHOD, across_families, claim_of
