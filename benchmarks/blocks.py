@@ -29,7 +29,7 @@ what it holds:
 Example:
     >>> from benchmarks.blocks import generate
     >>> generate("verdicts-quick").splitlines()[0].split(" | ")[:3]
-    ['| hypothesis', 'mirrors', 'comparison']
+    ['| hypothesis', 'comparison', 'target']
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ The protocol, the same for every strategy:
 Example:
     >>> [e.name for e in SUITES["quick"].experiments]
     ['q1_surgical', 'q2_ulmfit', 'q3_lp_ft']
-    >>> SUITES["quick_replication"].experiment("q2_ulmfit").source_seeds
-    (2, 3)
+    >>> q2 = SUITES["quick_replication"].experiment("q2_ulmfit")
+    >>> q2.seeds[:3], q2.source_seeds[:3], q2.unit
+    ((200, 201, 202), (200, 201, 202), 'seed (own source model)')
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ def _verdict_runs(effect_a: float, ood_probe: float):
 
 
 def test_verdicts_carry_preconditions_holm_intervals_and_the_power_line() -> None:
-    gate = pd.DataFrame([{"experiment": "e", "target": "t", "transfer_ok": True, "source_ok": True}])
+    gate = pd.DataFrame([{"experiment": "e", "target": "t", "transfer": "pass", "transfer_ok": True, "source_ok": True}])
     hypotheses = (Hypothesis("H1", "m", "e", "t", "test_accuracy", "a", "b", 0.02, "p", "src"),
                   Hypothesis("H2", "m", "e", "t", "test_accuracy", "a", "b", 0.02, "p", "src",
                              (Precondition("b", "a", "ood_accuracy", "b must be more robust"),)),

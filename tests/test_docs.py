@@ -101,7 +101,8 @@ def test_generated_tables_are_the_committed_results():
     assert blocks.stale(blocks.documents()) == []
     names = {name for page in blocks.documents() for name, _ in blocks.blocks(page.read_text())}
     assert {"verdicts-quick", "verdicts-standard", "across-standard", "perf-table", "api-index", "deprecations"} <= names
-    assert {name for name, _ in blocks.blocks(README.read_text())} == {"verdicts-quick"}
+    assert {name for name, _ in blocks.blocks(README.read_text())} == {"verdicts-quick", "replicability-quick",
+                                                                       "agreement-quick-replication"}
     assert len([n for n in names if n.startswith("claims-")]) == 7
 
 
@@ -109,14 +110,16 @@ def test_a_stale_table_is_found_and_rewritten(tmp_path):
     """The check can fail: a verdict changed in a copy of results/ makes the README's block stale, and
     `write` puts the new verdict in."""
     results = tmp_path / "results"
-    shutil.copytree(ROOT / "results" / "quick", results / "quick", ignore=shutil.ignore_patterns("*.png", "runs.*"))
+    for run in ("quick", "quick-replication"):
+        shutil.copytree(ROOT / "results" / run, results / run, ignore=shutil.ignore_patterns("*.png", "runs.*"))
     verdicts = pd.read_csv(results / "quick" / "verdicts.csv")
     verdicts.loc[0, "verdict"] = "contradicted"
     verdicts.to_csv(results / "quick" / "verdicts.csv", index=False)
     readme = tmp_path / "README.md"
     readme.write_text(README.read_text())
-    assert blocks.stale([readme], results) == [f"{readme}: verdicts-quick"]
-    assert blocks.write([readme], results) == [f"{readme}: verdicts-quick"]
+    changed = [f"{readme}: verdicts-quick", f"{readme}: replicability-quick"]  # both read verdicts.csv
+    assert blocks.stale([readme], results) == changed
+    assert blocks.write([readme], results) == changed
     assert blocks.stale([readme], results) == [] and "| contradicted |" in readme.read_text().split("\n| H1b")[0]
     with pytest.raises(ValueError, match="unknown generated block"):
         blocks.generate("verdict-quick", results)
