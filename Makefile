@@ -52,10 +52,10 @@ standard: $(STAMP)
 	$(PY) -m benchmarks run --suite standard --out runs/standard --no-progress
 	-$(PY) -m benchmarks replicate --reference results/standard --new runs/standard
 
-# A second run of the standard suite made differently (disjoint seeds with their own source models, Ray).
+# The committed second run of the standard suite (disjoint seeds with their own source models, Ray).
 standard-replication: $(STAMP)
-	$(PY) -m benchmarks run --suite standard_replication --out runs/standard-replication --executor ray --no-progress
-	-$(PY) -m benchmarks replicate --reference results/standard --new runs/standard-replication
+	$(PY) -m benchmarks run --suite standard_replication --out results/standard-replication --executor ray --no-progress
+	-$(PY) -m benchmarks replicate --reference results/standard --new results/standard-replication
 
 test: $(STAMP)
 	$(PY) -m ruff check .

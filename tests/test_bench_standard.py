@@ -160,3 +160,23 @@ def test_the_standard_page_says_what_the_lite0_mnist_gate_measured() -> None:
     assert "On MNIST digits the ImageNet Lite0 top beats raw pixels by only about 4 pp" in page
     gate = pd.read_csv(root / "results" / "standard" / "gates.csv").set_index("experiment").loc["s2_lite0"]
     assert gate.best_baseline == "pixel" and 0.035 <= gate.margin < 0.045 and gate.transfer == "undecided"
+
+
+def test_the_committed_standard_replication_is_independent_of_the_reference() -> None:
+    """results/standard-replication shares no seed and no source model with results/standard and ran
+    on the Ray executor; its report is what `replicate` writes (the page's block is checked current by
+    tests/test_docs.py)."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    root = Path(__file__).resolve().parents[1]
+    runs = {name: pd.read_csv(root / "results" / name / "runs.csv") for name in ("standard", "standard-replication")}
+    assert not set(runs["standard"].seed) & set(runs["standard-replication"].seed)
+    trained = [e.name for e in SUITES["standard"].experiments if e.source.trained]
+    sources = {name: set(frame[frame.experiment.isin(trained)].source_seed) for name, frame in runs.items()}
+    assert sources["standard"] and not sources["standard"] & sources["standard-replication"]
+    environment = json.loads((root / "results" / "standard-replication" / "environment.json").read_text())
+    assert environment["executor"] == "ray" and environment["failed"] == 0 and environment["not_done"] == 0
+    assert "Confirmatory verdicts compatible" in (root / "results" / "standard-replication" / "replication.md").read_text()
