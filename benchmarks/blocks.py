@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report import _markdown, marked_fragile, readme_across_table, readme_table
+from .report import _markdown, marked_fragile, readme_across_table, readme_table, replicability
 from .store import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,25 +93,6 @@ def generate(name: str, results: Path = RESULTS) -> str:
     raise ValueError(f"unknown generated block {name!r}: expected verdicts-<run>, across-<run>, claims-<strategy>, "
                      "replicability-<run>, replication-<folder>, agreement-<folder>, environment-<folder>, perf-table, "
                      "api-index or deprecations")
-
-
-def replicability(verdict_table: pd.DataFrame) -> str:
-    """One line per group: the confirmatory verdicts with a replication probability of at least 0.9,
-    and the fragile ones, each with its verdict and probability."""
-    from .stats import FRAGILE_BELOW
-
-    confirmatory = verdict_table[~verdict_table.exploratory.astype(bool)]
-    solid = confirmatory[confirmatory.replication_probability >= FRAGILE_BELOW]
-    fragile = confirmatory[~(confirmatory.replication_probability >= FRAGILE_BELOW)]
-
-    def listing(part: pd.DataFrame) -> str:
-        return "; ".join(f"{r.hypothesis} {r.verdict} ({r.replication_probability:.2f})" for r in part.itertuples()) \
-            or "none"
-
-    return "\n".join([
-        f"- **{len(solid)} of {len(confirmatory)}** confirmatory verdicts have a replication probability of at least "
-        f"{FRAGILE_BELOW}: {listing(solid)}.",
-        f"- **Fragile** ({len(fragile)}): {listing(fragile)}."])
 
 
 def environment_line(folder: str, results: Path = RESULTS) -> str:

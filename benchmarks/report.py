@@ -140,11 +140,6 @@ def selected_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def unit_of(suite: Suite, experiment_name: str) -> str:
-    """The statistical unit of an experiment's comparisons (:attr:`benchmarks.suites.Experiment.unit`)."""
-    return suite.experiment(experiment_name).unit
-
-
 def unit_values(suite: Suite, runs: pd.DataFrame, experiment_name: str, values: pd.Series) -> pd.Series:
     """Per-seed ``values`` (indexed by seed) as per-unit values: unchanged when the experiment's
     seeds are independent units; the mean over the seeds of each source model when seeds share
@@ -269,7 +264,7 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
         row = {"hypothesis": h.name, "mirrors": h.mirrors, "comparison": h.comparison, "metric": h.metric,
                "kind": h.kind, "experiment": h.experiment,
                "family": backbone_family(suite.experiment(h.experiment).backbone),
-               "target": h.target, "unit": unit_of(suite, h.experiment), "units": len(d), "seeds": seeds,
+               "target": h.target, "unit": suite.experiment(h.experiment).unit, "units": len(d), "seeds": seeds,
                "min_effect": h.min_effect, "min_effect_source": h.min_effect_source, "gate_ok": gate_ok,
                "gate_failed": gate_failed, "gate_targets": targets,
                "preconditions": text or "none", "preconditions_ok": held, "precondition_again": precondition_again,
@@ -622,12 +617,22 @@ def _across_section(across: pd.DataFrame) -> list[str]:
             _markdown(across, ACROSS_COLUMNS), "", "![across_backbones.png](across_backbones.png)", ""]
 
 
-def _fragile_note(confirmatory: pd.DataFrame) -> str:
-    """One line: how many confirmatory verdicts reach the replication target."""
-    probabilities = confirmatory.replication_probability
-    solid = int((probabilities >= FRAGILE_BELOW).sum())
-    return (f"{solid} of {len(confirmatory)} confirmatory verdicts have a replication probability of at least "
-            f"{FRAGILE_BELOW}; the others are marked fragile.\n")
+def replicability(verdict_table: pd.DataFrame) -> str:
+    """Two markdown bullets: the confirmatory verdicts with a replication probability of at least
+    FRAGILE_BELOW, and the fragile ones, each with its verdict and probability (``summary.md`` and
+    the ``replicability-<run>`` blocks of the docs)."""
+    confirmatory = verdict_table[~verdict_table.exploratory.astype(bool)]
+    solid = confirmatory[confirmatory.replication_probability >= FRAGILE_BELOW]
+    fragile = confirmatory[~(confirmatory.replication_probability >= FRAGILE_BELOW)]
+
+    def listing(part: pd.DataFrame) -> str:
+        return "; ".join(f"{r.hypothesis} {r.verdict} ({r.replication_probability:.2f})" for r in part.itertuples()) \
+            or "none"
+
+    return "\n".join([
+        f"- **{len(solid)} of {len(confirmatory)}** confirmatory verdicts have a replication probability of at least "
+        f"{FRAGILE_BELOW}: {listing(solid)}.",
+        f"- **Fragile** ({len(fragile)}): {listing(fragile)}."])
 
 
 def _regenerate_hint(suite: Suite, environment: Mapping[str, Any]) -> str:
@@ -693,7 +698,7 @@ def write_reports(out: Path, suite: Suite) -> None:
         "preconditions hold as here (parametric bootstrap at this run's effect and sd); for out of scope, that "
         f"the failing precondition or gate fails again; **fragile** below {FRAGILE_BELOW}. MDE: the smallest "
         "effect the test detects with 80% power at these units and this level.", "",
-        _fragile_note(confirmatory),
+        replicability(confirmatory), "",
         _markdown(marked_fragile(confirmatory), VERDICT_COLUMNS), "",
         "Minimum effects and their sources:", "",
         *[f"- {r.hypothesis}: {_fmt(r.min_effect)} — {r.min_effect_source}" for r in confirmatory.itertuples()], "",

@@ -77,7 +77,7 @@ def runs_frame(suite: Suite, records: Sequence[Mapping[str, Any]]) -> pd.DataFra
     (kind ``derived``, strategy ``<parent>+wise_<alpha>``, the parent's lr)."""
     templates: dict[str, Cell] = {}
     for cell in suite.cells():
-        templates.setdefault(_template(_canonical(cell.config())), cell)
+        templates.setdefault(cell_template(cell.config()), cell)
     rows = []
     for record in records:
         config = record.get("config") or {}

@@ -35,9 +35,11 @@ def test_gpu_suite_dry_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert not (tmp_path / "gpu").exists()
 
 
-def test_gpu_suite_without_cuda_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present")
+def test_gpu_suite_without_cuda_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a CUDA device (made so on a machine that has one), `--device cuda` stops before
+    writing anything, with exit code 2."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["run", "--suite", "gpu", "--device", "cuda", "--out", str(tmp_path / "gpu")]) == 2
     assert "no CUDA device" in capsys.readouterr().err and not (tmp_path / "gpu").exists()
 

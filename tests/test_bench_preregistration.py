@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from bench_fixtures import prepared
 
 from benchmarks import cells as cells_module
 from benchmarks import preregistration
-from benchmarks.cells import key_environment, run_cell
-from benchmarks.sources import ensure, preparations, source_backbone
+from benchmarks.cells import run_cell
+from benchmarks.sources import source_backbone
 from benchmarks.suites import (
     PIXEL,
     SUITES,
@@ -30,7 +31,6 @@ from benchmarks.suites import (
     finetune,
     scratch,
 )
-from benchmarks.training import resolve_device
 
 ENVIRONMENT = {"device": "cpu", "cpu_threads": 1}
 
@@ -168,11 +168,7 @@ def controls(tmp_path_factory: pytest.TempPathFactory):
                              control("no_adaptation", "surgical", block="head")),
                             (0,), Budget(steps=4, batch_size=5, eval_every=2, warmup_steps=1), keep_source_head=True,
                             bn="train")
-    device = resolve_device("cpu", threads=1)
-    cache, environment = tmp_path_factory.mktemp("cache"), key_environment(device)
-    for wave in preparations((experiment,)):
-        for preparation in wave:
-            ensure(preparation, cache, environment, device)
+    cache, environment, device = prepared(experiment, tmp_path_factory)
     return experiment, target, cache, environment, device
 
 

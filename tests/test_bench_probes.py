@@ -6,14 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bench_fixtures import prepared
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from benchmarks import probes
-from benchmarks.cells import key_environment, run_cell
-from benchmarks.sources import ensure, preparations
+from benchmarks.cells import run_cell
 from benchmarks.suites import LINEAR_PROBE, PROBE_CS, Budget, Cell, Experiment, Source, Target, finetune
-from benchmarks.training import resolve_device
 
 
 def test_the_folded_probe_gives_sklearns_logits_on_standardised_features() -> None:
@@ -41,11 +40,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
     experiment = Experiment("tiny", "q", "resnet_tiny", source, (target,),
                             (LINEAR_PROBE, finetune("lp_ft", "lp_ft", lr=1e-3, ft_lr_mult=1.0)), (0, 1),
                             Budget(steps=4, batch_size=5, eval_every=2, warmup_steps=1), source_seeds=(0, 1))
-    device = resolve_device("cpu", threads=1)
-    cache, environment = tmp_path_factory.mktemp("cache"), key_environment(device)
-    for wave in preparations((experiment,)):
-        for preparation in wave:
-            ensure(preparation, cache, environment, device)
+    cache, environment, device = prepared(experiment, tmp_path_factory)
     return experiment, target, cache, environment, device
 
 

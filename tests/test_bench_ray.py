@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import ray
 
 from benchmarks.runner import run_suite
 from benchmarks.store import read_runs
 from benchmarks.suites import SUITES
 
-ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 #: What may differ between two runs of the same cell (timing, process, invocation).

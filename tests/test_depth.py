@@ -188,7 +188,7 @@ def test_hugging_face_tied_lms_warn_and_switch():
     """BertForMaskedLM and GPT2LMHeadModel (tiny, from configs): the word embedding is also the
     output layer; the default makes it the head with a warning naming both names, tied='embedding'
     keeps it with the embeddings at depth 0; the input comes from the model's dummy_inputs."""
-    transformers = pytest.importorskip("transformers")
+    import transformers
     bert = transformers.BertForMaskedLM(transformers.BertConfig(
         vocab_size=16, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
         max_position_embeddings=8))
@@ -271,7 +271,7 @@ def test_timm_model_under_peft_lora_keeps_group_matcher_depths():
     parameter (base and adapter) gets timm's depth on the bare model, layer decay works and the
     default ProgressiveUnfreezing has one stage per depth; the base weights peft froze stay frozen
     through every stage (issue 11: everything at depth 0, "the model has one layer", one stage)."""
-    peft = pytest.importorskip("peft")
+    import peft
     reference = timm_depths(timm.create_model("resnet18", num_classes=3))
     model = peft.get_peft_model(timm.create_model("resnet18", num_classes=3),
                                 peft.LoraConfig(target_modules=["conv1", "conv2", "fc"], r=2))
@@ -435,7 +435,7 @@ def test_rules_accept_the_names_of_the_module_the_user_passed():
     """A peft model's parameter names carry peft's ``base_model.model.`` prefix; depths and plan
     names are the bare model's, and the names the user sees in ``peft_model.named_parameters()`` are
     aliases: a rule written with them matches, and explain() shows them."""
-    peft = pytest.importorskip("peft")
+    import peft
     model = peft.get_peft_model(timm.create_model("resnet18", num_classes=3),
                                 peft.LoraConfig(target_modules=["fc"], r=2))
     opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3,

@@ -7,11 +7,10 @@ import subprocess
 import sys
 import warnings
 
+import accelerate
 import pytest
 import torch
 import torch.nn as nn
-
-accelerate = pytest.importorskip("accelerate")
 
 import lrgroups  # noqa: E402
 
@@ -111,7 +110,7 @@ def test_batchnorm_frozen_by_peft_keeps_training_mode_as_under_plain_adamw():
     those norms keep the mode model.train() gives them, as under a plain AdamW (3 of 3 running means
     update); norms frozen by lrgroups itself (a rule, freeze(), a schedule) still run in eval mode, and
     norm_stats="freeze_all" puts both in eval mode (the old default: 0 of 3)."""
-    peft = pytest.importorskip("peft")
+    import peft
     config = peft.LoraConfig(r=2, target_modules=["0", "3", "6"])
     plain = peft.get_peft_model(_bn_cnn(), config)
     torch.optim.AdamW([p for p in plain.parameters() if p.requires_grad], lr=1e-3)

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 import torch.nn as nn
-
-L = pytest.importorskip("lightning")
 
 import lrgroups  # noqa: E402
 from lrgroups.integrations.lightning import LayerwiseDDPStrategy, LayerwiseFinetuning  # noqa: E402

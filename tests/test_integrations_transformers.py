@@ -8,8 +8,7 @@ import io
 
 import pytest
 import torch
-
-transformers = pytest.importorskip("transformers")
+import transformers
 
 import lrgroups  # noqa: E402
 from lrgroups.integrations.transformers import LayerwiseCallback  # noqa: E402

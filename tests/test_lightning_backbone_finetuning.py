@@ -10,12 +10,10 @@ import sys
 import warnings
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torch.nn as nn
-
-L = pytest.importorskip("lightning")
-
 from lightning.pytorch.callbacks import BackboneFinetuning, ModelCheckpoint  # noqa: E402
 
 import lrgroups  # noqa: E402

@@ -307,6 +307,8 @@ def test_readme_numbers_about_the_committed_runs_are_the_runs_own() -> None:
     readme = " ".join((root / "README.md").read_text().split())
     environment = json.loads((root / "results" / "quick" / "environment.json").read_text())
     assert f"the committed reference took {round(environment['wall_seconds'])} s on 2 CPU cores" in readme
+    quick_page = " ".join((root / "docs" / "benchmarks" / "quick.md").read_text().split())
+    assert "about ten minutes on two CPU cores" in quick_page and environment["wall_seconds"] < 600
     assert environment["workers"] == 2 and environment["failed"] == 0 and environment["not_done"] == 0
     registration = json.loads((root / "benchmarks" / "preregistration" / "quick.json").read_text())
     assert f"version {registration['version']}" in (root / "results" / "quick" / "summary.md").read_text()
