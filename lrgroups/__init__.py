@@ -20,6 +20,7 @@ from .early_stopping import Decision, EarlyStopping, Plateau
 from .groups import param_groups
 from .integrations import unwrap
 from .l2sp import L2SP
+from .lora import lora_plus
 from .norms import FrozenNormStats, batch_norms, freeze_norm_stats, precise_bn
 from .optimizer import CheckpointMismatchError, LayerwiseOptimizer
 from .rules import (
@@ -58,6 +59,7 @@ __all__ = [
     "head",
     "layer_decay",
     "layer_decay_between",
+    "lora_plus",
     "no_weight_decay",
     "param_depths",
     "param_groups",

@@ -21,7 +21,8 @@ Example:
 
 Strategies: :func:`full`, :func:`linear_probe`, :func:`lp_ft`, :func:`l2_sp`, :func:`layer_decay`,
 :func:`discriminative`, :func:`layer_decay_between`, :func:`gradual_unfreezing`,
-:func:`plateau_unfreezing`, :func:`surgical`. :data:`RECIPES` maps their names to them.
+:func:`plateau_unfreezing`, :func:`surgical`. :data:`RECIPES` maps their names to them. For
+adapters: :func:`lora_plus` (LoRA+, not in :data:`RECIPES`: it needs a model with LoRA adapters).
 
 Linear probes in closed form (for LP-FT, or on their own): :func:`head_features`,
 :func:`fit_linear_probe`, :func:`set_linear_head`.
@@ -43,6 +44,7 @@ from .depth import find_head, unwrap_model
 from .driver import FineTuning, build_controllers, check_specs
 from .early_stopping import Plateau
 from .l2sp import L2SP
+from .lora import lora_plus as _lora_plus_rules
 from .optimizer import LayerwiseOptimizer
 from .rules import Rule, Selector
 from .unfreezing import ProgressiveUnfreezing, depth_stages
@@ -61,6 +63,7 @@ __all__ = [
     "gradual_unfreezing",
     "plateau_unfreezing",
     "surgical",
+    "lora_plus",
     "fit_linear_probe",
     "set_linear_head",
     "head_features",
@@ -585,6 +588,28 @@ def surgical(block: str = "first", train_head: bool = True) -> Recipe:
     head = "" if block == "head" else (" + head" if train_head else ", head frozen")
     suffix = "" if train_head or block == "head" else "_frozen_head"
     return Recipe(f"surgical_{block}{suffix}", rules=tuple(rules), coarse=True, description=f"{block} block{head}")
+
+
+def lora_plus(lr_ratio: float = 16.0, *, vectors: bool = False, embedding_lr: float | None = None) -> Recipe:
+    """LoRA+ (Hayou, Ghosh & Yu, ICML 2024): every LoRA ``B`` matrix at ``lr_ratio`` times the lr of its
+    ``A`` matrix; ``lr`` at build is the ``A`` matrices' (and every other parameter's) lr. The rules are
+    :func:`lrgroups.lora.lora_plus`'s (its arguments, what they mean and peft parity); to compose with
+    layer decay, give the rules directly: ``rules=[layer_decay(0.8), *lora_plus(16)]``.
+
+    Raises:
+        ValueError: ``lr_ratio`` or ``embedding_lr`` not finite and > 0.
+        lrgroups.NoMatchError: at build, the model has no LoRA ``B`` matrix.
+
+    Example:
+        >>> import peft, torch, torch.nn as nn
+        >>> model = peft.get_peft_model(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)),
+        ...                             peft.LoraConfig(target_modules=["0"], r=2))
+        >>> lrs = lora_plus(16).build(model, torch.optim.AdamW, lr=1e-4).optimizer.explain().set_index("name")["lr"]
+        >>> float(lrs["0.lora_A.default.weight"]), float(lrs["0.lora_B.default.weight"])
+        (0.0001, 0.0016)
+    """
+    return Recipe(f"lora_plus_{lr_ratio}", rules=tuple(_lora_plus_rules(lr_ratio, vectors=vectors, embedding_lr=embedding_lr)),
+                  description=f"LoRA B at {lr_ratio} x A's lr")
 
 
 RECIPES: dict[str, Callable[..., Recipe]] = {
