@@ -23,6 +23,7 @@ from .l2sp import L2SP
 from .lora import lora_plus
 from .norms import FrozenNormStats, batch_norms, freeze_norm_stats, precise_bn
 from .optimizer import CheckpointMismatchError, LayerwiseOptimizer
+from .rgn import auto_rgn, relative_gradient_norms
 from .rules import (
     NoMatchError,
     ParamInfo,
@@ -65,6 +66,8 @@ __all__ = [
     "param_groups",
     "plan",
     "recipes",
+    "relative_gradient_norms",
+    "auto_rgn",
     "unwrap",
     "wise_ft",
     "wrap_ddp",
