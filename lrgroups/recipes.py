@@ -33,7 +33,9 @@ Ownership: a recipe freezes and thaws only what it froze itself; parameters that
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import functools
+import inspect
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Tuple, Union
 
 import torch
@@ -46,8 +48,8 @@ from .early_stopping import Plateau
 from .l2sp import L2SP
 from .lora import lora_plus as _lora_plus_rules
 from .optimizer import LayerwiseOptimizer
-from .rules import Rule, Selector
-from .unfreezing import ProgressiveUnfreezing, depth_stages
+from .rules import SELECTOR_FIELDS, Rule, Selector, _check_keys, _decode, _encode, rules_from_data
+from .unfreezing import ProgressiveUnfreezing, _selector, depth_stages
 
 __all__ = [
     "Recipe",
@@ -290,6 +292,95 @@ class Recipe:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, _frozen(getattr(self, name)))
 
+    def _values(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self) if f.compare)
+
+    def __eq__(self, other: object) -> bool:
+        # A recipe a named factory made holds functions (stage placement, depth-dependent rules); it
+        # equals another made by the same factory with the same arguments.
+        if not isinstance(other, Recipe):
+            return NotImplemented
+        mine, theirs = self.__dict__.get("_kind"), other.__dict__.get("_kind")
+        if mine is not None or theirs is not None:
+            return mine == theirs
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        kind = self.__dict__.get("_kind")
+        return hash(kind if kind is not None else self._values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data, what :meth:`from_dict` reads back to an equal recipe (and JSON,
+        YAML, TOML hold). A recipe a named factory made (:data:`RECIPES`, :func:`lora_plus`) is
+        ``{"recipe": name, **its arguments}`` (those at their defaults left out); any other its fields, its rules as
+        :meth:`~lrgroups.Rule.to_dict` writes them and its stages as selector dicts.
+
+        Raises:
+            TypeError: the recipe holds a function that no factory name stands for (a ``where=``
+                rule, a callable ``every_steps``): functions are not data.
+
+        Example:
+            >>> gradual_unfreezing(discriminative_gamma=0.5).to_dict()
+            {'recipe': 'gradual_unfreezing', 'discriminative_gamma': 0.5}
+            >>> Recipe.from_dict(_) == gradual_unfreezing(discriminative_gamma=0.5)
+            True
+        """
+        kind = self.__dict__.get("_kind")
+        if kind is not None:
+            defaults = inspect.signature(_NAMED[kind[0]]).parameters
+            return {"recipe": kind[0], **{key: _recipe_value(key, value, self.name) for key, value in kind[1]
+                                          if value != defaults[key].default}}
+        data: dict[str, Any] = {"name": self.name}
+        if self.rules:
+            data["rules"] = [rule.to_dict() for rule in self.rules]
+        for key in ("unfreezing", "early_stopping", "l2sp"):
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = {k: _recipe_value(k, v, self.name) for k, v in value.items()}
+        if self.coarse:
+            data["coarse"] = True
+        if self.probe_C is not None:
+            data["probe_C"] = self.probe_C
+        if self.description:
+            data["description"] = self.description
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Recipe":
+        """The recipe a plain mapping describes: ``{"recipe": "layer_decay", "gamma": 0.75}`` calls
+        the named factory with the other keys; without ``recipe`` the keys are :class:`Recipe`'s fields
+        (``rules`` a list of rule mappings, see :meth:`~lrgroups.Rule.from_dict`; stages in
+        ``unfreezing`` as selector mappings or glob strings).
+
+        Raises:
+            ValueError: an unknown recipe or key (named, with the known ones), or what the factory
+                or :meth:`~lrgroups.Rule.from_dict` refuses.
+            TypeError: ``data`` is not a mapping.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a recipe as data is a mapping, got {type(data).__name__}: {data!r}")
+        data = dict(data)
+        if "recipe" in data:
+            name = data.pop("recipe")
+            factory = _NAMED.get(name)
+            if factory is None:
+                raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(_NAMED))}")
+            _check_keys(data, tuple(inspect.signature(factory).parameters), f"recipe {name!r}")
+            return factory(**{key: Selector(**_selector_fields(value)) if isinstance(value, Mapping) else _decode(key, value)
+                              for key, value in data.items()})
+        known = tuple(f.name for f in fields(cls))
+        _check_keys(data, known, "a recipe")
+        if "name" not in data:
+            raise ValueError("a recipe without a factory name ('recipe') needs its own 'name'")
+        if "rules" in data:
+            data["rules"] = tuple(rules_from_data(list(data["rules"])))
+        if isinstance(data.get("unfreezing"), Mapping) and "stages" in data["unfreezing"]:
+            unfreezing = dict(data["unfreezing"])
+            unfreezing["stages"] = [stage if isinstance(stage, str) else Selector(**_selector_fields(stage))
+                                    for stage in unfreezing["stages"]]
+            data["unfreezing"] = unfreezing
+        return cls(**data)
+
     def build(
         self,
         model: nn.Module,
@@ -368,7 +459,7 @@ class Recipe:
             stages = depth_stages(max(row.depth for row in optimizer.plan), kwargs.pop("depths_per_stage", 1))
         everything = optimizer.select()
         trainable = {id(param) for name, param in everything.items() if optimizer.frozen_by(name) != "model"}
-        stages = [_owned(stage, trainable) for stage in stages]
+        stages = [_owned(_selector(stage), trainable) for stage in stages]  # a glob or a mapping is a stage too
         stages = [stage for stage in stages if optimizer.select(stage, missing="empty")]
         if not stages:
             return None
@@ -382,18 +473,59 @@ class Recipe:
         return ProgressiveUnfreezing(optimizer, stages, **kwargs)
 
 
+def _selector_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    _check_keys(data, tuple(name for name in SELECTOR_FIELDS if name != "where"), "a stage")
+    return {key: _decode(key, value) for key, value in data.items()}
+
+
+def _recipe_value(key: str, value: Any, recipe: str) -> Any:
+    """One value of a recipe's ``unfreezing`` / ``early_stopping`` / ``l2sp`` settings as plain data."""
+    if isinstance(value, Selector):
+        return {name: _encode(name, getattr(value, name), f"recipe {recipe!r}") for name in SELECTOR_FIELDS
+                if getattr(value, name) is not None}
+    if isinstance(value, (tuple, list)):
+        return [_recipe_value(key, item, recipe) for item in value]
+    if isinstance(value, Mapping):
+        return {k: _recipe_value(k, v, recipe) for k, v in value.items()}
+    return _encode(key, value, f"recipe {recipe!r}")
+
+
+#: The named recipe factories (:data:`RECIPES` and :func:`lora_plus`), by the name a recipe's dict gives.
+_NAMED: dict[str, Callable[..., Recipe]] = {}
+
+
+def _named(factory: Callable[..., Recipe]) -> Callable[..., Recipe]:
+    """Register a recipe factory by its name; the recipes it makes remember their arguments (defaults
+    included), so :meth:`Recipe.to_dict` writes them back by name."""
+    signature = inspect.signature(factory)
+
+    @functools.wraps(factory)
+    def make(*args: Any, **kwargs: Any) -> Recipe:
+        recipe = factory(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        object.__setattr__(recipe, "_kind", (factory.__name__, tuple(_frozen(bound.arguments).items())))
+        return recipe
+
+    _NAMED[factory.__name__] = make
+    return make
+
+
 # ---------------------------------------------------------------- the strategies
+@_named
 def full() -> Recipe:
     """Full fine-tuning: every parameter at the base lr."""
     return Recipe("full", description="all parameters, one lr")
 
 
+@_named
 def linear_probe() -> Recipe:
     """Linear probe: only the head trains; the backbone is frozen (and its BatchNorm statistics)."""
     return Recipe("linear_probe", rules=(Rule(where=_NOT_HEAD.where, frozen=True, name="freeze backbone"),),
                   description="head only")
 
 
+@_named
 def lp_ft(ft_lr_mult: float = 1.0, C: float = 1.0) -> Recipe:
     """LP-FT as published (Kumar et al., ICLR 2022, "Fine-Tuning can Distort Pretrained Features and
     Underperform Out-of-Distribution"): fit the head as a linear probe to convergence (closed form,
@@ -429,6 +561,7 @@ def lp_ft(ft_lr_mult: float = 1.0, C: float = 1.0) -> Recipe:
     )
 
 
+@_named
 def l2_sp(alpha: float = 0.1, beta: float = 0.01, anchor: str | Selector | None = None) -> Recipe:
     """L2-SP (Li, Grandvalet & Davoine, ICML 2018, "Explicit Inductive Bias for Transfer Learning
     with Convolutional Networks"): weight decay toward the pretrained weights (strength ``alpha``) for
@@ -450,11 +583,13 @@ def l2_sp(alpha: float = 0.1, beta: float = 0.01, anchor: str | Selector | None 
                   description=f"decay toward the start (alpha={alpha}), head toward 0 (beta={beta})")
 
 
+@_named
 def layer_decay(gamma: float = 0.75) -> Recipe:
     """Layer-wise lr decay (BEiT, MAE, ConvNeXt): ``lr * gamma ** (max_depth - depth)``."""
     return Recipe(f"layer_decay_{gamma}", rules=(R.layer_decay(gamma),), description=f"gamma={gamma}")
 
 
+@_named
 def discriminative(features_lr_ratio: float = 0.01) -> Recipe:
     """The classic two-rate setting: the backbone at ``features_lr_ratio`` x the head's lr (1e-5
     features / 1e-3 head is ratio 0.01)."""
@@ -465,6 +600,7 @@ def discriminative(features_lr_ratio: float = 0.01) -> Recipe:
     )
 
 
+@_named
 def layer_decay_between(first_ratio: float = 0.01) -> Recipe:
     """Layer decay by its end points: depth 0 at ``first_ratio`` x the head lr, geometric up to the
     head, whatever the model's number of depths."""
@@ -486,6 +622,7 @@ def _spread(fraction: float) -> Callable[[int, int], int]:
     return lambda total, num_stages: max(1, int(total * fraction) // max(1, num_stages - 1))
 
 
+@_named
 def gradual_unfreezing(discriminative_gamma: float | None = None, epochs_per_stage: int = 1,
                        unfreeze_fraction: float | None = None) -> Recipe:
     """ULMFiT's gradual unfreezing (Howard & Ruder 2018): head first, then one more depth (deepest
@@ -512,6 +649,7 @@ def gradual_unfreezing(discriminative_gamma: float | None = None, epochs_per_sta
                   description=f"stages spread over {unfreeze_fraction:.0%} of steps, then all")
 
 
+@_named
 def plateau_unfreezing(patience: int = 2, depths_per_stage: int = 2,
                        fallback_fraction: float | None = 0.5) -> Recipe:
     """Unfreeze the next stage (``depths_per_stage`` depths, deepest first) when validation accuracy
@@ -544,6 +682,7 @@ def plateau_unfreezing(patience: int = 2, depths_per_stage: int = 2,
 _BLOCKS = ("first", "middle", "last", "head")
 
 
+@_named
 def surgical(block: str = "first", train_head: bool = True) -> Recipe:
     """Surgical fine-tuning (Lee et al., ICLR 2023, "Surgical Fine-Tuning Improves Adaptation to
     Distribution Shifts"): train one block, the rest frozen. Blocks are stage-wise depths (the stem
@@ -590,6 +729,7 @@ def surgical(block: str = "first", train_head: bool = True) -> Recipe:
     return Recipe(f"surgical_{block}{suffix}", rules=tuple(rules), coarse=True, description=f"{block} block{head}")
 
 
+@_named
 def lora_plus(lr_ratio: float = 16.0, *, vectors: bool = False, embedding_lr: float | None = None) -> Recipe:
     """LoRA+ (Hayou, Ghosh & Yu, ICML 2024): every LoRA ``B`` matrix at ``lr_ratio`` times the lr of its
     ``A`` matrix; ``lr`` at build is the ``A`` matrices' (and every other parameter's) lr. The rules are

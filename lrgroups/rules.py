@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
+import importlib
+import inspect
 import math
 import re
 from abc import ABCMeta
@@ -44,6 +47,9 @@ __all__ = [
     "layer_decay_between",
     "no_weight_decay",
     "head",
+    "RULE_KINDS",
+    "rules_from_data",
+    "rules_to_data",
 ]
 
 Number = Union[int, float]
@@ -250,6 +256,87 @@ class Rule:
         names = [*SELECTOR_FIELDS, *(f.name for f in fields(self) if f.name != "selector")]
         return f"Rule({', '.join(f'{key}={value!r}' for key, value in zip(names, values))})"
 
+    def _values(self) -> tuple:
+        return (self.selector, *(getattr(self, key) for key in _SETTING_FIELDS))
+
+    def __eq__(self, other: object) -> bool:
+        # A rule a named factory made (layer_decay(0.75), head(lr=1e-3)) holds functions; it equals
+        # another made by the same factory with the same arguments.
+        if not isinstance(other, Rule):
+            return NotImplemented
+        mine, theirs = self.__dict__.get("_kind"), other.__dict__.get("_kind")
+        if mine is not None or theirs is not None:
+            return mine == theirs
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        kind = self.__dict__.get("_kind")
+        return hash(kind if kind is not None else self._values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule as plain data (str, numbers, bools, lists, dicts): what :meth:`from_dict` reads
+        back to an equal rule, and what JSON, YAML and TOML hold (:func:`rules_to_data`).
+
+        A rule made by a named factory (:data:`RULE_KINDS`: ``layer_decay``, ``no_weight_decay``,
+        ...) is written as ``{"kind": name, **its arguments}``; any other rule as its fields, those at
+        their defaults left out. ``module_type`` is written as the type's import path, a depth range
+        as ``{"min": low, "max": high}`` (an open end left out), tuples as lists.
+
+        Raises:
+            TypeError: the rule holds a function (``where=``, a callable ``lr``, an Auto-RGN rule):
+                functions are not data.
+
+        Example:
+            >>> Rule("fc.*", lr=1e-3, options={"betas": (0.9, 0.95)}).to_dict()
+            {'pattern': 'fc.*', 'lr': 0.001, 'options': {'betas': [0.9, 0.95]}}
+            >>> layer_decay(0.75, depth=(1, None)).to_dict()
+            {'kind': 'layer_decay', 'gamma': 0.75, 'depth': {'min': 1}}
+        """
+        kind = self.__dict__.get("_kind")
+        if kind is not None:
+            name, arguments = kind
+            return {"kind": name, **{key: _encode(key, value, self.label) for key, value in arguments.items()}}
+        data = {key: _encode(key, getattr(self.selector, key), self.label) for key in SELECTOR_FIELDS
+                if getattr(self.selector, key) is not None}
+        for key in _SETTING_FIELDS:
+            value = getattr(self, key)
+            if value is not None and not (key in ("allow_empty", "needs_depth") and value is False):
+                data[key] = _encode(key, dict(value) if key == "options" else value, self.label)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Rule":
+        """The rule a plain mapping describes (what :meth:`to_dict`, a config file or a CLI gives).
+
+        ``{"kind": "layer_decay", "gamma": 0.75}`` calls the named factory (:data:`RULE_KINDS`) with
+        the other keys; without ``kind`` (or with ``kind = "rule"``) the keys are :class:`Rule`'s own
+        arguments. ``module_type`` may be an import path (``"torch.nn.BatchNorm2d"``), ``depth`` an
+        int, ``[low, high]`` or ``{"min": low, "max": high}``; lists become tuples.
+
+        Raises:
+            ValueError: an unknown ``kind`` or key (the message lists the known ones and the closest),
+                or a ``module_type`` path that names no ``nn.Module`` subclass.
+            TypeError: ``data`` is not a mapping.
+
+        Example:
+            >>> Rule.from_dict({"kind": "layer_decay", "gamma": 0.75}) == layer_decay(0.75)
+            True
+            >>> Rule.from_dict({"pattern": "fc.*", "lr": 1e-3}) == Rule("fc.*", lr=1e-3)
+            True
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a rule as data is a mapping (a dict, a TOML table), got {type(data).__name__}: {data!r}")
+        data = dict(data)
+        kind = data.pop("kind", "rule")
+        if kind == "rule":
+            _check_keys(data, (*SELECTOR_FIELDS, *_SETTING_FIELDS), "a rule")
+            return cls(**{key: _decode(key, value) for key, value in data.items()})
+        factory = RULE_KINDS.get(kind)
+        if factory is None:
+            raise ValueError(f"unknown rule kind {kind!r}; known: {', '.join(['rule', *sorted(RULE_KINDS)])}")
+        _check_keys(data, _kind_keys(factory), f"rule kind {kind!r}")
+        return factory(**{key: _decode(key, value) for key, value in data.items()})
+
     # The selector's fields and methods, read through the rule.
     @property
     def pattern(self) -> str | None:
@@ -310,6 +397,189 @@ class Rule:
 
 
 Selector.register(Rule)  # a rule reads as its selector wherever a Selector is taken
+
+#: A :class:`Rule`'s settings (its fields besides the selector), in order.
+_SETTING_FIELDS: tuple[str, ...] = (
+    "lr", "lr_mult", "weight_decay", "wd_mult", "frozen", "options", "optimizer", "name", "allow_empty", "needs_depth",
+)
+
+#: The named rule factories, by the ``kind`` a rule's dict gives (:meth:`Rule.from_dict`); a rule
+#: they make remembers its arguments, so :meth:`Rule.to_dict` writes it back as its kind.
+RULE_KINDS: dict[str, Callable[..., Rule]] = {}
+
+
+def _named(kind: str) -> Callable[[Callable[..., Rule]], Callable[..., Rule]]:
+    """Register a rule factory under ``kind``; the rules it makes remember ``(kind, arguments)``."""
+
+    def register(factory: Callable[..., Rule]) -> Callable[..., Rule]:
+        signature = inspect.signature(factory)
+
+        @functools.wraps(factory)
+        def make(*args: Any, **kwargs: Any) -> Rule:
+            rule = factory(*args, **kwargs)
+            arguments: dict[str, Any] = {}
+            for name, value in signature.bind(*args, **kwargs).arguments.items():
+                if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                    arguments.update(value)
+                else:
+                    arguments[name] = value
+            object.__setattr__(rule, "_kind", (kind, _FrozenOptions(arguments)))
+            return rule
+
+        RULE_KINDS[kind] = make
+        return make
+
+    return register
+
+
+def _kind_keys(factory: Callable[..., Rule]) -> tuple[str, ...]:
+    parameters = inspect.signature(factory).parameters
+    named = tuple(name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        named += (*SELECTOR_FIELDS, *_SETTING_FIELDS)  # **select / **settings go to Rule
+    return named
+
+
+def _check_keys(data: Mapping[str, Any], known: Sequence[str], what: str) -> None:
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        hints = [f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, known, n=1))
+                 else repr(key) for key in unknown]
+        raise ValueError(f"{what} has unknown key(s) {', '.join(hints)}; known: {', '.join(known)}")
+
+
+def _encode(key: str, value: Any, label: str) -> Any:
+    """One rule value as plain data (see :meth:`Rule.to_dict`)."""
+    if key == "module_type":
+        types = value if isinstance(value, tuple) else (value,)
+        paths = [f"{t.__module__}.{t.__qualname__}" for t in types]
+        return paths if isinstance(value, tuple) else paths[0]
+    if key == "depth" and isinstance(value, tuple):
+        return {bound: end for bound, end in zip(("min", "max"), value, strict=True) if end is not None}
+    if callable(value):
+        raise TypeError(
+            f"rule {label}: {key} is a function, which is not data; write the rule with data fields "
+            f"(pattern, regex, module_type, ndim, depth; numbers) or a named kind ({', '.join(sorted(RULE_KINDS))})"
+        )
+    if isinstance(value, Mapping):
+        return {str(k): _encode(str(k), v, label) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_encode(key, item, label) for item in value]
+    return value
+
+
+def _decode(key: str, value: Any) -> Any:
+    """One rule value from plain data (see :meth:`Rule.from_dict`)."""
+    if key == "module_type":
+        if isinstance(value, (list, tuple)):
+            return tuple(_decode(key, item) for item in value)
+        return _module_type(value) if isinstance(value, str) else value
+    if key == "depth" and isinstance(value, Mapping):
+        _check_keys(value, ("min", "max"), "a depth range")
+        return (value.get("min"), value.get("max"))
+    if isinstance(value, Mapping):
+        return {k: _decode(k, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_decode(key, item) for item in value)
+    return value
+
+
+def _module_type(path: str) -> type:
+    module_name, _, qualname = path.rpartition(".")
+    found: Any = None
+    for cut in range(len(path.split(".")) - 1, 0, -1):  # the longest importable module prefix
+        parts = path.split(".")
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            found = getattr(found, attribute, None)
+        break
+    if not (isinstance(found, type) and issubclass(found, nn.Module)):
+        raise ValueError(f"module_type {path!r} names no nn.Module subclass (give its import path, e.g. 'torch.nn.BatchNorm2d')")
+    return found
+
+
+def rules_to_data(rules: Sequence[Rule], format: str | None = None) -> list[dict[str, Any]] | str:
+    """Rules as plain data (``format=None``: a list of dicts, :meth:`Rule.to_dict`) or as text in
+    ``"json"``, ``"yaml"`` (PyYAML) or ``"toml"`` (tomli-w; an array named ``rules``, which ``[[rules]]`` tables also give).
+
+    Raises:
+        TypeError: a rule holds a function (see :meth:`Rule.to_dict`).
+        ValueError: an unknown ``format``.
+        ImportError: ``"yaml"`` without PyYAML, ``"toml"`` without tomli-w (the ``config`` extra).
+
+    Example:
+        >>> print(rules_to_data([layer_decay(0.75), no_weight_decay()], "toml"))
+        rules = [
+            { kind = "layer_decay", gamma = 0.75 },
+            { kind = "no_weight_decay" },
+        ]
+        <BLANKLINE>
+    """
+    data = [rule.to_dict() for rule in rules]
+    if format is None:
+        return data
+    if format == "json":
+        import json
+
+        return json.dumps({"rules": data}, indent=2)
+    if format == "yaml":
+        import yaml
+
+        return yaml.safe_dump({"rules": data}, sort_keys=False)
+    if format == "toml":
+        import tomli_w
+
+        return tomli_w.dumps({"rules": data})
+    raise ValueError(f"format must be None, 'json', 'yaml' or 'toml', got {format!r}")
+
+
+def rules_from_data(data: Any, format: str | None = None) -> list[Rule]:
+    """Rules from plain data or text: a list of rule mappings, or a mapping with a ``rules`` list (a
+    TOML file's ``[[rules]]`` tables); text is parsed as ``format`` (``"json"``, ``"yaml"``,
+    ``"toml"``). A :class:`Rule` in the list is kept as it is.
+
+    Raises:
+        ValueError: as :meth:`Rule.from_dict` (with the rule's position), an unknown ``format``, or a
+            mapping without ``rules``.
+
+    Example:
+        >>> text = '{"rules": [{"kind": "layer_decay", "gamma": 0.75}, {"pattern": "fc.*", "lr": 0.001}]}'
+        >>> rules_from_data(text, "json") == [layer_decay(0.75), Rule("fc.*", lr=1e-3)]
+        True
+    """
+    if format is not None:
+        if format == "json":
+            import json
+
+            data = json.loads(data)
+        elif format == "yaml":
+            import yaml
+
+            data = yaml.safe_load(data)
+        elif format == "toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10: the tomli backport (a dependency there)
+                import tomli as tomllib
+
+            data = tomllib.loads(data)
+        else:
+            raise ValueError(f"format must be None, 'json', 'yaml' or 'toml', got {format!r}")
+    if isinstance(data, Mapping):
+        _check_keys(data, ("rules",), "a rules document")
+        if "rules" not in data:
+            raise ValueError("a rules document is a list of rules or a mapping with a 'rules' list")
+        data = data["rules"]
+    rules = []
+    for index, item in enumerate(data):
+        try:
+            rules.append(item if isinstance(item, Rule) else Rule.from_dict(item))
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"rule {index}: {error}") from None
+    return rules
 
 
 @dataclass(frozen=True)
@@ -430,6 +700,7 @@ def plan_params(
     first taking every parameter no rule routes). A ``None`` weight decay means "the inner
     optimizer's default": it stays ``None`` unless a rule sets it (``wd_mult`` on it raises).
     """
+    rules = [Rule.from_dict(rule) if isinstance(rule, Mapping) else rule for rule in rules]
     if optimizers is not None:
         unknown = sorted({rule.optimizer for rule in rules if rule.optimizer is not None} - set(optimizers))
         if unknown:
@@ -514,6 +785,7 @@ def _check_gamma(gamma: float) -> None:
         raise ValueError(f"layer decay gamma must be in (0, 1], got {gamma!r}")
 
 
+@_named("layer_decay")
 def layer_decay(gamma: float, **select) -> Rule:
     """Geometric layer decay: ``lr_mult = gamma ** (max_depth - depth)`` (BEiT, MAE, ConvNeXt).
 
@@ -533,6 +805,7 @@ def layer_decay(gamma: float, **select) -> Rule:
     )
 
 
+@_named("layer_decay_between")
 def layer_decay_between(first_lr: float, head_lr: float, **select) -> Rule:
     """Layer decay given by its end points: ``first_lr`` at depth 0, ``head_lr`` at the top depth,
     geometric in between: ``lr = first_lr * (head_lr / first_lr) ** (depth / max_depth)``.
@@ -556,6 +829,7 @@ def layer_decay_between(first_lr: float, head_lr: float, **select) -> Rule:
     )
 
 
+@_named("no_weight_decay")
 def no_weight_decay(**select) -> Rule:
     """Weight decay 0 for biases, norm weights, every tensor with ``ndim <= 1`` and the names the
     model lists in its ``no_weight_decay()`` (timm: ``pos_embed``, ``cls_token``, ...).
@@ -573,6 +847,7 @@ def no_weight_decay(**select) -> Rule:
     )
 
 
+@_named("head")
 def head(**settings) -> Rule:
     """A rule for the parameters of every head (:attr:`ParamInfo.is_head`): timm's
     ``get_classifier()`` on timm models; otherwise every layer whose output reaches the model's
