@@ -21,6 +21,7 @@ from .groups import param_groups
 from .integrations import unwrap
 from .l2sp import L2SP
 from .lora import lora_plus
+from .lr_finder import lr_range_test
 from .norms import FrozenNormStats, batch_norms, freeze_norm_stats, precise_bn
 from .optimizer import CheckpointMismatchError, LayerwiseOptimizer
 from .rgn import auto_rgn, relative_gradient_norms
@@ -61,6 +62,7 @@ __all__ = [
     "layer_decay",
     "layer_decay_between",
     "lora_plus",
+    "lr_range_test",
     "no_weight_decay",
     "param_depths",
     "param_groups",
