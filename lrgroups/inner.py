@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Union
 
 import torch
+from torch.optim.optimizer import required as _REQUIRED
 
 __all__ = [
     "DERIVED_STATE",
@@ -34,6 +35,7 @@ __all__ = [
     "base_value",
     "build_inner",
     "check_factory",
+    "computes_own_lr",
     "factory_name",
     "signature_default",
     "specs",
@@ -79,7 +81,9 @@ class Inner:
 
 def signature_default(factory: OptimizerFactory, name: str) -> Any:
     """The default of keyword ``name`` in ``factory``'s signature; ``inspect.Parameter.empty`` when it
-    has none, does not take it, or has no readable signature.
+    has none, does not take it, has no readable signature, or its default is torch's ``required``
+    marker (``torch.optim.optimizer.required``: ``SGDP(params, lr=required)`` in timm, older torch
+    SGD), which says "no default".
 
     Args:
         factory: an optimizer class or callable.
@@ -92,7 +96,9 @@ def signature_default(factory: OptimizerFactory, name: str) -> Any:
         parameter = inspect.signature(factory).parameters.get(name)
     except (TypeError, ValueError):
         return inspect.Parameter.empty
-    return inspect.Parameter.empty if parameter is None else parameter.default
+    if parameter is None or parameter.default is _REQUIRED:
+        return inspect.Parameter.empty
+    return parameter.default
 
 
 def accepts(factory: OptimizerFactory, name: str) -> bool:
@@ -206,6 +212,30 @@ def base_value(what: str, given: Any, factory: OptimizerFactory, kwargs: dict, r
             raise ValueError(f"{factory_name(factory)} has no default {what}: pass {what}=...")
         return None
     return default
+
+
+def computes_own_lr(factory: OptimizerFactory, kwargs: dict, given: Any) -> bool:
+    """Whether an inner optimizer runs without an lr: none is given (to it or to the wrapper) and its
+    signature's default lr is ``None``, its switch to an lr it computes itself at every step
+    (Adafactor's relative step, in timm's ``timm.optim.Adafactor`` and transformers'
+    ``transformers.optimization.Adafactor``; Shazeer & Stern 2018, section 8).
+
+    Args:
+        factory: the inner optimizer's class or callable.
+        kwargs: its own keyword arguments.
+        given: the wrapper's ``lr`` (``None``: not given).
+
+    Returns:
+        Whether it computes its own lr.
+
+    Example:
+        >>> import timm.optim
+        >>> computes_own_lr(timm.optim.Adafactor, {}, None), computes_own_lr(timm.optim.Adafactor, {}, 1e-3)
+        (True, False)
+    """
+    if "lr" in kwargs:
+        return kwargs["lr"] is None
+    return given is None and signature_default(factory, "lr") is None
 
 
 def build_inner(factory: OptimizerFactory, groups: list[dict], kwargs: dict, name: str | None,

@@ -47,6 +47,7 @@ from .inner import (
     accepts,
     base_value,
     build_inner,
+    computes_own_lr,
     factory_name,
     specs,
     unprofiled_step,
@@ -196,19 +197,12 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             infos = [info for info in infos if selector.matches(info)]
             if not infos:
                 raise ValueError(f"select={selector.criteria()} matches no parameter of the model")
-        base_lr = {name: base_value("lr", lr, f, kw, required=True) for name, (f, kw) in wanted.items()}
+        base_lr = {name: base_value("lr", lr, f, kw, required=False) for name, (f, kw) in wanted.items()}
         base_wd = {name: base_value("weight_decay", weight_decay, f, kw, required=False) for name, (f, kw) in wanted.items()}
         for name, (factory, kwargs) in wanted.items():
             if weight_decay is not None and "weight_decay" not in kwargs and not accepts(factory, "weight_decay"):
                 raise ValueError(f"{factory_name(factory)} has no weight_decay option but weight_decay={weight_decay} was given")
-        names = list(wanted) if None not in wanted else None
-        rows = plan_params(
-            infos,
-            lr={name: float(value) for name, value in base_lr.items()} if names else float(base_lr[None]),
-            weight_decay=base_wd if names else base_wd[None],
-            rules=rules,
-            optimizers=names,
-        )
+        rows = _plan_rows(infos, wanted, lr, base_lr, base_wd, rules)
 
         # Groups: distinct settings in order of first appearance, grouped by inner optimizer.
         order, members = group_settings(rows, list(wanted))
@@ -265,7 +259,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             slots.append(_Slot(info, row, g, frozen_by))
         self._slots = slots
         self._inners = inners
-        self._planned_lrs = [float(s[1]) for s in order]
+        self._planned_lrs = [None if s[1] is None else float(s[1]) for s in order]
         self._planned_wds = [group.get("weight_decay") for group in all_groups]  # where no rule sets one
         self._norm_stats = norm_stats
         self._derive()
@@ -289,7 +283,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         tensor lr stays the tensor the user gave and untouched options stay the optimizer's."""
         _, lr, weight_decay, options = setting
         group: dict[str, Any] = {"params": params}
-        if lr != float(base_lr):
+        if base_lr is None:  # no base lr: every lr is a rule's (or None: the optimizer computes its own)
+            if lr is not None:
+                group["lr"] = lr
+        elif lr != float(base_lr):
             group["lr"] = torch.tensor(lr, dtype=base_lr.dtype, device=base_lr.device) if isinstance(base_lr, torch.Tensor) else lr
         if weight_decay is not None and weight_decay != base_wd:
             group["weight_decay"] = weight_decay
@@ -477,7 +474,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             trainable_numel=("trainable_numel", "sum"),
         )
         out.insert(0, "name", [self.param_groups[g]["name"] for g in out.index])
-        out.insert(2, "current_lr", [float(self.param_groups[g]["lr"]) for g in out.index])
+        out.insert(2, "current_lr", [math.nan if self.param_groups[g].get("lr") is None
+                                     else float(self.param_groups[g]["lr"]) for g in out.index])
         return out
 
     def __repr__(self) -> str:
@@ -494,10 +492,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         Raises:
             ValueError: the base lr is 0.
         """
-        base = float(self.defaults["lr"])
-        if base == 0:
+        base = self.defaults["lr"]
+        if not isinstance(base, (int, float, torch.Tensor)) or any(lr is None for lr in self._planned_lrs):
+            raise ValueError(f"per_group needs a base lr and an lr in every group; the base lr is {base!r} (give the "
+                             "optimizer lr=...)")
+        if float(base) == 0:
             raise ValueError("per_group needs a non-zero base lr")
-        return [value * group_lr / base for group_lr in self._planned_lrs]
+        return [value * group_lr / float(base) for group_lr in self._planned_lrs]
 
     def _warn_if_ratios_flattened(self, optimizer, args, kwargs) -> None:
         """Step pre-hook for the first step only (step() removes it); registered first, so it sees
@@ -505,8 +506,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         furthest from their planned ratio (not every lr), what to pass to each kind of scheduler, and
         points at the user's line (the first frame outside torch and lrgroups)."""
         planned = self._planned_lrs
-        current = [float(group["lr"]) for group in self.param_groups]
-        scale = {g: c / p for g, (c, p) in enumerate(zip(current, planned)) if p > 0}
+        current = [None if p is None else float(group["lr"]) for p, group in zip(planned, self.param_groups)]
+        scale = {g: c / p for g, (c, p) in enumerate(zip(current, planned)) if p is not None and p > 0}
         if not scale or all(math.isclose(s, next(iter(scale.values())), rel_tol=1e-6, abs_tol=1e-12)
                             for s in scale.values()):
             return
@@ -766,6 +767,48 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             slot.kept = cast_like_torch(slot.param, state, self.param_groups[slot.group])
         if checkpoint.has_stepped(state_dict):  # a checkpoint of a run past its first step: nothing left to check
             self._end_ratio_check()
+
+
+def _plan_rows(infos: list[ParamInfo], wanted: dict, lr: Any, base_lr: dict, base_wd: dict,
+               rules: Sequence[Rule]) -> list[ParamPlan]:
+    """The plan rows, also for inner optimizers without a base lr: one whose default is torch's
+    ``required`` marker or missing (timm's SGDP) needs an absolute lr by rule for every parameter
+    routed to it; one that computes its own lr (:func:`lrgroups.inner.computes_own_lr`: Adafactor's
+    relative step) takes no lr from any rule, and its rows' lr is ``None``. Which rows get an lr
+    from the base is read by planning twice, with two different placeholder base lrs."""
+    names = list(wanted) if None not in wanted else None
+
+    def run(placeholder: float) -> list[ParamPlan]:
+        lrs = {name: placeholder if value is None else float(value) for name, value in base_lr.items()}
+        return plan_params(infos, lr=lrs if names else lrs[None], weight_decay=base_wd if names else base_wd[None],
+                           rules=rules, optimizers=names)
+
+    rows = run(1.0)
+    missing = [name for name, value in base_lr.items() if value is None]
+    if not missing:
+        return rows
+    other = run(2.0)
+    own = set()
+    for name in missing:
+        factory, kwargs = wanted[name]
+        label = factory_name(factory) + ("" if name is None else f" ({name!r})")
+        routed = [(a, b) for a, b in zip(rows, other) if a.optimizer == name]
+        if computes_own_lr(factory, kwargs, lr):
+            own.add(name)
+            touched = [a.name for a, b in routed if (a.lr, b.lr) != (1.0, 2.0)]
+            if touched:
+                raise ValueError(
+                    f"{label} computes its own lr at every step when it has none (lr=None: Adafactor's relative "
+                    f"step), so no rule can set or scale it, but the rules do for {first_names(touched)}: pass "
+                    "lr=... (the optimizer then steps with the rules' lrs; Adafactor's relative step is off) or drop "
+                    "the rules' lr, lr_mult and layer decay")
+        else:
+            unset = [a.name for a, b in routed if a.lr != b.lr]
+            if unset:
+                raise ValueError(
+                    f"{label} has no default lr: pass lr=..., or give every parameter an lr by rule "
+                    f"(Rule(..., lr=...)); no rule sets one for {first_names(unset)}")
+    return [replace(row, lr=None) if row.optimizer in own else row for row in rows]
 
 
 def _user_stacklevel() -> int:

@@ -1,0 +1,78 @@
+"""Issue 27, the optimizer core: schedule-free inner optimizers (train/eval), stale gradients of
+parameters thawed the torch way, inner optimizers that keep their state elsewhere (timm's
+Lookahead), torch's ``required`` lr marker and Adafactor's relative step, SparseAdam with a tensor lr."""
+
+from __future__ import annotations
+
+import pytest
+import timm.optim
+import torch
+import torch.nn as nn
+import transformers.optimization
+
+import lrgroups
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+def _backward(model: nn.Module, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    model(torch.randn(5, 3, generator=generator)).pow(2).sum().backward()
+
+
+# ------------------------------------------------------------------ item 17: required lr, Adafactor's relative step
+def test_required_lr_marker_says_there_is_no_default_lr_and_rules_can_give_every_lr():
+    """timm's SGDP declares ``lr=required`` (torch's marker): without an lr the error says that it has
+    no default lr and names the parameters no rule gives one (not ``float() ... _RequiredParameter``);
+    when rules give every parameter an absolute lr, the wrapper builds and steps bitwise as the bare
+    SGDP with those lrs."""
+    with pytest.raises(ValueError, match=r"SGDP has no default lr: pass lr=.*no rule sets one for 0.weight"):
+        lrgroups.LayerwiseOptimizer(_model(), timm.optim.SGDP)
+    with pytest.raises(ValueError, match=r"SGDP has no default lr.*no rule sets one for 2.weight, 2.bias$"):
+        lrgroups.LayerwiseOptimizer(_model(), timm.optim.SGDP, rules=[lrgroups.Rule("0.*", lr=0.1)])
+    model, reference = _model(), _model()
+    opt = lrgroups.LayerwiseOptimizer(model, timm.optim.SGDP, momentum=0.9,
+                                      rules=[lrgroups.Rule("*", lr=0.1), lrgroups.Rule("0.*", lr=0.01)])
+    bare = timm.optim.SGDP([{"params": list(reference[0].parameters()), "lr": 0.01},
+                            {"params": list(reference[2].parameters()), "lr": 0.1}], momentum=0.9)
+    for step in range(3):
+        for m, o in ((model, opt), (reference, bare)):
+            o.zero_grad()
+            _backward(m, step)
+            o.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+    with pytest.raises(ValueError, match="per_group needs a base lr"):
+        opt.per_group(1.0)
+
+
+@pytest.mark.parametrize("adafactor", [timm.optim.Adafactor, transformers.optimization.Adafactor],
+                         ids=["timm", "transformers"])
+def test_adafactor_relative_step_is_wrapped_and_lr_rules_are_refused(adafactor):
+    """Adafactor with ``lr=None`` computes its own lr at every step (relative step): the wrapper
+    builds it without an lr (groups carry none, ``explain()`` shows ``None``), steps bitwise as the
+    bare optimizer with weight-decay rules and frozen parameters, and refuses any rule that would set
+    or scale an lr (it could not apply), naming the parameters."""
+    with pytest.raises(ValueError, match=r"computes its own lr.*rules do for 0.weight, 0.bias: pass lr="):
+        lrgroups.LayerwiseOptimizer(_model(), adafactor, rules=[lrgroups.layer_decay(0.5)])
+    with pytest.raises(ValueError, match=r"computes its own lr.*rules do for 2.bias"):
+        lrgroups.LayerwiseOptimizer(_model(), adafactor, rules=[lrgroups.Rule("2.bias", lr_mult=2.0)])
+    model, reference = _model(), _model()
+    opt = lrgroups.LayerwiseOptimizer(model, adafactor, weight_decay=0.1,
+                                      rules=[lrgroups.no_weight_decay(), lrgroups.Rule("0.bias", frozen=True)])
+    assert opt.explain()["lr"].isna().all() and "lr own" in opt.param_groups[0]["name"]
+    bare = adafactor([{"params": [reference[0].weight, reference[2].weight]},
+                      {"params": [reference[2].bias], "weight_decay": 0.0}], weight_decay=0.1)
+    reference[0].bias.requires_grad_(False)
+    for step in range(3):
+        for m, o in ((model, opt), (reference, bare)):
+            o.zero_grad()
+            _backward(m, step)
+            o.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+    assert opt.summary()["current_lr"].notna().all() or adafactor is transformers.optimization.Adafactor
+    # with an lr the rules apply as for any optimizer
+    lrgroups.LayerwiseOptimizer(_model(), adafactor, lr=1e-3, rules=[lrgroups.layer_decay(0.5)],
+                                **({"relative_step": False} if adafactor is transformers.optimization.Adafactor else {}))
