@@ -300,6 +300,12 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for slot in self._slots:
             self._group_slots[slot.group].append(slot)
         self._steps = [unprofiled_step(inner.optimizer) for inner in self._inners]
+        self._list_frozen()
+
+    def _list_frozen(self) -> None:
+        """The frozen parameters (``zero_grad`` clears them, ``step`` checks their ``requires_grad``)."""
+        self._frozen = [slot.param for slot in self._slots if slot.frozen_by is not None]
+        self._warned_outside = ()
 
     def _relink(self, loaded: bool = True) -> None:
         """Point every inner optimizer at its range of ``param_groups`` and at the shared ``state``;
@@ -319,6 +325,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             group = self.param_groups[g]
             group["params"][:] = [slot.param for slot in trainable]
             group["param_names"] = [slot.row.name for slot in trainable]
+        self._list_frozen()
 
     def _install_hooks(self) -> None:
         self._layout_hook = self.register_state_dict_post_hook(_add_layout, prepend=True)
@@ -385,6 +392,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """
         if self._ratio_check is not None:  # the first step's check has run (torch ran the pre-hooks)
             self._end_ratio_check()
+        if any(p.requires_grad for p in self._frozen) or not all(
+            p.requires_grad for group in self.param_groups for p in group["params"]
+        ):
+            self._warn_outside_changes(_user_stacklevel() + 1, once=True)
         steps = self._steps
         if len(steps) == 1:
             return steps[0](closure)
@@ -395,6 +406,26 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for step in steps:
             step()
         return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Torch's ``zero_grad`` over the param groups (its hooks and profiling), and the same for
+        every frozen parameter: a gradient a frozen parameter collected (its ``requires_grad`` set
+        outside the optimizer; ``step`` warns about it) is cleared, never left stale.
+
+        Args:
+            set_to_none: set gradients to ``None`` (default) instead of zeroing them, as torch's.
+        """
+        super().zero_grad(set_to_none)
+        for param in self._frozen:
+            if param.grad is not None:
+                if set_to_none:
+                    param.grad = None
+                else:
+                    if param.grad.grad_fn is not None:
+                        param.grad.detach_()
+                    else:
+                        param.grad.requires_grad_(False)
+                    param.grad.zero_()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Refused once built (it would break attached LR schedulers): the groups come from the
@@ -652,18 +683,29 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._sync({slot.group for slot in slots})
         return [slot.row.name for slot in slots]
 
-    def _warn_outside_changes(self) -> None:
+    def _warn_outside_changes(self, stacklevel: int = 3, once: bool = False) -> None:
         """Warn when ``requires_grad`` was changed outside the wrapper, so that torch and the frozen
-        set disagree: a frozen parameter that collects gradients (never applied, and dropped when it
-        is unfrozen) or a trainable one that gets none (silently never stepped)."""
+        set disagree: a frozen parameter that collects gradients (never applied, cleared by
+        ``zero_grad`` and dropped when it is unfrozen) or a trainable one that gets none (silently
+        never stepped). ``once``: not again for the same parameters (``step`` checks every time)."""
         collecting = [slot.row.name for slot in self._slots if slot.frozen_by is not None and slot.param.requires_grad]
         starved = [slot.row.name for slot in self._slots if slot.frozen_by is None and not slot.param.requires_grad]
-        for names, what in ((collecting, "frozen but requires_grad=True: their gradients are never applied"),
-                            (starved, "trainable but requires_grad=False: they get no gradient, so no step")):
+        if once:
+            if (collecting, starved) == self._warned_outside:
+                return
+            self._warned_outside = (collecting, starved)
+        for names, what, fix in (
+            (collecting, "frozen but requires_grad=True: they collect gradients that are never applied (zero_grad "
+             "clears them)", f"to train them call opt.unfreeze({collecting[0]!r}) (or a pattern) instead of "
+             "requires_grad_(True)" if collecting else ""),
+            (starved, "trainable but requires_grad=False: they get no gradient, so no step",
+             f"to freeze them call opt.freeze({starved[0]!r}) (or a pattern) instead of requires_grad_(False)"
+             if starved else ""),
+        ):
             if names:
-                warnings.warn(f"requires_grad was changed outside the optimizer: {first_names(names)} {'is' if len(names) == 1 else 'are'} "
-                              f"{what}; freeze and unfreeze through the optimizer (opt.freeze / opt.unfreeze)",
-                              UserWarning, stacklevel=3)
+                warnings.warn(f"requires_grad was changed outside the optimizer: {first_names(names)} "
+                              f"{'is' if len(names) == 1 else 'are'} {what}; {fix}: freeze and unfreeze through "
+                              "the optimizer", UserWarning, stacklevel=stacklevel)
 
     def _fresh_state(self, slot: _Slot) -> None:
         """For an optimizer that creates state in its constructor (Adagrad): the state its
