@@ -39,6 +39,7 @@ __all__ = [
     "factory_name",
     "signature_default",
     "specs",
+    "state_carriers",
     "unprofiled_step",
 ]
 
@@ -68,6 +69,8 @@ class Inner:
         start: the index of its first group in the wrapper's ``param_groups``.
         stop: one past the index of its last group.
         eager_state: its constructor creates state (Adagrad): a hot-added parameter needs it too.
+        carriers: the optimizers nested in it that step its groups and keep the state (timm's
+            ``Lookahead`` keeps its moments in its base optimizer; see :func:`state_carriers`).
     """
 
     name: str | None
@@ -77,6 +80,7 @@ class Inner:
     start: int
     stop: int
     eager_state: bool
+    carriers: tuple = ()
 
 
 def signature_default(factory: OptimizerFactory, name: str) -> Any:
@@ -270,6 +274,37 @@ def build_inner(factory: OptimizerFactory, groups: list[dict], kwargs: dict, nam
     if not isinstance(built, torch.optim.Optimizer):
         raise TypeError(f"{label} returned {type(built).__name__}, not a torch.optim.Optimizer")
     return built
+
+
+def state_carriers(optimizer: torch.optim.Optimizer) -> tuple[torch.optim.Optimizer, ...]:
+    """The optimizers nested in ``optimizer`` (its attributes, recursively) that step some of its
+    param groups (the same group dicts) and so keep their own ``state``: the base optimizer of a
+    wrapper such as timm's ``Lookahead`` (``_base_optimizer``) or schedulefree's
+    ``ScheduleFreeWrapper`` (``base``). Their ``state`` and ``param_groups`` are to be linked with
+    the outer optimizer's, or their state is lost to ``state_dict`` and freezing.
+
+    Args:
+        optimizer: an inner optimizer, as built.
+
+    Returns:
+        The nested optimizers, outermost first (empty for a plain optimizer).
+
+    Example:
+        >>> import torch, timm.optim
+        >>> base = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+        >>> state_carriers(timm.optim.Lookahead(base)) == (base,)
+        True
+    """
+    groups = {id(group) for group in optimizer.param_groups}
+    found, seen, todo = [], {id(optimizer)}, [optimizer]
+    while todo:
+        for value in vars(todo.pop(0)).values():
+            if isinstance(value, torch.optim.Optimizer) and id(value) not in seen:
+                seen.add(id(value))
+                todo.append(value)
+                if any(id(group) in groups for group in value.param_groups):
+                    found.append(value)
+    return tuple(found)
 
 
 def unprofiled_step(optimizer: torch.optim.Optimizer) -> Callable:

@@ -50,6 +50,7 @@ from .inner import (
     computes_own_lr,
     factory_name,
     specs,
+    state_carriers,
     unprofiled_step,
 )
 from .norms import FrozenNormStats, OwnedNormFreeze, norm_units, remove_all
@@ -227,7 +228,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             decayed = any(rows[i].weight_decay is not None for k in range(len(settings)) for i in members[start + k])
             if decayed and "weight_decay" not in built.defaults:
                 raise ValueError(f"{type(built).__name__} has no weight_decay option but the rules set weight decay")
-            inners.append(Inner(name, built, factory, kwargs, start, start + len(settings), False))
+            inners.append(Inner(name, built, factory, kwargs, start, start + len(settings), False,
+                                state_carriers(built)))
             start += len(settings)
 
         all_groups = [group for inner in inners for group in inner.optimizer.param_groups]
@@ -244,8 +246,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for group, name in zip(all_groups, group_names(rows, order, all_groups)):
             group["name"] = name
         state = inners[0].optimizer.state
-        for inner in inners[1:]:
-            state.update(inner.optimizer.state)
+        for holder in [inner.optimizer for inner in inners[1:]] + [c for inner in inners for c in inner.carriers]:
+            state.update(holder.state)
         self.state = state
         for inner in inners:
             inner.eager_state = any(p in state for g in inner.optimizer.param_groups for p in g["params"])
@@ -313,10 +315,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         checkpoints, as it does when it loads one itself."""
         for inner in self._inners:
             contents = {"state": self.state, "param_groups": self.param_groups[inner.start : inner.stop]}
-            if loaded:
-                inner.optimizer.__setstate__(contents)
-            else:
-                inner.optimizer.__dict__.update(contents)
+            for optimizer in (inner.optimizer, *inner.carriers):  # the nested ones that keep the state too
+                if loaded:
+                    optimizer.__setstate__(contents)
+                else:
+                    optimizer.__dict__.update(contents)
 
     def _sync(self, groups: Iterable[int]) -> None:
         """Rebuild the ``params`` and ``param_names`` lists of ``groups`` from the slots (in place)."""
@@ -715,8 +718,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             return
         group = {key: value for key, value in self.param_groups[slot.group].items() if key not in ("params", "param_names")}
         probe = inner.factory([{**group, "params": [slot.param]}], **inner.kwargs)
-        if slot.param in probe.state:
-            self.state[slot.param] = probe.state[slot.param]
+        for holder in (probe, *state_carriers(probe)):
+            if slot.param in holder.state:
+                self.state[slot.param] = holder.state[slot.param]
 
     def group_of(self, name: str) -> int:
         """Index into ``param_groups`` of the group the rules gave ``name`` (frozen or not)."""

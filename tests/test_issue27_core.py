@@ -4,6 +4,7 @@ Lookahead), torch's ``required`` lr marker and Adafactor's relative step, Sparse
 
 from __future__ import annotations
 
+import io
 import time
 import warnings
 
@@ -133,3 +134,56 @@ def test_the_step_check_costs_little_next_to_a_step():
     check = best(lambda: any(p.requires_grad for p in opt._frozen)
                  or not all(p.requires_grad for g in opt.param_groups for p in g["params"]))
     assert check < 0.05 * best(opt.step)
+
+
+# ------------------------------------------------------------------ item 15: inner optimizers that keep their state elsewhere
+def _lookahead(groups, **kwargs):
+    return timm.optim.Lookahead(torch.optim.AdamW(groups, **kwargs), k=2)
+
+
+def _train(model, opt, steps, scheduler=None, start=0):
+    for step in range(start, start + steps):
+        opt.zero_grad()
+        _backward(model, step)
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+def test_lookahead_state_is_the_wrappers_and_a_resume_continues_bitwise():
+    """timm's Lookahead keeps its moments and slow weights in its base optimizer: through the wrapper
+    they are in ``state_dict()['state']`` (torch's layout, by name), freezing drops them, and a resume
+    (save after an unfreeze, ``torch.load(weights_only=True)``, fresh model and wrapper, the LR
+    scheduler's state too) continues bitwise like the uninterrupted run."""
+
+    def build(model):
+        opt = lrgroups.LayerwiseOptimizer(model, _lookahead, lr=1e-2, weight_decay=0.1,
+                                          rules=[lrgroups.no_weight_decay(), lrgroups.Rule("0.*", frozen=True)])
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+
+    model = _model()
+    opt, scheduler = build(model)
+    _train(model, opt, 3, scheduler)
+    opt.unfreeze("0.*")
+    _train(model, opt, 2, scheduler, start=3)
+    saved = opt.state_dict()
+    assert {"exp_avg", "exp_avg_sq", "lookahead_slow_buff"} <= set(saved["state"][0])
+    assert len(saved["state"]) == 4 and saved["param_groups"][0]["lookahead_step"] == 5
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": saved, "sched": scheduler.state_dict()}, buffer)
+    _train(model, opt, 4, scheduler, start=5)
+
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    resumed = _model(seed=1)
+    resumed.load_state_dict(checkpoint["model"])
+    opt2, scheduler2 = build(resumed)
+    opt2.load_state_dict(checkpoint["opt"])
+    scheduler2.load_state_dict(checkpoint["sched"])
+    _train(resumed, opt2, 4, scheduler2, start=5)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
+    # the base optimizer steps the loaded groups (the scheduler's lr reaches it) and shares the state
+    base = opt2.inner._base_optimizer
+    assert base.param_groups[0] is opt2.param_groups[0] and base.state is opt2.state
+    opt2.freeze("2.*")
+    assert resumed[2].weight not in base.state
