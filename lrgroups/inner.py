@@ -279,9 +279,9 @@ def build_inner(factory: OptimizerFactory, groups: list[dict], kwargs: dict, nam
 def state_carriers(optimizer: torch.optim.Optimizer) -> tuple[torch.optim.Optimizer, ...]:
     """The optimizers nested in ``optimizer`` (its attributes, recursively) that step some of its
     param groups (the same group dicts) and so keep their own ``state``: the base optimizer of a
-    wrapper such as timm's ``Lookahead`` (``_base_optimizer``) or schedulefree's
-    ``ScheduleFreeWrapper`` (``base``). Their ``state`` and ``param_groups`` are to be linked with
-    the outer optimizer's, or their state is lost to ``state_dict`` and freezing.
+    wrapper such as timm's ``Lookahead`` (``_base_optimizer``). Their ``state`` and ``param_groups``
+    are to be linked with the outer optimizer's, or their state is lost to ``state_dict`` and
+    freezing.
 
     Args:
         optimizer: an inner optimizer, as built.

@@ -264,6 +264,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._planned_lrs = [None if s[1] is None else float(s[1]) for s in order]
         self._planned_wds = [group.get("weight_decay") for group in all_groups]  # where no rule sets one
         self._norm_stats = norm_stats
+        self._mode: str | None = None  # the last train()/eval() forwarded to the inner optimizers
         self._derive()
         self._relink(loaded=False)
         for slot in slots:
@@ -357,11 +358,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         state.update({key: self.__dict__[key] for key in ("_slots", "_inners", "_planned_lrs", "_planned_wds",
                                                           "_norm_stats", "_norm_units")})
         state["_ratio_check_pending"] = self.__dict__.get("_ratio_check") is not None
+        state["_mode"] = self.__dict__.get("_mode")
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         ratio_check_pending = state.pop("_ratio_check_pending", True)
+        self._mode = state.pop("_mode", self.__dict__.get("_mode"))
         super().__setstate__(state)
         if "_slots" in state:  # unpickled or deep-copied: rebuild what is derived, own hooks anew
             if "_planned_wds" not in state:  # pickled when the rows held the inner default weight decay
@@ -380,6 +383,51 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def inners(self) -> dict[str | None, torch.optim.Optimizer]:
         """The inner optimizers by name (``None`` for a single one)."""
         return {inner.name: inner.optimizer for inner in self._inners}
+
+    def train(self) -> None:
+        """Switch every inner optimizer that has a mode switch to its training mode: calls its
+        ``train()`` (schedule-free optimizers, Defazio et al. 2024: ``schedulefree.AdamWScheduleFree``,
+        ``SGDScheduleFree``, ``RAdamScheduleFree``, which refuse to step
+        otherwise and move the parameters from the averaged point ``x`` to the gradient point ``y``);
+        inner optimizers without one are left as they are. accelerate's ``AcceleratedOptimizer`` and
+        the HF Trainer call it (``hasattr(optimizer, "train")``); call it with ``model.train()``.
+
+        Parameters frozen while in training mode are moved to their averaged point first (see
+        :meth:`freeze`), so a frozen parameter holds what ``eval()`` would give it.
+
+        Example:
+            >>> import torch, torch.nn as nn, lrgroups
+            >>> opt = lrgroups.LayerwiseOptimizer(nn.Linear(2, 2), torch.optim.SGD, lr=0.1)
+            >>> opt.train(); opt.eval()  # no inner mode switch: nothing happens
+        """
+        self._switch("train")
+
+    def eval(self) -> None:
+        """Switch every inner optimizer that has a mode switch to its evaluation mode (its
+        ``eval()``; see :meth:`train`); call it with ``model.eval()``, before evaluating or saving
+        the model's weights."""
+        self._switch("eval")
+
+    def _switch(self, mode: str) -> None:
+        for inner in self._inners:
+            switch = getattr(inner.optimizer, mode, None)
+            if callable(switch):
+                switch()
+        self._mode = mode
+
+    def _move_one(self, slot: _Slot, state: dict, mode: str) -> None:
+        """Move one parameter (not in any group: frozen, or being unfrozen) between the points of a
+        schedule-free inner optimizer, with the inner optimizer's own ``train()``/``eval()`` run on a
+        probe optimizer over that parameter alone: first the opposite switch without its state (the
+        probe's mode, no value changes), then ``mode`` with it (the parameter moves)."""
+        inner = next(inner for inner in self._inners if inner.start <= slot.group < inner.stop)
+        if not (callable(getattr(inner.optimizer, "train", None)) and callable(getattr(inner.optimizer, "eval", None))):
+            return
+        group = {key: value for key, value in self.param_groups[slot.group].items() if key not in ("params", "param_names")}
+        probe = inner.factory([{**group, "params": [slot.param]}], **inner.kwargs)
+        getattr(probe, "eval" if mode == "train" else "train")()
+        probe.state[slot.param] = state
+        getattr(probe, mode)()
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
@@ -629,7 +677,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         dropped (``keep_state=False``, the default: a later unfreeze starts afresh, as a newly added
         parameter would) or kept aside and restored on unfreeze (``keep_state=True``; it is carried
         by ``state_dict()``). ``owner`` is recorded (``explain()["frozen_by"]``) so that
-        ``unfreeze(owner=...)`` thaws only what that owner froze.
+        ``unfreeze(owner=...)`` thaws only what that owner froze. With a schedule-free inner optimizer
+        in training mode (:meth:`train`), a parameter that has state is first moved to its averaged
+        point ``x`` (what ``eval()`` gives it), which it keeps while frozen; ``keep_state=True``
+        moves it back to ``y`` when it is unfrozen in training mode.
 
         Raises:
             ValueError: the selection matches no parameter (with the closest names).
@@ -650,6 +701,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._warn_outside_changes()
         for slot in slots:
             state = self.state.pop(slot.param, None)
+            if state and self._mode == "train":  # a schedule-free inner: leave the gradient point y for x
+                self._move_one(slot, state, "eval")
             slot.kept = state if keep_state and state else None
             slot.param.requires_grad_(False)
             slot.param.grad = None
@@ -677,6 +730,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for slot in slots:
             slot.param.grad = None  # a gradient from before (or outside) the freeze is never applied
             if slot.kept is not None:
+                if self._mode == "train":  # a schedule-free inner: back from x to the gradient point y
+                    self._move_one(slot, slot.kept, "train")
                 self.state[slot.param] = slot.kept
                 slot.kept = None
             else:
@@ -811,6 +866,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for name, state in kept.items():
             slot = self._index[name]
             slot.kept = cast_like_torch(slot.param, state, self.param_groups[slot.group])
+        saved = state_dict.get("lrgroups")
+        if saved is not None and "mode" in saved:  # the mode its schedule-free inner optimizers were in
+            self._mode = saved["mode"]
         if checkpoint.has_stepped(state_dict):  # a checkpoint of a run past its first step: nothing left to check
             self._end_ratio_check()
 
@@ -873,4 +931,4 @@ def _user_stacklevel() -> int:
 def _add_layout(optimizer: LayerwiseOptimizer, state_dict: dict[str, Any]) -> None:
     """State-dict post-hook (registered first): lrgroups' layout in its own key (:func:`lrgroups.checkpoint.layout`)."""
     state_dict["lrgroups"] = checkpoint.layout(optimizer._slots, optimizer._settings,
-                                               stepped=optimizer._ratio_check is None)
+                                               stepped=optimizer._ratio_check is None, mode=optimizer._mode)

@@ -4,11 +4,13 @@ Lookahead), torch's ``required`` lr marker and Adafactor's relative step, Sparse
 
 from __future__ import annotations
 
+import copy
 import io
 import time
 import warnings
 
 import pytest
+import schedulefree
 import timm.optim
 import torch
 import torch.nn as nn
@@ -187,3 +189,148 @@ def test_lookahead_state_is_the_wrappers_and_a_resume_continues_bitwise():
     assert base.param_groups[0] is opt2.param_groups[0] and base.state is opt2.state
     opt2.freeze("2.*")
     assert resumed[2].weight not in base.state
+
+
+# ------------------------------------------------------------------ item 1: schedule-free inner optimizers
+
+
+
+def _sf_pair(seed=0):
+    """A wrapper over two schedule-free inner optimizers (AdamW for biases, SGD for weights) and the
+    bare optimizers over the same parameters."""
+    model, reference = _model(seed), _model(seed)
+    opt = lrgroups.LayerwiseOptimizer(
+        model, {"adamw": (schedulefree.AdamWScheduleFree, {"lr": 1e-2}),
+                "sgd": (schedulefree.SGDScheduleFree, {"lr": 0.1, "momentum": 0.9})},
+        rules=[lrgroups.Rule(ndim=2, optimizer="sgd")])
+    bare = [schedulefree.AdamWScheduleFree([reference[0].bias, reference[2].bias], lr=1e-2),
+            schedulefree.SGDScheduleFree([reference[0].weight, reference[2].weight], lr=0.1, momentum=0.9)]
+    return model, opt, reference, bare
+
+
+def test_train_and_eval_reach_every_schedule_free_inner_optimizer():
+    """accelerate#4159, kohya-ss/sd-scripts#1667: ``opt.train()``/``opt.eval()`` switch every inner
+    optimizer that has a mode switch: steps and the switch to the averaged weights are bitwise the
+    bare schedule-free optimizers'; without ``train()`` the inner optimizer refuses to step, as bare."""
+    model, opt, reference, bare = _sf_pair()
+    with pytest.raises(Exception, match="not in train mode"):
+        _backward(model, 0)
+        opt.step()
+    opt.zero_grad()
+    opt.train()
+    for o in bare:
+        o.train()
+    for step in range(3):
+        opt.zero_grad()
+        _backward(model, step)
+        opt.step()
+        for o in bare:
+            o.zero_grad()
+        _backward(reference, step)
+        for o in bare:
+            o.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+    opt.eval()
+    for o in bare:
+        o.eval()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+    assert not any(group["train_mode"] for group in opt.param_groups)
+
+
+def test_accelerates_optimizer_wrapper_switches_the_inner_optimizers():
+    """accelerate's ``AcceleratedOptimizer`` (what the HF Trainer holds) forwards ``train()``/``eval()``
+    when the optimizer has them (``hasattr(optimizer, "train")``): through it the inner schedule-free
+    optimizers switch and step."""
+    import accelerate
+
+    model, opt, _, _ = _sf_pair()
+    accelerator = accelerate.Accelerator(cpu=True)
+    model, prepared = accelerator.prepare(model, opt)
+    prepared.train()
+    assert all(group["train_mode"] for group in opt.param_groups)
+    before = [p.detach().clone() for p in model.parameters()]
+    _backward(model, 0)
+    prepared.step()
+    prepared.zero_grad()
+    assert not any(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    prepared.eval()
+    assert not any(group["train_mode"] for group in opt.param_groups)
+
+
+def test_schedule_free_unfreezing_is_hot_add_equivalent_and_freezing_keeps_the_averaged_point():
+    """A frozen group unfrozen at step k, with eval/train switches between, gives bitwise the
+    parameters of a run in which it sat in the optimizer with no gradient until k. A parameter
+    frozen in training mode is moved to its averaged point x (bitwise what ``eval()`` gives it) and
+    stays there through later switches; ``keep_state=True`` takes it back to y on unfreezing."""
+
+    def run(frozen: bool):
+        model = _model()
+        opt = lrgroups.LayerwiseOptimizer(model, schedulefree.AdamWScheduleFree, lr=1e-2,
+                                          rules=[lrgroups.Rule("0.*", frozen=True)] if frozen else [])
+        opt.train()
+        for step in range(6):
+            if step == 3 and frozen:
+                opt.unfreeze("0.*")
+            if step == 2:
+                opt.eval()
+                opt.train()
+            opt.zero_grad()
+            _backward(model, step)
+            if step < 3:
+                model[0].weight.grad = model[0].bias.grad = None
+            opt.step()
+        return model, opt
+
+    (hot, opt), (sat, _) = run(True), run(False)
+    assert all(torch.equal(p, q) for p, q in zip(hot.parameters(), sat.parameters()))
+
+    reference = copy.deepcopy(opt)  # with copies of the parameters
+    reference.eval()  # where eval() takes every parameter: the averaged point x
+    x = reference.param_groups[0]["params"][2].detach().clone()  # 2.weight's
+    y = hot[2].weight.detach().clone()
+    assert not torch.equal(x, y)
+    opt.freeze("2.weight", keep_state=True)
+    assert torch.equal(hot[2].weight, x)
+    opt.eval()
+    opt.train()
+    assert torch.equal(hot[2].weight, x)
+    opt.unfreeze("2.weight")
+    torch.testing.assert_close(hot[2].weight, y)  # back at y (one lerp each way: not bitwise)
+    assert not torch.equal(hot[2].weight, x)
+
+
+def test_schedule_free_resume_continues_bitwise():
+    """A checkpoint taken in training mode (its z buffers in ``state``, ``train_mode`` in the groups,
+    the mode in lrgroups' key) resumes in a fresh model and wrapper bitwise like the uninterrupted
+    run, also across an unfreeze before the save and a freeze after the load."""
+
+    def build(model):
+        opt = lrgroups.LayerwiseOptimizer(model, schedulefree.AdamWScheduleFree, lr=1e-2,
+                                          rules=[lrgroups.Rule("0.*", frozen=True)])
+        opt.train()
+        return opt
+
+    model = _model()
+    opt = build(model)
+    _train(model, opt, 2)
+    opt.unfreeze("0.*")
+    _train(model, opt, 2, start=2)
+    saved = opt.state_dict()
+    assert "z" in saved["state"][0] and saved["lrgroups"]["mode"] == "train"
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": saved}, buffer)
+    opt.freeze("2.bias")
+    _train(model, opt, 3, start=4)
+    opt.eval()
+
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    resumed = _model(seed=1)
+    resumed.load_state_dict(checkpoint["model"])
+    opt2 = lrgroups.LayerwiseOptimizer(resumed, schedulefree.AdamWScheduleFree, lr=1e-2,
+                                       rules=[lrgroups.Rule("0.*", frozen=True)])
+    opt2.load_state_dict(checkpoint["opt"])
+    opt2.freeze("2.bias")
+    _train(resumed, opt2, 3, start=4)
+    opt2.eval()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
