@@ -171,17 +171,21 @@ def settings(row: Any, weight_decay: Any = None) -> dict[str, Any]:
     return {"optimizer": row.optimizer, "lr": row.lr, "weight_decay": decay, "options": dict(row.options)}
 
 
-def layout(slots: Sequence[Any], slot_settings: Sequence[Mapping[str, Any]], *, stepped: bool) -> dict[str, Any]:
+def layout(slots: Sequence[Any], slot_settings: Sequence[Mapping[str, Any]], *, stepped: bool,
+           mode: str | None = None) -> dict[str, Any]:
     """The ``"lrgroups"`` entry of a state dict (see ``LayerwiseOptimizer.state_dict``).
 
     Args:
         slots: one per parameter, in plan order (see the module docstring).
         slot_settings: :func:`settings` of each slot.
         stepped: whether the first step's ratio check has run.
+        mode: the last mode switch forwarded to the inner optimizers (``"train"``, ``"eval"``;
+            ``None``: none yet), for schedule-free optimizers.
 
     Returns:
         ``format``, ``names``, ``settings``, ``groups``, ``frozen`` (``{name: owner}``),
-        ``planned_frozen``, ``kept`` (``{name: state}``) and ``stepped``: plain values and tensors.
+        ``planned_frozen``, ``kept`` (``{name: state}``), ``stepped`` and, once a mode was switched,
+        ``mode``: plain values and tensors.
     """
     return {
         "format": FORMAT,
@@ -192,6 +196,7 @@ def layout(slots: Sequence[Any], slot_settings: Sequence[Mapping[str, Any]], *, 
         "planned_frozen": [slot.row.name for slot in slots if slot.row.frozen],
         "kept": {slot.row.name: slot.kept for slot in slots if slot.kept is not None},
         "stepped": stepped,
+        **({} if mode is None else {"mode": mode}),
     }
 
 

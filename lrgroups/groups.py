@@ -47,7 +47,7 @@ def group_settings(rows: Sequence[ParamPlan], optimizers: Sequence[str | None] =
 def group_names(rows: Sequence[ParamPlan], settings: Sequence[tuple], groups: Sequence[dict]) -> list[str]:
     """A readable, unique name per group ("depth 3–4 · lr 0.001 · wd 0.05"), from its members' depths
     and its settings (``groups``: the built group dicts, whose ``weight_decay`` is shown where the
-    settings leave it to the optimizer); loggers (Lightning's LearningRateMonitor, the HF callback)
+    settings leave it to the optimizer; "lr own" where the optimizer computes its lr itself); loggers (Lightning's LearningRateMonitor, the HF callback)
     show it."""
     group_index = {setting: g for g, setting in enumerate(settings)}
     depths: dict[int, list[int]] = {}
@@ -57,7 +57,7 @@ def group_names(rows: Sequence[ParamPlan], settings: Sequence[tuple], groups: Se
     names = []
     for g, (optimizer, lr, weight_decay, options) in enumerate(settings):
         low, high = min(depths[g]), max(depths[g])
-        parts = [f"depth {low}" if low == high else f"depth {low}–{high}", f"lr {lr:.3g}"]
+        parts = [f"depth {low}" if low == high else f"depth {low}–{high}", f"lr {lr:.3g}" if lr is not None else "lr own"]
         weight_decay = groups[g].get("weight_decay", weight_decay)  # the inner optimizer's default if unset
         if isinstance(weight_decay, (int, float)):
             parts.append(f"wd {weight_decay:.3g}")

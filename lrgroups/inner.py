@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Union
 
 import torch
+from torch.optim.optimizer import required as _REQUIRED
 
 __all__ = [
     "DERIVED_STATE",
@@ -34,9 +35,11 @@ __all__ = [
     "base_value",
     "build_inner",
     "check_factory",
+    "computes_own_lr",
     "factory_name",
     "signature_default",
     "specs",
+    "state_carriers",
     "unprofiled_step",
 ]
 
@@ -66,6 +69,8 @@ class Inner:
         start: the index of its first group in the wrapper's ``param_groups``.
         stop: one past the index of its last group.
         eager_state: its constructor creates state (Adagrad): a hot-added parameter needs it too.
+        carriers: the optimizers nested in it that step its groups and keep the state (timm's
+            ``Lookahead`` keeps its moments in its base optimizer; see :func:`state_carriers`).
     """
 
     name: str | None
@@ -75,11 +80,14 @@ class Inner:
     start: int
     stop: int
     eager_state: bool
+    carriers: tuple = ()
 
 
 def signature_default(factory: OptimizerFactory, name: str) -> Any:
     """The default of keyword ``name`` in ``factory``'s signature; ``inspect.Parameter.empty`` when it
-    has none, does not take it, or has no readable signature.
+    has none, does not take it, has no readable signature, or its default is torch's ``required``
+    marker (``torch.optim.optimizer.required``: ``SGDP(params, lr=required)`` in timm, older torch
+    SGD), which says "no default".
 
     Args:
         factory: an optimizer class or callable.
@@ -92,7 +100,9 @@ def signature_default(factory: OptimizerFactory, name: str) -> Any:
         parameter = inspect.signature(factory).parameters.get(name)
     except (TypeError, ValueError):
         return inspect.Parameter.empty
-    return inspect.Parameter.empty if parameter is None else parameter.default
+    if parameter is None or parameter.default is _REQUIRED:
+        return inspect.Parameter.empty
+    return parameter.default
 
 
 def accepts(factory: OptimizerFactory, name: str) -> bool:
@@ -208,6 +218,30 @@ def base_value(what: str, given: Any, factory: OptimizerFactory, kwargs: dict, r
     return default
 
 
+def computes_own_lr(factory: OptimizerFactory, kwargs: dict, given: Any) -> bool:
+    """Whether an inner optimizer runs without an lr: none is given (to it or to the wrapper) and its
+    signature's default lr is ``None``, its switch to an lr it computes itself at every step
+    (Adafactor's relative step, in timm's ``timm.optim.Adafactor`` and transformers'
+    ``transformers.optimization.Adafactor``; Shazeer & Stern 2018, section 8).
+
+    Args:
+        factory: the inner optimizer's class or callable.
+        kwargs: its own keyword arguments.
+        given: the wrapper's ``lr`` (``None``: not given).
+
+    Returns:
+        Whether it computes its own lr.
+
+    Example:
+        >>> import timm.optim
+        >>> computes_own_lr(timm.optim.Adafactor, {}, None), computes_own_lr(timm.optim.Adafactor, {}, 1e-3)
+        (True, False)
+    """
+    if "lr" in kwargs:
+        return kwargs["lr"] is None
+    return given is None and signature_default(factory, "lr") is None
+
+
 def build_inner(factory: OptimizerFactory, groups: list[dict], kwargs: dict, name: str | None,
                 lr: Any, weight_decay: Any) -> torch.optim.Optimizer:
     """Build one inner optimizer over ``groups``.
@@ -240,6 +274,37 @@ def build_inner(factory: OptimizerFactory, groups: list[dict], kwargs: dict, nam
     if not isinstance(built, torch.optim.Optimizer):
         raise TypeError(f"{label} returned {type(built).__name__}, not a torch.optim.Optimizer")
     return built
+
+
+def state_carriers(optimizer: torch.optim.Optimizer) -> tuple[torch.optim.Optimizer, ...]:
+    """The optimizers nested in ``optimizer`` (its attributes, recursively) that step some of its
+    param groups (the same group dicts) and so keep their own ``state``: the base optimizer of a
+    wrapper such as timm's ``Lookahead`` (``_base_optimizer``). Their ``state`` and ``param_groups``
+    are to be linked with the outer optimizer's, or their state is lost to ``state_dict`` and
+    freezing.
+
+    Args:
+        optimizer: an inner optimizer, as built.
+
+    Returns:
+        The nested optimizers, outermost first (empty for a plain optimizer).
+
+    Example:
+        >>> import torch, timm.optim
+        >>> base = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+        >>> state_carriers(timm.optim.Lookahead(base)) == (base,)
+        True
+    """
+    groups = {id(group) for group in optimizer.param_groups}
+    found, seen, todo = [], {id(optimizer)}, [optimizer]
+    while todo:
+        for value in vars(todo.pop(0)).values():
+            if isinstance(value, torch.optim.Optimizer) and id(value) not in seen:
+                seen.add(id(value))
+                todo.append(value)
+                if any(id(group) in groups for group in value.param_groups):
+                    found.append(value)
+    return tuple(found)
 
 
 def unprofiled_step(optimizer: torch.optim.Optimizer) -> Callable:

@@ -47,8 +47,10 @@ from .inner import (
     accepts,
     base_value,
     build_inner,
+    computes_own_lr,
     factory_name,
     specs,
+    state_carriers,
     unprofiled_step,
 )
 from .norms import FrozenNormStats, OwnedNormFreeze, norm_units, remove_all
@@ -196,19 +198,12 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             infos = [info for info in infos if selector.matches(info)]
             if not infos:
                 raise ValueError(f"select={selector.criteria()} matches no parameter of the model")
-        base_lr = {name: base_value("lr", lr, f, kw, required=True) for name, (f, kw) in wanted.items()}
+        base_lr = {name: base_value("lr", lr, f, kw, required=False) for name, (f, kw) in wanted.items()}
         base_wd = {name: base_value("weight_decay", weight_decay, f, kw, required=False) for name, (f, kw) in wanted.items()}
         for name, (factory, kwargs) in wanted.items():
             if weight_decay is not None and "weight_decay" not in kwargs and not accepts(factory, "weight_decay"):
                 raise ValueError(f"{factory_name(factory)} has no weight_decay option but weight_decay={weight_decay} was given")
-        names = list(wanted) if None not in wanted else None
-        rows = plan_params(
-            infos,
-            lr={name: float(value) for name, value in base_lr.items()} if names else float(base_lr[None]),
-            weight_decay=base_wd if names else base_wd[None],
-            rules=rules,
-            optimizers=names,
-        )
+        rows = _plan_rows(infos, wanted, lr, base_lr, base_wd, rules)
 
         # Groups: distinct settings in order of first appearance, grouped by inner optimizer.
         order, members = group_settings(rows, list(wanted))
@@ -233,7 +228,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             decayed = any(rows[i].weight_decay is not None for k in range(len(settings)) for i in members[start + k])
             if decayed and "weight_decay" not in built.defaults:
                 raise ValueError(f"{type(built).__name__} has no weight_decay option but the rules set weight decay")
-            inners.append(Inner(name, built, factory, kwargs, start, start + len(settings), False))
+            inners.append(Inner(name, built, factory, kwargs, start, start + len(settings), False,
+                                state_carriers(built)))
             start += len(settings)
 
         all_groups = [group for inner in inners for group in inner.optimizer.param_groups]
@@ -250,8 +246,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for group, name in zip(all_groups, group_names(rows, order, all_groups)):
             group["name"] = name
         state = inners[0].optimizer.state
-        for inner in inners[1:]:
-            state.update(inner.optimizer.state)
+        for holder in [inner.optimizer for inner in inners[1:]] + [c for inner in inners for c in inner.carriers]:
+            state.update(holder.state)
         self.state = state
         for inner in inners:
             inner.eager_state = any(p in state for g in inner.optimizer.param_groups for p in g["params"])
@@ -265,9 +261,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             slots.append(_Slot(info, row, g, frozen_by))
         self._slots = slots
         self._inners = inners
-        self._planned_lrs = [float(s[1]) for s in order]
+        self._planned_lrs = [None if s[1] is None else float(s[1]) for s in order]
         self._planned_wds = [group.get("weight_decay") for group in all_groups]  # where no rule sets one
         self._norm_stats = norm_stats
+        self._mode: str | None = None  # the last train()/eval() forwarded to the inner optimizers
         self._derive()
         self._relink(loaded=False)
         for slot in slots:
@@ -289,7 +286,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         tensor lr stays the tensor the user gave and untouched options stay the optimizer's."""
         _, lr, weight_decay, options = setting
         group: dict[str, Any] = {"params": params}
-        if lr != float(base_lr):
+        if base_lr is None:  # no base lr: every lr is a rule's (or None: the optimizer computes its own)
+            if lr is not None:
+                group["lr"] = lr
+        elif lr != float(base_lr):
             group["lr"] = torch.tensor(lr, dtype=base_lr.dtype, device=base_lr.device) if isinstance(base_lr, torch.Tensor) else lr
         if weight_decay is not None and weight_decay != base_wd:
             group["weight_decay"] = weight_decay
@@ -303,6 +303,12 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for slot in self._slots:
             self._group_slots[slot.group].append(slot)
         self._steps = [unprofiled_step(inner.optimizer) for inner in self._inners]
+        self._list_frozen()
+
+    def _list_frozen(self) -> None:
+        """The frozen parameters (``zero_grad`` clears them, ``step`` checks their ``requires_grad``)."""
+        self._frozen = [slot.param for slot in self._slots if slot.frozen_by is not None]
+        self._warned_outside = ()
 
     def _relink(self, loaded: bool = True) -> None:
         """Point every inner optimizer at its range of ``param_groups`` and at the shared ``state``;
@@ -310,10 +316,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         checkpoints, as it does when it loads one itself."""
         for inner in self._inners:
             contents = {"state": self.state, "param_groups": self.param_groups[inner.start : inner.stop]}
-            if loaded:
-                inner.optimizer.__setstate__(contents)
-            else:
-                inner.optimizer.__dict__.update(contents)
+            for optimizer in (inner.optimizer, *inner.carriers):  # the nested ones that keep the state too
+                if loaded:
+                    optimizer.__setstate__(contents)
+                else:
+                    optimizer.__dict__.update(contents)
 
     def _sync(self, groups: Iterable[int]) -> None:
         """Rebuild the ``params`` and ``param_names`` lists of ``groups`` from the slots (in place)."""
@@ -322,6 +329,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             group = self.param_groups[g]
             group["params"][:] = [slot.param for slot in trainable]
             group["param_names"] = [slot.row.name for slot in trainable]
+        self._list_frozen()
 
     def _install_hooks(self) -> None:
         self._layout_hook = self.register_state_dict_post_hook(_add_layout, prepend=True)
@@ -350,11 +358,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         state.update({key: self.__dict__[key] for key in ("_slots", "_inners", "_planned_lrs", "_planned_wds",
                                                           "_norm_stats", "_norm_units")})
         state["_ratio_check_pending"] = self.__dict__.get("_ratio_check") is not None
+        state["_mode"] = self.__dict__.get("_mode")
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         ratio_check_pending = state.pop("_ratio_check_pending", True)
+        self._mode = state.pop("_mode", self.__dict__.get("_mode"))
         super().__setstate__(state)
         if "_slots" in state:  # unpickled or deep-copied: rebuild what is derived, own hooks anew
             if "_planned_wds" not in state:  # pickled when the rows held the inner default weight decay
@@ -374,6 +384,51 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """The inner optimizers by name (``None`` for a single one)."""
         return {inner.name: inner.optimizer for inner in self._inners}
 
+    def train(self) -> None:
+        """Switch every inner optimizer that has a mode switch to its training mode: calls its
+        ``train()`` (schedule-free optimizers, Defazio et al. 2024: ``schedulefree.AdamWScheduleFree``,
+        ``SGDScheduleFree``, ``RAdamScheduleFree``, which refuse to step
+        otherwise and move the parameters from the averaged point ``x`` to the gradient point ``y``);
+        inner optimizers without one are left as they are. accelerate's ``AcceleratedOptimizer`` and
+        the HF Trainer call it (``hasattr(optimizer, "train")``); call it with ``model.train()``.
+
+        Parameters frozen while in training mode are moved to their averaged point first (see
+        :meth:`freeze`), so a frozen parameter holds what ``eval()`` would give it.
+
+        Example:
+            >>> import torch, torch.nn as nn, lrgroups
+            >>> opt = lrgroups.LayerwiseOptimizer(nn.Linear(2, 2), torch.optim.SGD, lr=0.1)
+            >>> opt.train(); opt.eval()  # no inner mode switch: nothing happens
+        """
+        self._switch("train")
+
+    def eval(self) -> None:
+        """Switch every inner optimizer that has a mode switch to its evaluation mode (its
+        ``eval()``; see :meth:`train`); call it with ``model.eval()``, before evaluating or saving
+        the model's weights."""
+        self._switch("eval")
+
+    def _switch(self, mode: str) -> None:
+        for inner in self._inners:
+            switch = getattr(inner.optimizer, mode, None)
+            if callable(switch):
+                switch()
+        self._mode = mode
+
+    def _move_one(self, slot: _Slot, state: dict, mode: str) -> None:
+        """Move one parameter (not in any group: frozen, or being unfrozen) between the points of a
+        schedule-free inner optimizer, with the inner optimizer's own ``train()``/``eval()`` run on a
+        probe optimizer over that parameter alone: first the opposite switch without its state (the
+        probe's mode, no value changes), then ``mode`` with it (the parameter moves)."""
+        inner = next(inner for inner in self._inners if inner.start <= slot.group < inner.stop)
+        if not (callable(getattr(inner.optimizer, "train", None)) and callable(getattr(inner.optimizer, "eval", None))):
+            return
+        group = {key: value for key, value in self.param_groups[slot.group].items() if key not in ("params", "param_names")}
+        probe = inner.factory([{**group, "params": [slot.param]}], **inner.kwargs)
+        getattr(probe, "eval" if mode == "train" else "train")()
+        probe.state[slot.param] = state
+        getattr(probe, mode)()
+
     @property
     def _step_supports_amp_scaling(self) -> bool:
         return all(getattr(inner.optimizer, "_step_supports_amp_scaling", False) for inner in self._inners)
@@ -388,6 +443,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """
         if self._ratio_check is not None:  # the first step's check has run (torch ran the pre-hooks)
             self._end_ratio_check()
+        if any(p.requires_grad for p in self._frozen) or not all(
+            p.requires_grad for group in self.param_groups for p in group["params"]
+        ):
+            self._warn_outside_changes(_user_stacklevel() + 1, once=True)
         steps = self._steps
         if len(steps) == 1:
             return steps[0](closure)
@@ -398,6 +457,26 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for step in steps:
             step()
         return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Torch's ``zero_grad`` over the param groups (its hooks and profiling), and the same for
+        every frozen parameter: a gradient a frozen parameter collected (its ``requires_grad`` set
+        outside the optimizer; ``step`` warns about it) is cleared, never left stale.
+
+        Args:
+            set_to_none: set gradients to ``None`` (default) instead of zeroing them, as torch's.
+        """
+        super().zero_grad(set_to_none)
+        for param in self._frozen:
+            if param.grad is not None:
+                if set_to_none:
+                    param.grad = None
+                else:
+                    if param.grad.grad_fn is not None:
+                        param.grad.detach_()
+                    else:
+                        param.grad.requires_grad_(False)
+                    param.grad.zero_()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Refused once built (it would break attached LR schedulers): the groups come from the
@@ -477,7 +556,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             trainable_numel=("trainable_numel", "sum"),
         )
         out.insert(0, "name", [self.param_groups[g]["name"] for g in out.index])
-        out.insert(2, "current_lr", [float(self.param_groups[g]["lr"]) for g in out.index])
+        out.insert(2, "current_lr", [math.nan if self.param_groups[g].get("lr") is None
+                                     else float(self.param_groups[g]["lr"]) for g in out.index])
         return out
 
     def __repr__(self) -> str:
@@ -494,10 +574,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         Raises:
             ValueError: the base lr is 0.
         """
-        base = float(self.defaults["lr"])
-        if base == 0:
+        base = self.defaults["lr"]
+        if not isinstance(base, (int, float, torch.Tensor)) or any(lr is None for lr in self._planned_lrs):
+            raise ValueError(f"per_group needs a base lr and an lr in every group; the base lr is {base!r} (give the "
+                             "optimizer lr=...)")
+        if float(base) == 0:
             raise ValueError("per_group needs a non-zero base lr")
-        return [value * group_lr / base for group_lr in self._planned_lrs]
+        return [value * group_lr / float(base) for group_lr in self._planned_lrs]
 
     def _warn_if_ratios_flattened(self, optimizer, args, kwargs) -> None:
         """Step pre-hook for the first step only (step() removes it); registered first, so it sees
@@ -505,8 +588,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         furthest from their planned ratio (not every lr), what to pass to each kind of scheduler, and
         points at the user's line (the first frame outside torch and lrgroups)."""
         planned = self._planned_lrs
-        current = [float(group["lr"]) for group in self.param_groups]
-        scale = {g: c / p for g, (c, p) in enumerate(zip(current, planned)) if p > 0}
+        current = [None if p is None else float(group["lr"]) for p, group in zip(planned, self.param_groups)]
+        scale = {g: c / p for g, (c, p) in enumerate(zip(current, planned)) if p is not None and p > 0}
         if not scale or all(math.isclose(s, next(iter(scale.values())), rel_tol=1e-6, abs_tol=1e-12)
                             for s in scale.values()):
             return
@@ -594,7 +677,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         dropped (``keep_state=False``, the default: a later unfreeze starts afresh, as a newly added
         parameter would) or kept aside and restored on unfreeze (``keep_state=True``; it is carried
         by ``state_dict()``). ``owner`` is recorded (``explain()["frozen_by"]``) so that
-        ``unfreeze(owner=...)`` thaws only what that owner froze.
+        ``unfreeze(owner=...)`` thaws only what that owner froze. With a schedule-free inner optimizer
+        in training mode (:meth:`train`), a parameter that has state is first moved to its averaged
+        point ``x`` (what ``eval()`` gives it), which it keeps while frozen; ``keep_state=True``
+        moves it back to ``y`` when it is unfrozen in training mode.
 
         Raises:
             ValueError: the selection matches no parameter (with the closest names).
@@ -615,6 +701,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._warn_outside_changes()
         for slot in slots:
             state = self.state.pop(slot.param, None)
+            if state and self._mode == "train":  # a schedule-free inner: leave the gradient point y for x
+                self._move_one(slot, state, "eval")
             slot.kept = state if keep_state and state else None
             slot.param.requires_grad_(False)
             slot.param.grad = None
@@ -642,6 +730,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for slot in slots:
             slot.param.grad = None  # a gradient from before (or outside) the freeze is never applied
             if slot.kept is not None:
+                if self._mode == "train":  # a schedule-free inner: back from x to the gradient point y
+                    self._move_one(slot, slot.kept, "train")
                 self.state[slot.param] = slot.kept
                 slot.kept = None
             else:
@@ -651,18 +741,29 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._sync({slot.group for slot in slots})
         return [slot.row.name for slot in slots]
 
-    def _warn_outside_changes(self) -> None:
+    def _warn_outside_changes(self, stacklevel: int = 3, once: bool = False) -> None:
         """Warn when ``requires_grad`` was changed outside the wrapper, so that torch and the frozen
-        set disagree: a frozen parameter that collects gradients (never applied, and dropped when it
-        is unfrozen) or a trainable one that gets none (silently never stepped)."""
+        set disagree: a frozen parameter that collects gradients (never applied, cleared by
+        ``zero_grad`` and dropped when it is unfrozen) or a trainable one that gets none (silently
+        never stepped). ``once``: not again for the same parameters (``step`` checks every time)."""
         collecting = [slot.row.name for slot in self._slots if slot.frozen_by is not None and slot.param.requires_grad]
         starved = [slot.row.name for slot in self._slots if slot.frozen_by is None and not slot.param.requires_grad]
-        for names, what in ((collecting, "frozen but requires_grad=True: their gradients are never applied"),
-                            (starved, "trainable but requires_grad=False: they get no gradient, so no step")):
+        if once:
+            if (collecting, starved) == self._warned_outside:
+                return
+            self._warned_outside = (collecting, starved)
+        for names, what, fix in (
+            (collecting, "frozen but requires_grad=True: they collect gradients that are never applied (zero_grad "
+             "clears them)", f"to train them call opt.unfreeze({collecting[0]!r}) (or a pattern) instead of "
+             "requires_grad_(True)" if collecting else ""),
+            (starved, "trainable but requires_grad=False: they get no gradient, so no step",
+             f"to freeze them call opt.freeze({starved[0]!r}) (or a pattern) instead of requires_grad_(False)"
+             if starved else ""),
+        ):
             if names:
-                warnings.warn(f"requires_grad was changed outside the optimizer: {first_names(names)} {'is' if len(names) == 1 else 'are'} "
-                              f"{what}; freeze and unfreeze through the optimizer (opt.freeze / opt.unfreeze)",
-                              UserWarning, stacklevel=3)
+                warnings.warn(f"requires_grad was changed outside the optimizer: {first_names(names)} "
+                              f"{'is' if len(names) == 1 else 'are'} {what}; {fix}: freeze and unfreeze through "
+                              "the optimizer", UserWarning, stacklevel=stacklevel)
 
     def _fresh_state(self, slot: _Slot) -> None:
         """For an optimizer that creates state in its constructor (Adagrad): the state its
@@ -672,8 +773,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             return
         group = {key: value for key, value in self.param_groups[slot.group].items() if key not in ("params", "param_names")}
         probe = inner.factory([{**group, "params": [slot.param]}], **inner.kwargs)
-        if slot.param in probe.state:
-            self.state[slot.param] = probe.state[slot.param]
+        for holder in (probe, *state_carriers(probe)):
+            if slot.param in holder.state:
+                self.state[slot.param] = holder.state[slot.param]
 
     def group_of(self, name: str) -> int:
         """Index into ``param_groups`` of the group the rules gave ``name`` (frozen or not)."""
@@ -764,8 +866,53 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for name, state in kept.items():
             slot = self._index[name]
             slot.kept = cast_like_torch(slot.param, state, self.param_groups[slot.group])
+        saved = state_dict.get("lrgroups")
+        if saved is not None and "mode" in saved:  # the mode its schedule-free inner optimizers were in
+            self._mode = saved["mode"]
         if checkpoint.has_stepped(state_dict):  # a checkpoint of a run past its first step: nothing left to check
             self._end_ratio_check()
+
+
+def _plan_rows(infos: list[ParamInfo], wanted: dict, lr: Any, base_lr: dict, base_wd: dict,
+               rules: Sequence[Rule]) -> list[ParamPlan]:
+    """The plan rows, also for inner optimizers without a base lr: one whose default is torch's
+    ``required`` marker or missing (timm's SGDP) needs an absolute lr by rule for every parameter
+    routed to it; one that computes its own lr (:func:`lrgroups.inner.computes_own_lr`: Adafactor's
+    relative step) takes no lr from any rule, and its rows' lr is ``None``. Which rows get an lr
+    from the base is read by planning twice, with two different placeholder base lrs."""
+    names = list(wanted) if None not in wanted else None
+
+    def run(placeholder: float) -> list[ParamPlan]:
+        lrs = {name: placeholder if value is None else float(value) for name, value in base_lr.items()}
+        return plan_params(infos, lr=lrs if names else lrs[None], weight_decay=base_wd if names else base_wd[None],
+                           rules=rules, optimizers=names)
+
+    rows = run(1.0)
+    missing = [name for name, value in base_lr.items() if value is None]
+    if not missing:
+        return rows
+    other = run(2.0)
+    own = set()
+    for name in missing:
+        factory, kwargs = wanted[name]
+        label = factory_name(factory) + ("" if name is None else f" ({name!r})")
+        routed = [(a, b) for a, b in zip(rows, other) if a.optimizer == name]
+        if computes_own_lr(factory, kwargs, lr):
+            own.add(name)
+            touched = [a.name for a, b in routed if (a.lr, b.lr) != (1.0, 2.0)]
+            if touched:
+                raise ValueError(
+                    f"{label} computes its own lr at every step when it has none (lr=None: Adafactor's relative "
+                    f"step), so no rule can set or scale it, but the rules do for {first_names(touched)}: pass "
+                    "lr=... (the optimizer then steps with the rules' lrs; Adafactor's relative step is off) or drop "
+                    "the rules' lr, lr_mult and layer decay")
+        else:
+            unset = [a.name for a, b in routed if a.lr != b.lr]
+            if unset:
+                raise ValueError(
+                    f"{label} has no default lr: pass lr=..., or give every parameter an lr by rule "
+                    f"(Rule(..., lr=...)); no rule sets one for {first_names(unset)}")
+    return [replace(row, lr=None) if row.optimizer in own else row for row in rows]
 
 
 def _user_stacklevel() -> int:
@@ -784,4 +931,4 @@ def _user_stacklevel() -> int:
 def _add_layout(optimizer: LayerwiseOptimizer, state_dict: dict[str, Any]) -> None:
     """State-dict post-hook (registered first): lrgroups' layout in its own key (:func:`lrgroups.checkpoint.layout`)."""
     state_dict["lrgroups"] = checkpoint.layout(optimizer._slots, optimizer._settings,
-                                               stepped=optimizer._ratio_check is None)
+                                               stepped=optimizer._ratio_check is None, mode=optimizer._mode)
