@@ -22,6 +22,7 @@ from .integrations import unwrap
 from .l2sp import L2SP
 from .lora import lora_plus
 from .lr_finder import lr_range_test
+from .monitor import ForgettingMonitor
 from .norms import FrozenNormStats, batch_norms, freeze_norm_stats, precise_bn
 from .optimizer import CheckpointMismatchError, LayerwiseOptimizer
 from .rgn import auto_rgn, relative_gradient_norms
@@ -43,6 +44,7 @@ from .wise_ft import wise_ft
 __all__ = [
     "CheckpointMismatchError",
     "Decision",
+    "ForgettingMonitor",
     "FrozenNormStats",
     "L2SP",
     "batch_norms",

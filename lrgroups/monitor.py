@@ -130,7 +130,7 @@ class ForgettingMonitor:
     # ---------------------------------------------------------------- hooks
     def _pre_step(self, *args: Any) -> None:
         if (self.steps + 1) % self.every == 0:
-            self._before = [[p.detach().clone() for p in params] for params in self._params]
+            self._before = [torch._foreach_mul([p.detach() for p in params], 1.0) for params in self._params]
 
     def _post_step(self, *args: Any) -> None:
         self.steps += 1
@@ -142,10 +142,15 @@ class ForgettingMonitor:
 
     @torch.no_grad()
     def _measure(self, before: list[list[torch.Tensor]]) -> None:
-        for key, params, start, previous in zip(self._keys, self._params, self._start, before, strict=True):
-            moved = _norm([p - s for p, s in zip(params, start, strict=True)])
-            update = _norm([p - b for p, b in zip(params, previous, strict=True)])
-            now, origin = _norm(params), _norm(start)
+        # Per key: ||theta - theta_0||, ||theta - theta_prev||, ||theta||, ||theta_0||, each the norm of the
+        # per-tensor norms (foreach kernels; one host sync for all keys).
+        norms = []
+        for params, start, previous in zip(self._params, self._start, before, strict=True):
+            norms.append(torch.stack([
+                _norm(torch._foreach_sub(params, start)), _norm(torch._foreach_sub(params, previous)),
+                _norm(params), _norm(start),
+            ]))
+        for key, (moved, update, now, origin) in zip(self._keys, torch.stack(norms).tolist(), strict=True):
             self.rows.append({
                 "step": self.steps, "key": key,
                 "distance": moved / origin if origin > 0 else (0.0 if moved == 0 else math.nan),
@@ -217,7 +222,7 @@ class ForgettingMonitor:
         self.close()
 
 
-def _norm(tensors: list[torch.Tensor]) -> float:
-    if not tensors:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])))
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of the tensors together (float32 or wider), as a 0-d tensor."""
+    norms = torch._foreach_norm([t if t.is_floating_point() and t.element_size() >= 4 else t.float() for t in tensors])
+    return torch.linalg.vector_norm(torch.stack([n.to(torch.float64) for n in norms]))

@@ -406,6 +406,34 @@ def _memory(section: list[dict]) -> Section:
     return Section(lines, summary)
 
 
+def _monitor(section: list[dict]) -> Section:
+    summary: list[list[str]] = []
+    if not section:
+        return Section([], summary)
+    lines = [
+        "## Forgetting monitor",
+        "",
+        "`opt.step()` with a `ForgettingMonitor` measuring every 100th step and one measuring every step, "
+        "against the same step with no monitor (gradients set once; the ratio is against the step alone, an "
+        "upper bound on the cost against a training step).",
+        "",
+    ]
+    rows = []
+    for info in section:
+        seconds, ratio = info["seconds"], info["ratio"]
+        rare = ratio["monitor_every_100"]
+        verdict = _verdict(rare[0], info["goal"], rare)
+        rows.append([info["model"], info["optimizer"], f"{info['tensors']}", fmt_seconds(seconds["no_monitor"][0]),
+                     fmt_ratio(rare), fmt_ratio(ratio["monitor_every_step"]), f"≤ {info['goal']:.2f}", verdict])
+        summary.append([f"forgetting monitor every 100 steps / none, {info['model']}", f"≤ {info['goal']:.2f}",
+                        f"{rare[0]:.3f}", verdict])
+        summary.append([f"forgetting monitor every step / none, {info['model']}", "report",
+                        f"{ratio['monitor_every_step'][0]:.3f}", "—"])
+    lines += _table(["model", "optimizer", "tensors", "step, no monitor", "every 100 / none", "every step / none",
+                     "goal (every 100)", "result"], rows)
+    return Section(lines, summary)
+
+
 def _bandwidth(section: list[dict], cuda: bool) -> Section:
     summary: list[list[str]] = []
     lines = ["## AdamW step against the memory-bandwidth floor (CUDA)", ""]
@@ -446,6 +474,7 @@ def render(results: dict[str, Any], environment: dict[str, Any]) -> str:
         _build(sections.get("build_large", []), sections.get("build_meta_vs_real", []), sections.get("build_family", [])),
         _unfreeze(sections.get("unfreeze", [])),
         _memory(sections.get("memory", [])),
+        _monitor(sections.get("monitor", [])),
         _bandwidth(sections.get("bandwidth", []), environment.get("cuda", False)),
     ]
     body = [line for part in parts for line in part.lines]
