@@ -260,7 +260,33 @@ def create_timm(name: str, pretrained: bool, num_classes: int | None = None) -> 
             raise KeyError(f"timm has no model {name!r} (see timm.list_models())")
         return timm.create_model(name, pretrained=False, **kwargs).eval()
     path = timm_weights_file(name)
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs).eval()
+    # The cached file is timm's own format (a hub model.safetensors / pytorch_model.bin, or torch hub's
+    # checkpoint): load it as a plain file. Without custom_load=False a timm release whose config marks
+    # the original weights as custom (ViT's .npz) hands the file to the model's own .npz loader.
+    overlay = {"file": path, "custom_load": False}
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
+
+
+@lru_cache(maxsize=32)
+def weights_record(backbone_name: str) -> dict[str, Any] | None:
+    """Which pretrained weights a ``timm:<name>`` backbone loads: the cached file's name, its Hugging
+    Face snapshot revision (the snapshot folder; ``None`` for a torch hub checkpoint) and its
+    SHA-256; ``None`` for the built-in backbones (shipped or suite-pretrained, keyed by the suite) or
+    when the weights are not cached. Recorded with every cell (``runs.jsonl``: ``weights``).
+    """
+    if not backbone_name.startswith(TIMM):
+        return None
+    try:
+        path = timm_weights_file(backbone_name[len(TIMM):])
+    except MissingWeightsError:
+        return None
+    from pathlib import Path
+
+    from .store import sha256_file
+
+    file = Path(path)
+    revision = file.parent.name if file.parent.parent.name == "snapshots" else None
+    return {"file": file.name, "revision": revision, "sha256": sha256_file(file)}
 
 
 def timm_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

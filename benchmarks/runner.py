@@ -20,6 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import executors
+from .backbones import weights_record
 from .cells import key_environment
 from .sources import preparations
 from .store import atomic_write, environment_record, read_runs, to_json, write_runs
@@ -100,7 +101,7 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
             records[key] = {"key": key, "experiment": cell.experiment.name, "target": cell.target.name,
                             "strategy": cell.strategy.name, "seed": cell.seed, "lr": cell.lr, "phase": phase,
                             "config": cell.config(), "environment": environment, "invocation": invocation,
-                            **result}
+                            "weights": weights_record(cell.experiment.backbone), **result}
             write_runs(runs_path, [records[k] for k in order if k in records]
                        + [r for k, r in records.items() if k not in set(order)])
             if result["status"] == "failed":

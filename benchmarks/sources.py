@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import backbone, create_lite, lite0_lower
-from .data import as_images, corrupt, draw, folder_splits, normalize, pool_indices, raw_dataset
+from .data import IMAGEFOLDER, as_images, corrupt, draw, folder_splits, normalize, pool_indices, raw_dataset
 from .metrics import accuracy
 from .store import atomic_torch_save, atomic_write, sha256_file, to_json
 from .suites import Experiment, Target, config_hash
@@ -62,8 +62,12 @@ class CellData:
     source_train: Split | None
 
 
-def _split(dataset: str, ids: np.ndarray, labels: Tensor, corruption: str | None, seed: int) -> Split:
-    pixels = as_images(raw_dataset(dataset)[0], ids, 28, 1)
+def _split(dataset: str, ids: np.ndarray, labels: Tensor, corruption: str | None, seed: int,
+           read: tuple[int, int] = (28, 1)) -> Split:
+    """``read``: (size, channels) an ImageFolder dataset is read at (MNIST and Animal-MNIST are 28 px
+    grayscale whatever it says)."""
+    size, channels = read if dataset.startswith(IMAGEFOLDER) else (28, 1)
+    pixels = as_images(raw_dataset(dataset, size, channels)[0], ids, size, channels)
     if corruption is not None:
         pixels = corrupt(pixels, corruption, seed)
     return Split(pixels, labels, ids, corruption)
@@ -102,7 +106,8 @@ def _folder_ids(folders: dict[str, np.ndarray], raw_labels: Tensor, target: Targ
 def cell_data(experiment: Experiment, target: Target, seed: int) -> CellData:
     """The splits of one (experiment, target, seed): training and validation shots drawn by
     ``seed`` from the target pool, the fixed test pool, OOD and source sets."""
-    raw_labels = raw_dataset(target.dataset)[1]
+    read = folder_read(experiment)
+    raw_labels = raw_dataset(target.dataset, *read)[1]
     folders = folder_splits(target.dataset)
     if folders is None:
         train_ids, val_ids = draw(pool_indices(raw_labels, target.classes, *target.train_pool),
@@ -110,9 +115,9 @@ def cell_data(experiment: Experiment, target: Target, seed: int) -> CellData:
         test_ids = np.concatenate(list(pool_indices(raw_labels, target.classes, *target.test_pool).values()))
     else:  # an ImageFolder with split subfolders: shots from train (val from val, if any), all of test
         train_ids, val_ids, test_ids = _folder_ids(folders, raw_labels, target, seed)
-    splits = [_split(target.dataset, ids, _labels(target, raw_labels, ids), target.shift, noise)
+    splits = [_split(target.dataset, ids, _labels(target, raw_labels, ids), target.shift, noise, read)
               for ids, noise in ((train_ids, seed), (val_ids, seed + 5_000), (test_ids, TEST_NOISE_SEED))]
-    ood = {name: _split(target.dataset, test_ids, splits[2].labels, name, TEST_NOISE_SEED + index)
+    ood = {name: _split(target.dataset, test_ids, splits[2].labels, name, TEST_NOISE_SEED + index, read)
            for index, name in enumerate(target.ood)}
     source_test = source_train = None
     if experiment.source.trained:
@@ -123,14 +128,23 @@ def cell_data(experiment: Experiment, target: Target, seed: int) -> CellData:
     return CellData(*splits, ood, source_test, source_train)
 
 
+def folder_read(experiment: Experiment) -> tuple[int, int]:
+    """(size, channels) at which the experiment reads an ImageFolder dataset: its ``image_size``, in
+    the backbone's channels (RGB for ImageNet, Lite and ``timm:`` backbones, grayscale for the
+    suite-pretrained 1-channel ones)."""
+    spec = backbone(experiment.backbone)
+    return experiment.image_size, 3 if spec.fed_features else spec.channels
+
+
 def source_splits(experiment: Experiment) -> tuple[Split, Split]:
     """(test, training) splits of the experiment's source task (clean images)."""
     source = experiment.source
-    raw_labels = raw_dataset(source.dataset)[1]
+    read = folder_read(experiment)
+    raw_labels = raw_dataset(source.dataset, *read)[1]
     out = []
     for pool in (source.test_pool, source.train_pool):
         ids = np.concatenate(list(pool_indices(raw_labels, source.classes, *pool).values()))
-        out.append(_split(source.dataset, ids, _labels(source.classes, raw_labels, ids), None, 0))
+        out.append(_split(source.dataset, ids, _labels(source.classes, raw_labels, ids), None, 0, read))
     return out[0], out[1]
 
 

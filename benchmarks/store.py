@@ -54,6 +54,7 @@ class CellRecord(TypedDict, total=False):
     config: dict[str, Any]  # Cell.config(): everything the numbers depend on
     environment: dict[str, Any]  # the key environment
     invocation: str  # which run_suite call computed it
+    weights: dict[str, Any] | None  # a timm backbone's cached weights (file, hub revision, sha256); None otherwise
     status: str  # "ok" or "failed"
     error: str | None
     traceback: str  # failed cells only

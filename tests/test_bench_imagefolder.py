@@ -157,3 +157,111 @@ def test_imagefolder_config_runs_end_to_end(folders, tmp_path) -> None:
     records = read_runs(out / "runs.jsonl")
     grid = [r for r in records if r["phase"] == "grid"]
     assert len(grid) == len(load_suite(config).cells()) == 8 and all(r["status"] == "ok" for r in records)
+
+
+# ---------------------------------------------------------------- RGB folders through a timm backbone
+PHOTOS = ("astronaut", "coffee", "chelsea")
+TIMM_MODEL = "test_resnet.r160_in1k"  # timm's 160 px test network: its pretrained config says (3, 160, 160)
+
+RGB_CONFIG = f"""
+name = "photos"
+[[experiments]]
+name = "photo"
+backbone = "timm:{TIMM_MODEL}"
+seeds = [0]
+lr_factors = [1.0]
+budget = {{steps = 2, batch_size = 4, eval_every = 2, warmup_steps = 1}}
+
+[[experiments.targets]]
+name = "crops"
+dataset = "imagefolder:rgb"
+classes = [0, 1, 2]
+shots = 4
+val_shots = 2
+train_pool = [0, 8]
+test_pool = [8, 12]
+
+[[experiments.strategies]]
+name = "full"
+recipe = "full"
+lr = 1e-3
+"""
+
+
+@pytest.fixture(scope="module")
+def rgb_folder(tmp_path_factory) -> Path:
+    """64x64 RGB crops of three of skimage's colour photos, 12 per class."""
+    root = tmp_path_factory.mktemp("rgb") / "rgb"
+    for name in PHOTOS:
+        image = getattr(skimage.data, name)()
+        (root / name).mkdir(parents=True)
+        for i in range(12):
+            row, col = divmod(i, 4)
+            Image.fromarray(image[row * 64:(row + 1) * 64, col * 64:(col + 1) * 64]).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> tuple[Path, str]:
+    """A Hugging Face hub-layout cache holding timm's test_resnet weights (a random init saved as the
+    hub's model.safetensors under models--timm--<name>/snapshots/<revision>/, refs/main naming it),
+    built here: nothing is downloaded. Returns the weights file and the revision."""
+    import huggingface_hub.constants
+    import safetensors.torch
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / f"models--timm--{TIMM_MODEL}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    weights = snapshot / "model.safetensors"
+    safetensors.torch.save_file(timm.create_model(TIMM_MODEL, pretrained=False).state_dict(), str(weights))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    from benchmarks.backbones import weights_record
+
+    weights_record.cache_clear()
+    yield weights, revision
+    weights_record.cache_clear()
+
+
+def test_an_rgb_folder_is_read_in_colour_at_the_experiments_size(rgb_folder) -> None:
+    images, labels, _ = imagefolder_raw(str(rgb_folder), 64, 3)
+    assert images.shape == (36, 64, 64, 3) and str(images.dtype) == "torch.uint8"
+    red, green = images[..., 0].float(), images[..., 1].float()
+    assert (red - green).abs().mean() > 5  # colour kept: the channels differ (grayscale would make them equal)
+    gray, _, _ = imagefolder_raw(str(rgb_folder))
+    assert gray.shape == (36, 28, 28)
+    with pytest.raises(ValueError, match="1 \\(grayscale\\) or 3 \\(RGB\\)"):
+        imagefolder_raw(str(rgb_folder), 64, 2)
+
+
+@pytest.mark.slow
+def test_rgb_folder_through_a_timm_backbone_at_its_own_size_from_a_hub_cache(rgb_folder, hub_cache, tmp_path) -> None:
+    """A 64 px RGB ImageFolder, a timm backbone whose weights come from a hub-layout cache built here:
+    the experiment takes the backbone's own input size (160 px, no image_size given), the cells see
+    3-channel 160 px images, the run completes, and every cell records the weights it used."""
+    from benchmarks.backbones import weights_record
+    from benchmarks.sources import backbone_inputs
+    from benchmarks.store import sha256_file
+
+    weights, revision = hub_cache
+    config = rgb_folder.parent / "photos.toml"
+    config.write_text(RGB_CONFIG)
+    suite = load_suite(config)
+    experiment = suite.experiments[0]
+    assert experiment.image_size == 160
+    data = cell_data(experiment, experiment.targets[0], 0)
+    assert tuple(data.train.pixels.shape[1:]) == (3, 160, 160)
+    assert tuple(backbone_inputs(experiment, data.train.pixels).shape[1:]) == (3, 160, 160)
+    assert weights_record(experiment.backbone) == {"file": "model.safetensors", "revision": revision,
+                                                   "sha256": sha256_file(weights)}
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(config), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    records = read_runs(out / "runs.jsonl")
+    assert records and all(r["status"] == "ok" for r in records)
+    assert all(r["weights"] == {"file": "model.safetensors", "revision": revision, "sha256": sha256_file(weights)}
+               for r in records)
