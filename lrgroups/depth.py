@@ -15,18 +15,33 @@ Where depth comes from (:func:`param_layers` says which, per parameter, in ``Dep
 
 * ``"timm group_matcher"``: timm models that define ``group_matcher`` get exactly the layer ids
   timm's own ``param_groups_layer_decay`` uses (``group_parameters(model, model.group_matcher(coarse))``,
-  unmatched parameters at the top), fine-grained by default, stage-wise with ``coarse=True``.
+  unmatched parameters at the top), fine-grained by default, stage-wise with ``coarse=True``; also
+  headless ones (``num_classes=0``), whose parameters may all sit in one child (DenseNet's
+  ``features``): the outermost module that defines ``group_matcher`` is the one asked.
 * ``"forward order"``: every other module is cut into layers (see :func:`generic_depths`), and the
-  layers are ordered by when their modules first run in one forward pass on an example input (the
-  user's ``example_input``, or one built from the model). The heads — the layers whose output
-  reaches the model's output without passing through another layer, and that feed no other head —
-  all sit on the top depth (DETR's class head and its whole box MLP alike).
+  layers are ordered by when their modules first run in a forward pass on an example input (the
+  user's ``example_input``, or one built from the model), in eval and in train mode (so a branch
+  that runs only in training, Inception v3's auxiliary classifier, counts; see
+  :mod:`lrgroups.tracing`). The heads — the layers whose output reaches the model's output (in any
+  output structure) without passing through another layer, and that feed no other head — all sit
+  on the top depth (DETR's class head and its whole box MLP alike); a head made only of
+  normalisation layers (a headless backbone's final norm) is not a head.
 * ``"registration order"``: when no example input can be made or run, layers follow the order in
   which their modules are registered, the classifier found by :func:`find_head` on top, and a
   :class:`DepthWarning` says so.
 
+A final norm — the top depth below the heads when it holds only normalisation layers (a ViT's
+``norm`` after its last block) — shares the depth of the layer before it, as timm's ``group_matcher``
+places a ViT's ``norm`` (``MATCH_PREV_GROUP``), so a Hugging Face ViT gets the depths of timm's ViT
+of the same shape (embeddings 0, block ``i`` at ``i + 1``, norm with the last block, head on top).
+MAE's ``get_layer_id_for_vit`` and BEiT put the final norm with the head instead (one decay factor
+more lr on the norm's two tensors, every other tensor alike). BERT has no final norm and keeps
+ELECTRA's depths: embeddings 0, layer ``i`` at ``i + 1``, pooler ``n + 1``, task head ``n + 2``
+(google-research/electra#51).
+
 Depths are contiguous (0..max, a layer counts once however often its module is registered); a
-tensor registered under several names has one depth and one head flag. Wrappers are looked through:
+tensor registered under several names has one depth and one head flag. :func:`renumber` counts
+depths within a subset (``LayerwiseOptimizer(..., select=...)``). Wrappers are looked through:
 DDP, DataParallel, ``torch.compile`` and peft's ``PeftModel`` (names are the bare model's), and
 modules that own no parameter and hold all of them in one child (``.module``, ``.model``, peft's
 ``base_model.model``: names keep that prefix; timm's ``group_matcher`` patterns apply to the names
@@ -420,11 +435,13 @@ def param_layers(
             blocks).
         example_input: what ``model`` is called with to follow the data flow: a tensor, a tuple of
             positional arguments or a dict of keyword arguments (e.g. ``torch.randn(1, 3, 64, 64)``;
-            batch 1 is enough). By default an input is built from the model. The pass runs in eval
-            mode with gradients on (the autograd graph shows the heads); the model's training flags
-            and ``requires_grad`` are put back, no ``.grad`` is written, BatchNorm statistics do not
-            move (other effects of the model's own ``forward``, a counter it keeps, happen once);
-            the result is cached per model and input shape.
+            batch 1 is enough; the train-mode pass doubles a batch of 1 when BatchNorm needs it).
+            By default an input is built from the model. The model runs in eval mode and in train
+            mode with gradients on (the autograd graph shows the heads); its training flags,
+            ``requires_grad``, buffers (BatchNorm statistics and counters) and the random number
+            generators are put back and no ``.grad`` is written (other effects of the model's own
+            ``forward``, a counter it keeps, happen once per mode); the result is cached per model
+            and input shape.
         tied: where a tensor that is both an input embedding and the output layer (a tied language
             model) goes: ``"head"`` (top depth, matched by :func:`lrgroups.head`, as fastai's ULMFiT
             split trains it with the decoder) or ``"embedding"`` (its embedding depth, not a head: the
@@ -435,7 +452,8 @@ def param_layers(
         ValueError: ``tied`` is not one of the above, or the model fails on ``example_input``.
 
     Warns:
-        DepthWarning: no input could be built or run; depths follow registration order.
+        DepthWarning: no input could be built or run (depths follow registration order), or the
+            model ran in eval mode only (depths and heads follow that pass).
         TiedWeightsWarning: a tied embedding/output tensor was placed by the default (``tied=None``).
 
     Example:

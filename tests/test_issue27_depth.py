@@ -366,3 +366,83 @@ def test_layer_decay_equals_timm_on_timm_models_with_a_group_matcher(name, headl
     _assert_timm_layer_decay(model)
     head = {name for name, info in param_layers(model).items() if info.is_head}
     assert bool(head) != headless
+
+
+def _final_norm_models():
+    import torchvision
+    import transformers
+
+    tiny_vit = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=32)
+    return {
+        "torchvision ViT": (
+            lambda: torchvision.models.VisionTransformer(32, 8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32),
+            "encoder.ln.weight",
+            "encoder.layers.encoder_layer_1.mlp.3.weight",
+        ),
+        "torchvision DenseNet": (
+            lambda: torchvision.models.DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, num_classes=3),
+            "features.norm5.weight",
+            "features.denseblock2.denselayer2.conv2.weight",
+        ),
+        "HF DeiT": (
+            lambda: transformers.DeiTForImageClassificationWithTeacher(
+                transformers.DeiTConfig(**tiny_vit, patch_size=8, num_labels=3)
+            ),
+            "deit.layernorm.weight",
+            "deit.layers.1.mlp.fc2.weight",
+        ),
+        "HF Swin": (
+            lambda: transformers.SwinForImageClassification(
+                transformers.SwinConfig(
+                    image_size=32,
+                    patch_size=4,
+                    embed_dim=8,
+                    depths=[1, 1],
+                    num_heads=[1, 1],
+                    window_size=4,
+                    num_labels=3,
+                )
+            ),
+            "swin.layernorm.weight",
+            "swin.encoder.layers.1.blocks.0.mlp.fc2.weight",
+        ),
+        "HF GPT-2": (
+            lambda: transformers.GPT2LMHeadModel(
+                transformers.GPT2Config(
+                    vocab_size=16, n_embd=8, n_layer=2, n_head=2, n_positions=8, bos_token_id=0, eos_token_id=0
+                )
+            ),
+            "transformer.ln_f.weight",
+            "transformer.h.1.mlp.c_proj.weight",
+        ),
+    }
+
+
+@pytest.mark.parametrize("model", ["torchvision ViT", "torchvision DenseNet", "HF DeiT", "HF Swin", "HF GPT-2"])
+def test_the_final_norms_the_depth_docs_name_join_the_last_block(model):
+    """docs/concepts/depth.md names these models: their final norm shares the last block's depth, is
+    no head, and the heads sit one depth above."""
+    make, norm, last_block = _final_norm_models()[model]
+    layers = param_layers(make(), tied="head")
+    assert layers[norm].depth == layers[last_block].depth and not layers[norm].is_head
+    assert max(info.depth for info in layers.values()) == layers[norm].depth + 1
+
+
+def test_a_norm_class_of_its_own_is_not_a_norm_llama_keeps_its_final_norm_depth():
+    """As docs/concepts/depth.md says: Llama's LlamaRMSNorm is not a torch norm subclass, so its final
+    norm keeps a depth of its own."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=16,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    layers = param_layers(transformers.LlamaForCausalLM(config), tied="head")
+    assert layers["model.norm.weight"].depth == layers["model.layers.1.mlp.down_proj.weight"].depth + 1
