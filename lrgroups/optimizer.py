@@ -116,7 +116,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         select: only these parameters (a glob or a :class:`~lrgroups.Selector`) are optimized;
             the wrapper never touches the others (their ``requires_grad`` included), so two
             wrappers on disjoint parts of one model both train. Depths count within the selection
-            (:func:`lrgroups.depth.renumber`: 0..max over the selected parameters, heads on top).
+            (:func:`lrgroups.depth.renumber`: 0..max over the selected parameters, heads on top);
+            a ``depth=`` in ``select`` itself reads the whole model's depths, rules and stages the
+            renumbered ones.
         coarse: stage-wise depths (timm ``group_matcher(coarse=True)``) instead of block-wise.
         example_input: how depths follow the data flow (see :func:`lrgroups.depth.param_layers`).
         tied: where a tied embedding/output tensor goes (see :func:`lrgroups.depth.param_layers`).
