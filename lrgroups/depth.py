@@ -15,18 +15,33 @@ Where depth comes from (:func:`param_layers` says which, per parameter, in ``Dep
 
 * ``"timm group_matcher"``: timm models that define ``group_matcher`` get exactly the layer ids
   timm's own ``param_groups_layer_decay`` uses (``group_parameters(model, model.group_matcher(coarse))``,
-  unmatched parameters at the top), fine-grained by default, stage-wise with ``coarse=True``.
+  unmatched parameters at the top), fine-grained by default, stage-wise with ``coarse=True``; also
+  headless ones (``num_classes=0``), whose parameters may all sit in one child (DenseNet's
+  ``features``): the outermost module that defines ``group_matcher`` is the one asked.
 * ``"forward order"``: every other module is cut into layers (see :func:`generic_depths`), and the
-  layers are ordered by when their modules first run in one forward pass on an example input (the
-  user's ``example_input``, or one built from the model). The heads — the layers whose output
-  reaches the model's output without passing through another layer, and that feed no other head —
-  all sit on the top depth (DETR's class head and its whole box MLP alike).
+  layers are ordered by when their modules first run in a forward pass on an example input (the
+  user's ``example_input``, or one built from the model), in eval and in train mode (so a branch
+  that runs only in training, Inception v3's auxiliary classifier, counts; see
+  :mod:`lrgroups.tracing`). The heads — the layers whose output reaches the model's output (in any
+  output structure) without passing through another layer, and that feed no other head — all sit
+  on the top depth (DETR's class head and its whole box MLP alike); a head made only of
+  normalisation layers (a headless backbone's final norm) is not a head.
 * ``"registration order"``: when no example input can be made or run, layers follow the order in
   which their modules are registered, the classifier found by :func:`find_head` on top, and a
   :class:`DepthWarning` says so.
 
+A final norm — the top depth below the heads when it holds only normalisation layers (a ViT's
+``norm`` after its last block) — shares the depth of the layer before it, as timm's ``group_matcher``
+places a ViT's ``norm`` (``MATCH_PREV_GROUP``), so a Hugging Face ViT gets the depths of timm's ViT
+of the same shape (embeddings 0, block ``i`` at ``i + 1``, norm with the last block, head on top).
+MAE's ``get_layer_id_for_vit`` and BEiT put the final norm with the head instead (one decay factor
+more lr on the norm's two tensors, every other tensor alike). BERT has no final norm and keeps
+ELECTRA's depths: embeddings 0, layer ``i`` at ``i + 1``, pooler ``n + 1``, task head ``n + 2``
+(google-research/electra#51).
+
 Depths are contiguous (0..max, a layer counts once however often its module is registered); a
-tensor registered under several names has one depth and one head flag. Wrappers are looked through:
+tensor registered under several names has one depth and one head flag. :func:`renumber` counts
+depths within a subset (``LayerwiseOptimizer(..., select=...)``). Wrappers are looked through:
 DDP, DataParallel, ``torch.compile`` and peft's ``PeftModel`` (names are the bare model's), and
 modules that own no parameter and hold all of them in one child (``.module``, ``.model``, peft's
 ``base_model.model``: names keep that prefix; timm's ``group_matcher`` patterns apply to the names
@@ -40,8 +55,8 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator, Literal, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -62,6 +77,7 @@ __all__ = [
     "is_container",
     "ParamInfo",
     "describe",
+    "renumber",
 ]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -113,18 +129,31 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def _core(model: nn.Module) -> tuple[str, nn.Module]:
-    """``(prefix, inner)``: the model under prefixed wrappers, whose names are ``prefix + name``.
-    A wrapper owns no parameter itself and holds all of them in one child (``.module``, ``.model``,
-    peft's ``base_model.model``, a user's ``self.net``, ...)."""
-    prefix = ""
+def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(prefix, module)`` from ``model`` down through prefixed wrappers, whose names are
+    ``prefix + name``: a wrapper owns no parameter itself and holds all of them in one child
+    (``.module``, ``.model``, peft's ``base_model.model``, a user's ``self.net``, a headless timm
+    DenseNet's ``features``, ...). The last is the core, whose layers are walked."""
+    chain = [("", model)]
     while next(model.parameters(recurse=False), None) is None:
         holders = [(name, child) for name, child in model.named_children() if _has_params(child)]
         if len(holders) != 1:
             break
-        prefix += holders[0][0] + "."
         model = holders[0][1]
-    return prefix, model
+        chain.append((chain[-1][0] + holders[0][0] + ".", model))
+    return chain
+
+
+def _core(model: nn.Module) -> tuple[str, nn.Module]:
+    """``(prefix, inner)``: the model under prefixed wrappers (the last of :func:`_chain`)."""
+    return _chain(model)[-1]
+
+
+def _timm_model(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """``(prefix, module)`` of the outermost module of :func:`_chain` that defines timm's
+    ``group_matcher`` (a timm model, also a headless one whose parameters all sit in one child,
+    as ``num_classes=0`` leaves DenseNet's ``features``), or ``None``."""
+    return next(((prefix, m) for prefix, m in _chain(model) if callable(getattr(m, "group_matcher", None))), None)
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -145,9 +174,7 @@ def _has_params(module: nn.Module) -> bool:
 
 def _is_block_container(module: nn.Module) -> bool:
     """A container holding at least two composite (non-leaf) modules with parameters: a stage."""
-    composites = [
-        m for m in module.children() if next(m.children(), None) is not None and _has_params(m)
-    ]
+    composites = [m for m in module.children() if next(m.children(), None) is not None and _has_params(m)]
     return isinstance(module, _CONTAINERS) and len(composites) >= 2
 
 
@@ -257,21 +284,37 @@ def timm_depths(model: nn.Module, coarse: bool = False) -> dict[str, int]:
 
 
 def find_head(model: nn.Module) -> nn.Module | None:
-    """The classifier by name, without running the model: timm's ``get_classifier()``, else
-    Hugging Face's ``get_output_embeddings()``, else an attribute named ``fc``, ``classifier``,
-    ``head`` or ``last_linear`` holding parameters, else the last ``nn.Linear`` registered.
-    (:func:`param_layers` finds every head from the data flow when the model can be run.)"""
-    prefix, model = _core(unwrap_model(model))
-    for getter in ("get_classifier", "get_output_embeddings"):
-        if callable(getattr(model, getter, None)):
-            head = getattr(model, getter)()
-            if isinstance(head, nn.Module) and _has_params(head):
-                return head
+    """The classifier by name, without running the model.
+
+    Along the model and the wrappers under it (see this module's docstring), outermost first: timm's
+    ``get_classifier()`` (a module without parameters, ``nn.Identity`` after ``num_classes=0``,
+    means no head), else Hugging Face's ``get_output_embeddings()``; then, on the core, an
+    attribute named ``fc``, ``classifier``, ``head`` or ``last_linear`` holding parameters, else (only
+    for a model without ``get_classifier``) the last ``nn.Linear`` registered. A getter that raises
+    (timm's EfficientViT and SHViT when headless) is passed over.
+    (:func:`param_layers` finds every head from the data flow when the model can be run.)
+    """
+    chain = _chain(unwrap_model(model))
+    declared = False
+    for _, module in chain:
+        for getter in ("get_classifier", "get_output_embeddings"):
+            if not callable(getattr(module, getter, None)):
+                continue
+            declared = declared or getter == "get_classifier"
+            try:
+                head = getattr(module, getter)()
+            except Exception:  # timm's get_classifier() on a headless EfficientViT/SHViT: AttributeError
+                continue
+            if isinstance(head, nn.Module) and (_has_params(head) or getter == "get_classifier"):
+                return head if _has_params(head) else None
+    core = chain[-1][1]
     for attr in ("fc", "classifier", "head", "last_linear"):
-        head = getattr(model, attr, None)
+        head = getattr(core, attr, None)
         if isinstance(head, nn.Module) and _has_params(head):
             return head
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if declared:
+        return None
+    linears = [m for m in core.modules() if isinstance(m, nn.Linear)]
     return linears[-1] if linears else None
 
 
@@ -282,7 +325,11 @@ def _module_heads(model: nn.Module, prefix: str, units: list[_Unit], trace: Trac
     also takes the layers that only it uses inside the smallest module around it that holds no
     stage of blocks (a box head built as ``Sequential(Linear, ReLU, Linear)``)."""
     members = [
-        {id(m) for m in unit.owner.modules()} if unit.kind == "block" else {id(unit.owner)} if unit.kind != "own" else set()
+        {id(m) for m in unit.owner.modules()}
+        if unit.kind == "block"
+        else {id(unit.owner)}
+        if unit.kind != "own"
+        else set()
         for unit in units
     ]  # a descended module's own tensors are heads only when used directly at the output (head_params)
     hits = [member & trace.head_modules for member in members]
@@ -304,8 +351,11 @@ def _module_heads(model: nn.Module, prefix: str, units: list[_Unit], trace: Trac
                 inside = [i for i, unit in enumerate(units) if path[id(unit.owner)].startswith(ancestor + ".")]
                 only_this = all(
                     i == head
-                    or (i not in heads and members[i] & feeds[head]
-                        and not any(members[i] & feeds[other] for other in heads if other != head))
+                    or (
+                        i not in heads
+                        and members[i] & feeds[head]
+                        and not any(members[i] & feeds[other] for other in heads if other != head)
+                    )
                     for i in inside
                 )
                 if not only_this:
@@ -357,6 +407,22 @@ def _warn_tied(model: nn.Module, tied_ids: set[int]) -> None:
         )
 
 
+def _join_final_norms(depth_of: dict[int, int], heads: set[int], owner: dict[int, nn.Module]) -> None:
+    """Put the final norm (the top non-head depth when it holds only normalisation layers, e.g. a
+    ViT's ``norm`` after its last block) on the depth of the layer before it, in place; repeated for
+    several final norms, never leaving fewer than one non-head depth. timm's ``group_matcher``
+    places a ViT's ``norm`` so (``MATCH_PREV_GROUP``): a final norm of its own would cost every layer
+    below it one more decay factor (google-research/electra#51)."""
+    levels = sorted({d for tensor_id, d in depth_of.items() if tensor_id not in heads})
+    while len(levels) >= 2:
+        members = [t for t, d in depth_of.items() if d == levels[-1] and t not in heads]
+        if not all(is_norm(owner[t]) for t in members):
+            return
+        for t in members:
+            depth_of[t] = levels[-2]
+        levels.pop()
+
+
 def param_layers(
     model: nn.Module, coarse: bool = False, *, example_input: Any = None, tied: Tied | None = None
 ) -> dict[str, DepthInfo]:
@@ -369,11 +435,13 @@ def param_layers(
             blocks).
         example_input: what ``model`` is called with to follow the data flow: a tensor, a tuple of
             positional arguments or a dict of keyword arguments (e.g. ``torch.randn(1, 3, 64, 64)``;
-            batch 1 is enough). By default an input is built from the model. The pass runs in eval
-            mode with gradients on (the autograd graph shows the heads); the model's training flags
-            and ``requires_grad`` are put back, no ``.grad`` is written, BatchNorm statistics do not
-            move (other effects of the model's own ``forward``, a counter it keeps, happen once);
-            the result is cached per model and input shape.
+            batch 1 is enough; the train-mode pass doubles a batch of 1 when BatchNorm needs it).
+            By default an input is built from the model. The model runs in eval mode and in train
+            mode with gradients on (the autograd graph shows the heads); its training flags,
+            ``requires_grad``, buffers (BatchNorm statistics and counters) and the random number
+            generators are put back and no ``.grad`` is written (other effects of the model's own
+            ``forward``, a counter it keeps, happen once per mode); the result is cached per model
+            and input shape.
         tied: where a tensor that is both an input embedding and the output layer (a tied language
             model) goes: ``"head"`` (top depth, matched by :func:`lrgroups.head`, as fastai's ULMFiT
             split trains it with the decoder) or ``"embedding"`` (its embedding depth, not a head: the
@@ -384,7 +452,8 @@ def param_layers(
         ValueError: ``tied`` is not one of the above, or the model fails on ``example_input``.
 
     Warns:
-        DepthWarning: no input could be built or run; depths follow registration order.
+        DepthWarning: no input could be built or run (depths follow registration order), or the
+            model ran in eval mode only (depths and heads follow that pass).
         TiedWeightsWarning: a tied embedding/output tensor was placed by the default (``tied=None``).
 
     Example:
@@ -406,12 +475,16 @@ def param_layers(
     named = list(model.named_parameters())
     if not named:
         return {}
-    if callable(getattr(core, "group_matcher", None)):
-        depths = {prefix + name: depth for name, depth in timm_depths(core, coarse).items()}
-        head = find_head(core)
+    timm_model = _timm_model(model)
+    if timm_model is not None:
+        timm_prefix, timm_module = timm_model
+        depths = {timm_prefix + name: depth for name, depth in timm_depths(timm_module, coarse).items()}
+        head = find_head(timm_module)
         head_ids = {id(p) for p in head.parameters()} if head is not None else set()
         return {
-            name: DepthInfo(depths[name], id(p) in head_ids, "timm group_matcher" + ("; head" if id(p) in head_ids else ""))
+            name: DepthInfo(
+                depths[name], id(p) in head_ids, "timm group_matcher" + ("; head" if id(p) in head_ids else "")
+            )
             for name, p in named
         }
     units = list(_units(core, prefix, coarse))
@@ -428,16 +501,31 @@ def param_layers(
         heads = {id(p) for p in head.parameters()} if head is not None else set()
         source = "registration order"
     else:
+        if trace.train_error:
+            warnings.warn(
+                f"{type(model).__name__}: depths and heads follow the eval-mode pass only, because the model did "
+                f"not run in train mode ({trace.train_error}); what it runs only in training (an auxiliary "
+                "classifier) is not seen: pass example_input=... that runs in train mode too",
+                DepthWarning,
+                stacklevel=3,
+            )
         heads = _module_heads(model, prefix, units, trace)
         source = "forward order"
+    owner: dict[int, nn.Module] = {}
+    for _, param, module in _registrations(model):
+        owner.setdefault(id(param), module)
+    for unit in units:  # a final norm at the output of a headless model is not a head
+        if all(id(p) in heads and is_norm(owner[id(p)]) for _, p in unit.params):
+            heads -= {id(p) for _, p in unit.params}
     tied_ids = heads & _input_embeddings(core)
     if tied_ids and tied is None:
         _warn_tied(model, tied_ids)
     if tied == "embedding":
         heads -= tied_ids
-    depth_of = _number_units(units, None if trace is None else {k: float(v) for k, v in trace.first_call.items()})
+    depth_of = _number_units(units, None if trace is None else trace.first_call)
     top = max((d for tensor_id, d in depth_of.items() if tensor_id not in heads), default=-1) + 1
     depth_of = {tensor_id: top if tensor_id in heads else d for tensor_id, d in depth_of.items()}
+    _join_final_norms(depth_of, heads, owner)
     rank = {d: i for i, d in enumerate(sorted(set(depth_of.values())))}
     result = {}
     for name, p in named:
@@ -556,6 +644,23 @@ def describe(
             )
         )
     return infos
+
+
+def renumber(infos: Sequence[ParamInfo]) -> list[ParamInfo]:
+    """The parameters ``infos`` describe, with depths counted within them: their distinct depths
+    renumbered 0, 1, ... in order (so the top one, the heads' where heads are among them, stays
+    last) and ``max_depth`` the top of those. A subset of a model (``LayerwiseOptimizer(...,
+    select=...)``: a GAN's discriminator) thus gets depths without the gaps the rest of the model
+    leaves, so layer decay skips no factor and the default unfreezing stages each match something.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> infos = describe(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2)))
+        >>> [(i.name, i.depth, i.max_depth) for i in renumber([i for i in infos if i.depth != 1])][::2]
+        [('0.weight', 0, 1), ('2.weight', 1, 1)]
+    """
+    rank = {depth: index for index, depth in enumerate(sorted({info.depth for info in infos}))}
+    return [replace(info, depth=rank[info.depth], max_depth=len(rank) - 1) for info in infos]
 
 
 def describe_nonempty(

@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from . import checkpoint
 from .checkpoint import CheckpointMismatchError, cast_like_torch, first_names
-from .depth import ParamInfo, describe_nonempty, unwrap_model
+from .depth import ParamInfo, describe_nonempty, renumber, unwrap_model
 from .groups import group_names, group_settings
 from .inner import (
     DERIVED_STATE,
@@ -117,7 +117,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         rules: ordered :class:`~lrgroups.Rule` s.
         select: only these parameters (a glob or a :class:`~lrgroups.Selector`) are optimized;
             the wrapper never touches the others (their ``requires_grad`` included), so two
-            wrappers on disjoint parts of one model both train.
+            wrappers on disjoint parts of one model both train. Depths count within the selection
+            (:func:`lrgroups.depth.renumber`: 0..max over the selected parameters, heads on top);
+            a ``depth=`` in ``select`` itself reads the whole model's depths, rules and stages the
+            renumbered ones.
         coarse: stage-wise depths (timm ``group_matcher(coarse=True)``) instead of block-wise.
         example_input: how depths follow the data flow (see :func:`lrgroups.depth.param_layers`).
         tied: where a tied embedding/output tensor goes (see :func:`lrgroups.depth.param_layers`).
@@ -198,6 +201,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             infos = [info for info in infos if selector.matches(info)]
             if not infos:
                 raise ValueError(f"select={selector.criteria()} matches no parameter of the model")
+            infos = renumber(infos)  # depths count within what this optimizer manages
         base_lr = {name: base_value("lr", lr, f, kw, required=False) for name, (f, kw) in wanted.items()}
         base_wd = {name: base_value("weight_decay", weight_decay, f, kw, required=False) for name, (f, kw) in wanted.items()}
         for name, (factory, kwargs) in wanted.items():

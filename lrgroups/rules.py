@@ -790,7 +790,23 @@ def layer_decay(gamma: float, **select) -> Rule:
     """Geometric layer decay: ``lr_mult = gamma ** (max_depth - depth)`` (BEiT, MAE, ConvNeXt).
 
     The head (top depth) keeps the base lr; each level below it gets ``gamma`` times the level
-    above. On timm models this equals timm's ``param_groups_layer_decay(layer_decay=gamma)`` scale.
+    above. Depths are :mod:`lrgroups.depth`'s, counted within the optimizer's ``select=``.
+
+    What equals what (tested): on a timm model that defines ``group_matcher`` (with its classifier
+    or without, ``num_classes=0``) every parameter's lr multiplier equals the ``lr_scale`` of timm's
+    ``param_groups_layer_decay(model, layer_decay=gamma)``. On a timm model without one, timm falls
+    back to ``auto_group_layers`` (12 tensors per layer in registration order, the
+    ``pretrained_cfg["classifier"]`` names on top); lrgroups does not copy that fallback and orders
+    layers by the forward pass, so the two need not agree there. On other models the convention is timm's
+    and MAE's for ViTs (embeddings 0, block ``i`` at ``i + 1``, head on top; the final norm with the
+    last block as in timm, where MAE puts it with the head) and ELECTRA's for BERT (pooler one level
+    below the task head): see :mod:`lrgroups.depth`.
+
+    Raises:
+        ValueError: ``gamma`` outside (0, 1]; building a plan with it raises when every parameter has
+            one depth (it would do nothing).
+
+    Source: BEiT (Bao et al. 2022), timm ``optim/_param_groups.py``, MAE ``util/lr_decay.py``.
 
     Example:
         >>> layer_decay(0.75).label

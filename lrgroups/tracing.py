@@ -1,11 +1,16 @@
-"""Following one forward pass of a model: when each module and parameter is first used, and which
+"""Following a model's forward passes: when each module and parameter is first used, and which
 modules and tensors reach the model's output directly (its heads).
 
-:mod:`lrgroups.depth` orders layers by this trace (``"forward order"``). The pass runs in eval mode
-with gradients on, through the autograd graph and a ``TorchFunctionMode`` (which sees functional
-uses of a parameter outside its module); the model's training flags and ``requires_grad`` are put
-back, and its temporary forward hooks are removed, also when the forward raises. Traces are cached
-per model (weakly) and input shape.
+:mod:`lrgroups.depth` orders layers by this trace (``"forward order"``). The model runs twice, in
+eval mode and in train mode (what it runs only in training, such as Inception v3's auxiliary
+classifier, counts too: pytorch/vision#302), with gradients on, through the autograd graph and a
+``TorchFunctionMode`` (which sees functional uses of a parameter outside its module). Heads are
+found in any output structure: tensors, tuples and named tuples (``InceptionOutputs``), lists,
+dicts, Hugging Face ``ModelOutput`` s and other dataclasses, nested. Nothing about the model
+changes: its training flags, ``requires_grad`` and buffers (BatchNorm statistics and their
+counters) are put back, the random number generators (CPU and the model's CUDA devices) are
+restored, and its temporary forward hooks are removed, also when the forward raises. Traces are
+cached per model (weakly) and input shape.
 
 Example:
     >>> import torch, torch.nn as nn
@@ -13,13 +18,16 @@ Example:
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     >>> trace, why = trace_model(model, torch.randn(1, 4))
     >>> sorted(trace.first_call[id(m)] for m in (model[0], model[2])), id(model[2]) in trace.head_modules
-    ([1, 4], True)
+    ([1.0, 4.0], True)
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -28,7 +36,7 @@ import torch.nn as nn
 
 __all__ = ["Trace", "trace_model"]
 
-_CONV_SIZES = (32, 64, 224)
+_CONV_SIZES = (32, 64, 224, 299)  # 299: Inception v3's auxiliary classifier needs it in train mode
 _MAX_CANDIDATES = 12  # input shapes tried before falling back to registration order
 
 
@@ -38,30 +46,37 @@ def _has_params(module: nn.Module) -> bool:
 
 @dataclass(frozen=True)
 class Trace:
-    """What one forward pass showed, by object id (valid while the model's structure is unchanged).
+    """What the forward passes showed, by object id (valid while the model's structure is unchanged).
 
     Attributes:
-        first_call: module id -> its first call; parameter id -> its first use (one clock).
-        head_modules: ids of the modules whose output reaches the model output directly.
+        first_call: module id -> its first call; parameter id -> its first use (one clock: the
+            train-mode pass's, with what ran only in eval mode placed after what ran before it there).
+        head_modules: ids of the modules whose output reaches the model output directly (in either mode).
         head_params: ids of the parameters used directly at the output (a functional tied layer).
-        feeds: head module id -> the ids of the modules whose output flows into it.
+        feeds: head module id -> the ids of the modules whose output flows into it (in either mode).
+        train_error: why no train-mode pass ran (``""`` when one did); then the trace is the eval pass's.
     """
 
-    first_call: dict[int, int]  # module -> its first call; parameter -> its first use (one clock)
-    head_modules: frozenset[int]  # modules whose output reaches the model output directly
-    head_params: frozenset[int]  # parameters used directly at the output (a functional tied layer)
-    feeds: dict[int, frozenset[int]]  # head module -> the modules whose output flows into it
+    first_call: dict[int, float]
+    head_modules: frozenset[int]
+    head_params: frozenset[int]
+    feeds: dict[int, frozenset[int]]
+    train_error: str = ""
 
 
 _TRACES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def _grad_fns(value: Any) -> list:
+    """The autograd nodes of every tensor in ``value``: a tensor, or tuples (named ones too), lists,
+    sets, mappings (Hugging Face ``ModelOutput`` s) and dataclass instances of them, nested."""
     if isinstance(value, torch.Tensor):
         return [value.grad_fn] if value.grad_fn is not None else []
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         value = list(value.values())
-    if isinstance(value, (list, tuple)):
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = [getattr(value, f.name, None) for f in dataclasses.fields(value)]
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [fn for item in value for fn in _grad_fns(item)]
     return []
 
@@ -92,7 +107,34 @@ def _reach(starts: list) -> set:
     return seen
 
 
-def _run_trace(model: nn.Module, args: tuple, kwargs: dict) -> Trace:
+@contextlib.contextmanager
+def _untouched(model: nn.Module) -> Iterator[None]:
+    """Put back the model's buffers (BatchNorm statistics and counters: the objects and their values)
+    and the random number generators (CPU, and the CUDA devices the model is on) after the block."""
+    buffers = [
+        (module, name, buffer, buffer.detach().clone())
+        for module in model.modules()
+        for name, buffer in module.named_buffers(recurse=False)
+    ]
+    tensors = [*model.parameters(), *(buffer for _, _, buffer, _ in buffers)]
+    devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for module, name, buffer, saved in buffers:
+                    if getattr(module, name, None) is not buffer:
+                        setattr(module, name, buffer)
+                    buffer.copy_(saved)
+
+
+def _run_trace(model: nn.Module, args: tuple, kwargs: dict, training: bool = False) -> Trace:
+    with _untouched(model):
+        return _run_pass(model, args, kwargs, training)
+
+
+def _run_pass(model: nn.Module, args: tuple, kwargs: dict, training: bool) -> Trace:
     clock = itertools.count()
     first_call: dict[int, int] = {}  # module or parameter -> first call / first use
     produced: dict[Any, set[int]] = {}  # grad_fn -> modules whose output it is
@@ -118,13 +160,13 @@ def _run_trace(model: nn.Module, args: tuple, kwargs: dict) -> Trace:
 
     modules = [m for m in model.modules() if _has_params(m)]
     requires_grad = [p.requires_grad for p in params]
-    training = [(m, m.training) for m in model.modules()]
+    modes = [(m, m.training) for m in model.modules()]
     handles = [m.register_forward_pre_hook(before) for m in modules]
     # The model's own output (also that of the wrapped model inside a wrapper: a module holding every
     # parameter) is where the search for heads starts, not a layer's output.
     handles += [m.register_forward_hook(after) for m in modules if len(list(m.parameters())) < len(params)]
     try:
-        model.eval()
+        model.train(training)
         for p in params:
             p.requires_grad_(True)
         # eager, also for a model compiled in place (``model.compile()``): Dynamo would trace the hooks
@@ -136,7 +178,7 @@ def _run_trace(model: nn.Module, args: tuple, kwargs: dict) -> Trace:
             handle.remove()
         for p, flag in zip(params, requires_grad):
             p.requires_grad_(flag)
-        for m, flag in training:
+        for m, flag in modes:
             m.training = flag
     head_modules: set[int] = set()
     head_params: set[int] = set()
@@ -164,7 +206,69 @@ def _run_trace(model: nn.Module, args: tuple, kwargs: dict) -> Trace:
     for module_id, nodes in hits.items():
         reach = _reach(nodes) - set(nodes)
         feeds[module_id] = frozenset(m for node in reach if node in produced for m in produced[node])
-    return Trace(first_call, frozenset(head_modules), frozenset(head_params), feeds)
+    return Trace({k: float(v) for k, v in first_call.items()}, frozenset(head_modules), frozenset(head_params), feeds)
+
+
+def _merge(evaluated: Trace, trained: Trace) -> Trace:
+    """One trace of both passes: the train-mode clock, what ran only in eval mode placed (in its
+    eval order) just after the last thing before it that ran in both; heads and feeds of either."""
+    first_call = dict(trained.first_call)
+    anchor, offset = -1.0, 0
+    eval_order = sorted(evaluated.first_call.items(), key=lambda item: item[1])
+    for key, _ in eval_order:
+        if key in trained.first_call:
+            anchor, offset = trained.first_call[key], 0
+        else:
+            offset += 1
+            first_call[key] = anchor + offset / (len(eval_order) + 1)
+    feeds = {
+        key: evaluated.feeds.get(key, frozenset()) | trained.feeds.get(key, frozenset())
+        for key in evaluated.feeds.keys() | trained.feeds.keys()
+    }
+    return Trace(
+        first_call,
+        evaluated.head_modules | trained.head_modules,
+        evaluated.head_params | trained.head_params,
+        feeds,
+    )
+
+
+def _doubled(value: Any) -> Any:
+    """``value`` with every tensor whose first dimension is 1 repeated to 2 (a batch of one cannot
+    run BatchNorm in train mode)."""
+    if isinstance(value, torch.Tensor):
+        return torch.cat([value, value]) if value.ndim >= 1 and value.shape[0] == 1 else value
+    if isinstance(value, dict):
+        return {key: _doubled(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_doubled(item) for item in value)
+    return value
+
+
+def _with_train_pass(model: nn.Module, evaluated: Trace, calls: list[tuple[tuple, dict]]) -> Trace:
+    """``evaluated`` merged with the first train-mode pass that runs among ``calls`` (each also with
+    a batch of two), or with ``train_error`` saying why none ran."""
+    error: Exception | None = None
+    for args, kwargs in calls:
+        tries = [(args, kwargs)]
+        bigger = (_doubled(args), _doubled(kwargs))
+        if any(a is not b for a, b in zip(_flat(bigger), _flat((args, kwargs)))):
+            tries.append(bigger)
+        for call_args, call_kwargs in tries:
+            try:
+                return _merge(evaluated, _run_trace(model, call_args, call_kwargs, training=True))
+            except Exception as failure:  # a model that cannot run this input in train mode
+                error = failure
+    why = f"{type(error).__name__}: {error}" if error is not None else "no input"
+    return dataclasses.replace(evaluated, train_error=why)
+
+
+def _flat(value: Any) -> list:
+    if isinstance(value, dict):
+        return [item for v in value.values() for item in _flat(v)]
+    if isinstance(value, (tuple, list)):
+        return [item for v in value for item in _flat(v)]
+    return [value]
 
 
 def _as_call(example_input: Any) -> tuple[tuple, dict]:
@@ -240,6 +344,11 @@ def trace_model(model: nn.Module, example_input: Any) -> tuple[Trace | None, str
     ``example_input_array``, ``dummy_inputs``, timm's ``pretrained_cfg``, or shapes its first layers
     read), and why there is none when it is ``None``.
 
+    The model runs in eval mode, then in train mode (on the same input, or the same with a batch of
+    two, or for a built input on a later built one that runs in train mode: Inception v3's
+    auxiliary classifier needs 299 pixels); the trace merges both (see :class:`Trace`). When no
+    train-mode pass runs, the trace is the eval pass's and ``Trace.train_error`` says why.
+
     Args:
         model: the bare model (no DDP or compile wrapper).
         example_input: a tensor, a tuple of positional arguments or a dict of keyword arguments;
@@ -258,22 +367,26 @@ def trace_model(model: nn.Module, example_input: Any) -> tuple[Trace | None, str
     if example_input is not None:
         args, kwargs = _as_call(example_input)
         try:
-            result = (_run_trace(model, args, kwargs), "")
+            evaluated = _run_trace(model, args, kwargs)
         except Exception as error:
             raise ValueError(
                 f"{type(model).__name__} failed on example_input (needed to order its layers by data "
                 f"flow): {type(error).__name__}: {error}"
             ) from error
+        result = (_with_train_pass(model, evaluated, [(args, kwargs)]), "")
     elif any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         result = (None, "it has uninitialized (lazy) parameters")
     else:
         result = (None, "no input built from its layers' shapes ran")
-        for args, kwargs in _candidate_inputs(model):
+        candidates = list(_candidate_inputs(model))
+        for index, (args, kwargs) in enumerate(candidates):
             try:
-                result = (_run_trace(model, args, kwargs), "")
-                break
+                evaluated = _run_trace(model, args, kwargs)
             except Exception as error:
                 result = (None, f"no input built from its layers' shapes ran (last: {type(error).__name__}: {error})")
+                continue
+            result = (_with_train_pass(model, evaluated, candidates[index:]), "")
+            break
     per_model.clear()  # one structure, one input kept per model
     per_model[key] = result
     return result

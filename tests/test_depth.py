@@ -40,8 +40,14 @@ def test_generic_resnet18_matches_timm_layout():
 def test_generic_mlp_one_depth_per_linear_norm_joins_previous():
     mlp = nn.Sequential(nn.Linear(2, 4), nn.LayerNorm(4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))
     assert generic_depths(mlp) == {
-        "0.weight": 0, "0.bias": 0, "1.weight": 0, "1.bias": 0,
-        "3.weight": 1, "3.bias": 1, "4.weight": 2, "4.bias": 2,
+        "0.weight": 0,
+        "0.bias": 0,
+        "1.weight": 0,
+        "1.bias": 0,
+        "3.weight": 1,
+        "3.bias": 1,
+        "4.weight": 2,
+        "4.bias": 2,
     }
 
 
@@ -189,11 +195,22 @@ def test_hugging_face_tied_lms_warn_and_switch():
     output layer; the default makes it the head with a warning naming both names, tied='embedding'
     keeps it with the embeddings at depth 0; the input comes from the model's dummy_inputs."""
     import transformers
-    bert = transformers.BertForMaskedLM(transformers.BertConfig(
-        vocab_size=16, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
-        max_position_embeddings=8))
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=16, n_embd=8, n_layer=2, n_head=2, n_positions=8, bos_token_id=0, eos_token_id=0))
+
+    bert = transformers.BertForMaskedLM(
+        transformers.BertConfig(
+            vocab_size=16,
+            hidden_size=8,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=16,
+            max_position_embeddings=8,
+        )
+    )
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            vocab_size=16, n_embd=8, n_layer=2, n_head=2, n_positions=8, bos_token_id=0, eos_token_id=0
+        )
+    )
     for model, embedding, output in (
         (bert, "bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"),
         (gpt2, "transformer.wte.weight", "lm_head.weight"),
@@ -215,9 +232,17 @@ def test_module_registered_under_two_names_counts_once():
         assert depths == list(range(len(depths)))
         assert layers["shared.weight"].depth == 0 and "decoder_embed.weight" not in layers
     assert generic_depths(model) == {
-        "shared.weight": 0, "encoder.0.weight": 1, "encoder.0.bias": 1, "encoder.2.weight": 2, "encoder.2.bias": 2,
-        "decoder.0.weight": 3, "decoder.0.bias": 3, "decoder.2.weight": 4, "decoder.2.bias": 4,
-        "lm_head.weight": 5, "lm_head.bias": 5,
+        "shared.weight": 0,
+        "encoder.0.weight": 1,
+        "encoder.0.bias": 1,
+        "encoder.2.weight": 2,
+        "encoder.2.bias": 2,
+        "decoder.0.weight": 3,
+        "decoder.0.bias": 3,
+        "decoder.2.weight": 4,
+        "decoder.2.bias": 4,
+        "lm_head.weight": 5,
+        "lm_head.bias": 5,
     }
     infos = {info.name: info for info in lrgroups.rules.describe(model)}
     assert infos["shared.weight"].aliases == ("decoder_embed.weight",)
@@ -272,9 +297,11 @@ def test_timm_model_under_peft_lora_keeps_group_matcher_depths():
     default ProgressiveUnfreezing has one stage per depth; the base weights peft froze stay frozen
     through every stage (issue 11: everything at depth 0, "the model has one layer", one stage)."""
     import peft
+
     reference = timm_depths(timm.create_model("resnet18", num_classes=3))
-    model = peft.get_peft_model(timm.create_model("resnet18", num_classes=3),
-                                peft.LoraConfig(target_modules=["conv1", "conv2", "fc"], r=2))
+    model = peft.get_peft_model(
+        timm.create_model("resnet18", num_classes=3), peft.LoraConfig(target_modules=["conv1", "conv2", "fc"], r=2)
+    )
     depths = param_depths(model)
     bare = {name.replace(".base_layer", ""): d for name, d in depths.items() if ".lora_" not in name}
     assert bare == reference
@@ -324,10 +351,12 @@ class TwoHeads(nn.Module):
         super().__init__()
         self.towers = towers
         if not towers:
-            self.heads = nn.ModuleDict({
-                "cls": nn.Linear(8, 3),
-                "box": nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)),
-            })
+            self.heads = nn.ModuleDict(
+                {
+                    "cls": nn.Linear(8, 3),
+                    "box": nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)),
+                }
+            )
         self.stem = nn.Linear(4, 8)
         if towers:
             self.tower_a = nn.Sequential(Residual(8), Residual(8), nn.Linear(8, 2))
@@ -352,7 +381,12 @@ def test_sequential_head_of_a_multi_head_model_is_whole_but_a_tower_of_blocks_is
     layers = param_layers(single, example_input=torch.randn(1, 4))  # one head: its last layer only
     assert {n for n, i in layers.items() if i.is_head} == {"2.2.weight", "2.2.bias"}
     layers = param_layers(TwoHeads(towers=True), example_input=torch.randn(1, 4))
-    assert {n for n, i in layers.items() if i.is_head} == {"tower_a.2.weight", "tower_a.2.bias", "tower_b.2.weight", "tower_b.2.bias"}
+    assert {n for n, i in layers.items() if i.is_head} == {
+        "tower_a.2.weight",
+        "tower_a.2.bias",
+        "tower_b.2.weight",
+        "tower_b.2.bias",
+    }
     assert layers["tower_a.1.linear.weight"].depth == 2 < layers["tower_a.2.weight"].depth
 
 
@@ -380,7 +414,7 @@ def test_input_declared_by_the_model_is_used_first(how, shape):
     read from the layers (here the first registered linear reads 6 features, a wrong guess)."""
     model = Declares(how)
     layers = param_layers(model)
-    assert model.seen == [shape]
+    assert model.seen == [shape, shape]  # the eval-mode pass, then the train-mode pass
     assert (layers["body.weight"].depth, layers["head.weight"].depth, layers["head.weight"].is_head) == (0, 1, True)
 
 
@@ -436,10 +470,13 @@ def test_rules_accept_the_names_of_the_module_the_user_passed():
     names are the bare model's, and the names the user sees in ``peft_model.named_parameters()`` are
     aliases: a rule written with them matches, and explain() shows them."""
     import peft
-    model = peft.get_peft_model(timm.create_model("resnet18", num_classes=3),
-                                peft.LoraConfig(target_modules=["fc"], r=2))
-    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3,
-                                      rules=[lrgroups.Rule("base_model.model.fc.lora_A.*", lr=5e-3)])
+
+    model = peft.get_peft_model(
+        timm.create_model("resnet18", num_classes=3), peft.LoraConfig(target_modules=["fc"], r=2)
+    )
+    opt = lrgroups.LayerwiseOptimizer(
+        model, torch.optim.AdamW, lr=1e-3, rules=[lrgroups.Rule("base_model.model.fc.lora_A.*", lr=5e-3)]
+    )
     table = opt.explain().set_index("name")
     assert table.loc["fc.lora_A.default.weight", "lr"] == 5e-3
     assert "base_model.model.fc.lora_A.default.weight" in table.loc["fc.lora_A.default.weight", "aliases"]

@@ -24,8 +24,9 @@ def test_trace_orders_first_uses_finds_the_head_and_is_cached():
     trace, why = trace_model(model, torch.randn(1, 4))
     assert why == "" and trace.first_call[id(model.body)] < trace.first_call[id(model.head)]
     assert id(model.head) in trace.head_modules and id(model.body) not in trace.head_modules
+    assert model.calls == 2  # once in eval mode, once in train mode
     again, _ = trace_model(model, torch.randn(1, 4))
-    assert again is trace and model.calls == 1  # the same input shape: the model ran once
+    assert again is trace and model.calls == 2  # the same input shape: cached, the model did not run again
 
 
 def test_trace_puts_back_modes_and_requires_grad_and_removes_its_hooks_when_the_forward_raises():
