@@ -38,7 +38,7 @@ from . import _deprecated
 from .early_stopping import Decision, EarlyStopping, Plateau
 from .l2sp import L2SP
 from .optimizer import LayerwiseOptimizer
-from .unfreezing import ProgressiveUnfreezing
+from .unfreezing import OptimizerUpdates, ProgressiveUnfreezing
 
 if TYPE_CHECKING:
     from .recipes import Recipe
@@ -185,7 +185,9 @@ class FineTuning:
     built objects, or from a configuration with :meth:`from_specs` and :meth:`build` (what the
     framework callbacks do: the framework makes the optimizer, and saves it).
 
-    In a hand-written loop call :meth:`after_step` after every ``optimizer.step()`` and
+    In a hand-written loop call :meth:`after_step` after every ``optimizer.step()`` (in a
+    gradient-accumulation loop after every micro-batch: a call with no optimizer update since the
+    last counted one counts nothing, see :class:`~lrgroups.unfreezing.OptimizerUpdates`) and
     :meth:`after_validation` after every evaluation (it returns True when training should stop); call
     :meth:`end_epoch` at the end of each epoch when the schedule counts epochs (``steps_per_epoch``
     does it for you inside :meth:`after_step`). A driver whose :meth:`build` ran with ``count_steps=True``
@@ -211,6 +213,11 @@ class FineTuning:
     _specs: tuple[UnfreezingSpec, EarlyStoppingSpec] | None = field(default=None, init=False, repr=False, compare=False)
     _pending: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
     _hook: Any = field(default=None, init=False, repr=False, compare=False)
+    _updates: OptimizerUpdates | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.optimizer is not None:
+            self._updates = OptimizerUpdates(self.optimizer)
 
     # ---------------------------------------------------------------- built from a configuration
     @classmethod
@@ -273,6 +280,7 @@ class FineTuning:
         self.optimizer = optimizer
         self.unfreezing, self.early_stopping = build_controllers(
             optimizer, model, *self._specs, total_steps=total_steps, quiet=snapshot is not None)
+        self._updates = OptimizerUpdates(optimizer)  # before the hook below: it runs first
         if count_steps and self.unfreezing is not None:
             self._hook = optimizer.register_step_post_hook(lambda *args: self.after_step())
         if self._pending:
@@ -282,15 +290,22 @@ class FineTuning:
                 optimizer.load_state_dict(snapshot)
 
     def close(self) -> None:
-        """Remove the step hook :meth:`build` installed (idempotent)."""
+        """Remove the step hooks :meth:`build` installed (idempotent)."""
+        if self._updates is not None:
+            self._updates.close()
+            self._updates = None
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
 
     # ---------------------------------------------------------------- events
     def after_step(self) -> list[str]:
-        """Count one optimizer step (and an epoch every ``steps_per_epoch`` steps); returns the names
-        the schedule unfroze."""
+        """Count one optimizer update (and an epoch every ``steps_per_epoch`` updates); returns the
+        names the schedule unfroze. A call with no update since the last counted one (a
+        gradient-accumulation micro-batch, a step ``GradScaler`` skipped) counts nothing and returns
+        ``[]``."""
+        if self._updates is not None and not self._updates.take():
+            return []
         self.steps += 1
         unfrozen = self.unfreezing.step() if self.unfreezing is not None else []
         if self.steps_per_epoch and self.steps % self.steps_per_epoch == 0:

@@ -128,7 +128,7 @@ def test_progressive_unfreezing_by_steps_head_first_then_deepest():
     opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])
     schedule = lrgroups.ProgressiveUnfreezing(opt, every_steps=2)
     assert [p.requires_grad for p in model.parameters()] == [False] * 6 + [True] * 2
-    unfrozen = [schedule.step() for _ in range(8)]
+    unfrozen = [(opt.step(), schedule.step())[1] for _ in range(8)]  # steps with no gradient: updates all the same
     assert unfrozen == [[], ["4.weight", "4.bias"], [], ["2.weight", "2.bias"], [], ["0.weight", "0.bias"], [], []]
     assert schedule.stages_remaining == 0
     assert [h["stage"] for h in schedule.history] == [1, 2, 3]
@@ -307,6 +307,7 @@ def test_resume_at_last_stage_reconciles_frozen_set(optimizer_checkpoint):
     model[0].bias.requires_grad_(False)
     opt, schedule = _run_stages(model)
     for _ in range(3):
+        opt.step()
         schedule.step()
     assert schedule.stages_remaining == 0
     saved_schedule, saved_opt = schedule.state_dict(), opt.state_dict()
@@ -325,6 +326,7 @@ def test_resume_conflict_over_ownership_raises_and_changes_nothing():
     model = _mlp()
     opt, schedule = _run_stages(model)
     for _ in range(3):
+        opt.step()
         schedule.step()
     saved = schedule.state_dict()
     fresh = _mlp()
@@ -345,6 +347,7 @@ def test_schedule_built_again_on_the_same_model_takes_over_what_a_schedule_froze
     opt, schedule = _run_stages(model)
     assert set(schedule.owned) == {"0.weight", "2.weight", "2.bias", "4.weight", "4.bias"}
     for _ in range(3):
+        opt.step()
         schedule.step()
     assert [name for name, p in model.named_parameters() if not p.requires_grad] == ["0.bias"]
 
@@ -373,8 +376,9 @@ def test_detr_like_first_stage_trains_every_head():
 
 
 def test_a_warm_up_schedule_owns_its_step_hooks():
-    """ProgressiveUnfreezing with a warm-up installs two step hooks; close() removes them, and so does
-    dropping the schedule (the hooks hold it weakly, so it does not stay alive through the optimizer)."""
+    """ProgressiveUnfreezing with a warm-up installs two step hooks, and one post hook that counts updates;
+    close() removes them, and so does dropping the schedule (the hooks hold it weakly, so it does not stay
+    alive through the optimizer)."""
     import gc
     import weakref
 
@@ -382,7 +386,7 @@ def test_a_warm_up_schedule_owns_its_step_hooks():
     opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
     hooks = len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)
     schedule = lrgroups.ProgressiveUnfreezing(opt, warmup_steps=3)
-    assert (len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)) == (hooks[0] + 1, hooks[1] + 1)
+    assert (len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)) == (hooks[0] + 1, hooks[1] + 2)
     schedule.close()
     assert (len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)) == hooks
     schedule = lrgroups.ProgressiveUnfreezing(opt, warmup_steps=3)
