@@ -77,3 +77,201 @@ def test_a_recipes_driver_counts_updates_in_an_accelerate_accumulate_loop():
             opt.zero_grad()
             tuning.after_step()
     assert tuning.steps == 2 and tuning.unfreezing.stage == 2
+
+
+# ---------------------------------------------------------------- item 10: Lightning, check at train-epoch end
+import lightning as L  # noqa: E402
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping  # noqa: E402
+from lightning.pytorch.demos.boring_classes import BoringModel  # noqa: E402
+
+from lrgroups.integrations.lightning import LayerwiseFinetuning  # noqa: E402
+
+
+class _LayerwiseBoring(BoringModel):
+    """Lightning's BoringModel with a LayerwiseOptimizer, logging the listed values in its own
+    on_train_epoch_end (as the ported Lightning tests do)."""
+
+    def __init__(self, logged: dict[str, list]):
+        super().__init__()
+        self.logged = logged
+
+    def on_train_epoch_end(self):
+        for name, values in self.logged.items():
+            self.log(name, torch.tensor(float(values[self.current_epoch])))
+
+    def configure_optimizers(self):
+        return lrgroups.LayerwiseOptimizer(self, torch.optim.SGD, lr=0.01)
+
+
+def _stop_epoch(callbacks, logged, validation_step_none=False):
+    model = _LayerwiseBoring(logged)
+    if validation_step_none:
+        model.validation_step = None
+    trainer = L.Trainer(max_epochs=10, callbacks=callbacks, accelerator="cpu", num_sanity_val_steps=0,
+                        limit_train_batches=2, limit_val_batches=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model)
+    return trainer.current_epoch - 1
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize("validation_step_none", [True, False])
+@pytest.mark.parametrize(("loss_values", "patience", "expected_stop_epoch"),
+                         [([6, 5, 5, 5, 5, 5], 3, 4), ([6, 5, 4, 4, 3, 3], 1, 3), ([6, 5, 6, 5, 5, 5], 3, 4)])
+def test_early_stopping_patience_train_ported_from_lightning(validation_step_none, loss_values, patience,
+                                                             expected_stop_epoch, strict):
+    """Lightning's test_early_stopping_patience_train (tests/tests_pytorch/callbacks/test_early_stopping.py),
+    ported: the module logs train_loss in its own on_train_epoch_end, which Lightning calls after the
+    callbacks' on_train_epoch_end; LayerwiseFinetuning(check_on_train_epoch_end=True) reads it after the
+    module and stops on the epoch Lightning's EarlyStopping stops on (before: KeyError with strict=True, one
+    epoch late with strict=False)."""
+    reference = LightningEarlyStopping(monitor="train_loss", patience=patience, check_on_train_epoch_end=True)
+    assert _stop_epoch([reference], {"train_loss": loss_values}, validation_step_none) == expected_stop_epoch
+    finetuning = LayerwiseFinetuning(early_stopping={"mode": "min", "patience": patience}, monitor="train_loss",
+                                     check_on_train_epoch_end=True, strict=strict)
+    assert _stop_epoch([finetuning], {"train_loss": loss_values}, validation_step_none) == expected_stop_epoch
+    assert finetuning.stopped_epoch == expected_stop_epoch
+
+
+_ABC, _CBA = [8, 4, 2, 3, 4, 5, 8, 10], [0] * 8
+
+
+def _lrgroups(monitor, patience=3):
+    return LayerwiseFinetuning(early_stopping={"mode": "min", "patience": patience}, monitor=monitor,
+                               check_on_train_epoch_end=True)
+
+
+def _lightning(monitor, patience=3):
+    return LightningEarlyStopping(monitor, patience=patience, check_on_train_epoch_end=True)
+
+
+@pytest.mark.parametrize("pair", [
+    lambda: [_lrgroups("abc"), _lrgroups("cba")],
+    lambda: [_lrgroups("cba"), _lrgroups("abc")],
+    lambda: [_lrgroups("abc"), _lightning("cba")],
+    lambda: [_lightning("cba"), _lrgroups("abc")],
+    lambda: [_lightning("abc"), _lrgroups("cba")],
+    lambda: [_lrgroups("cba"), _lightning("abc")],
+], ids=["lr+lr", "lr+lr reversed", "lr+pl", "pl+lr", "pl(abc)+lr(cba)", "lr(cba)+pl(abc)"])
+def test_multiple_early_stopping_callbacks_on_train_epoch_end_ported_from_lightning(pair):
+    """Lightning's test_multiple_early_stopping_callbacks, check_on_train_epoch_end=True, single process: two
+    stoppers, lrgroups' or Lightning's, on metrics logged in the module's on_train_epoch_end; the fit stops
+    when the first of them says so (cba, patience 3: epoch 3), as with two Lightning EarlyStoppings."""
+    assert _stop_epoch([_lightning("abc"), _lightning("cba")], {"abc": _ABC, "cba": _CBA}) == 3
+    assert _stop_epoch(pair(), {"abc": _ABC, "cba": _CBA}) == 3
+
+
+# ---------------------------------------------------------------- item 6: the HF Trainer with model_init
+import contextlib  # noqa: E402
+import io  # noqa: E402
+
+import transformers  # noqa: E402
+
+from lrgroups.integrations.transformers import LayerwiseCallback  # noqa: E402
+
+
+def _bert():
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=16, max_position_embeddings=16, num_labels=2)
+    return transformers.BertForSequenceClassification(config)
+
+
+def _hf_trainer(out, optimizer_cls_and_kwargs, **trainer_kwargs):
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50, (16, 6), generator=generator)
+    args = transformers.TrainingArguments(str(out), max_steps=4, per_device_train_batch_size=4, report_to="none",
+                                          use_cpu=True, save_strategy="no", logging_steps=2, disable_tqdm=True)
+    return transformers.Trainer(args=args, train_dataset=[{"input_ids": i, "labels": int(i[0] % 2)} for i in ids],
+                                optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+                                callbacks=[LayerwiseCallback(unfreezing={"every_steps": 1, "depths_per_stage": 2})],
+                                **trainer_kwargs)
+
+
+_OPTIMIZER = {"optimizer": torch.optim.AdamW, "lr": 1e-3, "rules": [lrgroups.layer_decay(0.5)]}
+
+
+def test_hf_model_init_with_a_bound_model_is_refused_naming_the_fix(tmp_path):
+    """transformers#6699: with model_init the Trainer trains a fresh model each train(), but the recipe's
+    "model" kwarg bound an instance made before: the optimizer steps a model nobody trains. The callback
+    refuses it at train begin, naming the factory."""
+    bound = _bert()
+    trainer = _hf_trainer(tmp_path, (lrgroups.LayerwiseOptimizer, {"model": bound, **_OPTIMIZER}), model_init=_bert)
+    with pytest.raises(ValueError, match="LayerwiseOptimizerFactory"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            trainer.train()
+
+
+@pytest.mark.parametrize("model_init", [True, False])
+def test_hf_factory_builds_the_optimizer_over_the_model_the_trainer_trains(tmp_path, model_init):
+    """optimizer_cls_and_kwargs=(LayerwiseOptimizerFactory, {...}) without "model": the Trainer calls the
+    factory with the model it trains (a fresh one per train() with model_init, twice here), so the layer
+    decay and the schedule act on that model: it changes, its stages advance, the classifier gets lr 1e-3."""
+    from lrgroups.integrations.transformers import LayerwiseOptimizerFactory
+
+    kwargs = {"model_init": _bert} if model_init else {"model": _bert()}
+    trainer = _hf_trainer(tmp_path, (LayerwiseOptimizerFactory, dict(_OPTIMIZER)), **kwargs)
+    for _ in range(2 if model_init else 1):
+        with contextlib.redirect_stdout(io.StringIO()):
+            trainer.train()
+        opt = lrgroups.unwrap(trainer.optimizer)
+        managed = {id(p) for p in opt.select().values()}
+        assert managed == {id(p) for p in trainer.model.parameters()}
+        assert max(row.lr for row in opt.plan) == 1e-3 and len({row.lr for row in opt.plan}) == 5  # planned lrs, 5 depths
+        callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, LayerwiseCallback))
+        assert callback.schedule.optimizer is opt and callback.schedule.stage == 2
+        changed = [not torch.equal(a, b) for a, b in zip(trainer.model.parameters(), _bert().parameters())]
+        assert all(changed[-2:])  # the classifier trained
+
+
+def test_lightning_refuses_an_optimizer_over_another_model_instance():
+    """The kind of transformers#6699 in Lightning: configure_optimizers returns a LayerwiseOptimizer built
+    over another instance of the model; the callback refuses it at fit start instead of training nothing."""
+
+    class Elsewhere(_LayerwiseBoring):
+        def configure_optimizers(self):
+            return lrgroups.LayerwiseOptimizer(BoringModel(), torch.optim.SGD, lr=0.01)
+
+    trainer = L.Trainer(max_epochs=1, callbacks=[LayerwiseFinetuning(unfreezing={"every_epochs": 1})],
+                        accelerator="cpu", limit_train_batches=1, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match="not the LightningModule's .*LayerwiseOptimizer\\(self, ...\\)"):
+        trainer.fit(Elsewhere({}))
+
+
+# ---------------------------------------------------------------- item 13: from_recipe and the recipe's rules
+class _RecipeNet(_LayerwiseBoring):
+    def __init__(self, rules):
+        super().__init__({})
+        self.layer = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 2))
+        self.rules = rules
+
+    def configure_optimizers(self):
+        return lrgroups.LayerwiseOptimizer(self, torch.optim.SGD, lr=0.01, rules=self.rules)
+
+
+def _fit_recipe(recipe, rules):
+    trainer = L.Trainer(max_epochs=1, callbacks=[LayerwiseFinetuning.from_recipe(recipe)], accelerator="cpu",
+                        limit_train_batches=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(_RecipeNet(rules))
+    return lrgroups.unwrap(trainer.optimizers[0])
+
+
+def test_from_recipe_refuses_an_optimizer_built_without_the_recipes_rules():
+    """newcomer finding 11: from_recipe with an optimizer not built from recipe.rules ran with the
+    discriminative rates lost (lrs [0.01] instead of one per depth); it is refused at fit start, naming the rules
+    missing and the fix; built with them (and more rules after), it runs with the recipe's rates."""
+    recipe = lrgroups.recipes.layer_decay(0.5)
+    with pytest.raises(ValueError, match=r"layer_decay\(0.5\).*rules=\[\*recipe.rules"):
+        _fit_recipe(recipe, [])
+    opt = _fit_recipe(recipe, [*recipe.rules, lrgroups.no_weight_decay()])
+    assert sorted({row.lr for row in opt.plan}) == [0.005, 0.01]  # two depths, layer decay 0.5
+
+
+@pytest.mark.parametrize("recipe", [lrgroups.recipes.l2_sp(), lrgroups.recipes.lp_ft()], ids=["l2_sp", "lp_ft"])
+def test_from_recipe_refuses_a_recipe_whose_parts_the_callback_does_not_run(recipe):
+    """L2-SP's penalty and LP-FT's probe are run by Recipe.build, not by the callback: refused, not
+    silently dropped."""
+    with pytest.raises(ValueError, match="Recipe.build"):
+        LayerwiseFinetuning.from_recipe(recipe)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.nn as nn
+
 from ..optimizer import LayerwiseOptimizer
 
 __all__ = ["unwrap"]
@@ -56,3 +58,16 @@ def unwrap(optimizer: Any) -> LayerwiseOptimizer:
         f"no LayerwiseOptimizer inside {' -> '.join(seen)}: build the optimizer with "
         "lrgroups.LayerwiseOptimizer(model, optimizer_cls, ...)"
     )
+
+
+def _check_belongs(optimizer: LayerwiseOptimizer, model: nn.Module, who: str, fix: str) -> None:
+    """Raise ``ValueError`` when ``optimizer`` manages tensors that are not ``model``'s parameters (it
+    was built over another model instance): ``who`` names the framework's model, ``fix`` the remedy."""
+    mine = {id(p) for p in model.parameters()}
+    foreign = [name for name, param in optimizer.select(missing="empty").items() if id(param) not in mine]
+    if foreign:
+        few = ", ".join(foreign[:3]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 3 else "")
+        raise ValueError(
+            f"the LayerwiseOptimizer steps parameters that are not {who}'s ({few}): it was built over another "
+            f"model instance, so the model being trained would never change. {fix}"
+        )

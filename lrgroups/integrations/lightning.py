@@ -27,10 +27,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -38,11 +39,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from ..distributed import every_parameter_registered
 from ..driver import EarlyStoppingSpec, FineTuning, UnfreezingSpec, has_plateau
 from ..early_stopping import EarlyStopping
+from ..recipes import Recipe
 from ..unfreezing import ProgressiveUnfreezing
-from . import unwrap
-
-if TYPE_CHECKING:
-    from ..recipes import Recipe
+from . import _check_belongs, unwrap
 
 __all__ = ["LayerwiseDDPStrategy", "LayerwiseFinetuning"]
 
@@ -71,8 +70,14 @@ class LayerwiseFinetuning(Callback):
       ``ModelCheckpoint(save_on_train_epoch_end=True)``), or on a plateau of ``monitor``.
     - ``monitor`` (a metric logged with ``self.log``; in DDP log it with ``sync_dist=True``) feeds the
       schedule's plateau and the early stopper in ``on_validation_end`` (not during the sanity
-      check), or in ``on_train_epoch_end`` with ``check_on_train_epoch_end=True`` (a training
-      metric, or a fit without a validation loop); a stop is agreed across ranks as Lightning's own
+      check), or at the end of each training epoch with ``check_on_train_epoch_end=True`` (a training
+      metric, or a fit without a validation loop): then it is read *after* the LightningModule's own
+      ``on_train_epoch_end``, as Lightning's ``EarlyStopping`` reads it (Lightning calls every other
+      callback's ``on_train_epoch_end`` before the module's, and its ``EarlyStopping`` and
+      ``Checkpoint`` callbacks again after it: for the fit this callback puts a stateless
+      ``EarlyStopping`` subclass right after itself in ``trainer.callbacks`` that hands that second
+      call back, removed in ``teardown``), so a metric the module logs there is seen on the epoch it
+      is logged and a stop falls on the epoch Lightning's ``EarlyStopping`` stops on; a stop is agreed across ranks as Lightning's own
       ``EarlyStopping`` does, sets ``trainer.should_stop``, and is recorded in :attr:`stopped_epoch`
       and :attr:`stop_reason` (logged on rank zero with ``verbose=True``). A fit whose monitor can
       never be fed (no validation loop, checks after validation) is refused at fit start.
@@ -99,7 +104,8 @@ class LayerwiseFinetuning(Callback):
     Raises:
         TypeError: the optimizer is not (or does not wrap) a LayerwiseOptimizer; a bad spec or an
             unknown argument (when the callback is built).
-        ValueError: a value the schedule or the stopper refuses (when the callback is built); a plain
+        ValueError: a value the schedule or the stopper refuses (when the callback is built); an
+            optimizer that steps parameters that are not the LightningModule's (at fit start); a plain
             DDP strategy (see :class:`LayerwiseDDPStrategy`); a monitor no check can read (at fit
             start); a checkpoint whose callback state does not fit this configuration.
         KeyError: ``monitor`` is needed but was not logged (``strict=True``).
@@ -117,6 +123,7 @@ class LayerwiseFinetuning(Callback):
         verbose: bool = False,
     ) -> None:
         self._driver = FineTuning.from_specs(unfreezing, early_stopping)
+        self._recipe = unfreezing if isinstance(unfreezing, Recipe) else None
         self.monitor = monitor
         self.optimizer_index = optimizer_index
         self.check_on_train_epoch_end = check_on_train_epoch_end
@@ -145,8 +152,15 @@ class LayerwiseFinetuning(Callback):
         """The callback that runs a :class:`~lrgroups.recipes.Recipe`'s unfreezing and early stopping
         (``mode="max"`` on ``monitor`` unless the recipe says otherwise; stage lengths given as a
         function of the run's length are resolved with ``trainer.estimated_stepping_batches``). Build the
-        optimizer in ``configure_optimizers`` with the recipe's rules:
-        ``LayerwiseOptimizer(self, torch.optim.AdamW, lr=..., rules=recipe.rules, coarse=recipe.coarse)``.
+        optimizer in ``configure_optimizers`` with the recipe's rules (more rules may follow them):
+        ``LayerwiseOptimizer(self, torch.optim.AdamW, lr=..., rules=recipe.rules, coarse=recipe.coarse)``;
+        an optimizer whose plan no rule of the recipe produced is refused at fit start (it would run
+        without the recipe's rates).
+
+        Raises:
+            ValueError: a recipe with parts the callback does not run (L2-SP, a linear probe: use
+                :meth:`lrgroups.recipes.Recipe.build` in a plain loop); at fit start, an optimizer
+                built without the recipe's rules.
 
         Example:
             >>> import lrgroups
@@ -154,9 +168,15 @@ class LayerwiseFinetuning(Callback):
             >>> LayerwiseFinetuning.from_recipe(lrgroups.recipes.plateau_unfreezing()).monitor
             'val_acc'
         """
+        parts = [part for part, unused in (("L2-SP", recipe.l2sp), ("a linear probe", recipe.probe_C)) if unused is not None]
+        if parts:
+            raise ValueError(f"recipe {recipe.name!r} has {' and '.join(parts)}, which LayerwiseFinetuning does not run "
+                             "(they would be dropped silently): run it with Recipe.build(...) in a plain loop")
         early_stopping = None if recipe.early_stopping is None else {"mode": "max", **recipe.early_stopping}
         unfreezing = None if recipe.unfreezing is None else recipe
-        return cls(unfreezing, early_stopping, monitor=monitor, optimizer_index=optimizer_index)
+        callback = cls(unfreezing, early_stopping, monitor=monitor, optimizer_index=optimizer_index)
+        callback._recipe = recipe
+        return callback
 
     @property
     def schedule(self) -> ProgressiveUnfreezing | None:
@@ -169,7 +189,12 @@ class LayerwiseFinetuning(Callback):
         return self._driver.early_stopping
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Refuse a plain ``DDPStrategy`` (see :class:`LayerwiseDDPStrategy`)."""
+        """Refuse a plain ``DDPStrategy`` (see :class:`LayerwiseDDPStrategy`); with
+        ``check_on_train_epoch_end=True`` put the hand-back of the after-module call in place."""
+        if self.check_on_train_epoch_end and not any(
+            isinstance(cb, _AfterModuleTrainEpochEnd) and cb.owner is self for cb in trainer.callbacks
+        ):
+            trainer.callbacks.insert(trainer.callbacks.index(self) + 1, _AfterModuleTrainEpochEnd(self))
         strategy = trainer.strategy
         if isinstance(strategy, DDPStrategy) and not isinstance(strategy, LayerwiseDDPStrategy):
             raise ValueError(
@@ -185,6 +210,10 @@ class LayerwiseFinetuning(Callback):
         if len(optimizers) <= self.optimizer_index:
             raise TypeError(f"configure_optimizers returned {len(optimizers)} optimizers; LayerwiseFinetuning needs a LayerwiseOptimizer")
         optimizer = unwrap(optimizers[self.optimizer_index])
+        _check_belongs(optimizer, pl_module, "the LightningModule",
+                       "Build it in configure_optimizers over the module: LayerwiseOptimizer(self, ...)")
+        if self._recipe is not None:
+            _check_recipe_rules(optimizer, self._recipe)
         wants = self._driver.early_stopping_spec is not None or has_plateau(self._driver.unfreezing_spec)
         if wants and not self.check_on_train_epoch_end and (
                 trainer.limit_val_batches == 0 or not is_overridden("validation_step", pl_module)):
@@ -196,10 +225,15 @@ class LayerwiseFinetuning(Callback):
         self._driver.build(optimizer, pl_module, total_steps=total_steps)  # counts optimizer steps by a step hook
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Count an epoch (and check the monitor with ``check_on_train_epoch_end=True``)."""
+        """Count an epoch (Lightning calls this before the LightningModule's ``on_train_epoch_end``;
+        with ``check_on_train_epoch_end=True`` the monitor is checked after it)."""
         self._driver.end_epoch()
-        if self.check_on_train_epoch_end:
-            self._check(trainer)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Take the hand-back :meth:`setup` put in ``trainer.callbacks`` out again."""
+        trainer.callbacks[:] = [
+            cb for cb in trainer.callbacks if not (isinstance(cb, _AfterModuleTrainEpochEnd) and cb.owner is self)
+        ]
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Feed the monitor to the plateau or the stopper (not in the sanity check)."""
@@ -235,6 +269,59 @@ class LayerwiseFinetuning(Callback):
         """Keeps the state until ``on_fit_start`` builds the schedule and stopper (Lightning loads
         callback state before ``configure_optimizers`` runs)."""
         self._driver.load_state_dict(state_dict)
+
+
+def _check_recipe_rules(optimizer: Any, recipe: Recipe) -> None:
+    """Refuse an optimizer in whose plan a rule of ``recipe`` matched nothing (it was built without
+    ``recipe.rules``; rules allowed to match nothing cannot be told apart and are not checked)."""
+    applied = {name for row in optimizer.plan for name in row.rules}
+    missing = [rule.name for rule in recipe.rules if not rule.allow_empty and rule.name not in applied]
+    if missing:
+        raise ValueError(
+            f"recipe {recipe.name!r}: the optimizer was not built with its rules ({', '.join(missing)} matched no "
+            "parameter of its plan), so the run would go without the recipe's rates. Build it in "
+            "configure_optimizers as LayerwiseOptimizer(self, torch.optim.AdamW, lr=..., rules=[*recipe.rules, "
+            "...], coarse=recipe.coarse)"
+        )
+
+
+class _AfterModuleTrainEpochEnd(LightningEarlyStopping):
+    """Lightning calls ``on_train_epoch_end`` of its ``EarlyStopping`` and ``Checkpoint`` callbacks a
+    second time, after the LightningModule's own (``_FitLoop.on_advance_end``; those callbacks are
+    skipped in the first round), and of no other callback. This stand-in sits right after its
+    :class:`LayerwiseFinetuning` in ``trainer.callbacks`` during a fit with
+    ``check_on_train_epoch_end=True`` and hands that second call to it. It keeps no state (nothing in
+    checkpoints) and does nothing else (Lightning's ``EarlyStopping`` behaviour is not used)."""
+
+    def __init__(self, owner: LayerwiseFinetuning) -> None:
+        Callback.__init__(self)  # not EarlyStopping's: it monitors nothing itself
+        self.owner = owner
+        self.monitor = owner.monitor
+
+    @property
+    def state_key(self) -> str:
+        return f"{self.owner.state_key}.after_module"
+
+    @property
+    def stopped_epoch(self) -> int:
+        """The owner's :attr:`LayerwiseFinetuning.stopped_epoch`."""
+        return self.owner.stopped_epoch
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pass
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.owner._check(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
 
 
 def _spec_key(spec: Any) -> Any:

@@ -2,12 +2,16 @@
 state in Trainer checkpoints, and every param group's lr in the logs.
 
 The Trainer builds a :class:`~lrgroups.LayerwiseOptimizer` itself from
-``optimizer_cls_and_kwargs=(LayerwiseOptimizer, {"model": model, "optimizer": torch.optim.AdamW, "lr": ...})``:
-for a ``"model"`` key the Trainer calls ``LayerwiseOptimizer(model, optimizer=..., lr=...)``.
+``optimizer_cls_and_kwargs=(LayerwiseOptimizerFactory, {"optimizer": torch.optim.AdamW, "lr": ...})``: it
+calls the factory with the model it trains, also a fresh one from ``model_init`` on every ``train()``
+(transformers#6699). Without ``model_init``, ``(LayerwiseOptimizer, {"model": model, ...})`` works too
+(for a ``"model"`` key the Trainer calls ``LayerwiseOptimizer(model, optimizer=..., lr=...)``), but binds
+that instance: :class:`LayerwiseCallback` refuses an optimizer that steps another model than the
+Trainer's.
 
 Example:
     >>> import contextlib, io, torch, lrgroups, transformers
-    >>> from lrgroups.integrations.transformers import LayerwiseCallback
+    >>> from lrgroups.integrations.transformers import LayerwiseCallback, LayerwiseOptimizerFactory
     >>> config = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
     ...                                  intermediate_size=16, max_position_embeddings=16, num_labels=2)
     >>> model = transformers.BertForSequenceClassification(config)
@@ -17,8 +21,8 @@ Example:
     ...                                       disable_tqdm=True)
     >>> trainer = transformers.Trainer(
     ...     model=model, args=args, train_dataset=data,
-    ...     optimizer_cls_and_kwargs=(lrgroups.LayerwiseOptimizer, {
-    ...         "model": model, "optimizer": torch.optim.AdamW, "lr": 1e-3, "rules": [lrgroups.layer_decay(0.5)]}),
+    ...     optimizer_cls_and_kwargs=(LayerwiseOptimizerFactory, {
+    ...         "optimizer": torch.optim.AdamW, "lr": 1e-3, "rules": [lrgroups.layer_decay(0.5)]}),
     ...     callbacks=[LayerwiseCallback(unfreezing={"every_steps": 1, "depths_per_stage": 2})])
     >>> with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its logs
     ...     _ = trainer.train()
@@ -35,10 +39,52 @@ from transformers.trainer_callback import ExportableState
 
 from ..driver import FineTuning
 from ..early_stopping import EarlyStopping
+from ..optimizer import LayerwiseOptimizer
 from ..unfreezing import ProgressiveUnfreezing
-from . import unwrap
+from . import _check_belongs, unwrap
 
-__all__ = ["LayerwiseCallback"]
+__all__ = ["LayerwiseCallback", "LayerwiseOptimizerFactory"]
+
+_FACTORY_FIX = (
+    "Let the Trainer build it over the model it trains: optimizer_cls_and_kwargs=(lrgroups.integrations."
+    "transformers.LayerwiseOptimizerFactory, {'optimizer': torch.optim.AdamW, 'lr': ..., 'rules': [...]}) "
+    "without a 'model' key (with model_init the Trainer trains a fresh model on every train(), and a 'model' "
+    "key binds the instance made before)"
+)
+
+
+class LayerwiseOptimizerFactory:
+    """The Hugging Face Trainer's optimizer-factory protocol for :class:`~lrgroups.LayerwiseOptimizer`:
+    ``optimizer_cls_and_kwargs=(LayerwiseOptimizerFactory, kwargs)`` makes the Trainer call
+    ``LayerwiseOptimizerFactory()(model, **kwargs)``, that is ``LayerwiseOptimizer(model, **kwargs)``,
+    with the model it trains (``Trainer.create_optimizer``, for any first element that is not a
+    ``torch.optim.Optimizer`` subclass): with ``model_init`` the fresh model of each ``train()`` (and of
+    each hyperparameter-search trial), so the recipe needs no ``"model"`` key. Source:
+    ``transformers.trainer_optimizer.is_optimizer_factory`` (transformers 5; tested with 5.25).
+
+    Example:
+        >>> import torch, torch.nn as nn, lrgroups
+        >>> from lrgroups.integrations.transformers import LayerwiseOptimizerFactory
+        >>> opt = LayerwiseOptimizerFactory()(nn.Linear(2, 2), optimizer=torch.optim.AdamW, lr=1e-3)  # what the Trainer does
+        >>> isinstance(opt, lrgroups.LayerwiseOptimizer)
+        True
+
+    Raises:
+        TypeError: called with param groups, as a transformers without optimizer factories calls an
+            optimizer class (bind the model with a ``"model"`` key there, without ``model_init``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args or kwargs:
+            raise TypeError(
+                "LayerwiseOptimizerFactory was called as an optimizer class (with param groups): this transformers "
+                "has no optimizer factories (transformers 5 calls optimizer_cls()(model, **kwargs)). Upgrade, or pass "
+                "optimizer_cls_and_kwargs=(lrgroups.LayerwiseOptimizer, {'model': model, ...}) without model_init"
+            )
+
+    def __call__(self, model: Any, **kwargs: Any) -> LayerwiseOptimizer:
+        """``LayerwiseOptimizer(model, **kwargs)`` (raises what it raises)."""
+        return LayerwiseOptimizer(model, **kwargs)
 
 
 class LayerwiseCallback(TrainerCallback, ExportableState):
@@ -46,7 +92,9 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
     Trainer's :class:`~lrgroups.LayerwiseOptimizer` and logs every param group's lr.
 
     - ``on_train_begin``: builds the schedule and the stopper over the optimizer (reached with
-      :func:`lrgroups.unwrap` through accelerate's wrapper). On resume the Trainer has loaded the
+      :func:`lrgroups.unwrap` through accelerate's wrapper), after checking that the optimizer steps
+      the model the Trainer trains (a ``"model"`` key with ``model_init`` binds another instance:
+      ``ValueError`` naming :class:`LayerwiseOptimizerFactory`). On resume the Trainer has loaded the
       optimizer's checkpoint already (frozen set included); the callback's saved state is applied
       and the optimizer's state reloaded, so a resumed run equals the uninterrupted one (CPU, bitwise).
     - Stages advance after optimizer steps (``every_steps``, counted by a step hook on the optimizer),
@@ -80,7 +128,8 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
 
     Raises:
         TypeError: the Trainer's optimizer is not a LayerwiseOptimizer; a bad spec.
-        ValueError: ``restore_best`` in ``early_stopping``; a resume without the callback's saved
+        ValueError: the optimizer steps parameters that are not the Trainer's model's (built over another
+            instance, e.g. a ``"model"`` key with ``model_init``); ``restore_best`` in ``early_stopping``; a resume without the callback's saved
             state (``restore_callback_states_from_checkpoint`` unset) or with state that does not fit.
         KeyError: ``metric`` is needed but missing from the evaluation metrics.
     """
@@ -147,6 +196,8 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
                 "restore_callback_states_from_checkpoint=True), or the schedule would restart at stage 0"
             )
         opt = unwrap(optimizer)
+        if model is not None:
+            _check_belongs(opt, model, "the Trainer's model", _FACTORY_FIX)
         self._driver.build(opt, model, reload_optimizer=resuming, total_steps=state.max_steps)
         if self._lr_hook is not None:
             self._lr_hook.remove()
