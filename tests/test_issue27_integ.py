@@ -275,3 +275,46 @@ def test_from_recipe_refuses_a_recipe_whose_parts_the_callback_does_not_run(reci
     silently dropped."""
     with pytest.raises(ValueError, match="Recipe.build"):
         LayerwiseFinetuning.from_recipe(recipe)
+
+
+# ---------------------------------------------------------------- item 14: torch.compile and unfreezing
+def _compiles_per_stage(num_linear, **dynamo_config):
+    """Stages of a compiled MLP thawed one per step; the number of graphs Dynamo compiled after each step."""
+    import torch._dynamo
+
+    compiled_graphs = []
+
+    def backend(graph, example_inputs):  # counts compilations, runs the graph as it is
+        compiled_graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layers = [m for _ in range(num_linear - 1) for m in (nn.Linear(4, 4), nn.ReLU())]
+    model = nn.Sequential(*layers, nn.Linear(4, 2))
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, example_input=torch.zeros(1, 4))
+    schedule = lrgroups.ProgressiveUnfreezing(opt, every_steps=1)
+    compiled = torch.compile(model, backend=backend)
+    counts = []
+    with torch._dynamo.config.patch(**dynamo_config):
+        for _ in range(len(schedule.stages)):
+            compiled(torch.randn(3, 4)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            schedule.step()
+            counts.append(len(compiled_graphs))
+    torch._dynamo.reset()
+    return counts
+
+
+def test_each_unfreezing_stage_recompiles_and_dynamos_limit_stops_compiling_after_8():
+    """What docs/concepts/progressive-unfreezing.md says about torch.compile, measured: a stage changes
+    requires_grad, a guard of the compiled graph, so each stage compiles once more; with 12 stages Dynamo's
+    default recompile_limit (8) is reached and the remaining stages run uncompiled (eager); raising
+    torch._dynamo.config.recompile_limit above the number of stages keeps every stage compiled, and
+    fewer stages (depths_per_stage) mean fewer compilations."""
+    import torch._dynamo
+
+    assert torch._dynamo.config.recompile_limit == 8
+    assert _compiles_per_stage(12) == [1, 2, 3, 4, 5, 6, 7, 8, 8, 8, 8, 8]
+    assert _compiles_per_stage(12, recompile_limit=16) == list(range(1, 13))
