@@ -80,7 +80,7 @@ def test_resume_from_a_lightning_checkpoint_equals_the_uninterrupted_run(tmp_pat
     assert full_cb.early_stopping.state_dict()["plateau"] == resumed_cb.early_stopping.state_dict()["plateau"]
 
     names = [group["name"] for group in lrgroups.unwrap(full_trainer.optimizers[0]).param_groups]
-    assert names[-1] == "depth 3 · lr 0.01 · wd 0" and len(set(names)) == len(names)
+    assert names[-2:] == ["head", "head-nowd"] and len(set(names)) == len(names)  # short ASCII names by role
     header = (tmp_path / "full" / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()[0]
     assert all(f"lr-LayerwiseOptimizer/{name}" in header for name in names), header
 

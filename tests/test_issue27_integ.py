@@ -177,14 +177,15 @@ def _bert():
     return transformers.BertForSequenceClassification(config)
 
 
-def _hf_trainer(out, optimizer_cls_and_kwargs, **trainer_kwargs):
+def _hf_trainer(out, optimizer_cls_and_kwargs, callback=None, **trainer_kwargs):
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 50, (16, 6), generator=generator)
     args = transformers.TrainingArguments(str(out), max_steps=4, per_device_train_batch_size=4, report_to="none",
                                           use_cpu=True, save_strategy="no", logging_steps=2, disable_tqdm=True)
     return transformers.Trainer(args=args, train_dataset=[{"input_ids": i, "labels": int(i[0] % 2)} for i in ids],
                                 optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-                                callbacks=[LayerwiseCallback(unfreezing={"every_steps": 1, "depths_per_stage": 2})],
+                                callbacks=[callback or LayerwiseCallback(unfreezing={"every_steps": 1,
+                                                                                     "depths_per_stage": 2})],
                                 **trainer_kwargs)
 
 
@@ -318,3 +319,84 @@ def test_each_unfreezing_stage_recompiles_and_dynamos_limit_stops_compiling_afte
     assert torch._dynamo.config.recompile_limit == 8
     assert _compiles_per_stage(12) == [1, 2, 3, 4, 5, 6, 7, 8, 8, 8, 8, 8]
     assert _compiles_per_stage(12, recompile_limit=16) == list(range(1, 13))
+
+
+# ---------------------------------------------------------------- item 12: logs people can read
+import csv  # noqa: E402
+import re  # noqa: E402
+
+_MLFLOW_KEY = re.compile(r"^[A-Za-z0-9_/. -]+$")  # what Lightning's MLFlowLogger keeps (mlflow.py)
+
+
+class _ConvNet(_LayerwiseBoring):
+    def __init__(self):
+        super().__init__({})
+        self.layer = nn.Sequential(nn.Linear(32, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 16), nn.LayerNorm(16),
+                                   nn.ReLU(), nn.Linear(16, 2))
+
+    def configure_optimizers(self):
+        opt = lrgroups.LayerwiseOptimizer(self, torch.optim.AdamW, lr=1e-2, weight_decay=0.05,
+                                          rules=[lrgroups.layer_decay(0.5), lrgroups.no_weight_decay()])
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 / (1 + step))}
+
+
+def _csv_columns(tmp_path, callback):
+    logger = L.pytorch.loggers.CSVLogger(tmp_path, name="run")
+    trainer = L.Trainer(max_epochs=3, callbacks=[callback, L.pytorch.callbacks.LearningRateMonitor()],
+                        accelerator="cpu", limit_train_batches=2, limit_val_batches=0, logger=logger,
+                        log_every_n_steps=1, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(_ConvNet())
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return trainer, rows
+
+
+from pathlib import Path  # noqa: E402
+
+
+def test_lightning_logs_short_ascii_names_one_lr_per_depth_and_the_stage(tmp_path, caplog):
+    """newcomer findings 9 and 10: LearningRateMonitor's columns carried the planned lr (wrong once a
+    scheduler runs) and non-ASCII characters MLflow strips, every depth twice; no stage was logged.
+    Now: ASCII names by role and depth, no lr in them; log_lrs="depth" logs one column per depth (groups
+    with and without weight decay share it), with the lr the scheduler set; lrgroups/stage and
+    lrgroups/trainable_params are logged when a stage advances, and verbose says so."""
+    callback = LayerwiseFinetuning(unfreezing={"every_epochs": 1}, log_lrs="depth", verbose=True)
+    with caplog.at_level("INFO"):
+        trainer, rows = _csv_columns(tmp_path, callback)
+    columns = list(rows[0])
+    monitor = sorted(c for c in columns if c.startswith("lr-"))
+    assert monitor == ["lr-LayerwiseOptimizer/" + n for n in
+                       ["depth0", "depth0-nowd", "depth1", "depth1-nowd", "head", "head-nowd"]]
+    assert all(_MLFLOW_KEY.match(c) for c in columns)
+    depth = sorted(c for c in columns if c.startswith("lrgroups/lr-"))
+    assert depth == ["lrgroups/lr-depth0", "lrgroups/lr-depth1", "lrgroups/lr-head"]
+    head_lrs = sorted({float(r["lrgroups/lr-head"]) for r in rows if r["lrgroups/lr-head"]})
+    assert head_lrs == pytest.approx([1e-2 / 3, 1e-2 / 2, 1e-2])  # the lrs LambdaLR set, epoch by epoch
+    stages = [(int(r["step"]), float(r["lrgroups/stage"]), float(r["lrgroups/trainable_params"]))
+              for r in rows if r.get("lrgroups/stage")]
+    head = 16 * 2 + 2
+    assert [s for _, s, _ in stages] == [0, 1, 2] and stages[0][2] == head
+    assert stages[-1][2] == sum(p.numel() for p in trainer.lightning_module.parameters())
+    assert "LayerwiseFinetuning: stage 1 of 2 at step 2" in caplog.text
+
+
+def test_hf_logs_one_lr_per_depth_and_the_stage(tmp_path):
+    """The HF callback: log_lrs="depth" gives one learning_rate/<depth> key per depth (the groups with and
+    without weight decay of a depth share it), and every log entry has the stage and the trainable count."""
+    from lrgroups.integrations.transformers import LayerwiseOptimizerFactory
+
+    optimizer = {**_OPTIMIZER, "weight_decay": 0.01, "rules": [lrgroups.layer_decay(0.5), lrgroups.no_weight_decay()]}
+    callback = LayerwiseCallback(unfreezing={"every_steps": 1, "depths_per_stage": 2}, log_lrs="depth")
+    trainer = _hf_trainer(tmp_path, (LayerwiseOptimizerFactory, optimizer), callback, model=_bert())
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.train()
+    entry = trainer.state.log_history[0]
+    keys = sorted(k for k in entry if k.startswith("learning_rate/"))
+    assert keys == ["learning_rate/depth0", "learning_rate/depth1", "learning_rate/depth2", "learning_rate/depth3",
+                    "learning_rate/head"]
+    assert all(_MLFLOW_KEY.match(k) for k in entry)
+    frozen = sum(p.numel() for name, p in callback.schedule.optimizer.select().items() if name in
+                 {n for n, k in callback.schedule.owned.items() if k > 2})
+    assert entry["lrgroups/stage"] == 2
+    assert entry["lrgroups/trainable_params"] == sum(p.numel() for p in trainer.model.parameters()) - frozen

@@ -41,7 +41,7 @@ from ..driver import EarlyStoppingSpec, FineTuning, UnfreezingSpec, has_plateau
 from ..early_stopping import EarlyStopping
 from ..recipes import Recipe
 from ..unfreezing import ProgressiveUnfreezing
-from . import _check_belongs, unwrap
+from . import LOG_LRS, _check_belongs, _check_log_lrs, _lrs, _trainable, unwrap
 
 __all__ = ["LayerwiseDDPStrategy", "LayerwiseFinetuning"]
 
@@ -83,8 +83,15 @@ class LayerwiseFinetuning(Callback):
       never be fed (no validation loop, checks after validation) is refused at fit start.
     - Several callbacks can share a Trainer: :attr:`state_key` names the configuration (checkpoints
       saved under the old key ``"LayerwiseFinetuning"`` still load).
-    - Group lrs: every param group carries a readable ``name``; Lightning's ``LearningRateMonitor``
-      logs ``lr-LayerwiseOptimizer/depth 3 · lr 0.0005 · wd 0.01`` instead of ``lr-LayerwiseOptimizer/pg4``.
+    - Group lrs: every param group carries a short ASCII ``name`` by role and depth
+      (:func:`lrgroups.groups.group_names`); Lightning's ``LearningRateMonitor`` logs
+      ``lr-LayerwiseOptimizer/depth3`` and ``lr-LayerwiseOptimizer/depth3-nowd`` instead of
+      ``lr-LayerwiseOptimizer/pg4``. ``log_lrs="depth"`` logs one lr per role and depth instead
+      (``lrgroups/lr-depth3``: the groups with and without weight decay of a depth share one column
+      while their lrs are equal), ``"group"`` one per group, every ``log_every_n_steps`` steps.
+    - Stages: ``lrgroups/stage`` and ``lrgroups/trainable_params`` (scalars the optimizer trains) go
+      to the Trainer's loggers at the start and whenever a stage advances (``verbose=True`` says it
+      on rank zero too, with the reason).
     - DDP: use :class:`LayerwiseDDPStrategy`; under another ``DDPStrategy`` :meth:`setup` raises.
 
     Args:
@@ -99,7 +106,8 @@ class LayerwiseFinetuning(Callback):
         check_on_train_epoch_end: feed ``monitor`` at the end of each training epoch instead of
             after each validation (Lightning ``EarlyStopping``'s argument).
         strict: a missing ``monitor`` raises (``True``) or skips the check with a warning.
-        verbose: log each stop (its epoch and reason) on rank zero.
+        verbose: log each stage advance and each stop (its epoch and reason) on rank zero.
+        log_lrs: ``None`` (leave lrs to ``LearningRateMonitor``), ``"depth"`` or ``"group"`` (see above).
 
     Raises:
         TypeError: the optimizer is not (or does not wrap) a LayerwiseOptimizer; a bad spec or an
@@ -121,8 +129,12 @@ class LayerwiseFinetuning(Callback):
         check_on_train_epoch_end: bool = False,
         strict: bool = True,
         verbose: bool = False,
+        log_lrs: str | None = None,
     ) -> None:
+        _check_log_lrs(log_lrs, (None, *LOG_LRS))
         self._driver = FineTuning.from_specs(unfreezing, early_stopping)
+        self.log_lrs = log_lrs
+        self._reported_stage: int | None = None
         self._recipe = unfreezing if isinstance(unfreezing, Recipe) else None
         self.monitor = monitor
         self.optimizer_index = optimizer_index
@@ -224,10 +236,45 @@ class LayerwiseFinetuning(Callback):
         total_steps = int(total) if total != float("inf") else None
         self._driver.build(optimizer, pl_module, total_steps=total_steps)  # counts optimizer steps by a step hook
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the stage the fit starts at."""
+        self._reported_stage = None
+        self._report_stage(trainer)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """Log the lrs the coming step uses (``log_lrs``), every ``log_every_n_steps`` steps."""
+        if self.log_lrs is not None and self._driver.optimizer is not None and \
+                trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+            lrs = {f"lrgroups/lr-{key}": lr for key, lr in _lrs(self._driver.optimizer, self.log_lrs).items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(lrs, step=trainer.global_step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Log a stage the optimizer step advanced to."""
+        self._report_stage(trainer)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Count an epoch (Lightning calls this before the LightningModule's ``on_train_epoch_end``;
         with ``check_on_train_epoch_end=True`` the monitor is checked after it)."""
         self._driver.end_epoch()
+        self._report_stage(trainer)
+
+    def _report_stage(self, trainer: pl.Trainer) -> None:
+        schedule = self._driver.unfreezing
+        if schedule is None or schedule.stage == self._reported_stage:
+            return
+        self._reported_stage = schedule.stage
+        trainable = _trainable(self._driver.optimizer)
+        for logger in trainer.loggers:
+            logger.log_metrics({"lrgroups/stage": schedule.stage, "lrgroups/trainable_params": trainable},
+                               step=trainer.global_step)
+        if self.verbose:
+            reason = schedule.history[-1]["reason"] if schedule.history and schedule.stage else "start"
+            rank_zero_info(f"LayerwiseFinetuning: stage {schedule.stage} of {len(schedule.stages) - 1} at step "
+                           f"{trainer.global_step} (epoch {trainer.current_epoch}; {reason}): {trainable} "
+                           "trainable parameters")
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Take the hand-back :meth:`setup` put in ``trainer.callbacks`` out again."""
@@ -248,6 +295,7 @@ class LayerwiseFinetuning(Callback):
                            "skipped (strict=False)", category=RuntimeWarning)
             return
         decision = self._driver.observe(metric, trainer.global_step, name=self.monitor)
+        self._report_stage(trainer)
         if decision is not None:
             stop = trainer.strategy.reduce_boolean_decision(decision.stop, all=False)
             if stop and not trainer.should_stop:
