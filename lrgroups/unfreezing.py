@@ -200,8 +200,14 @@ class ProgressiveUnfreezing:
         warmup_steps: int = 0,
         reset_patience: bool | None = None,
     ) -> None:
-        reset_patience_on_advance = _deprecated.keyword("ProgressiveUnfreezing", "reset_patience", reset_patience,
-                                                        "reset_patience_on_advance", reset_patience_on_advance, True)
+        reset_patience_on_advance = _deprecated.keyword(
+            "ProgressiveUnfreezing",
+            "reset_patience",
+            reset_patience,
+            "reset_patience_on_advance",
+            reset_patience_on_advance,
+            True,
+        )
         if not isinstance(optimizer, LayerwiseOptimizer):
             raise TypeError(f"ProgressiveUnfreezing needs a LayerwiseOptimizer, got {type(optimizer).__name__}")
         for what, value in (("every_steps", every_steps), ("every_epochs", every_epochs)):
@@ -231,8 +237,10 @@ class ProgressiveUnfreezing:
         handles = []
         if warmup_steps:  # owned handles; the hooks hold the schedule weakly, so `del schedule` removes them
             pre, post = weakref.WeakMethod(self._warmup_pre_hook), weakref.WeakMethod(self._warmup_post_hook)
-            handles = [optimizer.register_step_pre_hook(partial(_call_weak, pre)),
-                       optimizer.register_step_post_hook(partial(_call_weak, post))]
+            handles = [
+                optimizer.register_step_pre_hook(partial(_call_weak, pre)),
+                optimizer.register_step_post_hook(partial(_call_weak, post)),
+            ]
         self._finalizer = weakref.finalize(self, _remove_handles, handles)
 
     reset_patience = _deprecated.alias("reset_patience_on_advance")

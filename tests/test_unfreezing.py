@@ -108,7 +108,9 @@ def test_hot_add_equivalence_under_every_scheduler(data, scheduler_name, optimiz
     max_depth = max(lrgroups.param_depths(tree).values())
     rules = [r for r in data.draw(rule_lists(max_depth)) if r.frozen is None]
     selector = {"depth": (None, data.draw(st.integers(0, max_depth)))}
-    factory = {"adamw": torch.optim.AdamW, "sgd": lambda groups, **kw: torch.optim.SGD(groups, momentum=0.9, **kw)}[optimizer]
+    factory = {"adamw": torch.optim.AdamW, "sgd": lambda groups, **kw: torch.optim.SGD(groups, momentum=0.9, **kw)}[
+        optimizer
+    ]
     reference_tree = copy.deepcopy(tree)
     hot = _run(tree, rules, factory, scheduler_name, selector, k, hot=True)
     cold = _run(reference_tree, rules, factory, scheduler_name, selector, k, hot=False)
@@ -119,7 +121,9 @@ def test_hot_add_equivalence_under_every_scheduler(data, scheduler_name, optimiz
 
 def _mlp():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    return nn.Sequential(
+        nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)
+    )
 
 
 def test_progressive_unfreezing_by_steps_head_first_then_deepest():
@@ -275,8 +279,9 @@ def test_tied_lm_ulmfit_gradual_unfreezing_trains_tied_tensor_first():
         [f"rnns.0.{n}" for n, _ in model.rnns[0].named_parameters()],
     ]
     model = TiedLM()
-    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3, rules=[lrgroups.layer_decay(1 / 2.6)],
-                                      tied="embedding")
+    opt = lrgroups.LayerwiseOptimizer(
+        model, torch.optim.AdamW, lr=1e-3, rules=[lrgroups.layer_decay(1 / 2.6)], tied="embedding"
+    )
     schedule = lrgroups.ProgressiveUnfreezing(opt, every_epochs=1)
     assert _trainable(model) == {"decoder.bias"}
     assert [schedule.end_epoch() for _ in range(4)][-1] == ["encoder.weight"]
@@ -369,7 +374,9 @@ def test_detr_like_first_stage_trains_every_head():
     model = DETRLike()
     opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-4, rules=[lrgroups.layer_decay(0.5)])
     schedule = lrgroups.ProgressiveUnfreezing(opt)
-    assert _trainable(model) == {n for n, _ in model.named_parameters() if n.startswith(("class_embed.", "bbox_embed."))}
+    assert _trainable(model) == {
+        n for n, _ in model.named_parameters() if n.startswith(("class_embed.", "bbox_embed."))
+    }
     while schedule.stages_remaining > 1:
         schedule.advance()
     assert schedule.advance() == ["backbone.0.weight", "backbone.0.bias", "backbone.1.weight", "backbone.1.bias"]

@@ -150,9 +150,12 @@ class LayerwiseFinetuning(Callback):
     def state_key(self) -> str:
         """The key of this callback's state in Lightning checkpoints: the class and its configuration,
         so several callbacks can share a Trainer."""
-        return self._generate_state_key(unfreezing=_spec_key(self._driver.unfreezing_spec),
-                                        early_stopping=_spec_key(self._driver.early_stopping_spec),
-                                        monitor=self.monitor, optimizer_index=self.optimizer_index)
+        return self._generate_state_key(
+            unfreezing=_spec_key(self._driver.unfreezing_spec),
+            early_stopping=_spec_key(self._driver.early_stopping_spec),
+            monitor=self.monitor,
+            optimizer_index=self.optimizer_index,
+        )
 
     @property
     def _legacy_state_key(self) -> str:
@@ -160,7 +163,9 @@ class LayerwiseFinetuning(Callback):
         return type(self).__qualname__
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, *, monitor: str = "val_acc", optimizer_index: int = 0) -> "LayerwiseFinetuning":
+    def from_recipe(
+        cls, recipe: Recipe, *, monitor: str = "val_acc", optimizer_index: int = 0
+    ) -> "LayerwiseFinetuning":
         """The callback that runs a :class:`~lrgroups.recipes.Recipe`'s unfreezing and early stopping
         (``mode="max"`` on ``monitor`` unless the recipe says otherwise; stage lengths given as a
         function of the run's length are resolved with ``trainer.estimated_stepping_batches``). Build the
@@ -180,10 +185,14 @@ class LayerwiseFinetuning(Callback):
             >>> LayerwiseFinetuning.from_recipe(lrgroups.recipes.plateau_unfreezing()).monitor
             'val_acc'
         """
-        parts = [part for part, unused in (("L2-SP", recipe.l2sp), ("a linear probe", recipe.probe_C)) if unused is not None]
+        parts = [
+            part for part, unused in (("L2-SP", recipe.l2sp), ("a linear probe", recipe.probe_C)) if unused is not None
+        ]
         if parts:
-            raise ValueError(f"recipe {recipe.name!r} has {' and '.join(parts)}, which LayerwiseFinetuning does not run "
-                             "(they would be dropped silently): run it with Recipe.build(...) in a plain loop")
+            raise ValueError(
+                f"recipe {recipe.name!r} has {' and '.join(parts)}, which LayerwiseFinetuning does not run "
+                "(they would be dropped silently): run it with Recipe.build(...) in a plain loop"
+            )
         early_stopping = None if recipe.early_stopping is None else {"mode": "max", **recipe.early_stopping}
         unfreezing = None if recipe.unfreezing is None else recipe
         callback = cls(unfreezing, early_stopping, monitor=monitor, optimizer_index=optimizer_index)
@@ -220,18 +229,29 @@ class LayerwiseFinetuning(Callback):
         """Adopt the optimizer and build the schedule and the stopper over it (state loaded before applied)."""
         optimizers = trainer.optimizers
         if len(optimizers) <= self.optimizer_index:
-            raise TypeError(f"configure_optimizers returned {len(optimizers)} optimizers; LayerwiseFinetuning needs a LayerwiseOptimizer")
+            raise TypeError(
+                f"configure_optimizers returned {len(optimizers)} optimizers; LayerwiseFinetuning needs a LayerwiseOptimizer"
+            )
         optimizer = unwrap(optimizers[self.optimizer_index])
-        _check_belongs(optimizer, pl_module, "the LightningModule",
-                       "Build it in configure_optimizers over the module: LayerwiseOptimizer(self, ...)")
+        _check_belongs(
+            optimizer,
+            pl_module,
+            "the LightningModule",
+            "Build it in configure_optimizers over the module: LayerwiseOptimizer(self, ...)",
+        )
         if self._recipe is not None:
             _check_recipe_rules(optimizer, self._recipe)
         wants = self._driver.early_stopping_spec is not None or has_plateau(self._driver.unfreezing_spec)
-        if wants and not self.check_on_train_epoch_end and (
-                trainer.limit_val_batches == 0 or not is_overridden("validation_step", pl_module)):
-            raise ValueError(f"the monitor {self.monitor!r} of early stopping or of a plateau schedule is read after "
-                             "validation, and this fit has no validation loop, so it would never run: pass "
-                             "check_on_train_epoch_end=True to read a metric logged in training")
+        if (
+            wants
+            and not self.check_on_train_epoch_end
+            and (trainer.limit_val_batches == 0 or not is_overridden("validation_step", pl_module))
+        ):
+            raise ValueError(
+                f"the monitor {self.monitor!r} of early stopping or of a plateau schedule is read after "
+                "validation, and this fit has no validation loop, so it would never run: pass "
+                "check_on_train_epoch_end=True to read a metric logged in training"
+            )
         total = trainer.estimated_stepping_batches
         total_steps = int(total) if total != float("inf") else None
         self._driver.build(optimizer, pl_module, total_steps=total_steps)  # counts optimizer steps by a step hook
@@ -241,17 +261,22 @@ class LayerwiseFinetuning(Callback):
         self._reported_stage = None
         self._report_stage(trainer)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         """Log the lrs the coming step uses (``log_lrs``), every ``log_every_n_steps`` steps."""
-        if self.log_lrs is not None and self._driver.optimizer is not None and \
-                trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
+        if (
+            self.log_lrs is not None
+            and self._driver.optimizer is not None
+            and trainer.global_step % max(trainer.log_every_n_steps, 1) == 0
+        ):
             lrs = {f"lrgroups/lr-{key}": lr for key, lr in _lrs(self._driver.optimizer, self.log_lrs).items()}
             for logger in trainer.loggers:
                 logger.log_metrics(lrs, step=trainer.global_step)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         """Log a stage the optimizer step advanced to."""
         self._report_stage(trainer)
 
@@ -268,13 +293,16 @@ class LayerwiseFinetuning(Callback):
         self._reported_stage = schedule.stage
         trainable = _trainable(self._driver.optimizer)
         for logger in trainer.loggers:
-            logger.log_metrics({"lrgroups/stage": schedule.stage, "lrgroups/trainable_params": trainable},
-                               step=trainer.global_step)
+            logger.log_metrics(
+                {"lrgroups/stage": schedule.stage, "lrgroups/trainable_params": trainable}, step=trainer.global_step
+            )
         if self.verbose:
             reason = schedule.history[-1]["reason"] if schedule.history and schedule.stage else "start"
-            rank_zero_info(f"LayerwiseFinetuning: stage {schedule.stage} of {len(schedule.stages) - 1} at step "
-                           f"{trainer.global_step} (epoch {trainer.current_epoch}; {reason}): {trainable} "
-                           "trainable parameters")
+            rank_zero_info(
+                f"LayerwiseFinetuning: stage {schedule.stage} of {len(schedule.stages) - 1} at step "
+                f"{trainer.global_step} (epoch {trainer.current_epoch}; {reason}): {trainable} "
+                "trainable parameters"
+            )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Take the hand-back :meth:`setup` put in ``trainer.callbacks`` out again."""
@@ -291,8 +319,11 @@ class LayerwiseFinetuning(Callback):
     def _check(self, trainer: pl.Trainer) -> None:
         metric = trainer.callback_metrics.get(self.monitor)
         if metric is None and not self.strict:
-            rank_zero_warn(f"LayerwiseFinetuning: the monitored metric {self.monitor!r} was not logged; check "
-                           "skipped (strict=False)", category=RuntimeWarning)
+            rank_zero_warn(
+                f"LayerwiseFinetuning: the monitored metric {self.monitor!r} was not logged; check "
+                "skipped (strict=False)",
+                category=RuntimeWarning,
+            )
             return
         decision = self._driver.observe(metric, trainer.global_step, name=self.monitor)
         self._report_stage(trainer)
@@ -301,8 +332,9 @@ class LayerwiseFinetuning(Callback):
             if stop and not trainer.should_stop:
                 self.stopped_epoch, self.stop_reason = trainer.current_epoch, decision.reason
                 if self.verbose:
-                    rank_zero_info(f"LayerwiseFinetuning stopped the fit at epoch {self.stopped_epoch}: "
-                                   f"{self.stop_reason}")
+                    rank_zero_info(
+                        f"LayerwiseFinetuning stopped the fit at epoch {self.stopped_epoch}: {self.stop_reason}"
+                    )
             trainer.should_stop = trainer.should_stop or stop
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -399,7 +431,9 @@ class LayerwiseDDPStrategy(DDPStrategy):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("find_unused_parameters") is False:
-            raise ValueError("LayerwiseDDPStrategy needs find_unused_parameters=True: frozen parameters produce no gradient")
+            raise ValueError(
+                "LayerwiseDDPStrategy needs find_unused_parameters=True: frozen parameters produce no gradient"
+            )
         kwargs["find_unused_parameters"] = True
         super().__init__(*args, **kwargs)
 

@@ -159,9 +159,15 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
         self.log_lrs, self.verbose = log_lrs, verbose
         self._reported_stage: int | None = None
         if unfreezing is not None and not isinstance(unfreezing, Mapping):
-            raise TypeError("unfreezing must be a dict of ProgressiveUnfreezing arguments (JSON values: it is saved in trainer_state.json)")
-        if early_stopping is not None and (early_stopping.get("restore_best") or early_stopping.get("best_weights_path")):
-            raise ValueError("early_stopping: restore_best is the Trainer's job here: TrainingArguments(load_best_model_at_end=True, metric_for_best_model=...)")
+            raise TypeError(
+                "unfreezing must be a dict of ProgressiveUnfreezing arguments (JSON values: it is saved in trainer_state.json)"
+            )
+        if early_stopping is not None and (
+            early_stopping.get("restore_best") or early_stopping.get("best_weights_path")
+        ):
+            raise ValueError(
+                "early_stopping: restore_best is the Trainer's job here: TrainingArguments(load_best_model_at_end=True, metric_for_best_model=...)"
+            )
         self.unfreezing = None if unfreezing is None else dict(unfreezing)
         self.early_stopping = None if early_stopping is None else dict(early_stopping)
         self.metric = metric
@@ -207,8 +213,11 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
     def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs) -> None:
         """Build the schedule and the stopper over the Trainer's optimizer (saved state applied on resume)."""
         resuming = state.global_step > 0
-        if resuming and self._driver.pending is None and self._driver.optimizer is None and (
-            self.unfreezing is not None or self.early_stopping is not None
+        if (
+            resuming
+            and self._driver.pending is None
+            and self._driver.optimizer is None
+            and (self.unfreezing is not None or self.early_stopping is not None)
         ):
             raise ValueError(
                 "resuming without LayerwiseCallback's saved state: set TrainingArguments("
@@ -236,8 +245,14 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
         self._reported_stage = schedule.stage
         if self.verbose:
             reason = schedule.history[-1]["reason"] if schedule.history and schedule.stage else "start"
-            _log.info("LayerwiseCallback: stage %d of %d at step %d (%s): %d trainable parameters", schedule.stage,
-                      len(schedule.stages) - 1, state.global_step, reason, _trainable(self._driver.optimizer))
+            _log.info(
+                "LayerwiseCallback: stage %d of %d at step %d (%s): %d trainable parameters",
+                schedule.stage,
+                len(schedule.stages) - 1,
+                state.global_step,
+                reason,
+                _trainable(self._driver.optimizer),
+            )
 
     def on_step_end(self, args, state, control, **kwargs) -> None:
         """Report a stage the optimizer step advanced to (``verbose``)."""
