@@ -38,7 +38,7 @@ from . import _deprecated
 from .early_stopping import Decision, EarlyStopping, Plateau
 from .l2sp import L2SP
 from .optimizer import LayerwiseOptimizer
-from .unfreezing import ProgressiveUnfreezing
+from .unfreezing import OptimizerUpdates, ProgressiveUnfreezing
 
 if TYPE_CHECKING:
     from .recipes import Recipe
@@ -63,8 +63,12 @@ def _check_keys(what: str, given: Mapping[str, Any], target: Callable, set_here:
     accepted = [name for name in inspect.signature(target).parameters if name not in ("self", *set_here)]
     unknown = [key for key in given if key not in accepted]
     if unknown:
-        hints = [f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, accepted, n=1))
-                 else repr(key) for key in unknown]
+        hints = [
+            f"{key!r} (did you mean {close[0]!r}?)"
+            if (close := difflib.get_close_matches(key, accepted, n=1))
+            else repr(key)
+            for key in unknown
+        ]
         raise TypeError(f"{what}: unknown arguments {', '.join(hints)}; accepted: {', '.join(accepted)}")
 
 
@@ -96,22 +100,29 @@ def check_specs(unfreezing: UnfreezingSpec, early_stopping: EarlyStoppingSpec) -
             ``early_stopping`` (the driver sets them); a plateau in the schedule and a stopper
             (two plateaus would watch one metric).
     """
-    if unfreezing is not None and not (isinstance(unfreezing, Mapping) or _is_recipe(unfreezing) or callable(unfreezing)):
-        raise TypeError(f"unfreezing must be a dict of ProgressiveUnfreezing arguments, a Recipe or a callable, got {unfreezing!r}")
+    if unfreezing is not None and not (
+        isinstance(unfreezing, Mapping) or _is_recipe(unfreezing) or callable(unfreezing)
+    ):
+        raise TypeError(
+            f"unfreezing must be a dict of ProgressiveUnfreezing arguments, a Recipe or a callable, got {unfreezing!r}"
+        )
     if isinstance(unfreezing, Mapping):
         _check_keys("unfreezing", unfreezing, ProgressiveUnfreezing.__init__, ("optimizer",))
         for key in ("every_steps", "every_epochs", "warmup_steps", "depths_per_stage"):
             value = unfreezing.get(key)
             if value is not None and (not isinstance(value, int) or value < (0 if key == "warmup_steps" else 1)):
-                raise ValueError(f"unfreezing: {key} must be an integer >= {0 if key == 'warmup_steps' else 1}, "
-                                 f"got {value!r}")
+                raise ValueError(
+                    f"unfreezing: {key} must be an integer >= {0 if key == 'warmup_steps' else 1}, got {value!r}"
+                )
         if isinstance(unfreezing.get("plateau"), Mapping):
             _check_keys("unfreezing.plateau", unfreezing["plateau"], Plateau.__init__, ())
             Plateau(**unfreezing["plateau"])
     if early_stopping is not None and has_plateau(unfreezing):
-        raise ValueError("one plateau per metric: a plateau in unfreezing and early_stopping would both watch the "
-                         "monitor and advance two stages on one flat check. Give the patience to early_stopping "
-                         "alone: on a plateau it advances the schedule while stages remain, then stops")
+        raise ValueError(
+            "one plateau per metric: a plateau in unfreezing and early_stopping would both watch the "
+            "monitor and advance two stages on one flat check. Give the patience to early_stopping "
+            "alone: on a plateau it advances the schedule while stages remain, then stops"
+        )
     if early_stopping is not None:
         if not isinstance(early_stopping, Mapping):
             raise TypeError(f"early_stopping must be a dict of EarlyStopping arguments, got {early_stopping!r}")
@@ -169,11 +180,16 @@ def build_controllers(
         if not isinstance(schedule, ProgressiveUnfreezing):
             raise TypeError(f"unfreezing callable returned {type(schedule).__name__}, not ProgressiveUnfreezing")
     if early_stopping is not None and schedule is not None and schedule.plateau is not None:
-        raise ValueError("one plateau per metric: the schedule has a plateau and early stopping has its own, both "
-                         "would watch one metric. Give the patience to early_stopping alone: on a plateau it "
-                         "advances the schedule while stages remain, then stops")
-    stopper = None if early_stopping is None else EarlyStopping.from_settings(early_stopping, model=model,
-                                                                              unfreezing=schedule)
+        raise ValueError(
+            "one plateau per metric: the schedule has a plateau and early stopping has its own, both "
+            "would watch one metric. Give the patience to early_stopping alone: on a plateau it "
+            "advances the schedule while stages remain, then stops"
+        )
+    stopper = (
+        None
+        if early_stopping is None
+        else EarlyStopping.from_settings(early_stopping, model=model, unfreezing=schedule)
+    )
     return schedule, stopper
 
 
@@ -185,7 +201,9 @@ class FineTuning:
     built objects, or from a configuration with :meth:`from_specs` and :meth:`build` (what the
     framework callbacks do: the framework makes the optimizer, and saves it).
 
-    In a hand-written loop call :meth:`after_step` after every ``optimizer.step()`` and
+    In a hand-written loop call :meth:`after_step` after every ``optimizer.step()`` (in a
+    gradient-accumulation loop after every micro-batch: a call with no optimizer update since the
+    last counted one counts nothing, see :class:`~lrgroups.unfreezing.OptimizerUpdates`) and
     :meth:`after_validation` after every evaluation (it returns True when training should stop); call
     :meth:`end_epoch` at the end of each epoch when the schedule counts epochs (``steps_per_epoch``
     does it for you inside :meth:`after_step`). A driver whose :meth:`build` ran with ``count_steps=True``
@@ -211,6 +229,11 @@ class FineTuning:
     _specs: tuple[UnfreezingSpec, EarlyStoppingSpec] | None = field(default=None, init=False, repr=False, compare=False)
     _pending: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
     _hook: Any = field(default=None, init=False, repr=False, compare=False)
+    _updates: OptimizerUpdates | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.optimizer is not None:
+            self._updates = OptimizerUpdates(self.optimizer)
 
     # ---------------------------------------------------------------- built from a configuration
     @classmethod
@@ -247,8 +270,15 @@ class FineTuning:
         """State loaded before :meth:`build`, applied by it (``None`` when there is none)."""
         return self._pending
 
-    def build(self, optimizer: LayerwiseOptimizer, model: nn.Module, *, reload_optimizer: bool = False,
-              total_steps: int | None = None, count_steps: bool = True) -> None:
+    def build(
+        self,
+        optimizer: LayerwiseOptimizer,
+        model: nn.Module,
+        *,
+        reload_optimizer: bool = False,
+        total_steps: int | None = None,
+        count_steps: bool = True,
+    ) -> None:
         """Build the schedule and the stopper over ``optimizer`` (once per fit) and apply state loaded
         before.
 
@@ -272,7 +302,9 @@ class FineTuning:
         snapshot = optimizer.state_dict() if reload_optimizer and self._pending else None
         self.optimizer = optimizer
         self.unfreezing, self.early_stopping = build_controllers(
-            optimizer, model, *self._specs, total_steps=total_steps, quiet=snapshot is not None)
+            optimizer, model, *self._specs, total_steps=total_steps, quiet=snapshot is not None
+        )
+        self._updates = OptimizerUpdates(optimizer)  # before the hook below: it runs first
         if count_steps and self.unfreezing is not None:
             self._hook = optimizer.register_step_post_hook(lambda *args: self.after_step())
         if self._pending:
@@ -282,15 +314,22 @@ class FineTuning:
                 optimizer.load_state_dict(snapshot)
 
     def close(self) -> None:
-        """Remove the step hook :meth:`build` installed (idempotent)."""
+        """Remove the step hooks :meth:`build` installed (idempotent)."""
+        if self._updates is not None:
+            self._updates.close()
+            self._updates = None
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
 
     # ---------------------------------------------------------------- events
     def after_step(self) -> list[str]:
-        """Count one optimizer step (and an epoch every ``steps_per_epoch`` steps); returns the names
-        the schedule unfroze."""
+        """Count one optimizer update (and an epoch every ``steps_per_epoch`` updates); returns the
+        names the schedule unfroze. A call with no update since the last counted one (a
+        gradient-accumulation micro-batch, a step ``GradScaler`` skipped) counts nothing and returns
+        ``[]``."""
+        if self._updates is not None and not self._updates.take():
+            return []
         self.steps += 1
         unfrozen = self.unfreezing.step() if self.unfreezing is not None else []
         if self.steps_per_epoch and self.steps % self.steps_per_epoch == 0:
@@ -303,8 +342,9 @@ class FineTuning:
 
     after_epoch = _deprecated.alias("end_epoch")
 
-    def observe(self, metric: float | torch.Tensor | None, step: int | None = None, *,
-                name: str = "metric") -> Decision | None:
+    def observe(
+        self, metric: float | torch.Tensor | None, step: int | None = None, *, name: str = "metric"
+    ) -> Decision | None:
         """Feed a validation metric to exactly one plateau: the stopper's (which advances the schedule
         on a plateau while stages remain, then stops) when there is a stopper, else the schedule's.
 
@@ -376,8 +416,10 @@ class FineTuning:
         else:
             for key, spec in (("unfreezing", self._specs[0]), ("early_stopping", self._specs[1])):
                 if (state.get(key) is None) != (spec is None):
-                    raise ValueError(f"saved state {'has' if state.get(key) is not None else 'lacks'} {key}, this "
-                                     f"callback {'lacks' if spec is None else 'has'} it")
+                    raise ValueError(
+                        f"saved state {'has' if state.get(key) is not None else 'lacks'} {key}, this "
+                        f"callback {'lacks' if spec is None else 'has'} it"
+                    )
             if self.optimizer is None:
                 self._pending = dict(state)
                 return

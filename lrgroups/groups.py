@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,28 +45,68 @@ def group_settings(rows: Sequence[ParamPlan], optimizers: Sequence[str | None] =
     return order, members
 
 
+#: The characters a group name keeps: ASCII that every logger accepts as a metric key (MLflow's
+#: ``[A-Za-z0-9_/. -]`` without the space); anything else becomes ``_``.
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
 def group_names(rows: Sequence[ParamPlan], settings: Sequence[tuple], groups: Sequence[dict]) -> list[str]:
-    """A readable, unique name per group ("depth 3–4 · lr 0.001 · wd 0.05"), from its members' depths
-    and its settings (``groups``: the built group dicts, whose ``weight_decay`` is shown where the
-    settings leave it to the optimizer; "lr own" where the optimizer computes its lr itself); loggers (Lightning's LearningRateMonitor, the HF callback)
-    show it."""
+    """A short, unique, ASCII name per group, by role and depth: ``"head"`` for a group of heads
+    only, else ``"depth07"`` (``"depth03-05"`` for a range; zero-padded to the deepest depth, so
+    names sort in depth order), then ``"-nowd"`` for a group without weight decay beside groups
+    with it, ``<optimizer>-`` first with several inner optimizers, and the differing options (then
+    ``-2``, ``-3``, ...) where names would still collide. The planned lr is not in the name (a
+    scheduler changes it; the lr is the logged value). Loggers show it: Lightning's
+    ``LearningRateMonitor``, the HF callback's ``learning_rate/<name>``; MLflow keeps it as it is.
+
+    Args:
+        rows: the plan, one row per parameter.
+        settings: the distinct settings, one per group (:func:`group_settings`).
+        groups: the built group dicts, whose ``weight_decay`` stands where the settings leave it to
+            the optimizer.
+
+    Returns:
+        One name per group, in ``settings``' order.
+
+    Example:
+        >>> import torch.nn as nn, lrgroups
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> [g["name"] for g in lrgroups.param_groups(model, lr=1e-3, weight_decay=0.05,
+        ...                                            rules=[lrgroups.layer_decay(0.5), lrgroups.no_weight_decay()])]
+        ['depth0', 'depth0-nowd', 'head', 'head-nowd']
+    """
     group_index = {setting: g for g, setting in enumerate(settings)}
-    depths: dict[int, list[int]] = {}
+    members: dict[int, list[ParamPlan]] = {}
     for row in rows:
-        depths.setdefault(group_index[row.settings], []).append(row.depth)
+        members.setdefault(group_index[row.settings], []).append(row)
+    width = len(str(max((row.depth for row in rows), default=0)))
+    decays = [groups[g].get("weight_decay", setting[2]) for g, setting in enumerate(settings)]
+    any_decay = any(isinstance(wd, (int, float)) and wd != 0 for wd in decays)
     several = len({s[0] for s in settings}) > 1
     names = []
-    for g, (optimizer, lr, weight_decay, options) in enumerate(settings):
-        low, high = min(depths[g]), max(depths[g])
-        parts = [f"depth {low}" if low == high else f"depth {low}–{high}", f"lr {lr:.3g}" if lr is not None else "lr own"]
-        weight_decay = groups[g].get("weight_decay", weight_decay)  # the inner optimizer's default if unset
-        if isinstance(weight_decay, (int, float)):
-            parts.append(f"wd {weight_decay:.3g}")
-        parts += [f"{key} {value}" for key, value in dict(options).items()]
+    for g, (optimizer, _, _, options) in enumerate(settings):
+        group_rows = members.get(g, [])
+        depths = [row.depth for row in group_rows] or [0]
+        low, high = min(depths), max(depths)
+        if group_rows and all("head" in row.depth_source.split("; ") for row in group_rows):
+            name = "head"
+        else:
+            name = f"depth{low:0{width}d}" if low == high else f"depth{low:0{width}d}-{high:0{width}d}"
+        if any_decay and decays[g] == 0:
+            name += "-nowd"
         if several:
-            parts.insert(0, str(optimizer))
-        names.append(" · ".join(parts))
-    return [name if names.count(name) == 1 else f"{name} · #{g}" for g, name in enumerate(names)]
+            name = f"{optimizer}-{name}"
+        names.append(name)
+    for g, (_, _, _, options) in enumerate(settings):  # still colliding: the options that tell them apart
+        if names.count(names[g]) > 1 and options:
+            names[g] += "-" + "-".join(f"{key}{value}" for key, value in options)
+    names = [_UNSAFE.sub("_", name).strip("_") for name in names]
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if names.count(name) == 1 else f"{name}-{seen[name]}")
+    return unique
 
 
 def param_groups(
@@ -83,8 +124,8 @@ def param_groups(
 
     Every group dict holds ``params`` (the trainable parameters of the group, in plan order), ``lr``,
     ``weight_decay`` where the call or a rule set one (else the optimizer's default applies), the
-    rules' ``options`` (``betas``, ``momentum``, ...) and a readable ``name`` (torch keeps extra
-    keys; Lightning's ``LearningRateMonitor`` logs it). Parameters that are frozen (``requires_grad``
+    rules' ``options`` (``betas``, ``momentum``, ...) and a short ASCII ``name`` by role and depth
+    (:func:`group_names`; torch keeps extra keys; Lightning's ``LearningRateMonitor`` logs it). Parameters that are frozen (``requires_grad``
     False, or a rule's ``frozen=True``) are left out: a bare optimizer cannot take them in later (use
     :class:`~lrgroups.LayerwiseOptimizer` to unfreeze without breaking schedulers), and a rule's
     ``frozen=`` does not change ``requires_grad`` here: a parameter a ``frozen=False`` rule thaws is

@@ -96,8 +96,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     ``torch.distributed.checkpoint`` and training frameworks take it as they are. Step hooks run
     in torch's order and receive the wrapper.
 
-    Every param group carries a readable, unique ``name`` ("depth 3–4 · lr 0.001 · wd 0.05"), which
-    loggers show (Lightning's ``LearningRateMonitor``; the HF callback in
+    Every param group carries a short, unique ASCII ``name`` by role and depth (``"depth03"``,
+    ``"depth03-nowd"``, ``"head"``: :func:`lrgroups.groups.group_names`), which loggers show (Lightning's ``LearningRateMonitor``; the HF callback in
     :mod:`lrgroups.integrations.transformers`).
 
     Defaults are the inner optimizer's: what is not passed (``lr``, ``weight_decay``, ``betas``, ...)

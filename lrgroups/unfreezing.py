@@ -8,7 +8,7 @@ Example:
     >>> schedule.stages_remaining, opt.explain().frozen.tolist()
     (2, [True, True, True, True, False, False])
     >>> for epoch in range(3):
-    ...     # ... train one epoch: loss.backward(); opt.step(); schedule.step() ...
+    ...     # ... train one epoch: loss.backward(); opt.step(); opt.zero_grad(); schedule.step() ...
     ...     print(epoch, schedule.end_epoch())
     0 ['2.weight', '2.bias']
     1 ['0.weight', '0.bias']
@@ -22,12 +22,14 @@ import weakref
 from functools import partial
 from typing import Any, Mapping, Sequence, Union
 
+import torch
+
 from . import _deprecated
 from .early_stopping import Plateau
 from .optimizer import LayerwiseOptimizer
 from .rules import Selector
 
-__all__ = ["ProgressiveUnfreezing", "depth_stages"]
+__all__ = ["OptimizerUpdates", "ProgressiveUnfreezing", "depth_stages"]
 
 StageSpec = Union[str, Selector, Mapping[str, Any]]
 
@@ -88,6 +90,51 @@ def _remove_handles(handles: list) -> None:
     handles.clear()
 
 
+class OptimizerUpdates:
+    """Counts the updates an optimizer makes, through a step post hook on it (owned: :meth:`close`,
+    or dropping the counter, removes it), so that a training loop's per-batch calls can tell an
+    update from a call that updated nothing: a gradient-accumulation micro-batch (accelerate's
+    ``AcceleratedOptimizer`` and ``GradScaler.step`` on an inf gradient do not call the optimizer's
+    ``step``), or a step ``GradScaler`` hands to a fused optimizer with ``found_inf`` set, which
+    skips the update inside the kernel. :class:`ProgressiveUnfreezing` and
+    :class:`~lrgroups.driver.FineTuning` count their steps with it.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from lrgroups.unfreezing import OptimizerUpdates
+        >>> model = nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> updates = OptimizerUpdates(opt)
+        >>> model(torch.ones(1, 2)).sum().backward(); opt.step()
+        >>> updates.take(), updates.take()  # one update, then none since
+        (True, False)
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer`` (its ``register_step_post_hook``).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        #: updates made since the last :meth:`take`.
+        self.pending = 0
+        handles = [optimizer.register_step_post_hook(partial(_call_weak, weakref.WeakMethod(self._count)))]
+        self._finalizer = weakref.finalize(self, _remove_handles, handles)
+
+    def _count(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        found_inf = getattr(optimizer, "found_inf", None)  # GradScaler's fused path (set during step)
+        if isinstance(found_inf, torch.Tensor) and bool(found_inf.sum() > 0):
+            return
+        self.pending += 1
+
+    def take(self) -> bool:
+        """Whether the optimizer made at least one update since the last call (the count restarts)."""
+        updated, self.pending = self.pending > 0, 0
+        return updated
+
+    def close(self) -> None:
+        """Remove the step hook (idempotent)."""
+        self._finalizer()
+
+
 class ProgressiveUnfreezing:
     """Unfreezes stages of a :class:`~lrgroups.LayerwiseOptimizer` one after another.
 
@@ -102,7 +149,11 @@ class ProgressiveUnfreezing:
     advanced by
     :meth:`step` (after ``every_steps`` optimizer steps in the stage), :meth:`end_epoch` (after
     ``every_epochs`` epochs), :meth:`observe` (when the monitored metric reaches a plateau: patience
-    advances the stage instead of stopping), or :meth:`advance` directly. Unfreezing hot-adds the
+    advances the stage instead of stopping), or :meth:`advance` directly. :meth:`step` counts
+    optimizer *updates*: call it after every ``optimizer.step()`` (also in a gradient-accumulation
+    loop, e.g. ``accelerator.accumulate()``); a call with no update since the last counted one (a
+    micro-batch whose step the framework skipped, a step ``GradScaler`` skipped) counts nothing
+    (:class:`OptimizerUpdates`). Unfreezing hot-adds the
     parameters with their rule-given lr; attached LR schedulers keep working untouched.
 
     Args:
@@ -149,8 +200,14 @@ class ProgressiveUnfreezing:
         warmup_steps: int = 0,
         reset_patience: bool | None = None,
     ) -> None:
-        reset_patience_on_advance = _deprecated.keyword("ProgressiveUnfreezing", "reset_patience", reset_patience,
-                                                        "reset_patience_on_advance", reset_patience_on_advance, True)
+        reset_patience_on_advance = _deprecated.keyword(
+            "ProgressiveUnfreezing",
+            "reset_patience",
+            reset_patience,
+            "reset_patience_on_advance",
+            reset_patience_on_advance,
+            True,
+        )
         if not isinstance(optimizer, LayerwiseOptimizer):
             raise TypeError(f"ProgressiveUnfreezing needs a LayerwiseOptimizer, got {type(optimizer).__name__}")
         for what, value in (("every_steps", every_steps), ("every_epochs", every_epochs)):
@@ -176,18 +233,22 @@ class ProgressiveUnfreezing:
         self._saved_lrs: dict[int, Any] = {}
         self._params: dict[str, Any] = {}  # name -> tensor, for the names this schedule selects
         self._owned = self._freeze_later_stages()  # name -> the stage that thaws it
+        self._updates = OptimizerUpdates(optimizer)
         handles = []
         if warmup_steps:  # owned handles; the hooks hold the schedule weakly, so `del schedule` removes them
             pre, post = weakref.WeakMethod(self._warmup_pre_hook), weakref.WeakMethod(self._warmup_post_hook)
-            handles = [optimizer.register_step_pre_hook(partial(_call_weak, pre)),
-                       optimizer.register_step_post_hook(partial(_call_weak, post))]
+            handles = [
+                optimizer.register_step_pre_hook(partial(_call_weak, pre)),
+                optimizer.register_step_post_hook(partial(_call_weak, post)),
+            ]
         self._finalizer = weakref.finalize(self, _remove_handles, handles)
 
     reset_patience = _deprecated.alias("reset_patience_on_advance")
 
     def close(self) -> None:
-        """Remove the step hooks this schedule installed on the optimizer (the warm-up's; idempotent).
-        Also done when the schedule is garbage-collected."""
+        """Remove the step hooks this schedule installed on the optimizer (the update count's and the
+        warm-up's; idempotent). Also done when the schedule is garbage-collected."""
+        self._updates.close()
         self._finalizer()
 
     def _freeze_later_stages(self) -> dict[str, int]:
@@ -283,7 +344,18 @@ class ProgressiveUnfreezing:
         return dict(self._owned)
 
     def step(self) -> list[str]:
-        """Count one optimizer step; advance when ``every_steps`` steps were taken in this stage."""
+        """Count one optimizer update; advance when ``every_steps`` updates were made in this stage.
+
+        Call it after every ``optimizer.step()``: it counts one update if the optimizer made at least
+        one since the last counted call (its step post hook ran, without ``GradScaler``'s
+        ``found_inf``), and nothing otherwise (returns ``[]``): a gradient-accumulation micro-batch
+        whose step the framework skipped, a step ``GradScaler`` skipped on an inf gradient.
+
+        Returns:
+            The names unfrozen (``[]`` when the stage did not advance).
+        """
+        if not self._updates.take():
+            return []
         self.steps += 1
         self.steps_in_stage += 1
         if self.every_steps is not None and self.steps_in_stage >= self.every_steps:

@@ -15,8 +15,8 @@ Kept different by design (each test that meets one says so where it adapts):
   mixed) cannot arise: the wrapper takes a model, whose parameters are named and distinct.
 * A constructor error of the inner optimizer surfaces as ``ValueError("could not build <cls> ...:
   <torch's message>")``, whatever torch's type.
-* Every param group has one key more than torch's, ``name`` (a readable label such as
-  ``"depth 3 · lr 0.001 · wd 0"``, which Lightning's ``LearningRateMonitor`` and the HF callback log).
+* Every param group has one key more than torch's, ``name`` (a short ASCII label such as
+  ``"depth3-nowd"``, which Lightning's ``LearningRateMonitor`` and the HF callback log).
 * ``differentiable=True`` is refused when the wrapper is built (``ValueError`` naming it): a
   differentiable step needs non-leaf parameters, which a module's parameters are not; torch's
   differentiable-optimizer tests (gradcheck through ``step``) are not ported.

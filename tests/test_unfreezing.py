@@ -108,7 +108,9 @@ def test_hot_add_equivalence_under_every_scheduler(data, scheduler_name, optimiz
     max_depth = max(lrgroups.param_depths(tree).values())
     rules = [r for r in data.draw(rule_lists(max_depth)) if r.frozen is None]
     selector = {"depth": (None, data.draw(st.integers(0, max_depth)))}
-    factory = {"adamw": torch.optim.AdamW, "sgd": lambda groups, **kw: torch.optim.SGD(groups, momentum=0.9, **kw)}[optimizer]
+    factory = {"adamw": torch.optim.AdamW, "sgd": lambda groups, **kw: torch.optim.SGD(groups, momentum=0.9, **kw)}[
+        optimizer
+    ]
     reference_tree = copy.deepcopy(tree)
     hot = _run(tree, rules, factory, scheduler_name, selector, k, hot=True)
     cold = _run(reference_tree, rules, factory, scheduler_name, selector, k, hot=False)
@@ -119,7 +121,9 @@ def test_hot_add_equivalence_under_every_scheduler(data, scheduler_name, optimiz
 
 def _mlp():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    return nn.Sequential(
+        nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)
+    )
 
 
 def test_progressive_unfreezing_by_steps_head_first_then_deepest():
@@ -128,7 +132,7 @@ def test_progressive_unfreezing_by_steps_head_first_then_deepest():
     opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])
     schedule = lrgroups.ProgressiveUnfreezing(opt, every_steps=2)
     assert [p.requires_grad for p in model.parameters()] == [False] * 6 + [True] * 2
-    unfrozen = [schedule.step() for _ in range(8)]
+    unfrozen = [(opt.step(), schedule.step())[1] for _ in range(8)]  # steps with no gradient: updates all the same
     assert unfrozen == [[], ["4.weight", "4.bias"], [], ["2.weight", "2.bias"], [], ["0.weight", "0.bias"], [], []]
     assert schedule.stages_remaining == 0
     assert [h["stage"] for h in schedule.history] == [1, 2, 3]
@@ -275,8 +279,9 @@ def test_tied_lm_ulmfit_gradual_unfreezing_trains_tied_tensor_first():
         [f"rnns.0.{n}" for n, _ in model.rnns[0].named_parameters()],
     ]
     model = TiedLM()
-    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3, rules=[lrgroups.layer_decay(1 / 2.6)],
-                                      tied="embedding")
+    opt = lrgroups.LayerwiseOptimizer(
+        model, torch.optim.AdamW, lr=1e-3, rules=[lrgroups.layer_decay(1 / 2.6)], tied="embedding"
+    )
     schedule = lrgroups.ProgressiveUnfreezing(opt, every_epochs=1)
     assert _trainable(model) == {"decoder.bias"}
     assert [schedule.end_epoch() for _ in range(4)][-1] == ["encoder.weight"]
@@ -307,6 +312,7 @@ def test_resume_at_last_stage_reconciles_frozen_set(optimizer_checkpoint):
     model[0].bias.requires_grad_(False)
     opt, schedule = _run_stages(model)
     for _ in range(3):
+        opt.step()
         schedule.step()
     assert schedule.stages_remaining == 0
     saved_schedule, saved_opt = schedule.state_dict(), opt.state_dict()
@@ -325,6 +331,7 @@ def test_resume_conflict_over_ownership_raises_and_changes_nothing():
     model = _mlp()
     opt, schedule = _run_stages(model)
     for _ in range(3):
+        opt.step()
         schedule.step()
     saved = schedule.state_dict()
     fresh = _mlp()
@@ -345,6 +352,7 @@ def test_schedule_built_again_on_the_same_model_takes_over_what_a_schedule_froze
     opt, schedule = _run_stages(model)
     assert set(schedule.owned) == {"0.weight", "2.weight", "2.bias", "4.weight", "4.bias"}
     for _ in range(3):
+        opt.step()
         schedule.step()
     assert [name for name, p in model.named_parameters() if not p.requires_grad] == ["0.bias"]
 
@@ -366,15 +374,18 @@ def test_detr_like_first_stage_trains_every_head():
     model = DETRLike()
     opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-4, rules=[lrgroups.layer_decay(0.5)])
     schedule = lrgroups.ProgressiveUnfreezing(opt)
-    assert _trainable(model) == {n for n, _ in model.named_parameters() if n.startswith(("class_embed.", "bbox_embed."))}
+    assert _trainable(model) == {
+        n for n, _ in model.named_parameters() if n.startswith(("class_embed.", "bbox_embed."))
+    }
     while schedule.stages_remaining > 1:
         schedule.advance()
     assert schedule.advance() == ["backbone.0.weight", "backbone.0.bias", "backbone.1.weight", "backbone.1.bias"]
 
 
 def test_a_warm_up_schedule_owns_its_step_hooks():
-    """ProgressiveUnfreezing with a warm-up installs two step hooks; close() removes them, and so does
-    dropping the schedule (the hooks hold it weakly, so it does not stay alive through the optimizer)."""
+    """ProgressiveUnfreezing with a warm-up installs two step hooks, and one post hook that counts updates;
+    close() removes them, and so does dropping the schedule (the hooks hold it weakly, so it does not stay
+    alive through the optimizer)."""
     import gc
     import weakref
 
@@ -382,7 +393,7 @@ def test_a_warm_up_schedule_owns_its_step_hooks():
     opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
     hooks = len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)
     schedule = lrgroups.ProgressiveUnfreezing(opt, warmup_steps=3)
-    assert (len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)) == (hooks[0] + 1, hooks[1] + 1)
+    assert (len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)) == (hooks[0] + 1, hooks[1] + 2)
     schedule.close()
     assert (len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)) == hooks
     schedule = lrgroups.ProgressiveUnfreezing(opt, warmup_steps=3)

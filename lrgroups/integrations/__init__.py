@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.nn as nn
+
 from ..optimizer import LayerwiseOptimizer
 
 __all__ = ["unwrap"]
@@ -56,3 +58,49 @@ def unwrap(optimizer: Any) -> LayerwiseOptimizer:
         f"no LayerwiseOptimizer inside {' -> '.join(seen)}: build the optimizer with "
         "lrgroups.LayerwiseOptimizer(model, optimizer_cls, ...)"
     )
+
+
+def _check_belongs(optimizer: LayerwiseOptimizer, model: nn.Module, who: str, fix: str) -> None:
+    """Raise ``ValueError`` when ``optimizer`` manages tensors that are not ``model``'s parameters (it
+    was built over another model instance): ``who`` names the framework's model, ``fix`` the remedy."""
+    mine = {id(p) for p in model.parameters()}
+    foreign = [name for name, param in optimizer.select(missing="empty").items() if id(param) not in mine]
+    if foreign:
+        few = ", ".join(foreign[:3]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 3 else "")
+        raise ValueError(
+            f"the LayerwiseOptimizer steps parameters that are not {who}'s ({few}): it was built over another "
+            f"model instance, so the model being trained would never change. {fix}"
+        )
+
+
+#: What a callback's ``log_lrs`` may be: every group's lr, or one per depth.
+LOG_LRS = ("group", "depth")
+
+
+def _lrs(optimizer: LayerwiseOptimizer, per: str) -> dict[str, float]:
+    """The lr of every param group by its name (``per="group"``), or (``"depth"``) one per role and
+    depth: groups whose names differ only by ``-nowd`` share a key when their lrs are equal (they
+    keep their own names when not, so nothing is hidden)."""
+    by_group = {group["name"]: float(group["lr"]) for group in optimizer.param_groups}
+    if per == "group":
+        return by_group
+    shared: dict[str, list[tuple[str, float]]] = {}
+    for name, lr in by_group.items():
+        shared.setdefault(name.removesuffix("-nowd"), []).append((name, lr))
+    out: dict[str, float] = {}
+    for key, entries in shared.items():
+        if len({lr for _, lr in entries}) == 1:
+            out[key] = entries[0][1]
+        else:
+            out.update(entries)
+    return out
+
+
+def _trainable(optimizer: LayerwiseOptimizer) -> int:
+    """How many scalars the optimizer trains now (the frozen ones are in no group)."""
+    return sum(param.numel() for group in optimizer.param_groups for param in group["params"])
+
+
+def _check_log_lrs(value: str | None, allowed: tuple[str | None, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"log_lrs must be one of {', '.join(map(repr, allowed))}, got {value!r}")

@@ -27,10 +27,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -38,11 +39,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from ..distributed import every_parameter_registered
 from ..driver import EarlyStoppingSpec, FineTuning, UnfreezingSpec, has_plateau
 from ..early_stopping import EarlyStopping
+from ..recipes import Recipe
 from ..unfreezing import ProgressiveUnfreezing
-from . import unwrap
-
-if TYPE_CHECKING:
-    from ..recipes import Recipe
+from . import LOG_LRS, _check_belongs, _check_log_lrs, _lrs, _trainable, unwrap
 
 __all__ = ["LayerwiseDDPStrategy", "LayerwiseFinetuning"]
 
@@ -71,15 +70,28 @@ class LayerwiseFinetuning(Callback):
       ``ModelCheckpoint(save_on_train_epoch_end=True)``), or on a plateau of ``monitor``.
     - ``monitor`` (a metric logged with ``self.log``; in DDP log it with ``sync_dist=True``) feeds the
       schedule's plateau and the early stopper in ``on_validation_end`` (not during the sanity
-      check), or in ``on_train_epoch_end`` with ``check_on_train_epoch_end=True`` (a training
-      metric, or a fit without a validation loop); a stop is agreed across ranks as Lightning's own
+      check), or at the end of each training epoch with ``check_on_train_epoch_end=True`` (a training
+      metric, or a fit without a validation loop): then it is read *after* the LightningModule's own
+      ``on_train_epoch_end``, as Lightning's ``EarlyStopping`` reads it (Lightning calls every other
+      callback's ``on_train_epoch_end`` before the module's, and its ``EarlyStopping`` and
+      ``Checkpoint`` callbacks again after it: for the fit this callback puts a stateless
+      ``EarlyStopping`` subclass right after itself in ``trainer.callbacks`` that hands that second
+      call back, removed in ``teardown``), so a metric the module logs there is seen on the epoch it
+      is logged and a stop falls on the epoch Lightning's ``EarlyStopping`` stops on; a stop is agreed across ranks as Lightning's own
       ``EarlyStopping`` does, sets ``trainer.should_stop``, and is recorded in :attr:`stopped_epoch`
       and :attr:`stop_reason` (logged on rank zero with ``verbose=True``). A fit whose monitor can
       never be fed (no validation loop, checks after validation) is refused at fit start.
     - Several callbacks can share a Trainer: :attr:`state_key` names the configuration (checkpoints
       saved under the old key ``"LayerwiseFinetuning"`` still load).
-    - Group lrs: every param group carries a readable ``name``; Lightning's ``LearningRateMonitor``
-      logs ``lr-LayerwiseOptimizer/depth 3 · lr 0.0005 · wd 0.01`` instead of ``lr-LayerwiseOptimizer/pg4``.
+    - Group lrs: every param group carries a short ASCII ``name`` by role and depth
+      (:func:`lrgroups.groups.group_names`); Lightning's ``LearningRateMonitor`` logs
+      ``lr-LayerwiseOptimizer/depth3`` and ``lr-LayerwiseOptimizer/depth3-nowd`` instead of
+      ``lr-LayerwiseOptimizer/pg4``. ``log_lrs="depth"`` logs one lr per role and depth instead
+      (``lrgroups/lr-depth3``: the groups with and without weight decay of a depth share one column
+      while their lrs are equal), ``"group"`` one per group, every ``log_every_n_steps`` steps.
+    - Stages: ``lrgroups/stage`` and ``lrgroups/trainable_params`` (scalars the optimizer trains) go
+      to the Trainer's loggers at the start and whenever a stage advances (``verbose=True`` says it
+      on rank zero too, with the reason).
     - DDP: use :class:`LayerwiseDDPStrategy`; under another ``DDPStrategy`` :meth:`setup` raises.
 
     Args:
@@ -94,12 +106,14 @@ class LayerwiseFinetuning(Callback):
         check_on_train_epoch_end: feed ``monitor`` at the end of each training epoch instead of
             after each validation (Lightning ``EarlyStopping``'s argument).
         strict: a missing ``monitor`` raises (``True``) or skips the check with a warning.
-        verbose: log each stop (its epoch and reason) on rank zero.
+        verbose: log each stage advance and each stop (its epoch and reason) on rank zero.
+        log_lrs: ``None`` (leave lrs to ``LearningRateMonitor``), ``"depth"`` or ``"group"`` (see above).
 
     Raises:
         TypeError: the optimizer is not (or does not wrap) a LayerwiseOptimizer; a bad spec or an
             unknown argument (when the callback is built).
-        ValueError: a value the schedule or the stopper refuses (when the callback is built); a plain
+        ValueError: a value the schedule or the stopper refuses (when the callback is built); an
+            optimizer that steps parameters that are not the LightningModule's (at fit start); a plain
             DDP strategy (see :class:`LayerwiseDDPStrategy`); a monitor no check can read (at fit
             start); a checkpoint whose callback state does not fit this configuration.
         KeyError: ``monitor`` is needed but was not logged (``strict=True``).
@@ -115,8 +129,13 @@ class LayerwiseFinetuning(Callback):
         check_on_train_epoch_end: bool = False,
         strict: bool = True,
         verbose: bool = False,
+        log_lrs: str | None = None,
     ) -> None:
+        _check_log_lrs(log_lrs, (None, *LOG_LRS))
         self._driver = FineTuning.from_specs(unfreezing, early_stopping)
+        self.log_lrs = log_lrs
+        self._reported_stage: int | None = None
+        self._recipe = unfreezing if isinstance(unfreezing, Recipe) else None
         self.monitor = monitor
         self.optimizer_index = optimizer_index
         self.check_on_train_epoch_end = check_on_train_epoch_end
@@ -131,9 +150,12 @@ class LayerwiseFinetuning(Callback):
     def state_key(self) -> str:
         """The key of this callback's state in Lightning checkpoints: the class and its configuration,
         so several callbacks can share a Trainer."""
-        return self._generate_state_key(unfreezing=_spec_key(self._driver.unfreezing_spec),
-                                        early_stopping=_spec_key(self._driver.early_stopping_spec),
-                                        monitor=self.monitor, optimizer_index=self.optimizer_index)
+        return self._generate_state_key(
+            unfreezing=_spec_key(self._driver.unfreezing_spec),
+            early_stopping=_spec_key(self._driver.early_stopping_spec),
+            monitor=self.monitor,
+            optimizer_index=self.optimizer_index,
+        )
 
     @property
     def _legacy_state_key(self) -> str:
@@ -141,12 +163,21 @@ class LayerwiseFinetuning(Callback):
         return type(self).__qualname__
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, *, monitor: str = "val_acc", optimizer_index: int = 0) -> "LayerwiseFinetuning":
+    def from_recipe(
+        cls, recipe: Recipe, *, monitor: str = "val_acc", optimizer_index: int = 0
+    ) -> "LayerwiseFinetuning":
         """The callback that runs a :class:`~lrgroups.recipes.Recipe`'s unfreezing and early stopping
         (``mode="max"`` on ``monitor`` unless the recipe says otherwise; stage lengths given as a
         function of the run's length are resolved with ``trainer.estimated_stepping_batches``). Build the
-        optimizer in ``configure_optimizers`` with the recipe's rules:
-        ``LayerwiseOptimizer(self, torch.optim.AdamW, lr=..., rules=recipe.rules, coarse=recipe.coarse)``.
+        optimizer in ``configure_optimizers`` with the recipe's rules (more rules may follow them):
+        ``LayerwiseOptimizer(self, torch.optim.AdamW, lr=..., rules=recipe.rules, coarse=recipe.coarse)``;
+        an optimizer whose plan no rule of the recipe produced is refused at fit start (it would run
+        without the recipe's rates).
+
+        Raises:
+            ValueError: a recipe with parts the callback does not run (L2-SP, a linear probe: use
+                :meth:`lrgroups.recipes.Recipe.build` in a plain loop); at fit start, an optimizer
+                built without the recipe's rules.
 
         Example:
             >>> import lrgroups
@@ -154,9 +185,19 @@ class LayerwiseFinetuning(Callback):
             >>> LayerwiseFinetuning.from_recipe(lrgroups.recipes.plateau_unfreezing()).monitor
             'val_acc'
         """
+        parts = [
+            part for part, unused in (("L2-SP", recipe.l2sp), ("a linear probe", recipe.probe_C)) if unused is not None
+        ]
+        if parts:
+            raise ValueError(
+                f"recipe {recipe.name!r} has {' and '.join(parts)}, which LayerwiseFinetuning does not run "
+                "(they would be dropped silently): run it with Recipe.build(...) in a plain loop"
+            )
         early_stopping = None if recipe.early_stopping is None else {"mode": "max", **recipe.early_stopping}
         unfreezing = None if recipe.unfreezing is None else recipe
-        return cls(unfreezing, early_stopping, monitor=monitor, optimizer_index=optimizer_index)
+        callback = cls(unfreezing, early_stopping, monitor=monitor, optimizer_index=optimizer_index)
+        callback._recipe = recipe
+        return callback
 
     @property
     def schedule(self) -> ProgressiveUnfreezing | None:
@@ -169,7 +210,12 @@ class LayerwiseFinetuning(Callback):
         return self._driver.early_stopping
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Refuse a plain ``DDPStrategy`` (see :class:`LayerwiseDDPStrategy`)."""
+        """Refuse a plain ``DDPStrategy`` (see :class:`LayerwiseDDPStrategy`); with
+        ``check_on_train_epoch_end=True`` put the hand-back of the after-module call in place."""
+        if self.check_on_train_epoch_end and not any(
+            isinstance(cb, _AfterModuleTrainEpochEnd) and cb.owner is self for cb in trainer.callbacks
+        ):
+            trainer.callbacks.insert(trainer.callbacks.index(self) + 1, _AfterModuleTrainEpochEnd(self))
         strategy = trainer.strategy
         if isinstance(strategy, DDPStrategy) and not isinstance(strategy, LayerwiseDDPStrategy):
             raise ValueError(
@@ -183,23 +229,86 @@ class LayerwiseFinetuning(Callback):
         """Adopt the optimizer and build the schedule and the stopper over it (state loaded before applied)."""
         optimizers = trainer.optimizers
         if len(optimizers) <= self.optimizer_index:
-            raise TypeError(f"configure_optimizers returned {len(optimizers)} optimizers; LayerwiseFinetuning needs a LayerwiseOptimizer")
+            raise TypeError(
+                f"configure_optimizers returned {len(optimizers)} optimizers; LayerwiseFinetuning needs a LayerwiseOptimizer"
+            )
         optimizer = unwrap(optimizers[self.optimizer_index])
+        _check_belongs(
+            optimizer,
+            pl_module,
+            "the LightningModule",
+            "Build it in configure_optimizers over the module: LayerwiseOptimizer(self, ...)",
+        )
+        if self._recipe is not None:
+            _check_recipe_rules(optimizer, self._recipe)
         wants = self._driver.early_stopping_spec is not None or has_plateau(self._driver.unfreezing_spec)
-        if wants and not self.check_on_train_epoch_end and (
-                trainer.limit_val_batches == 0 or not is_overridden("validation_step", pl_module)):
-            raise ValueError(f"the monitor {self.monitor!r} of early stopping or of a plateau schedule is read after "
-                             "validation, and this fit has no validation loop, so it would never run: pass "
-                             "check_on_train_epoch_end=True to read a metric logged in training")
+        if (
+            wants
+            and not self.check_on_train_epoch_end
+            and (trainer.limit_val_batches == 0 or not is_overridden("validation_step", pl_module))
+        ):
+            raise ValueError(
+                f"the monitor {self.monitor!r} of early stopping or of a plateau schedule is read after "
+                "validation, and this fit has no validation loop, so it would never run: pass "
+                "check_on_train_epoch_end=True to read a metric logged in training"
+            )
         total = trainer.estimated_stepping_batches
         total_steps = int(total) if total != float("inf") else None
         self._driver.build(optimizer, pl_module, total_steps=total_steps)  # counts optimizer steps by a step hook
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the stage the fit starts at."""
+        self._reported_stage = None
+        self._report_stage(trainer)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Log the lrs the coming step uses (``log_lrs``), every ``log_every_n_steps`` steps."""
+        if (
+            self.log_lrs is not None
+            and self._driver.optimizer is not None
+            and trainer.global_step % max(trainer.log_every_n_steps, 1) == 0
+        ):
+            lrs = {f"lrgroups/lr-{key}": lr for key, lr in _lrs(self._driver.optimizer, self.log_lrs).items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(lrs, step=trainer.global_step)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Log a stage the optimizer step advanced to."""
+        self._report_stage(trainer)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Count an epoch (and check the monitor with ``check_on_train_epoch_end=True``)."""
+        """Count an epoch (Lightning calls this before the LightningModule's ``on_train_epoch_end``;
+        with ``check_on_train_epoch_end=True`` the monitor is checked after it)."""
         self._driver.end_epoch()
-        if self.check_on_train_epoch_end:
-            self._check(trainer)
+        self._report_stage(trainer)
+
+    def _report_stage(self, trainer: pl.Trainer) -> None:
+        schedule = self._driver.unfreezing
+        if schedule is None or schedule.stage == self._reported_stage:
+            return
+        self._reported_stage = schedule.stage
+        trainable = _trainable(self._driver.optimizer)
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {"lrgroups/stage": schedule.stage, "lrgroups/trainable_params": trainable}, step=trainer.global_step
+            )
+        if self.verbose:
+            reason = schedule.history[-1]["reason"] if schedule.history and schedule.stage else "start"
+            rank_zero_info(
+                f"LayerwiseFinetuning: stage {schedule.stage} of {len(schedule.stages) - 1} at step "
+                f"{trainer.global_step} (epoch {trainer.current_epoch}; {reason}): {trainable} "
+                "trainable parameters"
+            )
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Take the hand-back :meth:`setup` put in ``trainer.callbacks`` out again."""
+        trainer.callbacks[:] = [
+            cb for cb in trainer.callbacks if not (isinstance(cb, _AfterModuleTrainEpochEnd) and cb.owner is self)
+        ]
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Feed the monitor to the plateau or the stopper (not in the sanity check)."""
@@ -210,17 +319,22 @@ class LayerwiseFinetuning(Callback):
     def _check(self, trainer: pl.Trainer) -> None:
         metric = trainer.callback_metrics.get(self.monitor)
         if metric is None and not self.strict:
-            rank_zero_warn(f"LayerwiseFinetuning: the monitored metric {self.monitor!r} was not logged; check "
-                           "skipped (strict=False)", category=RuntimeWarning)
+            rank_zero_warn(
+                f"LayerwiseFinetuning: the monitored metric {self.monitor!r} was not logged; check "
+                "skipped (strict=False)",
+                category=RuntimeWarning,
+            )
             return
         decision = self._driver.observe(metric, trainer.global_step, name=self.monitor)
+        self._report_stage(trainer)
         if decision is not None:
             stop = trainer.strategy.reduce_boolean_decision(decision.stop, all=False)
             if stop and not trainer.should_stop:
                 self.stopped_epoch, self.stop_reason = trainer.current_epoch, decision.reason
                 if self.verbose:
-                    rank_zero_info(f"LayerwiseFinetuning stopped the fit at epoch {self.stopped_epoch}: "
-                                   f"{self.stop_reason}")
+                    rank_zero_info(
+                        f"LayerwiseFinetuning stopped the fit at epoch {self.stopped_epoch}: {self.stop_reason}"
+                    )
             trainer.should_stop = trainer.should_stop or stop
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -235,6 +349,59 @@ class LayerwiseFinetuning(Callback):
         """Keeps the state until ``on_fit_start`` builds the schedule and stopper (Lightning loads
         callback state before ``configure_optimizers`` runs)."""
         self._driver.load_state_dict(state_dict)
+
+
+def _check_recipe_rules(optimizer: Any, recipe: Recipe) -> None:
+    """Refuse an optimizer in whose plan a rule of ``recipe`` matched nothing (it was built without
+    ``recipe.rules``; rules allowed to match nothing cannot be told apart and are not checked)."""
+    applied = {name for row in optimizer.plan for name in row.rules}
+    missing = [rule.name for rule in recipe.rules if not rule.allow_empty and rule.name not in applied]
+    if missing:
+        raise ValueError(
+            f"recipe {recipe.name!r}: the optimizer was not built with its rules ({', '.join(missing)} matched no "
+            "parameter of its plan), so the run would go without the recipe's rates. Build it in "
+            "configure_optimizers as LayerwiseOptimizer(self, torch.optim.AdamW, lr=..., rules=[*recipe.rules, "
+            "...], coarse=recipe.coarse)"
+        )
+
+
+class _AfterModuleTrainEpochEnd(LightningEarlyStopping):
+    """Lightning calls ``on_train_epoch_end`` of its ``EarlyStopping`` and ``Checkpoint`` callbacks a
+    second time, after the LightningModule's own (``_FitLoop.on_advance_end``; those callbacks are
+    skipped in the first round), and of no other callback. This stand-in sits right after its
+    :class:`LayerwiseFinetuning` in ``trainer.callbacks`` during a fit with
+    ``check_on_train_epoch_end=True`` and hands that second call to it. It keeps no state (nothing in
+    checkpoints) and does nothing else (Lightning's ``EarlyStopping`` behaviour is not used)."""
+
+    def __init__(self, owner: LayerwiseFinetuning) -> None:
+        Callback.__init__(self)  # not EarlyStopping's: it monitors nothing itself
+        self.owner = owner
+        self.monitor = owner.monitor
+
+    @property
+    def state_key(self) -> str:
+        return f"{self.owner.state_key}.after_module"
+
+    @property
+    def stopped_epoch(self) -> int:
+        """The owner's :attr:`LayerwiseFinetuning.stopped_epoch`."""
+        return self.owner.stopped_epoch
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pass
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.owner._check(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
 
 
 def _spec_key(spec: Any) -> Any:
@@ -264,7 +431,9 @@ class LayerwiseDDPStrategy(DDPStrategy):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("find_unused_parameters") is False:
-            raise ValueError("LayerwiseDDPStrategy needs find_unused_parameters=True: frozen parameters produce no gradient")
+            raise ValueError(
+                "LayerwiseDDPStrategy needs find_unused_parameters=True: frozen parameters produce no gradient"
+            )
         kwargs["find_unused_parameters"] = True
         super().__init__(*args, **kwargs)
 
