@@ -141,3 +141,75 @@ def test_bad_arguments_are_refused(kwargs, error):
         ForgettingMonitor(opt, **kwargs)
     with pytest.raises(TypeError, match="LayerwiseOptimizer"):
         ForgettingMonitor(torch.optim.SGD(mlp().parameters(), lr=0.1))
+
+
+def test_lightning_callback_logs_the_measurements_at_their_steps(tmp_path):
+    """Under a real Trainer with a CSVLogger: every 2nd step's distances and update ratios are in the
+    logged metrics at that step, with the source loss; the monitor's own frame agrees."""
+    import csv
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lrgroups.integrations.lightning import ForgettingMonitorCallback
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = mlp()
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def forward(self, x):
+            return self.net(x)
+
+        def configure_optimizers(self):
+            return lrgroups.LayerwiseOptimizer(self, torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(48, 4), torch.randint(0, 3, (48,))),
+                                       batch_size=8)
+    source = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]
+    callback = ForgettingMonitorCallback(every=2, source_batches=source, source_every=4)
+    trainer = pl.Trainer(max_steps=6, callbacks=[callback], logger=CSVLogger(tmp_path), log_every_n_steps=1,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Module(), data)
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    logged = {int(r["step"]): r for r in rows if r.get("forgetting/distance/depth_0")}
+    assert sorted(logged) == [2, 4, 6]
+    frame = callback.monitor.frame().dropna(subset=["key"]).set_index(["step", "key"])
+    assert float(logged[4]["forgetting/distance/depth_0"]) == pytest.approx(frame.loc[(4, "depth_0"), "distance"])
+    assert logged[4]["forgetting/source_loss"] and not logged[2]["forgetting/source_loss"]
+
+
+def test_hf_callback_adds_the_measurements_to_the_logs(tmp_path):
+    """Under the real HF Trainer: every log entry of a training step carries the latest distance per
+    depth (log_history included); the source metric is the model's own loss on source batches."""
+    import contextlib
+    import io
+
+    import transformers
+
+    from lrgroups.integrations.transformers import ForgettingMonitorCallback
+    from tests.test_integrations_transformers import _data, _model
+
+    model = _model()
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.AdamW, lr=1e-3, rules=[lrgroups.layer_decay(0.5)])
+    collator = transformers.default_data_collator
+    source = [collator(_data(4, 7))]
+    callback = ForgettingMonitorCallback(every=1, source_batches=source,
+                                         source_fn=lambda m, batch: {"loss": m(**batch).loss})
+    args = transformers.TrainingArguments(str(tmp_path), max_steps=4, per_device_train_batch_size=4, report_to="none",
+                                          use_cpu=True, seed=0, save_strategy="no", logging_steps=2, disable_tqdm=True)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_data(16, 0), optimizers=(opt, None),
+                                   callbacks=[callback])
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.train()
+    entries = [e for e in trainer.state.log_history if "loss" in e]
+    assert [e["step"] for e in entries] == [2, 4]
+    frame = callback.monitor.frame().dropna(subset=["key"]).set_index(["step", "key"])
+    depths = sorted({key for _, key in frame.index})
+    for entry in entries:
+        for key in depths:
+            assert entry[f"forgetting/distance/{key}"] == pytest.approx(frame.loc[(entry["step"], key), "distance"])
+        assert entry["forgetting/source_loss"] > 0

@@ -39,11 +39,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from ..distributed import every_parameter_registered
 from ..driver import EarlyStoppingSpec, FineTuning, UnfreezingSpec, has_plateau
 from ..early_stopping import EarlyStopping
+from ..monitor import ForgettingMonitor, source_loss
 from ..recipes import Recipe
 from ..unfreezing import ProgressiveUnfreezing
 from . import LOG_LRS, _check_belongs, _check_log_lrs, _lrs, _trainable, unwrap
 
-__all__ = ["LayerwiseDDPStrategy", "LayerwiseFinetuning"]
+__all__ = ["ForgettingMonitorCallback", "LayerwiseDDPStrategy", "LayerwiseFinetuning"]
 
 
 class LayerwiseFinetuning(Callback):
@@ -442,3 +443,55 @@ class LayerwiseDDPStrategy(DDPStrategy):
         (:func:`lrgroups.distributed.every_parameter_registered`)."""
         with every_parameter_registered(self.model):
             super().configure_ddp()
+
+
+class ForgettingMonitorCallback(Callback):
+    """A :class:`~lrgroups.monitor.ForgettingMonitor` over the LightningModule's LayerwiseOptimizer,
+    its measurements sent to the Trainer's loggers (``forgetting/distance/depth_<d>``,
+    ``forgetting/update_ratio/depth_<d>``, ``forgetting/source_<name>``) at the step they were taken.
+
+    The weights at the start of the fit (``on_fit_start``, after a checkpoint was restored) are
+    ``theta_0``. The monitor is :attr:`monitor` (its ``frame()`` holds every measurement).
+
+    Args:
+        by, every, source_batches, source_fn, source_every: as :class:`~lrgroups.monitor.ForgettingMonitor`.
+        optimizer_index: which of ``configure_optimizers``' optimizers to watch.
+
+    Raises:
+        TypeError: at fit start, that optimizer is not a LayerwiseOptimizer.
+
+    Example:
+        >>> callback = ForgettingMonitorCallback(every=10)  # Trainer(callbacks=[callback])
+    """
+
+    def __init__(self, *, by: str = "depth", every: int = 1, source_batches: Any = None, source_fn: Any = source_loss,
+                 source_every: int | None = None, optimizer_index: int = 0) -> None:
+        self.kwargs = {"by": by, "every": every, "source_batches": source_batches, "source_fn": source_fn,
+                       "source_every": source_every}
+        self.optimizer_index = optimizer_index
+        self.monitor: ForgettingMonitor | None = None
+        self._logged = (0, 0)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start watching the optimizer (``theta_0`` = the weights now)."""
+        optimizers = trainer.optimizers
+        if len(optimizers) <= self.optimizer_index:
+            raise TypeError(f"configure_optimizers returned {len(optimizers)} optimizers; nothing to watch")
+        self.monitor = ForgettingMonitor(unwrap(optimizers[self.optimizer_index]), pl_module, **self.kwargs)
+        self._logged = (0, 0)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Send a new measurement to the loggers."""
+        if self.monitor is None:
+            return
+        now = (len(self.monitor.rows), len(self.monitor.source))
+        if now != self._logged and (values := self.monitor.latest()):
+            self._logged = now
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remove the monitor's hooks (its measurements stay in :attr:`monitor`)."""
+        if self.monitor is not None:
+            self.monitor.close()

@@ -42,11 +42,12 @@ from transformers.trainer_callback import ExportableState
 
 from ..driver import FineTuning
 from ..early_stopping import EarlyStopping
+from ..monitor import ForgettingMonitor, source_loss
 from ..optimizer import LayerwiseOptimizer
 from ..unfreezing import ProgressiveUnfreezing
 from . import LOG_LRS, _check_belongs, _check_log_lrs, _lrs, _trainable, unwrap
 
-__all__ = ["LayerwiseCallback", "LayerwiseOptimizerFactory"]
+__all__ = ["ForgettingMonitorCallback", "LayerwiseCallback", "LayerwiseOptimizerFactory"]
 
 _log = logging.getLogger(__name__)
 
@@ -289,3 +290,48 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
         if self._lr_hook is not None:
             self._lr_hook.remove()
             self._lr_hook = None
+
+
+class ForgettingMonitorCallback(TrainerCallback):
+    """A :class:`~lrgroups.monitor.ForgettingMonitor` over the Trainer's LayerwiseOptimizer, its latest
+    measurement added to every log entry (``forgetting/distance/depth_<d>``,
+    ``forgetting/update_ratio/depth_<d>``, ``forgetting/source_<name>``), so the reporting integrations
+    after it (TensorBoard, W&B, MLflow) and ``state.log_history`` carry it.
+
+    The weights at ``on_train_begin`` (after a checkpoint was restored) are ``theta_0``. The monitor
+    is :attr:`monitor` (its ``frame()`` holds every measurement). ``source_batches`` for an HF model
+    are batches of model inputs with ``source_fn`` reading its output (e.g.
+    ``lambda model, batch: {"loss": model(**batch).loss}``).
+
+    Args:
+        by, every, source_batches, source_fn, source_every: as :class:`~lrgroups.monitor.ForgettingMonitor`.
+
+    Raises:
+        TypeError: at train begin, the Trainer's optimizer is not a LayerwiseOptimizer.
+
+    Example:
+        >>> callback = ForgettingMonitorCallback(every=10)  # Trainer(..., callbacks=[callback])
+    """
+
+    def __init__(self, *, by: str = "depth", every: int = 1, source_batches: Any = None, source_fn: Any = source_loss,
+                 source_every: int | None = None) -> None:
+        self.kwargs = {"by": by, "every": every, "source_batches": source_batches, "source_fn": source_fn,
+                       "source_every": source_every}
+        self.monitor: ForgettingMonitor | None = None
+
+    def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs) -> None:
+        """Start watching the Trainer's optimizer (``theta_0`` = the weights now)."""
+        self.monitor = ForgettingMonitor(unwrap(optimizer), model, **self.kwargs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        """Add the latest measurement to the log entry."""
+        if logs is None or self.monitor is None or not (values := self.monitor.latest()):
+            return
+        logs.update(values)  # for the callbacks after this one
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(values)  # the Trainer appended a copy of logs before on_log
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        """Remove the monitor's hooks (its measurements stay in :attr:`monitor`)."""
+        if self.monitor is not None:
+            self.monitor.close()
