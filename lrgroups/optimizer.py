@@ -315,13 +315,14 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             else:
                 inner.optimizer.__dict__.update(contents)
 
-    def _sync(self, groups: Iterable[int]) -> None:
-        """Rebuild the ``params`` and ``param_names`` lists of ``groups`` from the slots (in place)."""
+    def _sync(self, groups: Iterable[int], with_frozen: bool = False) -> None:
+        """Rebuild the ``params`` and ``param_names`` lists of ``groups`` from the slots (in place);
+        ``with_frozen``: list the frozen parameters too (:func:`lrgroups.distributed.dcp_layout`)."""
         for g in groups:
-            trainable = [slot for slot in self._group_slots[g] if slot.frozen_by is None]
+            listed = [slot for slot in self._group_slots[g] if with_frozen or slot.frozen_by is None]
             group = self.param_groups[g]
-            group["params"][:] = [slot.param for slot in trainable]
-            group["param_names"] = [slot.row.name for slot in trainable]
+            group["params"][:] = [slot.param for slot in listed]
+            group["param_names"] = [slot.row.name for slot in listed]
 
     def _install_hooks(self) -> None:
         self._layout_hook = self.register_state_dict_post_hook(_add_layout, prepend=True)
