@@ -17,11 +17,22 @@ Example (inside an initialised process group)::
 Every rank must freeze and unfreeze the same parameters at the same step (drive unfreezing by step
 or epoch counts, or by a metric that is all-reduced first).
 
-``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict`` / ``set_optimizer_state_dict``
-take a :class:`~lrgroups.LayerwiseOptimizer` as any optimizer (its ``state_dict`` has torch's layout).
-torch's loader keeps at most one empty param group and drops its hyperparameters; the wrapper keeps
-its own for such a group. With several empty groups (several frozen layers with distinct settings)
-torch's loader raises: save ``opt.state_dict()`` itself then.
+``torch.distributed.checkpoint`` (DCP) maps optimizer state and group hyperparameters by the fully
+qualified names of each group's ``params``. A frozen layer's group lists no parameter, and torch's
+``get_optimizer_state_dict`` / ``set_optimizer_state_dict`` take at most one such group: with several
+the loader raises ``ValueError``, and with ``flatten_optimizer_state_dict=True`` the hyperparameters
+of an empty group are not saved and the loader raises ``IndexError`` (pytorch#143828). Call them
+inside :func:`dcp_layout`, where every group lists its frozen parameters too (``requires_grad=False``:
+DCP keeps no state for them, and keeps each group's hyperparameters by their names)::
+
+    with lrgroups.distributed.dcp_layout(opt):
+        state = get_optimizer_state_dict(model, opt, options=options)
+    ...
+    with lrgroups.distributed.dcp_layout(opt):
+        set_optimizer_state_dict(model, opt, state, options=options)
+
+DCP keeps torch's keys only (not the ``"lrgroups"`` key): the frozen set is the loading optimizer's,
+so restore it first (``ProgressiveUnfreezing.load_state_dict`` does) and then load the optimizer.
 """
 
 from __future__ import annotations
@@ -29,10 +40,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["wrap_ddp", "every_parameter_registered"]
+__all__ = ["wrap_ddp", "every_parameter_registered", "dcp_layout"]
 
 
 @contextmanager
@@ -83,9 +95,55 @@ def wrap_ddp(model: nn.Module, **ddp_kwargs: Any) -> DistributedDataParallel:
         ValueError: ``find_unused_parameters=False`` (frozen parameters produce no gradient).
     """
     if ddp_kwargs.get("find_unused_parameters") is False:
-        raise ValueError(
-            "wrap_ddp needs find_unused_parameters=True: frozen parameters produce no gradient"
-        )
+        raise ValueError("wrap_ddp needs find_unused_parameters=True: frozen parameters produce no gradient")
     ddp_kwargs["find_unused_parameters"] = True
     with every_parameter_registered(model):
         return DistributedDataParallel(model, **ddp_kwargs)
+
+
+@contextmanager
+def dcp_layout(optimizer: torch.optim.Optimizer) -> Iterator[torch.optim.Optimizer]:
+    """Inside the block every param group of a :class:`~lrgroups.LayerwiseOptimizer` lists its frozen
+    parameters too (in plan order, ``requires_grad=False``, no state): the layout
+    ``torch.distributed.checkpoint.state_dict``'s ``get_optimizer_state_dict`` and
+    ``set_optimizer_state_dict`` expect, flattened (``flatten_optimizer_state_dict=True``) or not.
+    With frozen layers the groups they fill are otherwise empty, and torch takes at most one empty
+    group: several raise ``ValueError`` on load, and flattening drops their hyperparameters (a
+    scheduled lr included) and raises ``IndexError`` on load (pytorch#143828). On leaving (also on an
+    error) frozen parameters are in no group again.
+
+    Call only DCP's functions inside: the optimizer must not step (a frozen parameter without a
+    gradient is skipped by torch's optimizers, not by every optimizer). DCP saves torch's keys only,
+    so a load keeps the loading optimizer's frozen set: restore it first (a
+    :class:`~lrgroups.ProgressiveUnfreezing`'s ``load_state_dict`` does).
+
+    Args:
+        optimizer: a :class:`~lrgroups.LayerwiseOptimizer`, or a framework's wrapper around one
+            (Lightning's, accelerate's: see :func:`lrgroups.unwrap`).
+
+    Yields:
+        The :class:`~lrgroups.LayerwiseOptimizer`.
+
+    Raises:
+        TypeError: ``optimizer`` holds no :class:`~lrgroups.LayerwiseOptimizer` (from :func:`lrgroups.unwrap`).
+
+    Example:
+        >>> import torch, torch.nn as nn, lrgroups
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        >>> opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1,
+        ...                                   rules=[lrgroups.Rule("0.*", lr=0.01, frozen=True)])
+        >>> with dcp_layout(opt):
+        ...     [group["param_names"] for group in opt.param_groups]
+        [['0.weight', '0.bias'], ['1.weight', '1.bias']]
+        >>> [group["param_names"] for group in opt.param_groups]
+        [[], ['1.weight', '1.bias']]
+    """
+    from .integrations import unwrap
+
+    layerwise = unwrap(optimizer)
+    groups = range(len(layerwise.param_groups))
+    layerwise._sync(groups, with_frozen=True)
+    try:
+        yield layerwise
+    finally:
+        layerwise._sync(groups)

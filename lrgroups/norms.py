@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import fnmatch
+import weakref
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import torch
@@ -73,8 +74,10 @@ def _selected(model: nn.Module, selector: ModuleSelector, what: str) -> dict[str
     if not found:
         every = list(batch_norms(model))
         detail = f"its BatchNorm layers are {', '.join(every[:8])}" if every else "it has no BatchNorm layer"
-        raise ValueError(f"{what}: no BatchNorm layer of {type(unwrap_model(model)).__name__} matches "
-                         f"selector {selector!r} ({detail})")
+        raise ValueError(
+            f"{what}: no BatchNorm layer of {type(unwrap_model(model)).__name__} matches "
+            f"selector {selector!r} ({detail})"
+        )
     return found
 
 
@@ -82,42 +85,79 @@ class FrozenNormStats:
     """The handle :func:`freeze_norm_stats` returns: the frozen layers, ``remove()``, and a context
     manager that removes on exit.
 
-    The one mechanism in lrgroups that hooks norm layers: the :class:`~lrgroups.LayerwiseOptimizer`
-    holds one per norm layer it manages, with ``active`` (``module -> bool``, checked at every
-    forward) saying whether the layer counts as frozen now. Among the handles with an ``active``
-    predicate on one layer only the newest not removed decides (found through the layer's own
-    forward pre-hooks, in registration order, as torch's ``weight_norm`` finds its hook): removing it
-    hands the decision back to the one before. Handles without a predicate (``freeze_norm_stats``)
-    always freeze their layers.
+    The one mechanism in lrgroups that switches norm layers: the :class:`~lrgroups.LayerwiseOptimizer`
+    holds one for the norm layers it manages, with ``active`` (``module -> bool``, checked at every
+    forward) saying whether a layer counts as frozen now. Among the handles with an ``active``
+    predicate on one layer only the newest not removed decides (found among torch's global forward
+    pre-hooks, in registration order): removing it hands the decision back to the one before.
+    Handles without a predicate (``freeze_norm_stats``) always freeze their layers.
+
+    Nothing is put on the layers: each handle owns a pair of forward hooks common to all modules
+    (``torch.nn.modules.module.register_module_forward_pre_hook`` and
+    ``register_module_forward_hook(always_call=True)``) that switch one of its layers' ``training``
+    flag off for the call and put it back after; other modules pass through (one set lookup). So
+    ``torch.jit.script`` (which compiles a module's own hooks) and ``torch.save(model)`` (which pickles
+    them) see the user's model only: a scripted, saved or deep-copied model runs its norms as torch
+    does, and loads where lrgroups is not installed. ``torch.compile(model)`` warns that global hooks
+    also run for its wrapper (these ignore it); ``model.compile()`` does not.
+
+    The layers are held weakly. A handle whose layers are all garbage-collected, or whose optimizer is,
+    stops acting at once and its hooks are taken out of torch's hook dictionaries at the next
+    ``remove()`` or the next handle built (never during a garbage collection: ``torch.compile`` fails
+    when those dictionaries change while it traces).
 
     Args:
         modules: the layers by name (BatchNorm or InstanceNorm layers: ``_NormBase`` subclasses).
         active: ``module -> bool``, whether a layer counts as frozen at this forward; ``None``: always.
     """
 
-    def __init__(self, modules: Mapping[str, nn.modules.batchnorm._NormBase],
-                 active: Callable[[nn.Module], bool] | None = None) -> None:
-        self.modules = dict(modules)
+    def __init__(
+        self, modules: Mapping[str, nn.modules.batchnorm._NormBase], active: Callable[[nn.Module], bool] | None = None
+    ) -> None:
+        _unhook_retired()
         self._active = active
+        self._retired = False
         self._switched: set[int] = set()
-        self._handles = []
-        for module in self.modules.values():
-            self._handles.append(module.register_forward_pre_hook(self._before))
-            self._handles.append(module.register_forward_hook(self._after, always_call=True))
+        # id -> weak reference; an id leaves the set when its layer dies, so a new object reusing it is not frozen
+        self._ids = {id(module) for module in modules.values()}
+        self._refs = {name: weakref.ref(module, self._forget) for name, module in modules.items()}
+        self._handles = [
+            nn.modules.module.register_module_forward_pre_hook(self._before),
+            nn.modules.module.register_module_forward_hook(self._after, always_call=True),
+        ]
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        """The frozen layers by name (those still alive; none once removed)."""
+        if self._retired:
+            return {}
+        return {name: module for name, ref in self._refs.items() if (module := ref()) is not None}
+
+    def _forget(self, ref: weakref.ref) -> None:  # a layer died (a garbage collection may be running)
+        self._ids = {i for i in self._ids if any(r is not ref and id(r()) == i for r in self._refs.values())}
+        if not self._ids:
+            self.retire()
+
+    def retire(self) -> None:
+        """Stop acting at once, without touching torch's hook dictionaries (safe during a garbage
+        collection); the hooks are taken out at the next ``remove()`` or handle built."""
+        self._retired = True
+        self._ids = set()
+        self._active = None
 
     def _decides(self, module: nn.Module) -> bool:
         if self._active is None:
             return True
         newest = None
-        for hook in module._forward_pre_hooks.values():  # registration order: the last one is the newest
+        for hook in nn.modules.module._global_forward_pre_hooks.values():  # registration order: last is newest
             owner = getattr(hook, "__self__", None)
-            if isinstance(owner, FrozenNormStats) and owner._active is not None:
+            if isinstance(owner, FrozenNormStats) and owner._active is not None and id(module) in owner._ids:
                 newest = owner
         return newest is self and self._active(module)
 
     def _before(self, module: nn.Module, args: tuple) -> None:
         # momentum None: an explicit re-estimation (swa_utils.update_bn, Lightning's SWA, precise_bn) wins
-        if module.training and module.momentum is not None and self._decides(module):
+        if id(module) in self._ids and module.training and module.momentum is not None and self._decides(module):
             module.training = False
             self._switched.add(id(module))
 
@@ -128,10 +168,9 @@ class FrozenNormStats:
 
     def remove(self) -> None:
         """Remove the hooks: the layers follow ``model.train()`` / ``model.eval()`` again (or the
-        previous handle with an ``active`` predicate decides)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        previous handle with an ``active`` predicate decides). Idempotent."""
+        self.retire()
+        _unhook_retired()
 
     def __enter__(self) -> FrozenNormStats:
         return self
@@ -140,8 +179,21 @@ class FrozenNormStats:
         self.remove()
 
     def __repr__(self) -> str:
-        state = "active" if self._handles else "removed"
-        return f"FrozenNormStats({len(self.modules)} BatchNorm layers, {state})"
+        state = "removed" if self._retired else "active"
+        return f"FrozenNormStats({len(self._refs)} BatchNorm layers, {state})"
+
+
+def _unhook_retired() -> None:
+    """Take the hooks of every retired handle out of torch's global hook dictionaries."""
+    retired = {
+        id(owner): owner
+        for hook in list(nn.modules.module._global_forward_pre_hooks.values())
+        if isinstance(owner := getattr(hook, "__self__", None), FrozenNormStats) and owner._retired
+    }
+    for owner in retired.values():
+        for handle in owner._handles:
+            handle.remove()
+        owner._handles.clear()
 
 
 def norm_units(model: nn.Module, params: Sequence[torch.Tensor]) -> list[tuple[nn.Module, list[int]]]:
@@ -198,43 +250,33 @@ def _block_params(model: nn.Module, modules: dict[str, nn.Module], name: str) ->
 
 
 class OwnedNormFreeze:
-    """The ``active`` predicate of the :class:`FrozenNormStats` handle an optimizer holds for one norm
-    layer: the layer counts as frozen when every slot that decides it is frozen and (unless
+    """The ``active`` predicate of the :class:`FrozenNormStats` handle an optimizer holds for the norm
+    layers it manages: a layer counts as frozen when every slot that decides it is frozen and (unless
     ``also_frozen_before_build``) not all by ``before_build`` (peft's or the user's frozen norms keep
-    the mode the model gives them).
-
-    A deep copy of the model shares this object, which decides nothing on the copy (the predicate
-    answers only for the layer it was made for); a pickled one decides nothing once unpickled.
+    the mode the model gives them). It answers ``False`` for any other module.
 
     Args:
-        module: the norm layer.
-        slots: objects with ``frozen_by`` (``None``: trains), one per deciding parameter.
+        units: ``[(norm layer, slots)]``: each layer with the objects with ``frozen_by`` (``None``:
+            trains) of the parameters that decide it (see :func:`norm_units`).
         also_frozen_before_build: also freeze a layer frozen before the optimizer was built.
         before_build: the owner recorded for what was frozen before the optimizer was built.
     """
 
-    def __init__(self, module: nn.Module, slots: Sequence[Any], also_frozen_before_build: bool,
-                 before_build: str) -> None:
-        self.module: nn.Module | None = module
-        self.slots = list(slots)
+    def __init__(
+        self, units: Sequence[tuple[nn.Module, Sequence[Any]]], also_frozen_before_build: bool, before_build: str
+    ) -> None:
+        self.slots = {id(module): list(slots) for module, slots in units}
         self.also_frozen_before_build = also_frozen_before_build
         self.before_build = before_build
 
-    def frozen(self) -> bool:
-        """Whether the layer counts as frozen now (see the class docstring)."""
-        owners = [slot.frozen_by for slot in self.slots]
+    def __call__(self, module: nn.Module) -> bool:
+        slots = self.slots.get(id(module))
+        if slots is None:
+            return False
+        owners = [slot.frozen_by for slot in slots]
         if None in owners:
             return False
         return self.also_frozen_before_build or any(owner != self.before_build for owner in owners)
-
-    def __call__(self, module: nn.Module) -> bool:
-        return module is self.module and self.frozen()
-
-    def __deepcopy__(self, memo: dict) -> "OwnedNormFreeze":
-        return self
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "module": None}
 
 
 def remove_all(handles: list[FrozenNormStats]) -> None:
@@ -246,6 +288,17 @@ def remove_all(handles: list[FrozenNormStats]) -> None:
     for handle in handles:
         handle.remove()
     handles.clear()
+
+
+def retire_all(handles: list[FrozenNormStats]) -> None:
+    """Retire every handle in ``handles`` (see :meth:`FrozenNormStats.retire`): what an optimizer's
+    finalizer does at garbage collection, when torch's hook dictionaries must not change.
+
+    Args:
+        handles: the handles (the optimizer's list, left as it is).
+    """
+    for handle in handles:
+        handle.retire()
 
 
 def freeze_norm_stats(model: nn.Module, selector: ModuleSelector = None) -> FrozenNormStats:
@@ -360,14 +413,18 @@ def precise_bn(
     hooks = []
     forced: dict[int, bool] = {}
 
-    def force_train(module: nn.Module, args: tuple) -> None:  # runs after every other pre-hook
+    # force_train runs after the layer's other pre-hooks (and after a freeze's global one); put_back before
+    # its other hooks (after a freeze's global one): every mode is put back in the finally block below
+    def force_train(module: nn.Module, args: tuple) -> None:
         forced[id(module)] = module.training
         module.training = True
 
-    def put_back(module: nn.Module, args: tuple, output: Any) -> None:  # runs before every other hook
+    def put_back(module: nn.Module, args: tuple, output: Any) -> None:
         module.training = forced.pop(id(module))
 
-    saved = [(layer, {k: v.clone() for k, v in layer.named_buffers(recurse=False) if v is not None}) for layer in layers]
+    saved = [
+        (layer, {k: v.clone() for k, v in layer.named_buffers(recurse=False) if v is not None}) for layer in layers
+    ]
     count = 0
     done = False
     try:

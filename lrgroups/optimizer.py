@@ -53,7 +53,7 @@ from .inner import (
     state_carriers,
     unprofiled_step,
 )
-from .norms import FrozenNormStats, OwnedNormFreeze, norm_units, remove_all
+from .norms import FrozenNormStats, OwnedNormFreeze, norm_units, remove_all, retire_all
 from .rules import NoMatchError, ParamPlan, Rule, Selector, no_match_message, plan_params
 
 if TYPE_CHECKING:
@@ -326,29 +326,32 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 else:
                     optimizer.__dict__.update(contents)
 
-    def _sync(self, groups: Iterable[int]) -> None:
-        """Rebuild the ``params`` and ``param_names`` lists of ``groups`` from the slots (in place)."""
+    def _sync(self, groups: Iterable[int], with_frozen: bool = False) -> None:
+        """Rebuild the ``params`` and ``param_names`` lists of ``groups`` from the slots (in place);
+        ``with_frozen``: list the frozen parameters too (:func:`lrgroups.distributed.dcp_layout`)."""
         for g in groups:
-            trainable = [slot for slot in self._group_slots[g] if slot.frozen_by is None]
+            listed = [slot for slot in self._group_slots[g] if with_frozen or slot.frozen_by is None]
             group = self.param_groups[g]
-            group["params"][:] = [slot.param for slot in trainable]
-            group["param_names"] = [slot.row.name for slot in trainable]
+            group["params"][:] = [slot.param for slot in listed]
+            group["param_names"] = [slot.row.name for slot in listed]
         self._list_frozen()
 
     def _install_hooks(self) -> None:
         self._layout_hook = self.register_state_dict_post_hook(_add_layout, prepend=True)
         handles = []
-        for module, indices in self._norm_units:  # the hooks are norms.FrozenNormStats' (the newest decides)
-            frozen = OwnedNormFreeze(module, [self._slots[i] for i in indices], self._norm_stats == "freeze_all",
-                                     _BEFORE_BUILD)
-            handles.append(FrozenNormStats({"": module}, active=frozen))
+        if self._norm_units:  # the hooks are norms.FrozenNormStats' (the newest decides): one handle for all
+            units = [(module, [self._slots[i] for i in indices]) for module, indices in self._norm_units]
+            frozen = OwnedNormFreeze(units, self._norm_stats == "freeze_all", _BEFORE_BUILD)
+            handles.append(FrozenNormStats({str(k): module for k, (module, _) in enumerate(units)}, active=frozen))
         self._norm_handles = handles
-        self._finalizer = weakref.finalize(self, remove_all, handles)
+        self._finalizer = weakref.finalize(self, retire_all, handles)  # never changes hook dicts mid-trace
 
     def close(self) -> None:
         """Remove the norm-layer hooks this optimizer installed (idempotent). Also done when the
-        optimizer is garbage-collected, and on leaving ``with LayerwiseOptimizer(...) as opt:``."""
-        self._finalizer()
+        optimizer is garbage-collected (they stop acting then, and go at the next removal or
+        installation), and on leaving ``with LayerwiseOptimizer(...) as opt:``."""
+        self._finalizer.detach()
+        remove_all(self._norm_handles)
 
     def __enter__(self) -> "LayerwiseOptimizer":
         return self

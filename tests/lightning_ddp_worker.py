@@ -21,7 +21,9 @@ class Net(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+        self.net = nn.Sequential(
+            nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+        )
         self.net[0].requires_grad_(False)
 
     def forward(self, x):
@@ -36,8 +38,9 @@ class Net(L.LightningModule):
             lrgroups.unwrap(self.optimizers()).unfreeze("net.0.*")
 
     def configure_optimizers(self):
-        return lrgroups.LayerwiseOptimizer(self, torch.optim.AdamW, lr=1e-2, rules=[lrgroups.layer_decay(0.5)],
-                                           example_input=torch.zeros(1, 5))
+        return lrgroups.LayerwiseOptimizer(
+            self, torch.optim.AdamW, lr=1e-2, rules=[lrgroups.layer_decay(0.5)], example_input=torch.zeros(1, 5)
+        )
 
 
 def data() -> torch.utils.data.DataLoader:
@@ -50,15 +53,32 @@ def main(out: str) -> None:
     warnings.simplefilter("ignore")
     model = Net()
     finetuning = LayerwiseFinetuning(unfreezing={"stages": ["net.6.*", "net.4.*", "net.2.*"], "every_epochs": 1})
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=LayerwiseDDPStrategy(process_group_backend="gloo"),
-                        max_epochs=3, callbacks=[finetuning], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=LayerwiseDDPStrategy(process_group_backend="gloo"),
+        max_epochs=3,
+        callbacks=[finetuning],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, data())
     opt = lrgroups.unwrap(trainer.optimizers[0])
-    torch.save({"params": torch.cat([p.detach().flatten() for p in model.parameters()]),
-                "first": model.net[0].weight.detach().clone(),
-                "frozen": opt.explain().frozen.tolist(), "stage": finetuning.schedule.stage},
-               f"{out}/rank{trainer.global_rank}.pt")
+    torch.save(
+        {
+            "params": torch.cat([p.detach().flatten() for p in model.parameters()]),
+            "first": model.net[0].weight.detach().clone(),
+            "frozen": opt.explain().frozen.tolist(),
+            "stage": finetuning.schedule.stage,
+        },
+        f"{out}/rank{trainer.global_rank}.pt",
+    )
+    # Lightning destroys only NCCL groups at exit: a gloo group left to interpreter shutdown tears its
+    # threads down while the other rank may still use the connection (a hang or "terminate called").
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -202,7 +202,8 @@ def test_torch_distributed_checkpoint_round_trip_with_frozen_parameters_and_an_e
     """get_optimizer_state_dict / set_optimizer_state_dict (gloo, CPU) round-trip bitwise with a
     frozen layer whose group is empty: DCP drops that group's hyperparameters on load (a torch
     bug that also hits bare optimizers); the wrapper keeps its own, so the next step works. torch's
-    loader takes at most one empty group: with two it raises its own ValueError (as the README says)."""
+    loader takes at most one empty group: with two it raises its own ValueError, and inside
+    lrgroups.distributed.dcp_layout the round trip works (tests/test_distributed.py: FSDP2, flattened)."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
@@ -224,6 +225,9 @@ def test_torch_distributed_checkpoint_round_trip_with_frozen_parameters_and_an_e
             lrgroups.layer_decay(0.5), lrgroups.Rule("[01].*", frozen=True)])
         with pytest.raises(ValueError, match="exactly one param group with zero parameters"):
             set_optimizer_state_dict(two_frozen, layered, get_optimizer_state_dict(two_frozen, layered))
+        with lrgroups.distributed.dcp_layout(layered):  # where every group lists its frozen parameters too
+            set_optimizer_state_dict(two_frozen, layered, get_optimizer_state_dict(two_frozen, layered))
+        assert [len(group["params"]) for group in layered.param_groups] == [0, 0, 2]
     finally:
         dist.destroy_process_group()
     _same(_snapshot(opt), _snapshot(loaded))

@@ -17,9 +17,14 @@ from lrgroups.norms import batch_norms, freeze_norm_stats, precise_bn
 def _net(seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
         nn.Sequential(nn.Conv2d(4, 4, 3), nn.SyncBatchNorm(4), nn.ReLU()),
-        nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.BatchNorm1d(6), nn.Linear(6, 2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 6),
+        nn.BatchNorm1d(6),
+        nn.Linear(6, 2),
     )
 
 
@@ -236,3 +241,151 @@ def test_an_explicit_re_estimation_wins_over_frozen_statistics(mechanism):
     assert torch.allclose(model[1].running_mean, plain[1].running_mean)
     model.train()(data[0])  # the freeze holds again afterwards
     assert torch.allclose(model[1].running_mean, plain[1].running_mean) and owner is not None
+
+
+# ---------------------------------------------------------------- issue 27 item 2: nothing of lrgroups on the module
+def _scriptable_net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
+
+
+def _freeze(model, mechanism):
+    """The two mechanisms that freeze norm statistics, on the first conv+BN block of ``model``."""
+    if mechanism == "optimizer":
+        return lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("[01].*", frozen=True)])
+    return freeze_norm_stats(model, "1")
+
+
+@pytest.mark.parametrize("mechanism", ["optimizer", "freeze_norm_stats"])
+def test_torch_jit_script_works_while_norm_statistics_are_frozen(mechanism):
+    """wandb#3148, pytorch#53421: torch.jit.script compiles every hook on a module, so hooks of
+    lrgroups on the user's norm layers made scripting fail while an optimizer with frozen norms was
+    alive. Scripting succeeds, the scripted model computes the eager model's function (eval mode,
+    bitwise), and the eager model's frozen statistics stay frozen afterwards."""
+    model = _scriptable_net()
+    owner = _freeze(model, mechanism)
+    model.train()(_x())  # a training forward first: the freeze has acted
+    scripted = torch.jit.script(model)
+    assert torch.equal(scripted.eval()(_x(seed=3)), model.eval()(_x(seed=3)))
+    before = model[1].running_mean.clone()
+    model.train()(_x(seed=4))
+    assert torch.equal(model[1].running_mean, before) and int(model[1].num_batches_tracked) == 0
+    assert int(model[4].num_batches_tracked) == 2 and owner is not None  # the unfrozen block trains as usual
+
+
+@pytest.mark.parametrize("mechanism", ["optimizer", "freeze_norm_stats"])
+def test_a_saved_model_loads_where_lrgroups_cannot_be_imported(tmp_path, mechanism):
+    """torch.save(model) while norm statistics are frozen pickles the module and whatever it holds:
+    no lrgroups object may be among it, so torch.load(weights_only=False) works in a process where
+    lrgroups cannot be imported, and gives the same function (eval mode, bitwise)."""
+    import pickle
+    import subprocess
+    import sys
+
+    model = _scriptable_net()
+    owner = _freeze(model, mechanism)
+    model.train()(_x())
+    assert b"lrgroups" not in pickle.dumps(model)
+    torch.save(model, tmp_path / "model.pt")
+    torch.save(model.eval()(_x(seed=3)), tmp_path / "expected.pt")
+    code = (
+        "import sys; sys.modules['lrgroups'] = None\n"
+        "import torch\n"
+        "model = torch.load('model.pt', weights_only=False)\n"
+        "g = torch.Generator().manual_seed(3)\n"
+        "x = torch.randn(4, 3, 8, 8, generator=g)\n"
+        "assert torch.equal(model.eval()(x), torch.load('expected.pt')), 'another function'\n"
+        "assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=120)
+    assert owner is not None
+
+
+@pytest.mark.parametrize("how", ["torch.compile", "in_place"])
+def test_frozen_statistics_hold_under_torch_compile(how):
+    """The freeze acts in a compiled model as in the eager one: in train mode the frozen block's
+    statistics stay bitwise, the other block's move as eager ones do, same outputs. Compiling in
+    place (``model.compile()``) warns about nothing; ``torch.compile(model)`` warns (once) that global
+    module hooks also fire for its wrapper, which lrgroups' hooks ignore."""
+    import warnings
+
+    model, reference = _scriptable_net(), _scriptable_net()
+    opt = _freeze(model, "optimizer")
+    ref_opt = _freeze(reference, "optimizer")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if how == "in_place":
+            model.compile(backend="eager")
+            compiled = model
+        else:
+            compiled = torch.compile(model, backend="eager")
+        for seed in range(3):
+            torch.testing.assert_close(
+                compiled.train()(_x(seed=seed)), reference.train()(_x(seed=seed)), atol=0, rtol=0
+            )
+    messages = [str(w.message) for w in caught]
+    assert all("global hooks" in m for m in messages) and (how == "in_place") == (not messages), messages
+    assert int(model[1].num_batches_tracked) == 0 and int(model[4].num_batches_tracked) == 3
+    assert torch.equal(model[4].running_mean, reference[4].running_mean) and opt is not ref_opt
+
+
+def _lrgroups_global_hooks():
+    hooks = list(nn.modules.module._global_forward_pre_hooks.values())
+    hooks += list(nn.modules.module._global_forward_hooks.values())
+    return [hook for hook in hooks if isinstance(getattr(hook, "__self__", None), lrgroups.FrozenNormStats)]
+
+
+def test_global_hooks_go_on_close_and_a_collected_optimizer_never_changes_them_during_a_collection():
+    """close() and remove() take lrgroups' global hooks out of torch's dictionaries (modules then take
+    torch's hook-free path). A garbage-collected optimizer's freeze stops at once, but its hooks stay
+    in torch's dictionaries until the next explicit removal or installation: a collection can run
+    while torch.compile traces, and a hook dictionary changing then fails the compilation
+    (InternalTorchDynamoError: KeyError on the hook's id)."""
+    import gc
+
+    model = _scriptable_net()
+    gc.collect()
+    freeze_norm_stats(model).remove()  # takes out what collected optimizers of other tests left
+    assert _lrgroups_global_hooks() == []
+    opt = _freeze(model, "optimizer")
+    handle = freeze_norm_stats(model, "4")
+    assert len(_lrgroups_global_hooks()) == 4
+    handle.remove()
+    opt.close()
+    assert _lrgroups_global_hooks() == [] and repr(handle).endswith("removed)")
+    opt = _freeze(model, "optimizer")
+    installed = dict(nn.modules.module._global_forward_pre_hooks)
+    del opt
+    gc.collect()
+    assert dict(nn.modules.module._global_forward_pre_hooks) == installed  # unchanged by the collection
+    model.train()(_x())
+    assert int(model[1].num_batches_tracked) == 1  # but the freeze has stopped
+    freeze_norm_stats(model, "4").remove()  # an explicit removal takes the retired hooks out
+    assert _lrgroups_global_hooks() == []
+
+
+def test_a_forgotten_handle_keeps_no_model_alive():
+    """freeze_norm_stats' handle holds its layers weakly: a model dropped without remove() is
+    garbage-collected, and the handle then stops acting (a new object reusing the layer's id is not
+    frozen)."""
+    import gc
+    import weakref
+
+    model = _scriptable_net()
+    handle = freeze_norm_stats(model)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None and handle.modules == {} and repr(handle).endswith("removed)")
+    handle.remove()
+    assert _lrgroups_global_hooks() == []
