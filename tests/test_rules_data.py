@@ -197,3 +197,32 @@ def test_lightning_cli_passes_rules_from_a_yaml_config(tmp_path):
     opt = cli.model.configure_optimizers()
     lrs = opt.explain().set_index("name")["lr"]
     assert lrs["0.weight"] == pytest.approx(0.5 * 1e-3) and lrs["2.weight"] == pytest.approx(0.05)
+
+
+def test_the_hf_trainer_takes_rules_as_data_from_a_json_config(tmp_path):
+    """Rules read from a JSON file go to the HF Trainer through optimizer_cls_and_kwargs as they are
+    (mappings), and the trained optimizer has the groups the Python rules give."""
+    import contextlib
+    import io
+
+    import transformers
+
+    from lrgroups.integrations.transformers import LayerwiseOptimizerFactory
+    from tests.test_integrations_transformers import _data, _model
+
+    path = tmp_path / "rules.json"
+    path.write_text(rules_to_data([lrgroups.layer_decay(0.5), lrgroups.no_weight_decay()], "json"))
+    rules = json.loads(path.read_text())["rules"]
+    args = transformers.TrainingArguments(str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to="none",
+                                          use_cpu=True, save_strategy="no", disable_tqdm=True)
+    trainer = transformers.Trainer(
+        model=_model(), args=args, train_dataset=_data(8, 0),
+        optimizer_cls_and_kwargs=(LayerwiseOptimizerFactory, {"optimizer": torch.optim.AdamW, "lr": 1e-3,
+                                                                "weight_decay": 0.01, "rules": rules}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.train()
+    trained = lrgroups.unwrap(trainer.optimizer)
+    expected = lrgroups.LayerwiseOptimizer(_model(), torch.optim.AdamW, lr=1e-3, weight_decay=0.01,
+                                           rules=[lrgroups.layer_decay(0.5), lrgroups.no_weight_decay()])
+    assert [g["name"] for g in trained.param_groups] == [g["name"] for g in expected.param_groups]
+    assert trained.explain()["lr"].tolist() == expected.explain()["lr"].tolist()

@@ -454,7 +454,11 @@ class ForgettingMonitorCallback(Callback):
     ``theta_0``. The monitor is :attr:`monitor` (its ``frame()`` holds every measurement).
 
     Args:
-        by, every, source_batches, source_fn, source_every: as :class:`~lrgroups.monitor.ForgettingMonitor`.
+        by: ``"depth"`` or ``"group"`` (as :class:`~lrgroups.monitor.ForgettingMonitor`).
+        every: measure after every ``every``-th optimizer step.
+        source_batches: held-out source batches (``None``: no source metric).
+        source_fn: ``source_fn(model, batch)`` -> a number or ``{name: number}``.
+        source_every: evaluate the source every this many steps (default: ``every``).
         optimizer_index: which of ``configure_optimizers``' optimizers to watch.
 
     Raises:

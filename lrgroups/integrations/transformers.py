@@ -304,7 +304,11 @@ class ForgettingMonitorCallback(TrainerCallback):
     ``lambda model, batch: {"loss": model(**batch).loss}``).
 
     Args:
-        by, every, source_batches, source_fn, source_every: as :class:`~lrgroups.monitor.ForgettingMonitor`.
+        by: ``"depth"`` or ``"group"`` (as :class:`~lrgroups.monitor.ForgettingMonitor`).
+        every: measure after every ``every``-th optimizer step.
+        source_batches: held-out source batches (``None``: no source metric).
+        source_fn: ``source_fn(model, batch)`` -> a number or ``{name: number}``.
+        source_every: evaluate the source every this many steps (default: ``every``).
 
     Raises:
         TypeError: at train begin, the Trainer's optimizer is not a LayerwiseOptimizer.
