@@ -406,6 +406,28 @@ def _memory(section: list[dict]) -> Section:
     return Section(lines, summary)
 
 
+def _norm_hooks(section: list[dict]) -> Section:
+    summary: list[list[str]] = []
+    if not section:
+        return Section([], summary)
+    lines = [
+        "## Frozen-norm hooks: what the rest of the process pays",
+        "",
+        "The eval forward of an unrelated resnet18 while a LayerwiseOptimizer with a frozen-BatchNorm rule is "
+        "alive (its process-wide module hooks installed), against the same forward with none alive.",
+        "",
+    ]
+    rows = []
+    for info in section:
+        ratio = info["ratio"]["optimizer_alive"]
+        rows.append([info["model"], info["size"], f"{info['modules']}", fmt_seconds(info["seconds"]["no_optimizer"][0]),
+                     fmt_ratio(ratio)])
+        summary.append([f"forward of another model while frozen-norm hooks are installed, {info['model']} {info['size']}",
+                        "report", f"{ratio[0]:.3f}", "—"])
+    lines += _table(["model", "input", "modules", "forward, none alive", "alive / none"], rows)
+    return Section(lines, summary)
+
+
 def _monitor(section: list[dict]) -> Section:
     summary: list[list[str]] = []
     if not section:
@@ -475,6 +497,7 @@ def render(results: dict[str, Any], environment: dict[str, Any]) -> str:
         _unfreeze(sections.get("unfreeze", [])),
         _memory(sections.get("memory", [])),
         _monitor(sections.get("monitor", [])),
+        _norm_hooks(sections.get("norm_hooks", [])),
         _bandwidth(sections.get("bandwidth", []), environment.get("cuda", False)),
     ]
     body = [line for part in parts for line in part.lines]
