@@ -125,11 +125,27 @@ SELECTOR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Selector))
 _RESERVED_OPTIONS = frozenset({"params", "param_names", "lr", "weight_decay"})
 
 
+def _hashable(value: Any) -> Any:
+    """``value`` with its lists, sets and dicts as tuples and frozensets, so that equal values hash alike."""
+    if isinstance(value, Mapping):
+        return frozenset((key, _hashable(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(item) for item in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(_hashable(item) for item in value)
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)  # an unhashable object: its text
+    return value
+
+
 class _FrozenOptions(dict):
     """A rule's ``options``: a read-only dict that hashes by its items, so rules stay hashable."""
 
     def __hash__(self) -> int:  # type: ignore[override]
-        return hash(tuple(sorted((key, repr(value)) for key, value in self.items())))
+        # By value, as == compares: {"momentum": 1} and {"momentum": 1.0} are equal and hash alike.
+        return hash(frozenset((key, _hashable(value)) for key, value in self.items()))
 
     def _read_only(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("a rule's options are read-only; build a new Rule")

@@ -226,3 +226,15 @@ def test_the_hf_trainer_takes_rules_as_data_from_a_json_config(tmp_path):
                                            rules=[lrgroups.layer_decay(0.5), lrgroups.no_weight_decay()])
     assert [g["name"] for g in trained.param_groups] == [g["name"] for g in expected.param_groups]
     assert trained.explain()["lr"].tolist() == expected.explain()["lr"].tolist()
+
+
+@given(options=st.dictionaries(st.sampled_from(["momentum", "betas", "eps", "foreach"]),
+                               st.integers(0, 3) | st.tuples(st.integers(0, 2), st.integers(0, 2)) | st.booleans(),
+                               max_size=3))
+def test_equal_options_hash_alike(options):
+    """Rules whose options are equal (1 == 1.0, (0, 1) == (0.0, 1.0)) are equal and hash alike, so a set
+    or dict of rules keeps one of them (a hash by repr split them)."""
+    as_floats = {key: (tuple(float(v) for v in value) if isinstance(value, tuple) else
+                       value if isinstance(value, bool) else float(value)) for key, value in options.items()}
+    a, b = Rule("fc.*", options=options), Rule("fc.*", options=as_floats)
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
