@@ -48,7 +48,7 @@ from .early_stopping import Plateau
 from .l2sp import L2SP
 from .lora import lora_plus as _lora_plus_rules
 from .optimizer import LayerwiseOptimizer
-from .rules import SELECTOR_FIELDS, Rule, Selector, _check_keys, _decode, _encode, rules_from_data
+from .rules import SELECTOR_FIELDS, FrozenDict, Rule, Selector, _check_keys, _decode, _encode, rules_from_data
 from .unfreezing import ProgressiveUnfreezing, _selector, depth_stages
 
 __all__ = [
@@ -232,25 +232,12 @@ def _owned(stage: Selector, trainable: set[int]) -> Selector:
     return replace(stage, where=lambda info: id(info.param) in trainable and (where is None or where(info)))
 
 
-class _Settings(dict):
-    """A recipe's keyword settings: a read-only dict (its nested dicts too; lists become tuples) that
-    hashes by its items, so a recipe is a value."""
-
-    def __hash__(self) -> int:  # type: ignore[override]
-        return hash(tuple(sorted((key, repr(value)) for key, value in self.items())))
-
-    def _read_only(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("a recipe's settings are read-only; build a new Recipe (dataclasses.replace)")
-
-    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only  # type: ignore[assignment]
-
-    def __reduce__(self):
-        return (_Settings, (dict(self),))
+_Settings = FrozenDict  # the name pickles of recipes made before the shared type refer to
 
 
 def _frozen(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return _Settings({key: _frozen(item) for key, item in value.items()})
+        return FrozenDict({key: _frozen(item) for key, item in value.items()})
     if isinstance(value, list):
         return tuple(_frozen(item) for item in value)
     return value

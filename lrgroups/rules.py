@@ -140,20 +140,29 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-class _FrozenOptions(dict):
-    """A rule's ``options``: a read-only dict that hashes by its items, so rules stay hashable."""
+class FrozenDict(dict):
+    """A read-only dict that hashes by its items, by value as ``==`` compares (``{"momentum": 1}``
+    and ``{"momentum": 1.0}`` hash alike): a rule's ``options`` and a recipe's settings, so that
+    rules and recipes are hashable values.
+
+    Raises:
+        TypeError: on any change in place (build a new rule or recipe).
+    """
 
     def __hash__(self) -> int:  # type: ignore[override]
-        # By value, as == compares: {"momentum": 1} and {"momentum": 1.0} are equal and hash alike.
         return hash(frozenset((key, _hashable(value)) for key, value in self.items()))
 
     def _read_only(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("a rule's options are read-only; build a new Rule")
+        raise TypeError("read-only (a rule's options, a recipe's settings): build a new Rule or Recipe "
+                        "(dataclasses.replace)")
 
     __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only  # type: ignore[assignment]
 
     def __reduce__(self):
-        return (_FrozenOptions, (dict(self),))
+        return (type(self), (dict(self),))
+
+
+_FrozenOptions = FrozenDict  # the name pickles of rules made before the shared type refer to
 
 
 @dataclass(frozen=True, init=False, repr=False)
@@ -258,7 +267,7 @@ class Rule:
                     "(params and param_names belong to the optimizer)"
                 )
             # A frozen rule keeps a hashable, order-free copy.
-            object.__setattr__(self, "options", _FrozenOptions(self.options))
+            object.__setattr__(self, "options", FrozenDict(self.options))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "selector" not in state:  # pickled when Rule subclassed Selector: its fields were the rule's
@@ -439,7 +448,7 @@ def _named(kind: str) -> Callable[[Callable[..., Rule]], Callable[..., Rule]]:
                     arguments.update(value)
                 else:
                     arguments[name] = value
-            object.__setattr__(rule, "_kind", (kind, _FrozenOptions(arguments)))
+            object.__setattr__(rule, "_kind", (kind, FrozenDict(arguments)))
             return rule
 
         RULE_KINDS[kind] = make
