@@ -420,7 +420,8 @@ class Backbone:
     source kinds fit it and its timm family. A ``timm:<name>`` backbone always eats 3 channels, also
     when the suite pretrains it (``timm.create_model(name, pretrained=False, num_classes=<source
     classes>)``, timm's default ``in_chans=3``): a grayscale source or target (MNIST, Animal-MNIST,
-    28 px) is resized to the experiment's ``image_size`` and its one channel repeated three times.
+    28 px) is resized to the experiment's ``image_size`` and its one channel repeated three times; a
+    model with a fixed input size (most timm ViTs) needs ``image_size`` equal to its own.
 
     Example:
         >>> spec = backbone("vit_tiny")
