@@ -104,7 +104,7 @@ def dry_run(suite: Suite | str, out: Path, threads: int) -> None:
     suite = SUITES[suite] if isinstance(suite, str) else suite
     available = cache(weights_available)
     rows = [(cell, key, MISSING_WEIGHTS if status != "done" and cell.strategy.kind in PRETRAINED_KINDS
-             and not available(cell.experiment.backbone) else status)
+             and not available(cell.experiment) else status)
             for cell, key, status in iter_pending(suite, out, threads)]
     print(f"suite {suite.name}: {len(rows)} cells -> {out}  ({suite.description})")
     print(f"{'#':>4}  {'key':16}  {'status':15}  {'experiment':12} {'target':18} {'strategy':20} seed  lr")
@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .backbones import TIMM, fetch_command, weights_available
 
     missing = sorted({e.backbone for e in suite.experiments if e.backbone.startswith(TIMM)
-                      and any(s.kind in PRETRAINED_KINDS for s in e.strategies) and not weights_available(e.backbone)})
+                      and any(s.kind in PRETRAINED_KINDS for s in e.strategies) and not weights_available(e)})
     if missing:  # fails before anything is written, not cell by cell
         print("error: pretrained weights are not in the local cache (nothing is downloaded at run time; fetch them "
               "once with this project's python on a machine with internet, into the same cache) for "

@@ -1,7 +1,8 @@
 """Backbones of the benchmark suite: small timm architectures of several families that the suite
 pretrains itself (:data:`SUITE_ARCHITECTURES`), the one truly pretrained backbone that ships
 offline (ImageNet EfficientNet-Lite0, whole or split into a frozen lower part whose outputs are
-cached and a top that fine-tunes), and any timm model whose weights are in the local cache.
+cached and a top that fine-tunes), and any timm model: with its weights from the local cache, from
+a local checkpoint file (:class:`WeightsFile`), or pretrained by the suite on a source task.
 
 Example:
     >>> model = create_resnet_tiny(num_classes=5)
@@ -17,11 +18,15 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .suites import Experiment
 
 
 def map_state_dict_by_order(source: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -230,31 +235,129 @@ def timm_weights_file(name: str) -> str:
         f"at run time. Fetch them once on a machine with internet (same HF_HOME / cache folder): {fetch_command(name)}")
 
 
-def weights_available(backbone: str) -> bool:
-    """Whether backbone ``backbone``'s pretrained weights are at hand: always for the built-in
-    backbones (shipped, or pretrained by the suite), for ``timm:<name>`` when
-    :func:`timm_weights_file` finds them in the local cache (no download, no model built).
+def weights_available(experiment: Experiment) -> bool:
+    """Whether the experiment's pretrained weights are at hand: always for the built-in backbones
+    (shipped, or pretrained by the suite) and for sources the suite pretrains; for a checkpoint file
+    (``weights``) when the file is there; for ``timm:<name>`` when :func:`timm_weights_file` finds
+    them in the local cache (no download, no model built).
 
     Raises:
         KeyError: timm has no such model.
     """
-    if not backbone.startswith(TIMM):
+    if experiment.weights is not None:
+        return Path(experiment.weights.path).is_file()
+    if not _brings_weights(experiment):
         return True
     try:
-        timm_weights_file(backbone[len(TIMM):])
+        timm_weights_file(experiment.backbone[len(TIMM):])
     except MissingWeightsError:
         return False
     return True
 
 
-def create_timm(name: str, pretrained: bool, num_classes: int | None = None) -> nn.Module:
+class WeightsFile(str):
+    """A local checkpoint file of a ``timm:`` backbone (an experiment's ``weights``): its value,
+    ``sha256:<64 hex digits>`` of the file's bytes, is what cell keys and records see, so the same file
+    gives the same keys wherever it lies and another file other keys; ``path`` (where it lies) travels
+    with it (pickles, copies) into no key."""
+
+    path: str
+
+    def __new__(cls, name: str, path: str) -> WeightsFile:
+        weights = super().__new__(cls, name)
+        weights.path = path
+        return weights
+
+    def __getnewargs__(self) -> tuple[str, str]:
+        return str(self), self.path
+
+    def __repr__(self) -> str:
+        return f"WeightsFile({str(self)!r}, path={self.path!r})"
+
+    @property
+    def sha256(self) -> str:
+        return self.removeprefix("sha256:")
+
+
+def weights_file(path: str | Path) -> WeightsFile:
+    """The :class:`WeightsFile` of checkpoint ``path`` (resolved), named by the SHA-256 of its bytes.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+    """
+    from .store import sha256_file
+
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise FileNotFoundError(f"weights file {str(file)!r} does not exist")
+    return WeightsFile(f"sha256:{sha256_file(file)}", str(file))
+
+
+@lru_cache(maxsize=4)
+def read_weights(weights: WeightsFile) -> dict[str, Tensor]:
+    """The state dict in a checkpoint file: safetensors (by the ``.safetensors`` suffix) or a torch
+    file read with ``torch.load(weights_only=True)``, a plain state dict or one under ``state_dict``
+    (timm's ``train.py`` checkpoints). Read once per process; the file's bytes are checked against its
+    hash first, so a file changed since the config loaded never feeds a cell.
+
+    Raises:
+        FileNotFoundError: the file is gone. ValueError: its bytes changed, or it holds no state dict.
+    """
+    from .store import sha256_file
+
+    path = Path(weights.path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    if sha256_file(path) != weights.sha256:
+        raise ValueError(f"weights file {str(path)!r} changed since the suite was loaded ({weights} expected)")
+    if path.suffix == ".safetensors":
+        import safetensors.torch
+
+        return safetensors.torch.load_file(str(path), device="cpu")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"weights file {str(path)!r} holds no state dict of tensors")
+    return state
+
+
+def _classifier_rows(model_name: str, state: Mapping[str, Tensor]) -> int:
+    """How many classes the checkpoint's classifier has (0: a checkpoint without one)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model_name)
+    classifier = cfg.classifier if cfg is not None and cfg.classifier else "fc"
+    classifier = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
+    weight = state.get(f"{classifier}.weight")
+    return 0 if weight is None else int(weight.shape[0])
+
+
+def create_timm(name: str, pretrained: bool, num_classes: int | None = None,
+                weights: WeightsFile | None = None) -> nn.Module:
     """timm model ``name`` in eval mode: its pretrained weights from the local cache
-    (:func:`timm_weights_file`, never a download) or a random init (seeded by the caller).
+    (:func:`timm_weights_file`, never a download), from checkpoint file ``weights``
+    (:func:`read_weights` into ``timm.create_model(name, pretrained=False)`` with the file's own
+    classifier, which ``num_classes`` then replaces), or a random init (seeded by the caller).
 
     Raises:
         KeyError: an unknown model. MissingWeightsError: pretrained weights not cached.
+        ValueError: ``weights`` without ``pretrained``, or a file that does not fit the model (the
+        message names the file and lists what differs).
     """
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    if weights is not None:
+        if not pretrained:
+            raise ValueError(f"weights {weights.path!r} are pretrained weights: create_timm({name!r}, True, ...)")
+        state = read_weights(weights)
+        model = timm.create_model(name, pretrained=False, num_classes=_classifier_rows(name, state))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(f"weights file {weights.path!r} does not fit timm model {name!r}: {error}") from None
+        if num_classes is not None and num_classes != model.num_classes:
+            model.reset_classifier(num_classes)
+        return model.eval()
     if not pretrained:
         if not timm.is_model(name):
             raise KeyError(f"timm has no model {name!r} (see timm.list_models())")
@@ -267,23 +370,33 @@ def create_timm(name: str, pretrained: bool, num_classes: int | None = None) -> 
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
 
 
-@lru_cache(maxsize=32)
-def weights_record(backbone_name: str) -> dict[str, Any] | None:
-    """Which pretrained weights a ``timm:<name>`` backbone loads: the cached file's name, its Hugging
-    Face snapshot revision (the snapshot folder; ``None`` for a torch hub checkpoint) and its
-    SHA-256; ``None`` for the built-in backbones (shipped or suite-pretrained, keyed by the suite) or
-    when the weights are not cached. Recorded with every cell (``runs.jsonl``: ``weights``).
-    """
-    if not backbone_name.startswith(TIMM):
-        return None
-    try:
-        path = timm_weights_file(backbone_name[len(TIMM):])
-    except MissingWeightsError:
-        return None
-    from pathlib import Path
+def _brings_weights(experiment: Experiment) -> bool:
+    """Whether the experiment's pretrained weights are a ``timm:`` model's from the local cache (no
+    checkpoint file of its own, no source the suite trains)."""
+    return (experiment.backbone.startswith(TIMM) and experiment.weights is None
+            and not experiment.source.trained)
 
+
+@lru_cache(maxsize=32)
+def weights_record(experiment: Experiment) -> dict[str, Any] | None:
+    """Which pretrained weights the experiment's ``timm:<name>`` backbone loads: its checkpoint file
+    (``weights``: the file's name, revision ``None``, its SHA-256) or the cached file's name, its
+    Hugging Face snapshot revision (the snapshot folder; ``None`` for a torch hub checkpoint) and
+    its SHA-256; ``None`` for the built-in backbones and for sources the suite pretrains (keyed by
+    the suite), or when the weights are not cached. Recorded with every cell (``runs.jsonl``:
+    ``weights``).
+    """
     from .store import sha256_file
 
+    if experiment.weights is not None:
+        weights = experiment.weights
+        return {"file": Path(weights.path).name, "revision": None, "sha256": weights.sha256}
+    if not _brings_weights(experiment):
+        return None
+    try:
+        path = timm_weights_file(experiment.backbone[len(TIMM):])
+    except MissingWeightsError:
+        return None
     file = Path(path)
     revision = file.parent.name if file.parent.parent.name == "snapshots" else None
     return {"file": file.name, "revision": revision, "sha256": sha256_file(file)}
@@ -304,7 +417,11 @@ class Backbone:
     """One backbone a suite can run, the one place its name is dispatched on: what it is built from
     (an architecture the suite pretrains, a shipped EfficientNet-Lite, or any timm model), what it eats
     (``channels`` of pixels normalised by :meth:`normalization`, or cached Lite0 lower features), which
-    source kinds fit it and its timm family.
+    source kinds fit it and its timm family. A ``timm:<name>`` backbone always eats 3 channels, also
+    when the suite pretrains it (``timm.create_model(name, pretrained=False, num_classes=<source
+    classes>)``, timm's default ``in_chans=3``): a grayscale source or target (MNIST, Animal-MNIST,
+    28 px) is resized to the experiment's ``image_size`` and its one channel repeated three times; a
+    model with a fixed input size (most timm ViTs) needs ``image_size`` equal to its own.
 
     Example:
         >>> spec = backbone("vit_tiny")
@@ -318,7 +435,8 @@ class Backbone:
     family: str
     channels: int
     #: Source kinds that fit (:class:`benchmarks.suites.Source`): ``pretrain`` (the suite trains the
-    #: architecture), ``adapt`` (shipped weights trained on a clean source first), ``imagenet``.
+    #: architecture from random init), ``adapt`` (shipped weights trained on a clean source first),
+    #: ``imagenet`` (weights that come with the backbone: shipped, cached, or a checkpoint file).
     sources: tuple[str, ...]
     architecture: SuiteArchitecture | None = None
     lite: str | None = None
@@ -347,17 +465,22 @@ class Backbone:
             raise ValueError(f"backbone {self.name!r} eats cached features, not images")
         return self.channels, image_size, image_size
 
-    def create(self, pretrained: bool, num_classes: int | None = None) -> nn.Module:
+    def create(self, pretrained: bool, num_classes: int | None = None,
+               weights: WeightsFile | None = None) -> nn.Module:
         """A fresh model (random parts seeded by the caller): the suite's architecture with
         ``num_classes`` outputs (its trained weights are the caller's to load); the top of Lite0 over
         cached features; a whole shipped Lite (its head replaced when ``num_classes`` is given); or the
-        timm model with its cached weights.
+        timm model (:func:`create_timm`: with its cached weights or those of checkpoint file
+        ``weights``; random init with ``pretrained=False``, e.g. to load a source the suite trained).
 
         Raises:
             ValueError: ``pretrained`` for an architecture the suite pretrains, or no ``num_classes`` for it;
-                ``num_classes`` for the Lite0 top over cached features.
+                ``num_classes`` for the Lite0 top over cached features; ``weights`` for a backbone
+                that is not ``timm:<name>``, or a file that does not fit it.
             MissingWeightsError: a timm model's pretrained weights are not cached.
         """
+        if weights is not None and self.timm_name is None:
+            raise ValueError(f"{self.name!r} is not a timm:<name> backbone: it takes no weights file")
         if self.architecture is not None:
             if pretrained or num_classes is None:
                 raise ValueError(f"{self.name!r} is pretrained by the suite: create(False, num_classes), then "
@@ -372,7 +495,7 @@ class Backbone:
             if num_classes is not None:
                 model.reset_classifier(num_classes)
             return model
-        return create_timm(self.timm_name, pretrained, num_classes)
+        return create_timm(self.timm_name, pretrained, num_classes, weights)
 
 
 _LITE_FAMILY = "EfficientNet"
@@ -398,6 +521,6 @@ def backbone(name: str) -> Backbone:
         from timm.models import model_entrypoint
 
         model = name[len(TIMM):]
-        return Backbone(name, model_entrypoint(model).__module__.rsplit(".", 1)[-1], 3, ("imagenet",),
+        return Backbone(name, model_entrypoint(model).__module__.rsplit(".", 1)[-1], 3, ("imagenet", "pretrain"),
                         timm_name=model)
     raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}, timm:<model name>")

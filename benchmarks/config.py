@@ -8,7 +8,9 @@ written by :func:`reference`); lists become tuples. A strategy is a library reci
 grid (``LR_FACTORS``) of its fine-tuning strategies. A dataset is ``"animal"``, ``"mnist"`` or
 ``"imagefolder:<path>"`` (a torchvision ImageFolder directory, relative to the config file; see
 ``benchmarks.data.imagefolder_raw``), which the loader turns into a
-:class:`~benchmarks.data.FolderDataset` named by its content hash. Everything is checked when the
+:class:`~benchmarks.data.FolderDataset` named by its content hash. A ``timm:`` backbone's
+``weights`` is a checkpoint file (relative to the config file), which the loader turns into a
+:class:`~benchmarks.backbones.WeightsFile` named by its SHA-256. Everything is checked when the
 config loads, so ``run --dry-run`` catches it: unknown keys, strategies, recipes, backbones,
 datasets, corruptions, hypothesis metrics and strategies; classes the dataset lacks, a
 ``label_map`` that is no permutation, shots that do not fit into a class's training pool, an empty
@@ -54,7 +56,7 @@ from typing import Any
 import tomllib
 
 from .backbones import BACKBONES as BUILT_IN_BACKBONES
-from .backbones import TIMM
+from .backbones import TIMM, WeightsFile, weights_file
 from .backbones import backbone as backbone_spec
 from .data import CORRUPTION_KINDS, IMAGEFOLDER, POOLED, class_counts, imagefolder
 from .store import SUITE_TOML, read_suite_record
@@ -259,6 +261,24 @@ def _check_target(target: Target, where: str) -> None:
                               f"into the {counts['train'][cls]} images of {label} in the train folder")
 
 
+def _weights(path: Any, source: Any, where: str, base: Path | None) -> WeightsFile:
+    """A timm backbone's checkpoint file (a path relative to ``base``, the config file's folder) as
+    its :class:`~benchmarks.backbones.WeightsFile` (named by its SHA-256), for an ``imagenet`` source
+    (weights the backbone brings; a source the suite pretrains starts from random init)."""
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{where}: expected the path of a checkpoint file, got {path!r}")
+    if not isinstance(source, dict) or source.get("kind", "imagenet") != "imagenet":
+        raise ConfigError(f"{where}: a weights file is what the backbone starts from: it takes "
+                          "source = {kind = \"imagenet\"} (the default), not a source the suite trains")
+    file = Path(path).expanduser()
+    if not file.is_absolute() and base is not None:
+        file = base / file
+    try:
+        return weights_file(file)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: weights file {str(file)!r} does not exist") from None
+
+
 def _experiment(table: Any, where: str, base: Path | None = None) -> Experiment:
     _check_keys(Experiment, table, where)
     table = {**LOADER_DEFAULTS[Experiment], **table}
@@ -273,9 +293,10 @@ def _experiment(table: Any, where: str, base: Path | None = None) -> Experiment:
         cfg = get_pretrained_cfg(backbone[len(TIMM):])
         if "image_size" not in table and cfg is not None and cfg.input_size:
             table["image_size"] = int(cfg.input_size[-1])  # the backbone's own input size, not the 28 px default
-        if not isinstance(table["source"], dict) or table["source"].get("kind", "imagenet") != "imagenet":
-            raise ConfigError(f"{where}.source: a timm backbone brings its own weights: "
-                              "source = {kind = \"imagenet\"}")
+        if "weights" in table:
+            table["weights"] = _weights(table["weights"], table["source"], f"{where}.weights", base)
+    elif "weights" in table:
+        raise ConfigError(f"{where}.weights: only a timm:<model name> backbone takes a weights file, not {backbone!r}")
     elif backbone not in BACKBONES:
         raise ConfigError(f"{where}.backbone: unknown backbone {backbone!r}; known: {list(BACKBONES)} or "
                           "'timm:<model name>'")
@@ -291,7 +312,8 @@ def _experiment(table: Any, where: str, base: Path | None = None) -> Experiment:
         fit = {k: ", ".join(b.name for b in BUILT_IN_BACKBONES.values() if k in b.sources)
                for k in ("pretrain", "adapt", "imagenet")}
         raise ConfigError(f"{where}.source: a {kind} source does not fit backbone {backbone!r} (pretrain: "
-                          f"{fit['pretrain']}; adapt: {fit['adapt']}; imagenet: {fit['imagenet']}, timm:<model name>)")
+                          f"{fit['pretrain']}, timm:<model name>; adapt: {fit['adapt']}; imagenet: {fit['imagenet']}, "
+                          "timm:<model name>)")
     table["budget"] = _build(Budget, table.get("budget"), f"{where}.budget")
     targets = []
     for i, target in enumerate(table.get("targets") or []):
@@ -472,7 +494,10 @@ def _allowed() -> dict[tuple[type, str], str]:
     metrics = listing(HYPOTHESIS_METRICS) + ", `ood_accuracy_<corruption>` of one of the target's `ood`"
     baselines = "; ".join(f"{kind}: `{strategy.name}`, lr `{strategy.lr:g}`" for kind, strategy in BASELINES.items())
     return {
-        (Experiment, "backbone"): listing([*BACKBONES, "timm:<model name>"]) + " (timm: with an imagenet source)",
+        (Experiment, "backbone"): listing([*BACKBONES, "timm:<model name>"]) + " (timm: with an imagenet or "
+                                  "pretrain source)",
+        (Experiment, "weights"): "a checkpoint file (safetensors, or a torch state dict) of the timm: backbone, "
+                                 "relative to the config file; imagenet source only; its SHA-256 keys the cells",
         (Experiment, "bn"): listing(BN_MODES),
         (Source, "kind"): listing(SOURCE_KINDS),
         (Source, "dataset"): datasets + "; required for pretrain",

@@ -101,7 +101,7 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
             records[key] = {"key": key, "experiment": cell.experiment.name, "target": cell.target.name,
                             "strategy": cell.strategy.name, "seed": cell.seed, "lr": cell.lr, "phase": phase,
                             "config": cell.config(), "environment": environment, "invocation": invocation,
-                            "weights": weights_record(cell.experiment.backbone), **result}
+                            "weights": weights_record(cell.experiment), **result}
             write_runs(runs_path, [records[k] for k in order if k in records]
                        + [r for k, r in records.items() if k not in set(order)])
             if result["status"] == "failed":

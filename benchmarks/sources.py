@@ -192,6 +192,8 @@ class Preparation:
     def config(self) -> dict[str, Any]:
         experiment = self.experiment
         config: dict[str, Any] = {"kind": self.kind, "backbone": experiment.backbone}
+        if experiment.weights is not None:  # a checkpoint file's hash (absent otherwise: older keys stay)
+            config["weights"] = str(experiment.weights)
         # a source depends on the backbone and the source task only
         if self.kind == "source":
             config["source"] = asdict(self.source)
@@ -242,7 +244,9 @@ def preparations(experiments: tuple[Experiment, ...]) -> list[list[Preparation]]
 
 def pretrain(experiment: Experiment, device: Device, source_seed: int = 0) -> tuple[dict[str, Tensor], float]:
     """Train the experiment's backbone on its source task (AdamW, warm-up then cosine to 0), seeded
-    by ``source_seed``: from random init (``kind="pretrain"``) or from the shipped ImageNet weights
+    by ``source_seed``: from random init (``kind="pretrain"``: a suite architecture, or any
+    ``timm:<name>`` as ``timm.create_model(name, pretrained=False, num_classes=<source classes>)``
+    with its 3 input channels, fed :func:`backbone_inputs`) or from the shipped ImageNet weights
     with a new head (``kind="adapt"``, Lee et al.'s clean-source stage); returns (state dict,
     source test accuracy)."""
     source = replace(experiment.source, seed=source_seed)
@@ -346,7 +350,8 @@ def source_backbone(experiment: Experiment, pretrained: bool, cache_dir: Path,
     """A fresh copy of the cell's backbone with its source head: a suite-trained source of
     ``source_seed`` (``pretrained=False``: random init, seeded by the caller), the top of ImageNet
     Lite0 (random init: the seed-0 random Lite0 whose lower features were cached), a whole shipped
-    EfficientNet-Lite, or a ``timm:<name>`` model.
+    EfficientNet-Lite, or a ``timm:<name>`` model (its cached weights or the experiment's checkpoint
+    file, ``weights``).
 
     Raises:
         KeyError: an unknown backbone.
@@ -361,6 +366,8 @@ def source_backbone(experiment: Experiment, pretrained: bool, cache_dir: Path,
         classes = len(experiment.source.classes) if experiment.source.trained else experiment.targets[0].num_classes
         return spec.create(False, classes), {"kind": "random_init"}
     classes = len(experiment.source.classes) if experiment.source.trained and spec.lite else None
+    if pretrained and experiment.weights is not None:
+        return spec.create(True, classes, experiment.weights), {"kind": "weights_file"}
     return spec.create(pretrained, classes), {"kind": spec.pretrained_kind if pretrained else "random_init"}
 
 

@@ -233,7 +233,10 @@ class Experiment:
     (:mod:`benchmarks.preregistration`): such a strategy runs at that lr only, on that target.
     ``skip``: ``(target, strategy)`` pairs that do not run (a control meaningless on that target).
     ``measure_retention``: measure source retention at the end of every cell (off where no
-    hypothesis reads it: two precise-BN passes over the source data per cell saved)."""
+    hypothesis reads it: two precise-BN passes over the source data per cell saved). ``weights``:
+    a ``timm:<name>`` backbone's pretrained weights from a local checkpoint file instead of the Hugging
+    Face cache (a :class:`benchmarks.backbones.WeightsFile`: ``weights_file(path)``; a config gives the
+    path), with an ``imagenet`` source; its SHA-256 is part of every cell key."""
 
     name: str
     question: str
@@ -253,6 +256,7 @@ class Experiment:
     lrs: tuple[tuple[str, str, float], ...] = ()
     skip: tuple[tuple[str, str], ...] = ()
     measure_retention: bool = True
+    weights: str | None = None
 
     def strategy(self, name: str) -> Strategy:
         return next(s for s in self.strategies if s.name == name)
@@ -384,6 +388,7 @@ class Cell:
             "bn": experiment.bn,
             "track_forgetting": experiment.track_forgetting,
             **({} if experiment.measure_retention else {"measure_retention": False}),
+            **({} if experiment.weights is None else {"weights": str(experiment.weights)}),
             "source": asdict(self.source),
             "target": asdict(self.target),
             "strategy": {**{k: v for k, v in asdict(self.strategy).items() if not (k == "fixed_lr" and v is None)},

@@ -257,8 +257,8 @@ def test_rgb_folder_through_a_timm_backbone_at_its_own_size_from_a_hub_cache(rgb
     data = cell_data(experiment, experiment.targets[0], 0)
     assert tuple(data.train.pixels.shape[1:]) == (3, 160, 160)
     assert tuple(backbone_inputs(experiment, data.train.pixels).shape[1:]) == (3, 160, 160)
-    assert weights_record(experiment.backbone) == {"file": "model.safetensors", "revision": revision,
-                                                   "sha256": sha256_file(weights)}
+    assert weights_record(experiment) == {"file": "model.safetensors", "revision": revision,
+                                          "sha256": sha256_file(weights)}
     out = tmp_path / "out"
     assert main(["run", "--config", str(config), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
     records = read_runs(out / "runs.jsonl")
