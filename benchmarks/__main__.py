@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="local processes (default) or Ray: one task per cell with --threads CPUs")
     run.add_argument("--address", help="with --executor ray: an existing cluster (default: start a local one)")
     run.add_argument("--dry-run", action="store_true",
-                     help="list the cells and whether each is done (or its backbone weights missing); run nothing")
+                     help="list the cells and whether each is done (or its backbone weights missing) and estimate "
+                          "the time from measured step costs (warns at hours); run nothing")
     run.add_argument("--max-cells", type=int, help="stop after computing this many new cells")
     run.add_argument("--experiment", action="append", default=[], metavar="NAME",
                      help="run only this experiment's cells (repeatable; default: every experiment)")
@@ -115,10 +116,17 @@ def _part(args: argparse.Namespace) -> Part:
     return Part(tuple(dict.fromkeys(args.experiment)), tuple(dict.fromkeys(args.target)), args.seeds)
 
 
-def dry_run(suite: Suite | str, out: Path, threads: int, part: Part | None = None) -> None:
+#: ``--dry-run`` warns when its estimate of the wall time is at least this many seconds.
+WARN_HOURS_S = 3600.0
+
+
+def dry_run(suite: Suite | str, out: Path, threads: int, part: Part | None = None, cache_dir: Path | None = None,
+            workers: int = 1, device_choice: str = "cpu") -> None:
     """Print every cell with its key and status (done / failed / pending, or ``missing weights``: a
-    cell not done whose pretrained timm backbone has no weights in the local cache), without
-    running anything."""
+    cell not done whose pretrained timm backbone has no weights in the local cache), then an
+    estimate of the time the cells not done take (:func:`benchmarks.sizing.estimate`: measured
+    cell times from ``out/runs.jsonl``, else one timed training step per experiment on the
+    device), with a warning at WARN_HOURS_S or more; runs no cell."""
     from .backbones import TIMM, fetch_command, weights_available
     from .runner import iter_pending
 
@@ -146,6 +154,42 @@ def dry_run(suite: Suite | str, out: Path, threads: int, part: Part | None = Non
         print("the guards add cells during the run: grid extensions where a selected lr sits at a grid edge, and "
               "the hypotheses' selected cells at twice the budget (benchmarks.selection)")
     print("hypotheses: " + "; ".join(f"{h.name} {h.comparison} on {h.target} ({h.metric})" for h in suite.hypotheses))
+    _print_estimate(suite, out, [cell for cell, _, status in rows if status in ("pending", "failed")], threads,
+                    out / "cache" if cache_dir is None else cache_dir, workers, device_choice)
+
+
+def _print_estimate(suite: Suite, out: Path, cells: list, threads: int, cache_dir: Path, workers: int,
+                    device_choice: str) -> None:
+    """The ``--dry-run`` time estimate of ``cells`` and what it rests on."""
+    from .cells import key_environment
+    from .sizing import estimate, time_one_step
+    from .sources import preparations
+    from .store import read_runs
+    from .training import resolve_device
+
+    try:
+        device = resolve_device(device_choice, threads=threads)
+    except RuntimeError as error:
+        print(f"estimate timed on the CPU instead: {error}")
+        device = resolve_device("cpu", threads=threads)
+    if device.type == "cuda":
+        workers = 1
+    environment = key_environment(device)
+    sources = [p.experiment for wave in preparations(suite.experiments, cells) for p in wave
+               if p.kind == "source" and not p.path(cache_dir, environment).exists()]
+    guess = estimate(cells, read_runs(out / "runs.jsonl"), sources, lambda e: time_one_step(e, device))
+    wall = guess.seconds / max(1, workers)
+    print(f"estimate: about {_duration(guess.seconds)} of computing, {_duration(wall)} wall time with {workers} "
+          f"worker(s) on {device.type}; from: {'; '.join(guess.basis) or 'nothing to run'}; "
+          f"not counted: {'; '.join(guess.not_counted)}")
+    if wall >= WARN_HOURS_S:
+        print(f"WARNING: this run takes hours ({_duration(wall)}); run a part of it (--experiment, --target, "
+              "--seeds) or stop after some cells (--max-cells): the run resumes where it stopped")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60 \
+        else f"{seconds:.0f} s"
 
 
 def _suite(args: argparse.Namespace, folder: Path | None) -> Suite:
@@ -268,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.dry_run:
-        dry_run(suite, out, args.threads, part)
+        dry_run(suite, out, args.threads, part, args.cache, args.workers, args.device)
         return 0
     from .report import write_reports
     from .runner import run_suite

@@ -101,3 +101,49 @@ def test_run_passes_the_part_to_the_runner(tmp_path: Path, monkeypatch: pytest.M
     assert main(["run", "--suite", "smoke", "--out", str(tmp_path), "--no-progress", "--experiment", "q3_lp_ft",
                  "--target", "animal10", "--seeds", "1"]) == 0
     assert calls == [Part(("q3_lp_ft",), ("animal10",), (1,))]
+
+
+def test_dry_run_estimates_from_a_timed_step_and_warns_at_hours(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``--dry-run`` prints an estimate with its basis; one timed step of 100 s makes it hours."""
+    import benchmarks.sizing
+
+    monkeypatch.setattr(benchmarks.sizing, "time_one_step", lambda experiment, device: 0.001)
+    assert main(["run", "--suite", "smoke", "--out", str(tmp_path), "--dry-run", "--experiment", "q1_surgical",
+                 "--seeds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "part: experiments q1_surgical; seeds 0" in out and "q3_lp_ft" not in out.split("hypotheses:")[0]
+    assert "estimate: about 0 s" in out and "cells at one timed training step" in out and "WARNING" not in out
+    assert "1 source pretrainings" in out
+    monkeypatch.setattr(benchmarks.sizing, "time_one_step", lambda experiment, device: 100.0)
+    assert main(["run", "--suite", "smoke", "--out", str(tmp_path), "--dry-run", "--experiment", "q1_surgical"]) == 0
+    assert "WARNING: this run takes hours" in capsys.readouterr().out
+
+
+def test_dry_run_prefers_the_measured_time_of_finished_cells(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A finished cell's wall time prices the pending cells of its experiment and strategy."""
+    import dataclasses
+    import json
+
+    import benchmarks.sizing
+
+    monkeypatch.setattr(benchmarks.sizing, "time_one_step", lambda experiment, device: 0.0)  # the other strategies
+    cell = next(c for c in SMOKE.cells() if c.strategy.name == "surgical_first")
+    record = {"key": "x", "experiment": cell.experiment.name, "target": cell.target.name, "strategy": "surgical_first",
+              "seed": cell.seed, "lr": cell.lr, "status": "ok", "wall_seconds": 2000.0,
+              "config": {"budget": dataclasses.asdict(cell.experiment.budget)}}
+    (tmp_path / "runs.jsonl").write_text(json.dumps(record) + "\n")
+    (tmp_path / "cache").mkdir()
+    for source_seed in (0, 1):  # cached sources: nothing to time
+        from benchmarks.cells import key_environment
+        from benchmarks.sources import Preparation
+        from benchmarks.training import resolve_device
+
+        path = Preparation(cell.experiment, "source", source_seed=source_seed).path(
+            tmp_path / "cache", key_environment(resolve_device("cpu", threads=1)))
+        path.write_bytes(b"")
+    assert main(["run", "--suite", "smoke", "--out", str(tmp_path), "--dry-run", "--experiment", "q1_surgical",
+                 "--target", "label_permutation", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    n = len([c for c in SMOKE.cells() if c.strategy.name == "surgical_first"])
+    assert f"{n} cells at the median wall time of finished cells" in out
+    assert f"about {n * 2000 / 3600:.1f} h of computing" in out and "WARNING" in out
