@@ -3,6 +3,7 @@
     python -m benchmarks run [--suite quick | --config my_suite.toml] [--out DIR] [--cache DIR] [--workers N] [--threads T] [--device cpu|cuda]
                              [--executor local|ray] [--address RAY_ADDRESS]
                              [--dry-run] [--max-cells N] [--no-progress] [--reuse OTHER_RUN_DIR]
+                             [--experiment NAME ...] [--target NAME ...] [--seeds 0,1 | 0-4]
     python -m benchmarks report [--suite quick | --config my_suite.toml] [--out DIR] [--readme README.md]
     python -m benchmarks replicate --reference results/quick --new runs/quick [--suite quick | --config my_suite.toml]
     python -m benchmarks preregister --tuning results/quick-tuning [--suite quick_tuning] [--write]
@@ -37,6 +38,7 @@ from pathlib import Path
 # slower on a shared machine). The numbers do not depend on it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from .parts import Part  # noqa: E402
 from .suites import SUITES, Suite  # noqa: E402
 
 #: The suite ``run`` runs (and ``report`` rebuilds) without ``--suite``, ``--config`` and ``--out``.
@@ -85,8 +87,15 @@ def _parser() -> argparse.ArgumentParser:
                      help="local processes (default) or Ray: one task per cell with --threads CPUs")
     run.add_argument("--address", help="with --executor ray: an existing cluster (default: start a local one)")
     run.add_argument("--dry-run", action="store_true",
-                     help="list the cells and whether each is done (or its backbone weights missing); run nothing")
+                     help="list the cells and whether each is done (or its backbone weights missing) and estimate "
+                          "the time from measured step costs (warns at hours); run nothing")
     run.add_argument("--max-cells", type=int, help="stop after computing this many new cells")
+    run.add_argument("--experiment", action="append", default=[], metavar="NAME",
+                     help="run only this experiment's cells (repeatable; default: every experiment)")
+    run.add_argument("--target", action="append", default=[], metavar="NAME",
+                     help="run only the cells on this target (repeatable; default: every target)")
+    run.add_argument("--seeds", type=_seeds, default=(), metavar="0,1",
+                     help="run only these seeds: a list, ranges a-b allowed (default: every seed)")
     run.add_argument("--reuse", type=Path, action="append", default=[],
                      help="another run folder whose finished cells of this suite count as done (copied with their "
                           "provenance; repeatable)")
@@ -94,10 +103,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dry_run(suite: Suite | str, out: Path, threads: int) -> None:
+def _seeds(text: str) -> tuple[int, ...]:
+    from .parts import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _part(args: argparse.Namespace) -> Part:
+    return Part(tuple(dict.fromkeys(args.experiment)), tuple(dict.fromkeys(args.target)), args.seeds)
+
+
+#: ``--dry-run`` warns when its estimate of the wall time is at least this many seconds.
+WARN_HOURS_S = 3600.0
+
+
+def dry_run(suite: Suite | str, out: Path, threads: int, part: Part | None = None, cache_dir: Path | None = None,
+            workers: int = 1, device_choice: str = "cpu") -> None:
     """Print every cell with its key and status (done / failed / pending, or ``missing weights``: a
-    cell not done whose pretrained timm backbone has no weights in the local cache), without
-    running anything."""
+    cell not done whose pretrained timm backbone has no weights in the local cache), then an
+    estimate of the time the cells not done take (:func:`benchmarks.sizing.estimate`: measured
+    cell times from ``out/runs.jsonl``, else one timed training step per experiment on the
+    device), with a warning at WARN_HOURS_S or more; runs no cell."""
     from .backbones import TIMM, fetch_command, weights_available
     from .runner import iter_pending
 
@@ -105,8 +134,10 @@ def dry_run(suite: Suite | str, out: Path, threads: int) -> None:
     available = cache(weights_available)
     rows = [(cell, key, MISSING_WEIGHTS if status != "done" and cell.strategy.kind in PRETRAINED_KINDS
              and not available(cell.experiment) else status)
-            for cell, key, status in iter_pending(suite, out, threads)]
+            for cell, key, status in iter_pending(suite, out, threads) if part is None or part.contains(cell)]
     print(f"suite {suite.name}: {len(rows)} cells -> {out}  ({suite.description})")
+    if part is not None and not part.everything:
+        print(f"part: {part.describe()}")
     print(f"{'#':>4}  {'key':16}  {'status':15}  {'experiment':12} {'target':18} {'strategy':20} seed  lr")
     counts: dict[str, int] = {}
     for index, (cell, key, status) in enumerate(rows):
@@ -123,6 +154,42 @@ def dry_run(suite: Suite | str, out: Path, threads: int) -> None:
         print("the guards add cells during the run: grid extensions where a selected lr sits at a grid edge, and "
               "the hypotheses' selected cells at twice the budget (benchmarks.selection)")
     print("hypotheses: " + "; ".join(f"{h.name} {h.comparison} on {h.target} ({h.metric})" for h in suite.hypotheses))
+    _print_estimate(suite, out, [cell for cell, _, status in rows if status in ("pending", "failed")], threads,
+                    out / "cache" if cache_dir is None else cache_dir, workers, device_choice)
+
+
+def _print_estimate(suite: Suite, out: Path, cells: list, threads: int, cache_dir: Path, workers: int,
+                    device_choice: str) -> None:
+    """The ``--dry-run`` time estimate of ``cells`` and what it rests on."""
+    from .cells import key_environment
+    from .sizing import estimate, time_one_step
+    from .sources import preparations
+    from .store import read_runs
+    from .training import resolve_device
+
+    try:
+        device = resolve_device(device_choice, threads=threads)
+    except RuntimeError as error:
+        print(f"estimate timed on the CPU instead: {error}")
+        device = resolve_device("cpu", threads=threads)
+    if device.type == "cuda":
+        workers = 1
+    environment = key_environment(device)
+    sources = [p.experiment for wave in preparations(suite.experiments, cells) for p in wave
+               if p.kind == "source" and not p.path(cache_dir, environment).exists()]
+    guess = estimate(cells, read_runs(out / "runs.jsonl"), sources, lambda e: time_one_step(e, device))
+    wall = guess.seconds / max(1, workers)
+    print(f"estimate: about {_duration(guess.seconds)} of computing, {_duration(wall)} wall time with {workers} "
+          f"worker(s) on {device.type}; from: {'; '.join(guess.basis) or 'nothing to run'}; "
+          f"not counted: {'; '.join(guess.not_counted)}")
+    if wall >= WARN_HOURS_S:
+        print(f"WARNING: this run takes hours ({_duration(wall)}); run a part of it (--experiment, --target, "
+              "--seeds) or stop after some cells (--max-cells): the run resumes where it stopped")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60 \
+        else f"{seconds:.0f} s"
 
 
 def _suite(args: argparse.Namespace, folder: Path | None) -> Suite:
@@ -238,8 +305,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"README blocks rewritten: {', '.join(written)}")
         print(f"reports rebuilt in {out}")
         return 0
+    part = _part(args)
+    try:
+        part.check(suite)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.dry_run:
-        dry_run(suite, out, args.threads)
+        dry_run(suite, out, args.threads, part, args.cache, args.workers, args.device)
         return 0
     from .report import write_reports
     from .runner import run_suite
@@ -261,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .backbones import TIMM, fetch_command, weights_available
 
     missing = sorted({e.backbone for e in suite.experiments if e.backbone.startswith(TIMM)
+                      and (not part.experiments or e.name in part.experiments)
                       and any(s.kind in PRETRAINED_KINDS for s in e.strategies) and not weights_available(e)})
     if missing:  # fails before anything is written, not cell by cell
         print("error: pretrained weights are not in the local cache (nothing is downloaded at run time; fetch them "
@@ -273,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         suite, out, args.cache if args.cache is not None else out / "cache", workers=args.workers,
         threads=args.threads, device_choice=args.device, max_cells=args.max_cells, progress=not args.no_progress,
         command="python -m benchmarks " + shlex.join(argv), report=write_reports, executor=args.executor,
-        address=args.address, reuse=tuple(args.reuse),
+        address=args.address, reuse=tuple(args.reuse), part=part,
     )
     print(f"{suite.name}: {outcome.computed} cells computed ({outcome.failed} failed), {outcome.skipped} reused, "
           f"{outcome.remaining} not done; {outcome.seconds:.0f} s; reports in {out}")

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from lrgroups import recipes
 from lrgroups.depth import find_head
 
-from .suites import PROBE_CS, Experiment, Target
+from .suites import PROBE_CS, Experiment, Strategy, Target
 from .training import Device
 
 #: The probe's training cross-entropy below which LP-FT is flagged as starting from an
@@ -55,9 +55,14 @@ class Probe:
     train_ce: float
 
 
+def uses_probe(strategy: Strategy) -> bool:
+    """Whether a strategy's cells use a probe (linear probe, LP-FT or WiSE-FT)."""
+    return strategy.kind == "probe" or strategy.recipe == "lp_ft" or strategy.wise
+
+
 def needs_probes(experiment: Experiment) -> bool:
-    """Whether any strategy of the experiment uses a probe (linear probe, LP-FT or WiSE-FT)."""
-    return any(s.kind == "probe" or s.recipe == "lp_ft" or s.wise for s in experiment.strategies)
+    """Whether any strategy of the experiment uses a probe (:func:`uses_probe`)."""
+    return any(uses_probe(s) for s in experiment.strategies)
 
 
 def probe_config(experiment: Experiment) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from .selection import BUDGET_CHECK_FACTOR, EXTENSION_CAP, mark_capped, runs_fra
 from .stats import (  # noqa: E402
     ALPHA,
     FRAGILE_BELOW,
+    NOT_RUN,
     gate_probability,
     gate_state,
     holm,
@@ -244,13 +245,29 @@ def _preconditions(suite: Suite, runs: pd.DataFrame, h: Hypothesis) -> tuple[boo
     return held, "; ".join(texts), probability
 
 
+def _not_run(suite: Suite, runs: pd.DataFrame, h: Hypothesis) -> bool:
+    """Whether some cells the hypothesis reads have not run at all (a part of the suite was run):
+    a side of it or of a precondition, or a scratch or pixel baseline of the transfer gate, has no
+    run on one of its targets."""
+    experiment = suite.experiment(h.experiment)
+    named = {h.better, h.worse} | {n for p in h.preconditions for n in (p.better, p.worse)}
+    baselines = {s.name for s in experiment.strategies if s.kind in ("scratch", "pixel")}
+    part = runs[runs.experiment == h.experiment]
+    for target in [h.target, h.versus] if h.versus else [h.target]:
+        ran = set(part.strategy[part.target == target])
+        if any(name not in ran and (target, name) not in experiment.skip for name in named | baselines):
+            return True
+    return False
+
+
 def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.DataFrame:
     """One row per hypothesis (see the module docstring); the Holm family is the confirmatory
     hypotheses in scope with a test. The unit of every test is the experiment's
     (:func:`unit_values`); ``replication_probability``: the probability that an independent run of
     the same design gives a compatible verdict (:func:`benchmarks.stats.replication_probability`;
     for *out of scope*, that the failing precondition fails again), ``fragile`` below
-    :data:`benchmarks.stats.FRAGILE_BELOW`."""
+    :data:`benchmarks.stats.FRAGILE_BELOW`. *not run*: some of its cells have not run
+    (:func:`_not_run`), no test."""
     chosen = runs[runs.selected]
     rows = []
     for h in suite.hypotheses:
@@ -269,8 +286,8 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
                "gate_failed": gate_failed, "gate_targets": targets,
                "preconditions": text or "none", "preconditions_ok": held, "precondition_again": precondition_again,
                "exploratory": h.exploratory, "published": h.published, "effect": math.nan, "sd": math.nan,
-               "p": math.nan}
-        if len(d) >= 2:
+               "p": math.nan, "not_run": _not_run(suite, runs, h)}
+        if len(d) >= 2 and not row["not_run"]:
             shift = h.min_effect if h.kind == "noninferiority" else 0.0  # tested against -margin
             test = paired_difference((d + shift).tolist(), [0.0] * len(d))
             # zero spread (e.g. two tied source-model means) is no evidence: no test, no Holm slot
@@ -303,6 +320,9 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
         if r.exploratory:
             labels.append("exploratory")
             again.append(math.nan)
+        elif r.not_run:
+            labels.append(NOT_RUN)
+            again.append(math.nan)
         elif in_scope and not r.gate_ok:  # a transfer gate its interval does not decide: no verdict either
             labels.append("undetermined")
             undecided = gate[gate.transfer == "undecided"]
@@ -326,11 +346,11 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
         needed.append(seeds_needed(r.sd, r.min_effect, r.ci_level))
     frame["ci_low"], frame["ci_high"], frame["verdict"] = lows, highs, labels
     frame["replication_probability"] = again
-    frame["fragile"] = [bool(not r.exploratory and not (r.replication_probability >= FRAGILE_BELOW))
+    frame["fragile"] = [bool(not r.exploratory and not r.not_run and not (r.replication_probability >= FRAGILE_BELOW))
                         for r in frame.itertuples()]
     frame["mde"], frame["mde_worst_step"] = mdes, mde_worst
     frame["seeds_needed"] = pd.array([None if math.isnan(n) else int(n) for n in needed], dtype="Int64")
-    frame["scope"] = ["" if r.gate_ok and r.preconditions_ok else
+    frame["scope"] = ["cells not run" if r.not_run else "" if r.gate_ok and r.preconditions_ok else
                       "transfer/source gate failed" if r.gate_failed else
                       "precondition failed" if not r.preconditions_ok else "transfer gate undecided"
                       for r in frame.itertuples()]
@@ -622,6 +642,8 @@ def replicability(verdict_table: pd.DataFrame) -> str:
     FRAGILE_BELOW, and the fragile ones, each with its verdict and probability (``summary.md`` and
     the ``replicability-<run>`` blocks of the docs)."""
     confirmatory = verdict_table[~verdict_table.exploratory.astype(bool)]
+    not_run = confirmatory[confirmatory.verdict == NOT_RUN]
+    confirmatory = confirmatory[confirmatory.verdict != NOT_RUN]
     solid = confirmatory[confirmatory.replication_probability >= FRAGILE_BELOW]
     fragile = confirmatory[~(confirmatory.replication_probability >= FRAGILE_BELOW)]
 
@@ -632,7 +654,8 @@ def replicability(verdict_table: pd.DataFrame) -> str:
     return "\n".join([
         f"- **{len(solid)} of {len(confirmatory)}** confirmatory verdicts have a replication probability of at least "
         f"{FRAGILE_BELOW}: {listing(solid)}.",
-        f"- **Fragile** ({len(fragile)}): {listing(fragile)}."])
+        f"- **Fragile** ({len(fragile)}): {listing(fragile)}.",
+        *([f"- **Not run** ({len(not_run)}): {'; '.join(not_run.hypothesis)}."] if len(not_run) else [])])
 
 
 def _regenerate_hint(suite: Suite, environment: Mapping[str, Any]) -> str:
@@ -689,7 +712,10 @@ def write_reports(out: Path, suite: Suite) -> None:
         f"when p (Holm) < {ALPHA}. *reproduced*: interval above 0 and effect >= min effect; *direction only*: "
         "interval above 0 and below the min effect; *not reproduced*: interval's upper end below the min effect; "
         "*contradicted*: interval below 0 and effect <= -min effect (contradicted and direction only each imply not "
-        "reproduced); *undetermined*: otherwise; *out of scope*: a precondition or the transfer gate failed. A "
+        "reproduced); *undetermined*: otherwise; *out of scope*: a precondition or the transfer gate failed. "
+        + ("*not run*: some of the cells the hypothesis reads have not run (a part of the suite was run): no test, "
+           "no verdict yet. " if (confirmatory.verdict == NOT_RUN).any() else "") +
+        "A "
         "non-inferiority hypothesis (`>=`) is tested against minus its margin (the min effect): its p is that "
         f"test's, its interval excludes -margin exactly when p (Holm) < {ALPHA}; reproduced when the interval lies "
         "above -margin, contradicted when it lies below it. A transfer gate its interval does not decide leaves "

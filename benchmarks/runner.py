@@ -1,6 +1,7 @@
-"""Runs a suite: preparations first (source pretraining per source seed, Lite0 feature caches,
-then the linear probes), then every cell, in ``workers`` processes of ``threads`` torch threads
-each; finished cells are skipped on re-runs. Then the guards (:mod:`benchmarks.selection`): rounds
+"""Runs a suite, or a part of it (:mod:`benchmarks.parts`): every cell, in ``workers`` processes of
+``threads`` torch threads each, each batch of cells after the preparations it needs (source
+pretraining per source seed, Lite0 feature caches, then the linear probes); finished cells and
+built preparations are skipped on re-runs. Then the guards (:mod:`benchmarks.selection`): rounds
 of grid extensions until every selected lr is interior or capped, and the budget check (the
 hypotheses' selected cells at twice the steps).
 
@@ -22,7 +23,8 @@ from tqdm.auto import tqdm
 from . import executors
 from .backbones import weights_record
 from .cells import key_environment
-from .sources import preparations
+from .parts import Part
+from .sources import Preparation, preparations
 from .store import atomic_write, environment_record, read_runs, to_json, write_runs
 from .suites import Cell, Suite
 from .training import resolve_device
@@ -42,7 +44,8 @@ class Outcome:
 def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, threads: int = 1,
               device_choice: str = "cpu", max_cells: int | None = None, progress: bool = True, command: str = "",
               report: Callable[[Path, Suite], None] | None = None, executor: str = "local",
-              address: str | None = None, guards: bool = True, reuse: tuple[Path, ...] = ()) -> Outcome:
+              address: str | None = None, guards: bool = True, reuse: tuple[Path, ...] = (),
+              part: Part | None = None) -> Outcome:
     """Run the suite's unfinished cells into ``out/runs.jsonl`` with ``workers`` processes of
     ``threads`` torch threads each (one process on CUDA), then, with ``guards``, the grid
     extensions and the budget check, then write the reports. A suite with a ``time_budget_s`` is
@@ -51,13 +54,19 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
     ``threads`` CPUs, on a local cluster or the one at ``address`` (``workers`` is not used); the
     numbers are the same as with local processes. ``reuse``: other run folders whose finished
     records of this suite's cells (the same config and environment key, any lr or budget factor)
-    count as done here, copied with their provenance (:func:`reusable_records`).
+    count as done here, copied with their provenance (:func:`reusable_records`). ``part``: run only
+    the cells of some experiments, targets and seeds (:class:`benchmarks.parts.Part`; the guards'
+    cells too); the reports still cover the whole suite (*not run* where cells are missing).
+    Preparations are made just before the cells that need them, only for those cells (with
+    ``max_cells``, for the cells that will run).
 
     Raises:
         RuntimeError: ``device_choice="cuda"`` without a CUDA device.
-        ValueError: an unknown executor.
+        ValueError: an unknown executor, or a part naming what the suite does not have.
     """
     started, load_at_start = time.perf_counter(), os.getloadavg()
+    part = part or Part()
+    part.check(suite)
     device = resolve_device(device_choice, threads=threads)
     out.mkdir(parents=True, exist_ok=True)
     if device.type == "cuda":
@@ -82,6 +91,19 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
     else:
         imap, close = executors.local_executor(workers, threads, cache_dir, environment, device.type)
     prepared: list[dict[str, Any]] = []
+    prepared_already: set[Preparation] = set()
+
+    def prepare(cells: list[Cell]) -> None:  # built once; later runs only check the checksums
+        for wave in preparations(suite.experiments, cells):
+            wave = [p for p in wave if p not in prepared_already]
+            bar = tqdm(total=len(wave), desc=f"{suite.name} preparations", unit="job",
+                       disable=not progress or not wave)
+            for result in imap(executors.prepare_job, wave):
+                prepared.append(result)
+                bar.set_postfix_str(str(result.get("label", "")))
+                bar.update(1)
+            bar.close()
+            prepared_already.update(wave)
     order: list[str] = []
     phases: list[dict[str, Any]] = []
 
@@ -93,6 +115,7 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
         if max_cells is not None:
             pending = pending[: max(0, max_cells - outcome.computed - outcome.failed)]
         outcome.skipped += len(cells) - len([k for k in keys if records.get(k, {}).get("status") != "ok"])
+        prepare([cell for _, cell in pending])
         phase_started = time.perf_counter()
         bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"{suite.name} {phase}", unit="cell",
                    disable=not progress, dynamic_ncols=True, smoothing=0)
@@ -120,26 +143,18 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
         return runs_frame(suite, [r for r in records.values() if r.get("status") == "ok"])
 
     try:
-        base = suite.cells()
-        for wave in preparations(suite.experiments):  # built once; later runs only check the checksums
-            bar = tqdm(total=len(wave), desc=f"{suite.name} preparations", unit="job", disable=not progress)
-            for result in imap(executors.prepare_job, wave):
-                prepared.append(result)
-                bar.set_postfix_str(str(result.get("label", "")))
-                bar.update(1)
-            bar.close()
-        run_cells(base, "grid")
+        run_cells(part.select(suite.cells()), "grid")
         if guards:
             from .selection import BUDGET_CHECK_FACTOR, EXTENSION_CAP, budget_check_cells, grid_extensions
 
             for round_ in range(1, 2 * EXTENSION_CAP + 1):  # each round moves an edge one candidate out
-                extra = [c for c in grid_extensions(suite, frame()) if records.get(c.key(environment), {})
-                         .get("status") != "ok"]
+                extra = [c for c in part.select(grid_extensions(suite, frame()))
+                         if records.get(c.key(environment), {}).get("status") != "ok"]
                 if not extra or (max_cells is not None and outcome.computed + outcome.failed >= max_cells):
                     break
                 run_cells(extra, f"extension {round_}")
             if max_cells is None or outcome.computed + outcome.failed < max_cells:
-                checks = budget_check_cells(suite, frame())
+                checks = part.select(budget_check_cells(suite, frame()))
                 if checks:
                     run_cells(checks, f"budget x{BUDGET_CHECK_FACTOR}")
     finally:
@@ -158,6 +173,7 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
                     "not_done": outcome.remaining, "phases": phases,
                     "preparations": [{k: p.get(k) for k in ("label", "file", "seconds", "built_now", "source_accuracy",
                                                             "min_accuracy", "source_seed")} for p in prepared],
+                    **({} if part.everything else {"part": part.describe()}),
                     "load_average_start": load_at_start, "load_average": os.getloadavg(), "sizing": sizing,
                     "reused": {"folders": [str(f) for f in reuse], "records": len(reused)} if reuse else None}
     environment_path = out / "environment.json"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
@@ -28,7 +28,7 @@ from .backbones import backbone, create_lite, lite0_lower
 from .data import IMAGEFOLDER, as_images, corrupt, draw, folder_splits, normalize, pool_indices, raw_dataset
 from .metrics import accuracy
 from .store import atomic_torch_save, atomic_write, sha256_file, to_json
-from .suites import Experiment, Target, config_hash
+from .suites import Cell, Experiment, Target, config_hash
 from .training import Device, batches, predict, train_step, warmup_cosine
 
 #: Precise BN re-estimates statistics on every PRECISE_BN_EVERY-th source training image.
@@ -223,21 +223,30 @@ class Preparation:
         return cache_dir / f"features-{name}-{tag}-{key}.pt"
 
 
-def preparations(experiments: tuple[Experiment, ...]) -> list[list[Preparation]]:
+def preparations(experiments: tuple[Experiment, ...],
+                 cells: Sequence[Cell] | None = None) -> list[list[Preparation]]:
     """The preparations an experiment list needs, each once (experiments may share a source), in
-    waves: sources and features first, then the probes that are fitted on them."""
+    waves: sources and features first, then the probes that are fitted on them. With ``cells``,
+    only what those cells need: nothing for an experiment without a cell among them, the source
+    models of their seeds only, and an experiment's probes only when one of them uses a probe
+    (the probes are fitted for every seed of the experiment at once, so then every seed's source)."""
+    from .probes import needs_probes, uses_probe
+
     first, probes, sources = [], [], set()
     for experiment in experiments:
+        mine = None if cells is None else [c for c in cells if c.experiment == experiment]
+        if mine is not None and not mine:
+            continue
+        wants_probes = needs_probes(experiment) if mine is None else any(uses_probe(c.strategy) for c in mine)
+        seeds = experiment.seeds if mine is None or wants_probes else tuple(dict.fromkeys(c.seed for c in mine))
         if experiment.source.trained:
-            for source in dict.fromkeys(experiment.source_for(seed) for seed in experiment.seeds):
+            for source in dict.fromkeys(experiment.source_for(seed) for seed in seeds):
                 if (experiment.backbone, source) not in sources:
                     sources.add((experiment.backbone, source))
                     first.append(Preparation(experiment, "source", source_seed=source.seed))
         if backbone(experiment.backbone).fed_features:
             first += [Preparation(experiment, "features", True), Preparation(experiment, "features", False)]
-        from .probes import needs_probes
-
-        if needs_probes(experiment):
+        if wants_probes:
             probes.append(Preparation(experiment, "probes"))
     return [wave for wave in (first, probes) if wave]
 

@@ -9,8 +9,8 @@ power of a test.
   conservative form). An adjusted interval excludes 0 exactly when the Holm-adjusted p is below
   ALPHA, so interval and p never disagree.
 * :func:`verdict`: *reproduced*, *direction only* (the predicted sign, smaller than the minimum
-  effect), *not reproduced*, *contradicted*, *undetermined*, *out of scope*; the words are nested
-  (:data:`IMPLIES`: contradicted and direction only each imply not reproduced), and
+  effect), *not reproduced*, *contradicted*, *undetermined*, *out of scope* (and :data:`NOT_RUN`
+  where a partial run lacks the cells: no verdict yet); the words are nested (:data:`IMPLIES`: contradicted and direction only each imply not reproduced), and
   :func:`compatible` / :func:`opposed` compare two runs' words under that nesting.
 * :func:`simulate_verdicts` / :func:`replication_probability` / :func:`agreement_probability`:
   a parametric bootstrap of the verdict an independent run of the same design would give
@@ -126,6 +126,8 @@ def holm_levels(p_values: Sequence[float], alpha: float = ALPHA) -> np.ndarray:
 #: effect of the predicted sign but below the minimum (*direction only*) both have an upper bound
 #: below the minimum effect, which is what *not reproduced* says.
 VERDICTS = ("reproduced", "direction only", "not reproduced", "contradicted", "undetermined", "out of scope")
+#: The word of a hypothesis some of whose cells a partial run has not run (no test: not a verdict).
+NOT_RUN = "not run"
 IMPLIES = {"contradicted": frozenset({"not reproduced"}), "direction only": frozenset({"not reproduced"})}
 #: Pairs of words no single true effect can give both of: an effect of at least the minimum against
 #: one below it, and the predicted sign against the other sign.

@@ -3,6 +3,7 @@ grid edges and their extension, matched-accuracy interpolation, preconditions an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -14,6 +15,7 @@ from benchmarks.report import (
     add_derived_metrics,
     convergence,
     crossing,
+    replicability,
     selected_table,
     value_at_crossing,
     verdicts,
@@ -161,3 +163,28 @@ def test_verdicts_carry_preconditions_holm_intervals_and_the_power_line() -> Non
     null = verdicts(suite, _verdict_runs(0.0, ood_probe=0.6), gate).set_index("hypothesis")
     assert null.loc["H1", "verdict"] == "not reproduced" and null.loc["H2", "verdict"] == "not reproduced"
     assert null.loc["H1", "ci_level"] == pytest.approx(0.025)  # both in the family now: Holm levels
+
+
+def test_hypotheses_whose_cells_did_not_run_are_not_run_not_out_of_scope() -> None:
+    """A partial run (``run --experiment``, ``--max-cells``): a hypothesis one of whose sides (or
+    preconditions' sides) has no run at all on its target is *not run*: no test, no Holm slot, not
+    fragile, and not *out of scope* (its preconditions were never evaluated)."""
+    gate = pd.DataFrame([{"experiment": "e", "target": "t", "transfer": "pass", "transfer_ok": True, "source_ok": True}])
+    other = dataclasses.replace(_EXPERIMENT, name="f", strategies=_EXPERIMENT.strategies + (finetune("c", "full"),))
+    experiment = dataclasses.replace(_EXPERIMENT, strategies=_EXPERIMENT.strategies + (finetune("c", "full"),))
+    hypotheses = (Hypothesis("H1", "m", "e", "t", "test_accuracy", "a", "b", 0.02, "p", "src"),
+                  Hypothesis("H2", "m", "f", "t", "test_accuracy", "a", "b", 0.02, "p", "src",
+                             (Precondition("b", "a", "ood_accuracy", "b must be more robust"),)),
+                  Hypothesis("H3", "m", "e", "t", "test_accuracy", "a", "c", 0.02, "p", "src"),
+                  Hypothesis("H4", "m", "e", "t", "test_accuracy", "a", "b", 0.02, "p", "src",
+                             (Precondition("c", "a", "ood_accuracy", "c must be more robust"),)))
+    suite = Suite("s", "d", (experiment, other), hypotheses)
+    table = verdicts(suite, _verdict_runs(0.05, ood_probe=0.4), gate).set_index("hypothesis")
+    assert table.loc["H1", "verdict"] == "reproduced"
+    assert table.loc["H1", "ci_level"] == pytest.approx(0.05)  # alone in the family
+    for name in ("H2", "H3", "H4"):
+        assert table.loc[name, "verdict"] == "not run", name
+        assert table.loc[name, "scope"] == "cells not run" and not table.loc[name, "fragile"]
+        assert math.isnan(table.loc[name, "p_holm"]) and math.isnan(table.loc[name, "replication_probability"])
+    lines = replicability(table.reset_index()).splitlines()
+    assert lines[1].startswith("- **Fragile** (0)") and lines[2] == "- **Not run** (3): H2; H3; H4."
