@@ -8,6 +8,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The documentation site's own environment: the docs extra alone (mkdocs-material, mkdocstrings), not the
+# test-and-benchmark .venv. mkdocstrings reads lrgroups' source without importing it, so neither torch nor
+# lrgroups is installed there. DOCS_EXTRA prints the docs extra of pyproject.toml, one requirement a line.
+DOCS_VENV := .venv-docs
+DOCS_STAMP := $(DOCS_VENV)/.installed
+DOCS_EXTRA := import sys; toml = __import__("tomllib" if sys.version_info >= (3, 11) else "tomli"); print(*toml.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["docs"], sep="\n")
 
 .PHONY: venv bench tuning reference replication standard standard-replication test docs docs-serve smoke perf gpu clean-venv
 
@@ -19,6 +25,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) -m pip install --quiet --no-deps animal-mnist==0.4
 	touch $(STAMP)
+
+$(DOCS_STAMP): pyproject.toml
+	test -x $(DOCS_VENV)/bin/python || $(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/python -m pip install --quiet --upgrade pip "tomli; python_version < '3.11'"
+	$(DOCS_VENV)/bin/python -c '$(DOCS_EXTRA)' > $(DOCS_VENV)/requirements.txt
+	$(DOCS_VENV)/bin/python -m pip install --quiet -r $(DOCS_VENV)/requirements.txt
+	touch $(DOCS_STAMP)
 
 bench: $(STAMP)
 	rm -rf runs/quick
@@ -61,12 +74,13 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -p no:cacheprovider
 
-# The documentation site (mkdocs-material + mkdocstrings, the docs extra) into site/; strict: a warning fails.
-docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+# The documentation site (mkdocs-material + mkdocstrings, the docs extra, in .venv-docs) into site/; strict: a
+# warning fails. `make test` builds it too, in .venv (tests/test_docs.py).
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict
 
-docs-serve: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict
+docs-serve: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs serve --strict
 
 smoke: $(STAMP)
 	$(PY) -m benchmarks run --suite smoke
@@ -81,4 +95,4 @@ gpu: $(STAMP)
 	$(PY) -m benchmarks run --suite gpu --device cuda --out results/gpu
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(DOCS_VENV)

@@ -242,6 +242,10 @@ def _check_target(target: Target, where: str) -> None:
         raise ConfigError(f"{where}.ood: unknown corruptions {unknown}; known: {list(CORRUPTION_KINDS)}")
     if target.shots < 1 or target.val_shots < 1:
         raise ConfigError(f"{where}: shots and val_shots must be at least 1, got {target.shots} and {target.val_shots}")
+    missing = [key for key in ("test_pool", "train_pool") if getattr(target, key) is None]
+    if POOLED in counts and missing:
+        raise ConfigError(f"{where}: missing keys {missing} (a dataset without train/test folders is split by its "
+                          "pools)")
     for cls in target.classes:
         label = f"class {cls} ({names[cls]})"
         if POOLED in counts:
@@ -508,10 +512,10 @@ def _allowed() -> dict[tuple[type, str], str]:
         (Target, "classes"): "distinct class indices of the dataset (ImageFolder: its class folders, sorted)",
         (Target, "shots"): "at least 1; shots + val_shots fit into each class's training pool",
         (Target, "val_shots"): "at least 1 (from the val folder of an ImageFolder that has one)",
-        (Target, "train_pool"): "[start, stop) positions per class after a fixed shuffle (not used with "
-                                "train/test folders)",
-        (Target, "test_pool"): "[start, stop) positions per class; must hold images of each class (not used "
-                               "with train/test folders: all of test)",
+        (Target, "train_pool"): "[start, stop) positions per class after a fixed shuffle; required unless the "
+                                "dataset has train/test folders (then not used)",
+        (Target, "test_pool"): "[start, stop) positions per class; must hold images of each class; required "
+                               "unless the dataset has train/test folders (then not used: all of test)",
         (Target, "shift"): corruptions,
         (Target, "label_map"): "a permutation of 0 .. len(classes) - 1",
         (Target, "ood"): corruptions + " (one string or an array)",

@@ -74,6 +74,9 @@ MATCH_FRACTION = 0.9
 THRESHOLD_FRACTION = 0.9
 #: A corruption is "at chance" when no strategy beats 1 / classes by more than this.
 CHANCE_MARGIN = 0.05
+#: The summary's Verdicts section of a suite without confirmatory hypotheses.
+NO_HYPOTHESES = ("No confirmatory hypotheses declared: a suite states them as `[[hypotheses]]` tables "
+                 "(`benchmarks/configs/README.md`, `docs/benchmarks/own-suites.md`).")
 
 
 def crossing(steps: list[float], values: list[float], level: float) -> float:
@@ -498,6 +501,11 @@ def _markdown(frame: pd.DataFrame, columns: Mapping[str, str], with_ci: bool = F
     return "\n".join(lines)
 
 
+def _table_or(frame: pd.DataFrame, columns: Mapping[str, str], empty: str, with_ci: bool = False) -> str:
+    """``frame`` as a markdown table, or the sentence ``empty`` where it has no row (no header-only tables)."""
+    return _markdown(frame, columns, with_ci) if len(frame) else empty
+
+
 def _strategy_table(part: pd.DataFrame) -> str:
     metrics = [m for m in ("test_accuracy", "ood_accuracy", "val_auc", "retention_precise_bn", "ood_cka", "id_cka",
                            "probe_C", "probe_train_ce") if m in part and part[m].notna().any()]
@@ -522,12 +530,20 @@ def _save_figure(fig: Any, out: Path, name: str) -> str:
     return name
 
 
-def _band(ax: Any, curves: pd.Series, steps: list[float], label: str) -> None:
+def curve_band(curves: pd.Series, low: float = 0.0, high: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mean of per-seed ``curves`` (lists of equal length) and its 95% band (mean ± the Student-t
+    half-width at each step), the band clipped to the metric's range ``[low, high]`` (accuracy: [0, 1];
+    with few seeds the half-width alone runs far outside it). Returns (mean, band low, band high)."""
     arrays = np.asarray([c for c in curves if isinstance(c, list)], dtype=float)
     mean = arrays.mean(0)
     half = np.array([mean_ci(arrays[:, i].tolist())[1] for i in range(arrays.shape[1])]) if len(arrays) > 1 else 0
+    return mean, np.clip(mean - half, low, high), np.clip(mean + half, low, high)
+
+
+def _band(ax: Any, curves: pd.Series, steps: list[float], label: str) -> None:
+    mean, band_low, band_high = curve_band(curves)
     ax.plot(steps, mean, label=label)
-    ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
+    ax.fill_between(steps, band_low, band_high, alpha=0.2)
 
 
 def _plot_curves(runs: pd.DataFrame, out: Path) -> list[str]:
@@ -703,41 +719,45 @@ def write_reports(out: Path, suite: Suite) -> None:
     lines = [
         f"# Suite `{suite.name}`", "", suite.description, "",
         "## Verdicts", "",
-        "Paired difference `better - worse` per unit, each side at its selected lr (pre-registered in a "
-        "confirmatory suite, chosen on validation in a grid suite). The unit: a seed with its own source model, a "
-        "seed on shipped weights every seed shares by construction, or, where seeds share a suite-pretrained "
-        "source model, the source model (its seeds averaged: the balanced mixed model's t on source means). "
-        f"Interval: two-sided Student-t at the hypothesis' Holm step level (family-wise {ALPHA} over the "
-        f"{int((confirmatory.p_holm.notna()).sum())} confirmatory hypotheses in scope), so it excludes 0 exactly "
-        f"when p (Holm) < {ALPHA}. *reproduced*: interval above 0 and effect >= min effect; *direction only*: "
-        "interval above 0 and below the min effect; *not reproduced*: interval's upper end below the min effect; "
-        "*contradicted*: interval below 0 and effect <= -min effect (contradicted and direction only each imply not "
-        "reproduced); *undetermined*: otherwise; *out of scope*: a precondition or the transfer gate failed. "
-        + ("*not run*: some of the cells the hypothesis reads have not run (a part of the suite was run): no test, "
-           "no verdict yet. " if (confirmatory.verdict == NOT_RUN).any() else "") +
-        "A "
-        "non-inferiority hypothesis (`>=`) is tested against minus its margin (the min effect): its p is that "
-        f"test's, its interval excludes -margin exactly when p (Holm) < {ALPHA}; reproduced when the interval lies "
-        "above -margin, contradicted when it lies below it. A transfer gate its interval does not decide leaves "
-        "the verdict undetermined. Replication probability: the chance that an independent run of the same "
-        "design gives a compatible verdict (the same word, or one implying the other), given that its gates and "
-        "preconditions hold as here (parametric bootstrap at this run's effect and sd); for out of scope, that "
-        f"the failing precondition or gate fails again; **fragile** below {FRAGILE_BELOW}. MDE: the smallest "
-        "effect the test detects with 80% power at these units and this level.", "",
-        replicability(confirmatory), "",
-        _markdown(marked_fragile(confirmatory), VERDICT_COLUMNS), "",
-        "Minimum effects and their sources:", "",
-        *[f"- {r.hypothesis}: {_fmt(r.min_effect)} — {r.min_effect_source}" for r in confirmatory.itertuples()], "",
+        *([
+            "Paired difference `better - worse` per unit, each side at its selected lr (pre-registered in a "
+            "confirmatory suite, chosen on validation in a grid suite). The unit: a seed with its own source model, a "
+            "seed on shipped weights every seed shares by construction, or, where seeds share a suite-pretrained "
+            "source model, the source model (its seeds averaged: the balanced mixed model's t on source means). "
+            f"Interval: two-sided Student-t at the hypothesis' Holm step level (family-wise {ALPHA} over the "
+            f"{int((confirmatory.p_holm.notna()).sum())} confirmatory hypotheses in scope), so it excludes 0 exactly "
+            f"when p (Holm) < {ALPHA}. *reproduced*: interval above 0 and effect >= min effect; *direction only*: "
+            "interval above 0 and below the min effect; *not reproduced*: interval's upper end below the min effect; "
+            "*contradicted*: interval below 0 and effect <= -min effect (contradicted and direction only each imply "
+            "not reproduced); *undetermined*: otherwise; *out of scope*: a precondition or the transfer gate failed. "
+            + ("*not run*: some of the cells the hypothesis reads have not run (a part of the suite was run): no test, "
+               "no verdict yet. " if (confirmatory.verdict == NOT_RUN).any() else "") +
+            "A "
+            "non-inferiority hypothesis (`>=`) is tested against minus its margin (the min effect): its p is that "
+            f"test's, its interval excludes -margin exactly when p (Holm) < {ALPHA}; reproduced when the interval lies "
+            "above -margin, contradicted when it lies below it. A transfer gate its interval does not decide leaves "
+            "the verdict undetermined. Replication probability: the chance that an independent run of the same "
+            "design gives a compatible verdict (the same word, or one implying the other), given that its gates and "
+            "preconditions hold as here (parametric bootstrap at this run's effect and sd); for out of scope, that "
+            f"the failing precondition or gate fails again; **fragile** below {FRAGILE_BELOW}. MDE: the smallest "
+            "effect the test detects with 80% power at these units and this level.", "",
+            replicability(confirmatory), "",
+            _markdown(marked_fragile(confirmatory), VERDICT_COLUMNS), "",
+            "Minimum effects and their sources:", "",
+            *[f"- {r.hypothesis}: {_fmt(r.min_effect)}" + (f" — {r.min_effect_source}" if r.min_effect_source else "")
+              for r in confirmatory.itertuples()], "",
+        ] if len(confirmatory) else [NO_HYPOTHESES, ""]),
         *(_across_section(several) if len(several) else []),
         "## Exploratory comparisons (no verdict, not in the Holm family; unadjusted 95% interval)", "",
-        _markdown(verdict_table[verdict_table.exploratory],
+        _table_or(verdict_table[verdict_table.exploratory],
                   {k: v for k, v in VERDICT_COLUMNS.items() if k not in ("p_holm", "verdict", "seeds_needed", "mde",
-                                                                          "preconditions")}), "",
+                                                                          "preconditions")},
+                  "No exploratory comparisons declared."), "",
         f"## Budget check (selected cells at {BUDGET_CHECK_FACTOR}x the steps, first seeds)", "",
-        _markdown(check, {"hypothesis": "hypothesis", "comparison": "comparison", "metric": "metric",
+        _table_or(check, {"hypothesis": "hypothesis", "comparison": "comparison", "metric": "metric",
                           "seeds": "seeds", "effect_1x": "effect (1x, same seeds)",
                           "effect_longer": f"effect ({BUDGET_CHECK_FACTOR}x)", "verdict": "verdict",
-                          "holds": "verdict holds"}), "",
+                          "holds": "verdict holds"}, "No confirmatory hypothesis to check at a longer budget."), "",
         "## Gates", "",
         _markdown(gate_table, {"experiment": "experiment", "target": "target", "best_pretrained": "best pretrained",
                                "best_pretrained_accuracy": "acc", "best_baseline": "best baseline",
@@ -760,10 +780,11 @@ def write_reports(out: Path, suite: Suite) -> None:
     lines += ["", "## Convergence (selected lrs)", "",
               f"Threshold: {THRESHOLD_FRACTION:.0%} of the best pretrained strategy's mean final validation "
               "accuracy on the target; steps to it are averaged over the seeds that reach it.", "",
-              _markdown(converge, {"experiment": "experiment", "target": "target", "strategy": "strategy",
+              _table_or(converge, {"experiment": "experiment", "target": "target", "strategy": "strategy",
                                    "val_auc": "val AUC", "val_at_quarter": "val acc at 25%",
                                    "threshold": "threshold", "steps_to_threshold": "steps to threshold",
-                                   "reached": "share reaching it"}, with_ci=True), "",
+                                   "reached": "share reaching it"}, "No learning curves at the selected lrs.",
+                        with_ci=True), "",
               "## Forgetting (selected lrs)", "",
               f"Retention (precise BN) at matched target accuracy: along each run's trajectory, where its test "
               f"accuracy first reaches {MATCH_FRACTION:.0%} of the lowest peak of the strategies' mean test "
@@ -771,11 +792,13 @@ def write_reports(out: Path, suite: Suite) -> None:
               _markdown(levels, {"experiment": "experiment", "target": "target",
                                  "matched_test_accuracy": "matched test acc", "lowest_peak_strategy": "lowest peak",
                                  "lowest_peak": "its peak"}) if len(levels) else "no tracked trajectories", "",
-              _markdown(forget, {"experiment": "experiment", "target": "target", "strategy": "strategy",
+              _table_or(forget, {"experiment": "experiment", "target": "target", "strategy": "strategy",
                                  "retention_at_match": "retention at match", "matched_seeds": "seeds matched",
                                  "retention_precise_bn": "retention at end (precise BN)",
                                  "retention_weights_only": "retention at end (weights only)",
-                                 "backward_transfer": "backward transfer"}, with_ci=True), ""]
+                                 "backward_transfer": "backward transfer"},
+                        "No source retention measured (a source model's task is needed to measure forgetting).",
+                        with_ci=True), ""]
     if len(front) and front.groupby(["experiment", "target", "strategy"]).lr.nunique().max() > 1:
         lines += ["## Forgetting across the lr grid (Pareto)", "",
                   "Every lr run, not the selected one alone: mean target test accuracy and mean source retention at "

@@ -110,6 +110,9 @@ def cell_data(experiment: Experiment, target: Target, seed: int) -> CellData:
     raw_labels = raw_dataset(target.dataset, *read)[1]
     folders = folder_splits(target.dataset)
     if folders is None:
+        if target.train_pool is None or target.test_pool is None:
+            raise ValueError(f"target {target.name!r}: {target.dataset} has no train/test folders, so it needs "
+                             "train_pool and test_pool")
         train_ids, val_ids = draw(pool_indices(raw_labels, target.classes, *target.train_pool),
                                   (target.shots, target.val_shots), seed)
         test_ids = np.concatenate(list(pool_indices(raw_labels, target.classes, *target.test_pool).values()))

@@ -172,7 +172,8 @@ class Target:
     i: an output-level shift), optionally every image corrupted (``shift``: an input-level shift,
     see ``benchmarks.data.corrupt``). Per class, ``shots`` training and ``val_shots`` validation
     images are drawn by the cell seed from pool positions ``train_pool``; the test set is pool
-    positions ``test_pool`` (fixed). ``ood``: corruptions of the test set, each reported as its
+    positions ``test_pool`` (fixed). An ImageFolder with ``train``/``test`` folders uses no pools
+    (shots from ``train``, every ``test`` image): there both may be left out (``None``). ``ood``: corruptions of the test set, each reported as its
     own OOD accuracy (``ood_accuracy_<name>``) and averaged as ``ood_accuracy`` (a single name is
     accepted for one corruption)."""
 
@@ -181,8 +182,8 @@ class Target:
     classes: tuple[int, ...]
     shots: int
     val_shots: int
-    train_pool: tuple[int, int]
-    test_pool: tuple[int, int]
+    train_pool: tuple[int, int] | None = None
+    test_pool: tuple[int, int] | None = None
     shift: str | None = None
     label_map: tuple[int, ...] | None = None
     ood: tuple[str, ...] = ()

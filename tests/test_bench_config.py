@@ -11,6 +11,7 @@ import pytest
 from benchmarks.__main__ import main
 from benchmarks.cells import key_environment
 from benchmarks.config import REFERENCE, ConfigError, load_suite, reference, suite_from_toml
+from benchmarks.report import NO_HYPOTHESES
 from benchmarks.store import read_runs
 from benchmarks.suites import SUITES, Precondition
 from benchmarks.training import resolve_device
@@ -162,7 +163,9 @@ def test_config_suite_runs_end_to_end(tmp_path: Path, capsys) -> None:
     records = read_runs(out / "runs.jsonl")
     assert {r["status"] for r in records} == {"ok"}
     assert sum(r["phase"] == "grid" for r in records) == len(load_suite(config).cells())  # then the guards' cells
-    assert (out / "summary.md").exists()
+    summary = (out / "summary.md").read_text()
+    assert NO_HYPOTHESES in summary and "No exploratory comparisons declared." in summary  # TINY states none
+    assert "Minimum effects" not in summary and not re.search(r"\|---\|\n\n", summary)  # no header-only table
     bad = tmp_path / "bad.toml"
     bad.write_text(TINY.replace('recipe = "surgical"', 'recipe = "magic"'))
     assert main(["run", "--config", str(bad), "--out", str(out)]) == 2

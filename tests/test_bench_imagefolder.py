@@ -100,6 +100,30 @@ def test_split_folders_give_train_val_test(folders) -> None:
     assert len(data[0].train.ids) == 12 and not np.array_equal(data[0].train.ids, data[1].train.ids)
 
 
+def test_split_folders_need_no_pools_and_keep_the_keys_of_targets_that_set_them(folders) -> None:
+    """train_pool and test_pool are optional for an ImageFolder with train/test folders (they are not used
+    there): left out, the target reads the same images as with them; a target that sets them keeps its cell
+    keys (no default enters Cell.config()). A dataset without split folders still needs both."""
+    without = CONFIG.replace("val_shots = 4\ntrain_pool = [0, 0]\ntest_pool = [0, 0]\n", "val_shots = 4\n")
+    assert without != CONFIG
+    suite = suite_from_toml(without, base=folders["single"].parent)
+    target = suite.experiments[0].targets[1]
+    assert (target.train_pool, target.test_pool) == (None, None)
+    pooled = suite_from_toml(CONFIG, base=folders["single"].parent).experiments[0]
+    data, reference = (cell_data(e, e.targets[1], 0) for e in (suite.experiments[0], pooled))
+    assert np.array_equal(data.train.ids, reference.train.ids) and np.array_equal(data.test.ids, reference.test.ids)
+    split_cell = next(c for c in suite_from_toml(CONFIG, base=folders["single"].parent).cells()
+                      if c.target.name == "split")
+    assert list(split_cell.config()["target"]) == ["name", "dataset", "classes", "shots", "val_shots", "train_pool",
+                                                   "test_pool", "shift", "label_map", "ood"]
+    assert (split_cell.config()["target"]["train_pool"], split_cell.config()["target"]["test_pool"]) == ((0, 0),
+                                                                                                          (0, 0))
+    single = CONFIG.replace("train_pool = [50, 64]\ntest_pool = [0, 10]\n", "")
+    with pytest.raises(ConfigError, match=re.escape("targets[0]: missing keys ['test_pool', 'train_pool'] (a "
+                                                    "dataset without train/test folders is split by its pools)")):
+        suite_from_toml(single, base=folders["single"].parent)
+
+
 def test_missing_folder_is_a_config_error(folders) -> None:
     with pytest.raises(ConfigError, match=r"targets\[1\]: ImageFolder directory .*nowhere.* does not exist"):
         suite_from_toml(CONFIG.replace("imagefolder:split", "imagefolder:nowhere"), base=folders["single"].parent)

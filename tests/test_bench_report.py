@@ -15,6 +15,7 @@ from benchmarks.report import (
     add_derived_metrics,
     convergence,
     crossing,
+    curve_band,
     replicability,
     selected_table,
     value_at_crossing,
@@ -47,6 +48,17 @@ def _runs(rows):
 
 def _selected(rows, suite=None):
     return mark_capped(suite or Suite("s", "d", (_EXPERIMENT,)), select_lr(_runs(rows)))
+
+
+def test_curve_bands_stay_inside_the_accuracy_range() -> None:
+    """With two seeds the 95% half-width (t at 1 df: 12.7 standard errors) runs far outside [0, 1]: the
+    band is clipped to the range, the mean is the plain mean, and a band inside the range is untouched."""
+    curves = pd.Series([[0.1, 0.9, 0.50], [0.9, 1.0, 0.50]])
+    mean, low, high = curve_band(curves)
+    assert mean.tolist() == pytest.approx([0.5, 0.95, 0.5])
+    assert low[0] == 0.0 and 0.0 < low[1] < 0.95 and low[2] == 0.5 and high.tolist() == [1.0, 1.0, 0.5]
+    mean, low, high = curve_band(pd.Series([[0.5, 0.6], [0.52, 0.6], [0.48, 0.6]]))
+    assert 0.4 < low[0] < 0.5 < high[0] < 0.6 and low[1] == high[1] == pytest.approx(0.6)
 
 
 def test_select_lr_picks_the_best_mean_validation_and_flags_edges() -> None:

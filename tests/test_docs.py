@@ -106,6 +106,38 @@ def test_generated_tables_are_the_committed_results():
     assert len([n for n in names if n.startswith("claims-")]) == 7
 
 
+def test_the_own_suites_example_declares_hypotheses_and_names_every_backbone():
+    """The own-suites page's example has confirmatory hypotheses (a first run reports verdicts, not an empty
+    table), lists every built-in backbone, and links the key reference page, which includes the generated
+    benchmarks/configs/README.md."""
+    from benchmarks.backbones import BACKBONES
+    from benchmarks.config import suite_from_toml
+
+    page = DOCS / "benchmarks" / "own-suites.md"
+    [example] = [code for name, _, code in TOML if name == "docs/benchmarks/own-suites.md"]
+    suite = suite_from_toml(example)
+    assert [h.name for h in suite.hypotheses if not h.exploratory] and [h for h in suite.hypotheses if h.exploratory]
+    comment = " ".join(re.findall(r"^# (?:backbone: )?(.*)$", example, flags=re.M))
+    assert [name for name in BACKBONES if name not in comment] == []
+    assert "](config-keys.md)" in page.read_text()
+    assert '--8<-- "benchmarks/configs/README.md"' in (DOCS / "benchmarks" / "config-keys.md").read_text()
+
+
+def test_make_docs_installs_the_docs_extra_alone():
+    """`make docs` builds in its own environment from the docs extra of pyproject.toml, not from the
+    test-and-benchmark .venv (6.7 GB): its recipe installs what DOCS_EXTRA prints, and that is the extra."""
+    import tomllib
+
+    dry = subprocess.run(["make", "-n", "-B", "docs", "PYTHON=python3"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert ".[test,bench]" not in dry and ".venv/" not in dry
+    assert "pip install --quiet -r .venv-docs/requirements.txt" in dry and ".venv-docs/bin/mkdocs build --strict" in dry
+    code = re.search(r"-c '(.*)' > \.venv-docs/requirements\.txt", dry).group(1)
+    printed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert printed.stdout.split() == extras["docs"]
+
+
 def test_a_stale_table_is_found_and_rewritten(tmp_path):
     """The check can fail: a verdict changed in a copy of results/ makes the README's block stale, and
     `write` puts the new verdict in."""
@@ -132,17 +164,27 @@ def test_docs_tables_command(capsys):
     assert "up to date" in capsys.readouterr().out
 
 
+#: What the site builds without: `make docs` installs the docs extra alone (mkdocstrings reads the source
+#: statically), so the build may import neither the library nor the suite nor their dependencies.
+NOT_IN_THE_DOCS_ENVIRONMENT = ("torch", "torchvision", "timm", "pandas", "numpy", "matplotlib", "lrgroups",
+                               "benchmarks")
+
+
 def _mkdocs(config: Path, site: Path) -> subprocess.CompletedProcess:
+    """`mkdocs build --strict` with the modules of NOT_IN_THE_DOCS_ENVIRONMENT unimportable."""
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
+    block = (f"import sys; sys.modules.update(dict.fromkeys({NOT_IN_THE_DOCS_ENVIRONMENT!r})); "
+             "from mkdocs.__main__ import cli; cli()")
+    return subprocess.run([sys.executable, "-c", block, "build", "--strict", "-f", str(config), "-d", str(site)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
 def test_the_site_builds_strict_and_offline(tmp_path):
-    """`make docs`: the strict build passes (no broken link, cross-reference or docstring warning), the
-    API pages hold the public names, the suite's figures are in the site, and no page loads a script,
-    a style sheet, a font or an image from the network."""
+    """`make docs`: the strict build passes (no broken link, cross-reference or docstring warning) with
+    neither torch nor lrgroups importable (the docs extra alone), the API pages hold the public names, the
+    suite's figures and the config key reference are in the site, and no page loads a script, a style
+    sheet, a font or an image from the network."""
     site = tmp_path / "site"
     build = _mkdocs(ROOT / "mkdocs.yml", site)
     assert build.returncode == 0, build.stderr[-3000:]
@@ -151,6 +193,9 @@ def test_the_site_builds_strict_and_offline(tmp_path):
     assert 'id="lrgroups.optimizer.LayerwiseOptimizer.freeze"' in optimizer
     assert (site / "results" / "quick" / "curves_q2_ulmfit_new_classes.png").exists()
     assert (site / "results" / "standard" / "across_backbones.png").exists()
+    keys = (site / "benchmarks" / "config-keys.html").read_text()
+    assert "<table>" in keys and "<td><code>train_pool</code></td>" in keys and "--8&lt;--" not in keys
+    assert 'href="config-keys.html"' in (site / "benchmarks" / "own-suites.html").read_text()
     remote = re.compile(r"""<(?:script|img|iframe)[^>]+src=["']https?:|<link[^>]+href=["']https?:|url\(["']?https?:""")
     loads = [f"{p.relative_to(site)}: {m.group(0)}" for p in site.rglob("*") if p.suffix in (".html", ".css", ".js")
              for m in remote.finditer(p.read_text(errors="replace"))]
