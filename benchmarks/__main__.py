@@ -158,6 +158,10 @@ def dry_run(suite: Suite | str, out: Path, threads: int, part: Part | None = Non
                     out / "cache" if cache_dir is None else cache_dir, workers, device_choice)
 
 
+#: Images in the one training step ``--dry-run`` times per experiment (scaled linearly to the batch size).
+ESTIMATE_BATCH = 4
+
+
 def _print_estimate(suite: Suite, out: Path, cells: list, threads: int, cache_dir: Path, workers: int,
                     device_choice: str) -> None:
     """The ``--dry-run`` time estimate of ``cells`` and what it rests on."""
@@ -177,10 +181,14 @@ def _print_estimate(suite: Suite, out: Path, cells: list, threads: int, cache_di
     environment = key_environment(device)
     sources = [p.experiment for wave in preparations(suite.experiments, cells) for p in wave
                if p.kind == "source" and not p.path(cache_dir, environment).exists()]
-    guess = estimate(cells, read_runs(out / "runs.jsonl"), sources, lambda e: time_one_step(e, device))
+    # One step at ESTIMATE_BATCH images, scaled to the batch size: seconds, not minutes, even for a GPU
+    # suite's 224 px networks dry-run on a CPU.
+    guess = estimate(cells, read_runs(out / "runs.jsonl"), sources,
+                     lambda e: time_one_step(e, device, repeats=1, batch=ESTIMATE_BATCH))
     wall = guess.seconds / max(1, workers)
     print(f"estimate: about {_duration(guess.seconds)} of computing, {_duration(wall)} wall time with {workers} "
-          f"worker(s) on {device.type}; from: {'; '.join(guess.basis) or 'nothing to run'}; "
+          f"worker(s) on {device.type} (timed steps at {ESTIMATE_BATCH} images, scaled to the batch size); from: "
+          f"{'; '.join(guess.basis) or 'nothing to run'}; "
           f"not counted: {'; '.join(guess.not_counted)}")
     if wall >= WARN_HOURS_S:
         print(f"WARNING: this run takes hours ({_duration(wall)}); run a part of it (--experiment, --target, "

@@ -503,6 +503,8 @@ def _allowed() -> dict[tuple[type, str], str]:
         (Experiment, "weights"): "a checkpoint file (safetensors, or a torch state dict) of the timm: backbone, "
                                  "relative to the config file; imagenet source only; its SHA-256 keys the cells",
         (Experiment, "bn"): listing(BN_MODES),
+        (Experiment, "image_size"): "pixels (square); for a timm: backbone the default is the input size of its "
+                                    "pretrained config (224 for most ImageNet models); an ImageFolder is read at it",
         (Source, "kind"): listing(SOURCE_KINDS),
         (Source, "dataset"): datasets + "; required for pretrain",
         (Source, "classes"): "distinct class indices of the dataset",

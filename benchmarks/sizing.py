@@ -37,15 +37,18 @@ def input_shape(experiment: Experiment) -> tuple[int, int, int]:
     return backbone(experiment.backbone).input_shape(experiment.image_size)
 
 
-def time_one_step(experiment: Experiment, device: Device, repeats: int = 3) -> float:
+def time_one_step(experiment: Experiment, device: Device, repeats: int = 3, batch: int | None = None) -> float:
     """Median seconds of one AdamW training step of the experiment's (random-init) backbone on
-    ``device`` at its batch size, after two warm-up steps."""
+    ``device`` at its batch size, after two warm-up steps. With ``batch`` (smaller than the batch
+    size) the step is timed at ``batch`` images and scaled linearly to the batch size: a cheap
+    estimate (the ``--dry-run`` one), not the sizing's measurement."""
     model, _ = source_backbone(experiment, False, None, {})  # type: ignore[arg-type]
     model.reset_classifier(experiment.targets[0].num_classes)
     model = device.prepare(model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    images = torch.randn(experiment.budget.batch_size, *input_shape(experiment))
-    labels = torch.zeros(experiment.budget.batch_size, dtype=torch.int64)
+    size = experiment.budget.batch_size if batch is None else min(batch, experiment.budget.batch_size)
+    images = torch.randn(size, *input_shape(experiment))
+    labels = torch.zeros(size, dtype=torch.int64)
     times = []
     for index in range(2 + repeats):
         device.synchronize()
@@ -54,7 +57,7 @@ def time_one_step(experiment: Experiment, device: Device, repeats: int = 3) -> f
         device.synchronize()
         if index >= 2:
             times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
+    return sorted(times)[len(times) // 2] * experiment.budget.batch_size / size
 
 
 def seeds_that_fit(step_seconds: Mapping[str, float], steps_per_seed: Mapping[str, int],

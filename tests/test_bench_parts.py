@@ -107,14 +107,14 @@ def test_dry_run_estimates_from_a_timed_step_and_warns_at_hours(tmp_path: Path, 
     """``--dry-run`` prints an estimate with its basis; one timed step of 100 s makes it hours."""
     import benchmarks.sizing
 
-    monkeypatch.setattr(benchmarks.sizing, "time_one_step", lambda experiment, device: 0.001)
+    monkeypatch.setattr(benchmarks.sizing, "time_one_step", lambda experiment, device, **kwargs: 0.001)
     assert main(["run", "--suite", "smoke", "--out", str(tmp_path), "--dry-run", "--experiment", "q1_surgical",
                  "--seeds", "0"]) == 0
     out = capsys.readouterr().out
     assert "part: experiments q1_surgical; seeds 0" in out and "q3_lp_ft" not in out.split("hypotheses:")[0]
     assert "estimate: about 0 s" in out and "cells at one timed training step" in out and "WARNING" not in out
     assert "1 source pretrainings" in out
-    monkeypatch.setattr(benchmarks.sizing, "time_one_step", lambda experiment, device: 100.0)
+    monkeypatch.setattr(benchmarks.sizing, "time_one_step", lambda experiment, device, **kwargs: 100.0)
     assert main(["run", "--suite", "smoke", "--out", str(tmp_path), "--dry-run", "--experiment", "q1_surgical"]) == 0
     assert "WARNING: this run takes hours" in capsys.readouterr().out
 
@@ -126,7 +126,7 @@ def test_dry_run_prefers_the_measured_time_of_finished_cells(tmp_path: Path, mon
 
     import benchmarks.sizing
 
-    monkeypatch.setattr(benchmarks.sizing, "time_one_step", lambda experiment, device: 0.0)  # the other strategies
+    monkeypatch.setattr(benchmarks.sizing, "time_one_step", lambda experiment, device, **kwargs: 0.0)  # the other strategies
     cell = next(c for c in SMOKE.cells() if c.strategy.name == "surgical_first")
     record = {"key": "x", "experiment": cell.experiment.name, "target": cell.target.name, "strategy": "surgical_first",
               "seed": cell.seed, "lr": cell.lr, "status": "ok", "wall_seconds": 2000.0,
@@ -147,3 +147,27 @@ def test_dry_run_prefers_the_measured_time_of_finished_cells(tmp_path: Path, mon
     n = len([c for c in SMOKE.cells() if c.strategy.name == "surgical_first"])
     assert f"{n} cells at the median wall time of finished cells" in out
     assert f"about {n * 2000 / 3600:.1f} h of computing" in out and "WARNING" in out
+
+
+def test_a_small_timed_batch_scales_to_the_batch_size(monkeypatch) -> None:
+    """time_one_step(batch=b) times b images and scales linearly to the experiment's batch size (the
+    dry run's cheap estimate): for a step whose cost is proportional to its images, the estimate at 2
+    images equals the step timed at the full batch size."""
+    import benchmarks.sizing as sizing
+    from benchmarks.training import resolve_device
+
+    experiment = SUITES["smoke"].experiments[0]
+    clock = {"now": 0.0}
+    sizes: list[int] = []
+
+    def step(model, optimizer, images, labels, device):  # 10 ms per image, on a fake clock
+        sizes.append(len(images))
+        clock["now"] += 0.01 * len(images)
+
+    monkeypatch.setattr(sizing, "train_step", step)
+    monkeypatch.setattr(sizing.time, "perf_counter", lambda: clock["now"])
+    device = resolve_device("cpu", threads=1)
+    full = sizing.time_one_step(experiment, device, repeats=1)
+    small = sizing.time_one_step(experiment, device, repeats=1, batch=2)
+    assert experiment.budget.batch_size > 2 and sizes[-1] == 2 and sizes[0] == experiment.budget.batch_size
+    assert full == pytest.approx(0.01 * experiment.budget.batch_size) and small == pytest.approx(full)
