@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report import _markdown, marked_fragile, readme_across_table, readme_table, replicability
+from .report import _markdown, marked_fragile, readme_across_table, readme_table, replicability, with_interval
 from .store import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,9 +49,10 @@ BLOCK = re.compile(r"(<!-- ([\w.+-]+):start -->\n)(.*?)(<!-- \2:end -->)", re.S)
 
 #: The committed reference runs whose claims the ``claims-<strategy>`` blocks collect.
 CLAIM_RUNS = ("quick", "standard")
-_CLAIM_COLUMNS = {"run": "run", "hypothesis": "claim", "mirrors": "mirrors", "comparison": "comparison",
-                  "target": "target", "metric": "metric", "effect": "effect", "ci_low": "adj. ci low",
-                  "ci_high": "adj. ci high", "verdict": "verdict", "replication_probability": "replication probability"}
+#: The claims tables: the verdict and what decides it first (they fit the page's width), the paper last.
+_CLAIM_COLUMNS = {"run": "run", "hypothesis": "claim", "effect": "effect", "interval": "Holm-adjusted interval",
+                  "verdict": "verdict", "replication_probability": "replication probability",
+                  "comparison": "comparison", "target": "target", "metric": "metric", "mirrors": "paper"}
 
 
 def documents(root: Path = ROOT) -> list[Path]:
@@ -70,7 +71,8 @@ def generate(name: str, results: Path = RESULTS) -> str:
     if kind == "verdicts" and argument:
         return readme_table(pd.read_csv(results / argument / "verdicts.csv")).strip()
     if kind == "across" and argument:
-        return readme_across_table(pd.read_csv(results / argument / "across.csv")).strip()
+        return readme_across_table(pd.read_csv(results / argument / "across.csv"),
+                                   pd.read_csv(results / argument / "verdicts.csv")).strip()
     if kind == "claims" and argument:
         return claims_table(argument, results)
     if kind == "replicability" and argument:
@@ -143,7 +145,21 @@ def claims_table(strategy: str, results: Path = RESULTS) -> str:
     table = table[better.str.contains(strategy, regex=False)]
     if table.empty:
         raise ValueError(f"no committed run tests a claim about {strategy!r}")
+    table = with_interval(table).assign(mirrors=table.mirrors.fillna("").map(short_citation))
     return _markdown(table, _CLAIM_COLUMNS).strip()
+
+
+def short_citation(mirrors: str) -> str:
+    """The paper a hypothesis mirrors without what it says: the text up to the last closing
+    parenthesis before a colon (``"Kumar et al. 2022 (LP-FT): FT distorts features"`` ->
+    ``"Kumar et al. 2022 (LP-FT)"``), or up to the colon (``"control: ..."`` -> ``"control"``).
+
+    Example:
+        >>> short_citation("Li et al. 2018 (L2-SP) keeps the solution near the start")
+        'Li et al. 2018 (L2-SP)'
+    """
+    head = mirrors.split(":", 1)[0]
+    return head[: head.rfind(")") + 1] if ")" in head else head.strip()
 
 
 def perf_table(perf_md: Path) -> str:
