@@ -141,7 +141,8 @@ def _mkdocs(config: Path, site: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_the_site_builds_strict_and_offline(tmp_path):
     """`make docs`: the strict build passes (no broken link, cross-reference or docstring warning), the
-    API pages hold the public names, the suite's figures are in the site, and no page loads a script,
+    API pages hold the public names, the suite's figures are in the site (each a link to its full-size PNG),
+    code wraps at the page's width (the project's style sheet), and no page loads a script,
     a style sheet, a font or an image from the network."""
     site = tmp_path / "site"
     build = _mkdocs(ROOT / "mkdocs.yml", site)
@@ -151,6 +152,11 @@ def test_the_site_builds_strict_and_offline(tmp_path):
     assert 'id="lrgroups.optimizer.LayerwiseOptimizer.freeze"' in optimizer
     assert (site / "results" / "quick" / "curves_q2_ulmfit_new_classes.png").exists()
     assert (site / "results" / "standard" / "across_backbones.png").exists()
+    css = (site / "stylesheets" / "extra.css").read_text()  # code wraps at the page's width, no line is cut off
+    assert re.search(r"pre > code \{[^}]*white-space: pre-wrap", css)
+    standard = (site / "benchmarks" / "standard.html").read_text()
+    assert 'href="../stylesheets/extra.css"' in standard
+    assert re.search(r'<a class="lrgroups-figure" href="../results/standard/across_backbones.png"[^>]*><img', standard)
     remote = re.compile(r"""<(?:script|img|iframe)[^>]+src=["']https?:|<link[^>]+href=["']https?:|url\(["']?https?:""")
     loads = [f"{p.relative_to(site)}: {m.group(0)}" for p in site.rglob("*") if p.suffix in (".html", ".css", ".js")
              for m in remote.finditer(p.read_text(errors="replace"))]
