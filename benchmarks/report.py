@@ -841,10 +841,11 @@ READABLE_VERDICT_COLUMNS = {"hypothesis": "hypothesis", "effect": "effect", "int
 
 
 def interval(low: Any, high: Any) -> str:
-    """``[low, high]`` as the tables print them (``–`` where there is no interval)."""
+    """``[low, high]`` as the tables print them, never broken across lines (a no-break space after the
+    comma); ``–`` where there is no interval."""
     if any(v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)) for v in (low, high)):
         return "–"
-    return f"[{_fmt(low)}, {_fmt(high)}]"
+    return f"[{_fmt(low)},\u00a0{_fmt(high)}]"
 
 
 def with_interval(frame: pd.DataFrame, low: str = "ci_low", high: str = "ci_high") -> pd.DataFrame:

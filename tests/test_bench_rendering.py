@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
+from benchmarks import across as across_module
 from benchmarks import blocks, report
-from benchmarks.across import forest_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGY_BLOCKS = ("lp_ft", "wise", "l2_sp", "surgical", "discriminative", "gradual_unfreezing", "layer_decay")
@@ -115,7 +115,7 @@ def test_the_forest_plot_fits_the_page_and_explains_every_marker():
     overlapping tick labels), and a legend entry for every marker and line, the hollow one included."""
     verdicts = pd.read_csv(ROOT / "results" / "standard" / "verdicts.csv")
     across = pd.read_csv(ROOT / "results" / "standard" / "across.csv")
-    fig = forest_figure(verdicts, across)
+    fig = across_module.forest_figure(verdicts, across)
     width, _ = fig.get_size_inches()
     assert width * 110 <= 900  # shown near its own size in a 1280-px window's text column
     panels = [ax for ax in fig.axes if ax.axison]
