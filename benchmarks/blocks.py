@@ -5,8 +5,9 @@ A block sits between two markers, ``<!-- NAME:start -->`` and ``<!-- NAME:end --
 what it holds:
 
 - ``verdicts-<run>``: the confirmatory verdict table of ``results/<run>/verdicts.csv`` (the table
-  ``report --readme`` writes);
-- ``across-<run>``: the cross-family table of ``results/<run>/across.csv``;
+  ``report --readme`` writes), the effect, its Holm-adjusted interval and the verdict first;
+- ``across-<run>``: the cross-family table of ``results/<run>/across.csv``, a column per family (its
+  verdict, effect and interval, from ``verdicts.csv``);
 - ``replicability-<run>``: which confirmatory verdicts of ``results/<run>/verdicts.csv`` reach a
   replication probability of 0.9 and which are fragile;
 - ``replication-<folder>``: the headline and the verdict table of ``results/<folder>/replication.md``
@@ -16,7 +17,8 @@ what it holds:
   cells, the processes and the machine of the committed run;
 - ``claims-<strategy>``: every confirmatory claim about a strategy (its name inside the comparison's
   left side: ``lp_ft``, ``wise``, ``l2_sp``, ``surgical``, ``discriminative``, ``gradual_unfreezing``,
-  ``layer_decay``) with its verdict in each committed run that tests it;
+  ``layer_decay``) with its verdict in each committed run that tests it, the paper shortened to its
+  citation (:func:`short_citation`);
 - ``perf-table``: the summary table of ``results/perf/perf.md``;
 - ``api-index``: every public name of ``lrgroups`` (its ``__all__``), of the training driver and of the integrations, with the
   first sentence of its docstring (read statically by griffe, as the API pages are);
@@ -28,8 +30,8 @@ what it holds:
 
 Example:
     >>> from benchmarks.blocks import generate
-    >>> generate("verdicts-quick").splitlines()[0].split(" | ")[:3]
-    ['| hypothesis', 'comparison', 'target']
+    >>> generate("verdicts-quick").splitlines()[0].split(" | ")[:4]
+    ['| hypothesis', 'effect', 'Holm-adjusted interval', 'verdict']
 """
 
 from __future__ import annotations
