@@ -49,7 +49,7 @@ def claim_of(hypothesis: str) -> str:
     return hypothesis.split("-", 1)[0]
 
 
-def _label(row: object) -> str:
+def family_label(row: object) -> str:
     """``Family (tag)``: the family and the hypothesis name's tag (two backbones may share a family)."""
     tag = row.hypothesis.split("-", 1)[1] if "-" in row.hypothesis else ""
     return f"{row.family} ({tag})" if tag else str(row.family)
@@ -100,8 +100,8 @@ def across_families(verdict_table: pd.DataFrame) -> pd.DataFrame:
         contradicted = int((in_scope.verdict == "contradicted").sum())
         row = {"claim": claim, "comparison": first.get("comparison", ""), "metric": first.get("metric", ""),
                "min_effect": float(first.min_effect), "families": len(part), "families_in_scope": len(in_scope),
-               "per_family": "; ".join(f"{_label(r)}: {r.effect:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] {r.verdict}"
-                                       if math.isfinite(r.effect) else f"{_label(r)}: {r.verdict}"
+               "per_family": "; ".join(f"{family_label(r)}: {r.effect:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] {r.verdict}"
+                                       if math.isfinite(r.effect) else f"{family_label(r)}: {r.verdict}"
                                        for r in part.itertuples()),
                "sign_count": f"{side} of {len(in_scope)} > 0 ({reproduced} reproduced, {contradicted} contradicted)",
                "on_predicted_side": side, "reproduced": reproduced, "contradicted": contradicted,
@@ -119,21 +119,33 @@ def across_families(verdict_table: pd.DataFrame) -> pd.DataFrame:
     return frame[list(COLUMNS)]
 
 
-def plot(verdict_table: pd.DataFrame, table: pd.DataFrame, path: str) -> None:
-    """A forest plot: per claim with at least two families, each family's effect with its adjusted
-    interval (hollow when out of scope), the pooled effect and its interval, the minimum effect."""
+#: The forest plot's layout: panels per row, the figure's width (inches, at 110 dpi: about the width of
+#: a documentation page, so that the page shows it near its own size) and the smallest font (points).
+FOREST_COLUMNS, FOREST_WIDTH, FOREST_FONT = 2, 8.0, 9
+
+
+def forest_figure(verdict_table: pd.DataFrame, table: pd.DataFrame):
+    """The forest plot (a matplotlib figure; None without a claim tested in two families or more): per
+    claim, each family's effect with its adjusted interval (hollow when out of scope), the pooled effect
+    and its interval, 0 and the minimum effect; a legend entry for every marker and line."""
+    import textwrap
+
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     claims = table[table.families >= 2]
     if claims.empty:
-        return
-    columns = min(4, len(claims))
+        return None
+    columns = min(FOREST_COLUMNS, len(claims))
     rows_ = math.ceil(len(claims) / columns)
-    fig, axes = plt.subplots(rows_, columns, figsize=(3.4 * columns, 2.4 * rows_), squeeze=False)
     confirmatory = verdict_table[~verdict_table.exploratory.astype(bool)]
+    families = int(claims.families.max())  # the rows of the tallest panel, the pooled mean besides
+    fig, axes = plt.subplots(rows_, columns, figsize=(FOREST_WIDTH, (1.1 + 0.28 * (families + 1)) * rows_ + 0.9),
+                             squeeze=False)
     for ax, claim in zip(axes.flat, claims.itertuples()):
         part = confirmatory[confirmatory.hypothesis.map(claim_of) == claim.claim]
-        labels = [_label(r) for r in part.itertuples()] + ["pooled (descriptive)"]
+        labels = [family_label(r) for r in part.itertuples()] + ["pooled (descriptive)"]
         for y, r in enumerate(part.itertuples()):
             in_scope = (r.scope if isinstance(r.scope, str) else "") == ""
             ax.errorbar(r.effect, y, xerr=[[r.effect - r.ci_low], [r.ci_high - r.effect]], fmt="o",
@@ -145,14 +157,30 @@ def plot(verdict_table: pd.DataFrame, table: pd.DataFrame, path: str) -> None:
                         fmt="D", color="C3", capsize=2)
         ax.axvline(0, color="grey", linewidth=0.8)
         ax.axvline(claim.min_effect, color="grey", linewidth=0.8, linestyle="--")
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        ax.set_title(f"{claim.claim}: {claim.comparison}\n{claim.metric}: {claim.sign_count}", fontsize=7)
-        ax.tick_params(axis="x", labelsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=FOREST_FONT)
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.tick_params(axis="x", labelsize=FOREST_FONT)
+        title = [f"{claim.claim}: {claim.comparison}", claim.metric, claim.sign_count]
+        ax.set_title("\n".join(textwrap.fill(line, 44) for line in title), fontsize=FOREST_FONT)
     for ax in list(axes.flat)[len(claims):]:
         ax.axis("off")
-    fig.suptitle("Effect per family (Holm-adjusted interval) and the descriptive pooled mean (Hartung-Knapp 95%); "
-                 "dashed: minimum effect",
-                 fontsize=8)
-    fig.tight_layout()
+    handles = [Line2D([], [], marker="o", color="C0", linestyle="", label="family in scope: effect, Holm-adjusted CI"),
+               Line2D([], [], marker="o", color="C0", mfc="white", linestyle="", label="family whose gate or precondition did not pass"),
+               Line2D([], [], marker="D", color="C3", linestyle="", label="pooled mean, Hartung-Knapp 95% (descriptive)"),
+               Line2D([], [], color="grey", linewidth=0.8, label="no effect (0)"),
+               Line2D([], [], color="grey", linewidth=0.8, linestyle="--", label="minimum effect")]
+    fig.legend(handles=handles, loc="upper center", ncol=2, fontsize=FOREST_FONT, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))
+    return fig
+
+
+def plot(verdict_table: pd.DataFrame, table: pd.DataFrame, path: str) -> None:
+    """Write the forest plot (:func:`forest_figure`) to ``path`` (PNG, 110 dpi), if there is one."""
+    import matplotlib.pyplot as plt
+
+    fig = forest_figure(verdict_table, table)
+    if fig is None:
+        return
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -5,8 +5,9 @@ A block sits between two markers, ``<!-- NAME:start -->`` and ``<!-- NAME:end --
 what it holds:
 
 - ``verdicts-<run>``: the confirmatory verdict table of ``results/<run>/verdicts.csv`` (the table
-  ``report --readme`` writes);
-- ``across-<run>``: the cross-family table of ``results/<run>/across.csv``;
+  ``report --readme`` writes), the effect, its Holm-adjusted interval and the verdict first;
+- ``across-<run>``: the cross-family table of ``results/<run>/across.csv``, a column per family (its
+  verdict, effect and interval, from ``verdicts.csv``);
 - ``replicability-<run>``: which confirmatory verdicts of ``results/<run>/verdicts.csv`` reach a
   replication probability of 0.9 and which are fragile;
 - ``replication-<folder>``: the headline and the verdict table of ``results/<folder>/replication.md``
@@ -16,7 +17,8 @@ what it holds:
   cells, the processes and the machine of the committed run;
 - ``claims-<strategy>``: every confirmatory claim about a strategy (its name inside the comparison's
   left side: ``lp_ft``, ``wise``, ``l2_sp``, ``surgical``, ``discriminative``, ``gradual_unfreezing``,
-  ``layer_decay``) with its verdict in each committed run that tests it;
+  ``layer_decay``) with its verdict in each committed run that tests it, the paper shortened to its
+  citation (:func:`short_citation`);
 - ``perf-table``: the summary table of ``results/perf/perf.md``;
 - ``api-index``: every public name of ``lrgroups`` (its ``__all__``), of the training driver and of the integrations, with the
   first sentence of its docstring (read statically by griffe, as the API pages are);
@@ -28,8 +30,8 @@ what it holds:
 
 Example:
     >>> from benchmarks.blocks import generate
-    >>> generate("verdicts-quick").splitlines()[0].split(" | ")[:3]
-    ['| hypothesis', 'comparison', 'target']
+    >>> generate("verdicts-quick").splitlines()[0].split(" | ")[:4]
+    ['| hypothesis', 'effect', 'Holm-adjusted interval', 'verdict']
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report import _markdown, marked_fragile, readme_across_table, readme_table, replicability
+from .report import _markdown, marked_fragile, readme_across_table, readme_table, replicability, with_interval
 from .store import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,9 +51,10 @@ BLOCK = re.compile(r"(<!-- ([\w.+-]+):start -->\n)(.*?)(<!-- \2:end -->)", re.S)
 
 #: The committed reference runs whose claims the ``claims-<strategy>`` blocks collect.
 CLAIM_RUNS = ("quick", "standard")
-_CLAIM_COLUMNS = {"run": "run", "hypothesis": "claim", "mirrors": "mirrors", "comparison": "comparison",
-                  "target": "target", "metric": "metric", "effect": "effect", "ci_low": "adj. ci low",
-                  "ci_high": "adj. ci high", "verdict": "verdict", "replication_probability": "replication probability"}
+#: The claims tables: the verdict and what decides it first (they fit the page's width), the paper last.
+_CLAIM_COLUMNS = {"run": "run", "hypothesis": "claim", "effect": "effect", "interval": "Holm-adjusted interval",
+                  "verdict": "verdict", "replication_probability": "replication probability",
+                  "comparison": "comparison", "target": "target", "metric": "metric", "mirrors": "paper"}
 
 
 def documents(root: Path = ROOT) -> list[Path]:
@@ -70,7 +73,8 @@ def generate(name: str, results: Path = RESULTS) -> str:
     if kind == "verdicts" and argument:
         return readme_table(pd.read_csv(results / argument / "verdicts.csv")).strip()
     if kind == "across" and argument:
-        return readme_across_table(pd.read_csv(results / argument / "across.csv")).strip()
+        return readme_across_table(pd.read_csv(results / argument / "across.csv"),
+                                   pd.read_csv(results / argument / "verdicts.csv")).strip()
     if kind == "claims" and argument:
         return claims_table(argument, results)
     if kind == "replicability" and argument:
@@ -143,7 +147,21 @@ def claims_table(strategy: str, results: Path = RESULTS) -> str:
     table = table[better.str.contains(strategy, regex=False)]
     if table.empty:
         raise ValueError(f"no committed run tests a claim about {strategy!r}")
+    table = with_interval(table).assign(mirrors=table.mirrors.fillna("").map(short_citation))
     return _markdown(table, _CLAIM_COLUMNS).strip()
+
+
+def short_citation(mirrors: str) -> str:
+    """The paper a hypothesis mirrors without what it says: the text up to the last closing
+    parenthesis before a colon (``"Kumar et al. 2022 (LP-FT): FT distorts features"`` ->
+    ``"Kumar et al. 2022 (LP-FT)"``), or up to the colon (``"control: ..."`` -> ``"control"``).
+
+    Example:
+        >>> short_citation("Li et al. 2018 (L2-SP) keeps the solution near the start")
+        'Li et al. 2018 (L2-SP)'
+    """
+    head = mirrors.split(":", 1)[0]
+    return head[: head.rfind(")") + 1] if ")" in head else head.strip()
 
 
 def perf_table(perf_md: Path) -> str:

@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .across import across_families  # noqa: E402
+from .across import across_families, claim_of, family_label  # noqa: E402
 from .across import plot as plot_across  # noqa: E402
 from .backbones import family as backbone_family  # noqa: E402
 from .selection import BUDGET_CHECK_FACTOR, EXTENSION_CAP, mark_capped, runs_frame, select_lr  # noqa: E402
@@ -522,6 +522,37 @@ def _strategy_table(part: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+#: The colour of each built-in strategy in every figure (curves, forgetting, Pareto, WiSE-FT), whatever
+#: else a figure shows; strategies named alike by role share a colour family (the surgical blocks, the
+#: layer decays). A derived strategy (``<parent>+wise_<alpha>``) takes its parent's colour.
+STRATEGY_COLOURS = {
+    "full": "#1f77b4", "ft": "#1f77b4", "top_ft": "#1f77b4",
+    "discriminative": "#ff7f0e", "gradual_unfreezing": "#2ca02c", "l2_sp": "#d62728",
+    "layer_decay_0.75": "#9467bd", "layer_decay_0.65": "#c5b0d5",
+    "lp_ft": "#8c564b", "top_lp_ft": "#8c564b", "linear_probe": "#bcbd22",
+    "surgical_first": "#17becf", "surgical_middle": "#9edae5", "surgical_last": "#e377c2",
+    "surgical_head": "#ffbb78", "bn_only": "#98df8a", "no_adaptation": "#000000",
+    "scratch": "#7f7f7f", "pixel": "#c7c7c7",
+}
+#: Colours of strategies :data:`STRATEGY_COLOURS` does not name (a suite of one's own), chosen by a
+#: hash of the name, so that a strategy has one colour in every figure of every run.
+_OTHER_COLOURS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
+                  "#756bb1", "#636363", "#6baed6", "#fd8d3c", "#74c476", "#9e9ac8", "#ad494a", "#a55194")
+
+
+def strategy_colour(strategy: str) -> str:
+    """The one colour of ``strategy`` in every figure the suite draws (:data:`STRATEGY_COLOURS`).
+
+    Example:
+        >>> strategy_colour("l2_sp"), strategy_colour("top_lp_ft+wise_0.5") == strategy_colour("top_lp_ft")
+        ('#d62728', True)
+    """
+    import zlib
+
+    name = strategy.split("+", 1)[0]
+    return STRATEGY_COLOURS.get(name) or _OTHER_COLOURS[zlib.crc32(name.encode()) % len(_OTHER_COLOURS)]
+
+
 def _save_figure(fig: Any, out: Path, name: str) -> str:
     """Write ``fig`` to ``out / name`` (PNG, 110 dpi), close it, return ``name``."""
     fig.tight_layout()
@@ -542,8 +573,9 @@ def curve_band(curves: pd.Series, low: float = 0.0, high: float = 1.0) -> tuple[
 
 def _band(ax: Any, curves: pd.Series, steps: list[float], label: str) -> None:
     mean, band_low, band_high = curve_band(curves)
-    ax.plot(steps, mean, label=label)
-    ax.fill_between(steps, band_low, band_high, alpha=0.2)
+    colour = strategy_colour(label)
+    ax.plot(steps, mean, label=label, color=colour)
+    ax.fill_between(steps, band_low, band_high, alpha=0.2, color=colour)
 
 
 def _plot_curves(runs: pd.DataFrame, out: Path) -> list[str]:
@@ -556,7 +588,7 @@ def _plot_curves(runs: pd.DataFrame, out: Path) -> list[str]:
                 _band(ax, group.curve_val_accuracy, list(group.curve_step.iloc[0]), strategy)
         ax.set(xlabel="step", ylabel="validation accuracy (mean, 95% band over seeds)",
                title=f"{experiment} / {target}: learning curves at the selected lrs")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
         names.append(_save_figure(fig, out, f"curves_{experiment}_{target}.png"))
     return names
 
@@ -569,14 +601,14 @@ def _plot_forgetting(runs: pd.DataFrame, levels: pd.DataFrame, out: Path) -> lis
         for strategy, group in part.groupby("strategy", sort=False):
             x, y = _mean_curve(group.curve_test_accuracy), _mean_curve(group.curve_retention_precise_bn)
             if x is not None and y is not None:
-                ax.plot(x, y, marker=".", label=strategy)
+                ax.plot(x, y, marker=".", label=strategy, color=strategy_colour(strategy))
         level = levels[(levels.experiment == experiment) & (levels.target == target)] if len(levels) else levels
         if len(level):
             ax.axvline(float(level.matched_test_accuracy.iloc[0]), color="grey", linestyle="--", linewidth=1,
                        label="matched accuracy")
         ax.set(xlabel="target test accuracy (mean trajectory over seeds)", ylabel="source retention (precise BN)",
                title=f"{experiment} / {target}: forgetting along training")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
         names.append(_save_figure(fig, out, f"forgetting_{experiment}_{target}.png"))
     return names
 
@@ -591,13 +623,14 @@ def _plot_pareto(front: pd.DataFrame, out: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         for strategy, group in part.groupby("strategy", sort=False):
             group = group.sort_values("lr")
-            ax.plot(group.test_accuracy, group.retention_precise_bn, marker="o", label=strategy)
+            ax.plot(group.test_accuracy, group.retention_precise_bn, marker="o", label=strategy,
+                    color=strategy_colour(strategy))
             for row in group.itertuples():
                 ax.annotate(f"{row.lr:g}", (row.test_accuracy, row.retention_precise_bn), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
         ax.set(xlabel="target test accuracy (mean over seeds)", ylabel="source retention at the end (precise BN)",
                title=f"{experiment} / {target}: forgetting across the lr grid")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
         names.append(_save_figure(fig, out, f"pareto_{experiment}_{target}.png"))
     return names
 
@@ -613,7 +646,8 @@ def _plot_wise(table: pd.DataFrame, out: Path) -> list[str]:
                            alpha=part.strategy.str.split("_").str[-1].astype(float))
         for parent, curve in part.groupby("parent", sort=False):
             curve = curve.sort_values("alpha")
-            ax.plot(curve.test_accuracy, curve.ood_accuracy, marker="o", label=f"{parent}: alpha 0 -> 1")
+            ax.plot(curve.test_accuracy, curve.ood_accuracy, marker="o", label=f"{parent}: alpha 0 -> 1",
+                    color=strategy_colour(parent))
         ax.set(xlabel="ID test accuracy", ylabel="OOD accuracy (mean over corruptions)",
                title=f"{experiment}: WiSE-FT interpolation")
         ax.legend(fontsize=8)
@@ -847,18 +881,54 @@ def marked_fragile(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(verdict=[f"{v} (fragile)" if f else v for v, f in zip(frame.verdict, fragile)])
 
 
+#: The verdict tables of the README and the documentation pages: what decides the verdict (effect,
+#: Holm-adjusted interval) and the verdict itself first, so that they fit the page's width; the rest after.
+READABLE_VERDICT_COLUMNS = {"hypothesis": "hypothesis", "effect": "effect", "interval": "Holm-adjusted interval",
+                            "verdict": "verdict", "replication_probability": "replication probability",
+                            "comparison": "comparison", "target": "target", "metric": "metric", "p_holm": "p (Holm)",
+                            "min_effect": "min effect", "unit": "unit", "units": "units", "seeds": "seeds"}
+
+
+def interval(low: Any, high: Any) -> str:
+    """``[low, high]`` as the tables print them, never broken across lines (a no-break space after the
+    comma); ``–`` where there is no interval."""
+    if any(v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)) for v in (low, high)):
+        return "–"
+    return f"[{_fmt(low)},\u00a0{_fmt(high)}]"
+
+
+def with_interval(frame: pd.DataFrame, low: str = "ci_low", high: str = "ci_high") -> pd.DataFrame:
+    """``frame`` with an ``interval`` column: ``[low, high]`` of each row (:func:`interval`)."""
+    return frame.assign(interval=[interval(a, b) for a, b in zip(frame[low], frame[high])])
+
+
 def readme_table(verdict_table: pd.DataFrame) -> str:
-    """The confirmatory verdict table as the README shows it (from a verdicts.csv)."""
-    confirmatory = marked_fragile(verdict_table[~verdict_table.exploratory.astype(bool)])
-    return _markdown(confirmatory, {k: v for k, v in VERDICT_COLUMNS.items()
-                                    if k not in ("preconditions", "mirrors", "mde", "seeds_needed") and k in
-                                    confirmatory})
+    """The confirmatory verdict table as the README and the docs show it (from a verdicts.csv):
+    :data:`READABLE_VERDICT_COLUMNS`."""
+    confirmatory = with_interval(marked_fragile(verdict_table[~verdict_table.exploratory.astype(bool)]))
+    return _markdown(confirmatory, {k: v for k, v in READABLE_VERDICT_COLUMNS.items() if k in confirmatory})
 
 
-def readme_across_table(across: pd.DataFrame) -> str:
-    """The cross-backbone table as the README shows it (from an across.csv: every claim; one tested
-    in fewer than two families in scope has no pooled verdict, *out of scope*)."""
-    return _markdown(across, ACROSS_COLUMNS)
+def readme_across_table(across: pd.DataFrame, verdict_table: pd.DataFrame) -> str:
+    """The cross-backbone table as the README and the docs show it (from an across.csv and the
+    verdicts.csv of the same run): per claim, one column per family with its verdict, effect and
+    Holm-adjusted interval (``–`` where the claim is not tested in that family), then the sign count,
+    the descriptive pooled mean with its Hartung-Knapp interval (a claim tested in fewer than two
+    families in scope has none), the comparison and the metric."""
+    confirmatory = verdict_table[~verdict_table.exploratory.astype(bool)]
+    confirmatory = confirmatory.assign(claim=confirmatory.hypothesis.map(claim_of),
+                                       label=[family_label(r) for r in confirmatory.itertuples()])
+    families = list(dict.fromkeys(confirmatory.label))
+    cells = {(r.claim, r.label): f"{r.verdict}<br>{_fmt(r.effect)} {interval(r.ci_low, r.ci_high)}"
+             if isinstance(r.effect, float) and math.isfinite(r.effect) else r.verdict
+             for r in marked_fragile(confirmatory).itertuples()}
+    table = with_interval(across, "pooled_ci_low", "pooled_ci_high")
+    table = table.assign(**{f"family {i}": [cells.get((claim, family), "–") for claim in table.claim]
+                            for i, family in enumerate(families)})
+    return _markdown(table, {"claim": "claim", **{f"family {i}": family for i, family in enumerate(families)},
+                             "sign_count": "sign count (families in scope)", "pooled_effect": "pooled mean "
+                             "(descriptive)", "interval": "Hartung-Knapp 95%", "consistent": "same verdict in every "
+                             "family in scope", "comparison": "comparison", "metric": "metric", "tau": "tau"})
 
 
 def write_readme_tables(readme: Path, out: Path, suite_name: str) -> list[str]:
@@ -872,7 +942,8 @@ def write_readme_tables(readme: Path, out: Path, suite_name: str) -> list[str]:
     text = readme.read_text()
     written = []
     for block, make in ((f"verdicts-{suite_name}", lambda: readme_table(pd.read_csv(out / "verdicts.csv"))),
-                        (f"across-{suite_name}", lambda: readme_across_table(pd.read_csv(out / "across.csv")))):
+                        (f"across-{suite_name}", lambda: readme_across_table(pd.read_csv(out / "across.csv"),
+                                                                     pd.read_csv(out / "verdicts.csv")))):
         start, end = readme_markers(block)
         if start in text and end in text:
             head, rest = text.split(start, 1)

@@ -183,8 +183,9 @@ def _mkdocs(config: Path, site: Path) -> subprocess.CompletedProcess:
 def test_the_site_builds_strict_and_offline(tmp_path):
     """`make docs`: the strict build passes (no broken link, cross-reference or docstring warning) with
     neither torch nor lrgroups importable (the docs extra alone), the API pages hold the public names, the
-    suite's figures and the config key reference are in the site, and no page loads a script, a style
-    sheet, a font or an image from the network."""
+    suite's figures (each a link to its full-size PNG) and the config key reference are in the site, code
+    wraps at the page's width (the project's style sheet), and no page loads a script, a style sheet, a
+    font or an image from the network."""
     site = tmp_path / "site"
     build = _mkdocs(ROOT / "mkdocs.yml", site)
     assert build.returncode == 0, build.stderr[-3000:]
@@ -196,6 +197,11 @@ def test_the_site_builds_strict_and_offline(tmp_path):
     keys = (site / "benchmarks" / "config-keys.html").read_text()
     assert "<table>" in keys and "<td><code>train_pool</code></td>" in keys and "--8&lt;--" not in keys
     assert 'href="config-keys.html"' in (site / "benchmarks" / "own-suites.html").read_text()
+    css = (site / "stylesheets" / "extra.css").read_text()  # code wraps at the page's width, no line is cut off
+    assert re.search(r"pre > code \{[^}]*white-space: pre-wrap", css)
+    standard = (site / "benchmarks" / "standard.html").read_text()
+    assert 'href="../stylesheets/extra.css"' in standard
+    assert re.search(r'<a class="lrgroups-figure" href="../results/standard/across_backbones.png"[^>]*><img', standard)
     remote = re.compile(r"""<(?:script|img|iframe)[^>]+src=["']https?:|<link[^>]+href=["']https?:|url\(["']?https?:""")
     loads = [f"{p.relative_to(site)}: {m.group(0)}" for p in site.rglob("*") if p.suffix in (".html", ".css", ".js")
              for m in remote.finditer(p.read_text(errors="replace"))]
