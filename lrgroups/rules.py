@@ -153,6 +153,11 @@ class FrozenDict(dict):
         return hash(frozenset((key, _hashable(value)) for key, value in self.items()))
 
     def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: a FrozenDict does not change in place.
+
+        Raises:
+            TypeError: always.
+        """
         raise TypeError("read-only (a rule's options, a recipe's settings): build a new Rule or Recipe "
                         "(dataclasses.replace)")
 
