@@ -135,7 +135,7 @@ def dry_run(suite: Suite | str, out: Path, threads: int, part: Part | None = Non
     rows = [(cell, key, MISSING_WEIGHTS if status != "done" and cell.strategy.kind in PRETRAINED_KINDS
              and not available(cell.experiment) else status)
             for cell, key, status in iter_pending(suite, out, threads) if part is None or part.contains(cell)]
-    print(f"suite {suite.name}: {len(rows)} cells -> {out}  ({suite.description})")
+    print(f"suite {suite.name}: {len(rows)} cells -> {out}" + (f"  ({suite.description})" if suite.description else ""))
     if part is not None and not part.everything:
         print(f"part: {part.describe()}")
     print(f"{'#':>4}  {'key':16}  {'status':15}  {'experiment':12} {'target':18} {'strategy':20} seed  lr")
