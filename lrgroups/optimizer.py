@@ -310,8 +310,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._list_frozen()
 
     def _list_frozen(self) -> None:
-        """The frozen parameters (``zero_grad`` clears them, ``step`` checks their ``requires_grad``)."""
+        """The frozen and the trainable parameters, flat (``zero_grad`` clears the frozen ones, ``step``
+        checks both lists' ``requires_grad``: one pass over each, no walk of the groups)."""
         self._frozen = [slot.param for slot in self._slots if slot.frozen_by is not None]
+        self._trainable = [slot.param for slot in self._slots if slot.frozen_by is None]
         self._warned_outside = ()
 
     def _relink(self, loaded: bool = True) -> None:
@@ -450,9 +452,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """
         if self._ratio_check is not None:  # the first step's check has run (torch ran the pre-hooks)
             self._end_ratio_check()
-        if any(p.requires_grad for p in self._frozen) or not all(
-            p.requires_grad for group in self.param_groups for p in group["params"]
-        ):
+        if any(p.requires_grad for p in self._frozen) or not all(p.requires_grad for p in self._trainable):
             self._warn_outside_changes(_user_stacklevel() + 1, once=True)
         steps = self._steps
         if len(steps) == 1:
