@@ -84,7 +84,7 @@ def test_renumber_keeps_order_and_heads_on_top():
 
 # ---------------------------------------------------------------------------- item 5: final norm
 def _hf_vit(headless: bool):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # the test extra installs it: a missing one fails, not skips
     config = transformers.ViTConfig(
         hidden_size=32,
         num_hidden_layers=3,
@@ -151,7 +151,7 @@ def test_bert_keeps_electra_layer_decay():
     """ELECTRA's layer decay on BERT (google-research/electra model/optimization.py, with the pooler
     its authors counted as one more layer, electra#51): embeddings depth 0, encoder layer i depth
     i+1, pooler n_layers+1, the task head n_layers+2, lr * decay ** (n_layers + 2 - depth)."""
-    transformers = pytest.importorskip("transformers")
+    import transformers  # the test extra installs it: a missing one fails, not skips
     config = transformers.BertConfig(
         vocab_size=50,
         hidden_size=16,
@@ -214,7 +214,7 @@ def test_inception_v3_auxiliary_classifier_is_a_head_and_the_model_is_untouched(
     the train-mode pass finds it, so it is a head on the top depth and trained from stage 0. The
     passes leave the model as it was: mode, BatchNorm statistics and counters, parameters, and the
     random number generator."""
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision  # a hard dependency: a missing one fails, not skips
     torch.manual_seed(0)
     model = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False, num_classes=5).train()
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -431,7 +431,7 @@ def test_the_final_norms_the_depth_docs_name_join_the_last_block(model):
 def test_a_norm_class_of_its_own_is_not_a_norm_llama_keeps_its_final_norm_depth():
     """As docs/concepts/depth.md says: Llama's LlamaRMSNorm is not a torch norm subclass, so its final
     norm keeps a depth of its own."""
-    transformers = pytest.importorskip("transformers")
+    import transformers  # the test extra installs it: a missing one fails, not skips
     config = transformers.LlamaConfig(
         vocab_size=16,
         hidden_size=8,
