@@ -33,7 +33,6 @@ Ownership: a recipe freezes and thaws only what it froze itself; parameters that
 
 from __future__ import annotations
 
-import functools
 import inspect
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Mapping, Tuple, Union
@@ -48,7 +47,18 @@ from .early_stopping import Plateau
 from .l2sp import L2SP
 from .lora import lora_plus as _lora_plus_rules
 from .optimizer import LayerwiseOptimizer
-from .rules import SELECTOR_FIELDS, FrozenDict, Rule, Selector, _check_keys, _decode, _encode, rules_from_data
+from .rules import (
+    SELECTOR_FIELDS,
+    FrozenDict,
+    MadeByName,
+    Rule,
+    Selector,
+    _check_keys,
+    _decode,
+    _encode,
+    named_factory,
+    rules_from_data,
+)
 from .unfreezing import ProgressiveUnfreezing, _selector, depth_stages
 
 __all__ = [
@@ -243,8 +253,8 @@ def _frozen(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
-class Recipe:
+@dataclass(frozen=True, eq=False)
+class Recipe(MadeByName):
     """A fine-tuning strategy: rules, an optional unfreezing schedule, optional early stopping and
     an optional closed-form linear probe fitted before fine-tuning.
 
@@ -282,20 +292,6 @@ class Recipe:
     def _values(self) -> tuple:
         return tuple(getattr(self, f.name) for f in fields(self) if f.compare)
 
-    def __eq__(self, other: object) -> bool:
-        # A recipe a named factory made holds functions (stage placement, depth-dependent rules); it
-        # equals another made by the same factory with the same arguments.
-        if not isinstance(other, Recipe):
-            return NotImplemented
-        mine, theirs = self.__dict__.get("_kind"), other.__dict__.get("_kind")
-        if mine is not None or theirs is not None:
-            return mine == theirs
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        kind = self.__dict__.get("_kind")
-        return hash(kind if kind is not None else self._values())
-
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain data, what :meth:`from_dict` reads back to an equal recipe (and JSON,
         YAML, TOML hold). A recipe a named factory made (:data:`RECIPES`, :func:`lora_plus`) is
@@ -315,7 +311,7 @@ class Recipe:
         kind = self.__dict__.get("_kind")
         if kind is not None:
             defaults = inspect.signature(_NAMED[kind[0]]).parameters
-            return {"recipe": kind[0], **{key: _recipe_value(key, value, self.name) for key, value in kind[1]
+            return {"recipe": kind[0], **{key: _recipe_value(key, value, self.name) for key, value in kind[1].items()
                                           if value != defaults[key].default}}
         data: dict[str, Any] = {"name": self.name}
         if self.rules:
@@ -482,20 +478,9 @@ _NAMED: dict[str, Callable[..., Recipe]] = {}
 
 
 def _named(factory: Callable[..., Recipe]) -> Callable[..., Recipe]:
-    """Register a recipe factory by its name; the recipes it makes remember their arguments (defaults
-    included), so :meth:`Recipe.to_dict` writes them back by name."""
-    signature = inspect.signature(factory)
-
-    @functools.wraps(factory)
-    def make(*args: Any, **kwargs: Any) -> Recipe:
-        recipe = factory(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        object.__setattr__(recipe, "_kind", (factory.__name__, tuple(_frozen(bound.arguments).items())))
-        return recipe
-
-    _NAMED[factory.__name__] = make
-    return make
+    """Register a recipe factory by its name (:func:`lrgroups.rules.named_factory`): the recipes it makes
+    remember their arguments, so :meth:`Recipe.to_dict` writes them back by name."""
+    return named_factory(factory.__name__, _NAMED, _frozen)(factory)
 
 
 # ---------------------------------------------------------------- the strategies

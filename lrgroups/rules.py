@@ -170,8 +170,59 @@ class FrozenDict(dict):
 _FrozenOptions = FrozenDict  # the name pickles of rules made before the shared type refer to
 
 
-@dataclass(frozen=True, init=False, repr=False)
-class Rule:
+class MadeByName:
+    """Equality and hash of a value a named factory may have made (a :class:`Rule`, a
+    :class:`~lrgroups.recipes.Recipe`): such a value holds functions, which compare by identity, so
+    two made by the same factory with the same arguments (:func:`named_factory`) are equal; any other
+    compares its fields (``_values()``)."""
+
+    def _values(self) -> tuple:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, type(self)) and not isinstance(self, type(other)):
+            return NotImplemented
+        mine, theirs = self.__dict__.get("_kind"), other.__dict__.get("_kind")
+        if mine is not None or theirs is not None:
+            return mine == theirs
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        kind = self.__dict__.get("_kind")
+        return hash(kind if kind is not None else self._values())
+
+
+def named_factory(kind: str, registry: dict[str, Callable[..., Any]],
+                  freeze: Callable[[Any], Any] = lambda value: value) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a factory under ``kind`` in ``registry``; what it makes remembers ``(kind, its
+    arguments)`` (defaults included, ``**kwargs`` spread out, each value passed through ``freeze``), so
+    :class:`MadeByName` compares it by them and ``to_dict`` writes it back by name."""
+
+    def register(factory: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(factory)
+
+        @functools.wraps(factory)
+        def make(*args: Any, **kwargs: Any) -> Any:
+            made = factory(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments: dict[str, Any] = {}
+            for name, value in bound.arguments.items():
+                if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                    arguments.update(value)
+                else:
+                    arguments[name] = value
+            object.__setattr__(made, "_kind", (kind, FrozenDict({k: freeze(v) for k, v in arguments.items()})))
+            return made
+
+        registry[kind] = make
+        return make
+
+    return register
+
+
+@dataclass(frozen=True, init=False, repr=False, eq=False)
+class Rule(MadeByName):
     """Select parameters (a :class:`Selector`, its fields given directly or as ``selector=``) and set
     their lr, weight decay, options, inner optimizer or frozen flag.
 
@@ -288,20 +339,6 @@ class Rule:
 
     def _values(self) -> tuple:
         return (self.selector, *(getattr(self, key) for key in _SETTING_FIELDS))
-
-    def __eq__(self, other: object) -> bool:
-        # A rule a named factory made (layer_decay(0.75), head(lr=1e-3)) holds functions; it equals
-        # another made by the same factory with the same arguments.
-        if not isinstance(other, Rule):
-            return NotImplemented
-        mine, theirs = self.__dict__.get("_kind"), other.__dict__.get("_kind")
-        if mine is not None or theirs is not None:
-            return mine == theirs
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        kind = self.__dict__.get("_kind")
-        return hash(kind if kind is not None else self._values())
 
     def to_dict(self) -> dict[str, Any]:
         """The rule as plain data (str, numbers, bools, lists, dicts): what :meth:`from_dict` reads
@@ -436,30 +473,6 @@ _SETTING_FIELDS: tuple[str, ...] = (
 #: The named rule factories, by the ``kind`` a rule's dict gives (:meth:`Rule.from_dict`); a rule
 #: they make remembers its arguments, so :meth:`Rule.to_dict` writes it back as its kind.
 RULE_KINDS: dict[str, Callable[..., Rule]] = {}
-
-
-def _named(kind: str) -> Callable[[Callable[..., Rule]], Callable[..., Rule]]:
-    """Register a rule factory under ``kind``; the rules it makes remember ``(kind, arguments)``."""
-
-    def register(factory: Callable[..., Rule]) -> Callable[..., Rule]:
-        signature = inspect.signature(factory)
-
-        @functools.wraps(factory)
-        def make(*args: Any, **kwargs: Any) -> Rule:
-            rule = factory(*args, **kwargs)
-            arguments: dict[str, Any] = {}
-            for name, value in signature.bind(*args, **kwargs).arguments.items():
-                if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
-                    arguments.update(value)
-                else:
-                    arguments[name] = value
-            object.__setattr__(rule, "_kind", (kind, FrozenDict(arguments)))
-            return rule
-
-        RULE_KINDS[kind] = make
-        return make
-
-    return register
 
 
 def _kind_keys(factory: Callable[..., Rule]) -> tuple[str, ...]:
@@ -815,7 +828,7 @@ def _check_gamma(gamma: float) -> None:
         raise ValueError(f"layer decay gamma must be in (0, 1], got {gamma!r}")
 
 
-@_named("layer_decay")
+@named_factory("layer_decay", RULE_KINDS)
 def layer_decay(gamma: float, **select) -> Rule:
     """Geometric layer decay: ``lr_mult = gamma ** (max_depth - depth)`` (BEiT, MAE, ConvNeXt).
 
@@ -851,7 +864,7 @@ def layer_decay(gamma: float, **select) -> Rule:
     )
 
 
-@_named("layer_decay_between")
+@named_factory("layer_decay_between", RULE_KINDS)
 def layer_decay_between(first_lr: float, head_lr: float, **select) -> Rule:
     """Layer decay given by its end points: ``first_lr`` at depth 0, ``head_lr`` at the top depth,
     geometric in between: ``lr = first_lr * (head_lr / first_lr) ** (depth / max_depth)``.
@@ -875,7 +888,7 @@ def layer_decay_between(first_lr: float, head_lr: float, **select) -> Rule:
     )
 
 
-@_named("no_weight_decay")
+@named_factory("no_weight_decay", RULE_KINDS)
 def no_weight_decay(**select) -> Rule:
     """Weight decay 0 for biases, norm weights, every tensor with ``ndim <= 1`` and the names the
     model lists in its ``no_weight_decay()`` (timm: ``pos_embed``, ``cls_token``, ...).
@@ -893,7 +906,7 @@ def no_weight_decay(**select) -> Rule:
     )
 
 
-@_named("head")
+@named_factory("head", RULE_KINDS)
 def head(**settings) -> Rule:
     """A rule for the parameters of every head (:attr:`ParamInfo.is_head`): timm's
     ``get_classifier()`` on timm models; otherwise every layer whose output reaches the model's
