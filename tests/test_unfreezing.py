@@ -182,7 +182,7 @@ def test_early_stopping_advances_unfreezing_before_stopping():
     opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
     schedule = lrgroups.ProgressiveUnfreezing(opt)
     stopper = lrgroups.EarlyStopping("min", patience=1, unfreezing=schedule)
-    decisions = [stopper.step(m) for m in [1.0, 1.0, 1.0, 1.0, 1.0]]
+    decisions = [stopper.observe(m) for m in [1.0, 1.0, 1.0, 1.0, 1.0]]
     assert [d.stop for d in decisions] == [False, False, False, False, True]
     assert schedule.stages_remaining == 0
 
