@@ -272,7 +272,7 @@ def _better(value: float, than: float, mode: Mode) -> bool:
 
 @dataclass(frozen=True)
 class Decision:
-    """What :meth:`EarlyStopping.observe` decided about one check.
+    """What ``EarlyStopping.observe`` decided about one check.
 
     >>> EarlyStopping("min", patience=1).observe(float("nan"))  # doctest: +NORMALIZE_WHITESPACE
     Decision(stop=True, improved=False, advanced_stage=False, restored=False, cause='non_finite',
