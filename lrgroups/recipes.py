@@ -15,7 +15,7 @@ Example:
     ...         tuning.optimizer.step(); tuning.optimizer.zero_grad()
     ...         unfrozen = tuning.after_step()
     ...         if unfrozen: print(tuning.steps, unfrozen)
-    ...     stop = tuning.observe(1.0 / (epoch + 1)).stop
+    ...     decision = tuning.observe(1.0 / (epoch + 1))  # None here: this recipe has no stopper
     10 ['2.weight', '2.bias']
     20 ['0.weight', '0.bias']
 

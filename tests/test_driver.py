@@ -304,3 +304,33 @@ def test_a_recipe_is_a_value():
     assert changed.early_stopping == {"patience": 5} and changed != recipe
     assert pickle.loads(pickle.dumps(lrgroups.recipes.full())) == lrgroups.recipes.full()
     lrgroups.recipes.Recipe("n", rules=[lrgroups.head(lr=1.0)]).build(_mlp(), torch.optim.SGD, lr=0.1)
+
+
+def test_both_callbacks_name_objects_and_specs_alike():
+    """LayerwiseFinetuning and LayerwiseCallback expose the built objects as .schedule / .stopper and
+    their configuration as .unfreezing_spec / .early_stopping_spec, as FineTuning does."""
+    from lrgroups.integrations.lightning import LayerwiseFinetuning
+    from lrgroups.integrations.transformers import LayerwiseCallback
+
+    for make in (LayerwiseFinetuning, LayerwiseCallback):
+        callback = make(unfreezing={"every_steps": 2}, early_stopping={"patience": 3})
+        assert callback.unfreezing_spec == {"every_steps": 2} and callback.early_stopping_spec == {"patience": 3}
+        assert callback.schedule is None and callback.stopper is None  # built when training starts
+        model = _mlp()
+        callback._driver.build(lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1), model)
+        assert isinstance(callback.schedule, lrgroups.ProgressiveUnfreezing) and callback.schedule.every_steps == 2
+        assert isinstance(callback.stopper, lrgroups.EarlyStopping) and callback.stopper.plateau.patience == 3
+        callback._driver.close()
+
+
+def test_the_probe_math_lives_in_lrgroups_probe_and_recipes_re_exports_it():
+    import warnings
+
+    import lrgroups.probe as probe
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from lrgroups.recipes import fit_linear_probe, head_features, set_linear_head
+    assert (fit_linear_probe, head_features, set_linear_head) == (
+        probe.fit_linear_probe, probe.head_features, probe.set_linear_head)
+    assert all(f.__module__ == "lrgroups.probe" for f in (fit_linear_probe, head_features, set_linear_head))

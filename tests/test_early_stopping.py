@@ -463,3 +463,31 @@ def test_the_best_value_and_its_step_are_the_stoppers_own_attributes():
     for step, value in enumerate([0.5, 0.7, 0.6], start=1):
         stopper.observe(value, step)
     assert (stopper.best, stopper.best_step) == (0.7, 2) == (stopper.plateau.best, stopper.plateau.best_step)
+
+
+def test_observe_defaults_step_to_the_count_of_checks_and_the_count_resumes():
+    """observe(metric) with no step records the check at 1, 2, ... for a Plateau and an EarlyStopping
+    alike; EarlyStopping.calls is its plateau's count, and both survive a state round trip (a state
+    saved before Plateau kept the count loads as 0 checks)."""
+    plateau = Plateau("min", patience=1)
+    assert [plateau.observe(v) for v in (3.0, 2.0, 2.5)] == [True, True, False]
+    assert (plateau.checks, plateau.best_step) == (3, 2)
+    again = Plateau("min", patience=1)
+    again.load_state_dict(plateau.state_dict())
+    assert again.checks == 3 and again.observe(1.0) and again.best_step == 4
+    legacy = {k: v for k, v in plateau.state_dict().items() if k != "checks"}
+    again.load_state_dict(legacy)
+    assert again.checks == 0
+
+    stopper = EarlyStopping("max", patience=2)
+    decisions = [stopper.observe(torch.tensor(v)) for v in (0.5, 0.7, 0.6)]
+    assert [d.step for d in decisions] == [1, 2, 3] and stopper.calls == stopper.plateau.checks == 3
+    resumed = EarlyStopping("max", patience=2)
+    resumed.load_state_dict(stopper.state_dict())
+    assert resumed.calls == 3 and resumed.observe(0.6).step == 4 and resumed.observe(0.6).stop
+
+
+def test_an_explicit_step_is_recorded_and_still_counts_a_check():
+    stopper = EarlyStopping("min", patience=5)
+    assert stopper.observe(1.0, step=100).best_step == 100
+    assert stopper.observe(0.5).step == 2 and stopper.best_step == 2
