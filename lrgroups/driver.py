@@ -155,7 +155,7 @@ def check_specs(unfreezing: UnfreezingSpec, early_stopping: EarlyStoppingSpec) -
                 raise ValueError(
                     f"unfreezing: {key} must be an integer >= {0 if key == 'warmup_steps' else 1}, got {value!r}"
                 )
-        if unfreezing.get("plateau") is not None:
+        if isinstance(unfreezing.get("plateau"), Mapping):
             Plateau.from_settings(unfreezing["plateau"])
     _check_one_plateau(has_plateau(unfreezing), early_stopping)
     if early_stopping is not None:

@@ -223,7 +223,7 @@ class ProgressiveUnfreezing:
             raise ValueError("ProgressiveUnfreezing needs at least one stage")
         self.optimizer = optimizer
         self.every_steps, self.every_epochs = every_steps, every_epochs
-        self.plateau = None if plateau is None else Plateau.from_settings(plateau)
+        self.plateau = Plateau.from_settings(plateau) if isinstance(plateau, Mapping) else plateau
         self.reset_patience_on_advance = reset_patience_on_advance
         self.warmup_steps = warmup_steps
         self.stage = 0
