@@ -80,7 +80,7 @@ class Strategy:
     ``kind``: ``"finetune"`` (``lrgroups.recipes.RECIPES[recipe](**kwargs)`` on the pretrained
     backbone), ``"scratch"`` (the same recipe on a randomly initialised backbone, BatchNorm trained),
     ``"probe"`` (closed-form logistic regression on the frozen backbone's standardised features,
-    ``lrgroups.recipes.fit_linear_probe``) or ``"pixel"`` (logistic regression on raw pixels).
+    ``lrgroups.probe.fit_linear_probe``) or ``"pixel"`` (logistic regression on raw pixels).
     ``lr`` is the centre of the candidate grid: AdamW's lr, or ``C`` for the pixel baseline.
     ``wise`` also evaluates WiSE-FT interpolations between the start of the run and its end (for
     LP-FT the start is the zero-shot analogue: the pretrained body with the seed's
