@@ -9,10 +9,8 @@ optimizer's, into per-name state and translates it onto an optimizer's layout (:
 checking that it fits the parameters (pure functions: no optimizer is changed here; the
 optimizer's ``load_state_dict`` applies the result as one transaction).
 
-The layout is read from *slots*: one object per parameter, in plan order, with ``row`` (its
-:class:`~lrgroups.ParamPlan`; ``row.frozen`` is what the rules and ``requires_grad`` froze at
-build), ``param``, ``group`` (its index in ``param_groups``), ``frozen_by`` (who froze it now,
-``None`` when it trains) and ``kept`` (state kept aside while frozen, or ``None``).
+The layout is read from *slots*: one :class:`lrgroups.groups.Slot` per parameter, in plan order
+(its plan row, parameter, group index, who froze it now and the state kept aside while frozen).
 
 Example:
     >>> import torch
@@ -23,15 +21,20 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
+
+from ._util import SHOWN, first_names
+
+if TYPE_CHECKING:
+    from .groups import Slot
+    from .rules import ParamPlan
 
 __all__ = [
     "CheckpointMismatchError",
     "FORMAT",
     "cast_like_torch",
-    "first_names",
     "has_stepped",
     "layout",
     "layout_problems",
@@ -44,8 +47,6 @@ __all__ = [
 
 #: The format tag of the ``"lrgroups"`` key of a LayerwiseOptimizer state dict.
 FORMAT = "lrgroups.LayerwiseOptimizer/2"
-#: How many differing parameters a checkpoint mismatch names before it counts the rest.
-SHOWN = 5
 
 
 class CheckpointMismatchError(ValueError):
@@ -138,25 +139,7 @@ def cast_like_torch(param: torch.Tensor, value: Any, group: Mapping[str, Any], k
 
 
 # ---------------------------------------------------------------- the "lrgroups" key: write, validate, translate
-def first_names(names: Sequence[str], shown: int = SHOWN) -> str:
-    """``"a, b, c"``, or ``"a, b, c, d, e and 12 more"`` past ``shown`` names.
-
-    Args:
-        names: the names.
-        shown: how many are written out.
-
-    Returns:
-        The text.
-
-    Example:
-        >>> first_names(["a", "b", "c"], shown=2)
-        'a, b and 1 more'
-    """
-    head = ", ".join(names[:shown])
-    return head if len(names) <= shown else f"{head} and {len(names) - shown} more"
-
-
-def settings(row: Any, weight_decay: Any = None) -> dict[str, Any]:
+def settings(row: ParamPlan, weight_decay: Any = None) -> dict[str, Any]:
     """The settings of one parameter as a checkpoint records them.
 
     Args:
@@ -171,7 +154,7 @@ def settings(row: Any, weight_decay: Any = None) -> dict[str, Any]:
     return {"optimizer": row.optimizer, "lr": row.lr, "weight_decay": decay, "options": dict(row.options)}
 
 
-def layout(slots: Sequence[Any], slot_settings: Sequence[Mapping[str, Any]], *, stepped: bool,
+def layout(slots: Sequence[Slot], slot_settings: Sequence[Mapping[str, Any]], *, stepped: bool,
            mode: str | None = None) -> dict[str, Any]:
     """The ``"lrgroups"`` entry of a state dict (see ``LayerwiseOptimizer.state_dict``).
 
@@ -220,7 +203,7 @@ def has_stepped(state_dict: Mapping[str, Any]) -> bool:
     return saved is not None or bool(state_dict["state"])
 
 
-def layout_problems(saved: Mapping[str, Any], slots: Sequence[Any],
+def layout_problems(saved: Mapping[str, Any], slots: Sequence[Slot],
                     slot_settings: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every way a saved layout differs from the one of ``slots``, each a line naming the first
     parameters concerned and how many more.
@@ -271,7 +254,7 @@ def layout_problems(saved: Mapping[str, Any], slots: Sequence[Any],
 
 def translate(
     state_dict: Mapping[str, Any],
-    slots: Sequence[Any],
+    slots: Sequence[Slot],
     slot_settings: Sequence[Mapping[str, Any]],
     param_groups: Sequence[Mapping[str, Any]],
     per_parameter: Iterable[str],
@@ -300,7 +283,7 @@ def translate(
         raise CheckpointMismatchError("not an optimizer state dict: it needs 'state' and 'param_groups'")
     names = [slot.row.name for slot in slots]
     params = {slot.row.name: slot.param for slot in slots}
-    group_slots: list[list[Any]] = [[] for _ in param_groups]
+    group_slots: list[list[Slot]] = [[] for _ in param_groups]
     for slot in slots:
         group_slots[slot.group].append(slot)
     per_parameter = set(per_parameter)
