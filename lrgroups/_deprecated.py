@@ -27,6 +27,7 @@ DEPRECATED: tuple[tuple[str, str, str], ...] = (
     ("lrgroups.driver.FineTuning", "after_epoch", "end_epoch"),
     ("lrgroups.ProgressiveUnfreezing", "reset_patience", "reset_patience_on_advance"),
     ("lrgroups.ProgressiveUnfreezing.__init__", "reset_patience", "reset_patience_on_advance"),
+    ("lrgroups.LayerwiseOptimizer", "optimizer", "optimizer_cls"), ("lrgroups.Rule", "optimizer", "inner"),
 )
 
 

@@ -1,4 +1,4 @@
-"""The inner optimizers of a :class:`~lrgroups.LayerwiseOptimizer`: how the ``optimizer`` argument is
+"""The inner optimizers of a :class:`~lrgroups.LayerwiseOptimizer`: how the ``optimizer_cls`` argument is
 read (a class, a factory, or several by name), their defaults, and building one from its groups.
 
 A spec is a ``torch.optim.Optimizer`` subclass or a callable ``(param_groups, **kwargs) ->
@@ -157,15 +157,15 @@ def check_factory(factory: Any) -> OptimizerFactory:
             f"{type(factory).__name__}, lr=...) (it builds the param groups itself)"
         )
     if not callable(factory):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer subclass or a callable, got {factory!r}")
+        raise TypeError(f"optimizer_cls must be a torch.optim.Optimizer subclass or a callable, got {factory!r}")
     return factory
 
 
-def specs(optimizer: Any, kwargs: dict) -> dict[str | None, tuple[OptimizerFactory, dict]]:
+def specs(optimizer_cls: Any, kwargs: dict) -> dict[str | None, tuple[OptimizerFactory, dict]]:
     """The inner optimizers to build, ``{name: (factory, kwargs)}``; name ``None`` for a single one.
 
     Args:
-        optimizer: a class or factory, or a dict of them by name (values optionally ``(factory,
+        optimizer_cls: a class or factory, or a dict of them by name (values optionally ``(factory,
             {kwargs})``).
         kwargs: the wrapper's extra keyword arguments (for a single optimizer only).
 
@@ -177,8 +177,8 @@ def specs(optimizer: Any, kwargs: dict) -> dict[str | None, tuple[OptimizerFacto
         TypeError: keyword arguments for all of several optimizers; a spec that is not a class or
             a callable (see :func:`check_factory`).
     """
-    if isinstance(optimizer, Mapping):
-        if not optimizer:
+    if isinstance(optimizer_cls, Mapping):
+        if not optimizer_cls:
             raise ValueError("give at least one optimizer")
         if kwargs:
             raise TypeError(
@@ -186,11 +186,11 @@ def specs(optimizer: Any, kwargs: dict) -> dict[str | None, tuple[OptimizerFacto
                 f"got {sorted(kwargs)} for all of them"
             )
         found = {}
-        for name, spec in optimizer.items():
+        for name, spec in optimizer_cls.items():
             factory, own = spec if isinstance(spec, tuple) else (spec, {})
             found[str(name)] = (check_factory(factory), dict(own))
         return found
-    return {None: (check_factory(optimizer), dict(kwargs))}
+    return {None: (check_factory(optimizer_cls), dict(kwargs))}
 
 
 def base_value(what: str, given: Any, factory: OptimizerFactory, kwargs: dict, required: bool) -> Any:

@@ -90,10 +90,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     Args:
         model: any ``nn.Module``; DDP/DataParallel/``torch.compile`` wrappers are looked through
             (names and depths are the bare model's).
-        optimizer: a ``torch.optim.Optimizer`` subclass (torch's, timm.optim's, third-party) or a
+        optimizer_cls: a ``torch.optim.Optimizer`` subclass (torch's, timm.optim's, third-party) or a
             callable ``(param_groups, **kwargs) -> Optimizer``; or a dict of them by name, values
-            optionally ``(class, {kwargs})``: rules route parameters with ``Rule(...,
-            optimizer=name)``, the first takes the rest.
+            optionally ``(class, {kwargs})``: rules route parameters with ``Rule(..., inner=name)``,
+            the first takes the rest.
         lr: base learning rate (the head's lr under layer decay); default: the inner optimizer's.
         weight_decay: base weight decay; default: the inner optimizer's.
         rules: ordered :class:`~lrgroups.Rule` s.
@@ -119,13 +119,14 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             ``with`` block) and when the optimizer is garbage-collected; the newest optimizer over
             a norm layer decides its mode, and closing it hands the decision back to the one before;
             a ``copy.deepcopy`` of the model carries no active hook.
+        optimizer: deprecated name of ``optimizer_cls`` (it warns).
         **optimizer_kwargs: passed to the (single) optimizer (betas, eps, momentum, foreach, ...).
 
     Raises:
         ValueError: bad lr/weight decay, a rule matching nothing, an optimizer that cannot be built
             from the groups (the inner constructor's message), weight decay for an optimizer
             without it. Nothing (``requires_grad`` included) is changed then.
-        TypeError: an optimizer instance instead of a class or factory.
+        TypeError: no ``optimizer_cls``, or an optimizer instance instead of a class or factory.
 
     Example:
         >>> import torch, torchvision, lrgroups

@@ -116,6 +116,11 @@ def test_every_deprecated_alias_warns_and_still_works(where, old, new):
         with pytest.deprecated_call():
             setattr(schedule, old, False)
         assert schedule.reset_patience_on_advance is False
+    elif where in ("lrgroups.LayerwiseOptimizer", "lrgroups.Rule"):  # tests/test_optimizer.py, tests/test_rules.py
+        with pytest.deprecated_call(match=f"{old} is deprecated, use {new}"):
+            made = lrgroups.LayerwiseOptimizer(model, lr=0.1, **{old: torch.optim.SGD}) if where.endswith(
+                "Optimizer") else lrgroups.Rule("*", **{old: "x"})
+        assert (made.inner if where.endswith("Rule") else type(made.inner)) in ("x", torch.optim.SGD)
     else:
         with pytest.deprecated_call(match=f"{old} is deprecated, use {new}"):
             schedule = lrgroups.ProgressiveUnfreezing(opt, plateau=lrgroups.Plateau(patience=1), **{old: False})

@@ -202,7 +202,7 @@ def _sf_pair(seed=0):
     opt = lrgroups.LayerwiseOptimizer(
         model, {"adamw": (schedulefree.AdamWScheduleFree, {"lr": 1e-2}),
                 "sgd": (schedulefree.SGDScheduleFree, {"lr": 0.1, "momentum": 0.9})},
-        rules=[lrgroups.Rule(ndim=2, optimizer="sgd")])
+        rules=[lrgroups.Rule(ndim=2, inner="sgd")])
     bare = [schedulefree.AdamWScheduleFree([reference[0].bias, reference[2].bias], lr=1e-2),
             schedulefree.SGDScheduleFree([reference[0].weight, reference[2].weight], lr=0.1, momentum=0.9)]
     return model, opt, reference, bare

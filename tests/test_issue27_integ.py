@@ -229,7 +229,7 @@ def _hf_trainer(out, optimizer_cls_and_kwargs, callback=None, **trainer_kwargs):
     )
 
 
-_OPTIMIZER = {"optimizer": torch.optim.AdamW, "lr": 1e-3, "rules": [lrgroups.layer_decay(0.5)]}
+_OPTIMIZER = {"optimizer_cls": torch.optim.AdamW, "lr": 1e-3, "rules": [lrgroups.layer_decay(0.5)]}
 
 
 def test_hf_model_init_with_a_bound_model_is_refused_naming_the_fix(tmp_path):

@@ -551,7 +551,7 @@ def test_options_may_not_set_lr_weight_decay_or_params():
 def _muon_adamw(model, **kwargs):
     return lrgroups.LayerwiseOptimizer(
         model, {"adamw": torch.optim.AdamW, "muon": (torch.optim.Muon, {"lr": 0.02})}, lr=1e-3,
-        rules=[lrgroups.Rule(ndim=2, optimizer="muon"), lrgroups.head(optimizer="adamw")], **kwargs)
+        rules=[lrgroups.Rule(ndim=2, inner="muon"), lrgroups.head(inner="adamw")], **kwargs)
 
 
 def _mlp3():
@@ -611,9 +611,9 @@ def test_muon_adamw_freeze_unfreeze_and_resume_across_both():
 
 def test_routing_to_an_unknown_optimizer_or_with_one_optimizer_fails_clearly():
     with pytest.raises(ValueError, match=r"unknown optimizer\(s\) \['lion'\]"):
-        lrgroups.LayerwiseOptimizer(_mlp3(), {"adamw": torch.optim.AdamW}, lr=1e-3, rules=[lrgroups.Rule(ndim=2, optimizer="lion")])
+        lrgroups.LayerwiseOptimizer(_mlp3(), {"adamw": torch.optim.AdamW}, lr=1e-3, rules=[lrgroups.Rule(ndim=2, inner="lion")])
     with pytest.raises(ValueError, match="pass a dict of optimizers"):
-        lrgroups.LayerwiseOptimizer(_mlp3(), torch.optim.AdamW, lr=1e-3, rules=[lrgroups.Rule(ndim=2, optimizer="muon")])
+        lrgroups.LayerwiseOptimizer(_mlp3(), torch.optim.AdamW, lr=1e-3, rules=[lrgroups.Rule(ndim=2, inner="muon")])
 
 
 def test_lbfgs_membership_change_after_stepping_is_refused_naming_it():
@@ -844,7 +844,7 @@ def test_the_readme_muon_recipe_sends_embeddings_and_heads_to_adamw(architecture
         return not p.is_head and not isinstance(p.module, nn.Embedding)
 
     opt = lrgroups.LayerwiseOptimizer(model, {"adamw": torch.optim.AdamW, "muon": (torch.optim.Muon, {"lr": 0.02})},
-                                      lr=3e-4, rules=[lrgroups.Rule(ndim=2, where=hidden_matrix, optimizer="muon")])
+                                      lr=3e-4, rules=[lrgroups.Rule(ndim=2, where=hidden_matrix, inner="muon")])
     routes = opt.explain().set_index("name").optimizer
     embeddings = {n for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
     for name, route in routes.items():
@@ -979,3 +979,18 @@ def test_frozen_norm_returns_to_train_mode_after_unfreeze_without_model_train():
     before = model[1].running_mean.clone()
     model(torch.randn(2, 3, 6, 6))
     assert not torch.equal(model[1].running_mean, before)
+
+
+def test_the_optimizer_keyword_is_a_deprecated_name_of_optimizer_cls():
+    """optimizer_cls is the class argument's name (positional or keyword); optimizer= still works
+    and warns; both, or neither, is a TypeError."""
+    model = _mlp3()
+    by_keyword = lrgroups.LayerwiseOptimizer(model, optimizer_cls=torch.optim.SGD, lr=0.1)
+    with pytest.deprecated_call(match="LayerwiseOptimizer.optimizer is deprecated, use optimizer_cls"):
+        old = lrgroups.LayerwiseOptimizer(model, optimizer=torch.optim.SGD, lr=0.1)
+    assert type(old.inner) is type(by_keyword.inner) is torch.optim.SGD
+    assert old.state_dict()["param_groups"] == by_keyword.state_dict()["param_groups"]
+    with pytest.raises(TypeError, match="give optimizer_cls= only"):
+        lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, optimizer=torch.optim.SGD, lr=0.1)
+    with pytest.raises(TypeError, match="needs optimizer_cls"):
+        lrgroups.LayerwiseOptimizer(model, lr=0.1)
