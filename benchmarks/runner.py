@@ -110,7 +110,7 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
     def run_cells(cells: list[Cell], phase: str) -> None:
         keys = [cell.key(environment) for cell in cells]
         order.extend(k for k in keys if k not in order)
-        pending = [(i, cell) for i, (cell, key) in enumerate(zip(cells, keys))
+        pending = [(i, cell) for i, (cell, key) in enumerate(zip(cells, keys, strict=True))
                    if records.get(key, {}).get("status") != "ok"]
         if max_cells is not None:
             pending = pending[: max(0, max_cells - outcome.computed - outcome.failed)]

@@ -85,8 +85,8 @@ def state_by_name(state_dict: Mapping[str, Any], names: list[list[str]]) -> dict
     """Per-parameter state keyed by parameter name (``names`` from :func:`names_by_group`)."""
     key_to_name = {
         key: name
-        for group, group_names in zip(state_dict["param_groups"], names)
-        for key, name in zip(group["params"], group_names)
+        for group, group_names in zip(state_dict["param_groups"], names, strict=True)
+        for key, name in zip(group["params"], group_names, strict=True)
     }
     return {key_to_name[key]: value for key, value in state_dict["state"].items() if key in key_to_name}
 
@@ -98,7 +98,7 @@ def _fits(value: torch.Size, param: torch.Size) -> bool:
     if len(value) == 0 or value == param:
         return True
     if len(value) == len(param):
-        return all(v in (p, 1) for v, p in zip(value, param))
+        return all(v in (p, 1) for v, p in zip(value, param, strict=True))
     if len(value) > len(param):
         return False
     remaining = iter(param)
@@ -232,7 +232,7 @@ def layout_problems(saved: Mapping[str, Any], slots: Sequence[Slot],
     if saved["names"] != names:
         problems.append("parameters are in a different order")
     differing = [f"{slot.row.name}: rules give {ours}, checkpoint has {theirs}"
-                 for slot, ours, theirs in zip(slots, slot_settings, saved["settings"]) if dict(ours) != theirs]
+                 for slot, ours, theirs in zip(slots, slot_settings, saved["settings"], strict=True) if dict(ours) != theirs]
     problems += differing[:SHOWN]
     if len(differing) > SHOWN:
         problems.append(f"... and {len(differing) - SHOWN} more parameters whose settings differ")
@@ -318,7 +318,7 @@ def translate(
                                          if len(problems) > 2 * SHOWN else [])
         raise CheckpointMismatchError("checkpoint does not fit this model/rules:\n  " + "\n  ".join(shown))
     same_layout = len(saved_names) == len(param_groups) and all(
-        set(group) <= {slot.row.name for slot in members} for group, members in zip(saved_names, group_slots)
+        set(group) <= {slot.row.name for slot in members} for group, members in zip(saved_names, group_slots, strict=True)
     )
     groups, state, next_id = [], {}, 0
     for g, members in enumerate(group_slots):
@@ -328,7 +328,7 @@ def translate(
         trained = [slot.row.name for slot in members if slot.row.name not in frozen]
         ids = list(range(next_id, next_id + len(trained)))
         next_id += len(trained)
-        state.update({i: by_name[name] for i, name in zip(ids, trained) if name in by_name})
+        state.update({i: by_name[name] for i, name in zip(ids, trained, strict=True) if name in by_name})
         groups.append({**hyper, "params": ids, "param_names": trained})
     others = {key: value for key, value in state_dict.items() if key not in ("state", "param_groups")}
     return frozen, kept, {**others, "state": state, "param_groups": groups}

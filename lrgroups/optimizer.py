@@ -465,7 +465,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                     "shape": slot.row.shape,
                     "numel": math.prod(slot.row.shape),
                 }
-                for slot, settings in zip(self._slots, self._settings)
+                for slot, settings in zip(self._slots, self._settings, strict=True)
             ]
         )
         table["frozen_by"] = pd.Series([slot.frozen_by for slot in self._slots], dtype=object)
@@ -521,8 +521,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         furthest from their planned ratio (not every lr), what to pass to each kind of scheduler, and
         points at the user's line (the first frame outside torch and lrgroups)."""
         planned = self._planned_lrs
-        current = [None if p is None else float(group["lr"]) for p, group in zip(planned, self.param_groups)]
-        scale = {g: c / p for g, (c, p) in enumerate(zip(current, planned)) if p is not None and p > 0}
+        current = [None if p is None else float(group["lr"]) for p, group in zip(planned, self.param_groups, strict=True)]
+        scale = {g: c / p for g, (c, p) in enumerate(zip(current, planned, strict=True)) if p is not None and p > 0}
         if not scale or all(math.isclose(s, next(iter(scale.values())), rel_tol=1e-6, abs_tol=1e-12)
                             for s in scale.values()):
             return
@@ -867,7 +867,7 @@ def _plan_rows(infos: list[ParamInfo], wanted: dict, lr: Any, base_lr: dict, bas
     for name in missing:
         factory, kwargs = wanted[name]
         label = factory_name(factory) + ("" if name is None else f" ({name!r})")
-        routed = [(a, b) for a, b in zip(rows, other) if a.optimizer == name]
+        routed = [(a, b) for a, b in zip(rows, other, strict=True) if a.optimizer == name]
         if computes_own_lr(factory, kwargs, lr):
             own.add(name)
             touched = [a.name for a, b in routed if (a.lr, b.lr) != (1.0, 2.0)]

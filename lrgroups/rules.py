@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import torch.nn as nn
 
 from . import _deprecated
+from ._util import first_names
 from .depth import ParamInfo, Tied, describe, describe_nonempty
 
 __all__ = [
@@ -307,7 +308,7 @@ class Rule(MadeByName):
         optimizer: str | None = None,
     ) -> None:
         inner = _deprecated.keyword("Rule", "optimizer", optimizer, "inner", inner, None)
-        given = {key: value for key, value in zip(SELECTOR_FIELDS, (pattern, regex, module_type, ndim, depth, where))
+        given = {key: value for key, value in zip(SELECTOR_FIELDS, (pattern, regex, module_type, ndim, depth, where), strict=True)
                  if value is not None}
         selector = Selector(**given) if selector is None else replace(selector, **given) if given else selector
         settings = {"selector": selector, "lr": lr, "lr_mult": lr_mult, "weight_decay": weight_decay,
@@ -345,7 +346,7 @@ class Rule(MadeByName):
         values = [*(getattr(self.selector, key) for key in SELECTOR_FIELDS),
                   *(getattr(self, f.name) for f in fields(self) if f.name != "selector")]
         names = [*SELECTOR_FIELDS, *(f.name for f in fields(self) if f.name != "selector")]
-        return f"Rule({', '.join(f'{key}={value!r}' for key, value in zip(names, values))})"
+        return f"Rule({', '.join(f'{key}={value!r}' for key, value in zip(names, values, strict=True))})"
 
     def _values(self) -> tuple:
         return (self.selector, *(getattr(self, key) for key in _SETTING_FIELDS))
@@ -705,7 +706,7 @@ def no_match_message(what: str, probe: str | None, names: Sequence[str]) -> str:
         close = difflib.get_close_matches(probe, names, n=5, cutoff=0.3)
         if close:
             message += f"; closest names: {', '.join(close)}"
-    return message + f" (the model has {len(names)} parameters, e.g. {', '.join(names[:3])})"
+    return message + f" (the model has {len(names)} parameters: {first_names(names, 3)})"
 
 
 def plan(

@@ -272,7 +272,7 @@ def _with_train_pass(model: nn.Module, evaluated: Trace, calls: list[tuple[tuple
     for args, kwargs in calls:
         tries = [(args, kwargs)]
         bigger = (_doubled(args), _doubled(kwargs))
-        if any(a is not b for a, b in zip(_flat(bigger), _flat((args, kwargs)))):
+        if any(a is not b for a, b in zip(_flat(bigger), _flat((args, kwargs)), strict=True)):
             tries.append(bigger)
         for call_args, call_kwargs in tries:
             try:

@@ -46,7 +46,7 @@ def test_param_groups_given_to_a_bare_adamw_train_bitwise_like_the_wrapper(forea
         _set_grads(list(reference.parameters()), step)
         opt.step()
         bare.step()
-    for (name, a), b in zip(tree.named_parameters(), reference.parameters()):
+    for (name, a), b in zip(tree.named_parameters(), reference.parameters(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import transformers
 
-import lrgroups  # noqa: E402
-from lrgroups.integrations.transformers import LayerwiseCallback  # noqa: E402
+import lrgroups
+from lrgroups.integrations.transformers import LayerwiseCallback
 
 
 def _model():

@@ -263,7 +263,7 @@ def test_hf_factory_builds_the_optimizer_over_the_model_the_trainer_trains(tmp_p
         )  # planned lrs, 5 depths
         callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, LayerwiseCallback))
         assert callback.schedule.optimizer is opt and callback.schedule.stage == 2
-        changed = [not torch.equal(a, b) for a, b in zip(trainer.model.parameters(), _bert().parameters())]
+        changed = [not torch.equal(a, b) for a, b in zip(trainer.model.parameters(), _bert().parameters(), strict=True)]
         assert all(changed[-2:])  # the classifier trained
 
 

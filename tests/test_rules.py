@@ -24,7 +24,7 @@ def test_a_rule_matching_nothing_names_the_rule_and_the_closest_names():
 def test_no_match_message_without_a_probe_lists_a_sample_of_names():
     names = [f"{i}.weight" for i in range(10)]
     assert no_match_message("selection ndim=3", None, names) == (
-        "selection ndim=3 matches no parameter (the model has 10 parameters, e.g. 0.weight, 1.weight, 2.weight)")
+        "selection ndim=3 matches no parameter (the model has 10 parameters: 0.weight, 1.weight, 2.weight and 7 more)")
     assert str(NoMatchError("plain")) == "plain"  # not KeyError's quoted form
 
 

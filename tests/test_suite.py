@@ -269,7 +269,7 @@ def test_suites_are_well_formed() -> None:
             names = [s.name for s in experiment.strategies]
             assert any("scratch" in n for n in names) and any("pixel" in n for n in names)
     quick, replication = SUITES["quick"], SUITES["quick_replication"]
-    for experiment, other in zip(quick.experiments, replication.experiments):
+    for experiment, other in zip(quick.experiments, replication.experiments, strict=True):
         assert len(experiment.seeds) >= 6 and not set(experiment.seeds) & set(other.seeds)
         if experiment.source.kind == "pretrain":
             assert experiment.independent_sources and other.independent_sources
