@@ -37,7 +37,7 @@ def data_rules(draw) -> Rule:
         wd_mult=draw(optional(numbers)),
         frozen=draw(optional(st.booleans())),
         options=options,
-        optimizer=draw(optional(st.sampled_from(["adamw", "muon"]))),
+        inner=draw(optional(st.sampled_from(["adamw", "muon"]))),
         name=draw(optional(st.text("abc_ -", min_size=1, max_size=8))),
         allow_empty=draw(st.booleans()),
         needs_depth=draw(st.booleans()),
