@@ -350,16 +350,24 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 switch()
         self._mode = mode
 
+    def _inner_of(self, slot: Slot) -> Inner:
+        """The inner optimizer whose groups hold ``slot``'s group."""
+        return next(inner for inner in self._inners if inner.start <= slot.group < inner.stop)
+
+    def _probe(self, inner: Inner, slot: Slot) -> torch.optim.Optimizer:
+        """A fresh optimizer of ``inner``'s kind over ``slot``'s parameter alone, in a copy of its group."""
+        group = {key: value for key, value in self.param_groups[slot.group].items() if key not in ("params", "param_names")}
+        return inner.factory([{**group, "params": [slot.param]}], **inner.kwargs)
+
     def _move_one(self, slot: Slot, state: dict, mode: str) -> None:
         """Move one parameter (not in any group: frozen, or being unfrozen) between the points of a
         schedule-free inner optimizer, with the inner optimizer's own ``train()``/``eval()`` run on a
         probe optimizer over that parameter alone: first the opposite switch without its state (the
         probe's mode, no value changes), then ``mode`` with it (the parameter moves)."""
-        inner = next(inner for inner in self._inners if inner.start <= slot.group < inner.stop)
+        inner = self._inner_of(slot)
         if not (callable(getattr(inner.optimizer, "train", None)) and callable(getattr(inner.optimizer, "eval", None))):
             return
-        group = {key: value for key, value in self.param_groups[slot.group].items() if key not in ("params", "param_names")}
-        probe = inner.factory([{**group, "params": [slot.param]}], **inner.kwargs)
+        probe = self._probe(inner, slot)
         getattr(probe, "eval" if mode == "train" else "train")()
         probe.state[slot.param] = state
         getattr(probe, mode)()
@@ -701,11 +709,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def _fresh_state(self, slot: Slot) -> None:
         """For an optimizer that creates state in its constructor (Adagrad): the state its
         constructor would create for this parameter in its group."""
-        inner = next(inner for inner in self._inners if inner.start <= slot.group < inner.stop)
+        inner = self._inner_of(slot)
         if not inner.eager_state:
             return
-        group = {key: value for key, value in self.param_groups[slot.group].items() if key not in ("params", "param_names")}
-        probe = inner.factory([{**group, "params": [slot.param]}], **inner.kwargs)
+        probe = self._probe(inner, slot)
         for holder in (probe, *state_carriers(probe)):
             if slot.param in holder.state:
                 self.state[slot.param] = holder.state[slot.param]
