@@ -22,7 +22,7 @@ what it holds:
 - ``perf-table``: the summary table of ``results/perf/perf.md``;
 - ``api-index``: every public name of ``lrgroups`` (its ``__all__``), of the training driver and of the integrations, with the
   first sentence of its docstring (read statically by griffe, as the API pages are);
-- ``deprecations``: every deprecated public name (``lrgroups._deprecated.DEPRECATED``) and what
+- ``deprecations``: every deprecated public name (``lrgroups._deprecated.listed()``) and what
   replaced it.
 
 ``python -m benchmarks docs-tables`` rewrites every block of README.md and docs/**/*.md;
@@ -90,9 +90,9 @@ def generate(name: str, results: Path = RESULTS) -> str:
     if name == "api-index":
         return api_index()
     if name == "deprecations":
-        from lrgroups._deprecated import DEPRECATED
+        from lrgroups._deprecated import listed
 
-        rows = [f"| `{where}` | `{old}` | `{new}` |" for where, old, new in DEPRECATED]
+        rows = [f"| `{where}` | `{old}` | `{new}` |" for where, old, new in listed()]
         return "\n".join(["| where | deprecated name | use instead |", "|---|---|---|", *rows])
     raise ValueError(f"unknown generated block {name!r}: expected verdicts-<run>, across-<run>, claims-<strategy>, "
                      "replicability-<run>, replication-<folder>, agreement-<folder>, environment-<folder>, perf-table, "

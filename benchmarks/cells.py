@@ -255,7 +255,7 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
         train_seconds += time.perf_counter() - started
         if step % budget.eval_every == 0 or step == budget.steps:
             evaluate(step)
-            tuning.after_validation(curve["val_accuracy"][-1])
+            tuning.observe(curve["val_accuracy"][-1])
     record.update({
         "val_accuracy": curve["val_accuracy"][-1],
         **_scores(model, x, data, device),

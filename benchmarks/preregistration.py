@@ -22,6 +22,23 @@ experiment's cost per seed) while the estimate stays within :data:`WORKER_SECOND
 whose need is not met (its effect sits on a boundary, or its seeds do not fit the budget) is
 listed as unmet: its verdict will likely read *fragile*. :func:`compare` reports whether a rerun of the tuning stage selects the same lrs.
 
+A suite's :class:`SizingRule` (:data:`SIZING_RULES`) can make the sizing stricter, as the quick suite's
+does since a first confirmatory run showed its 4-seed sizing too optimistic (H1f sized to 9 seeds
+read 0.66; H2e's tuning sd was a fifth of the confirmatory one):
+
+- ``sd_confidence``: size on the upper confidence limit of the tuning sd, not on the sd itself
+  (Browne 1995, "On the use of a pilot sample for sample size determination", Stat. Med. 14:
+  the pilot sd is too small half the time, and a plug-in sample size then misses its power about
+  half the time): ``sd * sqrt((k - 1) / chi2.ppf(1 - sd_confidence, k - 1))`` over ``k`` tuning units.
+- ``gates``: size every transfer gate a confirmatory hypothesis reads too: the fewest seeds at which
+  an independent run decides the gate as the tuning stage's margin points, with probability
+  :data:`TARGET_AGREEMENT` (:func:`benchmarks.stats.gate_probability`; an undecided gate makes
+  the verdict *undetermined*).
+- ``futility``: a hypothesis that no seed count up to :data:`MAX_SEEDS` decides (its tuning effect
+  sits on its minimum effect) is registered exploratory (``futile`` in the file): the confirmatory
+  stage reports its interval and gives it no verdict, as the issue retiring H2c and H3d asked for
+  such hypotheses. This is decided on the tuning stage alone, before any confirmatory cell runs.
+
 Example:
     >>> lrs = [{"experiment": "q2", "target": "t", "strategy": "full", "lr": 0.003}]
     >>> compare({"lrs": lrs}, {"lrs": [{**lrs[0], "lr": 0.001}]}).same.tolist()
@@ -41,9 +58,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .selection import mark_capped, runs_frame, select_lr
-from .stats import ALPHA, agreement_probability
+from .stats import ALPHA, agreement_probability, gate_probability
 from .store import atomic_write, read_runs
 from .suites import PREREGISTRATION_DIR, Experiment, Suite
 
@@ -57,8 +75,46 @@ MAX_SEEDS = 40
 #: Estimated worker-seconds (:func:`cost_model`) of the confirmatory stage's cells and source models,
 #: per confirmatory suite. Measured: the quick reference estimated at 844 took 525 s of wall time on
 #: 2 cores, guards and preparations included; so 870 keeps `make bench` (the run, then `replicate`)
-#: within 10 minutes; 3000 gave the standard reference 1831 s (2,874 estimated).
-WORKER_SECONDS = {"quick": 870.0, "standard": 3000.0}
+#: within 10 minutes; 3000 gave the standard reference 1831 s (2,874 estimated). The quick suite's rule
+#: reads each cell's fastest seed instead of the mean (``SizingRule.cost``): on that same reference the
+#: fastest seeds sum to 0.838 of the means for the cells and 0.805 for the source models, so its budget
+#: is 870 x 0.83 = 725 in those units.
+WORKER_SECONDS = {"quick": 725.0, "standard": 3000.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class SizingRule:
+    """How a confirmatory suite's seeds are sized from its tuning stage (see the module docstring):
+    ``sd_confidence`` (None: the tuning sd as it is), ``gates`` (size the transfer gates too) and
+    ``futility`` (register undecidable hypotheses exploratory)."""
+
+    sd_confidence: float | None = None
+    gates: bool = False
+    futility: bool = False
+    #: How a cell's (and a source model's) cost is read from the tuning run's wall times: ``"mean"``
+    #: over its seeds, or ``"min"``, the fastest (timeit's rule: other load on the machine only adds
+    #: time, so the minimum is the least disturbed measurement of a tuning run on a shared machine).
+    cost: str = "mean"
+
+    def sd_for_sizing(self, sd: float, units: int) -> float:
+        """The sd the seeds are sized on: ``sd``, or its upper ``sd_confidence`` confidence limit
+        over ``units`` tuning units (nan with fewer than 2).
+
+        Example:
+            >>> round(SizingRule(sd_confidence=0.8).sd_for_sizing(1.0, 8), 3)
+            1.331
+        """
+        if self.sd_confidence is None or not math.isfinite(sd):
+            return sd
+        if units < 2:
+            return math.nan
+        return sd * math.sqrt((units - 1) / stats.chi2.ppf(1 - self.sd_confidence, units - 1))
+
+
+#: The sizing rule of each confirmatory suite (the standard suite keeps the first rule, with which its
+#: committed registration and results were made).
+SIZING_RULES = {"quick": SizingRule(sd_confidence=0.8, gates=True, futility=True, cost="min"),
+                "standard": SizingRule()}
 
 
 def confirmatory_name(tuning: Suite) -> str:
@@ -92,11 +148,33 @@ def _seeds_for(effect: float, sd: float, min_effect: float, kind: str, level: fl
     return None
 
 
-def sizing(tuning: Suite, runs: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per confirmatory hypothesis: the tuning stage's effect and sd over its seeds (each side at
-    its selected lr) and the seeds the confirmatory stage needs (see the module docstring)."""
-    from .report import seed_differences
+def _gate_seeds_for(margin: float, sd: float, required: float) -> int | None:
+    """The fewest seeds (MIN_SEEDS..MAX_SEEDS) at which an independent run decides a transfer gate
+    the way ``margin`` points (pass at or above ``required``, else fail) with probability
+    TARGET_AGREEMENT; None when even MAX_SEEDS do not.
 
+    Example:
+        >>> _gate_seeds_for(0.20, 0.03, 0.05), _gate_seeds_for(0.05, 0.03, 0.05)
+        (6, None)
+    """
+    if not (math.isfinite(margin) and math.isfinite(sd)):
+        return None
+    state = "pass" if margin >= required else "fail"
+    for n in range(MIN_SEEDS, MAX_SEEDS + 1):
+        if gate_probability(state, margin, sd, n, required) >= TARGET_AGREEMENT:
+            return n
+    return None
+
+
+def sizing(tuning: Suite, runs: pd.DataFrame, rule: SizingRule | None = None) -> list[dict[str, Any]]:
+    """Per confirmatory hypothesis: the tuning stage's effect and sd over its seeds (each side at
+    its selected lr) and the seeds the confirmatory stage needs; with ``rule.gates``, also one row
+    per transfer gate those hypotheses read (``gate <experiment>/<target>``: the margin and its
+    sd); with ``rule.sd_confidence``, ``sizing_sd`` is the sd's upper confidence limit (see the
+    module docstring)."""
+    from .report import gates, seed_differences, selected_table
+
+    rule = rule or SizingRule()
     chosen = runs[runs.selected]
     confirmatory = [h for h in tuning.hypotheses if not h.exploratory]
     level = ALPHA / max(1, len(confirmatory))
@@ -105,8 +183,26 @@ def sizing(tuning: Suite, runs: pd.DataFrame) -> list[dict[str, Any]]:
         d = seed_differences(chosen, h)
         effect = float(d.mean()) if len(d) else math.nan
         sd = float(d.std(ddof=1)) if len(d) >= 2 else math.nan
-        rows.append({"hypothesis": h.name, "experiment": h.experiment, "tuning_seeds": len(d), "effect": effect,
-                     "sd": sd, "level": level, "seeds_needed": _seeds_for(effect, sd, h.min_effect, h.kind, level)})
+        sizing_sd = rule.sd_for_sizing(sd, len(d))
+        row = {"hypothesis": h.name, "experiment": h.experiment, "tuning_seeds": len(d), "effect": effect,
+               "sd": sd, "level": level}
+        if rule.sd_confidence is not None:
+            row["sizing_sd"] = sizing_sd
+        rows.append({**row, "seeds_needed": _seeds_for(effect, sizing_sd, h.min_effect, h.kind, level)})
+    if rule.gates:
+        read = {(h.experiment, t) for h in confirmatory for t in (h.target, h.versus) if t}
+        table = gates(tuning, runs, selected_table(runs))
+        for g in table.itertuples():
+            if (g.experiment, g.target) not in read:
+                continue
+            sizing_sd = rule.sd_for_sizing(float(g.margin_sd), int(g.units))
+            row = {"hypothesis": f"gate {g.experiment}/{g.target}", "experiment": g.experiment,
+                   "tuning_seeds": int(g.units), "effect": float(g.margin), "sd": float(g.margin_sd),
+                   "level": 0.05}
+            if rule.sd_confidence is not None:
+                row["sizing_sd"] = sizing_sd
+            rows.append({**row, "seeds_needed": _gate_seeds_for(float(g.margin), sizing_sd,
+                                                                float(g.required_margin))})
     return rows
 
 
@@ -115,7 +211,7 @@ def _source_group(experiment: Experiment) -> tuple[str, str]:
     return experiment.backbone, json.dumps(dataclasses.asdict(experiment.source), sort_keys=True, default=str)
 
 
-def _source_seconds(tuning: Suite, folder: Path) -> dict[str, float]:
+def _source_seconds(tuning: Suite, folder: Path, how: str = "mean") -> dict[str, float]:
     """Mean seconds to pretrain one source model, per experiment with a suite-trained source (from
     the tuning run's preparation records, labelled ``source <experiment> (source seed N)``; the
     experiments sharing a backbone and source share the measurement)."""
@@ -128,21 +224,23 @@ def _source_seconds(tuning: Suite, folder: Path) -> dict[str, float]:
         name = label.removeprefix("source ").split(" (", 1)[0]
         if label.startswith("source ") and name in groups and seconds is not None:
             by_group.setdefault(groups[name], []).append(float(seconds))
-    return {name: float(np.mean(by_group[group])) if group in by_group else 0.0 for name, group in groups.items()}
+    reduce = np.min if how == "min" else np.mean
+    return {name: float(reduce(by_group[group])) if group in by_group else 0.0 for name, group in groups.items()}
 
 
-def cost_model(tuning: Suite, runs: pd.DataFrame, folder: Path) -> tuple[dict[str, float],
-                                                                         Callable[[Mapping[str, int]], float]]:
+def cost_model(tuning: Suite, runs: pd.DataFrame, folder: Path, how: str = "mean") -> tuple[
+        dict[str, float], Callable[[Mapping[str, int]], float]]:
     """(worker-seconds per seed of each experiment, ``total(seeds)``): the estimated worker-seconds
-    of the confirmatory stage for seed counts per experiment: every experiment's cells at their mean
+    of the confirmatory stage for seed counts per experiment: every experiment's cells at their mean (``how="min"``: fastest)
     wall time at the selected lrs, plus one source model per seed of each group of experiments
     sharing a source (counted once, for the largest of them)."""
     chosen = runs[runs.selected & (runs.kind != "derived")]
     cells = {}
     for e in tuning.experiments:
         part = chosen[chosen.experiment == e.name]
-        cells[e.name] = float(part.groupby(["target", "strategy"]).wall_seconds.mean().sum()) if len(part) else 0.0
-    source = _source_seconds(tuning, folder)
+        per_cell = part.groupby(["target", "strategy"]).wall_seconds
+        cells[e.name] = float((per_cell.min() if how == "min" else per_cell.mean()).sum()) if len(part) else 0.0
+    source = _source_seconds(tuning, folder, how)
     groups: dict[tuple[str, str], list[str]] = {}
     for e in tuning.experiments:
         if e.source.trained:
@@ -185,8 +283,12 @@ def allocate(needs: Mapping[str, tuple[str, int | None]], names: list[str],
 
 
 def version_of(registration: Mapping[str, Any]) -> str:
-    """12 hex digits of the sha256 of the registration's lrs and seed counts."""
-    text = json.dumps({"lrs": registration["lrs"], "seeds": registration["seeds"]}, sort_keys=True)
+    """12 hex digits of the sha256 of the registration's lrs and seed counts (and its futile
+    hypotheses, where the sizing rule registers them)."""
+    design = {"lrs": registration["lrs"], "seeds": registration["seeds"]}
+    if "futile" in registration:
+        design["futile"] = registration["futile"]
+    text = json.dumps(design, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -209,10 +311,14 @@ def register(tuning: Suite, folder: Path) -> dict[str, Any]:
     order = {(e.name, t.name, s.name): i for i, (e, t, s) in enumerate(
         (e, t, s) for e in tuning.experiments for t in e.targets for s in e.strategies)}
     lrs.sort(key=lambda r: order.get((r["experiment"], r["target"], r["strategy"]), len(order)))
-    sized = sizing(tuning, runs)
-    cost, total = cost_model(tuning, runs, folder)
+    rule = SIZING_RULES.get(confirmatory_name(tuning), SizingRule())
+    sized = sizing(tuning, runs, rule)
+    cost, total = cost_model(tuning, runs, folder, rule.cost)
     budget = WORKER_SECONDS.get(confirmatory_name(tuning), WORKER_SECONDS["quick"])
-    seeds, met = allocate({r["hypothesis"]: (r["experiment"], r["seeds_needed"]) for r in sized},
+    futile = sorted(r["hypothesis"] for r in sized if rule.futility and r["seeds_needed"] is None
+                    and not r["hypothesis"].startswith("gate "))
+    seeds, met = allocate({r["hypothesis"]: (r["experiment"], r["seeds_needed"]) for r in sized
+                           if r["hypothesis"] not in futile},
                           [e.name for e in tuning.experiments], total, budget)
     for r in sized:
         r["need_met"] = r["hypothesis"] in met
@@ -227,14 +333,29 @@ def register(tuning: Suite, folder: Path) -> dict[str, Any]:
         "rule": "each strategy's lr: the best mean validation accuracy over the tuning seeds (ties: the smaller lr), "
                 "grid edges extended; seeds: the fewest at which two independent runs agree on every sized verdict "
                 f"with probability >= {TARGET_AGREEMENT} (min {MIN_SEEDS}, max {MAX_SEEDS}), the cheapest needs "
-                f"first within {budget:.0f} estimated worker-seconds",
+                f"first within {budget:.0f} estimated worker-seconds" + _rule_text(rule),
         "lrs": lrs, "seeds": seeds,
         "cost_per_seed_worker_seconds": {k: round(v, 2) for k, v in cost.items()},
         "estimated_worker_seconds": round(total(seeds), 1),
         "sizing": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in sized],
     }
+    if rule.futility:
+        registration["futile"] = futile
     registration["version"] = version_of(registration)
     return registration
+
+
+def _rule_text(rule: SizingRule) -> str:
+    parts = []
+    if rule.sd_confidence is not None:
+        parts.append(f"sized on the {rule.sd_confidence:.0%} upper confidence limit of the tuning sd (Browne 1995)")
+    if rule.gates:
+        parts.append("the transfer gates the hypotheses read sized too")
+    if rule.futility:
+        parts.append(f"a hypothesis no seed count up to {MAX_SEEDS} decides is registered exploratory (futile)")
+    if rule.cost == "min":
+        parts.append("each cell's cost: its fastest tuning seed")
+    return "".join(f"; {p}" for p in parts)
 
 
 def compare(committed: Mapping[str, Any], new: Mapping[str, Any]) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """Closed-form linear probes of the suite, computed once per (target, seed, C) and shared.
 
-A probe is L2-regularised multinomial logistic regression (``lrgroups.recipes.fit_linear_probe``,
+A probe is L2-regularised multinomial logistic regression (``lrgroups.probe.fit_linear_probe``,
 scikit-learn) on the frozen pretrained backbone's penultimate features, **standardised** with the
 training features' mean and standard deviation (as Kumar et al.'s code and the usual linear
 evaluation do), then folded back into the head: ``W' = W / sd``, ``b' = b - W' @ mean``, so the
@@ -73,7 +73,7 @@ def probe_config(experiment: Experiment) -> dict[str, Any]:
 
 
 def penultimate(model: nn.Module, x: Tensor) -> Tensor:
-    """What the head receives (``lrgroups.recipes.head_features``, eval mode), float32 on the CPU."""
+    """What the head receives (``lrgroups.probe.head_features``, eval mode), float32 on the CPU."""
     device = next(model.parameters()).device
     return torch.cat([recipes.head_features(model, x[i : i + 250].to(device), batch_size=250).float().cpu()
                       for i in range(0, len(x), 250)])
@@ -84,7 +84,7 @@ def fit_probe(features: Tensor, labels: Tensor, C: float, num_classes: int) -> P
     validation accuracy is left nan (see :func:`evaluate`).
 
     Raises:
-        ValueError: what ``lrgroups.recipes.fit_linear_probe`` rejects.
+        ValueError: what ``lrgroups.probe.fit_linear_probe`` rejects.
     """
     x = features.double()
     mean, sd = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-8)
@@ -163,5 +163,5 @@ def best_probe(experiment: Experiment, target: Target, seed: int, cache_dir: Pat
 
 
 def set_probe_head(model: nn.Module, probe: Probe) -> None:
-    """Write the probe into the model's head (``lrgroups.recipes.set_linear_head``)."""
+    """Write the probe into the model's head (``lrgroups.probe.set_linear_head``)."""
     recipes.set_linear_head(find_head(model), probe.weight, probe.bias)

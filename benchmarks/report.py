@@ -783,6 +783,8 @@ def write_reports(out: Path, suite: Suite) -> None:
         ] if len(confirmatory) else [NO_HYPOTHESES, ""]),
         *(_across_section(several) if len(several) else []),
         "## Exploratory comparisons (no verdict, not in the Holm family; unadjusted 95% interval)", "",
+        *([f"Registered exploratory by the pre-registration (futile: on the tuning stage's numbers no seed count up "
+           f"to the maximum decides them): {', '.join(suite.futile)}.", ""] if suite.futile else []),
         _table_or(verdict_table[verdict_table.exploratory],
                   {k: v for k, v in VERDICT_COLUMNS.items() if k not in ("p_holm", "verdict", "seeds_needed", "mde",
                                                                           "preconditions")},

@@ -144,11 +144,31 @@ def mark_capped(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
     return runs.assign(capped=capped)
 
 
-def grid_extensions(suite: Suite, runs: pd.DataFrame) -> list[Cell]:
-    """The cells that extend every grid whose selected lr sits at an uncapped edge: one candidate
-    beyond that edge, for every seed of the experiment."""
+def grid_completions(suite: Suite, runs: pd.DataFrame) -> list[Cell]:
+    """The cells that put every lr already run for a strategy (at the experiment's own budget) on
+    every seed of the experiment: a run whose seeds grew after its grid was extended (a tuning stage
+    given more seeds) would otherwise compare lrs by means over different seeds."""
     if runs.empty:
         return []
+    main = runs[(runs.budget_factor == 1) & (runs.kind != "derived")]
+    cells = []
+    for (experiment_name, target_name, strategy_name), part in main.groupby(["experiment", "target", "parent"]):
+        experiment = suite.experiment(experiment_name)
+        target = next(t for t in experiment.targets if t.name == target_name)
+        strategy = experiment.strategy(strategy_name)
+        for lr in sorted(set(part.lr)):
+            have = set(part[part.lr == lr].seed)
+            cells += [Cell(experiment, target, strategy, seed, lr) for seed in experiment.seeds if seed not in have]
+    return cells
+
+
+def grid_extensions(suite: Suite, runs: pd.DataFrame) -> list[Cell]:
+    """The cells that extend every grid whose selected lr sits at an uncapped edge: one candidate
+    beyond that edge, for every seed of the experiment; and the cells that complete every lr
+    already run on every seed (:func:`grid_completions`)."""
+    if runs.empty:
+        return []
+    completions = grid_completions(suite, runs)
     chosen = mark_capped(suite, select_lr(runs))
     chosen = chosen[chosen.selected & chosen.edge & ~chosen.capped & (chosen.kind != "derived")]
     cells = []
@@ -160,7 +180,7 @@ def grid_extensions(suite: Suite, runs: pd.DataFrame) -> list[Cell]:
         lr = extend(lrs, side)
         target = next(t for t in experiment.targets if t.name == target_name)
         cells += [Cell(experiment, target, experiment.strategy(strategy_name), seed, lr) for seed in experiment.seeds]
-    return cells
+    return completions + cells
 
 
 def budget_check_cells(suite: Suite, runs: pd.DataFrame) -> list[Cell]:

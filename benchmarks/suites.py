@@ -80,7 +80,7 @@ class Strategy:
     ``kind``: ``"finetune"`` (``lrgroups.recipes.RECIPES[recipe](**kwargs)`` on the pretrained
     backbone), ``"scratch"`` (the same recipe on a randomly initialised backbone, BatchNorm trained),
     ``"probe"`` (closed-form logistic regression on the frozen backbone's standardised features,
-    ``lrgroups.recipes.fit_linear_probe``) or ``"pixel"`` (logistic regression on raw pixels).
+    ``lrgroups.probe.fit_linear_probe``) or ``"pixel"`` (logistic regression on raw pixels).
     ``lr`` is the centre of the candidate grid: AdamW's lr, or ``C`` for the pixel baseline.
     ``wise`` also evaluates WiSE-FT interpolations between the start of the run and its end (for
     LP-FT the start is the zero-shot analogue: the pretrained body with the seed's
@@ -424,6 +424,8 @@ class Suite:
     hypotheses: tuple[Hypothesis, ...] = ()
     time_budget_s: float | None = None
     preregistration: str = ""
+    #: Hypotheses the pre-registration made exploratory: no seed count up to its maximum decides them.
+    futile: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = {e.name: e for e in self.experiments}
@@ -529,14 +531,18 @@ def _q1(seeds: tuple[int, ...], budget: Budget, shots: int = 20, more: bool = Fa
     )
 
 
-def _q2(seeds: tuple[int, ...], budget: Budget, shots: int = 5, more: bool = False) -> Experiment:
-    """``more``: also layer decay 0.65 and 0.75 (the full suite, exploratory: a ViT recipe)."""
+def _q2(seeds: tuple[int, ...], budget: Budget, shots: int = 5, more: bool = False, test_images: int = 100,
+        val_shots: int = 40) -> Experiment:
+    """``more``: also layer decay 0.65 and 0.75 (the full suite, exploratory: a ViT recipe).
+    ``test_images`` per class: pool positions ``[0, test_images)``, the shots and validation images
+    drawn from the positions after them (at least from 200)."""
     return Experiment(
         "q2_ulmfit",
         "ULMFiT (discriminative rates, gradual unfreezing) and L2-SP on new classes: Animal-MNIST 0-4 -> 5-9, "
-        "5 shots per class",
+        f"{shots} shots per class",
         "resnet_tiny", _ANIMAL04,
-        (Target("new_classes", "animal", (5, 6, 7, 8, 9), shots, 40, (200, 1000), (0, 100)),),
+        (Target("new_classes", "animal", (5, 6, 7, 8, 9), shots, val_shots, (max(200, test_images), 1000),
+                (0, test_images)),),
         (finetune("full", "full", lr=3e-3),
          finetune("discriminative", "layer_decay", lr=1e-2, gamma=ULMFIT_GAMMA),
          finetune("gradual_unfreezing", "gradual_unfreezing", lr=1e-2, discriminative_gamma=ULMFIT_GAMMA,
@@ -677,7 +683,16 @@ _FT_BUDGET = Budget(steps=60, batch_size=25, eval_every=5, warmup_steps=6, forge
 
 #: Seeds of the quick suite's tuning stage (each with its own source model); the confirmatory
 #: stage's seeds start at QUICK_FIRST_SEED, its replication's at QUICK_FIRST_SEED + 100.
-QUICK_TUNING_SEEDS = (0, 1, 2, 3)
+#: Eight for Q1 and Q2: the confirmatory seeds are sized on the upper confidence limit of the tuning
+#: stage's sd (benchmarks.preregistration.SizingRule), 1.73x the sd at 4 seeds and 1.33x at 8. Q3
+#: keeps 4 (its effects sit far from every boundary, and its cells cost the most).
+QUICK_TUNING_SEEDS = tuple(range(8))
+Q3_TUNING_SEEDS = tuple(range(4))
+#: Q2's test images and validation shots per class. With 5 shots per class the paired difference of
+#: two strategies' test accuracy on 100 test images per class was dominated by the test sample (a
+#: pilot of 10 seeds at the registered lrs: per-seed sd 0.032 with 100 test images per class, 0.023
+#: with 200); 500 test images and 100 validation images per class shrink that part.
+Q2_TEST_IMAGES, Q2_VAL_SHOTS = 500, 100
 QUICK_FIRST_SEED = 100
 #: Q1 and Q3 read no curve metric: validation every 10 steps (the learning-curve figures), no
 #: forgetting curve, and Q1 no retention at all (no Q1 hypothesis is about forgetting); Q2 keeps both
@@ -691,7 +706,8 @@ def _quick_experiments(seeds: Mapping[str, tuple[int, ...]]) -> tuple[Experiment
     q1 = dataclasses.replace(_q1((), _Q1_BUDGET, controls=True), track_forgetting=False, measure_retention=False,
                              skip=tuple(("label_permutation", name) for name in ("full", "bn_only", "no_adaptation")))
     q3 = dataclasses.replace(_q3((), _FT_BUDGET), budget=_Q1_BUDGET)
-    return tuple(e.with_seeds(seeds[e.name]) for e in (q1, _q2((), _FT_BUDGET, shots=5), q3))
+    q2 = _q2((), _FT_BUDGET, shots=5, test_images=Q2_TEST_IMAGES, val_shots=Q2_VAL_SHOTS)
+    return tuple(e.with_seeds(seeds[e.name]) for e in (q1, q2, q3))
 
 
 def _quick_hypotheses() -> tuple[Hypothesis, ...]:
@@ -701,10 +717,11 @@ def _quick_hypotheses() -> tuple[Hypothesis, ...]:
 QUICK_TUNING = Suite(
     "quick_tuning",
     "The quick suite's tuning stage: every strategy on its lr grid (3 candidates, extended at grid edges), "
-    f"{len(QUICK_TUNING_SEEDS)} seeds each with its own source model; each strategy's lr is selected on validation "
+    f"{len(QUICK_TUNING_SEEDS)} seeds ({len(Q3_TUNING_SEEDS)} for Q3) each with its own source model; each strategy's "
+    "lr is selected on validation "
     "pooled over the seeds and written into the pre-registration (benchmarks/preregistration/quick.json) that the "
     "confirmatory stage reads. Its verdicts are not results: its hypotheses size the confirmatory seeds.",
-    _quick_experiments({name: QUICK_TUNING_SEEDS for name in ("q1_surgical", "q2_ulmfit", "q3_lp_ft")}),
+    _quick_experiments({"q1_surgical": QUICK_TUNING_SEEDS, "q2_ulmfit": QUICK_TUNING_SEEDS, "q3_lp_ft": Q3_TUNING_SEEDS}),
     _quick_hypotheses(),
 )
 
@@ -719,7 +736,8 @@ def preregistered(name: str) -> dict[str, Any] | None:
 def confirmatory(tuning: Suite, registration: Mapping[str, Any], name: str, first_seed: int) -> Suite:
     """The confirmatory stage of ``tuning``: each experiment on ``registration["seeds"][experiment]``
     fresh seeds from ``first_seed`` (each with its own source model), every strategy at its
-    pre-registered lr only."""
+    pre-registered lr only; the hypotheses the registration lists as ``futile`` (no seed count up
+    to the maximum decides them, on the tuning stage's numbers) are exploratory."""
     experiments = []
     for e in tuning.experiments:
         lrs = tuple((r["target"], r["strategy"], float(r["lr"])) for r in registration["lrs"]
@@ -727,8 +745,11 @@ def confirmatory(tuning: Suite, registration: Mapping[str, Any], name: str, firs
         seeds = tuple(range(first_seed, first_seed + int(registration["seeds"][e.name])))
         experiments.append(dataclasses.replace(e.with_seeds(seeds), lrs=lrs))
     seeds = ", ".join(f"{e.name} {len(e.seeds)}" for e in experiments)
+    futile = set(registration.get("futile", ()))
+    hypotheses = tuple(dataclasses.replace(h, exploratory=True) if h.name in futile else h for h in tuning.hypotheses)
     return dataclasses.replace(
-        tuning, name=name, experiments=tuple(experiments), preregistration=str(registration.get("version", "")),
+        tuning, name=name, experiments=tuple(experiments), hypotheses=hypotheses,
+        preregistration=str(registration.get("version", "")), futile=tuple(sorted(futile)),
         description=f"The confirmatory stage of {tuning.name}: fresh seeds ({seeds}), each with its own source "
         f"model, every strategy at its pre-registered lr (version {registration.get('version', '?')}).")
 

@@ -4,10 +4,16 @@ the calls of an unfreezing schedule and an early stopper, and carries their stat
 :meth:`lrgroups.recipes.Recipe.build` returns a :class:`FineTuning` over the optimizer it built; the
 Lightning and Hugging Face callbacks (:mod:`lrgroups.integrations`) build one from their
 configuration (:meth:`FineTuning.from_specs`) once the framework has made the optimizer. In both,
-the schedule and the stopper are built in one place (:func:`build_controllers`), one step counter is
-kept (:attr:`FineTuning.steps`), and a metric feeds exactly one plateau: the stopper's when there is
-a stopper (on a plateau it advances the schedule while stages remain, then stops), else the
-schedule's.
+the schedule and the stopper are built in one place (:func:`build_controllers`), every check is
+recorded at the run's optimizer step (:attr:`FineTuning.steps`; the schedule also counts the updates
+it saw, :attr:`~lrgroups.ProgressiveUnfreezing.steps`, to place its stages, and the stopper its
+checks, :attr:`~lrgroups.EarlyStopping.calls`), and a metric feeds exactly one plateau: the
+stopper's when there is a stopper (on a plateau it advances the schedule while stages remain, then
+stops), else the schedule's.
+
+The driver knows no recipe: a schedule's spec is a dict of arguments, a callable, or any object
+with ``schedule(optimizer, total_steps)`` and ``has_plateau`` (:class:`ScheduleFactory`; a
+:class:`~lrgroups.recipes.Recipe` is one, and :meth:`~lrgroups.recipes.Recipe.specs` gives both specs).
 
 Example:
     >>> import torch, torch.nn as nn, lrgroups
@@ -29,7 +35,7 @@ import difflib
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping, Protocol, Union, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -40,23 +46,51 @@ from .l2sp import L2SP
 from .optimizer import LayerwiseOptimizer
 from .unfreezing import OptimizerUpdates, ProgressiveUnfreezing
 
-if TYPE_CHECKING:
-    from .recipes import Recipe
+__all__ = [
+    "FineTuning",
+    "ScheduleFactory",
+    "build_controllers",
+    "check_specs",
+    "has_plateau",
+    "UnfreezingSpec",
+    "EarlyStoppingSpec",
+]
 
-__all__ = ["FineTuning", "build_controllers", "check_specs", "has_plateau", "UnfreezingSpec", "EarlyStoppingSpec"]
+
+@runtime_checkable
+class ScheduleFactory(Protocol):
+    """A schedule's spec that builds the schedule itself once the optimizer exists (a
+    :class:`~lrgroups.recipes.Recipe` is one: its stage lengths are placed within the run's steps)."""
+
+    @property
+    def has_plateau(self) -> bool:
+        """Whether the schedules it builds advance on a plateau of the metric."""
+        ...
+
+    def schedule(self, optimizer: LayerwiseOptimizer, total_steps: int | None = None) -> ProgressiveUnfreezing | None:
+        """The schedule over ``optimizer`` (``None``: nothing to unfreeze)."""
+        ...
+
 
 #: A schedule: keyword arguments of ProgressiveUnfreezing (``plateau`` may be a dict of Plateau's), a
-#: recipe (its schedule, stage lengths placed within the run's total steps), or a callable
-#: ``optimizer -> ProgressiveUnfreezing``.
-UnfreezingSpec = Union[Mapping[str, Any], "Recipe", Callable[[LayerwiseOptimizer], ProgressiveUnfreezing], None]
+#: :class:`ScheduleFactory` (a recipe), or a callable ``optimizer -> ProgressiveUnfreezing``.
+UnfreezingSpec = Union[Mapping[str, Any], ScheduleFactory, Callable[[LayerwiseOptimizer], ProgressiveUnfreezing], None]
 #: A stopper: keyword arguments of EarlyStopping (without ``model`` and ``unfreezing``).
 EarlyStoppingSpec = Union[Mapping[str, Any], None]
 
 
-def _is_recipe(spec: Any) -> bool:
-    from .recipes import Recipe
+def _is_factory(spec: Any) -> bool:
+    return callable(getattr(spec, "schedule", None)) and hasattr(spec, "has_plateau")
 
-    return isinstance(spec, Recipe)
+
+def _check_one_plateau(schedule_has_plateau: bool, early_stopping: Any) -> None:
+    """Refuse a schedule with a plateau next to a stopper: two plateaus would watch one metric."""
+    if schedule_has_plateau and early_stopping is not None:
+        raise ValueError(
+            "one plateau per metric: a plateau in unfreezing and early_stopping would both watch the "
+            "monitor and advance two stages on one flat check. Give the patience to early_stopping "
+            "alone: on a plateau it advances the schedule while stages remain, then stops"
+        )
 
 
 def _check_keys(what: str, given: Mapping[str, Any], target: Callable, set_here: tuple[str, ...]) -> None:
@@ -73,16 +107,22 @@ def _check_keys(what: str, given: Mapping[str, Any], target: Callable, set_here:
 
 
 def has_plateau(spec: Any) -> bool:
-    """Whether an unfreezing spec (its dict, or a recipe's) advances on a plateau of the metric.
+    """Whether an unfreezing spec (its dict, or a factory's ``has_plateau``) advances on a plateau of
+    the metric.
 
     Args:
         spec: an :data:`UnfreezingSpec` (a callable's schedule is not known before it is built: False).
 
     Returns:
         Whether it has a plateau.
+
+    Example:
+        >>> has_plateau({"plateau": {"patience": 2}}), has_plateau({"every_steps": 10}), has_plateau(None)
+        (True, False, False)
     """
-    unfreezing = spec if isinstance(spec, Mapping) else getattr(spec, "unfreezing", None) if _is_recipe(spec) else None
-    return isinstance(unfreezing, Mapping) and unfreezing.get("plateau") is not None
+    if isinstance(spec, Mapping):
+        return spec.get("plateau") is not None
+    return _is_factory(spec) and bool(spec.has_plateau)
 
 
 def check_specs(unfreezing: UnfreezingSpec, early_stopping: EarlyStoppingSpec) -> None:
@@ -101,10 +141,11 @@ def check_specs(unfreezing: UnfreezingSpec, early_stopping: EarlyStoppingSpec) -
             (two plateaus would watch one metric).
     """
     if unfreezing is not None and not (
-        isinstance(unfreezing, Mapping) or _is_recipe(unfreezing) or callable(unfreezing)
+        isinstance(unfreezing, Mapping) or _is_factory(unfreezing) or callable(unfreezing)
     ):
         raise TypeError(
-            f"unfreezing must be a dict of ProgressiveUnfreezing arguments, a Recipe or a callable, got {unfreezing!r}"
+            f"unfreezing must be a dict of ProgressiveUnfreezing arguments, a Recipe (a ScheduleFactory) or a "
+            f"callable, got {unfreezing!r}"
         )
     if isinstance(unfreezing, Mapping):
         _check_keys("unfreezing", unfreezing, ProgressiveUnfreezing.__init__, ("optimizer",))
@@ -115,14 +156,8 @@ def check_specs(unfreezing: UnfreezingSpec, early_stopping: EarlyStoppingSpec) -
                     f"unfreezing: {key} must be an integer >= {0 if key == 'warmup_steps' else 1}, got {value!r}"
                 )
         if isinstance(unfreezing.get("plateau"), Mapping):
-            _check_keys("unfreezing.plateau", unfreezing["plateau"], Plateau.__init__, ())
-            Plateau(**unfreezing["plateau"])
-    if early_stopping is not None and has_plateau(unfreezing):
-        raise ValueError(
-            "one plateau per metric: a plateau in unfreezing and early_stopping would both watch the "
-            "monitor and advance two stages on one flat check. Give the patience to early_stopping "
-            "alone: on a plateau it advances the schedule while stages remain, then stops"
-        )
+            Plateau.from_settings(unfreezing["plateau"])
+    _check_one_plateau(has_plateau(unfreezing), early_stopping)
     if early_stopping is not None:
         if not isinstance(early_stopping, Mapping):
             raise TypeError(f"early_stopping must be a dict of EarlyStopping arguments, got {early_stopping!r}")
@@ -160,31 +195,23 @@ def build_controllers(
     Raises:
         TypeError: a callable spec that returns something else than a ProgressiveUnfreezing.
         ValueError: as :class:`~lrgroups.ProgressiveUnfreezing`, :class:`~lrgroups.EarlyStopping` and
-            :meth:`~lrgroups.recipes.Recipe.schedule`; a schedule with a plateau and a stopper (two
-            plateaus on one metric).
+            the factory's ``schedule``; a schedule with a plateau and a stopper (two plateaus on one
+            metric).
     """
     if unfreezing is None:
         schedule = None
-    elif _is_recipe(unfreezing):
+    elif _is_factory(unfreezing):
         schedule = unfreezing.schedule(optimizer, total_steps)
     elif isinstance(unfreezing, Mapping):
-        kwargs = dict(unfreezing)
-        if isinstance(kwargs.get("plateau"), Mapping):
-            kwargs["plateau"] = Plateau(**kwargs["plateau"])
         with warnings.catch_warnings():
             if quiet:
                 warnings.simplefilter("ignore", UserWarning)
-            schedule = ProgressiveUnfreezing(optimizer, **kwargs)
+            schedule = ProgressiveUnfreezing(optimizer, **unfreezing)
     else:
         schedule = unfreezing(optimizer)
         if not isinstance(schedule, ProgressiveUnfreezing):
             raise TypeError(f"unfreezing callable returned {type(schedule).__name__}, not ProgressiveUnfreezing")
-    if early_stopping is not None and schedule is not None and schedule.plateau is not None:
-        raise ValueError(
-            "one plateau per metric: the schedule has a plateau and early stopping has its own, both "
-            "would watch one metric. Give the patience to early_stopping alone: on a plateau it "
-            "advances the schedule while stages remain, then stops"
-        )
+    _check_one_plateau(schedule is not None and schedule.plateau is not None, early_stopping)
     stopper = (
         None
         if early_stopping is None
@@ -204,7 +231,7 @@ class FineTuning:
     In a hand-written loop call :meth:`after_step` after every ``optimizer.step()`` (in a
     gradient-accumulation loop after every micro-batch: a call with no optimizer update since the
     last counted one counts nothing, see :class:`~lrgroups.unfreezing.OptimizerUpdates`) and
-    :meth:`after_validation` after every evaluation (it returns True when training should stop); call
+    :meth:`observe` after every evaluation (its decision's ``stop`` says when training should stop); call
     :meth:`end_epoch` at the end of each epoch when the schedule counts epochs (``steps_per_epoch``
     does it for you inside :meth:`after_step`). A driver whose :meth:`build` ran with ``count_steps=True``
     (the default) counts steps itself, through a step hook on the optimizer (skipped AMP steps do not
@@ -350,15 +377,21 @@ class FineTuning:
 
         Args:
             metric: the value (a float or a one-element tensor).
-            step: the step the check is recorded at; default :attr:`steps`.
+            step: the step the stopper records the check at; default :attr:`steps` (a schedule's
+                plateau records it at the schedule's own count of updates).
             name: the metric's name, for the error.
 
         Returns:
-            The stopper's :class:`~lrgroups.early_stopping.Decision`; ``None`` when there is no
-            stopper (or nothing to feed).
+            The stopper's :class:`~lrgroups.early_stopping.Decision` (``decision.stop``: stop
+            training now); ``None`` when there is no stopper (or nothing to feed).
 
         Raises:
             KeyError: ``metric`` is ``None`` but a stopper or a plateau schedule needs it.
+
+        Example:
+            >>> tuning = FineTuning(None, early_stopping=EarlyStopping("min", patience=1))
+            >>> tuning.observe(0.5).stop, tuning.observe(0.6).stop, tuning.observe(0.4, step=7).step
+            (False, True, 7)
         """
         schedule_plateau = self.unfreezing is not None and self.unfreezing.plateau is not None
         if self.early_stopping is None and not schedule_plateau:
@@ -367,21 +400,12 @@ class FineTuning:
             raise KeyError(f"the monitored metric {name!r} was not logged")
         step = self.steps if step is None else step
         if self.early_stopping is not None:
-            return self.early_stopping.step(metric, step=step)
-        self.unfreezing.observe(float(metric))
+            return self.early_stopping.observe(metric, step=step)
+        self.unfreezing.observe(float(metric))  # at the schedule's own count of updates, as it always was
         return None
 
-    def after_validation(self, metric: float | torch.Tensor) -> bool:
-        """:meth:`observe` for a hand-written loop.
-
-        Args:
-            metric: the validation metric (a float or a one-element tensor).
-
-        Returns:
-            Whether training should stop.
-        """
-        decision = self.observe(metric)
-        return decision is not None and decision.stop
+    #: Deprecated: ``observe(metric)``, returning whether to stop (``observe`` returns the decision).
+    after_validation = _deprecated.alias("observe", returns=lambda decision: decision is not None and decision.stop)
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

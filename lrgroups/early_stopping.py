@@ -20,7 +20,7 @@ Example:
     ...     optimizer.step()
     ...     with torch.no_grad():
     ...         val_loss = torch.nn.functional.mse_loss(model(x_val), y_val)
-    ...     decision = stopper.step(val_loss, step=epoch)
+    ...     decision = stopper.observe(val_loss, step=epoch)
     ...     if decision.stop:
     ...         break
     >>> decision.stop, decision.restored, decision.step - decision.best_step
@@ -57,6 +57,11 @@ The rules, applied to every check in this order:
    ``get_extra_state()``, which may return a dict or any picklable object) are kept as deep copies,
    tensors inside them copied to the CPU like the others.
 
+One verb feeds a metric everywhere in lrgroups: ``observe(metric, step=None)`` (:meth:`Plateau.observe`,
+:meth:`EarlyStopping.observe`, :meth:`lrgroups.ProgressiveUnfreezing.observe`,
+:meth:`lrgroups.driver.FineTuning.observe`); ``step()`` only ever counts optimizer steps.
+``EarlyStopping.step(metric)`` and ``Plateau.update`` are deprecated names of ``observe``.
+
 ``patience`` follows Keras and Lightning (stop on the ``patience``-th check without improvement), not
 ``torch.optim.lr_scheduler.ReduceLROnPlateau`` (which tolerates ``patience`` such checks).
 """
@@ -64,6 +69,7 @@ The rules, applied to every check in this order:
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import os
 from collections.abc import Mapping
@@ -73,6 +79,8 @@ from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
+
+from . import _deprecated
 
 Mode = Literal["min", "max"]
 Cause = Literal["non_finite", "divergence", "stopping_threshold", "plateau"]
@@ -113,7 +121,7 @@ class Plateau:
     """The best value of a metric and how many checks have passed without improving on it.
 
     >>> plateau = Plateau("max", patience=2, min_delta=0.01)
-    >>> [plateau.update(accuracy, step) for step, accuracy in enumerate([0.80, 0.85, 0.855, 0.85])]
+    >>> [plateau.observe(accuracy, step) for step, accuracy in enumerate([0.80, 0.85, 0.855, 0.85])]
     [True, True, False, False]
     >>> plateau.is_plateau, plateau.best, plateau.best_step
     (True, 0.85, 1)
@@ -140,15 +148,66 @@ class Plateau:
         self.best: float | None = None
         self.best_step: int | None = None
         self.checks_since_improvement = 0
+        #: Checks recorded so far (the default ``step`` of :meth:`observe` is this count, from 1).
+        self.checks = 0
 
-    def update(self, value: float, step: int) -> bool:
-        """Records one check; returns whether ``value`` improved on the best."""
+    @classmethod
+    def from_settings(cls, settings: "Plateau | Mapping[str, Any]") -> "Plateau":
+        """A Plateau from its keyword arguments (a schedule's configuration), or ``settings`` itself
+        when it is one already: the one place a configuration's plateau is built.
+
+        Args:
+            settings: a :class:`Plateau`, or a mapping of its keyword arguments.
+
+        Returns:
+            The plateau.
+
+        Raises:
+            TypeError: ``settings`` is neither, or has an unknown key (the accepted ones are named).
+            ValueError: as the constructor.
+
+        Example:
+            >>> Plateau.from_settings({"mode": "max", "patience": 2}).patience
+            2
+        """
+        if isinstance(settings, Plateau):
+            return settings
+        if not isinstance(settings, Mapping):
+            raise TypeError(f"a plateau is a Plateau or a dict of its arguments, got {settings!r}")
+        accepted = ("mode", "patience", "min_delta", "relative")
+        unknown = [
+            f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(str(key), accepted, n=1))
+            else repr(key)
+            for key in settings
+            if key not in accepted
+        ]
+        if unknown:
+            raise TypeError(f"plateau: unknown arguments {', '.join(unknown)}; accepted: {', '.join(accepted)}")
+        return cls(**settings)
+
+    def observe(self, metric: float | torch.Tensor, step: int | None = None) -> bool:
+        """Record one check of ``metric`` (a float or a one-element tensor).
+
+        Args:
+            metric: the value.
+            step: the step the check is recorded at (:attr:`best_step` takes it); default the
+                number of checks so far, this one included (1, 2, ...).
+
+        Returns:
+            Whether ``metric`` improved on the best (rule 1); :attr:`is_plateau` says whether the
+            checks since the best now make a plateau.
+        """
+        self.checks += 1
+        step = self.checks if step is None else step
+        value = float(metric)
         improved = is_improvement(value, self.best, self.mode, self.min_delta, self.relative)
         if improved:
-            self.best, self.best_step, self.checks_since_improvement = float(value), step, 0
+            self.best, self.best_step, self.checks_since_improvement = value, step, 0
         else:
             self.checks_since_improvement += 1
         return improved
+
+    update = _deprecated.alias("observe")
 
     @property
     def is_plateau(self) -> bool:
@@ -168,12 +227,13 @@ class Plateau:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """The mode, the best value and its step, and the checks since it (plain values)."""
+        """The mode, the best value and its step, the checks since it and all checks (plain values)."""
         return {
             "mode": self.mode,
             "best": self.best,
             "best_step": self.best_step,
             "checks_since_improvement": self.checks_since_improvement,
+            "checks": self.checks,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -186,6 +246,7 @@ class Plateau:
             raise ValueError(f"state was saved in mode {state['mode']!r}, this Plateau is {self.mode!r}")
         self.best, self.best_step = state["best"], state["best_step"]
         self.checks_since_improvement = state["checks_since_improvement"]
+        self.checks = state.get("checks", 0)  # saved before the count was kept: 0
 
 
 def _to_cpu(value: Any, clone: bool) -> Any:
@@ -211,9 +272,9 @@ def _better(value: float, than: float, mode: Mode) -> bool:
 
 @dataclass(frozen=True)
 class Decision:
-    """What `EarlyStopping.step` decided about one check.
+    """What ``EarlyStopping.observe`` decided about one check.
 
-    >>> EarlyStopping("min", patience=1).step(float("nan"))  # doctest: +NORMALIZE_WHITESPACE
+    >>> EarlyStopping("min", patience=1).observe(float("nan"))  # doctest: +NORMALIZE_WHITESPACE
     Decision(stop=True, improved=False, advanced_stage=False, restored=False, cause='non_finite',
              reason='metric is nan at step 1 (no finite value yet)', step=1, value=nan, best=None,
              best_step=None)
@@ -239,9 +300,9 @@ class EarlyStopping:
 
     >>> stopper = EarlyStopping("min", patience=2, min_delta=1e-3)
     >>> checks = [(100, 0.5), (200, 0.4), (300, 0.3995), (400, 0.41)]
-    >>> [stopper.step(loss, step).stop for step, loss in checks]
+    >>> [stopper.observe(loss, step).stop for step, loss in checks]
     [False, False, False, True]
-    >>> print(stopper.step(0.45, 500).reason)
+    >>> print(stopper.observe(0.45, 500).reason)
     no improvement > 0.001 in the last 3 checks (best 0.4 at step 200)
 
     Args:
@@ -306,7 +367,6 @@ class EarlyStopping:
         self.unfreezing = unfreezing
         self.reset_patience_on_advance = reset_patience_on_advance
         self.stop_while_stages_remain = stop_while_stages_remain
-        self.calls = 0
         self._best_weights: dict[str, torch.Tensor] | None = None
 
     @classmethod
@@ -340,15 +400,28 @@ class EarlyStopping:
         """The step of :attr:`best` (``None`` before the first check)."""
         return self.plateau.best_step
 
-    def step(self, metric: float | torch.Tensor, step: int | None = None) -> Decision:
-        """Records one check of ``metric`` (a float or a one-element tensor) and decides.
+    @property
+    def calls(self) -> int:
+        """Checks recorded so far (:attr:`Plateau.checks` of :attr:`plateau`)."""
+        return self.plateau.checks
 
-        ``step`` is the check index or training step; by default the number of calls (1, 2, ...).
+    def observe(self, metric: float | torch.Tensor, step: int | None = None) -> Decision:
+        """Record one check of ``metric`` and decide, by the rules of this module.
+
+        Args:
+            metric: the value (a float or a one-element tensor).
+            step: the check index or training step; default the number of checks so far, this one
+                included (1, 2, ...).
+
+        Returns:
+            The :class:`Decision` (``decision.stop``: stop training now).
+
+        Raises:
+            RuntimeError: a stop with ``best_weights_path`` whose file holds another step's weights.
         """
-        self.calls += 1
-        step = self.calls if step is None else step
+        step = self.plateau.checks + 1 if step is None else step
         value = float(metric)
-        improved = self.plateau.update(value, step)
+        improved = self.plateau.observe(value, step)
         if improved and self.model is not None:
             self._save_best(self.model, step)
         cause, reason = self._cause(value, step)
@@ -361,6 +434,10 @@ class EarlyStopping:
             cause = reason = None
         best, best_step = self.plateau.best, self.plateau.best_step
         return Decision(stop, improved, advanced, restored, cause, reason, step, value, best, best_step)
+
+    #: Deprecated name of :meth:`observe` (it fed a metric; ``step()`` counts optimizer steps elsewhere
+    #: in lrgroups, and EarlyStopping counts no steps).
+    step = _deprecated.alias("observe")
 
     def _cause(self, value: float, step: int) -> tuple[Cause | None, str | None]:
         mode, best = self.plateau.mode, _best_text(self.plateau.best, self.plateau.best_step)
@@ -433,7 +510,7 @@ class EarlyStopping:
         if saved != mine:
             raise ValueError(f"state keeps best weights in {saved}, this EarlyStopping in {mine}")
         self.plateau.load_state_dict(state["plateau"])
-        self.calls = state["calls"]
+        self.plateau.checks = state["calls"]
         if saved == "memory":
             weights = state["best_weights"]
             self._best_weights = None if weights is None else {k: _to_cpu(v, clone=False) for k, v in weights.items()}

@@ -161,7 +161,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         optimizer: OptimizerSpec | Mapping[str, OptimizerSpec] | None = None,
         **optimizer_kwargs: Any,
     ) -> None:
-        optimizer_cls = _deprecated.keyword("LayerwiseOptimizer", "optimizer", optimizer, "optimizer_cls",
+        optimizer_cls = _deprecated.keyword("lrgroups.optimizer.LayerwiseOptimizer.__init__", "optimizer", optimizer, "optimizer_cls",
                                             optimizer_cls, None)
         _check_arguments(model, optimizer_cls, norm_stats, lr)
         wanted = specs(optimizer_cls, optimizer_kwargs)

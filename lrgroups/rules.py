@@ -307,7 +307,7 @@ class Rule(MadeByName):
         selector: Selector | None = None,
         optimizer: str | None = None,
     ) -> None:
-        inner = _deprecated.keyword("Rule", "optimizer", optimizer, "inner", inner, None)
+        inner = _deprecated.keyword("lrgroups.rules.Rule.__init__", "optimizer", optimizer, "inner", inner, None)
         given = {key: value for key, value in zip(SELECTOR_FIELDS, (pattern, regex, module_type, ndim, depth, where), strict=True)
                  if value is not None}
         selector = Selector(**given) if selector is None else replace(selector, **given) if given else selector

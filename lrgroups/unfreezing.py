@@ -157,7 +157,8 @@ class ProgressiveUnfreezing:
         depths_per_stage: with the default stages, how many depths each stage spans.
         every_steps: advance after this many optimizer steps in a stage.
         every_epochs: advance after this many epochs in a stage.
-        plateau: a :class:`~lrgroups.Plateau` on a validation metric fed to :meth:`observe`.
+        plateau: a :class:`~lrgroups.Plateau` on a validation metric fed to :meth:`observe`, or a
+            dict of its arguments (:meth:`~lrgroups.Plateau.from_settings`).
         reset_patience_on_advance: reset the plateau's patience after each stage change (default True;
             :class:`~lrgroups.EarlyStopping`'s name for the same flag).
         warmup_steps: after a stage is unfrozen, the lr of the param groups that received its
@@ -189,13 +190,13 @@ class ProgressiveUnfreezing:
         depths_per_stage: int = 1,
         every_steps: int | None = None,
         every_epochs: int | None = None,
-        plateau: Plateau | None = None,
+        plateau: Plateau | Mapping[str, Any] | None = None,
         reset_patience_on_advance: bool | None = None,
         warmup_steps: int = 0,
         reset_patience: bool | None = None,
     ) -> None:
         reset_patience_on_advance = _deprecated.keyword(
-            "ProgressiveUnfreezing",
+            "lrgroups.unfreezing.ProgressiveUnfreezing.__init__",
             "reset_patience",
             reset_patience,
             "reset_patience_on_advance",
@@ -216,7 +217,8 @@ class ProgressiveUnfreezing:
             raise ValueError("ProgressiveUnfreezing needs at least one stage")
         self.optimizer = optimizer
         self.every_steps, self.every_epochs = every_steps, every_epochs
-        self.plateau, self.reset_patience_on_advance = plateau, reset_patience_on_advance
+        self.plateau = Plateau.from_settings(plateau) if isinstance(plateau, Mapping) else plateau
+        self.reset_patience_on_advance = reset_patience_on_advance
         self.warmup_steps = warmup_steps
         self.stage = 0
         self.steps = 0
@@ -363,11 +365,31 @@ class ProgressiveUnfreezing:
             return self.advance(f"{self.every_epochs} epochs in stage {self.stage}")
         return []
 
-    def observe(self, metric: float) -> list[str]:
-        """Feed a validation metric to the plateau; on a plateau advance the stage."""
+    def observe(self, metric: float | torch.Tensor, step: int | None = None) -> list[str]:
+        """Feed a validation metric to the plateau; on a plateau advance the stage (while stages remain).
+
+        Args:
+            metric: the value (a float or a one-element tensor).
+            step: the step the check is recorded at (the plateau's ``best_step``); default
+                :attr:`steps`, the optimizer updates counted so far.
+
+        Returns:
+            The names unfrozen (``[]`` when the stage did not advance), as :meth:`step` and
+            :meth:`end_epoch`.
+
+        Raises:
+            ValueError: the schedule has no plateau.
+
+        Example:
+            >>> import torch, torch.nn as nn, lrgroups
+            >>> opt = lrgroups.LayerwiseOptimizer(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), torch.optim.SGD, lr=0.1)
+            >>> schedule = lrgroups.ProgressiveUnfreezing(opt, plateau={"mode": "max", "patience": 1})
+            >>> schedule.observe(0.5), schedule.observe(0.5)
+            ([], ['0.weight', '0.bias'])
+        """
         if self.plateau is None:
             raise ValueError("observe() needs ProgressiveUnfreezing(..., plateau=Plateau(...))")
-        self.plateau.update(float(metric), self.steps)
+        self.plateau.observe(float(metric), self.steps if step is None else step)
         if self.plateau.is_plateau and self.stages_remaining:
             return self.advance(self.plateau.describe())
         return []

@@ -155,6 +155,65 @@ def test_seeds_are_sized_to_the_decision() -> None:
     assert small is not None and small > preregistration.MIN_SEEDS
 
 
+def test_the_sizing_sd_is_the_upper_confidence_limit_of_the_tuning_sd() -> None:
+    """Browne (1995): the sd a pilot of k units gives is below the truth about half the time, so the
+    rule sizes on its upper 80% limit, which shrinks toward the sd as the pilot grows; without the
+    rule the sd is used as it is."""
+    rule = preregistration.SizingRule(sd_confidence=0.8)
+    factors = [rule.sd_for_sizing(1.0, k) for k in (4, 8, 30, 1000)]
+    assert factors == sorted(factors, reverse=True) and factors[0] == pytest.approx(1.728, abs=1e-3)
+    assert 1.0 < factors[-1] < 1.03
+    assert preregistration.SizingRule().sd_for_sizing(0.5, 4) == 0.5
+    # simulated pilots of 4 units: the plug-in sd is below the truth about half the time, the limit 20%
+    import numpy as np
+
+    sds = np.random.default_rng(0).normal(0.0, 1.0, size=(20000, 4)).std(1, ddof=1)
+    assert 0.5 < np.mean(sds < 1.0) < 0.65
+    assert np.mean([rule.sd_for_sizing(float(s), 4) < 1.0 for s in sds]) == pytest.approx(0.2, abs=0.01)
+
+
+def test_a_gate_is_sized_to_be_decided_the_way_its_margin_points() -> None:
+    """A margin far above the required one is decided at the minimum seeds; one near it needs
+    more; one on it is never decided (None), in either direction."""
+    assert preregistration._gate_seeds_for(0.20, 0.03, 0.05) == preregistration.MIN_SEEDS
+    near = preregistration._gate_seeds_for(0.09, 0.06, 0.05)
+    assert near is not None and near > preregistration.MIN_SEEDS
+    assert preregistration._gate_seeds_for(0.05, 0.03, 0.05) is None
+    assert preregistration._gate_seeds_for(-0.20, 0.03, 0.05) == preregistration.MIN_SEEDS  # decided: fails
+    assert preregistration._gate_seeds_for(float("nan"), 0.03, 0.05) is None
+
+
+def test_a_hypothesis_no_seed_count_decides_is_registered_exploratory(tmp_path: Path, monkeypatch) -> None:
+    """Futility is decided on the tuning stage alone: a hypothesis whose tuning effect sits on its
+    minimum effect is listed as futile, its verdict is exploratory in the confirmatory stage, and the
+    registration's version moves with the list; the other hypotheses and the cells are unchanged."""
+    tuning = _tuning_suite()
+    # "b" beats "a" on test accuracy by exactly 0.02 = H's minimum effect at every seed
+    _write_tuning_run(tuning, tmp_path / "tuning", {"a": 3e-3, "b": 1e-3, "scratch": 1e-2, "pixel": 1.0})
+    records = [json.loads(line) for line in (tmp_path / "tuning" / "runs.jsonl").read_text().splitlines()]
+    for r in records:
+        if r["config"]["strategy"]["name"] == "b":
+            r["test_accuracy"] += 0.02 + 0.002 * (r["config"]["seed"] - 1)  # mean exactly 0.02
+    (tmp_path / "tuning" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    monkeypatch.setitem(preregistration.SIZING_RULES, "toy", preregistration.SizingRule(0.8, gates=True, futility=True))
+    registration = preregistration.register(tuning, tmp_path / "tuning")
+    assert registration["futile"] == ["H"]
+    assert "registered exploratory (futile)" in registration["rule"]
+    sized = {r["hypothesis"]: r for r in registration["sizing"]}
+    assert sized["H"]["seeds_needed"] is None and sized["H"]["sizing_sd"] > sized["H"]["sd"]
+    assert "gate e/new" in sized  # the gate H reads is sized too
+    confirm = confirmatory(tuning, registration, "toy", first_seed=100)
+    assert [h.exploratory for h in confirm.hypotheses] == [True]
+    plain = confirmatory(tuning, {**registration, "futile": []}, "toy", first_seed=100)
+    assert [h.exploratory for h in plain.hypotheses] == [False]
+    assert {c.key(ENVIRONMENT) for c in confirm.cells()} == {c.key(ENVIRONMENT) for c in plain.cells()}
+    assert preregistration.version_of(registration) != preregistration.version_of({**registration, "futile": []})
+    # without the rule (the standard suite's) nothing is futile and the version ignores the key
+    monkeypatch.setitem(preregistration.SIZING_RULES, "toy", preregistration.SizingRule())
+    old = preregistration.register(tuning, tmp_path / "tuning")
+    assert "futile" not in old and "sizing_sd" not in old["sizing"][0]
+
+
 # --- the controls -----------------------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from benchmarks.report import (
     value_at_crossing,
     verdicts,
 )
-from benchmarks.selection import EXTENSION_CAP, extend, grid_extensions, mark_capped, select_lr
+from benchmarks.selection import EXTENSION_CAP, extend, grid_completions, grid_extensions, mark_capped, select_lr
 from benchmarks.suites import (
     Budget,
     Experiment,
@@ -104,6 +104,21 @@ def test_an_edge_choice_extends_the_grid_one_step_until_the_cap() -> None:
     assert lrs[-1] == pytest.approx(0.081)
     b_cells = [c for c in cells if c.strategy.name == "b"]
     assert {c.lr for c in b_cells} == {extend((1e-3, 3e-3, 9e-3), "low")}  # a tie goes to the lowest: extend down
+
+
+def test_every_lr_a_strategy_has_run_is_completed_on_every_seed() -> None:
+    """A tuning run given more seeds after its grid was extended compares lrs by means over the same
+    seeds: the guards first ask for every lr already run on the seeds that lack it (and nothing once
+    every lr has every seed)."""
+    suite = Suite("s", "d", (dataclasses.replace(_EXPERIMENT, seeds=(0, 1, 2)),))
+    rows = [("a", s, lr, 0.5, 0.5, 1.0) for s in (0, 1, 2) for lr in (1e-3, 3e-3, 9e-3)]
+    rows += [("a", s, 2.7e-2, 0.9, 0.5, 1.0) for s in (0, 1)]  # an extension run before seed 2 existed
+    rows += [("b", s, lr, 0.5 + lr, 0.5, 1.0) for s in (0, 1, 2) for lr in (1e-3, 3e-3, 9e-3)]
+    asked = grid_completions(suite, _runs(rows))
+    assert [(c.strategy.name, c.seed, c.lr) for c in asked] == [("a", 2, 2.7e-2)]
+    assert asked[0] in grid_extensions(suite, _runs(rows))
+    rows.append(("a", 2, 2.7e-2, 0.9, 0.5, 1.0))
+    assert grid_completions(suite, _runs(rows)) == []
 
 
 def test_crossing_interpolates_the_first_passage() -> None:

@@ -132,8 +132,8 @@ def make_stopper(cfg: dict, **kwargs) -> EarlyStopping:
 def run(stopper: EarlyStopping, values: list[float], cfg: dict, start: int = 1) -> list[Decision]:
     """Steps through ``values``; with step_scale 1 the default step (the count of calls) is used."""
     if cfg["step_scale"] == 1:
-        return [stopper.step(v) for v in values]
-    return [stopper.step(v, step=i * cfg["step_scale"]) for i, v in enumerate(values, start=start)]
+        return [stopper.observe(v) for v in values]
+    return [stopper.observe(v, step=i * cfg["step_scale"]) for i, v in enumerate(values, start=start)]
 
 
 def summary(decision: Decision) -> tuple:
@@ -192,18 +192,18 @@ def test_resume_decides_as_uninterrupted(cfg, values, data):
 )
 def test_exactly_min_delta_is_not_an_improvement(mode, best, min_delta, relative, at_margin, beyond):
     plateau = Plateau(mode, patience=5, min_delta=min_delta, relative=relative)
-    assert plateau.update(best, step=0)
-    assert not plateau.update(best, step=1)
-    assert not plateau.update(at_margin, step=2)
-    assert plateau.update(beyond, step=3)
+    assert plateau.observe(best, step=0)
+    assert not plateau.observe(best, step=1)
+    assert not plateau.observe(at_margin, step=2)
+    assert plateau.observe(beyond, step=3)
     assert (plateau.best, plateau.best_step, plateau.checks_since_improvement) == (beyond, 3, 0)
 
 
 def test_plateau_counts_resets_and_round_trips():
     plateau = Plateau("min", patience=2)
-    assert [plateau.update(v, step) for step, v in enumerate([3.0, 2.0, 2.0])] == [True, True, False]
+    assert [plateau.observe(v, step) for step, v in enumerate([3.0, 2.0, 2.0])] == [True, True, False]
     assert not plateau.is_plateau
-    assert not plateau.update(NAN, 3)
+    assert not plateau.observe(NAN, 3)
     assert plateau.is_plateau and plateau.checks_since_improvement == 2
     copy = Plateau("min", patience=2)
     copy.load_state_dict(plateau.state_dict())
@@ -217,14 +217,14 @@ def test_plateau_counts_resets_and_round_trips():
 def test_plateau_reason_names_the_numbers():
     stopper = EarlyStopping("min", patience=2, min_delta=1e-3)
     checks = [(1000, 0.5), (1200, 0.231), (1400, 0.2305), (1600, 0.2309)]
-    decisions = [stopper.step(v, step) for step, v in checks]
+    decisions = [stopper.observe(v, step) for step, v in checks]
     assert [d.stop for d in decisions] == [False, False, False, True]
     assert decisions[-1].reason == "no improvement > 0.001 in the last 2 checks (best 0.231 at step 1200)"
 
 
 def test_stopping_threshold_stops_when_good_enough():
     stopper = EarlyStopping("max", patience=10, stopping_threshold=0.95)
-    decisions = [stopper.step(v) for v in [0.5, 0.9, 0.95]]
+    decisions = [stopper.observe(v) for v in [0.5, 0.9, 0.95]]
     assert [d.stop for d in decisions] == [False, False, True]
     assert decisions[-1].cause == "stopping_threshold"
     assert "0.95" in decisions[-1].reason and "step 3" in decisions[-1].reason
@@ -232,7 +232,7 @@ def test_stopping_threshold_stops_when_good_enough():
 
 def test_divergence_threshold_stops_when_hopeless():
     stopper = EarlyStopping("min", patience=10, divergence_threshold=10.0)
-    decisions = [stopper.step(v) for v in [2.0, 10.0, 12.5]]
+    decisions = [stopper.observe(v) for v in [2.0, 10.0, 12.5]]
     assert [d.stop for d in decisions] == [False, False, True]
     assert decisions[-1].cause == "divergence"
     assert all(text in decisions[-1].reason for text in ["12.5", "10", "step 3", "best 2 at step 1"])
@@ -240,18 +240,18 @@ def test_divergence_threshold_stops_when_hopeless():
 
 @pytest.mark.parametrize("bad", [NAN, INF, -INF])
 def test_non_finite_stops_unless_told_otherwise(bad):
-    decision = EarlyStopping("min", patience=10).step(bad)
+    decision = EarlyStopping("min", patience=10).observe(bad)
     assert decision.stop and decision.cause == "non_finite" and str(bad) in decision.reason
 
     tolerant = EarlyStopping("min", patience=2, check_finite=False, divergence_threshold=5.0)
-    decisions = [tolerant.step(v) for v in [1.0, bad, bad]]
+    decisions = [tolerant.observe(v) for v in [1.0, bad, bad]]
     assert [(d.stop, d.improved) for d in decisions] == [(False, True), (False, False), (True, False)]
     assert decisions[-1].cause == "plateau" and decisions[-1].best == 1.0
 
 
 def test_min_steps_holds_back_every_stop():
     stopper = EarlyStopping("min", patience=1, min_steps=4)
-    decisions = [stopper.step(v) for v in [1.0, NAN, 2.0, 3.0, 0.5, 0.75]]
+    decisions = [stopper.observe(v) for v in [1.0, NAN, 2.0, 3.0, 0.5, 0.75]]
     assert [d.stop for d in decisions] == [False, False, False, True, False, True]
     assert decisions[3].reason == "no improvement > 0 in the last 3 checks (best 1 at step 1)"
 
@@ -259,7 +259,7 @@ def test_min_steps_holds_back_every_stop():
 def test_advances_unfreezing_stages_before_stopping():
     unfreezing = FakeUnfreezing(stages=2)
     stopper = EarlyStopping("min", patience=2, unfreezing=unfreezing)
-    decisions = [stopper.step(v) for v in [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]]
+    decisions = [stopper.observe(v) for v in [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]]
     assert [(d.stop, d.advanced_stage) for d in decisions] == [
         (False, False), (False, False), (False, True),  # plateau: stage 1
         (False, False), (False, False), (False, True),  # improved, then plateau again: stage 2
@@ -274,7 +274,7 @@ def test_advances_unfreezing_stages_before_stopping():
 def test_reset_patience_on_advance_off_advances_on_every_plateau_check():
     unfreezing = FakeUnfreezing(stages=2)
     stopper = EarlyStopping("min", patience=2, unfreezing=unfreezing, reset_patience_on_advance=False)
-    decisions = [stopper.step(v) for v in [1.0, 1.0, 1.0, 1.0, 1.0]]
+    decisions = [stopper.observe(v) for v in [1.0, 1.0, 1.0, 1.0, 1.0]]
     assert [(d.stop, d.advanced_stage) for d in decisions] == [
         (False, False), (False, False), (False, True), (False, True), (True, False)
     ]
@@ -283,7 +283,7 @@ def test_reset_patience_on_advance_off_advances_on_every_plateau_check():
 def test_stop_while_stages_remain_stops_on_plateau():
     unfreezing = FakeUnfreezing(stages=3)
     stopper = EarlyStopping("min", patience=1, unfreezing=unfreezing, stop_while_stages_remain=True)
-    assert [stopper.step(v).stop for v in [1.0, 1.0]] == [False, True]
+    assert [stopper.observe(v).stop for v in [1.0, 1.0]] == [False, True]
     assert unfreezing.stages == 3 and unfreezing.reasons == []
 
 
@@ -316,7 +316,7 @@ def test_restores_bitwise_the_weights_of_the_best_step(weights_path):
     for step, loss in enumerate([5.0, 3.0, 4.0, 2.0, 2.5, 2.0, 3.0], start=1):
         perturb(model)
         snapshots[step] = bits(model.state_dict())
-        decision = stopper.step(loss)
+        decision = stopper.observe(loss)
         if decision.stop:
             break
     assert decision.stop and decision.restored and decision.best_step == 4 and step == 7
@@ -333,10 +333,10 @@ def test_restore_on_request_and_after_resume(weights_path):
     with pytest.raises(RuntimeError, match="no best weights"):
         stopper.restore()
     perturb(model)
-    stopper.step(0.7)
+    stopper.observe(0.7)
     best = bits(model.state_dict())
     perturb(model)
-    stopper.step(0.6)
+    stopper.observe(0.6)
     buffer = io.BytesIO()
     torch.save(stopper.state_dict(), buffer)
     buffer.seek(0)
@@ -355,9 +355,9 @@ def test_stale_best_weights_file_is_detected(tmp_path):
     model = model_with_buffers()
     path = tmp_path / "best.pt"
     stopper = EarlyStopping("min", restore_best=True, model=model, best_weights_path=path)
-    stopper.step(1.0)
+    stopper.observe(1.0)
     state = stopper.state_dict()
-    stopper.step(0.5)  # overwrites the file after the state was saved
+    stopper.observe(0.5)  # overwrites the file after the state was saved
     resumed = EarlyStopping("min", restore_best=True, model=model, best_weights_path=path)
     resumed.load_state_dict(state)
     with pytest.raises(RuntimeError, match="step 2, but the best is at step 1"):
@@ -436,13 +436,13 @@ def test_restore_best_keeps_non_tensor_state_dict_entries(tmp_path, in_file):
     path = tmp_path / "best.pt" if in_file else None
     stopper = EarlyStopping("min", patience=2, restore_best=True, model=model, best_weights_path=path)
     model(torch.ones(1, 2))
-    stopper.step(1.0)  # best: batches 1
+    stopper.observe(1.0)  # best: batches 1
     best_weight = model.linear.weight.detach().clone()
     for loss in (2.0, 3.0):
         with torch.no_grad():
             model.linear.weight.add_(1.0)
         model(torch.ones(1, 2))
-        decision = stopper.step(loss)
+        decision = stopper.observe(loss)
     assert decision.stop and decision.restored
     assert model.seen == {"batches": 1, "tags": ["a", "b"]}
     assert torch.equal(model.linear.weight, best_weight)
@@ -461,5 +461,33 @@ def test_the_best_value_and_its_step_are_the_stoppers_own_attributes():
     stopper = EarlyStopping("max", patience=2)
     assert stopper.best is None and stopper.best_step is None
     for step, value in enumerate([0.5, 0.7, 0.6], start=1):
-        stopper.step(value, step)
+        stopper.observe(value, step)
     assert (stopper.best, stopper.best_step) == (0.7, 2) == (stopper.plateau.best, stopper.plateau.best_step)
+
+
+def test_observe_defaults_step_to_the_count_of_checks_and_the_count_resumes():
+    """observe(metric) with no step records the check at 1, 2, ... for a Plateau and an EarlyStopping
+    alike; EarlyStopping.calls is its plateau's count, and both survive a state round trip (a state
+    saved before Plateau kept the count loads as 0 checks)."""
+    plateau = Plateau("min", patience=1)
+    assert [plateau.observe(v) for v in (3.0, 2.0, 2.5)] == [True, True, False]
+    assert (plateau.checks, plateau.best_step) == (3, 2)
+    again = Plateau("min", patience=1)
+    again.load_state_dict(plateau.state_dict())
+    assert again.checks == 3 and again.observe(1.0) and again.best_step == 4
+    legacy = {k: v for k, v in plateau.state_dict().items() if k != "checks"}
+    again.load_state_dict(legacy)
+    assert again.checks == 0
+
+    stopper = EarlyStopping("max", patience=2)
+    decisions = [stopper.observe(torch.tensor(v)) for v in (0.5, 0.7, 0.6)]
+    assert [d.step for d in decisions] == [1, 2, 3] and stopper.calls == stopper.plateau.checks == 3
+    resumed = EarlyStopping("max", patience=2)
+    resumed.load_state_dict(stopper.state_dict())
+    assert resumed.calls == 3 and resumed.observe(0.6).step == 4 and resumed.observe(0.6).stop
+
+
+def test_an_explicit_step_is_recorded_and_still_counts_a_check():
+    stopper = EarlyStopping("min", patience=5)
+    assert stopper.observe(1.0, step=100).best_step == 100
+    assert stopper.observe(0.5).step == 2 and stopper.best_step == 2

@@ -95,7 +95,7 @@ def test_resume_from_a_lightning_checkpoint_equals_the_uninterrupted_run(tmp_pat
     assert [h["step"] for h in resumed_cb.schedule.history] == [3, 6, 9]
     for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
-    assert full_cb.early_stopping.state_dict()["plateau"] == resumed_cb.early_stopping.state_dict()["plateau"]
+    assert full_cb.stopper.state_dict()["plateau"] == resumed_cb.stopper.state_dict()["plateau"]
 
     names = [group["name"] for group in lrgroups.unwrap(full_trainer.optimizers[0]).param_groups]
     assert names[-2:] == ["head", "head-nowd"] and len(set(names)) == len(names)  # short ASCII names by role

@@ -24,7 +24,8 @@ def _train(tuning, model, steps, metric=lambda step: 0.5):
         tuning.optimizer.step()
         tuning.optimizer.zero_grad()
         tuning.after_step()
-        stops.append(tuning.after_validation(metric(step)))
+        decision = tuning.observe(metric(step))
+        stops.append(decision is not None and decision.stop)
     return stops
 
 
@@ -168,7 +169,8 @@ def _train_mlp(tuning, model, steps, metric=lambda step: 0.5):
         tuning.optimizer.step()
         tuning.optimizer.zero_grad()
         tuning.after_step()
-        stops.append(tuning.after_validation(metric(step)))
+        decision = tuning.observe(metric(step))
+        stops.append(decision is not None and decision.stop)
     return stops
 
 

@@ -182,7 +182,7 @@ def test_early_stopping_advances_unfreezing_before_stopping():
     opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
     schedule = lrgroups.ProgressiveUnfreezing(opt)
     stopper = lrgroups.EarlyStopping("min", patience=1, unfreezing=schedule)
-    decisions = [stopper.step(m) for m in [1.0, 1.0, 1.0, 1.0, 1.0]]
+    decisions = [stopper.observe(m) for m in [1.0, 1.0, 1.0, 1.0, 1.0]]
     assert [d.stop for d in decisions] == [False, False, False, False, True]
     assert schedule.stages_remaining == 0
 
@@ -401,3 +401,16 @@ def test_a_warm_up_schedule_owns_its_step_hooks():
     del schedule
     gc.collect()
     assert alive() is None and (len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)) == hooks
+
+
+def test_observe_takes_a_step_and_a_plateau_as_a_dict():
+    """ProgressiveUnfreezing.observe(metric, step=None): the plateau records the check at ``step``
+    (default: the schedule's count of updates) and the names a plateau thawed are returned."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1)
+    schedule = lrgroups.ProgressiveUnfreezing(opt, plateau={"mode": "max", "patience": 1})
+    assert schedule.observe(torch.tensor(0.5), step=40) == [] and schedule.plateau.best_step == 40
+    assert schedule.observe(0.4) == ["0.weight", "0.bias"] and schedule.stage == 1
+    assert schedule.observe(0.9) == [] and schedule.plateau.best_step == schedule.steps == 0
+    with pytest.raises(TypeError, match="unknown arguments 'paitence'"):
+        lrgroups.ProgressiveUnfreezing(opt, plateau={"paitence": 1})

@@ -36,6 +36,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from .. import _deprecated
 from ..distributed import every_parameter_registered
 from ..driver import EarlyStoppingSpec, FineTuning, UnfreezingSpec, has_plateau
 from ..early_stopping import EarlyStopping
@@ -56,8 +57,10 @@ class LayerwiseFinetuning(Callback):
         >>> from lrgroups.integrations.lightning import LayerwiseFinetuning
         >>> callback = LayerwiseFinetuning(unfreezing={"every_epochs": 1, "depths_per_stage": 2},
         ...                                early_stopping={"mode": "min", "patience": 3}, monitor="val_loss")
-        >>> callback.schedule is None, callback.state_dict()  # built in on_fit_start
-        (True, {})
+        >>> callback.schedule is None, callback.stopper is None, callback.state_dict()  # built in on_fit_start
+        (True, True, {})
+        >>> callback.early_stopping_spec
+        {'mode': 'min', 'patience': 3}
 
     - Adopts the optimizer (``trainer.optimizers[optimizer_index]``) in ``on_fit_start``, after
       ``configure_optimizers`` and before Lightning restores the optimizer from a checkpoint, and
@@ -194,9 +197,7 @@ class LayerwiseFinetuning(Callback):
                 f"recipe {recipe.name!r} has {' and '.join(parts)}, which LayerwiseFinetuning does not run "
                 "(they would be dropped silently): run it with Recipe.build(...) in a plain loop"
             )
-        early_stopping = None if recipe.early_stopping is None else {"mode": "max", **recipe.early_stopping}
-        unfreezing = None if recipe.unfreezing is None else recipe
-        callback = cls(unfreezing, early_stopping, monitor=monitor, optimizer_index=optimizer_index)
+        callback = cls(*recipe.specs(), monitor=monitor, optimizer_index=optimizer_index)
         callback._recipe = recipe
         return callback
 
@@ -206,9 +207,21 @@ class LayerwiseFinetuning(Callback):
         return self._driver.unfreezing
 
     @property
-    def early_stopping(self) -> EarlyStopping | None:
+    def stopper(self) -> EarlyStopping | None:
         """The stopper built in ``on_fit_start`` (``None`` before, or without ``early_stopping``)."""
         return self._driver.early_stopping
+
+    @property
+    def unfreezing_spec(self) -> UnfreezingSpec:
+        """The schedule's spec (the ``unfreezing`` argument, or the recipe of :meth:`from_recipe`)."""
+        return self._driver.unfreezing_spec
+
+    @property
+    def early_stopping_spec(self) -> EarlyStoppingSpec:
+        """The stopper's spec (the ``early_stopping`` argument)."""
+        return self._driver.early_stopping_spec
+
+    early_stopping = _deprecated.alias("stopper")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Refuse a plain ``DDPStrategy`` (see :class:`LayerwiseDDPStrategy`); with

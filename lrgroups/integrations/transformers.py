@@ -40,6 +40,7 @@ from typing import Any, Mapping
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from .. import _deprecated
 from ..driver import FineTuning
 from ..early_stopping import EarlyStopping
 from ..monitor import ForgettingMonitor, source_loss
@@ -126,8 +127,8 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
     Example:
         >>> from lrgroups.integrations.transformers import LayerwiseCallback
         >>> callback = LayerwiseCallback(unfreezing={"every_steps": 100}, early_stopping={"mode": "min", "patience": 3})
-        >>> callback.state()["args"]["unfreezing"], callback.state_dict()  # built in on_train_begin
-        ({'every_steps': 100}, {})
+        >>> callback.unfreezing_spec, callback.schedule, callback.state_dict()  # built in on_train_begin
+        ({'every_steps': 100}, None, {})
 
     Args:
         unfreezing: ``ProgressiveUnfreezing`` keyword arguments (stages as glob strings or dicts of
@@ -169,10 +170,10 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
             raise ValueError(
                 "early_stopping: restore_best is the Trainer's job here: TrainingArguments(load_best_model_at_end=True, metric_for_best_model=...)"
             )
-        self.unfreezing = None if unfreezing is None else dict(unfreezing)
-        self.early_stopping = None if early_stopping is None else dict(early_stopping)
         self.metric = metric
-        self._driver = FineTuning.from_specs(self.unfreezing, self.early_stopping)
+        self._driver = FineTuning.from_specs(
+            None if unfreezing is None else dict(unfreezing), None if early_stopping is None else dict(early_stopping)
+        )
         self._lr_hook = None
         self._step_lrs: dict[str, float] = {}
         if saved_state is not None:
@@ -188,13 +189,26 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
         """The stopper built in ``on_train_begin`` (``None`` before, or without ``early_stopping``)."""
         return self._driver.early_stopping
 
+    @property
+    def unfreezing_spec(self) -> dict[str, Any] | None:
+        """The schedule's spec: a copy of the ``unfreezing`` argument (saved in ``trainer_state.json``)."""
+        return self._driver.unfreezing_spec
+
+    @property
+    def early_stopping_spec(self) -> dict[str, Any] | None:
+        """The stopper's spec: a copy of the ``early_stopping`` argument."""
+        return self._driver.early_stopping_spec
+
+    unfreezing = _deprecated.alias("unfreezing_spec")
+    early_stopping = _deprecated.alias("early_stopping_spec")
+
     def state(self) -> dict[str, Any]:
         """``ExportableState``: the arguments, and the schedule's and stopper's state as ``saved_state``
         (rebuilt by the Trainer as ``LayerwiseCallback(**args)`` on resume)."""
         return {
             "args": {
-                "unfreezing": self.unfreezing,
-                "early_stopping": self.early_stopping,
+                "unfreezing": self.unfreezing_spec,
+                "early_stopping": self.early_stopping_spec,
                 "metric": self.metric,
                 "saved_state": self._driver.state_dict(),
                 "log_lrs": self.log_lrs,
@@ -218,7 +232,7 @@ class LayerwiseCallback(TrainerCallback, ExportableState):
             resuming
             and self._driver.pending is None
             and self._driver.optimizer is None
-            and (self.unfreezing is not None or self.early_stopping is not None)
+            and (self.unfreezing_spec is not None or self.early_stopping_spec is not None)
         ):
             raise ValueError(
                 "resuming without LayerwiseCallback's saved state: set TrainingArguments("
