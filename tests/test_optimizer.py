@@ -986,7 +986,7 @@ def test_the_optimizer_keyword_is_a_deprecated_name_of_optimizer_cls():
     and warns; both, or neither, is a TypeError."""
     model = _mlp3()
     by_keyword = lrgroups.LayerwiseOptimizer(model, optimizer_cls=torch.optim.SGD, lr=0.1)
-    with pytest.deprecated_call(match="LayerwiseOptimizer.optimizer is deprecated, use optimizer_cls"):
+    with pytest.deprecated_call(match="LayerwiseOptimizer.__init__.optimizer is deprecated, use optimizer_cls"):
         old = lrgroups.LayerwiseOptimizer(model, optimizer=torch.optim.SGD, lr=0.1)
     assert type(old.inner) is type(by_keyword.inner) is torch.optim.SGD
     assert old.state_dict()["param_groups"] == by_keyword.state_dict()["param_groups"]

@@ -97,7 +97,7 @@ def test_inner_names_a_rules_inner_optimizer_and_optimizer_is_its_deprecated_nam
     import warnings
 
     rule = lrgroups.Rule(ndim=2, inner="muon")
-    with pytest.deprecated_call(match="Rule.optimizer is deprecated, use inner"):
+    with pytest.deprecated_call(match="Rule.__init__.optimizer is deprecated, use inner"):
         old = lrgroups.Rule(ndim=2, optimizer="muon")
     assert old == rule and hash(old) == hash(rule) and old.inner == "muon"
     with pytest.deprecated_call(match="Rule.optimizer is deprecated, use inner"):
