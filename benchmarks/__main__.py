@@ -38,8 +38,9 @@ from pathlib import Path
 # slower on a shared machine). The numbers do not depend on it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from .catalog import SUITES  # noqa: E402
 from .parts import Part  # noqa: E402
-from .suites import SUITES, Suite  # noqa: E402
+from .suites import Suite  # noqa: E402
 
 #: The suite ``run`` runs (and ``report`` rebuilds) without ``--suite``, ``--config`` and ``--out``.
 DEFAULT_SUITE = "quick"

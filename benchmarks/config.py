@@ -58,6 +58,7 @@ import tomllib
 from .backbones import BACKBONES as BUILT_IN_BACKBONES
 from .backbones import TIMM, WeightsFile, weights_file
 from .backbones import backbone as backbone_spec
+from .catalog import SUITES
 from .data import CORRUPTION_KINDS, IMAGEFOLDER, POOLED, class_counts, imagefolder
 from .store import SUITE_TOML, read_suite_record
 from .suites import (
@@ -65,7 +66,6 @@ from .suites import (
     HYPOTHESIS_METRICS,
     LINEAR_PROBE,
     PIXEL,
-    SUITES,
     Budget,
     Experiment,
     Hypothesis,

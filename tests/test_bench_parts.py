@@ -11,10 +11,10 @@ import pytest
 import benchmarks.executors
 import benchmarks.runner
 from benchmarks.__main__ import main
+from benchmarks.catalog import SUITES
 from benchmarks.parts import Part, parse_seeds
 from benchmarks.runner import run_suite
 from benchmarks.sources import preparations
-from benchmarks.suites import SUITES
 
 SMOKE = SUITES["smoke"]
 

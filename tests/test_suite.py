@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 
 from benchmarks.__main__ import main
+from benchmarks.catalog import SUITES
 from benchmarks.cells import key_environment
 from benchmarks.replicate import write_replication
 from benchmarks.stats import VERDICTS
 from benchmarks.store import read_runs, sha256_file, write_runs
-from benchmarks.suites import SUITES
 from benchmarks.training import resolve_device
 from lrgroups import recipes
 
