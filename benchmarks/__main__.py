@@ -167,8 +167,9 @@ def _print_estimate(suite: Suite, out: Path, cells: list, threads: int, cache_di
                     device_choice: str) -> None:
     """The ``--dry-run`` time estimate of ``cells`` and what it rests on."""
     from .cells import key_environment
+    from .runner import preparations
     from .sizing import estimate, time_one_step
-    from .sources import preparations
+    from .sources import SourceModel
     from .store import read_runs
     from .training import resolve_device
 
@@ -181,7 +182,7 @@ def _print_estimate(suite: Suite, out: Path, cells: list, threads: int, cache_di
         workers = 1
     environment = key_environment(device)
     sources = [p.experiment for wave in preparations(suite.experiments, cells) for p in wave
-               if p.kind == "source" and not p.path(cache_dir, environment).exists()]
+               if isinstance(p, SourceModel) and not p.path(cache_dir, environment).exists()]
     # One step at ESTIMATE_BATCH images, scaled to the batch size: seconds, not minutes, even for a GPU
     # suite's 224 px networks dry-run on a CPU.
     guess = estimate(cells, read_runs(out / "runs.jsonl"), sources,

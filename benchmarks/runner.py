@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import executors
-from .backbones import weights_record
+from .backbones import backbone, weights_record
+from .caches import Preparation
 from .cells import key_environment
 from .parts import Part
-from .sources import Preparation, preparations
+from .probes import Probes, needs_probes, uses_probe
+from .sources import LowerFeatures, SourceModel
 from .store import atomic_write, environment_record, read_runs, to_json, write_runs
-from .suites import Cell, Suite
+from .suites import Cell, Experiment, Suite
 from .training import resolve_device
 
 
@@ -184,6 +186,34 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
     if report is not None:
         report(out, suite)
     return outcome
+
+
+def preparations(experiments: tuple[Experiment, ...],
+                 cells: Sequence[Cell] | None = None) -> list[list[Preparation]]:
+    """The preparations an experiment list needs, each once (experiments may share a source), in
+    waves: source models and feature caches first, then the probes that are fitted on them. With
+    ``cells``, only what those cells need: nothing for an experiment without a cell among them, the
+    source models of their seeds only, and an experiment's probes only when one of them uses a probe
+    (the probes are fitted for every seed of the experiment at once, so then every seed's source)."""
+    first: list[Preparation] = []
+    probes: list[Preparation] = []
+    sources = set()
+    for experiment in experiments:
+        mine = None if cells is None else [c for c in cells if c.experiment == experiment]
+        if mine is not None and not mine:
+            continue
+        wants_probes = needs_probes(experiment) if mine is None else any(uses_probe(c.strategy) for c in mine)
+        seeds = experiment.seeds if mine is None or wants_probes else tuple(dict.fromkeys(c.seed for c in mine))
+        if experiment.source.trained:
+            for source in dict.fromkeys(experiment.source_for(seed) for seed in seeds):
+                if (experiment.backbone, source) not in sources:
+                    sources.add((experiment.backbone, source))
+                    first.append(SourceModel(experiment, source.seed))
+        if backbone(experiment.backbone).fed_features:
+            first += [LowerFeatures(experiment, True), LowerFeatures(experiment, False)]
+        if wants_probes:
+            probes.append(Probes(experiment))
+    return [wave for wave in (first, probes) if wave]
 
 
 def reusable_records(suite: Suite, folders: tuple[Path, ...], environment: dict[str, Any]) -> dict[str, dict]:
