@@ -128,7 +128,7 @@ def dry_run(suite: Suite | str, out: Path, threads: int, part: Part | None = Non
     estimate of the time the cells not done take (:func:`benchmarks.sizing.estimate`: measured
     cell times from ``out/runs.jsonl``, else one timed training step per experiment on the
     device), with a warning at WARN_HOURS_S or more; runs no cell."""
-    from .backbones import TIMM, fetch_command, weights_available
+    from .backbones import fetch_command, timm_model, weights_available
     from .runner import iter_pending
 
     suite = SUITES[suite] if isinstance(suite, str) else suite
@@ -148,7 +148,7 @@ def dry_run(suite: Suite | str, out: Path, threads: int, part: Part | None = Non
     print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for backbone in sorted({cell.experiment.backbone for cell, _, status in rows if status == MISSING_WEIGHTS}):
         print(f"{MISSING_WEIGHTS}: {backbone}; cache them once on a machine with internet: "
-              f"{fetch_command(backbone[len(TIMM):])}")
+              f"{fetch_command(timm_model(backbone))}")
     if suite.time_budget_s is not None:
         print(f"seeds are sized at run time to about {suite.time_budget_s:.0f} s from a timed training step")
     if suite.hypotheses:
@@ -341,15 +341,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from .backbones import TIMM, fetch_command, weights_available
+    from .backbones import fetch_command, timm_model, weights_available
 
-    missing = sorted({e.backbone for e in suite.experiments if e.backbone.startswith(TIMM)
+    missing = sorted({e.backbone for e in suite.experiments if timm_model(e.backbone)
                       and (not part.experiments or e.name in part.experiments)
                       and any(s.kind in PRETRAINED_KINDS for s in e.strategies) and not weights_available(e)})
     if missing:  # fails before anything is written, not cell by cell
         print("error: pretrained weights are not in the local cache (nothing is downloaded at run time; fetch them "
               "once with this project's python on a machine with internet, into the same cache) for "
-              + "; ".join(f"{b}: fetch them once with {fetch_command(b[len(TIMM):])}" for b in missing),
+              + "; ".join(f"{b}: fetch them once with {fetch_command(timm_model(b))}" for b in missing),
               file=sys.stderr)
         return 2
     write_suite_record(out, suite.name, args.config)
