@@ -305,10 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         write_reports(out, suite)
         if args.readme is not None:
-            from .report import write_readme_tables
+            from .blocks import write_run_blocks
 
             try:
-                written = write_readme_tables(args.readme, out, suite.name)
+                written = write_run_blocks(args.readme, out, suite.name)
             except ValueError as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
