@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -320,36 +321,76 @@ def write_reports(out: Path, suite: Suite) -> None:
     if runs.empty:
         atomic_write(out / "summary.md", f"# Suite `{suite.name}`\n\nNo finished runs yet.\n")
         return
+    tables = analyse(suite, runs)
+    for name, frame in (("runs.csv", tables.scalar_runs), ("selected.csv", tables.selected), ("gates.csv", tables.gates),
+                        ("verdicts.csv", tables.verdicts), ("convergence.csv", tables.convergence),
+                        ("forgetting.csv", tables.forgetting), ("ood.csv", tables.ood),
+                        ("budget_check.csv", tables.budget_check), ("across.csv", tables.across),
+                        ("pareto.csv", tables.pareto)):
+        atomic_write(out / name, frame.to_csv(index=False, float_format="%.6g"))
+    plots = (_plot_curves(tables.runs, out) + _plot_forgetting(tables.runs, tables.levels, out)
+             + _plot_pareto(tables.pareto, out) + _plot_wise(tables.selected, out))
+    several = tables.across[tables.across.families >= 2]
+    if len(several):
+        plot_across(tables.verdicts, tables.across, str(out / "across_backbones.png"))
+    failed = [r for r in records if r.get("status") == "failed"]
+    lines = [f"# Suite `{suite.name}`", "", suite.description, "", "## Verdicts", "",
+             *_verdict_section(tables.verdicts[~tables.verdicts.exploratory]),
+             *(_across_section(several) if len(several) else []),
+             *_exploratory_section(suite, tables.verdicts), *_budget_section(tables.budget_check),
+             *_gates_section(tables.gates), *_lr_section(tables.selected), *_strategy_sections(suite, tables.selected),
+             *_convergence_section(tables.convergence), *_forgetting_section(tables.levels, tables.forgetting),
+             *_pareto_section(tables.pareto), *_ood_section(tables.ood)]
+    lines += [f"![{name}]({name})" for name in plots]
+    lines += ["", "## Failed cells", ""] + ([f"- {r.get('experiment')} / {r.get('target')} / {r.get('strategy')} / "
+                                             f"seed {r.get('seed')} / lr {r.get('lr')}: {r.get('error')}"
+                                             for r in failed] or ["none"])
+    lines += _environment_section(suite, environment)
+    atomic_write(out / "summary.md", "\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Every table of a suite's reports (:func:`analyse`)."""
+
+    runs: pd.DataFrame
+    levels: pd.DataFrame
+    selected: pd.DataFrame
+    gates: pd.DataFrame
+    verdicts: pd.DataFrame
+    convergence: pd.DataFrame
+    forgetting: pd.DataFrame
+    ood: pd.DataFrame
+    budget_check: pd.DataFrame
+    pareto: pd.DataFrame
+    across: pd.DataFrame
+
+    @property
+    def scalar_runs(self) -> pd.DataFrame:
+        """``runs.csv``: every run without its curves."""
+        return self.runs.drop(columns=[c for c in self.runs if c.startswith("curve_")])
+
+
+def analyse(suite: Suite, runs: pd.DataFrame) -> Tables:
+    """Every table of the reports of ``runs`` (:func:`benchmarks.selection.runs_frame`, not empty):
+    each strategy's lr selected, then :mod:`benchmarks.analysis` and the cross-family table; the
+    per-target tables in the suite's order."""
     runs = mark_capped(suite, select_lr(runs))
     runs, levels = add_derived_metrics(runs)
     table = selected_table(runs)
     gate_table = gates(suite, runs, table)
     verdict_table = verdicts(suite, runs, gate_table)
-    converge = convergence(runs)
-    forget = forgetting(runs, levels)
-    ood = ood_table(suite, runs)
-    check = budget_check(suite, runs, verdict_table)
-    front = pareto(runs)
-    across = across_families(verdict_table)
     order = {(e.name, t.name): i for i, (e, t) in enumerate((e, t) for e in suite.experiments for t in e.targets)}
-    converge, forget, ood = (_in_suite_order(frame, order) for frame in (converge, forget, ood))
-    scalar_runs = runs.drop(columns=[c for c in runs if c.startswith("curve_")])
-    for name, frame in (("runs.csv", scalar_runs), ("selected.csv", table), ("gates.csv", gate_table),
-                        ("verdicts.csv", verdict_table), ("convergence.csv", converge), ("forgetting.csv", forget),
-                        ("ood.csv", ood), ("budget_check.csv", check), ("across.csv", across), ("pareto.csv", front)):
-        atomic_write(out / name, frame.to_csv(index=False, float_format="%.6g"))
-    plots = (_plot_curves(runs, out) + _plot_forgetting(runs, levels, out) + _plot_pareto(front, out)
-             + _plot_wise(table, out))
-    several = across[across.families >= 2]
-    if len(several):
-        plot_across(verdict_table, across, str(out / "across_backbones.png"))
-    failed = [r for r in records if r.get("status") == "failed"]
-    confirmatory = verdict_table[~verdict_table.exploratory]
-    tuned = table[(table.kind != "derived")]
-    lines = [
-        f"# Suite `{suite.name}`", "", suite.description, "",
-        "## Verdicts", "",
-        *([
+    converge, forget, ood = (_in_suite_order(frame, order)
+                             for frame in (convergence(runs), forgetting(runs, levels), ood_table(suite, runs)))
+    return Tables(runs, levels, table, gate_table, verdict_table, converge, forget, ood,
+                  budget_check(suite, runs, verdict_table), pareto(runs), across_families(verdict_table))
+
+
+def _verdict_section(confirmatory: pd.DataFrame) -> list[str]:
+    if not len(confirmatory):
+        return [NO_HYPOTHESES, ""]
+    return [
             "Paired difference `better - worse` per unit, each side at its selected lr (pre-registered in a "
             "confirmatory suite, chosen on validation in a grid suite). The unit: a seed with its own source model, a "
             "seed on shipped weights every seed shares by construction, or, where seeds share a suite-pretrained "
@@ -376,8 +417,11 @@ def write_reports(out: Path, suite: Suite) -> None:
             "Minimum effects and their sources:", "",
             *[f"- {r.hypothesis}: {_fmt(r.min_effect)}" + (f" — {r.min_effect_source}" if r.min_effect_source else "")
               for r in confirmatory.itertuples()], "",
-        ] if len(confirmatory) else [NO_HYPOTHESES, ""]),
-        *(_across_section(several) if len(several) else []),
+    ]
+
+
+def _exploratory_section(suite: Suite, verdict_table: pd.DataFrame) -> list[str]:
+    return [
         "## Exploratory comparisons (no verdict, not in the Holm family; unadjusted 95% interval)", "",
         *([f"Registered exploratory by the pre-registration (futile: on the tuning stage's numbers no seed count up "
            f"to the maximum decides them): {', '.join(suite.futile)}.", ""] if suite.futile else []),
@@ -385,85 +429,118 @@ def write_reports(out: Path, suite: Suite) -> None:
                   {k: v for k, v in VERDICT_COLUMNS.items() if k not in ("p_holm", "verdict", "seeds_needed", "mde",
                                                                           "preconditions")},
                   "No exploratory comparisons declared."), "",
+    ]
+
+
+def _budget_section(check: pd.DataFrame) -> list[str]:
+    return [
         f"## Budget check (selected cells at {BUDGET_CHECK_FACTOR}x the steps, first seeds)", "",
         _table_or(check, {"hypothesis": "hypothesis", "comparison": "comparison", "metric": "metric",
                           "seeds": "seeds", "effect_1x": "effect (1x, same seeds)",
                           "effect_longer": f"effect ({BUDGET_CHECK_FACTOR}x)", "verdict": "verdict",
                           "holds": "verdict holds"}, "No confirmatory hypothesis to check at a longer budget."), "",
+    ]
+
+
+def _gates_section(gate_table: pd.DataFrame) -> list[str]:
+    return [
         "## Gates", "",
-        markdown_table(gate_table, {"experiment": "experiment", "target": "target", "best_pretrained": "best pretrained",
-                               "best_pretrained_accuracy": "acc", "best_baseline": "best baseline",
-                               "best_baseline_accuracy": "acc ", "margin": "margin (mean per unit)",
-                               "margin_ci_low": "95% low", "units": "units",
-                               "margin_ci_high": "95% high", "required_margin": "required", "transfer": "transfer gate",
-                               "source_accuracy": "lowest source acc", "source_min_accuracy": "source gate",
-                               "source_ok": "source ok"}), "",
+        markdown_table(gate_table, {"experiment": "experiment", "target": "target",
+                                    "best_pretrained": "best pretrained", "best_pretrained_accuracy": "acc",
+                                    "best_baseline": "best baseline", "best_baseline_accuracy": "acc ",
+                                    "margin": "margin (mean per unit)", "margin_ci_low": "95% low", "units": "units",
+                                    "margin_ci_high": "95% high", "required_margin": "required",
+                                    "transfer": "transfer gate", "source_accuracy": "lowest source acc",
+                                    "source_min_accuracy": "source gate", "source_ok": "source ok"}), "",
+    ]
+
+
+def _lr_section(table: pd.DataFrame) -> list[str]:
+    tuned = table[(table.kind != "derived")]
+    return [
         "## Learning-rate selection", "",
         f"{int(tuned.edge.sum())} of {len(tuned)} selected lrs sit at an edge of the lrs run; "
         f"{int(tuned.capped.sum())} ({_fmt(tuned.capped.mean() if len(tuned) else math.nan)}) at an edge the grid "
         f"may not extend further (at most {EXTENSION_CAP} candidates beyond each end of the base grid).", "",
         "## Strategies at their selected lr (mean ± 95% half-width over seeds)",
     ]
+
+
+def _strategy_sections(suite: Suite, table: pd.DataFrame) -> list[str]:
+    lines = []
     for experiment in suite.experiments:
         for target in experiment.targets:
             part = table[(table.experiment == experiment.name) & (table.target == target.name)]
             if not part.empty:
                 lines += ["", f"### {experiment.name} / {target.name}", "", _strategy_table(part)]
-    lines += ["", "## Convergence (selected lrs)", "",
-              f"Threshold: {THRESHOLD_FRACTION:.0%} of the best pretrained strategy's mean final validation "
-              "accuracy on the target; steps to it are averaged over the seeds that reach it.", "",
-              _table_or(converge, {"experiment": "experiment", "target": "target", "strategy": "strategy",
-                                   "val_auc": "val AUC", "val_at_quarter": "val acc at 25%",
-                                   "threshold": "threshold", "steps_to_threshold": "steps to threshold",
-                                   "reached": "share reaching it"}, "No learning curves at the selected lrs.",
-                        with_ci=True), "",
-              "## Forgetting (selected lrs)", "",
-              f"Retention (precise BN) at matched target accuracy: along each run's trajectory, where its test "
-              f"accuracy first reaches {MATCH_FRACTION:.0%} of the lowest peak of the strategies' mean test "
-              "curves (the level is inside every strategy's span).", "",
-              markdown_table(levels, {"experiment": "experiment", "target": "target",
-                                 "matched_test_accuracy": "matched test acc", "lowest_peak_strategy": "lowest peak",
-                                 "lowest_peak": "its peak"}) if len(levels) else "no tracked trajectories", "",
-              _table_or(forget, {"experiment": "experiment", "target": "target", "strategy": "strategy",
-                                 "retention_at_match": "retention at match", "matched_seeds": "seeds matched",
-                                 "retention_precise_bn": "retention at end (precise BN)",
-                                 "retention_weights_only": "retention at end (weights only)",
-                                 "backward_transfer": "backward transfer"},
-                        "No source retention measured (a source model's task is needed to measure forgetting).",
-                        with_ci=True), ""]
-    if len(front) and front.groupby(["experiment", "target", "strategy"]).lr.nunique().max() > 1:
-        lines += ["## Forgetting across the lr grid (Pareto)", "",
-                  "Every lr run, not the selected one alone: mean target test accuracy and mean source retention at "
-                  "the end (precise BN) over seeds; on the front: no other point of the target, any strategy and "
-                  "lr, has at least both and more of one (`pareto.csv`).", "",
-                  markdown_table(front, {"experiment": "experiment", "target": "target", "strategy": "strategy",
-                                    "lr": "lr", "seeds": "seeds", "test_accuracy": "test acc",
-                                    "retention_precise_bn": "retention (end)", "on_front": "on front",
-                                    "front_share": "strategy's share on front"}), ""]
-    if len(ood):
-        wide = ood.pivot_table(index=["experiment", "corruption", "at_chance_for_all"], columns="strategy",
-                               values="ood_accuracy", sort=False).reset_index()
-        lines += ["## OOD accuracy per corruption (selected lrs, mean over seeds)", "",
-                  markdown_table(wide, {c: c for c in wide.columns}), ""]
-    lines += [f"![{name}]({name})" for name in plots]
-    lines += ["", "## Failed cells", ""] + ([f"- {r.get('experiment')} / {r.get('target')} / {r.get('strategy')} / "
-                                             f"seed {r.get('seed')} / lr {r.get('lr')}: {r.get('error')}"
-                                             for r in failed] or ["none"])
+    return lines
+
+
+def _convergence_section(converge: pd.DataFrame) -> list[str]:
+    return ["", "## Convergence (selected lrs)", "",
+            f"Threshold: {THRESHOLD_FRACTION:.0%} of the best pretrained strategy's mean final validation "
+            "accuracy on the target; steps to it are averaged over the seeds that reach it.", "",
+            _table_or(converge, {"experiment": "experiment", "target": "target", "strategy": "strategy",
+                                 "val_auc": "val AUC", "val_at_quarter": "val acc at 25%",
+                                 "threshold": "threshold", "steps_to_threshold": "steps to threshold",
+                                 "reached": "share reaching it"}, "No learning curves at the selected lrs.",
+                      with_ci=True), ""]
+
+
+def _forgetting_section(levels: pd.DataFrame, forget: pd.DataFrame) -> list[str]:
+    return ["## Forgetting (selected lrs)", "",
+            f"Retention (precise BN) at matched target accuracy: along each run's trajectory, where its test "
+            f"accuracy first reaches {MATCH_FRACTION:.0%} of the lowest peak of the strategies' mean test "
+            "curves (the level is inside every strategy's span).", "",
+            markdown_table(levels, {"experiment": "experiment", "target": "target",
+                                    "matched_test_accuracy": "matched test acc", "lowest_peak_strategy": "lowest peak",
+                                    "lowest_peak": "its peak"}) if len(levels) else "no tracked trajectories", "",
+            _table_or(forget, {"experiment": "experiment", "target": "target", "strategy": "strategy",
+                               "retention_at_match": "retention at match", "matched_seeds": "seeds matched",
+                               "retention_precise_bn": "retention at end (precise BN)",
+                               "retention_weights_only": "retention at end (weights only)",
+                               "backward_transfer": "backward transfer"},
+                      "No source retention measured (a source model's task is needed to measure forgetting).",
+                      with_ci=True), ""]
+
+
+def _pareto_section(front: pd.DataFrame) -> list[str]:
+    if not len(front) or front.groupby(["experiment", "target", "strategy"]).lr.nunique().max() <= 1:
+        return []
+    return ["## Forgetting across the lr grid (Pareto)", "",
+            "Every lr run, not the selected one alone: mean target test accuracy and mean source retention at "
+            "the end (precise BN) over seeds; on the front: no other point of the target, any strategy and "
+            "lr, has at least both and more of one (`pareto.csv`).", "",
+            markdown_table(front, {"experiment": "experiment", "target": "target", "strategy": "strategy",
+                                   "lr": "lr", "seeds": "seeds", "test_accuracy": "test acc",
+                                   "retention_precise_bn": "retention (end)", "on_front": "on front",
+                                   "front_share": "strategy's share on front"}), ""]
+
+
+def _ood_section(ood: pd.DataFrame) -> list[str]:
+    if not len(ood):
+        return []
+    wide = ood.pivot_table(index=["experiment", "corruption", "at_chance_for_all"], columns="strategy",
+                           values="ood_accuracy", sort=False).reset_index()
+    return ["## OOD accuracy per corruption (selected lrs, mean over seeds)", "",
+            markdown_table(wide, {c: c for c in wide.columns}), ""]
+
+
+def _environment_section(suite: Suite, environment: Mapping[str, Any]) -> list[str]:
     versions = environment.get("versions", {})
     phases = "; ".join(f"{p['phase']}: {p['computed']} of {p['cells']} cells in {p['seconds']:.0f} s"
                        for p in environment.get("phases") or [])
-    lines += ["", "## Environment and how to regenerate", "",
-              f"Regenerate with {_regenerate_hint(suite, environment)} (reports alone: "
-              f"`python -m benchmarks report --out <this folder>`).", "",
-              f"- {environment.get('device_name', '?')}, {environment.get('executor', 'local')} executor, "
-              f"{environment.get('workers', '?')} worker process(es) of {environment.get('threads_per_cell', '?')} "
-              f"torch thread(s) per cell; wall time {_fmt(environment.get('wall_seconds'), digits=0)} s for "
-              f"{environment.get('computed', '?')} computed cells ({phases}); 1/5/15-minute load average at the "
-              f"start {environment.get('load_average_start', '?')}, at the end {environment.get('load_average', '?')}",
-              "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-              f"- git {environment.get('git', {}).get('commit', '?')}, python {environment.get('python', '?')}, "
-              f"{environment.get('date', '?')}", ""]
-    atomic_write(out / "summary.md", "\n".join(lines))
+    return ["", "## Environment and how to regenerate", "",
+            f"Regenerate with {_regenerate_hint(suite, environment)} (reports alone: "
+            f"`python -m benchmarks report --out <this folder>`).", "",
+            f"- {environment.get('device_name', '?')}, {environment.get('executor', 'local')} executor, "
+            f"{environment.get('workers', '?')} worker process(es) of {environment.get('threads_per_cell', '?')} "
+            f"torch thread(s) per cell; wall time {_fmt(environment.get('wall_seconds'), digits=0)} s for "
+            f"{environment.get('computed', '?')} computed cells ({phases}); 1/5/15-minute load average at the "
+            f"start {environment.get('load_average_start', '?')}, at the end {environment.get('load_average', '?')}",
+            "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+            f"- git {environment.get('git', {}).get('commit', '?')}, python {environment.get('python', '?')}, "
+            f"{environment.get('date', '?')}", ""]
 
 
 def marked_fragile(frame: pd.DataFrame) -> pd.DataFrame:
