@@ -11,6 +11,7 @@ forgetting, the lr-grid Pareto front, OOD accuracy per corruption and the budget
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -235,6 +236,64 @@ def _not_run(suite: Suite, runs: pd.DataFrame, h: Hypothesis) -> bool:
     return False
 
 
+def _hypothesis_row(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame, h: Hypothesis) -> dict[str, Any]:
+    """The hypothesis' paired test on the selected runs, its gates and preconditions (no verdict yet)."""
+    chosen = runs[runs.selected]
+    d, seeds = hypothesis_differences(suite, chosen, h)
+    targets = [h.target, h.versus] if h.versus else [h.target]
+    gate = gate_table[(gate_table.experiment == h.experiment) & gate_table.target.isin(targets)]
+    complete = len(gate) == len(targets)
+    gate_failed = bool(complete and ((gate.transfer == "fail") | ~gate.source_ok.astype(bool)).any())
+    gate_ok = bool(complete and not gate_failed and (gate.transfer == "pass").all())
+    held, text, precondition_again = _preconditions(suite, chosen, h)
+    row = {"hypothesis": h.name, "mirrors": h.mirrors, "comparison": h.comparison, "metric": h.metric,
+           "kind": h.kind, "experiment": h.experiment,
+           "family": backbone_family(suite.experiment(h.experiment).backbone),
+           "target": h.target, "unit": suite.experiment(h.experiment).unit, "units": len(d), "seeds": seeds,
+           "min_effect": h.min_effect, "min_effect_source": h.min_effect_source, "gate_ok": gate_ok,
+           "gate_failed": gate_failed, "gate_targets": targets,
+           "preconditions": text or "none", "preconditions_ok": held, "precondition_again": precondition_again,
+           "exploratory": h.exploratory, "published": h.published, "effect": math.nan, "sd": math.nan,
+           "p": math.nan, "not_run": _not_run(suite, runs, h)}
+    if len(d) >= 2 and not row["not_run"]:
+        shift = h.min_effect if h.kind == "noninferiority" else 0.0  # tested against -margin
+        test = paired_difference((d + shift).tolist(), [0.0] * len(d))
+        # zero spread (e.g. two tied source-model means) is no evidence: no test, no Holm slot
+        row.update(effect=float(d.mean()), sd=test.sd, p=test.p if test.sd > 0 else math.nan)
+    return row
+
+
+def _verdict_of(r: Any, low: float, high: float, gate_table: pd.DataFrame) -> tuple[str, float]:
+    """(verdict, replication probability) of a row of :func:`_hypothesis_row` with its interval."""
+    in_scope = not r.gate_failed and r.preconditions_ok
+    gate = gate_table[(gate_table.experiment == r.experiment) & gate_table.target.isin(r.gate_targets)]
+    if r.exploratory:
+        return "exploratory", math.nan
+    if r.not_run:
+        return NOT_RUN, math.nan
+    if in_scope and not r.gate_ok:  # a transfer gate its interval does not decide: no verdict either
+        undecided = gate[gate.transfer == "undecided"]
+        return "undetermined", (float(np.prod([gate_probability("undecided", g.margin, g.margin_sd, g.units,
+                                                                 g.required_margin)
+                                                for g in undecided.itertuples()])) if len(undecided) else math.nan)
+    label = verdict(r.effect, low, high, r.min_effect, in_scope=in_scope, kind=r.kind)
+    if r.gate_failed:  # the chance that some failing gate fails again (at least the likeliest one)
+        failing = gate[gate.transfer == "fail"]
+        return label, max((gate_probability("fail", g.margin, g.margin_sd, g.units, g.required_margin)
+                           for g in failing.itertuples()), default=math.nan)
+    if not r.preconditions_ok:
+        return label, r.precondition_again
+    return label, replication_probability(label, r.effect, r.sd, r.units, r.min_effect, r.ci_level, r.kind)
+
+
+#: The columns of ``verdicts.csv``, in order.
+VERDICT_TABLE_COLUMNS = [
+    "hypothesis", "mirrors", "comparison", "metric", "kind", "effect", "ci_low", "ci_high", "ci_level", "p_holm",
+    "verdict", "replication_probability", "fragile", "unit", "units", "seeds", "p", "min_effect", "mde",
+    "mde_worst_step", "seeds_needed", "sd", "preconditions", "preconditions_ok", "scope", "exploratory",
+    "experiment", "family", "target", "gate_ok", "min_effect_source", "published"]
+
+
 def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.DataFrame:
     """One row per hypothesis (see the module docstring); the Holm family is the confirmatory
     hypotheses in scope with a test. The unit of every test is the experiment's
@@ -243,38 +302,9 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
     for *out of scope*, that the failing precondition fails again), ``fragile`` below
     :data:`benchmarks.stats.FRAGILE_BELOW`. *not run*: some of its cells have not run
     (:func:`_not_run`), no test."""
-    chosen = runs[runs.selected]
-    rows = []
-    for h in suite.hypotheses:
-        d, seeds = hypothesis_differences(suite, chosen, h)
-        targets = [h.target, h.versus] if h.versus else [h.target]
-        gate = gate_table[(gate_table.experiment == h.experiment) & gate_table.target.isin(targets)]
-        complete = len(gate) == len(targets)
-        gate_failed = bool(complete and ((gate.transfer == "fail") | ~gate.source_ok.astype(bool)).any())
-        gate_ok = bool(complete and not gate_failed and (gate.transfer == "pass").all())
-        held, text, precondition_again = _preconditions(suite, chosen, h)
-        row = {"hypothesis": h.name, "mirrors": h.mirrors, "comparison": h.comparison, "metric": h.metric,
-               "kind": h.kind, "experiment": h.experiment,
-               "family": backbone_family(suite.experiment(h.experiment).backbone),
-               "target": h.target, "unit": suite.experiment(h.experiment).unit, "units": len(d), "seeds": seeds,
-               "min_effect": h.min_effect, "min_effect_source": h.min_effect_source, "gate_ok": gate_ok,
-               "gate_failed": gate_failed, "gate_targets": targets,
-               "preconditions": text or "none", "preconditions_ok": held, "precondition_again": precondition_again,
-               "exploratory": h.exploratory, "published": h.published, "effect": math.nan, "sd": math.nan,
-               "p": math.nan, "not_run": _not_run(suite, runs, h)}
-        if len(d) >= 2 and not row["not_run"]:
-            shift = h.min_effect if h.kind == "noninferiority" else 0.0  # tested against -margin
-            test = paired_difference((d + shift).tolist(), [0.0] * len(d))
-            # zero spread (e.g. two tied source-model means) is no evidence: no test, no Holm slot
-            row.update(effect=float(d.mean()), sd=test.sd, p=test.p if test.sd > 0 else math.nan)
-        rows.append(row)
-    columns = ["hypothesis", "mirrors", "comparison", "metric", "kind", "effect", "ci_low", "ci_high", "ci_level",
-               "p_holm", "verdict", "replication_probability", "fragile", "unit", "units", "seeds", "p", "min_effect",
-               "mde", "mde_worst_step", "seeds_needed", "sd", "preconditions", "preconditions_ok", "scope",
-               "exploratory", "experiment", "family", "target", "gate_ok", "min_effect_source", "published"]
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame([_hypothesis_row(suite, runs, gate_table, h) for h in suite.hypotheses])
     if frame.empty:
-        return pd.DataFrame(columns=columns).astype({"exploratory": bool})
+        return pd.DataFrame(columns=VERDICT_TABLE_COLUMNS).astype({"exploratory": bool})
     family = (~frame.exploratory) & frame.gate_ok.astype(bool) & frame.preconditions_ok & frame.p.notna()
     frame["p_holm"] = math.nan
     frame["ci_level"] = ALPHA
@@ -290,32 +320,9 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
             low, high = r.effect - half, r.effect + half
         lows.append(low)
         highs.append(high)
-        in_scope = not r.gate_failed and r.preconditions_ok
-        gate = gate_table[(gate_table.experiment == r.experiment) & gate_table.target.isin(r.gate_targets)]
-        if r.exploratory:
-            labels.append("exploratory")
-            again.append(math.nan)
-        elif r.not_run:
-            labels.append(NOT_RUN)
-            again.append(math.nan)
-        elif in_scope and not r.gate_ok:  # a transfer gate its interval does not decide: no verdict either
-            labels.append("undetermined")
-            undecided = gate[gate.transfer == "undecided"]
-            again.append(float(np.prod([gate_probability("undecided", g.margin, g.margin_sd, g.units,
-                                                         g.required_margin) for g in undecided.itertuples()]))
-                         if len(undecided) else math.nan)
-        else:
-            label = verdict(r.effect, low, high, r.min_effect, in_scope=in_scope, kind=r.kind)
-            labels.append(label)
-            if r.gate_failed:  # the chance that some failing gate fails again (at least the likeliest one)
-                failing = gate[gate.transfer == "fail"]
-                again.append(max((gate_probability("fail", g.margin, g.margin_sd, g.units, g.required_margin)
-                                  for g in failing.itertuples()), default=math.nan))
-            elif not r.preconditions_ok:
-                again.append(r.precondition_again)
-            else:
-                again.append(replication_probability(label, r.effect, r.sd, r.units, r.min_effect, r.ci_level,
-                                                     r.kind))
+        label, probability = _verdict_of(r, low, high, gate_table)
+        labels.append(label)
+        again.append(probability)
         mdes.append(minimum_detectable_effect(r.sd, r.units, r.ci_level))
         mde_worst.append(minimum_detectable_effect(r.sd, r.units, worst))
         needed.append(seeds_needed(r.sd, r.min_effect, r.ci_level))
@@ -329,7 +336,7 @@ def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.D
                       "transfer/source gate failed" if r.gate_failed else
                       "precondition failed" if not r.preconditions_ok else "transfer gate undecided"
                       for r in frame.itertuples()]
-    return frame[columns]
+    return frame[VERDICT_TABLE_COLUMNS]
 
 
 def convergence(runs: pd.DataFrame) -> pd.DataFrame:
