@@ -39,7 +39,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .catalog import SUITES  # noqa: E402
-from .parts import Part  # noqa: E402
+from .parts import Part, parse_seeds  # noqa: E402
 from .suites import Suite  # noqa: E402
 
 #: The suite ``run`` runs (and ``report`` rebuilds) without ``--suite``, ``--config`` and ``--out``.
@@ -108,8 +108,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _seeds(text: str) -> tuple[int, ...]:
-    from .parts import parse_seeds
-
     try:
         return parse_seeds(text)
     except ValueError as error:

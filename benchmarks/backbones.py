@@ -235,8 +235,6 @@ def timm_weights_file(name: str) -> str:
             except Exception:  # noqa: BLE001 - any miss means "not cached"
                 continue
     if cfg is not None and cfg.url:
-        from pathlib import Path
-
         path = Path(torch.hub.get_dir()) / "checkpoints" / cfg.url.rsplit("/", 1)[-1]
         if path.is_file():
             return str(path)
