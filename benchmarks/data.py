@@ -126,7 +126,6 @@ def _animal_raw() -> tuple[Tensor, Tensor]:
     import gzip
     import importlib.util
     import pickle
-    from pathlib import Path
 
     spec = importlib.util.find_spec("animal_mnist")
     if spec is None or spec.origin is None:

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
+from .caches import Preparation, ensure
 from .cells import run_cell
-from .sources import Preparation, ensure
 from .suites import Cell
 from .training import resolve_device
 

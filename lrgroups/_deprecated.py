@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["DEPRECATED", "KEYWORDS", "alias", "keyword", "listed"]
@@ -53,9 +54,7 @@ def listed() -> tuple[tuple[str, str, str], ...]:
         >>> ("lrgroups.early_stopping.EarlyStopping", "step", "observe") in listed()
         True
     """
-    import lrgroups
-
-    for module in pkgutil.walk_packages(lrgroups.__path__, "lrgroups."):
+    for module in pkgutil.walk_packages([str(Path(__file__).parent)], "lrgroups."):  # (no import of the package)
         try:
             importlib.import_module(module.name)
         except ImportError:  # pragma: no cover - an optional framework is not installed

@@ -146,8 +146,8 @@ def test_backbone_inputs_normalise_by_the_registry() -> None:
     architectures, 3 channels with the timm model's own statistics for timm:<name>."""
     import dataclasses
 
+    from benchmarks.catalog import SUITES
     from benchmarks.sources import backbone_inputs
-    from benchmarks.suites import SUITES
 
     experiment = next(e for e in SUITES["standard"].experiments if e.backbone == "convnext_tiny")
     pixels = torch.rand(2, 1, 28, 28)

@@ -14,11 +14,11 @@ from bench_fixtures import prepared
 
 from benchmarks import cells as cells_module
 from benchmarks import preregistration
+from benchmarks.catalog import SUITES
 from benchmarks.cells import run_cell
 from benchmarks.sources import source_backbone
 from benchmarks.suites import (
     PIXEL,
-    SUITES,
     Budget,
     Cell,
     Experiment,

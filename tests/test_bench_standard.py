@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from benchmarks import backbones
+from benchmarks.catalog import STANDARD_FAMILIES, SUITES
 from benchmarks.config import ConfigError, suite_from_toml
 from benchmarks.sources import backbone_inputs
-from benchmarks.suites import STANDARD_FAMILIES, SUITES
 from lrgroups import recipes
 
 

@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 
 from benchmarks.__main__ import main
+from benchmarks.catalog import SUITES
 from benchmarks.cells import key_environment
 from benchmarks.replicate import write_replication
 from benchmarks.stats import VERDICTS
 from benchmarks.store import read_runs, sha256_file, write_runs
-from benchmarks.suites import SUITES
 from benchmarks.training import resolve_device
 from lrgroups import recipes
 
@@ -292,10 +292,11 @@ def test_perf_is_forwarded_to_the_perf_runner(monkeypatch: pytest.MonkeyPatch) -
 
 def test_readme_verdict_table_is_the_committed_reference() -> None:
     """The README's verdict block is exactly what `report --readme` writes from results/quick."""
-    from benchmarks.report import readme_markers, readme_table
+    from benchmarks.blocks import markers
+    from benchmarks.report import readme_table
 
     root = Path(__file__).resolve().parents[1]
-    start, end = readme_markers("verdicts-quick")
+    start, end = markers("verdicts-quick")
     block = (root / "README.md").read_text().split(start, 1)[1].split(end, 1)[0].strip()
     assert block == readme_table(pd.read_csv(root / "results" / "quick" / "verdicts.csv")).strip()
 
