@@ -91,3 +91,32 @@ def test_no_import_cycle(package: str) -> None:
     graph = import_graph(package)
     assert len(graph) > 10 and any(graph.values())
     assert cycles(graph) == []
+
+
+#: The longest function body the packages allow, in lines of code (no docstring, blank or comment lines).
+MAX_FUNCTION_LINES = 60
+
+
+def _code_lines(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    first = node.body[0]
+    docstring = (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                 and isinstance(first.value.value, str))
+    skip = set(range(first.lineno, first.end_lineno + 1)) if docstring else set()
+    return sum(1 for i in range(node.lineno, node.end_lineno + 1)
+               if i not in skip and lines[i - 1].strip() and not lines[i - 1].strip().startswith("#"))
+
+
+def test_no_function_is_longer_than_sixty_lines_of_code() -> None:
+    """Short functions with one job (issue 30): every function of lrgroups/ and benchmarks/ fits in
+    MAX_FUNCTION_LINES lines of code; ruff's C901 caps the branches (pyproject.toml)."""
+    root = Path(__file__).resolve().parents[1]
+    long = []
+    for path in sorted([*(root / "lrgroups").rglob("*.py"), *(root / "benchmarks").rglob("*.py")]):
+        source = path.read_text()
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = _code_lines(lines, node)
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, long

@@ -318,6 +318,11 @@ def test_readme_numbers_about_the_committed_runs_are_the_runs_own() -> None:
     lrs = {(r["experiment"], r["target"], r["strategy"]): r["lr"] for r in registration["lrs"]}
     assert {(r.experiment, r.target, r.strategy): r.lr for r in base.itertuples()} == lrs
     assert base.groupby("experiment").seed.nunique().to_dict() == registration["seeds"]
+    futile = registration["futile"]
+    assert f"(`futile`: {', '.join(futile[:-1])} and {futile[-1]}," in quick_page
+    verdicts = pd.read_csv(root / "results" / "quick" / "verdicts.csv").set_index("hypothesis")
+    registered = verdicts.index.str.startswith("H")  # X-named hypotheses are exploratory by design
+    assert verdicts.loc[futile].exploratory.all() and not verdicts[registered & ~verdicts.index.isin(futile)].exploratory.any()
 
 
 def test_the_committed_replication_is_independent_of_the_reference() -> None:
