@@ -36,6 +36,7 @@ KEYWORDS: tuple[tuple[str, str, str], ...] = (
     ("lrgroups.unfreezing.ProgressiveUnfreezing.__init__", "reset_patience", "reset_patience_on_advance"),
     ("lrgroups.optimizer.LayerwiseOptimizer.__init__", "optimizer", "optimizer_cls"),
     ("lrgroups.rules.Rule.__init__", "optimizer", "inner"),
+    ("lrgroups.recipes.Recipe.build", "optimizer", "optimizer_cls"),
 )
 
 #: ``(where, old name, new name)`` of every deprecated name of the modules imported so far: the
