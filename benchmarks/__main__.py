@@ -38,8 +38,9 @@ from pathlib import Path
 # slower on a shared machine). The numbers do not depend on it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .parts import Part  # noqa: E402
-from .suites import SUITES, Suite  # noqa: E402
+from .catalog import SUITES
+from .parts import Part, parse_seeds
+from .suites import Suite
 
 #: The suite ``run`` runs (and ``report`` rebuilds) without ``--suite``, ``--config`` and ``--out``.
 DEFAULT_SUITE = "quick"
@@ -100,12 +101,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="another run folder whose finished cells of this suite count as done (copied with their "
                           "provenance; repeatable)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for sub, command in ((run, _run), (report, _report), (replicate, _replicate), (preregister, _preregister),
+                         (reference, _config_reference), (tables, _docs_tables)):
+        sub.set_defaults(func=command)
     return parser
 
 
 def _seeds(text: str) -> tuple[int, ...]:
-    from .parts import parse_seeds
-
     try:
         return parse_seeds(text)
     except ValueError as error:
@@ -127,7 +129,7 @@ def dry_run(suite: Suite | str, out: Path, threads: int, part: Part | None = Non
     estimate of the time the cells not done take (:func:`benchmarks.sizing.estimate`: measured
     cell times from ``out/runs.jsonl``, else one timed training step per experiment on the
     device), with a warning at WARN_HOURS_S or more; runs no cell."""
-    from .backbones import TIMM, fetch_command, weights_available
+    from .backbones import fetch_command, timm_model, weights_available
     from .runner import iter_pending
 
     suite = SUITES[suite] if isinstance(suite, str) else suite
@@ -147,7 +149,7 @@ def dry_run(suite: Suite | str, out: Path, threads: int, part: Part | None = Non
     print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for backbone in sorted({cell.experiment.backbone for cell, _, status in rows if status == MISSING_WEIGHTS}):
         print(f"{MISSING_WEIGHTS}: {backbone}; cache them once on a machine with internet: "
-              f"{fetch_command(backbone[len(TIMM):])}")
+              f"{fetch_command(timm_model(backbone))}")
     if suite.time_budget_s is not None:
         print(f"seeds are sized at run time to about {suite.time_budget_s:.0f} s from a timed training step")
     if suite.hypotheses:
@@ -166,8 +168,9 @@ def _print_estimate(suite: Suite, out: Path, cells: list, threads: int, cache_di
                     device_choice: str) -> None:
     """The ``--dry-run`` time estimate of ``cells`` and what it rests on."""
     from .cells import key_environment
+    from .runner import preparations
     from .sizing import estimate, time_one_step
-    from .sources import preparations
+    from .sources import SourceModel
     from .store import read_runs
     from .training import resolve_device
 
@@ -180,7 +183,7 @@ def _print_estimate(suite: Suite, out: Path, cells: list, threads: int, cache_di
         workers = 1
     environment = key_environment(device)
     sources = [p.experiment for wave in preparations(suite.experiments, cells) for p in wave
-               if p.kind == "source" and not p.path(cache_dir, environment).exists()]
+               if isinstance(p, SourceModel) and not p.path(cache_dir, environment).exists()]
     # One step at ESTIMATE_BATCH images, scaled to the batch size: seconds, not minutes, even for a GPU
     # suite's 224 px networks dry-run on a CPU.
     guess = estimate(cells, read_runs(out / "runs.jsonl"), sources,
@@ -249,70 +252,101 @@ def _preregister(args: argparse.Namespace) -> int:
     return 0 if table.same.all() else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (1 when a cell failed or a replication differs, 2 for a
-    suite that does not load or a missing device)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "perf":
-        from .perf.run import main as perf_main
+def _config_reference(args: argparse.Namespace) -> int:
+    """``config-reference``: print the table of every key a suite config takes, or ``--write`` it."""
+    from .config import REFERENCE, reference
+    from .store import atomic_write
 
-        return int(perf_main(argv[1:]) or 0)
-    args = _parser().parse_args(argv)
-    if args.command == "config-reference":
-        from .config import REFERENCE, reference
-        from .store import atomic_write
+    if args.write:
+        atomic_write(REFERENCE, reference())
+        print(f"wrote {REFERENCE}")
+    else:
+        print(reference(), end="")
+    return 0
 
-        if args.write:
-            atomic_write(REFERENCE, reference())
-            print(f"wrote {REFERENCE}")
-        else:
-            print(reference(), end="")
-        return 0
-    if args.command == "docs-tables":
-        from . import blocks
 
-        if args.check:
-            stale = blocks.stale(blocks.documents())
-            print("\n".join(f"stale: {s}" for s in stale) or "every generated block is up to date")
-            return 1 if stale else 0
-        changed = blocks.write(blocks.documents())
-        print("\n".join(f"rewrote {c}" for c in changed) or "every generated block was up to date")
-        return 0
-    if args.command == "preregister":
-        return _preregister(args)
+def _docs_tables(args: argparse.Namespace) -> int:
+    """``docs-tables``: rewrite the generated blocks of README.md and docs/, or ``--check`` them (exit 1 when stale)."""
+    from . import blocks
+
+    if args.check:
+        stale = blocks.stale(blocks.documents())
+        print("\n".join(f"stale: {s}" for s in stale) or "every generated block is up to date")
+        return 1 if stale else 0
+    changed = blocks.write(blocks.documents())
+    print("\n".join(f"rewrote {c}" for c in changed) or "every generated block was up to date")
+    return 0
+
+
+def _loaded(args: argparse.Namespace, folder: Path | None) -> Suite | None:
+    """:func:`_suite`, or None with the error printed."""
     from .config import ConfigError
 
     try:
-        if args.command == "replicate":
-            suites = _suite(args, args.reference), _suite(args, args.new)
-        else:
-            suite = _suite(args, args.out if args.command == "report" else None)
+        return _suite(args, folder)
     except (ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return None
+
+
+def _replicate(args: argparse.Namespace) -> int:
+    """``replicate``: compare a new run with a reference run, verdict by verdict (exit 1 when one differs)."""
+    from .replicate import write_replication
+
+    reference = _loaded(args, args.reference)
+    new = None if reference is None else _loaded(args, args.new)
+    if reference is None or new is None:
         return 2
-    if args.command == "replicate":
-        from .replicate import write_replication
+    same = write_replication(args.reference, args.new, reference, new)
+    headline = (args.new / "replication.md").read_text().split("\n\n")[1]
+    print(f"{headline}\nreplication report: {args.new / 'replication.md'}")
+    return 0 if same else 1
 
-        same = write_replication(args.reference, args.new, *suites)
-        headline = (args.new / "replication.md").read_text().split("\n\n")[1]
-        print(f"{headline}\nreplication report: {args.new / 'replication.md'}")
-        return 0 if same else 1
+
+def _report(args: argparse.Namespace) -> int:
+    """``report``: rebuild a run folder's reports (and, with ``--readme``, the README's blocks of the suite)."""
+    from .report import write_reports
+
+    suite = _loaded(args, args.out)
+    if suite is None:
+        return 2
     out = args.out if args.out is not None else Path("runs") / suite.name
-    if args.command == "report":
-        from .report import write_reports
+    write_reports(out, suite)
+    if args.readme is not None:
+        from .blocks import write_run_blocks
 
-        write_reports(out, suite)
-        if args.readme is not None:
-            from .report import write_readme_tables
+        try:
+            written = write_run_blocks(args.readme, out, suite.name)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"README blocks rewritten: {', '.join(written)}")
+    print(f"reports rebuilt in {out}")
+    return 0
 
-            try:
-                written = write_readme_tables(args.readme, out, suite.name)
-            except ValueError as error:
-                print(f"error: {error}", file=sys.stderr)
-                return 2
-            print(f"README blocks rewritten: {', '.join(written)}")
-        print(f"reports rebuilt in {out}")
-        return 0
+
+def _missing_weights(suite: Suite, part: Part) -> list[str]:
+    """The ``timm:`` backbones of the part's pretrained cells whose weights are not in the local cache."""
+    from .backbones import timm_model, weights_available
+
+    return sorted({e.backbone for e in suite.experiments if timm_model(e.backbone)
+                   and (not part.experiments or e.name in part.experiments)
+                   and any(s.kind in PRETRAINED_KINDS for s in e.strategies) and not weights_available(e)})
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``run``: run a suite (or a part, or ``--dry-run`` it) into its folder and write the reports
+    (``args.argv``: the command line, recorded in ``environment.json``)."""
+    from .backbones import fetch_command, timm_model
+    from .report import write_reports
+    from .runner import run_suite
+    from .store import read_suite_record, write_suite_record
+    from .training import resolve_device
+
+    suite = _loaded(args, None)
+    if suite is None:
+        return 2
+    out = args.out if args.out is not None else Path("runs") / suite.name
     part = _part(args)
     try:
         part.check(suite)
@@ -322,44 +356,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         dry_run(suite, out, args.threads, part, args.cache, args.workers, args.device)
         return 0
-    from .report import write_reports
-    from .runner import run_suite
-    from .store import read_suite_record, write_suite_record
-    from .training import resolve_device
-
     recorded = read_suite_record(out)
     if recorded is not None and recorded.name != suite.name:  # its runs.jsonl and reports are another suite's
         print(f"error: {out} holds a run of suite {recorded.name!r}; running suite {suite.name!r} into it would mix "
               "the two suites' records and rewrite its reports: choose another --out, or delete the folder",
               file=sys.stderr)
         return 2
-
     try:
         resolve_device(args.device, threads=args.threads)  # a missing device fails before anything is written
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from .backbones import TIMM, fetch_command, weights_available
-
-    missing = sorted({e.backbone for e in suite.experiments if e.backbone.startswith(TIMM)
-                      and (not part.experiments or e.name in part.experiments)
-                      and any(s.kind in PRETRAINED_KINDS for s in e.strategies) and not weights_available(e)})
+    missing = _missing_weights(suite, part)
     if missing:  # fails before anything is written, not cell by cell
         print("error: pretrained weights are not in the local cache (nothing is downloaded at run time; fetch them "
               "once with this project's python on a machine with internet, into the same cache) for "
-              + "; ".join(f"{b}: fetch them once with {fetch_command(b[len(TIMM):])}" for b in missing),
+              + "; ".join(f"{b}: fetch them once with {fetch_command(timm_model(b))}" for b in missing),
               file=sys.stderr)
         return 2
     write_suite_record(out, suite.name, args.config)
     outcome = run_suite(
         suite, out, args.cache if args.cache is not None else out / "cache", workers=args.workers,
         threads=args.threads, device_choice=args.device, max_cells=args.max_cells, progress=not args.no_progress,
-        command="python -m benchmarks " + shlex.join(argv), report=write_reports, executor=args.executor,
+        command="python -m benchmarks " + shlex.join(args.argv), report=write_reports, executor=args.executor,
         address=args.address, reuse=tuple(args.reuse), part=part,
     )
     print(f"{suite.name}: {outcome.computed} cells computed ({outcome.failed} failed), {outcome.skipped} reused, "
           f"{outcome.remaining} not done; {outcome.seconds:.0f} s; reports in {out}")
     return 1 if outcome.failed or (outcome.remaining and args.max_cells is None) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: one function per subcommand; returns the exit code (1 when a cell failed or a
+    replication differs, 2 for a suite that does not load or a missing device)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "perf":
+        from .perf.run import main as perf_main
+
+        return int(perf_main(argv[1:]) or 0)
+    args = _parser().parse_args(argv)
+    args.argv = argv
+    return args.func(args)
 
 
 if __name__ == "__main__":

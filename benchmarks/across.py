@@ -143,7 +143,7 @@ def forest_figure(verdict_table: pd.DataFrame, table: pd.DataFrame):
     families = int(claims.families.max())  # the rows of the tallest panel, the pooled mean besides
     fig, axes = plt.subplots(rows_, columns, figsize=(FOREST_WIDTH, (1.1 + 0.28 * (families + 1)) * rows_ + 0.9),
                              squeeze=False)
-    for ax, claim in zip(axes.flat, claims.itertuples()):
+    for ax, claim in zip(axes.flat, claims.itertuples(), strict=False):  # strict=False: the grid has an axis or more past the last claim
         part = confirmatory[confirmatory.hypothesis.map(claim_of) == claim.claim]
         labels = [family_label(r) for r in part.itertuples()] + ["pooled (descriptive)"]
         for y, r in enumerate(part.itertuples()):

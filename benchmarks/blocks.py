@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report import _markdown, marked_fragile, readme_across_table, readme_table, replicability, with_interval
+from .report import markdown_table, marked_fragile, readme_across_table, readme_table, replicability, with_interval
 from .store import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,10 +71,9 @@ def generate(name: str, results: Path = RESULTS) -> str:
     """
     kind, _, argument = name.partition("-")
     if kind == "verdicts" and argument:
-        return readme_table(pd.read_csv(results / argument / "verdicts.csv")).strip()
+        return verdicts_block(results / argument)
     if kind == "across" and argument:
-        return readme_across_table(pd.read_csv(results / argument / "across.csv"),
-                                   pd.read_csv(results / argument / "verdicts.csv")).strip()
+        return across_block(results / argument)
     if kind == "claims" and argument:
         return claims_table(argument, results)
     if kind == "replicability" and argument:
@@ -97,6 +96,17 @@ def generate(name: str, results: Path = RESULTS) -> str:
     raise ValueError(f"unknown generated block {name!r}: expected verdicts-<run>, across-<run>, claims-<strategy>, "
                      "replicability-<run>, replication-<folder>, agreement-<folder>, environment-<folder>, perf-table, "
                      "api-index or deprecations")
+
+
+def verdicts_block(folder: Path) -> str:
+    """The confirmatory verdict table of a run folder's ``verdicts.csv`` (:func:`benchmarks.report.readme_table`)."""
+    return readme_table(pd.read_csv(folder / "verdicts.csv")).strip()
+
+
+def across_block(folder: Path) -> str:
+    """The cross-family table of a run folder's ``across.csv`` and ``verdicts.csv``
+    (:func:`benchmarks.report.readme_across_table`)."""
+    return readme_across_table(pd.read_csv(folder / "across.csv"), pd.read_csv(folder / "verdicts.csv")).strip()
 
 
 def environment_line(folder: str, results: Path = RESULTS) -> str:
@@ -148,7 +158,7 @@ def claims_table(strategy: str, results: Path = RESULTS) -> str:
     if table.empty:
         raise ValueError(f"no committed run tests a claim about {strategy!r}")
     table = with_interval(table).assign(mirrors=table.mirrors.fillna("").map(short_citation))
-    return _markdown(table, _CLAIM_COLUMNS).strip()
+    return markdown_table(table, _CLAIM_COLUMNS).strip()
 
 
 def short_citation(mirrors: str) -> str:
@@ -216,6 +226,29 @@ def api_index(root: Path = ROOT) -> str:
 def blocks(text: str) -> list[tuple[str, str]]:
     """The ``(name, content)`` of every generated block in ``text``, content stripped."""
     return [(m.group(2), m.group(3).strip()) for m in BLOCK.finditer(text)]
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The start and end markers of generated block ``name`` (``verdicts-quick``, ``across-standard``)."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def write_run_blocks(readme: Path, out: Path, suite_name: str) -> list[str]:
+    """Rewrite the ``verdicts-<suite>`` and ``across-<suite>`` blocks of ``readme`` from the tables of
+    the run folder ``out`` (``python -m benchmarks report --readme``); returns the blocks written.
+
+    Raises:
+        ValueError: the README has neither block.
+    """
+    make = {f"verdicts-{suite_name}": verdicts_block, f"across-{suite_name}": across_block}
+    text = readme.read_text()
+    written = [name for name, _ in blocks(text) if name in make]
+    if not written:
+        start, end = markers(f"verdicts-{suite_name}")
+        raise ValueError(f"{readme} has no block of suite {suite_name!r} ({start} ... {end})")
+    atomic_write(readme, BLOCK.sub(lambda m: f"{m.group(1)}{make[m.group(2)](out)}\n{m.group(4)}"
+                                   if m.group(2) in make else m.group(0), text))
+    return written
 
 
 def rewrite(text: str, results: Path = RESULTS) -> str:

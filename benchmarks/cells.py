@@ -192,41 +192,84 @@ def _head_name(model: nn.Module) -> str:
 
 def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
                   environment: Mapping[str, Any]) -> dict[str, Any]:
-    """Fine-tune one cell (pretrained backbone, or random init for scratch) and measure it."""
-    experiment, budget, strategy = cell.experiment, cell.experiment.budget, cell.strategy
+    """Fine-tune one cell (pretrained backbone, or random init for scratch) and measure it: build the
+    model and its recipe, train it along its validation curve, measure the end point."""
+    experiment, strategy = cell.experiment, cell.strategy
     pretrained = strategy.kind == "finetune"
-    torch.manual_seed(cell.seed)
-    model, source_meta = source_backbone(experiment, pretrained, cache_dir, environment, cell.source.seed)
-    source_head = copy.deepcopy(find_head(model))
-    if not experiment.keep_source_head:
-        model.reset_classifier(cell.target.num_classes)
-        nn.init.zeros_(find_head(model).weight)
-        nn.init.zeros_(find_head(model).bias)
-    model = device.prepare(model)
+    model, source_head, source_meta = _start_model(cell, pretrained, cache_dir, environment, device)
     x = _inputs(cell, data, pretrained, cache_dir, environment)
-    y_train = data.train.labels
     frozen_norms = (freeze_norm_stats(model) if pretrained and experiment.bn == "frozen" and batch_norms(model)
                     else None)
     tracks_source = data.source_test is not None and pretrained and experiment.measure_retention
     before = _source_scores(experiment, model, source_head, data, device) if tracks_source else None
+    tuning, record = _tuning(cell, model, pretrained, len(data.train.labels), cache_dir, environment, device)
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start_features = {"shifted": penultimate(model, x.shifted), "train": penultimate(model, x.train)}
+    source = source_head if experiment.track_forgetting and tracks_source else None
+    curve, train_seconds = _train(cell, model, tuning, x, data, device, source)
+    record.update({
+        "val_accuracy": curve["val_accuracy"][-1],
+        **_scores(model, x, data, device),
+        "curve": curve,
+        "val_auc": curve_area(curve["step"], curve["val_accuracy"], experiment.budget.steps),
+        "val_at_quarter": value_at(curve["step"], curve["val_accuracy"], experiment.budget.steps / 4),
+        "train_seconds": train_seconds,
+        "trainable_at_end": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "source_model": source_meta if isinstance(source_meta, dict) else {},
+    })
+    record.update(_measure_end(cell, model, x, data, device, start_state, start_features))
+    if frozen_norms is not None:
+        frozen_norms.remove()
+    if before is not None:
+        record.update(_retention(experiment, model, source_head, data, device, before))
+    return record
 
+
+def _start_model(cell: Cell, pretrained: bool, cache_dir: Path, environment: Mapping[str, Any],
+                 device: Device) -> tuple[nn.Module, nn.Module, Any]:
+    """(the cell's start model on ``device``, a copy of its source head, the source's metadata): the
+    source backbone seeded by the cell, its head replaced by a zero head for the target's classes
+    unless the experiment keeps the source head."""
+    torch.manual_seed(cell.seed)
+    model, source_meta = source_backbone(cell.experiment, pretrained, cache_dir, environment, cell.source.seed)
+    source_head = copy.deepcopy(find_head(model))
+    if not cell.experiment.keep_source_head:
+        model.reset_classifier(cell.target.num_classes)
+        nn.init.zeros_(find_head(model).weight)
+        nn.init.zeros_(find_head(model).bias)
+    return device.prepare(model), source_head, source_meta
+
+
+def _tuning(cell: Cell, model: nn.Module, pretrained: bool, train_size: int, cache_dir: Path,
+            environment: Mapping[str, Any], device: Device) -> tuple[Any, dict[str, Any]]:
+    """(the cell's recipe built over ``model``, the record so far): LP-FT's start writes the seed's
+    validation-selected probe into the head first (its C and cross-entropy recorded)."""
+    budget = cell.experiment.budget
     record: dict[str, Any] = {}
-    if pretrained and strategy.recipe == "lp_ft":
-        C, probe = best_probe(experiment, cell.target, cell.seed, cache_dir, environment, device)
+    if pretrained and cell.strategy.recipe == "lp_ft":
+        C, probe = best_probe(cell.experiment, cell.target, cell.seed, cache_dir, environment, device)
         set_probe_head(model, probe)
         record.update(probe_C=C, probe_train_ce=probe.train_ce, probe_degenerate=probe.train_ce < DEGENERATE_CE)
     recipe = build_recipe(cell, record.get("probe_C"))
     extra = {"probe": "fitted"} if recipe.probe_C is not None else {}
     tuning = recipe.build(model, torch.optim.AdamW, lr=cell.lr, weight_decay=budget.weight_decay,
-                          total_steps=budget.steps, steps_per_epoch=steps_per_epoch(len(y_train), budget.batch_size),
+                          total_steps=budget.steps, steps_per_epoch=steps_per_epoch(train_size, budget.batch_size),
                           **extra)
-    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    start_features = {"shifted": penultimate(model, x.shifted), "train": penultimate(model, x.train)}
+    return tuning, record
+
+
+def _train(cell: Cell, model: nn.Module, tuning: Any, x: Any, data: CellData, device: Device,
+           source_head: nn.Module | None) -> tuple[dict[str, list], float]:
+    """Train the cell's budget (warm-up then cosine), evaluating validation accuracy every
+    ``eval_every`` steps and, with ``source_head`` (a cell that tracks forgetting), test accuracy and
+    retention every ``forgetting_every`` steps; returns (the curves, training seconds)."""
+    experiment, budget = cell.experiment, cell.experiment.budget
+    y_train = data.train.labels
     schedule = torch.optim.lr_scheduler.LambdaLR(
         tuning.optimizer, partial(warmup_cosine, warmup=budget.warmup_steps, total=budget.steps))
     order = batches(len(y_train), budget.batch_size, seed=cell.seed)
     curve: dict[str, list] = {"step": [], "val_accuracy": []}
-    track = experiment.track_forgetting and tracks_source
+    track = source_head is not None
     if track:  # the curve's retention: half of each source set (the end point uses all of them)
         curve_before = _source_scores(experiment, model, source_head, data, device, weights_only=False,
                                       every=CURVE_EVERY)[1]
@@ -256,32 +299,32 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
         if step % budget.eval_every == 0 or step == budget.steps:
             evaluate(step)
             tuning.observe(curve["val_accuracy"][-1])
-    record.update({
-        "val_accuracy": curve["val_accuracy"][-1],
-        **_scores(model, x, data, device),
-        "curve": curve,
-        "val_auc": curve_area(curve["step"], curve["val_accuracy"], budget.steps),
-        "val_at_quarter": value_at(curve["step"], curve["val_accuracy"], budget.steps / 4),
-        "train_seconds": train_seconds,
-        "trainable_at_end": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "source_model": source_meta if isinstance(source_meta, dict) else {},
-    })
+    return curve, train_seconds
+
+
+def _measure_end(cell: Cell, model: nn.Module, x: Any, data: CellData, device: Device,
+                 start_state: dict[str, Tensor], start_features: dict[str, Tensor]) -> dict[str, Any]:
+    """L2-SP's alpha, the feature CKAs against the start and the WiSE-FT variants of the trained model."""
+    strategy = cell.strategy
+    record: dict[str, Any] = {}
     if strategy.recipe == "l2_sp":
         record["l2sp_alpha"] = _l2sp_alpha(cell) if "pull" in dict(strategy.kwargs) else dict(strategy.kwargs)["alpha"]
     record["ood_cka" if x.ood else "test_cka"] = _cka(start_features["shifted"], penultimate(model, x.shifted))
     record["id_cka"] = _cka(start_features["train"], penultimate(model, x.train))
     if strategy.wise:
         record["variants"] = _wise(cell, model, start_state, x, data, device)
-    if frozen_norms is not None:
-        frozen_norms.remove()
-    if before is not None:
-        after = _source_scores(experiment, model, source_head, data, device)
-        record.update(source_accuracy_before=before[0], source_accuracy_after=after[0],
-                      source_accuracy_before_precise_bn=before[1], source_accuracy_after_precise_bn=after[1],
-                      retention_weights_only=metrics.retention(after[0], before[0]),
-                      retention_precise_bn=metrics.retention(after[1], before[1]),
-                      backward_transfer=after[1] - before[1])
     return record
+
+
+def _retention(experiment: Experiment, model: nn.Module, source_head: nn.Module, data: CellData, device: Device,
+               before: tuple[float, float]) -> dict[str, float]:
+    """Source accuracy before and after (weights only, precise BN), retention and backward transfer."""
+    after = _source_scores(experiment, model, source_head, data, device)
+    return dict(source_accuracy_before=before[0], source_accuracy_after=after[0],
+                source_accuracy_before_precise_bn=before[1], source_accuracy_after_precise_bn=after[1],
+                retention_weights_only=metrics.retention(after[0], before[0]),
+                retention_precise_bn=metrics.retention(after[1], before[1]),
+                backward_transfer=after[1] - before[1])
 
 
 def _cka(before: Tensor, after: Tensor) -> float:

@@ -56,8 +56,9 @@ from typing import Any
 import tomllib
 
 from .backbones import BACKBONES as BUILT_IN_BACKBONES
-from .backbones import TIMM, WeightsFile, weights_file
+from .backbones import WeightsFile, timm_model, weights_file
 from .backbones import backbone as backbone_spec
+from .catalog import SUITES
 from .data import CORRUPTION_KINDS, IMAGEFOLDER, POOLED, class_counts, imagefolder
 from .store import SUITE_TOML, read_suite_record
 from .suites import (
@@ -65,7 +66,6 @@ from .suites import (
     HYPOTHESIS_METRICS,
     LINEAR_PROBE,
     PIXEL,
-    SUITES,
     Budget,
     Experiment,
     Hypothesis,
@@ -288,13 +288,14 @@ def _experiment(table: Any, where: str, base: Path | None = None) -> Experiment:
     table = {**LOADER_DEFAULTS[Experiment], **table}
     where = f"{where} ({table.get('name', '?')})"
     backbone = table.get("backbone")
-    if isinstance(backbone, str) and backbone.startswith(TIMM):
+    model = timm_model(backbone) if isinstance(backbone, str) else None
+    if model is not None:
         import timm
         from timm.models import get_pretrained_cfg
 
-        if not timm.is_model(backbone[len(TIMM):]):
-            raise ConfigError(f"{where}.backbone: timm has no model {backbone[len(TIMM):]!r} (see timm.list_models())")
-        cfg = get_pretrained_cfg(backbone[len(TIMM):])
+        if not timm.is_model(model):
+            raise ConfigError(f"{where}.backbone: timm has no model {model!r} (see timm.list_models())")
+        cfg = get_pretrained_cfg(model)
         if "image_size" not in table and cfg is not None and cfg.input_size:
             table["image_size"] = int(cfg.input_size[-1])  # the backbone's own input size, not the 28 px default
         if "weights" in table:

@@ -126,7 +126,6 @@ def _animal_raw() -> tuple[Tensor, Tensor]:
     import gzip
     import importlib.util
     import pickle
-    from pathlib import Path
 
     spec = importlib.util.find_spec("animal_mnist")
     if spec is None or spec.origin is None:
@@ -244,7 +243,7 @@ def imagefolder_raw(root: str, size: int = 28, channels: int = 1) -> tuple[Tenso
     if POOLED in layout:
         return images, labels, None
     offsets = np.cumsum([0, *(len(split_samples) for _, split_samples in layout.values())])
-    return images, labels, {name: np.arange(begin, end) for name, begin, end in zip(layout, offsets, offsets[1:])}
+    return images, labels, {name: np.arange(begin, end) for name, begin, end in zip(layout, offsets, offsets[1:], strict=False)}  # strict=False: consecutive offsets: one pair fewer than offsets
 
 
 def raw_dataset(name: str, size: int = 28, channels: int = 1) -> tuple[Tensor, Tensor]:
@@ -307,7 +306,7 @@ def draw(pools: Mapping[int, np.ndarray], counts: Sequence[int], seed: int) -> l
             raise ValueError(f"class {cls}: pool of {len(pool)} images, asked for {sum(counts)}")
         order = np.random.default_rng([seed, cls]).permutation(pool)
         offsets = np.cumsum([0, *counts])
-        for part, (begin, end) in enumerate(zip(offsets, offsets[1:])):
+        for part, (begin, end) in enumerate(zip(offsets, offsets[1:], strict=False)):  # strict=False: consecutive offsets: one pair fewer than offsets
             parts[part].append(order[begin:end])
     return [np.concatenate(part) for part in parts]
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
+from .caches import Preparation, ensure
 from .cells import run_cell
-from .sources import Preparation, ensure
 from .suites import Cell
 from .training import resolve_device
 
@@ -59,7 +59,7 @@ def cell_job(job: tuple[int, Cell]) -> tuple[int, dict[str, Any]]:
         torch.manual_seed(cell.seed)
         record.update(run_cell(cell, _WORKER["device"], _WORKER["cache_dir"], _WORKER["environment"]),
                       status="ok", error=None)
-    except Exception as error:  # noqa: BLE001 - a failing cell must not stop the suite
+    except Exception as error:
         record.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
     record["wall_seconds"] = time.perf_counter() - started
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -5,7 +5,7 @@ folder add up to the full run, and the report of a part says *not run* for the h
 cells have not run yet.
 
 Example:
-    >>> from benchmarks.suites import SUITES
+    >>> from benchmarks.catalog import SUITES
     >>> part = Part(experiments=("q1_surgical",), seeds=(0,))
     >>> part.check(SUITES["smoke"])
     >>> sorted({(c.experiment.name, c.seed) for c in part.select(SUITES["smoke"].cells())})

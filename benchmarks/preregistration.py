@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .analysis import add_derived_metrics, gates, seed_differences, selected_table
 from .selection import mark_capped, runs_frame, select_lr
 from .stats import ALPHA, agreement_probability, gate_probability
 from .store import atomic_write, read_runs
@@ -132,8 +133,6 @@ def _selected(tuning: Suite, folder: Path) -> pd.DataFrame:
     runs = runs_frame(tuning, records)
     if runs.empty:
         raise ValueError(f"{folder}: no finished runs of suite {tuning.name!r}: run the tuning stage first")
-    from .report import add_derived_metrics
-
     return add_derived_metrics(mark_capped(tuning, select_lr(runs)))[0]
 
 
@@ -172,8 +171,6 @@ def sizing(tuning: Suite, runs: pd.DataFrame, rule: SizingRule | None = None) ->
     per transfer gate those hypotheses read (``gate <experiment>/<target>``: the margin and its
     sd); with ``rule.sd_confidence``, ``sizing_sd`` is the sd's upper confidence limit (see the
     module docstring)."""
-    from .report import gates, seed_differences, selected_table
-
     rule = rule or SizingRule()
     chosen = runs[runs.selected]
     confirmatory = [h for h in tuning.hypotheses if not h.exploratory]

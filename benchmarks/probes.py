@@ -8,7 +8,8 @@ head takes raw features. Three kinds of cells use the same probes: ``linear_prob
 ``PROBE_CS``), LP-FT (its first stage: the probe whose C has the best validation accuracy for the
 seed) and WiSE-FT's start model (the pretrained body with that probe as head).
 
-The preparation ``probes`` (see :mod:`benchmarks.sources`) fits every probe of an experiment
+The preparation :class:`Probes` (a :class:`benchmarks.caches.Preparation`, built after the source
+models and feature caches of :mod:`benchmarks.sources` it reads) fits every probe of an experiment
 before its cells run; :func:`probe_for` reads it from the cache or, for a C outside
 ``PROBE_CS`` (a grid extension), fits it with the same function, so a cached probe equals an
 uncached one bitwise.
@@ -27,7 +28,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,9 @@ from torch import Tensor, nn
 from lrgroups import recipes
 from lrgroups.depth import find_head
 
+from .caches import Preparation, experiment_key, load
+from .sources import cell_data, model_inputs, source_backbone
+from .store import file_name_part
 from .suites import PROBE_CS, Experiment, Strategy, Target
 from .training import Device
 
@@ -104,8 +108,6 @@ def evaluate(probe: Probe, features: Tensor, labels: Tensor) -> float:
 def probe_model(experiment: Experiment, seed: int, num_classes: int, cache_dir: Path,
                 environment: Mapping[str, Any], device: Device) -> nn.Module:
     """The pretrained backbone of a cell of ``seed`` with a fresh ``num_classes`` head, on ``device``."""
-    from .sources import source_backbone
-
     model, _ = source_backbone(experiment, True, cache_dir, environment, experiment.source_for(seed).seed)
     model.reset_classifier(num_classes)
     return device.prepare(model)
@@ -113,8 +115,6 @@ def probe_model(experiment: Experiment, seed: int, num_classes: int, cache_dir: 
 
 def _fit_all(experiment: Experiment, target: Target, seed: int, cs: tuple[float, ...], cache_dir: Path,
              environment: Mapping[str, Any], device: Device) -> dict[float, Probe]:
-    from .sources import cell_data, model_inputs
-
     data = cell_data(experiment, target, seed)
     model = probe_model(experiment, seed, target.num_classes, cache_dir, environment, device)
     features = {name: penultimate(model, model_inputs(experiment, target, seed, name, getattr(data, name), True,
@@ -140,14 +140,34 @@ def compute_probes(experiment: Experiment, device: Device, cache_dir: Path,
     return payload, {"probes": scores}
 
 
+@dataclass(frozen=True)
+class Probes(Preparation):
+    """Every probe of the experiment (:func:`compute_probes`), fitted on the cached source models or
+    features of every seed: a preparation of the second wave."""
+
+    experiment: Experiment
+    kind: ClassVar[str] = "probes"
+
+    @property
+    def label(self) -> str:
+        return f"probes {self.experiment.name}"
+
+    def config(self) -> dict[str, Any]:
+        return {**experiment_key(self.kind, self.experiment), **probe_config(self.experiment)}
+
+    def file_stem(self) -> str:
+        return f"probes-{file_name_part(self.experiment.name)}"
+
+    def build(self, device: Device, cache_dir: Path, environment: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        return compute_probes(self.experiment, device, cache_dir, environment)
+
+
 def probe_for(experiment: Experiment, target: Target, seed: int, C: float, cache_dir: Path,
               environment: Mapping[str, Any], device: Device) -> Probe:
     """The probe of (target, seed, C): from the experiment's cached probes when C is in
     ``PROBE_CS``, else fitted now by the same code."""
     if C in PROBE_CS:
-        from .sources import Preparation, load
-
-        payload, meta = load(Preparation(experiment, "probes"), cache_dir, environment)
+        payload, meta = load(Probes(experiment), cache_dir, environment)
         key = f"{target.name}/{seed}/{C:g}"
         score = meta["probes"][key]
         return Probe(payload[f"{key}/weight"], payload[f"{key}/bias"], score["val_accuracy"], score["train_ce"])

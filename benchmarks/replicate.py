@@ -44,8 +44,8 @@ def compare_verdicts(reference: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame
     columns = ["hypothesis", *(c for c in _CARRIED if c in reference and c in new)]
     merged = reference[columns].merge(new[columns], on="hypothesis", how="left", suffixes=("_reference", "_new"))
     merged["same"] = merged.verdict_reference == merged.verdict_new
-    merged["compatible"] = [compatible(str(a), str(b)) for a, b in zip(merged.verdict_reference, merged.verdict_new)]
-    merged["opposed"] = [opposed(str(a), str(b)) for a, b in zip(merged.verdict_reference, merged.verdict_new)]
+    merged["compatible"] = [compatible(str(a), str(b)) for a, b in zip(merged.verdict_reference, merged.verdict_new, strict=True)]
+    merged["opposed"] = [opposed(str(a), str(b)) for a, b in zip(merged.verdict_reference, merged.verdict_new, strict=True)]
     return merged
 
 
@@ -59,9 +59,9 @@ def compare_cells(reference: pd.DataFrame, new: pd.DataFrame, metric: str = "tes
         new[[*keys, "lr", metric, f"{metric}_ci"]], on=keys, how="left", suffixes=("_reference", "_new"))
     ref, value = merged[f"{metric}_reference"], merged[f"{metric}_new"]
     half_ref, half_new = merged[f"{metric}_ci_reference"].fillna(0), merged[f"{metric}_ci_new"].fillna(0)
-    merged["inside"] = [bool(math.isfinite(v) and abs(v - r) <= h) for r, h, v in zip(ref, half_ref, value)]
+    merged["inside"] = [bool(math.isfinite(v) and abs(v - r) <= h) for r, h, v in zip(ref, half_ref, value, strict=True)]
     merged["consistent"] = [bool(math.isfinite(v) and abs(v - r) <= math.hypot(a, b))
-                            for r, a, b, v in zip(ref, half_ref, half_new, value)]
+                            for r, a, b, v in zip(ref, half_ref, half_new, value, strict=True)]
     merged["same_lr"] = merged.lr_reference == merged.lr_new
     return merged.sort_values(keys, kind="stable").reset_index(drop=True)
 

@@ -1,4 +1,6 @@
-"""Reports of a suite's runs.jsonl: verdicts first, then the tables they rest on; data only.
+"""Reports of a suite's runs.jsonl: verdicts first, then the tables they rest on; data only. The
+tables are computed by :mod:`benchmarks.analysis`; this module writes them as CSV, markdown
+(``summary.md``, the README and docs tables that :mod:`benchmarks.blocks` places) and figures.
 
 * ``verdicts.csv``: one row per hypothesis: the paired effect over seeds, its Holm-adjusted
   interval (``ci_low``, ``ci_high``, two-sided at ``ci_level``), ``p`` and ``p_holm``, the
@@ -27,454 +29,46 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from .across import across_families, claim_of, family_label  # noqa: E402
-from .across import plot as plot_across  # noqa: E402
-from .backbones import family as backbone_family  # noqa: E402
-from .selection import BUDGET_CHECK_FACTOR, EXTENSION_CAP, mark_capped, runs_frame, select_lr  # noqa: E402
-from .stats import (  # noqa: E402
+from .across import across_families, claim_of, family_label
+from .across import plot as plot_across
+from .analysis import (
+    MATCH_FRACTION,
+    THRESHOLD_FRACTION,
+    add_derived_metrics,
+    budget_check,
+    convergence,
+    forgetting,
+    gates,
+    mean_curve,
+    ood_table,
+    pareto,
+    selected_table,
+    verdicts,
+)
+from .selection import BUDGET_CHECK_FACTOR, EXTENSION_CAP, mark_capped, runs_frame, select_lr
+from .stats import (
     ALPHA,
     FRAGILE_BELOW,
     NOT_RUN,
-    gate_probability,
-    gate_state,
-    holm,
-    holm_levels,
     mean_ci,
-    minimum_detectable_effect,
-    paired_difference,
-    precondition_probability,
-    replication_probability,
-    seeds_needed,
-    t_half_width,
-    verdict,
 )
-from .store import atomic_write, read_runs  # noqa: E402
-from .suites import Hypothesis, Suite  # noqa: E402
+from .store import atomic_write, read_runs
+from .suites import Suite
 
-#: Metrics of the per-strategy tables, in order (``ood_accuracy_<corruption>`` go to ood.csv).
-METRICS = ("test_accuracy", "ood_accuracy", "val_accuracy", "val_auc", "val_at_quarter", "retention_precise_bn",
-           "retention_weights_only", "backward_transfer", "retention_at_match", "effective_robustness", "ood_cka",
-           "test_cka", "id_cka", "probe_C", "probe_train_ce", "train_seconds", "wall_seconds")
-#: Kinds of strategies that start from the pretrained backbone (the transfer gate compares these).
-PRETRAINED_KINDS = ("finetune", "probe", "derived")
-#: Retention is compared at this fraction of the lowest peak of the strategies' mean test curves.
-MATCH_FRACTION = 0.9
-#: Convergence: steps until validation accuracy first reaches this fraction of the best strategy's
-#: mean final validation accuracy (the same threshold for every strategy of a target).
-THRESHOLD_FRACTION = 0.9
-#: A corruption is "at chance" when no strategy beats 1 / classes by more than this.
-CHANCE_MARGIN = 0.05
 #: The summary's Verdicts section of a suite without confirmatory hypotheses.
 NO_HYPOTHESES = ("No confirmatory hypotheses declared: a suite states them as `[[hypotheses]]` tables "
                  "(`benchmarks/configs/README.md`, `docs/benchmarks/own-suites.md`).")
-
-
-def crossing(steps: list[float], values: list[float], level: float) -> float:
-    """The first step at which a piecewise-linear curve reaches ``level`` (nan if it never does)."""
-    for i, value in enumerate(values):
-        if value >= level:
-            if i == 0:
-                return float(steps[0])
-            v0, s0 = values[i - 1], steps[i - 1]
-            return float(s0 + (level - v0) / (value - v0) * (steps[i] - s0))
-    return math.nan
-
-
-def value_at_crossing(steps: list[float], values: list[float], other: list[float], level: float) -> float:
-    """``other`` interpolated at the first step where ``values`` reaches ``level`` (nan if never)."""
-    step = crossing(steps, values, level)
-    return math.nan if math.isnan(step) else float(np.interp(step, steps, other))
-
-
-def _mean_curve(curves: pd.Series) -> np.ndarray | None:
-    arrays = [np.asarray(c, dtype=float) for c in curves if isinstance(c, list) and len(c)]
-    if not arrays or len({len(a) for a in arrays}) != 1:
-        return None
-    return np.mean(arrays, axis=0)
-
-
-def add_derived_metrics(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-run metrics computed from other runs: ``effective_robustness`` (OOD / ID accuracy) and
-    ``retention_at_match`` (retention along the run's trajectory where its test accuracy first
-    reaches the matched level of its (experiment, target)); and the table of matched levels."""
-    runs = runs.copy()
-    runs["effective_robustness"] = runs.ood_accuracy / runs.test_accuracy
-    runs["retention_at_match"] = math.nan
-    levels = []
-    tracked = runs[runs.selected & (runs.kind == "finetune") & runs.curve_retention_precise_bn.notna()]
-    for (experiment, target), part in tracked.groupby(["experiment", "target"], sort=False):
-        peaks = {s: float(np.max(c)) for s, g in part.groupby("strategy")
-                 if (c := _mean_curve(g.curve_test_accuracy)) is not None}
-        if not peaks:
-            continue
-        lowest = min(peaks, key=peaks.get)
-        level = MATCH_FRACTION * peaks[lowest]
-        levels.append({"experiment": experiment, "target": target, "matched_test_accuracy": level,
-                       "lowest_peak_strategy": lowest, "lowest_peak": peaks[lowest]})
-        rows = (runs.experiment == experiment) & (runs.target == target) & runs.curve_retention_precise_bn.notna()
-        runs.loc[rows, "retention_at_match"] = [
-            value_at_crossing(r.curve_forgetting_step, r.curve_test_accuracy, r.curve_retention_precise_bn, level)
-            for r in runs[rows].itertuples()]
-    return runs, pd.DataFrame(levels)
-
-
-def selected_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and 95% half-width over seeds of every metric at the selected lr."""
-    rows = []
-    chosen = runs[runs.selected]
-    for (experiment, target, strategy), group in chosen.groupby(["experiment", "target", "strategy"], sort=False):
-        row = {"experiment": experiment, "target": target, "strategy": strategy, "kind": group.kind.iloc[0],
-               "lr": group.lr.iloc[0], "edge": bool(group.edge.iloc[0]), "capped": bool(group.capped.iloc[0]),
-               "lrs_run": int(group.lrs_run.iloc[0]), "seeds": len(group)}
-        for metric in [*METRICS, *sorted(c for c in group if c.startswith("ood_accuracy_"))]:
-            values = group[metric].dropna() if metric in group else pd.Series(dtype=float)
-            if len(values):
-                row[metric], row[f"{metric}_ci"] = mean_ci(values.tolist())
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def unit_values(suite: Suite, runs: pd.DataFrame, experiment_name: str, values: pd.Series) -> pd.Series:
-    """Per-seed ``values`` (indexed by seed) as per-unit values: unchanged when the experiment's
-    seeds are independent units; the mean over the seeds of each source model when seeds share
-    source models (the balanced mixed model's test: the t on source-model means, k - 1 degrees of
-    freedom), indexed by source seed."""
-    experiment = suite.experiment(experiment_name)
-    if not experiment.source.trained or experiment.independent_sources or values.empty:
-        return values
-    part = runs[(runs.experiment == experiment_name) & runs.source_seed.notna()]
-    source = part.drop_duplicates("seed").set_index("seed").source_seed.reindex(values.index)
-    return values.groupby(source.to_numpy()).mean()
-
-
-def _differences(runs: pd.DataFrame, experiment: str, target: str, metric: str, better: str,
-                 worse: str) -> pd.Series:
-    """``better - worse`` of ``metric`` per seed among ``runs`` (the seeds both sides have)."""
-    part = runs[(runs.experiment == experiment) & (runs.target == target)]
-    b, w = (part[part.strategy == name].set_index("seed")[metric].dropna() for name in (better, worse))
-    seeds = sorted(set(b.index) & set(w.index))
-    return (b[seeds] - w[seeds]).astype(float)
-
-
-def seed_differences(runs: pd.DataFrame, h: Hypothesis) -> pd.Series:
-    """The hypothesis' paired differences per seed among ``runs``: ``better - worse`` (for an
-    interaction, the difference on ``h.target`` minus the one on ``h.versus``)."""
-    d = _differences(runs, h.experiment, h.target, h.metric, h.better, h.worse)
-    if h.versus:
-        other = _differences(runs, h.experiment, h.versus, h.metric, h.better, h.worse)
-        seeds = sorted(set(d.index) & set(other.index))
-        d = d[seeds] - other[seeds]
-    return d
-
-
-def hypothesis_differences(suite: Suite, runs: pd.DataFrame, h: Hypothesis) -> tuple[pd.Series, int]:
-    """(the hypothesis' paired differences per unit, the seeds behind them), among ``runs``:
-    :func:`seed_differences`, averaged per source model when seeds share one (:func:`unit_values`)."""
-    d = seed_differences(runs, h)
-    return unit_values(suite, runs, h.experiment, d), len(d)
-
-
-def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """Per target: the best pretrained strategy against the best of scratch and pixel (each by mean
-    test accuracy at its selected lr), decided on an interval: the transfer gate passes when the
-    lower end of the 95% Student-t interval of their paired difference (per unit) is at least
-    ``Experiment.gate_margin``, fails when its upper end is below it, and is undecided otherwise
-    (:func:`benchmarks.stats.gate_state`), never on a point estimate; and the source gate (every
-    source-pretraining seed at least ``Source.min_accuracy``)."""
-    rows = []
-    chosen = runs[runs.selected]
-    for experiment in suite.experiments:
-        for target in experiment.targets:
-            part = table[(table.experiment == experiment.name) & (table.target == target.name)]
-            if part.empty:
-                continue
-            pretrained = part[part.kind.isin(PRETRAINED_KINDS)].dropna(subset=["test_accuracy"])
-            baselines = part[part.kind.isin(("scratch", "pixel"))].dropna(subset=["test_accuracy"])
-            if pretrained.empty or baselines.empty:  # an unfinished suite: no gate yet
-                continue
-            best = pretrained.loc[pretrained.test_accuracy.idxmax()]
-            baseline = baselines.loc[baselines.test_accuracy.idxmax()]
-            sources = runs[(runs.experiment == experiment.name) & runs.source_accuracy.notna()]
-            source_accuracy = float(sources.source_accuracy.min()) if len(sources) else math.nan
-            source_ok = math.isnan(source_accuracy) or source_accuracy >= experiment.source.min_accuracy
-            d = unit_values(suite, runs, experiment.name, _differences(
-                chosen, experiment.name, target.name, "test_accuracy", best.strategy, baseline.strategy))
-            margin = float(d.mean()) if len(d) else math.nan
-            sd = float(d.std(ddof=1)) if len(d) >= 2 else math.nan
-            half = t_half_width(sd, len(d)) if len(d) >= 2 else math.nan
-            state = gate_state(margin - half, margin + half, experiment.gate_margin)
-            rows.append({"experiment": experiment.name, "target": target.name, "best_pretrained": best.strategy,
-                         "best_pretrained_accuracy": best.test_accuracy, "best_baseline": baseline.strategy,
-                         "best_baseline_accuracy": baseline.test_accuracy, "margin": margin, "margin_sd": sd,
-                         "units": len(d), "margin_ci_low": margin - half, "margin_ci_high": margin + half,
-                         "required_margin": experiment.gate_margin, "transfer": state,
-                         "transfer_ok": state == "pass",
-                         "source_accuracy": source_accuracy, "source_min_accuracy": experiment.source.min_accuracy,
-                         "source_ok": source_ok})
-    return pd.DataFrame(rows, columns=["experiment", "target", "best_pretrained", "best_pretrained_accuracy",
-                                       "best_baseline", "best_baseline_accuracy", "margin", "margin_sd", "units",
-                                       "margin_ci_low", "margin_ci_high", "required_margin", "transfer",
-                                       "transfer_ok", "source_accuracy", "source_min_accuracy", "source_ok"])
-
-
-def _preconditions(suite: Suite, runs: pd.DataFrame, h: Hypothesis) -> tuple[bool, str, float]:
-    """(all hold, text with the means, the probability that an independent run finds a failing
-    precondition failing again (the likeliest of the failing ones: a lower bound), or every one
-    holding again when all hold (their product, as if independent)) of the hypothesis'
-    preconditions, on the selected runs."""
-    held, texts, again = True, [], []
-    part = runs[(runs.experiment == h.experiment) & (runs.target == h.target)]
-    for p in h.preconditions:
-        means = [part[part.strategy == name][p.metric].mean() for name in (p.better, p.worse)]
-        ok = bool(all(math.isfinite(m) for m in means) and means[0] >= means[1])
-        held &= ok
-        d = unit_values(suite, runs, h.experiment, _differences(runs, h.experiment, h.target, p.metric, p.better,
-                                                                 p.worse))
-        sd = float(d.std(ddof=1)) if len(d) >= 2 else math.nan
-        again.append((ok, precondition_probability(ok, float(d.mean()) if len(d) else math.nan, sd, len(d))))
-        texts.append(f"{p.text} ({means[0]:.3f} vs {means[1]:.3f}): {'holds' if ok else 'FAILS'}")
-    failing = [q for ok, q in again if not ok]
-    probability = max(failing) if failing else (float(np.prod([q for _, q in again])) if again else math.nan)
-    return held, "; ".join(texts), probability
-
-
-def _not_run(suite: Suite, runs: pd.DataFrame, h: Hypothesis) -> bool:
-    """Whether some cells the hypothesis reads have not run at all (a part of the suite was run):
-    a side of it or of a precondition, or a scratch or pixel baseline of the transfer gate, has no
-    run on one of its targets."""
-    experiment = suite.experiment(h.experiment)
-    named = {h.better, h.worse} | {n for p in h.preconditions for n in (p.better, p.worse)}
-    baselines = {s.name for s in experiment.strategies if s.kind in ("scratch", "pixel")}
-    part = runs[runs.experiment == h.experiment]
-    for target in [h.target, h.versus] if h.versus else [h.target]:
-        ran = set(part.strategy[part.target == target])
-        if any(name not in ran and (target, name) not in experiment.skip for name in named | baselines):
-            return True
-    return False
-
-
-def verdicts(suite: Suite, runs: pd.DataFrame, gate_table: pd.DataFrame) -> pd.DataFrame:
-    """One row per hypothesis (see the module docstring); the Holm family is the confirmatory
-    hypotheses in scope with a test. The unit of every test is the experiment's
-    (:func:`unit_values`); ``replication_probability``: the probability that an independent run of
-    the same design gives a compatible verdict (:func:`benchmarks.stats.replication_probability`;
-    for *out of scope*, that the failing precondition fails again), ``fragile`` below
-    :data:`benchmarks.stats.FRAGILE_BELOW`. *not run*: some of its cells have not run
-    (:func:`_not_run`), no test."""
-    chosen = runs[runs.selected]
-    rows = []
-    for h in suite.hypotheses:
-        d, seeds = hypothesis_differences(suite, chosen, h)
-        targets = [h.target, h.versus] if h.versus else [h.target]
-        gate = gate_table[(gate_table.experiment == h.experiment) & gate_table.target.isin(targets)]
-        complete = len(gate) == len(targets)
-        gate_failed = bool(complete and ((gate.transfer == "fail") | ~gate.source_ok.astype(bool)).any())
-        gate_ok = bool(complete and not gate_failed and (gate.transfer == "pass").all())
-        held, text, precondition_again = _preconditions(suite, chosen, h)
-        row = {"hypothesis": h.name, "mirrors": h.mirrors, "comparison": h.comparison, "metric": h.metric,
-               "kind": h.kind, "experiment": h.experiment,
-               "family": backbone_family(suite.experiment(h.experiment).backbone),
-               "target": h.target, "unit": suite.experiment(h.experiment).unit, "units": len(d), "seeds": seeds,
-               "min_effect": h.min_effect, "min_effect_source": h.min_effect_source, "gate_ok": gate_ok,
-               "gate_failed": gate_failed, "gate_targets": targets,
-               "preconditions": text or "none", "preconditions_ok": held, "precondition_again": precondition_again,
-               "exploratory": h.exploratory, "published": h.published, "effect": math.nan, "sd": math.nan,
-               "p": math.nan, "not_run": _not_run(suite, runs, h)}
-        if len(d) >= 2 and not row["not_run"]:
-            shift = h.min_effect if h.kind == "noninferiority" else 0.0  # tested against -margin
-            test = paired_difference((d + shift).tolist(), [0.0] * len(d))
-            # zero spread (e.g. two tied source-model means) is no evidence: no test, no Holm slot
-            row.update(effect=float(d.mean()), sd=test.sd, p=test.p if test.sd > 0 else math.nan)
-        rows.append(row)
-    columns = ["hypothesis", "mirrors", "comparison", "metric", "kind", "effect", "ci_low", "ci_high", "ci_level",
-               "p_holm", "verdict", "replication_probability", "fragile", "unit", "units", "seeds", "p", "min_effect",
-               "mde", "mde_worst_step", "seeds_needed", "sd", "preconditions", "preconditions_ok", "scope",
-               "exploratory", "experiment", "family", "target", "gate_ok", "min_effect_source", "published"]
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return pd.DataFrame(columns=columns).astype({"exploratory": bool})
-    family = (~frame.exploratory) & frame.gate_ok.astype(bool) & frame.preconditions_ok & frame.p.notna()
-    frame["p_holm"] = math.nan
-    frame["ci_level"] = ALPHA
-    if family.any():
-        frame.loc[family, "p_holm"] = holm(frame.p[family].tolist())
-        frame.loc[family, "ci_level"] = holm_levels(frame.p[family].tolist())
-    worst = ALPHA / max(1, int(family.sum()))
-    lows, highs, labels, mdes, needed, mde_worst, again = [], [], [], [], [], [], []
-    for r in frame.itertuples():
-        low = high = math.nan
-        if math.isfinite(r.p):
-            half = t_half_width(r.sd, r.units, r.ci_level)
-            low, high = r.effect - half, r.effect + half
-        lows.append(low)
-        highs.append(high)
-        in_scope = not r.gate_failed and r.preconditions_ok
-        gate = gate_table[(gate_table.experiment == r.experiment) & gate_table.target.isin(r.gate_targets)]
-        if r.exploratory:
-            labels.append("exploratory")
-            again.append(math.nan)
-        elif r.not_run:
-            labels.append(NOT_RUN)
-            again.append(math.nan)
-        elif in_scope and not r.gate_ok:  # a transfer gate its interval does not decide: no verdict either
-            labels.append("undetermined")
-            undecided = gate[gate.transfer == "undecided"]
-            again.append(float(np.prod([gate_probability("undecided", g.margin, g.margin_sd, g.units,
-                                                         g.required_margin) for g in undecided.itertuples()]))
-                         if len(undecided) else math.nan)
-        else:
-            label = verdict(r.effect, low, high, r.min_effect, in_scope=in_scope, kind=r.kind)
-            labels.append(label)
-            if r.gate_failed:  # the chance that some failing gate fails again (at least the likeliest one)
-                failing = gate[gate.transfer == "fail"]
-                again.append(max((gate_probability("fail", g.margin, g.margin_sd, g.units, g.required_margin)
-                                  for g in failing.itertuples()), default=math.nan))
-            elif not r.preconditions_ok:
-                again.append(r.precondition_again)
-            else:
-                again.append(replication_probability(label, r.effect, r.sd, r.units, r.min_effect, r.ci_level,
-                                                     r.kind))
-        mdes.append(minimum_detectable_effect(r.sd, r.units, r.ci_level))
-        mde_worst.append(minimum_detectable_effect(r.sd, r.units, worst))
-        needed.append(seeds_needed(r.sd, r.min_effect, r.ci_level))
-    frame["ci_low"], frame["ci_high"], frame["verdict"] = lows, highs, labels
-    frame["replication_probability"] = again
-    frame["fragile"] = [bool(not r.exploratory and not r.not_run and not (r.replication_probability >= FRAGILE_BELOW))
-                        for r in frame.itertuples()]
-    frame["mde"], frame["mde_worst_step"] = mdes, mde_worst
-    frame["seeds_needed"] = pd.array([None if math.isnan(n) else int(n) for n in needed], dtype="Int64")
-    frame["scope"] = ["cells not run" if r.not_run else "" if r.gate_ok and r.preconditions_ok else
-                      "transfer/source gate failed" if r.gate_failed else
-                      "precondition failed" if not r.preconditions_ok else "transfer gate undecided"
-                      for r in frame.itertuples()]
-    return frame[columns]
-
-
-def convergence(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (experiment, target, strategy) of trained strategies at the selected lr: validation AUC,
-    accuracy at a quarter of the budget, steps to the target's threshold (mean over the seeds that
-    reach it) and the share of seeds that reach it."""
-    rows = []
-    trained = runs[runs.selected & runs.kind.isin(("finetune", "scratch")) & runs.curve_step.notna()]
-    for (experiment, target), part in trained.groupby(["experiment", "target"], sort=False):
-        pretrained = part[part.kind == "finetune"]
-        best = pretrained.groupby("strategy").val_accuracy.mean().max() if len(pretrained) else math.nan
-        threshold = THRESHOLD_FRACTION * best
-        for strategy, group in part.groupby("strategy", sort=False):
-            steps = [crossing(r.curve_step, r.curve_val_accuracy, threshold) for r in group.itertuples()]
-            reached = [s for s in steps if math.isfinite(s)]
-            row = {"experiment": experiment, "target": target, "strategy": strategy, "seeds": len(group),
-                   "threshold": threshold, "reached": len(reached) / len(group)}
-            for name, values in (("val_auc", group.val_auc), ("val_at_quarter", group.val_at_quarter),
-                                 ("steps_to_threshold", pd.Series(reached, dtype=float))):
-                if len(values.dropna()):
-                    row[name], row[f"{name}_ci"] = mean_ci(values.dropna().tolist())
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def forgetting(runs: pd.DataFrame, levels: pd.DataFrame) -> pd.DataFrame:
-    """Per (experiment, target, strategy) with a source, at the selected lr: retention at the matched
-    level (and the level), retention and backward transfer at the end, mean and 95% half-width."""
-    rows = []
-    part = runs[runs.selected & runs.retention_precise_bn.notna() & (runs.kind != "derived")]
-    for (experiment, target, strategy), group in part.groupby(["experiment", "target", "strategy"], sort=False):
-        level = levels[(levels.experiment == experiment) & (levels.target == target)] if len(levels) else levels
-        row = {"experiment": experiment, "target": target, "strategy": strategy, "seeds": len(group),
-               "matched_test_accuracy": float(level.matched_test_accuracy.iloc[0]) if len(level) else math.nan}
-        for metric in ("retention_at_match", "retention_precise_bn", "retention_weights_only", "backward_transfer"):
-            values = group[metric].dropna()
-            if len(values):
-                row[metric], row[f"{metric}_ci"] = mean_ci(values.tolist())
-                if metric == "retention_at_match":
-                    row["matched_seeds"] = len(values)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def pareto(runs: pd.DataFrame) -> pd.DataFrame:
-    """Forgetting across the whole lr grid, not at the selected lr alone: per (experiment, target,
-    fine-tuning strategy, lr) with a source to forget, the mean test accuracy and the mean source
-    retention at the end (precise BN) over seeds, and ``on_front``: no other point of the target
-    (any strategy, any lr) has at least the accuracy and at least the retention, and more of one
-    (the Pareto front of retention against target accuracy). ``front_share``: the share of the
-    strategy's lrs on the front. Empty where retention is not measured."""
-    part = runs[(runs.kind == "finetune") & (runs.budget_factor == 1)]
-    if "retention_precise_bn" not in part or part.retention_precise_bn.isna().all():
-        return pd.DataFrame(columns=["experiment", "target", "strategy", "lr", "seeds", "test_accuracy",
-                                     "retention_precise_bn", "on_front", "front_share"])
-    part = part.dropna(subset=["retention_precise_bn"])
-    means = part.groupby(["experiment", "target", "strategy", "lr"], sort=False).agg(
-        seeds=("seed", "nunique"), test_accuracy=("test_accuracy", "mean"),
-        retention_precise_bn=("retention_precise_bn", "mean")).reset_index()
-    fronts = []
-    for _, group in means.groupby(["experiment", "target"], sort=False):
-        a, r = group.test_accuracy.to_numpy(), group.retention_precise_bn.to_numpy()
-        dominated = [bool(np.any((a >= a[i]) & (r >= r[i]) & ((a > a[i]) | (r > r[i])))) for i in range(len(a))]
-        fronts.append(pd.Series([not d for d in dominated], index=group.index))
-    means["on_front"] = pd.concat(fronts).reindex(means.index)
-    means["front_share"] = means.groupby(["experiment", "target", "strategy"]).on_front.transform("mean")
-    return means
-
-
-def ood_table(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
-    """OOD accuracy per corruption and strategy at the selected lr; ``at_chance``: no strategy beats
-    1 / classes by more than CHANCE_MARGIN on that corruption."""
-    rows = []
-    chosen = runs[runs.selected]
-    for experiment in suite.experiments:
-        for target in experiment.targets:
-            part = chosen[(chosen.experiment == experiment.name) & (chosen.target == target.name)]
-            for corruption in target.ood:
-                column = f"ood_accuracy_{corruption}"
-                if column not in part or part[column].isna().all():
-                    continue
-                means = part.groupby("strategy", sort=False)[column].mean()
-                at_chance = bool(means.max() <= 1 / target.num_classes + CHANCE_MARGIN)
-                rows += [{"experiment": experiment.name, "target": target.name, "corruption": corruption,
-                          "strategy": strategy, "ood_accuracy": value, "at_chance_for_all": at_chance}
-                         for strategy, value in means.items()]
-    return pd.DataFrame(rows)
-
-
-def budget_check(suite: Suite, runs: pd.DataFrame, verdict_table: pd.DataFrame) -> pd.DataFrame:
-    """Per confirmatory hypothesis: the effect on the budget-check seeds at 1x and at the longer
-    budget (each side at its selected lr), and whether the verdict holds at the longer budget (the
-    longer effect on the verdict's side of its boundary: >= min effect for reproduced, < min effect
-    for not reproduced, <= -min effect for contradicted)."""
-    rows = []
-    chosen = runs[runs.selected]
-    for h in suite.hypotheses:
-        if h.exploratory:
-            continue
-        longer = runs[(runs.budget_factor == BUDGET_CHECK_FACTOR) & (runs.lr == runs.selected_lr)]
-        long_d, short_d = seed_differences(longer, h), seed_differences(chosen, h)
-        seeds = sorted(set(long_d.index))
-        row = {"hypothesis": h.name, "comparison": h.comparison, "metric": h.metric, "seeds": len(seeds),
-               "budget_factor": BUDGET_CHECK_FACTOR}
-        verdict_row = verdict_table[verdict_table.hypothesis == h.name]
-        label = verdict_row.verdict.iloc[0] if len(verdict_row) else "undetermined"
-        if len(seeds) >= 1 and set(seeds) <= set(short_d.index):
-            row["effect_1x"] = float(short_d[seeds].mean())
-            row["effect_longer"] = effect = float(long_d[seeds].mean())
-            m = h.min_effect
-            holds = ({"reproduced": effect > -m, "contradicted": effect <= -m} if h.kind == "noninferiority" else
-                     {"reproduced": effect >= m, "not reproduced": effect < m, "direction only": 0 < effect < m,
-                      "contradicted": effect <= -m}).get(label)
-            row["verdict"], row["holds"] = label, holds
-        rows.append(row)
-    return pd.DataFrame(rows, columns=["hypothesis", "comparison", "metric", "seeds", "budget_factor", "effect_1x",
-                                       "effect_longer", "verdict", "holds"])
 
 
 # --- Writing -------------------------------------------------------------------------------------
@@ -493,7 +87,9 @@ def _fmt(value: Any, ci: Any = None, digits: int = 3) -> str:
     return str(value)
 
 
-def _markdown(frame: pd.DataFrame, columns: Mapping[str, str], with_ci: bool = False) -> str:
+def markdown_table(frame: pd.DataFrame, columns: Mapping[str, str], with_ci: bool = False) -> str:
+    """``frame`` as a markdown table: a column per ``columns`` key, headed by its value, each cell
+    formatted as the reports print numbers (with ``with_ci``, `` ± <column>_ci`` where there is one)."""
     lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
     for _, row in frame.iterrows():
         lines.append("| " + " | ".join(_fmt(row.get(c), row.get(f"{c}_ci") if with_ci else None) for c in columns)
@@ -503,7 +99,7 @@ def _markdown(frame: pd.DataFrame, columns: Mapping[str, str], with_ci: bool = F
 
 def _table_or(frame: pd.DataFrame, columns: Mapping[str, str], empty: str, with_ci: bool = False) -> str:
     """``frame`` as a markdown table, or the sentence ``empty`` where it has no row (no header-only tables)."""
-    return _markdown(frame, columns, with_ci) if len(frame) else empty
+    return markdown_table(frame, columns, with_ci) if len(frame) else empty
 
 
 def _strategy_table(part: pd.DataFrame) -> str:
@@ -599,7 +195,7 @@ def _plot_forgetting(runs: pd.DataFrame, levels: pd.DataFrame, out: Path) -> lis
     for (experiment, target), part in tracked.groupby(["experiment", "target"], sort=False):
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         for strategy, group in part.groupby("strategy", sort=False):
-            x, y = _mean_curve(group.curve_test_accuracy), _mean_curve(group.curve_retention_precise_bn)
+            x, y = mean_curve(group.curve_test_accuracy), mean_curve(group.curve_retention_precise_bn)
             if x is not None and y is not None:
                 ax.plot(x, y, marker=".", label=strategy, color=strategy_colour(strategy))
         level = levels[(levels.experiment == experiment) & (levels.target == target)] if len(levels) else levels
@@ -666,7 +262,7 @@ def _in_suite_order(frame: pd.DataFrame, order: Mapping[tuple[str, str], int]) -
     """Rows sorted by the suite's (experiment, target) order, stable within."""
     if frame.empty:
         return frame
-    rank = [order.get((e, t), len(order)) for e, t in zip(frame.experiment, frame.target)]
+    rank = [order.get((e, t), len(order)) for e, t in zip(frame.experiment, frame.target, strict=True)]
     return frame.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
 
 
@@ -684,7 +280,7 @@ def _across_section(across: pd.DataFrame) -> list[str]:
             "random-effects mean of the families' effects with the small-k Hartung-Knapp 95% interval (Student-t, "
             "k - 1 df); the families are hand-picked architectures, not a sample of a population. tau: the "
             "between-family standard deviation of the effect (`benchmarks/across.py`).", "",
-            _markdown(across, ACROSS_COLUMNS), "", "![across_backbones.png](across_backbones.png)", ""]
+            markdown_table(across, ACROSS_COLUMNS), "", "![across_backbones.png](across_backbones.png)", ""]
 
 
 def replicability(verdict_table: pd.DataFrame) -> str:
@@ -724,36 +320,76 @@ def write_reports(out: Path, suite: Suite) -> None:
     if runs.empty:
         atomic_write(out / "summary.md", f"# Suite `{suite.name}`\n\nNo finished runs yet.\n")
         return
+    tables = analyse(suite, runs)
+    for name, frame in (("runs.csv", tables.scalar_runs), ("selected.csv", tables.selected), ("gates.csv", tables.gates),
+                        ("verdicts.csv", tables.verdicts), ("convergence.csv", tables.convergence),
+                        ("forgetting.csv", tables.forgetting), ("ood.csv", tables.ood),
+                        ("budget_check.csv", tables.budget_check), ("across.csv", tables.across),
+                        ("pareto.csv", tables.pareto)):
+        atomic_write(out / name, frame.to_csv(index=False, float_format="%.6g"))
+    plots = (_plot_curves(tables.runs, out) + _plot_forgetting(tables.runs, tables.levels, out)
+             + _plot_pareto(tables.pareto, out) + _plot_wise(tables.selected, out))
+    several = tables.across[tables.across.families >= 2]
+    if len(several):
+        plot_across(tables.verdicts, tables.across, str(out / "across_backbones.png"))
+    failed = [r for r in records if r.get("status") == "failed"]
+    lines = [f"# Suite `{suite.name}`", "", suite.description, "", "## Verdicts", "",
+             *_verdict_section(tables.verdicts[~tables.verdicts.exploratory]),
+             *(_across_section(several) if len(several) else []),
+             *_exploratory_section(suite, tables.verdicts), *_budget_section(tables.budget_check),
+             *_gates_section(tables.gates), *_lr_section(tables.selected), *_strategy_sections(suite, tables.selected),
+             *_convergence_section(tables.convergence), *_forgetting_section(tables.levels, tables.forgetting),
+             *_pareto_section(tables.pareto), *_ood_section(tables.ood)]
+    lines += [f"![{name}]({name})" for name in plots]
+    lines += ["", "## Failed cells", ""] + ([f"- {r.get('experiment')} / {r.get('target')} / {r.get('strategy')} / "
+                                             f"seed {r.get('seed')} / lr {r.get('lr')}: {r.get('error')}"
+                                             for r in failed] or ["none"])
+    lines += _environment_section(suite, environment)
+    atomic_write(out / "summary.md", "\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Every table of a suite's reports (:func:`analyse`)."""
+
+    runs: pd.DataFrame
+    levels: pd.DataFrame
+    selected: pd.DataFrame
+    gates: pd.DataFrame
+    verdicts: pd.DataFrame
+    convergence: pd.DataFrame
+    forgetting: pd.DataFrame
+    ood: pd.DataFrame
+    budget_check: pd.DataFrame
+    pareto: pd.DataFrame
+    across: pd.DataFrame
+
+    @property
+    def scalar_runs(self) -> pd.DataFrame:
+        """``runs.csv``: every run without its curves."""
+        return self.runs.drop(columns=[c for c in self.runs if c.startswith("curve_")])
+
+
+def analyse(suite: Suite, runs: pd.DataFrame) -> Tables:
+    """Every table of the reports of ``runs`` (:func:`benchmarks.selection.runs_frame`, not empty):
+    each strategy's lr selected, then :mod:`benchmarks.analysis` and the cross-family table; the
+    per-target tables in the suite's order."""
     runs = mark_capped(suite, select_lr(runs))
     runs, levels = add_derived_metrics(runs)
     table = selected_table(runs)
     gate_table = gates(suite, runs, table)
     verdict_table = verdicts(suite, runs, gate_table)
-    converge = convergence(runs)
-    forget = forgetting(runs, levels)
-    ood = ood_table(suite, runs)
-    check = budget_check(suite, runs, verdict_table)
-    front = pareto(runs)
-    across = across_families(verdict_table)
     order = {(e.name, t.name): i for i, (e, t) in enumerate((e, t) for e in suite.experiments for t in e.targets)}
-    converge, forget, ood = (_in_suite_order(frame, order) for frame in (converge, forget, ood))
-    scalar_runs = runs.drop(columns=[c for c in runs if c.startswith("curve_")])
-    for name, frame in (("runs.csv", scalar_runs), ("selected.csv", table), ("gates.csv", gate_table),
-                        ("verdicts.csv", verdict_table), ("convergence.csv", converge), ("forgetting.csv", forget),
-                        ("ood.csv", ood), ("budget_check.csv", check), ("across.csv", across), ("pareto.csv", front)):
-        atomic_write(out / name, frame.to_csv(index=False, float_format="%.6g"))
-    plots = (_plot_curves(runs, out) + _plot_forgetting(runs, levels, out) + _plot_pareto(front, out)
-             + _plot_wise(table, out))
-    several = across[across.families >= 2]
-    if len(several):
-        plot_across(verdict_table, across, str(out / "across_backbones.png"))
-    failed = [r for r in records if r.get("status") == "failed"]
-    confirmatory = verdict_table[~verdict_table.exploratory]
-    tuned = table[(table.kind != "derived")]
-    lines = [
-        f"# Suite `{suite.name}`", "", suite.description, "",
-        "## Verdicts", "",
-        *([
+    converge, forget, ood = (_in_suite_order(frame, order)
+                             for frame in (convergence(runs), forgetting(runs, levels), ood_table(suite, runs)))
+    return Tables(runs, levels, table, gate_table, verdict_table, converge, forget, ood,
+                  budget_check(suite, runs, verdict_table), pareto(runs), across_families(verdict_table))
+
+
+def _verdict_section(confirmatory: pd.DataFrame) -> list[str]:
+    if not len(confirmatory):
+        return [NO_HYPOTHESES, ""]
+    return [
             "Paired difference `better - worse` per unit, each side at its selected lr (pre-registered in a "
             "confirmatory suite, chosen on validation in a grid suite). The unit: a seed with its own source model, a "
             "seed on shipped weights every seed shares by construction, or, where seeds share a suite-pretrained "
@@ -776,12 +412,15 @@ def write_reports(out: Path, suite: Suite) -> None:
             f"the failing precondition or gate fails again; **fragile** below {FRAGILE_BELOW}. MDE: the smallest "
             "effect the test detects with 80% power at these units and this level.", "",
             replicability(confirmatory), "",
-            _markdown(marked_fragile(confirmatory), VERDICT_COLUMNS), "",
+            markdown_table(marked_fragile(confirmatory), VERDICT_COLUMNS), "",
             "Minimum effects and their sources:", "",
             *[f"- {r.hypothesis}: {_fmt(r.min_effect)}" + (f" — {r.min_effect_source}" if r.min_effect_source else "")
               for r in confirmatory.itertuples()], "",
-        ] if len(confirmatory) else [NO_HYPOTHESES, ""]),
-        *(_across_section(several) if len(several) else []),
+    ]
+
+
+def _exploratory_section(suite: Suite, verdict_table: pd.DataFrame) -> list[str]:
+    return [
         "## Exploratory comparisons (no verdict, not in the Holm family; unadjusted 95% interval)", "",
         *([f"Registered exploratory by the pre-registration (futile: on the tuning stage's numbers no seed count up "
            f"to the maximum decides them): {', '.join(suite.futile)}.", ""] if suite.futile else []),
@@ -789,90 +428,118 @@ def write_reports(out: Path, suite: Suite) -> None:
                   {k: v for k, v in VERDICT_COLUMNS.items() if k not in ("p_holm", "verdict", "seeds_needed", "mde",
                                                                           "preconditions")},
                   "No exploratory comparisons declared."), "",
+    ]
+
+
+def _budget_section(check: pd.DataFrame) -> list[str]:
+    return [
         f"## Budget check (selected cells at {BUDGET_CHECK_FACTOR}x the steps, first seeds)", "",
         _table_or(check, {"hypothesis": "hypothesis", "comparison": "comparison", "metric": "metric",
                           "seeds": "seeds", "effect_1x": "effect (1x, same seeds)",
                           "effect_longer": f"effect ({BUDGET_CHECK_FACTOR}x)", "verdict": "verdict",
                           "holds": "verdict holds"}, "No confirmatory hypothesis to check at a longer budget."), "",
+    ]
+
+
+def _gates_section(gate_table: pd.DataFrame) -> list[str]:
+    return [
         "## Gates", "",
-        _markdown(gate_table, {"experiment": "experiment", "target": "target", "best_pretrained": "best pretrained",
-                               "best_pretrained_accuracy": "acc", "best_baseline": "best baseline",
-                               "best_baseline_accuracy": "acc ", "margin": "margin (mean per unit)",
-                               "margin_ci_low": "95% low", "units": "units",
-                               "margin_ci_high": "95% high", "required_margin": "required", "transfer": "transfer gate",
-                               "source_accuracy": "lowest source acc", "source_min_accuracy": "source gate",
-                               "source_ok": "source ok"}), "",
+        markdown_table(gate_table, {"experiment": "experiment", "target": "target",
+                                    "best_pretrained": "best pretrained", "best_pretrained_accuracy": "acc",
+                                    "best_baseline": "best baseline", "best_baseline_accuracy": "acc ",
+                                    "margin": "margin (mean per unit)", "margin_ci_low": "95% low", "units": "units",
+                                    "margin_ci_high": "95% high", "required_margin": "required",
+                                    "transfer": "transfer gate", "source_accuracy": "lowest source acc",
+                                    "source_min_accuracy": "source gate", "source_ok": "source ok"}), "",
+    ]
+
+
+def _lr_section(table: pd.DataFrame) -> list[str]:
+    tuned = table[(table.kind != "derived")]
+    return [
         "## Learning-rate selection", "",
         f"{int(tuned.edge.sum())} of {len(tuned)} selected lrs sit at an edge of the lrs run; "
         f"{int(tuned.capped.sum())} ({_fmt(tuned.capped.mean() if len(tuned) else math.nan)}) at an edge the grid "
         f"may not extend further (at most {EXTENSION_CAP} candidates beyond each end of the base grid).", "",
         "## Strategies at their selected lr (mean ± 95% half-width over seeds)",
     ]
+
+
+def _strategy_sections(suite: Suite, table: pd.DataFrame) -> list[str]:
+    lines = []
     for experiment in suite.experiments:
         for target in experiment.targets:
             part = table[(table.experiment == experiment.name) & (table.target == target.name)]
             if not part.empty:
                 lines += ["", f"### {experiment.name} / {target.name}", "", _strategy_table(part)]
-    lines += ["", "## Convergence (selected lrs)", "",
-              f"Threshold: {THRESHOLD_FRACTION:.0%} of the best pretrained strategy's mean final validation "
-              "accuracy on the target; steps to it are averaged over the seeds that reach it.", "",
-              _table_or(converge, {"experiment": "experiment", "target": "target", "strategy": "strategy",
-                                   "val_auc": "val AUC", "val_at_quarter": "val acc at 25%",
-                                   "threshold": "threshold", "steps_to_threshold": "steps to threshold",
-                                   "reached": "share reaching it"}, "No learning curves at the selected lrs.",
-                        with_ci=True), "",
-              "## Forgetting (selected lrs)", "",
-              f"Retention (precise BN) at matched target accuracy: along each run's trajectory, where its test "
-              f"accuracy first reaches {MATCH_FRACTION:.0%} of the lowest peak of the strategies' mean test "
-              "curves (the level is inside every strategy's span).", "",
-              _markdown(levels, {"experiment": "experiment", "target": "target",
-                                 "matched_test_accuracy": "matched test acc", "lowest_peak_strategy": "lowest peak",
-                                 "lowest_peak": "its peak"}) if len(levels) else "no tracked trajectories", "",
-              _table_or(forget, {"experiment": "experiment", "target": "target", "strategy": "strategy",
-                                 "retention_at_match": "retention at match", "matched_seeds": "seeds matched",
-                                 "retention_precise_bn": "retention at end (precise BN)",
-                                 "retention_weights_only": "retention at end (weights only)",
-                                 "backward_transfer": "backward transfer"},
-                        "No source retention measured (a source model's task is needed to measure forgetting).",
-                        with_ci=True), ""]
-    if len(front) and front.groupby(["experiment", "target", "strategy"]).lr.nunique().max() > 1:
-        lines += ["## Forgetting across the lr grid (Pareto)", "",
-                  "Every lr run, not the selected one alone: mean target test accuracy and mean source retention at "
-                  "the end (precise BN) over seeds; on the front: no other point of the target, any strategy and "
-                  "lr, has at least both and more of one (`pareto.csv`).", "",
-                  _markdown(front, {"experiment": "experiment", "target": "target", "strategy": "strategy",
-                                    "lr": "lr", "seeds": "seeds", "test_accuracy": "test acc",
-                                    "retention_precise_bn": "retention (end)", "on_front": "on front",
-                                    "front_share": "strategy's share on front"}), ""]
-    if len(ood):
-        wide = ood.pivot_table(index=["experiment", "corruption", "at_chance_for_all"], columns="strategy",
-                               values="ood_accuracy", sort=False).reset_index()
-        lines += ["## OOD accuracy per corruption (selected lrs, mean over seeds)", "",
-                  _markdown(wide, {c: c for c in wide.columns}), ""]
-    lines += [f"![{name}]({name})" for name in plots]
-    lines += ["", "## Failed cells", ""] + ([f"- {r.get('experiment')} / {r.get('target')} / {r.get('strategy')} / "
-                                             f"seed {r.get('seed')} / lr {r.get('lr')}: {r.get('error')}"
-                                             for r in failed] or ["none"])
+    return lines
+
+
+def _convergence_section(converge: pd.DataFrame) -> list[str]:
+    return ["", "## Convergence (selected lrs)", "",
+            f"Threshold: {THRESHOLD_FRACTION:.0%} of the best pretrained strategy's mean final validation "
+            "accuracy on the target; steps to it are averaged over the seeds that reach it.", "",
+            _table_or(converge, {"experiment": "experiment", "target": "target", "strategy": "strategy",
+                                 "val_auc": "val AUC", "val_at_quarter": "val acc at 25%",
+                                 "threshold": "threshold", "steps_to_threshold": "steps to threshold",
+                                 "reached": "share reaching it"}, "No learning curves at the selected lrs.",
+                      with_ci=True), ""]
+
+
+def _forgetting_section(levels: pd.DataFrame, forget: pd.DataFrame) -> list[str]:
+    return ["## Forgetting (selected lrs)", "",
+            f"Retention (precise BN) at matched target accuracy: along each run's trajectory, where its test "
+            f"accuracy first reaches {MATCH_FRACTION:.0%} of the lowest peak of the strategies' mean test "
+            "curves (the level is inside every strategy's span).", "",
+            markdown_table(levels, {"experiment": "experiment", "target": "target",
+                                    "matched_test_accuracy": "matched test acc", "lowest_peak_strategy": "lowest peak",
+                                    "lowest_peak": "its peak"}) if len(levels) else "no tracked trajectories", "",
+            _table_or(forget, {"experiment": "experiment", "target": "target", "strategy": "strategy",
+                               "retention_at_match": "retention at match", "matched_seeds": "seeds matched",
+                               "retention_precise_bn": "retention at end (precise BN)",
+                               "retention_weights_only": "retention at end (weights only)",
+                               "backward_transfer": "backward transfer"},
+                      "No source retention measured (a source model's task is needed to measure forgetting).",
+                      with_ci=True), ""]
+
+
+def _pareto_section(front: pd.DataFrame) -> list[str]:
+    if not len(front) or front.groupby(["experiment", "target", "strategy"]).lr.nunique().max() <= 1:
+        return []
+    return ["## Forgetting across the lr grid (Pareto)", "",
+            "Every lr run, not the selected one alone: mean target test accuracy and mean source retention at "
+            "the end (precise BN) over seeds; on the front: no other point of the target, any strategy and "
+            "lr, has at least both and more of one (`pareto.csv`).", "",
+            markdown_table(front, {"experiment": "experiment", "target": "target", "strategy": "strategy",
+                                   "lr": "lr", "seeds": "seeds", "test_accuracy": "test acc",
+                                   "retention_precise_bn": "retention (end)", "on_front": "on front",
+                                   "front_share": "strategy's share on front"}), ""]
+
+
+def _ood_section(ood: pd.DataFrame) -> list[str]:
+    if not len(ood):
+        return []
+    wide = ood.pivot_table(index=["experiment", "corruption", "at_chance_for_all"], columns="strategy",
+                           values="ood_accuracy", sort=False).reset_index()
+    return ["## OOD accuracy per corruption (selected lrs, mean over seeds)", "",
+            markdown_table(wide, {c: c for c in wide.columns}), ""]
+
+
+def _environment_section(suite: Suite, environment: Mapping[str, Any]) -> list[str]:
     versions = environment.get("versions", {})
     phases = "; ".join(f"{p['phase']}: {p['computed']} of {p['cells']} cells in {p['seconds']:.0f} s"
                        for p in environment.get("phases") or [])
-    lines += ["", "## Environment and how to regenerate", "",
-              f"Regenerate with {_regenerate_hint(suite, environment)} (reports alone: "
-              f"`python -m benchmarks report --out <this folder>`).", "",
-              f"- {environment.get('device_name', '?')}, {environment.get('executor', 'local')} executor, "
-              f"{environment.get('workers', '?')} worker process(es) of {environment.get('threads_per_cell', '?')} "
-              f"torch thread(s) per cell; wall time {_fmt(environment.get('wall_seconds'), digits=0)} s for "
-              f"{environment.get('computed', '?')} computed cells ({phases}); 1/5/15-minute load average at the "
-              f"start {environment.get('load_average_start', '?')}, at the end {environment.get('load_average', '?')}",
-              "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-              f"- git {environment.get('git', {}).get('commit', '?')}, python {environment.get('python', '?')}, "
-              f"{environment.get('date', '?')}", ""]
-    atomic_write(out / "summary.md", "\n".join(lines))
-
-
-def readme_markers(block: str) -> tuple[str, str]:
-    """The README's start and end markers of a generated block (``verdicts-quick``, ``across-standard``)."""
-    return f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+    return ["", "## Environment and how to regenerate", "",
+            f"Regenerate with {_regenerate_hint(suite, environment)} (reports alone: "
+            f"`python -m benchmarks report --out <this folder>`).", "",
+            f"- {environment.get('device_name', '?')}, {environment.get('executor', 'local')} executor, "
+            f"{environment.get('workers', '?')} worker process(es) of {environment.get('threads_per_cell', '?')} "
+            f"torch thread(s) per cell; wall time {_fmt(environment.get('wall_seconds'), digits=0)} s for "
+            f"{environment.get('computed', '?')} computed cells ({phases}); 1/5/15-minute load average at the "
+            f"start {environment.get('load_average_start', '?')}, at the end {environment.get('load_average', '?')}",
+            "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+            f"- git {environment.get('git', {}).get('commit', '?')}, python {environment.get('python', '?')}, "
+            f"{environment.get('date', '?')}", ""]
 
 
 def marked_fragile(frame: pd.DataFrame) -> pd.DataFrame:
@@ -880,7 +547,7 @@ def marked_fragile(frame: pd.DataFrame) -> pd.DataFrame:
     if "fragile" not in frame:
         return frame
     fragile = frame.fragile.fillna(False).astype(bool)
-    return frame.assign(verdict=[f"{v} (fragile)" if f else v for v, f in zip(frame.verdict, fragile)])
+    return frame.assign(verdict=[f"{v} (fragile)" if f else v for v, f in zip(frame.verdict, fragile, strict=True)])
 
 
 #: The verdict tables of the README and the documentation pages: what decides the verdict (effect,
@@ -901,14 +568,14 @@ def interval(low: Any, high: Any) -> str:
 
 def with_interval(frame: pd.DataFrame, low: str = "ci_low", high: str = "ci_high") -> pd.DataFrame:
     """``frame`` with an ``interval`` column: ``[low, high]`` of each row (:func:`interval`)."""
-    return frame.assign(interval=[interval(a, b) for a, b in zip(frame[low], frame[high])])
+    return frame.assign(interval=[interval(a, b) for a, b in zip(frame[low], frame[high], strict=True)])
 
 
 def readme_table(verdict_table: pd.DataFrame) -> str:
     """The confirmatory verdict table as the README and the docs show it (from a verdicts.csv):
     :data:`READABLE_VERDICT_COLUMNS`."""
     confirmatory = with_interval(marked_fragile(verdict_table[~verdict_table.exploratory.astype(bool)]))
-    return _markdown(confirmatory, {k: v for k, v in READABLE_VERDICT_COLUMNS.items() if k in confirmatory})
+    return markdown_table(confirmatory, {k: v for k, v in READABLE_VERDICT_COLUMNS.items() if k in confirmatory})
 
 
 def readme_across_table(across: pd.DataFrame, verdict_table: pd.DataFrame) -> str:
@@ -927,32 +594,7 @@ def readme_across_table(across: pd.DataFrame, verdict_table: pd.DataFrame) -> st
     table = with_interval(across, "pooled_ci_low", "pooled_ci_high")
     table = table.assign(**{f"family {i}": [cells.get((claim, family), "–") for claim in table.claim]
                             for i, family in enumerate(families)})
-    return _markdown(table, {"claim": "claim", **{f"family {i}": family for i, family in enumerate(families)},
+    return markdown_table(table, {"claim": "claim", **{f"family {i}": family for i, family in enumerate(families)},
                              "sign_count": "sign count (families in scope)", "pooled_effect": "pooled mean "
                              "(descriptive)", "interval": "Hartung-Knapp 95%", "consistent": "same verdict in every "
                              "family in scope", "comparison": "comparison", "metric": "metric", "tau": "tau"})
-
-
-def write_readme_tables(readme: Path, out: Path, suite_name: str) -> list[str]:
-    """Replace the README's generated blocks of suite ``suite_name`` by the tables of the run folder
-    ``out``: ``verdicts-<suite>`` (verdicts.csv) and ``across-<suite>`` (across.csv); returns the
-    blocks written.
-
-    Raises:
-        ValueError: the README has neither block.
-    """
-    text = readme.read_text()
-    written = []
-    for block, make in ((f"verdicts-{suite_name}", lambda: readme_table(pd.read_csv(out / "verdicts.csv"))),
-                        (f"across-{suite_name}", lambda: readme_across_table(pd.read_csv(out / "across.csv"),
-                                                                     pd.read_csv(out / "verdicts.csv")))):
-        start, end = readme_markers(block)
-        if start in text and end in text:
-            head, rest = text.split(start, 1)
-            text = f"{head}{start}\n{make()}\n{end}{rest.split(end, 1)[1]}"
-            written.append(block)
-    if not written:
-        start, end = readme_markers(f"verdicts-{suite_name}")
-        raise ValueError(f"{readme} has no block of suite {suite_name!r} ({start} ... {end})")
-    atomic_write(readme, text)
-    return written

@@ -1,34 +1,41 @@
 """What a cell starts from: its data splits, its source backbone (pretrained by the suite, cached
 on disk) and, for EfficientNet-Lite0, the cached outputs of the frozen lower blocks.
 
-Preparations (``prepare``) are computed once per suite run, before any cell, and cached under
-``<cache>/`` with a checksum: ``source-<dataset>-<key>.pt`` (a source backbone per source-pretraining
-seed, its recipe and source test accuracy in the ``.json`` beside it),
-``features-<experiment>-<pretrained|random>-<key>.pt`` (Lite0's frozen lower blocks) and
-``probes-<experiment>-<key>.pt`` (every closed-form linear probe of the experiment, see
-:mod:`benchmarks.probes`; built after the first two). Everything is seeded; nothing depends on
-which process computes it.
+Two kinds of preparation (:class:`benchmarks.caches.Preparation`) are defined here, built once per
+suite run before any cell: :class:`SourceModel` (``source-<dataset>-<key>.pt``: a source backbone
+per source-pretraining seed, its recipe and source test accuracy in the ``.json`` beside it) and
+:class:`LowerFeatures` (``features-<experiment>-<pretrained|random>-<key>.pt``: Lite0's frozen lower
+blocks). The linear probes fitted on them are :mod:`benchmarks.probes`.
 """
-
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .backbones import backbone, create_lite, lite0_lower
-from .data import IMAGEFOLDER, as_images, corrupt, draw, folder_splits, normalize, pool_indices, raw_dataset
+from .caches import Preparation, experiment_key, load
+from .data import (
+    IMAGEFOLDER,
+    as_images,
+    corrupt,
+    draw,
+    folder_splits,
+    normalize,
+    pool_indices,
+    raw_dataset,
+    resize,
+    to_channels,
+)
 from .metrics import accuracy
-from .store import atomic_torch_save, atomic_write, sha256_file, to_json
-from .suites import Cell, Experiment, Target, config_hash
+from .store import file_name_part
+from .suites import Experiment, Target
 from .training import Device, batches, predict, train_step, warmup_cosine
 
 #: Precise BN re-estimates statistics on every PRECISE_BN_EVERY-th source training image.
@@ -161,97 +168,13 @@ def backbone_inputs(experiment: Experiment, pixels: Tensor) -> Tensor:
     Raises:
         KeyError: a backbone fed cached features, or an unknown one.
     """
-    from .data import resize, to_channels
-
     spec = backbone(experiment.backbone)
     if spec.fed_features:
         raise KeyError(f"backbone {experiment.backbone!r} is not fed images")
     return normalize(to_channels(resize(pixels, experiment.image_size), spec.channels), *spec.normalization())
 
 
-# --- Preparations --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Preparation:
-    """A cached artefact cells need: ``kind`` ``"source"`` (pretrain the experiment's backbone from
-    ``source_seed``), ``"features"`` (Lite0 lower-block outputs, ``pretrained`` or random init) or
-    ``"probes"`` (the experiment's linear probes, :mod:`benchmarks.probes`)."""
-
-    experiment: Experiment
-    kind: str
-    pretrained: bool = True
-    source_seed: int = 0
-
-    @property
-    def label(self) -> str:
-        seed = f" (source seed {self.source_seed})" if self.kind == "source" else ""
-        return f"{self.kind} {self.experiment.name}{seed}" + ("" if self.pretrained else " (random init)")
-
-    @property
-    def source(self) -> Any:
-        return replace(self.experiment.source, seed=self.source_seed)
-
-    def config(self) -> dict[str, Any]:
-        experiment = self.experiment
-        config: dict[str, Any] = {"kind": self.kind, "backbone": experiment.backbone}
-        if experiment.weights is not None:  # a checkpoint file's hash (absent otherwise: older keys stay)
-            config["weights"] = str(experiment.weights)
-        # a source depends on the backbone and the source task only
-        if self.kind == "source":
-            config["source"] = asdict(self.source)
-            if experiment.image_size != 28:  # (28 px: the key of the sources cached before image sizes varied)
-                config["image_size"] = experiment.image_size
-        elif self.kind == "probes":
-            from .probes import probe_config
-
-            config.update(probe_config(experiment))
-        else:
-            config.update(pretrained=self.pretrained, image_size=experiment.image_size,
-                          targets=[asdict(t) for t in experiment.targets], seeds=list(experiment.seeds))
-        return config
-
-    def path(self, cache_dir: Path, environment: Mapping[str, Any]) -> Path:
-        """The cache file: named by the dataset or experiment (as a file-name part valid on every
-        OS, :func:`benchmarks.store.file_name_part`) and the key."""
-        from .store import file_name_part
-
-        key = config_hash({**self.config(), "environment": dict(environment)})
-        if self.kind == "source":  # one source model for every experiment that shares it
-            return cache_dir / f"source-{file_name_part(self.experiment.source.dataset)}-{key}.pt"
-        name = file_name_part(self.experiment.name)
-        if self.kind == "probes":
-            return cache_dir / f"probes-{name}-{key}.pt"
-        tag = "pretrained" if self.pretrained else "random"
-        return cache_dir / f"features-{name}-{tag}-{key}.pt"
-
-
-def preparations(experiments: tuple[Experiment, ...],
-                 cells: Sequence[Cell] | None = None) -> list[list[Preparation]]:
-    """The preparations an experiment list needs, each once (experiments may share a source), in
-    waves: sources and features first, then the probes that are fitted on them. With ``cells``,
-    only what those cells need: nothing for an experiment without a cell among them, the source
-    models of their seeds only, and an experiment's probes only when one of them uses a probe
-    (the probes are fitted for every seed of the experiment at once, so then every seed's source)."""
-    from .probes import needs_probes, uses_probe
-
-    first, probes, sources = [], [], set()
-    for experiment in experiments:
-        mine = None if cells is None else [c for c in cells if c.experiment == experiment]
-        if mine is not None and not mine:
-            continue
-        wants_probes = needs_probes(experiment) if mine is None else any(uses_probe(c.strategy) for c in mine)
-        seeds = experiment.seeds if mine is None or wants_probes else tuple(dict.fromkeys(c.seed for c in mine))
-        if experiment.source.trained:
-            for source in dict.fromkeys(experiment.source_for(seed) for seed in seeds):
-                if (experiment.backbone, source) not in sources:
-                    sources.add((experiment.backbone, source))
-                    first.append(Preparation(experiment, "source", source_seed=source.seed))
-        if backbone(experiment.backbone).fed_features:
-            first += [Preparation(experiment, "features", True), Preparation(experiment, "features", False)]
-        if wants_probes:
-            probes.append(Preparation(experiment, "probes"))
-    return [wave for wave in (first, probes) if wave]
+# --- Preparations: source models and Lite0 lower features ----------------------------------------
 
 
 def pretrain(experiment: Experiment, device: Device, source_seed: int = 0) -> tuple[dict[str, Tensor], float]:
@@ -283,8 +206,6 @@ def pretrain(experiment: Experiment, device: Device, source_seed: int = 0) -> tu
 def lower_features(pretrained: bool, pixels: Tensor, image_size: int, batch: int = 200) -> Tensor:
     """Lite0 lower-block outputs of 1-channel pixels in [0, 1]: resized to ``image_size``, 3 channels,
     normalised with mean = std = 0.5, through stem and ``blocks[:LITE0_SPLIT]`` (eval mode)."""
-    from .data import resize, to_channels
-
     lower = lite0_lower(create_lite(pretrained))
     out = []
     for start in range(0, len(pixels), batch):
@@ -306,55 +227,66 @@ def _feature_splits(experiment: Experiment) -> dict[str, Split]:
     return splits
 
 
-def compute(preparation: Preparation, device: Device, cache_dir: Path,
-            environment: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """Compute a preparation: (payload to save, metadata)."""
-    experiment = preparation.experiment
-    if preparation.kind == "source":
-        state, source_accuracy = pretrain(experiment, device, preparation.source_seed)
-        return state, {"source_accuracy": source_accuracy, "min_accuracy": experiment.source.min_accuracy,
-                       "source_seed": preparation.source_seed}
-    if preparation.kind == "probes":
-        from .probes import compute_probes
+@dataclass(frozen=True)
+class SourceModel(Preparation):
+    """The experiment's backbone pretrained on its source task from ``source_seed``
+    (:func:`pretrain`); one file for every experiment that shares the backbone and the source."""
 
-        return compute_probes(experiment, device, cache_dir, environment)
-    splits = _feature_splits(experiment)
-    unique: dict[tuple, Tensor] = {}
-    payload: dict[str, Tensor] = {}
-    for name, split in splits.items():  # identical images (test/ood across seeds) are computed once
-        key = (split.corruption, split.ids.tobytes())
-        if key not in unique:
-            unique[key] = lower_features(preparation.pretrained, split.pixels, experiment.image_size)
-        payload[name] = unique[key]
-    return payload, {"splits": len(payload)}
+    experiment: Experiment
+    source_seed: int = 0
+    kind: ClassVar[str] = "source"
 
+    @property
+    def label(self) -> str:
+        return f"source {self.experiment.name} (source seed {self.source_seed})"
 
-def ensure(preparation: Preparation, cache_dir: Path, environment: Mapping[str, Any], device: Device) -> dict[str, Any]:
-    """Build the preparation's cache file unless a valid one exists; returns its metadata."""
-    path = preparation.path(cache_dir, environment)
-    meta_path = path.with_suffix(".json")
-    if path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("sha256") == sha256_file(path):
-            return {**meta, "built_now": False}
-    started = time.perf_counter()
-    payload, meta = compute(preparation, device, cache_dir, environment)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(payload, path)
-    meta = {**meta, "label": preparation.label, "config": preparation.config(), "file": path.name,
-            "seconds": time.perf_counter() - started, "sha256": sha256_file(path)}
-    atomic_write(meta_path, to_json(meta, indent=2, sort_keys=True))
-    return {**meta, "built_now": True}
+    def config(self) -> dict[str, Any]:
+        config = experiment_key(self.kind, self.experiment)
+        config["source"] = asdict(replace(self.experiment.source, seed=self.source_seed))
+        if self.experiment.image_size != 28:  # (28 px: the key of the sources cached before image sizes varied)
+            config["image_size"] = self.experiment.image_size
+        return config
+
+    def file_stem(self) -> str:
+        return f"source-{file_name_part(self.experiment.source.dataset)}"
+
+    def build(self, device: Device, cache_dir: Path, environment: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        state, source_accuracy = pretrain(self.experiment, device, self.source_seed)
+        return state, {"source_accuracy": source_accuracy, "min_accuracy": self.experiment.source.min_accuracy,
+                       "source_seed": self.source_seed}
 
 
-@lru_cache(maxsize=8)
-def _load(path: Path) -> tuple[Any, dict[str, Any]]:
-    return torch.load(path, map_location="cpu", weights_only=True), json.loads(path.with_suffix(".json").read_text())
+@dataclass(frozen=True)
+class LowerFeatures(Preparation):
+    """Lite0's lower-block outputs (:func:`lower_features`, ``pretrained`` or the seed-0 random
+    init) of every split of every seed the experiment's cells read."""
 
+    experiment: Experiment
+    pretrained: bool = True
+    kind: ClassVar[str] = "features"
 
-def load(preparation: Preparation, cache_dir: Path, environment: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """(payload, metadata) of a built preparation."""
-    return _load(preparation.path(cache_dir, environment))
+    @property
+    def label(self) -> str:
+        return f"features {self.experiment.name}" + ("" if self.pretrained else " (random init)")
+
+    def config(self) -> dict[str, Any]:
+        experiment = self.experiment
+        return {**experiment_key(self.kind, experiment), "pretrained": self.pretrained,
+                "image_size": experiment.image_size, "targets": [asdict(t) for t in experiment.targets],
+                "seeds": list(experiment.seeds)}
+
+    def file_stem(self) -> str:
+        return f"features-{file_name_part(self.experiment.name)}-{'pretrained' if self.pretrained else 'random'}"
+
+    def build(self, device: Device, cache_dir: Path, environment: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        unique: dict[tuple, Tensor] = {}
+        payload: dict[str, Tensor] = {}
+        for name, split in _feature_splits(self.experiment).items():  # identical images (test/ood across seeds) once
+            key = (split.corruption, split.ids.tobytes())
+            if key not in unique:
+                unique[key] = lower_features(self.pretrained, split.pixels, self.experiment.image_size)
+            payload[name] = unique[key]
+        return payload, {"splits": len(payload)}
 
 
 def source_backbone(experiment: Experiment, pretrained: bool, cache_dir: Path,
@@ -371,7 +303,7 @@ def source_backbone(experiment: Experiment, pretrained: bool, cache_dir: Path,
     spec = backbone(experiment.backbone)
     if experiment.source.trained and pretrained:  # the suite's source (or adapted Lite) with its source head
         model = spec.create(False, len(experiment.source.classes))
-        state, meta = load(Preparation(experiment, "source", source_seed=source_seed), cache_dir, environment)
+        state, meta = load(SourceModel(experiment, source_seed), cache_dir, environment)
         model.load_state_dict(state)
         return model, meta
     if spec.architecture is not None:
@@ -388,6 +320,6 @@ def model_inputs(experiment: Experiment, target: Target, seed: int, split_name: 
     """What the backbone eats for a split: cached Lite0 lower features (``lite0_top``), else
     :func:`backbone_inputs` of its pixels."""
     if backbone(experiment.backbone).fed_features:
-        payload, _ = load(Preparation(experiment, "features", pretrained), cache_dir, environment)
+        payload, _ = load(LowerFeatures(experiment, pretrained), cache_dir, environment)
         return payload[f"{target.name}/{seed}/{split_name}"]
     return backbone_inputs(experiment, split.pixels)

@@ -240,7 +240,7 @@ def agreement_probability(effect: float, sd: float, n: int, min_effect: float, e
     first = simulate_verdicts(effect, sd, n, min_effect, error_level, kind, draws, seed)
     second = simulate_verdicts(effect, sd, n, min_effect, error_level, kind, draws, seed + 1)
     return float(np.mean([compatible(a, b) and not (decided and "undetermined" in (a, b))
-                          for a, b in zip(first, second)]))
+                          for a, b in zip(first, second, strict=True)]))
 
 
 #: The three states of a transfer gate decided on its 95% interval.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["DEPRECATED", "KEYWORDS", "alias", "keyword", "listed"]
@@ -33,6 +34,9 @@ __all__ = ["DEPRECATED", "KEYWORDS", "alias", "keyword", "listed"]
 #: Renamed keyword arguments, ``(where, old name, new name)``: :func:`keyword` refuses any other.
 KEYWORDS: tuple[tuple[str, str, str], ...] = (
     ("lrgroups.unfreezing.ProgressiveUnfreezing.__init__", "reset_patience", "reset_patience_on_advance"),
+    ("lrgroups.optimizer.LayerwiseOptimizer.__init__", "optimizer", "optimizer_cls"),
+    ("lrgroups.rules.Rule.__init__", "optimizer", "inner"),
+    ("lrgroups.recipes.Recipe.build", "optimizer", "optimizer_cls"),
 )
 
 #: ``(where, old name, new name)`` of every deprecated name of the modules imported so far: the
@@ -51,9 +55,7 @@ def listed() -> tuple[tuple[str, str, str], ...]:
         >>> ("lrgroups.early_stopping.EarlyStopping", "step", "observe") in listed()
         True
     """
-    import lrgroups
-
-    for module in pkgutil.walk_packages(lrgroups.__path__, "lrgroups."):
+    for module in pkgutil.walk_packages([str(Path(__file__).parent)], "lrgroups."):  # (no import of the package)
         try:
             importlib.import_module(module.name)
         except ImportError:  # pragma: no cover - an optional framework is not installed

@@ -9,10 +9,8 @@ optimizer's, into per-name state and translates it onto an optimizer's layout (:
 checking that it fits the parameters (pure functions: no optimizer is changed here; the
 optimizer's ``load_state_dict`` applies the result as one transaction).
 
-The layout is read from *slots*: one object per parameter, in plan order, with ``row`` (its
-:class:`~lrgroups.ParamPlan`; ``row.frozen`` is what the rules and ``requires_grad`` froze at
-build), ``param``, ``group`` (its index in ``param_groups``), ``frozen_by`` (who froze it now,
-``None`` when it trains) and ``kept`` (state kept aside while frozen, or ``None``).
+The layout is read from *slots*: one :class:`lrgroups.groups.Slot` per parameter, in plan order
+(its plan row, parameter, group index, who froze it now and the state kept aside while frozen).
 
 Example:
     >>> import torch
@@ -23,15 +21,20 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
+
+from ._util import SHOWN, first_names
+
+if TYPE_CHECKING:
+    from .groups import Slot
+    from .rules import ParamPlan
 
 __all__ = [
     "CheckpointMismatchError",
     "FORMAT",
     "cast_like_torch",
-    "first_names",
     "has_stepped",
     "layout",
     "layout_problems",
@@ -44,8 +47,6 @@ __all__ = [
 
 #: The format tag of the ``"lrgroups"`` key of a LayerwiseOptimizer state dict.
 FORMAT = "lrgroups.LayerwiseOptimizer/2"
-#: How many differing parameters a checkpoint mismatch names before it counts the rest.
-SHOWN = 5
 
 
 class CheckpointMismatchError(ValueError):
@@ -84,8 +85,8 @@ def state_by_name(state_dict: Mapping[str, Any], names: list[list[str]]) -> dict
     """Per-parameter state keyed by parameter name (``names`` from :func:`names_by_group`)."""
     key_to_name = {
         key: name
-        for group, group_names in zip(state_dict["param_groups"], names)
-        for key, name in zip(group["params"], group_names)
+        for group, group_names in zip(state_dict["param_groups"], names, strict=True)
+        for key, name in zip(group["params"], group_names, strict=True)
     }
     return {key_to_name[key]: value for key, value in state_dict["state"].items() if key in key_to_name}
 
@@ -97,7 +98,7 @@ def _fits(value: torch.Size, param: torch.Size) -> bool:
     if len(value) == 0 or value == param:
         return True
     if len(value) == len(param):
-        return all(v in (p, 1) for v, p in zip(value, param))
+        return all(v in (p, 1) for v, p in zip(value, param, strict=True))
     if len(value) > len(param):
         return False
     remaining = iter(param)
@@ -138,25 +139,7 @@ def cast_like_torch(param: torch.Tensor, value: Any, group: Mapping[str, Any], k
 
 
 # ---------------------------------------------------------------- the "lrgroups" key: write, validate, translate
-def first_names(names: Sequence[str], shown: int = SHOWN) -> str:
-    """``"a, b, c"``, or ``"a, b, c, d, e and 12 more"`` past ``shown`` names.
-
-    Args:
-        names: the names.
-        shown: how many are written out.
-
-    Returns:
-        The text.
-
-    Example:
-        >>> first_names(["a", "b", "c"], shown=2)
-        'a, b and 1 more'
-    """
-    head = ", ".join(names[:shown])
-    return head if len(names) <= shown else f"{head} and {len(names) - shown} more"
-
-
-def settings(row: Any, weight_decay: Any = None) -> dict[str, Any]:
+def settings(row: ParamPlan, weight_decay: Any = None) -> dict[str, Any]:
     """The settings of one parameter as a checkpoint records them.
 
     Args:
@@ -171,7 +154,7 @@ def settings(row: Any, weight_decay: Any = None) -> dict[str, Any]:
     return {"optimizer": row.optimizer, "lr": row.lr, "weight_decay": decay, "options": dict(row.options)}
 
 
-def layout(slots: Sequence[Any], slot_settings: Sequence[Mapping[str, Any]], *, stepped: bool,
+def layout(slots: Sequence[Slot], slot_settings: Sequence[Mapping[str, Any]], *, stepped: bool,
            mode: str | None = None) -> dict[str, Any]:
     """The ``"lrgroups"`` entry of a state dict (see ``LayerwiseOptimizer.state_dict``).
 
@@ -220,7 +203,7 @@ def has_stepped(state_dict: Mapping[str, Any]) -> bool:
     return saved is not None or bool(state_dict["state"])
 
 
-def layout_problems(saved: Mapping[str, Any], slots: Sequence[Any],
+def layout_problems(saved: Mapping[str, Any], slots: Sequence[Slot],
                     slot_settings: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every way a saved layout differs from the one of ``slots``, each a line naming the first
     parameters concerned and how many more.
@@ -249,7 +232,7 @@ def layout_problems(saved: Mapping[str, Any], slots: Sequence[Any],
     if saved["names"] != names:
         problems.append("parameters are in a different order")
     differing = [f"{slot.row.name}: rules give {ours}, checkpoint has {theirs}"
-                 for slot, ours, theirs in zip(slots, slot_settings, saved["settings"]) if dict(ours) != theirs]
+                 for slot, ours, theirs in zip(slots, slot_settings, saved["settings"], strict=True) if dict(ours) != theirs]
     problems += differing[:SHOWN]
     if len(differing) > SHOWN:
         problems.append(f"... and {len(differing) - SHOWN} more parameters whose settings differ")
@@ -271,7 +254,7 @@ def layout_problems(saved: Mapping[str, Any], slots: Sequence[Any],
 
 def translate(
     state_dict: Mapping[str, Any],
-    slots: Sequence[Any],
+    slots: Sequence[Slot],
     slot_settings: Sequence[Mapping[str, Any]],
     param_groups: Sequence[Mapping[str, Any]],
     per_parameter: Iterable[str],
@@ -300,7 +283,7 @@ def translate(
         raise CheckpointMismatchError("not an optimizer state dict: it needs 'state' and 'param_groups'")
     names = [slot.row.name for slot in slots]
     params = {slot.row.name: slot.param for slot in slots}
-    group_slots: list[list[Any]] = [[] for _ in param_groups]
+    group_slots: list[list[Slot]] = [[] for _ in param_groups]
     for slot in slots:
         group_slots[slot.group].append(slot)
     per_parameter = set(per_parameter)
@@ -335,7 +318,7 @@ def translate(
                                          if len(problems) > 2 * SHOWN else [])
         raise CheckpointMismatchError("checkpoint does not fit this model/rules:\n  " + "\n  ".join(shown))
     same_layout = len(saved_names) == len(param_groups) and all(
-        set(group) <= {slot.row.name for slot in members} for group, members in zip(saved_names, group_slots)
+        set(group) <= {slot.row.name for slot in members} for group, members in zip(saved_names, group_slots, strict=True)
     )
     groups, state, next_id = [], {}, 0
     for g, members in enumerate(group_slots):
@@ -345,7 +328,7 @@ def translate(
         trained = [slot.row.name for slot in members if slot.row.name not in frozen]
         ids = list(range(next_id, next_id + len(trained)))
         next_id += len(trained)
-        state.update({i: by_name[name] for i, name in zip(ids, trained) if name in by_name})
+        state.update({i: by_name[name] for i, name in zip(ids, trained, strict=True) if name in by_name})
         groups.append({**hyper, "params": ids, "param_names": trained})
     others = {key: value for key, value in state_dict.items() if key not in ("state", "param_groups")}
     return frozen, kept, {**others, "state": state, "param_groups": groups}

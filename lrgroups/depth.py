@@ -61,6 +61,7 @@ from typing import Any, Iterator, Literal, NamedTuple, Sequence
 import torch
 import torch.nn as nn
 
+from ._util import has_params
 from .tracing import Trace, trace_model
 
 __all__ = [
@@ -136,7 +137,7 @@ def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
     DenseNet's ``features``, ...). The last is the core, whose layers are walked."""
     chain = [("", model)]
     while next(model.parameters(recurse=False), None) is None:
-        holders = [(name, child) for name, child in model.named_children() if _has_params(child)]
+        holders = [(name, child) for name, child in model.named_children() if has_params(child)]
         if len(holders) != 1:
             break
         model = holders[0][1]
@@ -168,13 +169,9 @@ def is_container(module: nn.Module) -> bool:
     return isinstance(module, _CONTAINERS)
 
 
-def _has_params(module: nn.Module) -> bool:
-    return next(module.parameters(), None) is not None
-
-
 def _is_block_container(module: nn.Module) -> bool:
     """A container holding at least two composite (non-leaf) modules with parameters: a stage."""
-    composites = [m for m in module.children() if next(m.children(), None) is not None and _has_params(m)]
+    composites = [m for m in module.children() if next(m.children(), None) is not None and has_params(m)]
     return isinstance(module, _CONTAINERS) and len(composites) >= 2
 
 
@@ -208,7 +205,7 @@ def _units(module: nn.Module, prefix: str, coarse: bool) -> Iterator[_Unit]:
         yield _Unit("own", module, own)
     for child_name, child in module.named_children():
         child_prefix = f"{prefix}{child_name}."
-        if not _has_params(child):
+        if not has_params(child):
             continue
         params = [(child_prefix + n, p) for n, p in child.named_parameters()]
         if next(child.children(), None) is None:
@@ -305,12 +302,12 @@ def find_head(model: nn.Module) -> nn.Module | None:
                 head = getattr(module, getter)()
             except Exception:  # timm's get_classifier() on a headless EfficientViT/SHViT: AttributeError
                 continue
-            if isinstance(head, nn.Module) and (_has_params(head) or getter == "get_classifier"):
-                return head if _has_params(head) else None
+            if isinstance(head, nn.Module) and (has_params(head) or getter == "get_classifier"):
+                return head if has_params(head) else None
     core = chain[-1][1]
     for attr in ("fc", "classifier", "head", "last_linear"):
         head = getattr(core, attr, None)
-        if isinstance(head, nn.Module) and _has_params(head):
+        if isinstance(head, nn.Module) and has_params(head):
             return head
     if declared:
         return None
@@ -477,40 +474,9 @@ def param_layers(
         return {}
     timm_model = _timm_model(model)
     if timm_model is not None:
-        timm_prefix, timm_module = timm_model
-        depths = {timm_prefix + name: depth for name, depth in timm_depths(timm_module, coarse).items()}
-        head = find_head(timm_module)
-        head_ids = {id(p) for p in head.parameters()} if head is not None else set()
-        return {
-            name: DepthInfo(
-                depths[name], id(p) in head_ids, "timm group_matcher" + ("; head" if id(p) in head_ids else "")
-            )
-            for name, p in named
-        }
+        return _timm_layers(*timm_model, coarse, named)
     units = list(_units(core, prefix, coarse))
-    trace, why = trace_model(model, example_input)
-    if trace is None:
-        warnings.warn(
-            f"{type(model).__name__}: depths follow registration order because {why}; pass "
-            "example_input=... (a tensor, a tuple of arguments or a dict of keyword arguments) to order "
-            "layers by data flow",
-            DepthWarning,
-            stacklevel=3,
-        )
-        head = find_head(model)
-        heads = {id(p) for p in head.parameters()} if head is not None else set()
-        source = "registration order"
-    else:
-        if trace.train_error:
-            warnings.warn(
-                f"{type(model).__name__}: depths and heads follow the eval-mode pass only, because the model did "
-                f"not run in train mode ({trace.train_error}); what it runs only in training (an auxiliary "
-                "classifier) is not seen: pass example_input=... that runs in train mode too",
-                DepthWarning,
-                stacklevel=3,
-            )
-        heads = _module_heads(model, prefix, units, trace)
-        source = "forward order"
+    trace, heads, source = _traced_heads(model, prefix, units, example_input)
     owner: dict[int, nn.Module] = {}
     for _, param, module in _registrations(model):
         owner.setdefault(id(param), module)
@@ -536,6 +502,46 @@ def param_layers(
             label += "; head"
         result[name] = DepthInfo(rank[depth_of[id(p)]], id(p) in heads, label)
     return result
+
+
+def _timm_layers(prefix: str, timm_module: nn.Module, coarse: bool,
+                 named: list[tuple[str, nn.Parameter]]) -> dict[str, DepthInfo]:
+    """:func:`param_layers` of a timm model (``prefix``: where it sits in the model): timm's
+    ``group_matcher`` depths, its classifier the head."""
+    depths = {prefix + name: depth for name, depth in timm_depths(timm_module, coarse).items()}
+    head = find_head(timm_module)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    return {
+        name: DepthInfo(depths[name], id(p) in head_ids, "timm group_matcher" + ("; head" if id(p) in head_ids else ""))
+        for name, p in named
+    }
+
+
+def _traced_heads(model: nn.Module, prefix: str, units: list[_Unit],
+                  example_input: Any) -> tuple[Trace | None, set[int], str]:
+    """(the forward trace or ``None``, the ids of the head parameters, the depth source): from the
+    data flow, else (with a :class:`DepthWarning`) registration order and the head found by name.
+    The warnings' ``stacklevel`` points at :func:`param_layers`' caller."""
+    trace, why = trace_model(model, example_input)
+    if trace is None:
+        warnings.warn(
+            f"{type(model).__name__}: depths follow registration order because {why}; pass "
+            "example_input=... (a tensor, a tuple of arguments or a dict of keyword arguments) to order "
+            "layers by data flow",
+            DepthWarning,
+            stacklevel=4,
+        )
+        head = find_head(model)
+        return None, {id(p) for p in head.parameters()} if head is not None else set(), "registration order"
+    if trace.train_error:
+        warnings.warn(
+            f"{type(model).__name__}: depths and heads follow the eval-mode pass only, because the model did "
+            f"not run in train mode ({trace.train_error}); what it runs only in training (an auxiliary "
+            "classifier) is not seen: pass example_input=... that runs in train mode too",
+            DepthWarning,
+            stacklevel=4,
+        )
+    return trace, _module_heads(model, prefix, units, trace), "forward order"
 
 
 def param_depths(

@@ -22,12 +22,53 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn as nn
 
-from .depth import describe_nonempty
+from .depth import ParamInfo, describe_nonempty
+from .inner import group_dict
 from .rules import ParamPlan, Rule, plan_params
+
+# Who froze a parameter (:attr:`Slot.frozen_by`, ``LayerwiseOptimizer.frozen_by(name)``, ``explain()``).
+#: Frozen before the wrapper was built (``requires_grad=False``: the user, peft, a framework).
+MODEL_OWNER = "model"
+#: Frozen by a rule's ``frozen=True``.
+RULE_OWNER = "rule"
+#: Frozen by ``LayerwiseOptimizer.freeze`` without an ``owner=``.
+USER_OWNER = "user"
+#: Frozen by a progressive-unfreezing schedule (:class:`~lrgroups.ProgressiveUnfreezing`).
+SCHEDULE_OWNER = "schedule"
+
+
+@dataclass(eq=False)
+class Slot:
+    """One parameter of a :class:`~lrgroups.LayerwiseOptimizer`: the one record its groups' ``params``
+    lists, its checkpoints (:mod:`lrgroups.checkpoint`) and its frozen-norm handling
+    (:class:`lrgroups.norms.OwnedNormFreeze`) are read from.
+
+    Attributes:
+        info: the parameter's description (:class:`~lrgroups.ParamInfo`; ``info.param`` is the tensor).
+        row: its plan row as the rules planned it (``row.frozen`` is what they and ``requires_grad``
+            froze at build).
+        group: the index of the group the rules gave it in ``param_groups`` (frozen or not).
+        frozen_by: who froze it now (:data:`MODEL_OWNER`, :data:`RULE_OWNER`, :data:`USER_OWNER`,
+            :data:`SCHEDULE_OWNER` or the owner given to ``freeze``); ``None`` when it trains.
+        kept: the optimizer state kept aside by ``freeze(keep_state=True)``, else ``None``.
+    """
+
+    info: ParamInfo
+    row: ParamPlan
+    group: int
+    frozen_by: str | None
+    kept: dict | None = None
+
+    @property
+    def param(self) -> torch.Tensor:
+        """The parameter."""
+        return self.info.param
 
 
 def group_settings(rows: Sequence[ParamPlan], optimizers: Sequence[str | None] = (None,)) -> tuple[list[tuple], list[list[int]]]:
@@ -154,12 +195,8 @@ def param_groups(
     params = [info.param for info in infos]
     names = group_names(rows, order, [{} for _ in order])
     groups = []
-    for (_, group_lr, group_wd, options), indices, name in zip(order, members, names):
+    for setting, indices, name in zip(order, members, names, strict=True):
         trainable = [params[i] for i in indices if not rows[i].frozen]
-        if not trainable:
-            continue
-        group: dict[str, Any] = {"params": trainable, "lr": group_lr}
-        if group_wd is not None:
-            group["weight_decay"] = group_wd
-        groups.append({**group, **dict(options), "name": name})
+        if trainable:
+            groups.append({**group_dict(trainable, setting), "name": name})
     return groups

@@ -1,4 +1,4 @@
-"""The inner optimizers of a :class:`~lrgroups.LayerwiseOptimizer`: how the ``optimizer`` argument is
+"""The inner optimizers of a :class:`~lrgroups.LayerwiseOptimizer`: how the ``optimizer_cls`` argument is
 read (a class, a factory, or several by name), their defaults, and building one from its groups.
 
 A spec is a ``torch.optim.Optimizer`` subclass or a callable ``(param_groups, **kwargs) ->
@@ -34,9 +34,13 @@ __all__ = [
     "accepts",
     "base_value",
     "build_inner",
+    "build_inners",
+    "check_differentiable",
     "check_factory",
+    "check_weight_decay",
     "computes_own_lr",
     "factory_name",
+    "group_dict",
     "signature_default",
     "specs",
     "state_carriers",
@@ -153,15 +157,15 @@ def check_factory(factory: Any) -> OptimizerFactory:
             f"{type(factory).__name__}, lr=...) (it builds the param groups itself)"
         )
     if not callable(factory):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer subclass or a callable, got {factory!r}")
+        raise TypeError(f"optimizer_cls must be a torch.optim.Optimizer subclass or a callable, got {factory!r}")
     return factory
 
 
-def specs(optimizer: Any, kwargs: dict) -> dict[str | None, tuple[OptimizerFactory, dict]]:
+def specs(optimizer_cls: Any, kwargs: dict) -> dict[str | None, tuple[OptimizerFactory, dict]]:
     """The inner optimizers to build, ``{name: (factory, kwargs)}``; name ``None`` for a single one.
 
     Args:
-        optimizer: a class or factory, or a dict of them by name (values optionally ``(factory,
+        optimizer_cls: a class or factory, or a dict of them by name (values optionally ``(factory,
             {kwargs})``).
         kwargs: the wrapper's extra keyword arguments (for a single optimizer only).
 
@@ -173,8 +177,8 @@ def specs(optimizer: Any, kwargs: dict) -> dict[str | None, tuple[OptimizerFacto
         TypeError: keyword arguments for all of several optimizers; a spec that is not a class or
             a callable (see :func:`check_factory`).
     """
-    if isinstance(optimizer, Mapping):
-        if not optimizer:
+    if isinstance(optimizer_cls, Mapping):
+        if not optimizer_cls:
             raise ValueError("give at least one optimizer")
         if kwargs:
             raise TypeError(
@@ -182,11 +186,11 @@ def specs(optimizer: Any, kwargs: dict) -> dict[str | None, tuple[OptimizerFacto
                 f"got {sorted(kwargs)} for all of them"
             )
         found = {}
-        for name, spec in optimizer.items():
+        for name, spec in optimizer_cls.items():
             factory, own = spec if isinstance(spec, tuple) else (spec, {})
             found[str(name)] = (check_factory(factory), dict(own))
         return found
-    return {None: (check_factory(optimizer), dict(kwargs))}
+    return {None: (check_factory(optimizer_cls), dict(kwargs))}
 
 
 def base_value(what: str, given: Any, factory: OptimizerFactory, kwargs: dict, required: bool) -> Any:
@@ -274,6 +278,116 @@ def build_inner(factory: OptimizerFactory, groups: list[dict], kwargs: dict, nam
     if not isinstance(built, torch.optim.Optimizer):
         raise TypeError(f"{label} returned {type(built).__name__}, not a torch.optim.Optimizer")
     return built
+
+
+def check_differentiable(wanted: Mapping[str | None, tuple[OptimizerFactory, dict]]) -> None:
+    """Refuse what no inner optimizer of a wrapper can do (before anything is built).
+
+    Args:
+        wanted: the inner optimizers by name, as :func:`specs` gives them.
+
+    Raises:
+        ValueError: one is built with ``differentiable=True``.
+    """
+    for factory, kwargs in wanted.values():
+        if kwargs.get("differentiable"):
+            raise ValueError(
+                f"{factory_name(factory)}(differentiable=True) is not supported: a differentiable step "
+                "(autograd through the update, e.g. for meta-learning) needs non-leaf parameters, which a "
+                "module's parameters are not; step a bare torch optimizer over lrgroups.param_groups(model, ...)")
+
+
+def check_weight_decay(wanted: Mapping[str | None, tuple[OptimizerFactory, dict]], weight_decay: Any) -> None:
+    """Refuse a wrapper's ``weight_decay`` for an inner optimizer without that option.
+
+    Args:
+        wanted: the inner optimizers by name, as :func:`specs` gives them.
+        weight_decay: the wrapper's ``weight_decay`` (``None``: not given).
+
+    Raises:
+        ValueError: ``weight_decay`` was given and an inner optimizer has no such option.
+    """
+    for factory, kwargs in wanted.values():
+        if weight_decay is not None and "weight_decay" not in kwargs and not accepts(factory, "weight_decay"):
+            raise ValueError(f"{factory_name(factory)} has no weight_decay option but weight_decay={weight_decay} was given")
+
+
+def group_dict(params: list, setting: tuple, base_lr: Any = None, base_wd: Any = None) -> dict[str, Any]:
+    """One param group's dict from its settings: only what differs from the optimizer's defaults is
+    written, so a tensor lr stays the tensor the user gave and untouched options stay the optimizer's.
+
+    Args:
+        params: the group's parameters.
+        setting: ``(inner optimizer name, lr, weight decay, options)`` (:attr:`lrgroups.ParamPlan.settings`).
+        base_lr: the lr the optimizer is built with (``None``: none; every lr not ``None`` is written).
+        base_wd: the weight decay the optimizer is built with (``None``: none).
+
+    Returns:
+        ``{"params": params, "lr": ..., "weight_decay": ..., **options}``, keys left out where the
+        optimizer's own value applies.
+
+    Example:
+        >>> group_dict([], (None, 0.1, 0.0, (("momentum", 0.9),)), base_lr=0.1)
+        {'params': [], 'weight_decay': 0.0, 'momentum': 0.9}
+    """
+    _, lr, weight_decay, options = setting
+    group: dict[str, Any] = {"params": params}
+    if base_lr is None:  # no base lr: every lr is a rule's (or None: the optimizer computes its own)
+        if lr is not None:
+            group["lr"] = lr
+    elif lr != float(base_lr):
+        group["lr"] = torch.tensor(lr, dtype=base_lr.dtype, device=base_lr.device) if isinstance(base_lr, torch.Tensor) else lr
+    if weight_decay is not None and weight_decay != base_wd:
+        group["weight_decay"] = weight_decay
+    group.update(options)
+    return group
+
+
+def build_inners(wanted: Mapping[str | None, tuple[OptimizerFactory, dict]], settings: list[tuple],
+                 groups: list[dict], lr: Any, weight_decay: Any) -> list[Inner]:
+    """Build every inner optimizer over its param groups, each checked against what the rules ask.
+
+    Args:
+        wanted: the inner optimizers by name, as :func:`specs` gives them, in order.
+        settings: the distinct settings, one per group (:func:`lrgroups.groups.group_settings`:
+            ordered by inner optimizer in ``wanted``'s order).
+        groups: the group dicts (:func:`group_dict`), parallel to ``settings``.
+        lr: the wrapper's ``lr`` (``None``: not given).
+        weight_decay: the wrapper's ``weight_decay`` (``None``: not given).
+
+    Returns:
+        One :class:`Inner` per entry of ``wanted``, over consecutive ranges of ``groups``.
+
+    Raises:
+        ValueError: no parameter is routed to an inner optimizer; it cannot be built (its
+            constructor's message), makes another number of groups, lacks an option the rules set,
+            or has no weight decay where the rules set one.
+        TypeError: a factory returned something that is not a ``torch.optim.Optimizer``.
+    """
+    inners: list[Inner] = []
+    start = 0
+    for name, (factory, kwargs) in wanted.items():
+        own = [setting for setting in settings if setting[0] == name]
+        if not own:
+            raise ValueError(f"no parameter is routed to optimizer {name!r}")
+        stop = start + len(own)
+        built = build_inner(factory, groups[start:stop], kwargs, name, lr, weight_decay)
+        _check_built(built, factory, own)
+        inners.append(Inner(name, built, factory, kwargs, start, stop, False, state_carriers(built)))
+        start = stop
+    return inners
+
+
+def _check_built(built: torch.optim.Optimizer, factory: OptimizerFactory, settings: list[tuple]) -> None:
+    """Refuse an inner optimizer that would not do what its groups' ``settings`` ask."""
+    if len(built.param_groups) != len(settings):
+        raise ValueError(f"{factory_name(factory)} made {len(built.param_groups)} param groups of {len(settings)}")
+    unknown = sorted({key for setting in settings for key, _ in setting[3]} - set(built.defaults))
+    if unknown:
+        raise ValueError(f"rule options {unknown} are not options of {type(built).__name__}, which would "
+                         f"ignore them; its options: {', '.join(sorted(built.defaults))}")
+    if any(setting[2] is not None for setting in settings) and "weight_decay" not in built.defaults:
+        raise ValueError(f"{type(built).__name__} has no weight_decay option but the rules set weight decay")
 
 
 def state_carriers(optimizer: torch.optim.Optimizer) -> tuple[torch.optim.Optimizer, ...]:

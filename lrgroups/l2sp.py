@@ -47,8 +47,9 @@ class L2SP:
         alpha: strength toward the starting point for anchored parameters (per unit lr, per step).
         beta: strength toward zero for the others.
         anchor: which parameters are pulled toward their starting point: a glob over names or a
-            :class:`~lrgroups.Selector`; default every parameter outside the head
-            (:func:`lrgroups.depth.find_head`). Use ``"*"`` when the source head is kept.
+            :class:`~lrgroups.Selector`; default every parameter outside the heads
+            (:attr:`lrgroups.ParamInfo.is_head`: the heads the data flow shows, as :func:`lrgroups.head`
+            selects them). Use ``"*"`` when the source head is kept.
 
     The starting point ``p0`` of an anchored parameter is copied when this object is built if the
     parameter is trainable then, otherwise the first time it is about to be updated (a frozen

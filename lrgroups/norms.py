@@ -25,15 +25,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import weakref
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ._util import first_names, kept_training_modes, remove_all
 from .depth import is_container, unwrap_model
+
+if TYPE_CHECKING:
+    from .groups import Slot
 
 __all__ = ["batch_norms", "freeze_norm_stats", "FrozenNormStats", "precise_bn", "norm_units"]
 
@@ -73,7 +78,7 @@ def _selected(model: nn.Module, selector: ModuleSelector, what: str) -> dict[str
     found = batch_norms(model, selector)
     if not found:
         every = list(batch_norms(model))
-        detail = f"its BatchNorm layers are {', '.join(every[:8])}" if every else "it has no BatchNorm layer"
+        detail = f"its BatchNorm layers are {first_names(every, 8)}" if every else "it has no BatchNorm layer"
         raise ValueError(
             f"{what}: no BatchNorm layer of {type(unwrap_model(model)).__name__} matches "
             f"selector {selector!r} ({detail})"
@@ -85,8 +90,10 @@ class FrozenNormStats:
     """The handle :func:`freeze_norm_stats` returns: the frozen layers, ``remove()``, and a context
     manager that removes on exit.
 
-    The one mechanism in lrgroups that switches norm layers: the :class:`~lrgroups.LayerwiseOptimizer`
-    holds one for the norm layers it manages, with ``active`` (``module -> bool``, checked at every
+    The one mechanism in lrgroups that keeps norm layers in eval mode while the model trains
+    (:func:`precise_bn` does the opposite for one call: it forces its layers into train mode with hooks
+    of its own, for the re-estimation only): the :class:`~lrgroups.LayerwiseOptimizer` holds one for
+    the norm layers it manages, with ``active`` (``module -> bool``, checked at every
     forward) saying whether a layer counts as frozen now. Among the handles with an ``active``
     predicate on one layer only the newest not removed decides (found among torch's global forward
     pre-hooks, in registration order): removing it hands the decision back to the one before.
@@ -180,7 +187,7 @@ class FrozenNormStats:
 
     def __repr__(self) -> str:
         state = "removed" if self._retired else "active"
-        return f"FrozenNormStats({len(self._refs)} BatchNorm layers, {state})"
+        return f"FrozenNormStats({len(self._refs)} norm layers, {state})"
 
 
 def _unhook_retired() -> None:
@@ -256,14 +263,14 @@ class OwnedNormFreeze:
     the mode the model gives them). It answers ``False`` for any other module.
 
     Args:
-        units: ``[(norm layer, slots)]``: each layer with the objects with ``frozen_by`` (``None``:
-            trains) of the parameters that decide it (see :func:`norm_units`).
+        units: ``[(norm layer, slots)]``: each layer with the :class:`~lrgroups.groups.Slot` s of the
+            parameters that decide it (see :func:`norm_units`).
         also_frozen_before_build: also freeze a layer frozen before the optimizer was built.
         before_build: the owner recorded for what was frozen before the optimizer was built.
     """
 
     def __init__(
-        self, units: Sequence[tuple[nn.Module, Sequence[Any]]], also_frozen_before_build: bool, before_build: str
+        self, units: Sequence[tuple[nn.Module, Sequence[Slot]]], also_frozen_before_build: bool, before_build: str
     ) -> None:
         self.slots = {id(module): list(slots) for module, slots in units}
         self.also_frozen_before_build = also_frozen_before_build
@@ -277,17 +284,6 @@ class OwnedNormFreeze:
         if None in owners:
             return False
         return self.also_frozen_before_build or any(owner != self.before_build for owner in owners)
-
-
-def remove_all(handles: list[FrozenNormStats]) -> None:
-    """Remove every handle in ``handles`` and empty the list (idempotent).
-
-    Args:
-        handles: the handles (the optimizer's list, emptied in place).
-    """
-    for handle in handles:
-        handle.remove()
-    handles.clear()
 
 
 def retire_all(handles: list[FrozenNormStats]) -> None:
@@ -408,13 +404,38 @@ def precise_bn(
     layers = [m for m in _selected(model, selector, "precise_bn").values() if m.track_running_stats]
     if not layers:
         raise ValueError("precise_bn: no selected BatchNorm layer tracks running statistics")
-    modes = [(module, module.training) for module in model.modules()]
+    saved = [
+        (layer, {k: v.clone() for k, v in layer.named_buffers(recurse=False) if v is not None}) for layer in layers
+    ]
+    count = 0
+    try:
+        with kept_training_modes(model), _estimating(layers, momentum):
+            model.train()
+            for module in batch_norms(model).values():
+                if all(module is not layer for layer in layers):
+                    module.training = False
+            count = _forward_all(model, batches, max_batches)
+    finally:
+        if count == 0:  # an error or no batch: the statistics are what they were
+            for layer, buffers in saved:
+                for key, value in buffers.items():
+                    getattr(layer, key).copy_(value)
+    if count == 0:
+        raise ValueError("precise_bn: batches is empty")
+    return count
+
+
+@contextlib.contextmanager
+def _estimating(layers: Sequence[nn.modules.batchnorm._NormBase], momentum: float | None) -> Iterator[None]:
+    """Inside the block ``layers`` run in train mode at every call (hooks of their own, also where a
+    :class:`FrozenNormStats` keeps them in eval mode) with ``momentum`` (``None``: their statistics
+    reset, a cumulative average); after it the hooks are removed and the momenta put back."""
     momenta = [(layer, layer.momentum) for layer in layers]
     hooks = []
     forced: dict[int, bool] = {}
 
     # force_train runs after the layer's other pre-hooks (and after a freeze's global one); put_back before
-    # its other hooks (after a freeze's global one): every mode is put back in the finally block below
+    # its other hooks (after a freeze's global one): the caller puts every mode back after the block
     def force_train(module: nn.Module, args: tuple) -> None:
         forced[id(module)] = module.training
         module.training = True
@@ -422,11 +443,6 @@ def precise_bn(
     def put_back(module: nn.Module, args: tuple, output: Any) -> None:
         module.training = forced.pop(id(module))
 
-    saved = [
-        (layer, {k: v.clone() for k, v in layer.named_buffers(recurse=False) if v is not None}) for layer in layers
-    ]
-    count = 0
-    done = False
     try:
         for layer in layers:
             hooks.append(layer.register_forward_pre_hook(force_train))
@@ -434,27 +450,19 @@ def precise_bn(
             if momentum is None:
                 layer.reset_running_stats()
             layer.momentum = momentum
-        model.train()
-        for module in batch_norms(model).values():
-            if all(module is not layer for layer in layers):
-                module.training = False
-        for batch in batches:
-            if max_batches is not None and count >= max_batches:
-                break
-            _forward(model, batch)
-            count += 1
-        done = count > 0
+        yield
     finally:
-        if not done:  # an error or no batch: the statistics are what they were
-            for layer, buffers in saved:
-                for key, value in buffers.items():
-                    getattr(layer, key).copy_(value)
-        for hook in hooks:
-            hook.remove()
+        remove_all(hooks)
         for layer, value in momenta:
             layer.momentum = value
-        for module, training in modes:
-            module.training = training
-    if count == 0:
-        raise ValueError("precise_bn: batches is empty")
+
+
+def _forward_all(model: nn.Module, batches: Iterable[Any], max_batches: int | None) -> int:
+    """Run ``model`` on each batch (at most ``max_batches``); the number run."""
+    count = 0
+    for batch in batches:
+        if max_batches is not None and count >= max_batches:
+            break
+        _forward(model, batch)
+        count += 1
     return count

@@ -29,31 +29,34 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
-from . import checkpoint
-from .checkpoint import CheckpointMismatchError, cast_like_torch, first_names
+from . import _deprecated, checkpoint
+from ._util import first_names, remove_all
+from .checkpoint import CheckpointMismatchError, cast_like_torch
 from .depth import ParamInfo, describe_nonempty, renumber, unwrap_model
-from .groups import group_names, group_settings
+from .groups import MODEL_OWNER, RULE_OWNER, USER_OWNER, Slot, group_names, group_settings
 from .inner import (
     DERIVED_STATE,
     ForwardedToInner,
     Inner,
     OptimizerSpec,
-    accepts,
     base_value,
-    build_inner,
+    build_inners,
+    check_differentiable,
+    check_weight_decay,
     computes_own_lr,
     factory_name,
+    group_dict,
     specs,
     state_carriers,
     unprofiled_step,
 )
-from .norms import FrozenNormStats, OwnedNormFreeze, norm_units, remove_all, retire_all
+from .norms import FrozenNormStats, OwnedNormFreeze, norm_units, retire_all
 from .rules import NoMatchError, ParamPlan, Rule, Selector, no_match_message, plan_params
 
 if TYPE_CHECKING:
@@ -62,27 +65,6 @@ if TYPE_CHECKING:
 __all__ = ["LayerwiseOptimizer", "CheckpointMismatchError"]
 
 _NORM_POLICIES = ("freeze", "freeze_all", "update")
-# Who froze a parameter before the wrapper was built (the user, peft, a framework).
-_BEFORE_BUILD = "model"
-
-
-@dataclass(eq=False)
-class _Slot:
-    """One parameter: its description, plan row (as the rules planned it: ``row.frozen`` is what they
-    and ``requires_grad`` froze at build), param group and who froze it now (``None``: trains)."""
-
-    info: ParamInfo
-    row: ParamPlan
-    group: int
-    frozen_by: str | None
-    kept: dict | None = None  # state kept aside by freeze(keep_state=True)
-
-    @property
-    def param(self) -> torch.Tensor:
-        return self.info.param
-
-
-_Inner = Inner  # unpickles optimizers pickled before lrgroups.inner existed
 
 
 class LayerwiseOptimizer(torch.optim.Optimizer):
@@ -108,10 +90,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     Args:
         model: any ``nn.Module``; DDP/DataParallel/``torch.compile`` wrappers are looked through
             (names and depths are the bare model's).
-        optimizer: a ``torch.optim.Optimizer`` subclass (torch's, timm.optim's, third-party) or a
+        optimizer_cls: a ``torch.optim.Optimizer`` subclass (torch's, timm.optim's, third-party) or a
             callable ``(param_groups, **kwargs) -> Optimizer``; or a dict of them by name, values
-            optionally ``(class, {kwargs})``: rules route parameters with ``Rule(...,
-            optimizer=name)``, the first takes the rest.
+            optionally ``(class, {kwargs})``: rules route parameters with ``Rule(..., inner=name)``,
+            the first takes the rest.
         lr: base learning rate (the head's lr under layer decay); default: the inner optimizer's.
         weight_decay: base weight decay; default: the inner optimizer's.
         rules: ordered :class:`~lrgroups.Rule` s.
@@ -137,13 +119,14 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             ``with`` block) and when the optimizer is garbage-collected; the newest optimizer over
             a norm layer decides its mode, and closing it hands the decision back to the one before;
             a ``copy.deepcopy`` of the model carries no active hook.
+        optimizer: deprecated name of ``optimizer_cls`` (it warns).
         **optimizer_kwargs: passed to the (single) optimizer (betas, eps, momentum, foreach, ...).
 
     Raises:
         ValueError: bad lr/weight decay, a rule matching nothing, an optimizer that cannot be built
             from the groups (the inner constructor's message), weight decay for an optimizer
             without it. Nothing (``requires_grad`` included) is changed then.
-        TypeError: an optimizer instance instead of a class or factory.
+        TypeError: no ``optimizer_cls``, or an optimizer instance instead of a class or factory.
 
     Example:
         >>> import torch, torchvision, lrgroups
@@ -165,7 +148,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def __init__(
         self,
         model: nn.Module,
-        optimizer: OptimizerSpec | Mapping[str, OptimizerSpec],
+        optimizer_cls: OptimizerSpec | Mapping[str, OptimizerSpec] | None = None,
         *,
         lr: float | torch.Tensor | None = None,
         weight_decay: float | None = None,
@@ -175,80 +158,58 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         norm_stats: str = "freeze",
         example_input: Any = None,
         tied: str | None = None,
+        optimizer: OptimizerSpec | Mapping[str, OptimizerSpec] | None = None,
         **optimizer_kwargs: Any,
     ) -> None:
-        if norm_stats not in _NORM_POLICIES:
-            raise ValueError(f"norm_stats must be one of {', '.join(map(repr, _NORM_POLICIES))}, got {norm_stats!r}")
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"LayerwiseOptimizer needs the model (an nn.Module), got {type(model).__name__}: its rules and "
-                "depths come from the module tree. With the Hugging Face Trainer pass it in the kwargs: "
-                "optimizer_cls_and_kwargs=(LayerwiseOptimizer, {'model': model, 'optimizer': torch.optim.AdamW, "
-                "'lr': ...}) (the Trainer then calls LayerwiseOptimizer(model, optimizer=..., lr=...))"
-            )
-        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")  # torch's own check, before lr is read
-        wanted = specs(optimizer, optimizer_kwargs)
-        for name, (factory, kwargs) in wanted.items():
-            if kwargs.get("differentiable"):
-                raise ValueError(
-                    f"{factory_name(factory)}(differentiable=True) is not supported: a differentiable step "
-                    "(autograd through the update, e.g. for meta-learning) needs non-leaf parameters, which a "
-                    "module's parameters are not; step a bare torch optimizer over lrgroups.param_groups(model, ...)")
-        infos = describe_nonempty(model, coarse, example_input=example_input, tied=tied)
-        if select is not None:
-            selector = select if isinstance(select, Selector) else Selector(pattern=select)
-            infos = [info for info in infos if selector.matches(info)]
-            if not infos:
-                raise ValueError(f"select={selector.criteria()} matches no parameter of the model")
-            infos = renumber(infos)  # depths count within what this optimizer manages
+        optimizer_cls = _deprecated.keyword("lrgroups.optimizer.LayerwiseOptimizer.__init__", "optimizer", optimizer, "optimizer_cls",
+                                            optimizer_cls, None)
+        _check_arguments(model, optimizer_cls, norm_stats, lr)
+        wanted = specs(optimizer_cls, optimizer_kwargs)
+        check_differentiable(wanted)
+        infos = _managed(model, select, coarse, example_input, tied)
         base_lr = {name: base_value("lr", lr, f, kw, required=False) for name, (f, kw) in wanted.items()}
         base_wd = {name: base_value("weight_decay", weight_decay, f, kw, required=False) for name, (f, kw) in wanted.items()}
-        for name, (factory, kwargs) in wanted.items():
-            if weight_decay is not None and "weight_decay" not in kwargs and not accepts(factory, "weight_decay"):
-                raise ValueError(f"{factory_name(factory)} has no weight_decay option but weight_decay={weight_decay} was given")
+        check_weight_decay(wanted, weight_decay)
         rows = _plan_rows(infos, wanted, lr, base_lr, base_wd, rules)
 
         # Groups: distinct settings in order of first appearance, grouped by inner optimizer.
         order, members = group_settings(rows, list(wanted))
-        group_index = {s: i for i, s in enumerate(order)}
-        inners: list[Inner] = []
-        start = 0
-        for name, (factory, kwargs) in wanted.items():
-            settings = [setting for setting in order if setting[0] == name]
-            if not settings:
-                raise ValueError(f"no parameter is routed to optimizer {name!r}")
-            groups = [
-                self._group_dict([infos[i].param for i in members[start + k]], setting, base_lr[name], base_wd[name])
-                for k, setting in enumerate(settings)
-            ]
-            built = build_inner(factory, groups, kwargs, name, lr, weight_decay)
-            if len(built.param_groups) != len(groups):
-                raise ValueError(f"{factory_name(factory)} made {len(built.param_groups)} param groups of {len(groups)}")
-            unknown = sorted({key for setting in settings for key, _ in setting[3]} - set(built.defaults))
-            if unknown:
-                raise ValueError(f"rule options {unknown} are not options of {type(built).__name__}, which would "
-                                 f"ignore them; its options: {', '.join(sorted(built.defaults))}")
-            decayed = any(rows[i].weight_decay is not None for k in range(len(settings)) for i in members[start + k])
-            if decayed and "weight_decay" not in built.defaults:
-                raise ValueError(f"{type(built).__name__} has no weight_decay option but the rules set weight decay")
-            inners.append(Inner(name, built, factory, kwargs, start, start + len(settings), False,
-                                state_carriers(built)))
-            start += len(settings)
+        groups = [group_dict([infos[i].param for i in indices], setting, base_lr[setting[0]], base_wd[setting[0]])
+                  for setting, indices in zip(order, members, strict=True)]
+        inners = build_inners(wanted, order, groups, lr, weight_decay)
+        self._adopt(inners)
+        for group, name in zip(self.param_groups, group_names(rows, order, self.param_groups), strict=True):
+            group["name"] = name
 
+        group_index = {setting: g for g, setting in enumerate(order)}
+        self._slots = [Slot(info, row, group_index[row.settings], _frozen_at_build(info, row))
+                       for info, row in zip(infos, rows, strict=True)]
+        self._inners = inners
+        self._planned_lrs = [None if s[1] is None else float(s[1]) for s in order]
+        self._planned_wds = [group.get("weight_decay") for group in self.param_groups]  # where no rule sets one
+        self._norm_stats = norm_stats
+        self._mode: str | None = None  # the last train()/eval() forwarded to the inner optimizers
+        self._derive()
+        self._relink(loaded=False)
+        self._apply_frozen()
+        self._norm_units = norm_units(unwrap_model(model), [slot.param for slot in self._slots]) if norm_stats != "update" else []
+        self._install_hooks()
+        self._ratio_check = self.register_step_pre_hook(self._warn_if_ratios_flattened)
+
+    # ---------------------------------------------------------------- construction helpers
+    def _adopt(self, inners: list[Inner]) -> None:
+        """Become the optimizer over the inner optimizers' own group dicts (in order) and share their
+        state, through torch's own machinery (hooks, step profiling, pickling): ``add_param_group``
+        validates (leaf tensors, no parameter in two groups) and re-lists each group's params, which
+        are put back so inner optimizers that hold on to their lists keep them."""
         all_groups = [group for inner in inners for group in inner.optimizer.param_groups]
         lists = [group["params"] for group in all_groups]
-        # torch's own machinery: hooks, step profiling, pickling; add_param_group validates (leaf
-        # tensors, no parameter in two groups) and re-lists each group's params, which are put
-        # back so inner optimizers that hold on to their lists keep them.
         self._building = True
         super().__init__(all_groups, {})
         self._building = False
-        for group, params in zip(all_groups, lists):
+        for group, params in zip(all_groups, lists, strict=True):
             group["params"] = params
         self.defaults = inners[0].optimizer.defaults
-        for group, name in zip(all_groups, group_names(rows, order, all_groups)):
-            group["name"] = name
         state = inners[0].optimizer.state
         for holder in [inner.optimizer for inner in inners[1:]] + [c for inner in inners for c in inner.carriers]:
             state.update(holder.state)
@@ -256,54 +217,21 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         for inner in inners:
             inner.eager_state = any(p in state for g in inner.optimizer.param_groups for p in g["params"])
 
-        slots = []
-        for info, row in zip(infos, rows):
-            g = group_index[row.settings]
-            frozen_by = None
-            if row.frozen:
-                frozen_by = _BEFORE_BUILD if not info.param.requires_grad else "rule"
-            slots.append(_Slot(info, row, g, frozen_by))
-        self._slots = slots
-        self._inners = inners
-        self._planned_lrs = [None if s[1] is None else float(s[1]) for s in order]
-        self._planned_wds = [group.get("weight_decay") for group in all_groups]  # where no rule sets one
-        self._norm_stats = norm_stats
-        self._mode: str | None = None  # the last train()/eval() forwarded to the inner optimizers
-        self._derive()
-        self._relink(loaded=False)
-        for slot in slots:
+    def _apply_frozen(self) -> None:
+        """At build: frozen parameters hold no state, sit in no group's list, and do not require grad."""
+        for slot in self._slots:
             if slot.frozen_by is not None:
-                state.pop(slot.param, None)
-        self._sync(range(len(all_groups)))
-        for slot in slots:
+                self.state.pop(slot.param, None)
+        self._sync(range(len(self.param_groups)))
+        for slot in self._slots:
             slot.param.requires_grad_(slot.frozen_by is None)
             if slot.frozen_by is not None:
                 slot.param.grad = None
-        self._norm_units = norm_units(unwrap_model(model), [slot.param for slot in slots]) if norm_stats != "update" else []
-        self._install_hooks()
-        self._ratio_check = self.register_step_pre_hook(self._warn_if_ratios_flattened)
-
-    # ---------------------------------------------------------------- construction helpers
-    @staticmethod
-    def _group_dict(params: list, setting: tuple, base_lr: Any, base_wd: Any) -> dict:
-        """A group's dict: only what differs from the optimizer's defaults is written, so a
-        tensor lr stays the tensor the user gave and untouched options stay the optimizer's."""
-        _, lr, weight_decay, options = setting
-        group: dict[str, Any] = {"params": params}
-        if base_lr is None:  # no base lr: every lr is a rule's (or None: the optimizer computes its own)
-            if lr is not None:
-                group["lr"] = lr
-        elif lr != float(base_lr):
-            group["lr"] = torch.tensor(lr, dtype=base_lr.dtype, device=base_lr.device) if isinstance(base_lr, torch.Tensor) else lr
-        if weight_decay is not None and weight_decay != base_wd:
-            group["weight_decay"] = weight_decay
-        group.update(options)
-        return group
 
     def _derive(self) -> None:
         """What follows from the slots and inner optimizers (rebuilt after unpickling)."""
         self._index = {name: slot for slot in self._slots for name in (slot.row.name, *slot.row.aliases)}
-        self._group_slots: list[list[_Slot]] = [[] for _ in self._planned_lrs]
+        self._group_slots: list[list[Slot]] = [[] for _ in self._planned_lrs]
         for slot in self._slots:
             self._group_slots[slot.group].append(slot)
         self._steps = [unprofiled_step(inner.optimizer) for inner in self._inners]
@@ -343,7 +271,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         handles = []
         if self._norm_units:  # the hooks are norms.FrozenNormStats' (the newest decides): one handle for all
             units = [(module, [self._slots[i] for i in indices]) for module, indices in self._norm_units]
-            frozen = OwnedNormFreeze(units, self._norm_stats == "freeze_all", _BEFORE_BUILD)
+            frozen = OwnedNormFreeze(units, self._norm_stats == "freeze_all", MODEL_OWNER)
             handles.append(FrozenNormStats({str(k): module for k, (module, _) in enumerate(units)}, active=frozen))
         self._norm_handles = handles
         self._finalizer = weakref.finalize(self, retire_all, handles)  # never changes hook dicts mid-trace
@@ -376,8 +304,6 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._mode = state.pop("_mode", self.__dict__.get("_mode"))
         super().__setstate__(state)
         if "_slots" in state:  # unpickled or deep-copied: rebuild what is derived, own hooks anew
-            if "_planned_wds" not in state:  # pickled when the rows held the inner default weight decay
-                self._planned_wds = [None] * len(self._planned_lrs)
             self._derive()
             self._install_hooks()
             self._ratio_check = self.register_step_pre_hook(self._warn_if_ratios_flattened) if ratio_check_pending else None
@@ -424,16 +350,24 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 switch()
         self._mode = mode
 
-    def _move_one(self, slot: _Slot, state: dict, mode: str) -> None:
+    def _inner_of(self, slot: Slot) -> Inner:
+        """The inner optimizer whose groups hold ``slot``'s group."""
+        return next(inner for inner in self._inners if inner.start <= slot.group < inner.stop)
+
+    def _probe(self, inner: Inner, slot: Slot) -> torch.optim.Optimizer:
+        """A fresh optimizer of ``inner``'s kind over ``slot``'s parameter alone, in a copy of its group."""
+        group = {key: value for key, value in self.param_groups[slot.group].items() if key not in ("params", "param_names")}
+        return inner.factory([{**group, "params": [slot.param]}], **inner.kwargs)
+
+    def _move_one(self, slot: Slot, state: dict, mode: str) -> None:
         """Move one parameter (not in any group: frozen, or being unfrozen) between the points of a
         schedule-free inner optimizer, with the inner optimizer's own ``train()``/``eval()`` run on a
         probe optimizer over that parameter alone: first the opposite switch without its state (the
         probe's mode, no value changes), then ``mode`` with it (the parameter moves)."""
-        inner = next(inner for inner in self._inners if inner.start <= slot.group < inner.stop)
+        inner = self._inner_of(slot)
         if not (callable(getattr(inner.optimizer, "train", None)) and callable(getattr(inner.optimizer, "eval", None))):
             return
-        group = {key: value for key, value in self.param_groups[slot.group].items() if key not in ("params", "param_names")}
-        probe = inner.factory([{**group, "params": [slot.param]}], **inner.kwargs)
+        probe = self._probe(inner, slot)
         getattr(probe, "eval" if mode == "train" else "train")()
         probe.state[slot.param] = state
         getattr(probe, mode)()
@@ -539,7 +473,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                     "shape": slot.row.shape,
                     "numel": math.prod(slot.row.shape),
                 }
-                for slot, settings in zip(self._slots, self._settings)
+                for slot, settings in zip(self._slots, self._settings, strict=True)
             ]
         )
         table["frozen_by"] = pd.Series([slot.frozen_by for slot in self._slots], dtype=object)
@@ -595,8 +529,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         furthest from their planned ratio (not every lr), what to pass to each kind of scheduler, and
         points at the user's line (the first frame outside torch and lrgroups)."""
         planned = self._planned_lrs
-        current = [None if p is None else float(group["lr"]) for p, group in zip(planned, self.param_groups)]
-        scale = {g: c / p for g, (c, p) in enumerate(zip(current, planned)) if p is not None and p > 0}
+        current = [None if p is None else float(group["lr"]) for p, group in zip(planned, self.param_groups, strict=True)]
+        scale = {g: c / p for g, (c, p) in enumerate(zip(current, planned, strict=True)) if p is not None and p > 0}
         if not scale or all(math.isclose(s, next(iter(scale.values())), rel_tol=1e-6, abs_tol=1e-12)
                             for s in scale.values()):
             return
@@ -620,7 +554,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self._ratio_check = None
 
     # ---------------------------------------------------------------- freezing
-    def _select(self, pattern: str | Selector | None, select: dict, missing: str = "raise") -> list[_Slot]:
+    def _select(self, pattern: str | Selector | None, select: dict, missing: str = "raise") -> list[Slot]:
         if isinstance(pattern, Selector) and select:
             raise TypeError("give a Selector or selector fields, not both")
         if missing not in ("raise", "empty"):
@@ -631,7 +565,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             raise selector.no_match_error([slot.row.name for slot in self._slots])
         return chosen
 
-    def _slot(self, name: str) -> _Slot:
+    def _slot(self, name: str) -> Slot:
         slot = self._index.get(name)
         if slot is None:
             raise NoMatchError(no_match_message(f"name {name!r}", name, [slot.row.name for slot in self._slots]))
@@ -662,7 +596,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """
         return {slot.row.name: slot.param for slot in self._select(pattern, select, missing)}
 
-    def _check_membership_change(self, slots: list[_Slot]) -> None:
+    def _check_membership_change(self, slots: list[Slot]) -> None:
         groups = {slot.group for slot in slots}
         for inner in self._inners:
             if isinstance(inner.optimizer, DERIVED_STATE) and any(inner.start <= g < inner.stop for g in groups):
@@ -674,7 +608,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                     )
 
     def freeze(
-        self, pattern: str | Selector | None = None, *, keep_state: bool = False, owner: str = "user", **select: Any
+        self, pattern: str | Selector | None = None, *, keep_state: bool = False, owner: str = USER_OWNER, **select: Any
     ) -> list[str]:
         """Freeze the selected parameters (a glob, a :class:`~lrgroups.Selector`, or its fields as
         keywords); returns the names that changed (already-frozen ones keep their owner).
@@ -772,14 +706,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                               f"{'is' if len(names) == 1 else 'are'} {what}; {fix}: freeze and unfreeze through "
                               "the optimizer", UserWarning, stacklevel=stacklevel)
 
-    def _fresh_state(self, slot: _Slot) -> None:
+    def _fresh_state(self, slot: Slot) -> None:
         """For an optimizer that creates state in its constructor (Adagrad): the state its
         constructor would create for this parameter in its group."""
-        inner = next(inner for inner in self._inners if inner.start <= slot.group < inner.stop)
+        inner = self._inner_of(slot)
         if not inner.eager_state:
             return
-        group = {key: value for key, value in self.param_groups[slot.group].items() if key not in ("params", "param_names")}
-        probe = inner.factory([{**group, "params": [slot.param]}], **inner.kwargs)
+        probe = self._probe(inner, slot)
         for holder in (probe, *state_carriers(probe)):
             if slot.param in holder.state:
                 self.state[slot.param] = holder.state[slot.param]
@@ -880,6 +813,44 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             self._end_ratio_check()
 
 
+def _check_arguments(model: Any, optimizer_cls: Any, norm_stats: str, lr: Any) -> None:
+    """The wrapper's own argument checks, before anything is read from the model."""
+    if optimizer_cls is None:
+        raise TypeError("LayerwiseOptimizer needs optimizer_cls: an optimizer class, a factory or a dict of them")
+    if norm_stats not in _NORM_POLICIES:
+        raise ValueError(f"norm_stats must be one of {', '.join(map(repr, _NORM_POLICIES))}, got {norm_stats!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"LayerwiseOptimizer needs the model (an nn.Module), got {type(model).__name__}: its rules and "
+            "depths come from the module tree. With the Hugging Face Trainer pass it in the kwargs: "
+            "optimizer_cls_and_kwargs=(LayerwiseOptimizer, {'model': model, 'optimizer_cls': torch.optim.AdamW, "
+            "'lr': ...}) (the Trainer then calls LayerwiseOptimizer(model, optimizer_cls=..., lr=...))"
+        )
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")  # torch's own check, before lr is read
+
+
+def _managed(model: nn.Module, select: str | Selector | None, coarse: bool, example_input: Any,
+             tied: str | None) -> list[ParamInfo]:
+    """The parameters the wrapper manages, described: all of the model's, or those ``select`` picks
+    (depths renumbered within them)."""
+    infos = describe_nonempty(model, coarse, example_input=example_input, tied=tied)
+    if select is None:
+        return infos
+    selector = select if isinstance(select, Selector) else Selector(pattern=select)
+    infos = [info for info in infos if selector.matches(info)]
+    if not infos:
+        raise ValueError(f"select={selector.criteria()} matches no parameter of the model")
+    return renumber(infos)  # depths count within what this optimizer manages
+
+
+def _frozen_at_build(info: ParamInfo, row: ParamPlan) -> str | None:
+    """Who froze a parameter when the wrapper is built: nobody, the model (``requires_grad``) or a rule."""
+    if not row.frozen:
+        return None
+    return MODEL_OWNER if not info.param.requires_grad else RULE_OWNER
+
+
 def _plan_rows(infos: list[ParamInfo], wanted: dict, lr: Any, base_lr: dict, base_wd: dict,
                rules: Sequence[Rule]) -> list[ParamPlan]:
     """The plan rows, also for inner optimizers without a base lr: one whose default is torch's
@@ -903,7 +874,7 @@ def _plan_rows(infos: list[ParamInfo], wanted: dict, lr: Any, base_lr: dict, bas
     for name in missing:
         factory, kwargs = wanted[name]
         label = factory_name(factory) + ("" if name is None else f" ({name!r})")
-        routed = [(a, b) for a, b in zip(rows, other) if a.optimizer == name]
+        routed = [(a, b) for a, b in zip(rows, other, strict=True) if a.optimizer == name]
         if computes_own_lr(factory, kwargs, lr):
             own.add(name)
             touched = [a.name for a, b in routed if (a.lr, b.lr) != (1.0, 2.0)]

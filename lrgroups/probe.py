@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ._util import kept_training_modes
 from .depth import find_head, unwrap_model
 
 __all__ = ["fit_linear_probe", "head_features", "set_linear_head"]
@@ -53,16 +54,13 @@ def head_features(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 2
         raise ValueError(f"need inputs (got {len(inputs)}) and batch_size >= 1 (got {batch_size})")
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].flatten(1)))
-    modes = [(module, module.training) for module in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
+        with kept_training_modes(model), torch.no_grad():
+            model.eval()
             for start in range(0, len(inputs), batch_size):
                 model(inputs[start:start + batch_size])
     finally:
         hook.remove()
-        for module, training in modes:
-            module.training = training
     return torch.cat(captured)
 
 

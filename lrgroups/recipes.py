@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping, Tuple, Union
 import torch
 import torch.nn as nn
 
+from . import _deprecated
 from . import rules as R
 from .depth import find_head
 from .driver import EarlyStoppingSpec, FineTuning, build_controllers, check_specs
@@ -239,20 +240,22 @@ class Recipe(MadeByName):
     def build(
         self,
         model: nn.Module,
-        optimizer: Callable[..., Any],
+        optimizer_cls: Callable[..., Any] | None = None,
         *,
         lr: float,
         weight_decay: float = 0.0,
         total_steps: int | None = None,
         steps_per_epoch: int | None = None,
         probe: Probe = None,
+        optimizer: Callable[..., Any] | None = None,
         **optimizer_kwargs: Any,
     ) -> FineTuning:
         """Build the optimizer (and schedule, stopper) for ``model``; ``lr`` is the head's lr.
 
         Args:
             model: the model, as for :class:`~lrgroups.LayerwiseOptimizer`.
-            optimizer: the inner optimizer's class or factory, as for :class:`~lrgroups.LayerwiseOptimizer`.
+            optimizer_cls: the inner optimizer's class or factory, as for :class:`~lrgroups.LayerwiseOptimizer`
+                (``optimizer=`` is its deprecated name).
             lr: the head's learning rate (the base lr).
             weight_decay: the base weight decay.
             total_steps: the training budget in optimizer steps (needed by recipes that place stages
@@ -271,6 +274,10 @@ class Recipe(MadeByName):
                 recipe without a probe, ``weight_decay`` given to a recipe with L2-SP, or anything
                 :class:`~lrgroups.LayerwiseOptimizer` rejects.
         """
+        optimizer_cls = _deprecated.keyword("lrgroups.recipes.Recipe.build", "optimizer", optimizer, "optimizer_cls",
+                                            optimizer_cls, None)
+        if optimizer_cls is None:
+            raise TypeError(f"recipe {self.name!r}: build needs optimizer_cls (e.g. torch.optim.AdamW)")
         if self.probe_C is not None:
             _fit_head(model, probe, self.probe_C, self.name)
         elif probe is not None:
@@ -280,7 +287,7 @@ class Recipe(MadeByName):
         specs = self.specs()
         check_specs(*specs)
         opt = LayerwiseOptimizer(
-            model, optimizer, lr=lr, weight_decay=weight_decay, rules=self.rules, coarse=self.coarse,
+            model, optimizer_cls, lr=lr, weight_decay=weight_decay, rules=self.rules, coarse=self.coarse,
             **optimizer_kwargs,
         )
         unfreezing, stopper = build_controllers(opt, model, *specs, total_steps=total_steps)

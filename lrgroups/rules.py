@@ -10,7 +10,7 @@ Example:
 
 Composition, the one rule to remember: every parameter starts at ``(lr, weight_decay, frozen)``
 given to the optimizer (``frozen`` from ``requires_grad``), then each rule that matches it is applied
-in order, attribute by attribute: ``lr=`` / ``weight_decay=`` / ``frozen=`` / ``optimizer=`` replace
+in order, attribute by attribute: ``lr=`` / ``weight_decay=`` / ``frozen=`` / ``inner=`` replace
 the running value, ``lr_mult=`` / ``wd_mult=`` multiply it, ``options=`` merge key by key. So a later
 rule overrides an earlier one and multipliers compose; parameters whose settings end up equal share a
 param group. Values may be numbers or functions of :class:`ParamInfo` (that is how
@@ -32,6 +32,8 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch.nn as nn
 
+from . import _deprecated
+from ._util import first_names
 from .depth import ParamInfo, Tied, describe, describe_nonempty
 
 __all__ = [
@@ -142,8 +144,9 @@ def _hashable(value: Any) -> Any:
 
 class FrozenDict(dict):
     """A read-only dict that hashes by its items, by value as ``==`` compares (``{"momentum": 1}``
-    and ``{"momentum": 1.0}`` hash alike): a rule's ``options`` and a recipe's settings, so that
-    rules and recipes are hashable values.
+    and ``{"momentum": 1.0}`` hash alike; lists, sets and dicts inside hash as tuples and frozensets,
+    and a value that cannot be hashed at all by its ``repr``): a rule's ``options`` and a recipe's
+    settings, so that rules and recipes are hashable values.
 
     Raises:
         TypeError: on any change in place (build a new rule or recipe).
@@ -224,7 +227,7 @@ def named_factory(kind: str, registry: dict[str, Callable[..., Any]],
 @dataclass(frozen=True, init=False, repr=False, eq=False)
 class Rule(MadeByName):
     """Select parameters (a :class:`Selector`, its fields given directly or as ``selector=``) and set
-    their lr, weight decay, options, inner optimizer or frozen flag.
+    their lr, weight decay, options, inner optimizer (by name) or frozen flag.
 
     The selection is a field of the rule, apart from its settings: ``rule.selector``. The selector's
     fields and methods read through the rule (``rule.pattern``, ``rule.matches(info)``,
@@ -254,13 +257,14 @@ class Rule(MadeByName):
             later rule's value replacing an earlier one's. ``lr``/``weight_decay`` have their own
             fields and ``params``/``param_names`` belong to the optimizer: giving them here raises
             ``ValueError``.
-        optimizer: the name of the inner optimizer these parameters go to, when
+        inner: the name of the inner optimizer these parameters go to, when
             :class:`~lrgroups.LayerwiseOptimizer` is given several (``{"muon": Muon, "adamw": AdamW}``).
         name: label shown by ``explain()``; defaults to the rule's repr.
         allow_empty: if ``False`` (default) a rule that matches no parameter is an error.
         needs_depth: if ``True`` the rule is meaningless when every parameter has one depth, which
             is then an error (layer decay must never be a silent no-op).
         selector: the selection as a :class:`Selector`; fields given directly replace its own.
+        optimizer: deprecated name of ``inner`` (it warns; so does reading ``rule.optimizer``).
 
     Raises:
         TypeError: ``options`` is not a mapping.
@@ -274,10 +278,12 @@ class Rule(MadeByName):
     wd_mult: Setting = None
     frozen: bool | None = None
     options: Mapping[str, Any] | None = None
-    optimizer: str | None = None
+    inner: str | None = None
     name: str | None = None
     allow_empty: bool = False
     needs_depth: bool = False
+
+    optimizer = _deprecated.alias("inner")
 
     def __init__(
         self,
@@ -293,18 +299,20 @@ class Rule(MadeByName):
         wd_mult: Setting = None,
         frozen: bool | None = None,
         options: Mapping[str, Any] | None = None,
-        optimizer: str | None = None,
+        inner: str | None = None,
         name: str | None = None,
         allow_empty: bool = False,
         needs_depth: bool = False,
         *,
         selector: Selector | None = None,
+        optimizer: str | None = None,
     ) -> None:
-        given = {key: value for key, value in zip(SELECTOR_FIELDS, (pattern, regex, module_type, ndim, depth, where))
+        inner = _deprecated.keyword("lrgroups.rules.Rule.__init__", "optimizer", optimizer, "inner", inner, None)
+        given = {key: value for key, value in zip(SELECTOR_FIELDS, (pattern, regex, module_type, ndim, depth, where), strict=True)
                  if value is not None}
         selector = Selector(**given) if selector is None else replace(selector, **given) if given else selector
         settings = {"selector": selector, "lr": lr, "lr_mult": lr_mult, "weight_decay": weight_decay,
-                    "wd_mult": wd_mult, "frozen": frozen, "options": options, "optimizer": optimizer, "name": name,
+                    "wd_mult": wd_mult, "frozen": frozen, "options": options, "inner": inner, "name": name,
                     "allow_empty": allow_empty, "needs_depth": needs_depth}
         for key, value in settings.items():
             object.__setattr__(self, key, value)
@@ -329,13 +337,16 @@ class Rule(MadeByName):
         if "selector" not in state:  # pickled when Rule subclassed Selector: its fields were the rule's
             state = dict(state)
             state["selector"] = Selector(**{key: state.pop(key, None) for key in SELECTOR_FIELDS})
+        if "optimizer" in state:  # pickled when the inner optimizer's name was the field ``optimizer``
+            state = dict(state)
+            state["inner"] = state.pop("optimizer")
         self.__dict__.update(state)
 
     def __repr__(self) -> str:
         values = [*(getattr(self.selector, key) for key in SELECTOR_FIELDS),
                   *(getattr(self, f.name) for f in fields(self) if f.name != "selector")]
         names = [*SELECTOR_FIELDS, *(f.name for f in fields(self) if f.name != "selector")]
-        return f"Rule({', '.join(f'{key}={value!r}' for key, value in zip(names, values))})"
+        return f"Rule({', '.join(f'{key}={value!r}' for key, value in zip(names, values, strict=True))})"
 
     def _values(self) -> tuple:
         return (self.selector, *(getattr(self, key) for key in _SETTING_FIELDS))
@@ -393,7 +404,8 @@ class Rule(MadeByName):
         """
         if not isinstance(data, Mapping):
             raise TypeError(f"a rule as data is a mapping (a dict, a TOML table), got {type(data).__name__}: {data!r}")
-        data = dict(data)
+        data = {_OLD_KEYS.get(key, key) if _OLD_KEYS.get(key) not in data else key: value
+                for key, value in data.items()}
         kind = data.pop("kind", "rule")
         if kind == "rule":
             _check_keys(data, (*SELECTOR_FIELDS, *_SETTING_FIELDS), "a rule")
@@ -455,7 +467,7 @@ class Rule(MadeByName):
             return self.name
         settings = [
             f"{key}={getattr(self, key)!r}"
-            for key in ("lr", "lr_mult", "weight_decay", "wd_mult", "frozen", "optimizer")
+            for key in ("lr", "lr_mult", "weight_decay", "wd_mult", "frozen", "inner")
             if getattr(self, key) is not None
         ]
         if self.options:
@@ -467,8 +479,10 @@ Selector.register(Rule)  # a rule reads as its selector wherever a Selector is t
 
 #: A :class:`Rule`'s settings (its fields besides the selector), in order.
 _SETTING_FIELDS: tuple[str, ...] = (
-    "lr", "lr_mult", "weight_decay", "wd_mult", "frozen", "options", "optimizer", "name", "allow_empty", "needs_depth",
+    "lr", "lr_mult", "weight_decay", "wd_mult", "frozen", "options", "inner", "name", "allow_empty", "needs_depth",
 )
+#: Keys of a rule's dict read as another: ``optimizer`` is what ``to_dict`` wrote for ``inner`` before.
+_OLD_KEYS = {"optimizer": "inner"}
 
 #: The named rule factories, by the ``kind`` a rule's dict gives (:meth:`Rule.from_dict`); a rule
 #: they make remembers its arguments, so :meth:`Rule.to_dict` writes it back as its kind.
@@ -692,7 +706,7 @@ def no_match_message(what: str, probe: str | None, names: Sequence[str]) -> str:
         close = difflib.get_close_matches(probe, names, n=5, cutoff=0.3)
         if close:
             message += f"; closest names: {', '.join(close)}"
-    return message + f" (the model has {len(names)} parameters, e.g. {', '.join(names[:3])})"
+    return message + f" (the model has {len(names)} parameters: {first_names(names, 3)})"
 
 
 def plan(
@@ -744,20 +758,12 @@ def plan_params(
     optimizer's default": it stays ``None`` unless a rule sets it (``wd_mult`` on it raises).
     """
     rules = [Rule.from_dict(rule) if isinstance(rule, Mapping) else rule for rule in rules]
-    if optimizers is not None:
-        unknown = sorted({rule.optimizer for rule in rules if rule.optimizer is not None} - set(optimizers))
-        if unknown:
-            raise ValueError(f"rules route to unknown optimizer(s) {unknown}; the optimizers are {list(optimizers)}")
-    elif any(rule.optimizer is not None for rule in rules):
-        name = next(rule.label for rule in rules if rule.optimizer is not None)
-        raise ValueError(f"{name} routes to a named optimizer, but one optimizer was given: pass a dict of optimizers")
-    default_optimizer = optimizers[0] if optimizers else None
+    _check_routes(rules, optimizers)
     for base_lr in (lr.values() if isinstance(lr, Mapping) else [lr]):
         _check_value("lr", float(base_lr), "the base lr")
     for base_wd in (weight_decay.values() if isinstance(weight_decay, Mapping) else [weight_decay]):
         if base_wd is not None:
             _check_value("weight_decay", float(base_wd), "the base weight decay")
-    names = [info.name for info in infos]
     flat = next((rule for rule in rules if rule.needs_depth), None) if infos and infos[0].max_depth == 0 else None
     if flat is not None:
         raise ValueError(
@@ -765,62 +771,85 @@ def plan_params(
             f"{infos[0].depth_source or 'the model'}: one layer); use a model with several layers or "
             "drop the rule"
         )
-    rows = []
+    default_inner = optimizers[0] if optimizers else None
     hits = [0] * len(rules)
+    rows = []
     for info in infos:
         matching = [index for index, rule in enumerate(rules) if rule.matches(info)]
-        optimizer = next((rules[i].optimizer for i in reversed(matching) if rules[i].optimizer is not None), default_optimizer)
-        start_wd = _base(weight_decay, optimizer)
-        value = {
-            "lr": float(_base(lr, optimizer)),
-            "weight_decay": None if start_wd is None else float(start_wd),
-            "frozen": not info.param.requires_grad,
-        }
-        options: dict[str, Any] = {}
-        matched = []
         for index in matching:
-            rule = rules[index]
             hits[index] += 1
-            matched.append(rule.label)
-            if rule.lr is not None:
-                value["lr"] = _resolve(rule.lr, info)
-            if rule.lr_mult is not None:
-                value["lr"] *= _resolve(rule.lr_mult, info)
-            if rule.weight_decay is not None:
-                value["weight_decay"] = _resolve(rule.weight_decay, info)
-            if rule.wd_mult is not None:
-                if value["weight_decay"] is None:
-                    raise ValueError(
-                        f"{rule.label} multiplies the weight decay of {info.name!r}, which is the inner "
-                        "optimizer's default: pass weight_decay= to the optimizer"
-                    )
-                value["weight_decay"] *= _resolve(rule.wd_mult, info)
-            if rule.frozen is not None:
-                value["frozen"] = bool(rule.frozen)
-            if rule.options:
-                options.update(rule.options)
-        _check_value("lr", value["lr"], f"parameter {info.name!r} (rules: {matched})")
-        if value["weight_decay"] is not None:
-            _check_value("weight_decay", value["weight_decay"], f"parameter {info.name!r} (rules: {matched})")
-        rows.append(
-            ParamPlan(
-                name=info.name,
-                aliases=info.aliases,
-                depth=info.depth,
-                lr=value["lr"],
-                weight_decay=value["weight_decay"],
-                frozen=value["frozen"],
-                rules=tuple(matched),
-                shape=tuple(info.param.shape),
-                depth_source=info.depth_source,
-                options=tuple(sorted(options.items())),
-                optimizer=optimizer,
-            )
-        )
-    for rule, count in zip(rules, hits):
+        rows.append(_plan_row(info, [rules[i] for i in matching], lr, weight_decay, default_inner))
+    for rule, count in zip(rules, hits, strict=True):
         if count == 0 and not rule.allow_empty:
-            raise rule.no_match_error(names)
+            raise rule.no_match_error([info.name for info in infos])
     return rows
+
+
+def _check_routes(rules: Sequence[Rule], optimizers: Sequence[str] | None) -> None:
+    """Refuse a rule routing to an inner optimizer that is not among ``optimizers`` (or to any, when
+    there is one optimizer: ``optimizers`` is ``None``)."""
+    if optimizers is not None:
+        unknown = sorted({rule.inner for rule in rules if rule.inner is not None} - set(optimizers))
+        if unknown:
+            raise ValueError(f"rules route to unknown optimizer(s) {unknown}; the optimizers are {list(optimizers)}")
+    elif any(rule.inner is not None for rule in rules):
+        name = next(rule.label for rule in rules if rule.inner is not None)
+        raise ValueError(f"{name} routes to a named optimizer, but one optimizer was given: pass a dict of optimizers")
+
+
+def _plan_row(info: ParamInfo, matching: Sequence[Rule], lr: Base, weight_decay: Base,
+              default_inner: str | None) -> ParamPlan:
+    """One parameter's row: its starting values (its inner optimizer's base lr and weight decay,
+    ``frozen`` from ``requires_grad``) with the ``matching`` rules applied in order."""
+    inner = next((rule.inner for rule in reversed(matching) if rule.inner is not None), default_inner)
+    start_wd = _base(weight_decay, inner)
+    value = {
+        "lr": float(_base(lr, inner)),
+        "weight_decay": None if start_wd is None else float(start_wd),
+        "frozen": not info.param.requires_grad,
+    }
+    options: dict[str, Any] = {}
+    for rule in matching:
+        _apply(rule, info, value, options)
+    matched = [rule.label for rule in matching]
+    _check_value("lr", value["lr"], f"parameter {info.name!r} (rules: {matched})")
+    if value["weight_decay"] is not None:
+        _check_value("weight_decay", value["weight_decay"], f"parameter {info.name!r} (rules: {matched})")
+    return ParamPlan(
+        name=info.name,
+        aliases=info.aliases,
+        depth=info.depth,
+        lr=value["lr"],
+        weight_decay=value["weight_decay"],
+        frozen=value["frozen"],
+        rules=tuple(matched),
+        shape=tuple(info.param.shape),
+        depth_source=info.depth_source,
+        options=tuple(sorted(options.items())),
+        optimizer=inner,
+    )
+
+
+def _apply(rule: Rule, info: ParamInfo, value: dict[str, Any], options: dict[str, Any]) -> None:
+    """Apply one matching rule to a parameter's running ``value`` (``lr``, ``weight_decay``,
+    ``frozen``) and ``options``, in place (see the module docstring: replace, multiply, merge)."""
+    if rule.lr is not None:
+        value["lr"] = _resolve(rule.lr, info)
+    if rule.lr_mult is not None:
+        value["lr"] *= _resolve(rule.lr_mult, info)
+    if rule.weight_decay is not None:
+        value["weight_decay"] = _resolve(rule.weight_decay, info)
+    if rule.wd_mult is not None:
+        if value["weight_decay"] is None:
+            raise ValueError(
+                f"{rule.label} multiplies the weight decay of {info.name!r}, which is the inner "
+                "optimizer's default: pass weight_decay= to the optimizer"
+            )
+        value["weight_decay"] *= _resolve(rule.wd_mult, info)
+    if rule.frozen is not None:
+        value["frozen"] = bool(rule.frozen)
+    if rule.options:
+        options.update(rule.options)
 
 
 def _check_gamma(gamma: float) -> None:

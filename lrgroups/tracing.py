@@ -34,14 +34,12 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
+from ._util import has_params, kept_training_modes, remove_all
+
 __all__ = ["Trace", "trace_model"]
 
 _CONV_SIZES = (32, 64, 224, 299)  # 299: Inception v3's auxiliary classifier needs it in train mode
 _MAX_CANDIDATES = 12  # input shapes tried before falling back to registration order
-
-
-def _has_params(module: nn.Module) -> bool:
-    return next(module.parameters(), None) is not None
 
 
 @dataclass(frozen=True)
@@ -135,51 +133,77 @@ def _run_trace(model: nn.Module, args: tuple, kwargs: dict, training: bool = Fal
 
 
 def _run_pass(model: nn.Module, args: tuple, kwargs: dict, training: bool) -> Trace:
-    clock = itertools.count()
-    first_call: dict[int, int] = {}  # module or parameter -> first call / first use
-    produced: dict[Any, set[int]] = {}  # grad_fn -> modules whose output it is
-    params = list(model.parameters())
-    param_ids = {id(p) for p in params}
+    recorder = _Recorder(model)
+    output = recorder.run(args, kwargs, training)
+    head_modules, head_params, hits = _heads(output, recorder.produced)
+    feeds = {}
+    for module_id, nodes in hits.items():
+        reach = _reach(nodes) - set(nodes)
+        feeds[module_id] = frozenset(m for node in reach if node in recorder.produced for m in recorder.produced[node])
+    first_call = {k: float(v) for k, v in recorder.first_call.items()}
+    return Trace(first_call, frozenset(head_modules), frozenset(head_params), feeds)
 
-    def before(module, _args):
-        if id(module) not in first_call:
-            first_call[id(module)] = next(clock)
 
-    def after(module, _args, output):
+class _Recorder:
+    """One forward pass of ``model`` with hooks that record when each module (with parameters) and
+    each parameter is first used, and which autograd nodes are a module's output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.clock = itertools.count()
+        self.first_call: dict[int, int] = {}  # module or parameter -> first call / first use
+        self.produced: dict[Any, set[int]] = {}  # grad_fn -> modules whose output it is
+        self.params = list(model.parameters())
+
+    def before(self, module: nn.Module, _args: tuple) -> None:
+        if id(module) not in self.first_call:
+            self.first_call[id(module)] = next(self.clock)
+
+    def after(self, module: nn.Module, _args: tuple, output: Any) -> None:
         for fn in _grad_fns(output):
-            produced.setdefault(fn, set()).add(id(module))
+            self.produced.setdefault(fn, set()).add(id(module))
 
-    class FirstUse(torch.overrides.TorchFunctionMode):
-        """Records when each parameter is first used (also by functional code, outside its module)."""
+    def first_use(self) -> torch.overrides.TorchFunctionMode:
+        """A mode that records when each parameter is first used (also by functional code, outside its module)."""
+        first_call, clock, param_ids = self.first_call, self.clock, {id(p) for p in self.params}
 
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            for value in (*args, *(kwargs or {}).values()):
-                if isinstance(value, torch.Tensor) and id(value) in param_ids and id(value) not in first_call:
-                    first_call[id(value)] = next(clock)
-            return func(*args, **(kwargs or {}))
+        class FirstUse(torch.overrides.TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                for value in (*args, *(kwargs or {}).values()):
+                    if isinstance(value, torch.Tensor) and id(value) in param_ids and id(value) not in first_call:
+                        first_call[id(value)] = next(clock)
+                return func(*args, **(kwargs or {}))
 
-    modules = [m for m in model.modules() if _has_params(m)]
-    requires_grad = [p.requires_grad for p in params]
-    modes = [(m, m.training) for m in model.modules()]
-    handles = [m.register_forward_pre_hook(before) for m in modules]
-    # The model's own output (also that of the wrapped model inside a wrapper: a module holding every
-    # parameter) is where the search for heads starts, not a layer's output.
-    handles += [m.register_forward_hook(after) for m in modules if len(list(m.parameters())) < len(params)]
-    try:
-        model.train(training)
-        for p in params:
-            p.requires_grad_(True)
-        # eager, also for a model compiled in place (``model.compile()``): Dynamo would trace the hooks
-        # and this mode (pytorch#117758, #105653) instead of the model
-        with torch.compiler.set_stance("force_eager"), torch.enable_grad(), FirstUse():
-            output = model(*args, **kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for p, flag in zip(params, requires_grad):
-            p.requires_grad_(flag)
-        for m, flag in modes:
-            m.training = flag
+        return FirstUse()
+
+    def run(self, args: tuple, kwargs: dict, training: bool) -> Any:
+        """The model's output, in mode ``training`` with every parameter requiring grad; the hooks,
+        ``requires_grad`` flags and training modes are put back after (also when it raises)."""
+        model, params = self.model, self.params
+        modules = [m for m in model.modules() if has_params(m)]
+        requires_grad = [p.requires_grad for p in params]
+        handles = [m.register_forward_pre_hook(self.before) for m in modules]
+        # The model's own output (also that of the wrapped model inside a wrapper: a module holding every
+        # parameter) is where the search for heads starts, not a layer's output.
+        handles += [m.register_forward_hook(self.after) for m in modules if len(list(m.parameters())) < len(params)]
+        try:
+            with kept_training_modes(model):
+                model.train(training)
+                for p in params:
+                    p.requires_grad_(True)
+                # eager, also for a model compiled in place (``model.compile()``): Dynamo would trace the hooks
+                # and this mode (pytorch#117758, #105653) instead of the model
+                with torch.compiler.set_stance("force_eager"), torch.enable_grad(), self.first_use():
+                    return model(*args, **kwargs)
+        finally:
+            remove_all(handles)
+            for p, flag in zip(params, requires_grad, strict=True):
+                p.requires_grad_(flag)
+
+
+def _heads(output: Any, produced: dict) -> tuple[set[int], set[int], dict[int, list]]:
+    """(the modules whose output reaches ``output`` directly, the parameters used directly there, the
+    autograd nodes by which each such module is reached), searching back from ``output``."""
     head_modules: set[int] = set()
     head_params: set[int] = set()
     hits: dict[int, list] = {}
@@ -202,11 +226,7 @@ def _run_pass(model: nn.Module, args: tuple, kwargs: dict, training: bool) -> Tr
             head_params |= direct
             continue
         stack.extend(_next(node))
-    feeds = {}
-    for module_id, nodes in hits.items():
-        reach = _reach(nodes) - set(nodes)
-        feeds[module_id] = frozenset(m for node in reach if node in produced for m in produced[node])
-    return Trace({k: float(v) for k, v in first_call.items()}, frozenset(head_modules), frozenset(head_params), feeds)
+    return head_modules, head_params, hits
 
 
 def _merge(evaluated: Trace, trained: Trace) -> Trace:
@@ -252,7 +272,7 @@ def _with_train_pass(model: nn.Module, evaluated: Trace, calls: list[tuple[tuple
     for args, kwargs in calls:
         tries = [(args, kwargs)]
         bigger = (_doubled(args), _doubled(kwargs))
-        if any(a is not b for a, b in zip(_flat(bigger), _flat((args, kwargs)))):
+        if any(a is not b for a, b in zip(_flat(bigger), _flat((args, kwargs)), strict=True)):
             tries.append(bigger)
         for call_args, call_kwargs in tries:
             try:

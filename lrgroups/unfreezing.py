@@ -25,7 +25,10 @@ from typing import Any, Mapping, Sequence, Union
 import torch
 
 from . import _deprecated
+from ._util import first_names
+from ._util import remove_all as _remove_handles
 from .early_stopping import Plateau
+from .groups import SCHEDULE_OWNER
 from .optimizer import LayerwiseOptimizer
 from .rules import Selector
 
@@ -60,9 +63,6 @@ def _selector(stage: StageSpec) -> Selector:
     return Selector(**stage)
 
 
-#: The owner recorded for what a schedule freezes (``optimizer.frozen_by(name)``, ``explain()``).
-SCHEDULE_OWNER = "schedule"
-
 # The record a schedule leaves on a tensor it froze and has not thawed (removed when it thaws it):
 # a schedule built later on the same model (a re-run notebook cell, a second optimizer) takes such
 # tensors over; what anyone else froze it never thaws. It lives on the tensor, as long as the tensor.
@@ -82,12 +82,6 @@ def _call_weak(method: weakref.WeakMethod, *args: Any) -> None:
     bound = method()
     if bound is not None:
         bound(*args)
-
-
-def _remove_handles(handles: list) -> None:
-    for handle in handles:
-        handle.remove()
-    handles.clear()
 
 
 class OptimizerUpdates:
@@ -476,4 +470,4 @@ class ProgressiveUnfreezing:
 
 
 def _few(names: Sequence[str]) -> str:
-    return ", ".join(names[:4]) + (f", ... ({len(names)} in all)" if len(names) > 4 else "")
+    return first_names(names, 4)

@@ -7,8 +7,9 @@ def prepared(experiment, tmp_path_factory):
     """(cache, key environment, device) with ``experiment``'s preparations (source pretraining,
     feature caches, probes) built into a fresh tmp cache on one CPU thread, for tests that run its
     cells."""
+    from benchmarks.caches import ensure
     from benchmarks.cells import key_environment
-    from benchmarks.sources import ensure, preparations
+    from benchmarks.runner import preparations
     from benchmarks.training import resolve_device
 
     device = resolve_device("cpu", threads=1)

@@ -92,7 +92,7 @@ class MLP(nn.Module):
 
     def __init__(self, dims: list[int]) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:], strict=False))  # strict=False: consecutive widths: one layer fewer than widths
 
     def forward(self, x):
         for index, layer in enumerate(self.layers):

@@ -63,7 +63,7 @@ def photo_probabilities(lite0: nn.Module) -> dict[str, torch.Tensor]:
     images = torch.stack([data.center_crop(data.load_photo(name), 224) for name in names])
     with torch.no_grad():
         logits = lite0(data.normalize(images, lite0.pretrained_cfg["mean"], lite0.pretrained_cfg["std"]))
-    return dict(zip(names, logits.softmax(-1)))
+    return dict(zip(names, logits.softmax(-1), strict=True))
 
 
 def test_lite0_is_timm_in_eval_with_half_mean_std(lite0: nn.Module) -> None:
@@ -146,8 +146,8 @@ def test_backbone_inputs_normalise_by_the_registry() -> None:
     architectures, 3 channels with the timm model's own statistics for timm:<name>."""
     import dataclasses
 
+    from benchmarks.catalog import SUITES
     from benchmarks.sources import backbone_inputs
-    from benchmarks.suites import SUITES
 
     experiment = next(e for e in SUITES["standard"].experiments if e.backbone == "convnext_tiny")
     pixels = torch.rand(2, 1, 28, 28)

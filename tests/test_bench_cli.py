@@ -12,9 +12,9 @@ import benchmarks.replicate
 import benchmarks.report
 import benchmarks.runner
 from benchmarks.__main__ import main
+from benchmarks.catalog import SUITES
 from benchmarks.config import suite_from_toml
 from benchmarks.store import SuiteRecord, read_suite_record, write_suite_record
-from benchmarks.suites import SUITES
 
 TINY = """
 name = "tiny"

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main
+from benchmarks.catalog import SUITES
 from benchmarks.cells import key_environment
 from benchmarks.config import REFERENCE, ConfigError, load_suite, reference, suite_from_toml
 from benchmarks.report import NO_HYPOTHESES
 from benchmarks.store import read_runs
-from benchmarks.suites import SUITES, Precondition
+from benchmarks.suites import Precondition
 from benchmarks.training import resolve_device
 
 SMOKE_TOML = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "smoke.toml"

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from benchmarks.__main__ import main
+from benchmarks.caches import ensure
+from benchmarks.catalog import SUITES
 from benchmarks.cells import run_cell
+from benchmarks.runner import preparations
 from benchmarks.sizing import MIN_SEEDS, seeds_that_fit, size_suite, time_one_step
-from benchmarks.sources import ensure, preparations
-from benchmarks.suites import PROBE_CS, SUITES, WISE_ALPHAS, Budget, Cell, Suite
+from benchmarks.suites import PROBE_CS, WISE_ALPHAS, Budget, Cell, Suite
 from benchmarks.training import Device
 
 CPU_AS_GPU = Device("cpu", "cpu with bf16 autocast", 2, autocast=True, channels_last=True)

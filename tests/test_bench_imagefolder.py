@@ -17,7 +17,7 @@ from benchmarks.__main__ import main
 from benchmarks.cells import key_environment
 from benchmarks.config import ConfigError, load_suite, suite_from_toml
 from benchmarks.data import FolderDataset, folder_root, imagefolder_raw, raw_dataset
-from benchmarks.sources import Preparation, cell_data
+from benchmarks.sources import SourceModel, cell_data
 from benchmarks.store import read_runs
 from benchmarks.training import resolve_device
 
@@ -159,7 +159,7 @@ def test_keys_and_cache_files_name_the_images_not_where_they_lie(folders, tmp_pa
     assert folder_root(dataset) == str((copy / "single").resolve())
     assert pickle.loads(pickle.dumps(copied.experiments[0])).targets[0].dataset.root == dataset.root
     assert raw_dataset(dataset)[0].equal(raw_dataset(original.experiments[0].targets[0].dataset)[0])
-    source = Preparation(copied.experiments[0], "source").path(tmp_path / "cache", environment)
+    source = SourceModel(copied.experiments[0]).path(tmp_path / "cache", environment)
     assert source.parent == tmp_path / "cache" and re.fullmatch(r"source-imagefolder-[0-9a-f]{16}-[0-9a-f]{16}\.pt",
                                                                  source.name)
     image = copy / "single" / "brick" / "0.png"

@@ -11,10 +11,9 @@ import pytest
 import benchmarks.executors
 import benchmarks.runner
 from benchmarks.__main__ import main
+from benchmarks.catalog import SUITES
 from benchmarks.parts import Part, parse_seeds
-from benchmarks.runner import run_suite
-from benchmarks.sources import preparations
-from benchmarks.suites import SUITES
+from benchmarks.runner import preparations, run_suite
 
 SMOKE = SUITES["smoke"]
 
@@ -135,10 +134,10 @@ def test_dry_run_prefers_the_measured_time_of_finished_cells(tmp_path: Path, mon
     (tmp_path / "cache").mkdir()
     for source_seed in (0, 1):  # cached sources: nothing to time
         from benchmarks.cells import key_environment
-        from benchmarks.sources import Preparation
+        from benchmarks.sources import SourceModel
         from benchmarks.training import resolve_device
 
-        path = Preparation(cell.experiment, "source", source_seed=source_seed).path(
+        path = SourceModel(cell.experiment, source_seed).path(
             tmp_path / "cache", key_environment(resolve_device("cpu", threads=1)))
         path.write_bytes(b"")
     assert main(["run", "--suite", "smoke", "--out", str(tmp_path), "--dry-run", "--experiment", "q1_surgical",

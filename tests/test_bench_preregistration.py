@@ -14,11 +14,11 @@ from bench_fixtures import prepared
 
 from benchmarks import cells as cells_module
 from benchmarks import preregistration
+from benchmarks.catalog import SUITES
 from benchmarks.cells import run_cell
 from benchmarks.sources import source_backbone
 from benchmarks.suites import (
     PIXEL,
-    SUITES,
     Budget,
     Cell,
     Experiment,
@@ -59,7 +59,7 @@ def test_the_stages_use_disjoint_seeds_and_source_models() -> None:
     stages = [SUITES[n] for n in ("quick_tuning", "quick", "quick_replication")]
     for i, a in enumerate(stages):
         for b in stages[i + 1:]:
-            for ea, eb in zip(a.experiments, b.experiments):
+            for ea, eb in zip(a.experiments, b.experiments, strict=True):
                 assert not set(ea.seeds) & set(eb.seeds)
                 if ea.source.trained:
                     assert not {ea.source_for(s).seed for s in ea.seeds} & {eb.source_for(s).seed for s in eb.seeds}

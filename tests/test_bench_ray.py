@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import ray
 
+from benchmarks.catalog import SUITES
 from benchmarks.runner import run_suite
 from benchmarks.store import read_runs
-from benchmarks.suites import SUITES
 
 pytestmark = pytest.mark.slow
 

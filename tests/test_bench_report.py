@@ -10,17 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.report import (
+from benchmarks.analysis import (
     MATCH_FRACTION,
     add_derived_metrics,
     convergence,
     crossing,
-    curve_band,
-    replicability,
     selected_table,
     value_at_crossing,
     verdicts,
 )
+from benchmarks.report import curve_band, replicability
 from benchmarks.selection import EXTENSION_CAP, extend, grid_completions, grid_extensions, mark_capped, select_lr
 from benchmarks.suites import (
     Budget,

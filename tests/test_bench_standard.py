@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from benchmarks import backbones
+from benchmarks.catalog import STANDARD_FAMILIES, SUITES
 from benchmarks.config import ConfigError, suite_from_toml
 from benchmarks.sources import backbone_inputs
-from benchmarks.suites import STANDARD_FAMILIES, SUITES
 from lrgroups import recipes
 
 
@@ -51,7 +51,7 @@ def test_standard_is_three_toy_architectures_and_one_imagenet_network() -> None:
 
 def test_standard_replication_uses_disjoint_seeds_and_other_source_models() -> None:
     standard, replication = SUITES["standard"], SUITES["standard_replication"]
-    for experiment, other in zip(standard.experiments, replication.experiments):
+    for experiment, other in zip(standard.experiments, replication.experiments, strict=True):
         assert not set(experiment.seeds) & set(other.seeds)
         if experiment.source.trained:
             assert not ({experiment.source_seed(s) for s in experiment.seeds}

@@ -87,7 +87,7 @@ def test_an_adjusted_interval_excludes_zero_exactly_when_holm_rejects(hyps, n, s
     rng = np.random.default_rng(seed)
     tests = [paired_difference((mean + sd * rng.standard_normal(n)).tolist(), [0.0] * n) for mean, sd in hyps]
     p = [t.p for t in tests]
-    for t, adjusted, level in zip(tests, holm(p), holm_levels(p)):
+    for t, adjusted, level in zip(tests, holm(p), holm_levels(p), strict=True):
         low, high = t.interval(level)
         excludes = low > 0 or high < 0
         if not math.isclose(adjusted, ALPHA, rel_tol=1e-9):
@@ -160,7 +160,7 @@ def test_simulated_verdicts_are_the_verdict_rule() -> None:
     means = d.mean(1)
     half = scipy_stats.t.ppf(1 - 0.01 / 2, 4) * d.std(1, ddof=1) / math.sqrt(5)
     for kind in ("superiority", "noninferiority"):
-        expected = [verdict(m, m - h, m + h, 0.03, kind=kind) for m, h in zip(means, half)]
+        expected = [verdict(m, m - h, m + h, 0.03, kind=kind) for m, h in zip(means, half, strict=True)]
         assert simulate_verdicts(0.02, 0.03, 5, 0.03, 0.01, kind, draws=300, seed=5).tolist() == expected
 
 

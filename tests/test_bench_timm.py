@@ -72,7 +72,7 @@ def test_cached_weights_are_loaded_from_the_local_file(tmp_path, monkeypatch) ->
     torch.save(reference.state_dict(), path)
     monkeypatch.setattr(backbones, "timm_weights_file", lambda name: str(path))
     loaded = create_timm("test_resnet", pretrained=True)
-    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), loaded.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), loaded.state_dict().values(), strict=True))
 
 
 def test_unknown_timm_model_and_an_adapt_source_are_config_errors() -> None:

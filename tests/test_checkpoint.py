@@ -183,7 +183,7 @@ def test_bare_torch_optimizer_checkpoint_loads_by_position_and_name():
     opt.load_state_dict(copy.deepcopy(bare.state_dict()))  # torch's load shares tensors it need not cast
     _steps(model, opt, seed=1)
     _steps(reference, bare, seed=1)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters(), strict=True))
 
     named = torch.optim.AdamW(list(reference.named_parameters()), lr=1e-2)
     _steps(reference, named)
@@ -233,7 +233,7 @@ def test_torch_distributed_checkpoint_round_trip_with_frozen_parameters_and_an_e
     _same(_snapshot(opt), _snapshot(loaded))
     _steps(model, opt, seed=1)
     _steps(fresh, loaded, seed=1)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters(), strict=True))
 
 
 @given(st.data())
@@ -265,7 +265,7 @@ def test_state_dict_round_trip_property(data):
     _set_grads(twin, 9)
     opt.step()
     fresh.step()
-    assert all(torch.equal(a, b) for a, b in zip(tree.parameters(), twin.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(tree.parameters(), twin.parameters(), strict=True))
 
 
 def _set_grads(model, step):
@@ -289,7 +289,7 @@ def _assert_same(a, b, where=""):
             _assert_same(a[key], b[key], f"{where}[{key!r}]")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for index, (x, y) in enumerate(zip(a, b)):
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_same(x, y, f"{where}[{index}]")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"

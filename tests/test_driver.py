@@ -217,7 +217,35 @@ def _transformers_spec(spec):
     return exercise
 
 
+def _optimizer_keyword(old):
+    made = lrgroups.LayerwiseOptimizer(_mlp(), lr=0.1, **{old: torch.optim.SGD})
+    assert type(made.inner) is torch.optim.SGD
+    with pytest.raises(TypeError, match="give optimizer_cls= only"):
+        lrgroups.LayerwiseOptimizer(_mlp(), torch.optim.SGD, lr=0.1, **{old: torch.optim.SGD})
+
+
+def _rule_keyword(old):
+    assert lrgroups.Rule("*", **{old: "x"}).inner == "x"
+
+
+def _rule_attribute(old):
+    assert getattr(lrgroups.Rule("*", inner="x"), old) == "x"
+
+
+def _recipe_build_keyword(old):
+    tuning = lrgroups.recipes.Recipe("plain").build(_mlp(), lr=0.1, **{old: torch.optim.SGD})
+    assert type(tuning.optimizer.inner) is torch.optim.SGD
+    with pytest.raises(TypeError, match="give optimizer_cls= only"):
+        lrgroups.recipes.Recipe("plain").build(_mlp(), torch.optim.SGD, lr=0.1, **{old: torch.optim.SGD})
+    with pytest.raises(TypeError, match="needs optimizer_cls"):
+        lrgroups.recipes.Recipe("plain").build(_mlp(), lr=0.1)
+
+
 _EXERCISES = {
+    ("lrgroups.recipes.Recipe.build", "optimizer"): _recipe_build_keyword,
+    ("lrgroups.optimizer.LayerwiseOptimizer.__init__", "optimizer"): _optimizer_keyword,
+    ("lrgroups.rules.Rule.__init__", "optimizer"): _rule_keyword,
+    ("lrgroups.rules.Rule", "optimizer"): _rule_attribute,
     ("lrgroups.driver.FineTuning", "after_epoch"): _fine_tuning_after_epoch,
     ("lrgroups.driver.FineTuning", "after_validation"): _fine_tuning_after_validation,
     ("lrgroups.early_stopping.EarlyStopping", "step"): _early_stopping_step,
@@ -248,17 +276,28 @@ def test_every_deprecated_name_is_listed_and_its_replacement_exists():
     import importlib
     import inspect
 
+    def resolve(where):  # the longest importable module prefix, then attributes
+        parts = where.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                found = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for name in parts[cut:]:
+                found = getattr(found, name)
+            return found
+        raise AssertionError(where)
+
     rows = _deprecated.listed()
     aliases = set()
     for where, old, new in rows:
-        module, _, name = where.removesuffix(".__init__").rpartition(".")
-        owner = getattr(importlib.import_module(module), name)
-        if where.endswith(".__init__"):
+        owner = resolve(where)
+        if (where, old, new) in _deprecated.KEYWORDS:  # a renamed keyword of a constructor or method
             assert {old, new} <= set(inspect.signature(owner).parameters)
         else:
             assert isinstance(owner.__dict__[old], _deprecated.alias)
             assert hasattr(owner, new) or new in inspect.signature(owner).parameters  # a method or an argument kept
-    for module_name in {where.rpartition(".")[0] for where, _, _ in rows if not where.endswith("__init__")}:
+    for module_name in {where.rpartition(".")[0] for where, *_ in rows if (where, *_) not in _deprecated.KEYWORDS}:
         for owner in vars(importlib.import_module(module_name)).values():
             if inspect.isclass(owner) and owner.__module__ == module_name:
                 aliases |= {(f"{module_name}.{owner.__qualname__}", old, value.new)

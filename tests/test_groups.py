@@ -46,7 +46,7 @@ def test_param_groups_given_to_a_bare_adamw_train_bitwise_like_the_wrapper(forea
         _set_grads(list(reference.parameters()), step)
         opt.step()
         bare.step()
-    for (name, a), b in zip(tree.named_parameters(), reference.parameters()):
+    for (name, a), b in zip(tree.named_parameters(), reference.parameters(), strict=True):
         assert torch.equal(a, b), name
 
 
@@ -60,4 +60,4 @@ def test_param_groups_leave_weight_decay_to_the_optimizer_and_carry_options():
 
 def test_param_groups_refuse_routing_to_named_optimizers():
     with pytest.raises(ValueError, match="one optimizer was given"):
-        lrgroups.param_groups(nn.Linear(2, 2), lr=0.1, rules=[lrgroups.Rule("bias", optimizer="adamw")])
+        lrgroups.param_groups(nn.Linear(2, 2), lr=0.1, rules=[lrgroups.Rule("bias", inner="adamw")])

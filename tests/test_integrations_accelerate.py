@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import lrgroups  # noqa: E402
+import lrgroups
 
 
 def _model():
@@ -102,7 +102,7 @@ def _bn_updates(model) -> int:
     before = [m.running_mean.clone() for m in norms]
     model.train()
     model(torch.randn(4, 3, 4, 4))
-    return sum(not torch.equal(b, m.running_mean) for b, m in zip(before, norms))
+    return sum(not torch.equal(b, m.running_mean) for b, m in zip(before, norms, strict=True))
 
 
 def test_batchnorm_frozen_by_peft_keeps_training_mode_as_under_plain_adamw():

@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-import lrgroups  # noqa: E402
-from lrgroups.integrations.lightning import LayerwiseDDPStrategy, LayerwiseFinetuning  # noqa: E402
+import lrgroups
+from lrgroups.integrations.lightning import LayerwiseDDPStrategy, LayerwiseFinetuning
 
 
 class Net(L.LightningModule):

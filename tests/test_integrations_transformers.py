@@ -10,8 +10,8 @@ import pytest
 import torch
 import transformers
 
-import lrgroups  # noqa: E402
-from lrgroups.integrations.transformers import LayerwiseCallback  # noqa: E402
+import lrgroups
+from lrgroups.integrations.transformers import LayerwiseCallback
 
 
 def _model():
@@ -35,7 +35,7 @@ def _trainer(out, model, max_steps=6, callback=None, restore=True):
         restore_callback_states_from_checkpoint=restore)
     callback = callback or LayerwiseCallback(unfreezing={"every_steps": 2, "depths_per_stage": 2},
                                              early_stopping={"mode": "min", "patience": 5})
-    kwargs = {"model": model, "optimizer": torch.optim.AdamW, "lr": 1e-3, "weight_decay": 0.01,
+    kwargs = {"model": model, "optimizer_cls": torch.optim.AdamW, "lr": 1e-3, "weight_decay": 0.01,
               "rules": [lrgroups.layer_decay(0.5), lrgroups.no_weight_decay()]}
     return transformers.Trainer(model=model, args=args, train_dataset=_data(24, 0), eval_dataset=_data(8, 1),
                                 optimizer_cls_and_kwargs=(lrgroups.LayerwiseOptimizer, kwargs), callbacks=[callback])
@@ -84,7 +84,7 @@ def test_the_trainer_call_without_the_model_and_restore_best_are_refused():
     how to pass it; restore_best is the Trainer's load_best_model_at_end."""
     params = [{"params": list(_model().parameters()), "weight_decay": 0.0}]
     with pytest.raises(TypeError, match="'model': model"):
-        lrgroups.LayerwiseOptimizer(params, optimizer=torch.optim.AdamW, lr=1e-3)
+        lrgroups.LayerwiseOptimizer(params, optimizer_cls=torch.optim.AdamW, lr=1e-3)
     with pytest.raises(ValueError, match="load_best_model_at_end"):
         LayerwiseCallback(early_stopping={"restore_best": True})
 
@@ -97,7 +97,7 @@ def test_stage_lengths_in_steps_count_optimizer_updates_under_gradient_accumulat
         str(tmp_path), max_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=2, report_to="none",
         use_cpu=True, seed=0, save_strategy="no", eval_strategy="no", disable_tqdm=True)
     callback = LayerwiseCallback(unfreezing={"every_steps": 2, "depths_per_stage": 1})
-    kwargs = {"model": model, "optimizer": torch.optim.AdamW, "lr": 1e-3, "rules": [lrgroups.layer_decay(0.5)]}
+    kwargs = {"model": model, "optimizer_cls": torch.optim.AdamW, "lr": 1e-3, "rules": [lrgroups.layer_decay(0.5)]}
     trainer = transformers.Trainer(model=model, args=args, train_dataset=_data(24, 0),
                                    optimizer_cls_and_kwargs=(lrgroups.LayerwiseOptimizer, kwargs), callbacks=[callback])
     done = _train(trainer)

@@ -49,7 +49,7 @@ def test_required_lr_marker_says_there_is_no_default_lr_and_rules_can_give_every
             o.zero_grad()
             _backward(m, step)
             o.step()
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters(), strict=True))
     with pytest.raises(ValueError, match="per_group needs a base lr"):
         opt.per_group(1.0)
 
@@ -77,7 +77,7 @@ def test_adafactor_relative_step_is_wrapped_and_lr_rules_are_refused(adafactor):
             o.zero_grad()
             _backward(m, step)
             o.step()
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters(), strict=True))
     assert opt.summary()["current_lr"].notna().all() or adafactor is transformers.optimization.Adafactor
     # with an lr the rules apply as for any optimizer
     lrgroups.LayerwiseOptimizer(_model(), adafactor, lr=1e-3, rules=[lrgroups.layer_decay(0.5)],
@@ -183,7 +183,7 @@ def test_lookahead_state_is_the_wrappers_and_a_resume_continues_bitwise():
     opt2.load_state_dict(checkpoint["opt"])
     scheduler2.load_state_dict(checkpoint["sched"])
     _train(resumed, opt2, 4, scheduler2, start=5)
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters(), strict=True))
     # the base optimizer steps the loaded groups (the scheduler's lr reaches it) and shares the state
     base = opt2.inner._base_optimizer
     assert base.param_groups[0] is opt2.param_groups[0] and base.state is opt2.state
@@ -202,7 +202,7 @@ def _sf_pair(seed=0):
     opt = lrgroups.LayerwiseOptimizer(
         model, {"adamw": (schedulefree.AdamWScheduleFree, {"lr": 1e-2}),
                 "sgd": (schedulefree.SGDScheduleFree, {"lr": 0.1, "momentum": 0.9})},
-        rules=[lrgroups.Rule(ndim=2, optimizer="sgd")])
+        rules=[lrgroups.Rule(ndim=2, inner="sgd")])
     bare = [schedulefree.AdamWScheduleFree([reference[0].bias, reference[2].bias], lr=1e-2),
             schedulefree.SGDScheduleFree([reference[0].weight, reference[2].weight], lr=0.1, momentum=0.9)]
     return model, opt, reference, bare
@@ -229,11 +229,11 @@ def test_train_and_eval_reach_every_schedule_free_inner_optimizer():
         _backward(reference, step)
         for o in bare:
             o.step()
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters(), strict=True))
     opt.eval()
     for o in bare:
         o.eval()
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters(), strict=True))
     assert not any(group["train_mode"] for group in opt.param_groups)
 
 
@@ -252,7 +252,7 @@ def test_accelerates_optimizer_wrapper_switches_the_inner_optimizers():
     _backward(model, 0)
     prepared.step()
     prepared.zero_grad()
-    assert not any(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert not any(torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
     prepared.eval()
     assert not any(group["train_mode"] for group in opt.param_groups)
 
@@ -282,7 +282,7 @@ def test_schedule_free_unfreezing_is_hot_add_equivalent_and_freezing_keeps_the_a
         return model, opt
 
     (hot, opt), (sat, _) = run(True), run(False)
-    assert all(torch.equal(p, q) for p, q in zip(hot.parameters(), sat.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(hot.parameters(), sat.parameters(), strict=True))
 
     reference = copy.deepcopy(opt)  # with copies of the parameters
     reference.eval()  # where eval() takes every parameter: the averaged point x
@@ -333,7 +333,7 @@ def test_schedule_free_resume_continues_bitwise():
     opt2.freeze("2.bias")
     _train(resumed, opt2, 3, start=4)
     opt2.eval()
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters(), strict=True))
 
 
 # ------------------------------------------------------------------ item 19: SparseAdam with a tensor lr
@@ -364,7 +364,7 @@ def test_sparse_adam_with_a_tensor_lr_is_bitwise_the_bare_optimizer_with_the_sam
     1e-3 * (1 + 4.7e-8)), which torch's ``test_tensor_lr`` compares with a tolerance."""
     wrapped = _tensor_lr_run("wrapper", torch.tensor(1e-3))
     bare = _tensor_lr_run("bare", torch.tensor(1e-3))
-    assert all(torch.equal(p, q) for p, q in zip(wrapped, bare))
+    assert all(torch.equal(p, q) for p, q in zip(wrapped, bare, strict=True))
     as_float = _tensor_lr_run("bare", 1e-3)
-    drift = max(float(((p - q).abs() / q.abs()).max()) for p, q in zip(bare, as_float))
+    drift = max(float(((p - q).abs() / q.abs()).max()) for p, q in zip(bare, as_float, strict=True))
     assert 1e-8 < drift < 1e-6  # the reported size: the bare optimizer's own tensor-vs-float difference

@@ -63,7 +63,7 @@ def test_a_selected_discriminator_counts_its_own_depths(discriminator_runs):
     assert lr["discriminator.0.weight"] == pytest.approx(2.5e-4)
     schedule = lrgroups.ProgressiveUnfreezing(opt, every_epochs=1)
     assert schedule.stages_remaining == 2
-    assert [name for name, frozen in zip(opt.explain().name, opt.explain().frozen) if not frozen] == [
+    assert [name for name, frozen in zip(opt.explain().name, opt.explain().frozen, strict=True) if not frozen] == [
         "discriminator.4.weight",
         "discriminator.4.bias",
     ]

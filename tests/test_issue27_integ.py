@@ -229,7 +229,7 @@ def _hf_trainer(out, optimizer_cls_and_kwargs, callback=None, **trainer_kwargs):
     )
 
 
-_OPTIMIZER = {"optimizer": torch.optim.AdamW, "lr": 1e-3, "rules": [lrgroups.layer_decay(0.5)]}
+_OPTIMIZER = {"optimizer_cls": torch.optim.AdamW, "lr": 1e-3, "rules": [lrgroups.layer_decay(0.5)]}
 
 
 def test_hf_model_init_with_a_bound_model_is_refused_naming_the_fix(tmp_path):
@@ -263,7 +263,7 @@ def test_hf_factory_builds_the_optimizer_over_the_model_the_trainer_trains(tmp_p
         )  # planned lrs, 5 depths
         callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, LayerwiseCallback))
         assert callback.schedule.optimizer is opt and callback.schedule.stage == 2
-        changed = [not torch.equal(a, b) for a, b in zip(trainer.model.parameters(), _bert().parameters())]
+        changed = [not torch.equal(a, b) for a, b in zip(trainer.model.parameters(), _bert().parameters(), strict=True)]
         assert all(changed[-2:])  # the classifier trained
 
 

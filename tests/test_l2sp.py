@@ -45,7 +45,7 @@ def _reference_l2sp(params, anchors, lrs, alpha, beta):
 
 
 def _same(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("make", [
@@ -82,7 +82,7 @@ def test_l2sp_on_layerwise_optimizer_with_a_later_unfreeze_equals_the_reference(
                                       rules=[lrgroups.layer_decay(0.5), lrgroups.Rule("0.*", frozen=True)])
     l2sp = L2SP(model, opt, alpha=0.5, beta=0.1)
     assert sorted(l2sp.anchors) == ["2.bias", "2.weight"]
-    lrs = dict(zip(opt.explain().name, opt.explain().lr))
+    lrs = dict(zip(opt.explain().name, opt.explain().lr, strict=True))
     ref_opt = torch.optim.SGD([{"params": [p], "lr": lrs[n]} for n, p in reference.named_parameters()], momentum=0.9)
     anchors = {n: pretrained[n] for n in pretrained if n not in HEAD}
     for step, x in enumerate(_data(6)):
@@ -111,7 +111,7 @@ def test_anchor_selector_and_remove():
         for p in model.parameters():
             p.add_(1.0)
     opt.step()
-    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(model.parameters(), start.parameters()))
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(model.parameters(), start.parameters(), strict=True))
     l2sp.remove()
     with torch.no_grad():
         model[0].weight.add_(1.0)

@@ -14,10 +14,10 @@ import lightning as L
 import pytest
 import torch
 import torch.nn as nn
-from lightning.pytorch.callbacks import BackboneFinetuning, ModelCheckpoint  # noqa: E402
+from lightning.pytorch.callbacks import BackboneFinetuning, ModelCheckpoint
 
-import lrgroups  # noqa: E402
-from lrgroups.integrations.lightning import LayerwiseFinetuning  # noqa: E402
+import lrgroups
+from lrgroups.integrations.lightning import LayerwiseFinetuning
 
 
 class Classifier(L.LightningModule):

@@ -28,7 +28,7 @@ def batches(n: int = 6, seed: int = 1):
 
 
 def train(model, opt, data, steps):
-    for _, batch in zip(range(steps), data * steps):
+    for _, batch in zip(range(steps), data * steps, strict=False):  # strict=False: the first `steps` batches of the repeated data
         opt.zero_grad()
         cross_entropy(model, batch).backward()
         opt.step()
@@ -88,11 +88,11 @@ def test_after_the_test_training_continues_bitwise_as_if_it_never_ran():
             grads = [p.grad.clone() for p in model.parameters()]
             result = lr_range_test(opt, model, batches(3, seed=5), cross_entropy, num_steps=20)
             assert len(result.table) > 1
-            assert not model.training and all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+            assert not model.training and all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters(), strict=True))
         model.train()
         train(model, opt, batches(), 3)
         finals.append([p.detach().clone() for p in model.parameters()] + [torch.rand(3)])
-    for before, after in zip(*finals):
+    for before, after in zip(*finals, strict=True):
         assert torch.equal(before, after)
 
 
@@ -157,7 +157,7 @@ def test_under_lightning_with_the_modules_own_training_step():
             return lrgroups.LayerwiseOptimizer(self.net, torch.optim.SGD, lr=0.05, rules=[lrgroups.layer_decay(0.5)])
 
         def train_dataloader(self):
-            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*map(torch.cat, zip(*batches()))),
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*map(torch.cat, zip(*batches(), strict=True))),
                                                batch_size=16)
 
     module = Module()
@@ -193,5 +193,5 @@ def test_under_the_hf_trainer_with_its_loss_and_dataloader():
         with contextlib.redirect_stdout(io.StringIO()):
             trainer.train()
         finals.append([p.detach().clone() for p in model.parameters()])
-    for before, after in zip(*finals):
+    for before, after in zip(*finals, strict=True):
         assert torch.equal(before, after)

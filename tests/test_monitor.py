@@ -105,7 +105,7 @@ def test_monitoring_does_not_change_training():
             monitor.close()
             step(model, opt, 9)
             assert monitor.steps == 5  # closed: no more hooks
-    for a, b in zip(*finals):
+    for a, b in zip(*finals, strict=True):
         assert torch.equal(a, b)
 
 

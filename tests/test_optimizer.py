@@ -67,7 +67,7 @@ def test_groups_are_distinct_settings(data):
     tree, rules = _tree_and_rules(data)
     opt = lrgroups.LayerwiseOptimizer(tree, torch.optim.SGD, lr=1e-3, weight_decay=0.05, rules=rules)
     table = opt.explain()
-    assert len(opt.param_groups) == len(set(zip(table.lr, table.weight_decay)))
+    assert len(opt.param_groups) == len(set(zip(table.lr, table.weight_decay, strict=True)))
 
 
 @given(module_trees(), st.sampled_from([0.3, 0.5, 0.9, 1.0]))
@@ -82,7 +82,7 @@ def test_layer_decay_lr_non_decreasing_with_depth(tree, gamma):
     rows = lrgroups.plan(tree, lr=1e-3, rules=[lrgroups.layer_decay(gamma)])
     top = max(row.depth for row in rows)
     ordered = sorted(rows, key=lambda row: row.depth)
-    assert all(a.lr <= b.lr for a, b in zip(ordered, ordered[1:]))
+    assert all(a.lr <= b.lr for a, b in zip(ordered, ordered[1:], strict=False))  # strict=False: consecutive rows
     assert all(row.lr == 1e-3 for row in rows if row.depth == top)
     assert all(row.lr == pytest.approx(1e-3 * gamma ** (top - row.depth), rel=1e-12) for row in rows)
 
@@ -117,7 +117,7 @@ def test_bitwise_equal_to_bare_optimizer(name, data):
         _set_grads(list(reference_tree.parameters()), step)
         opt.step()
         bare.step()
-    for (name_a, a), (name_b, b) in zip(tree.named_parameters(), reference_tree.named_parameters()):
+    for (name_a, a), (name_b, b) in zip(tree.named_parameters(), reference_tree.named_parameters(), strict=True):
         assert name_a == name_b
         assert torch.equal(a, b), name_a
 
@@ -454,7 +454,7 @@ def test_grad_scaler_with_fused_inner_optimizer():
             opt.zero_grad()
         results.append([p.detach().clone() for p in model.parameters()])
         assert not hasattr(getattr(opt, "inner", opt), "grad_scale")
-    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
 
 
 def test_layer_decay_between_on_single_depth_model_raises_clearly():
@@ -487,7 +487,7 @@ def test_defaults_are_the_inner_optimizers():
     assert set(opt.explain().weight_decay) == {0.01}
     _train(model, opt)
     _train(reference, bare)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters(), strict=True))
     muon = lrgroups.LayerwiseOptimizer(nn.Linear(3, 3, bias=False), torch.optim.Muon, lr=1e-3)
     assert muon.param_groups[0]["weight_decay"] == 0.1
     sgd = lrgroups.LayerwiseOptimizer(_two_layer(), torch.optim.SGD)  # lr too: SGD's default 1e-3
@@ -551,7 +551,7 @@ def test_options_may_not_set_lr_weight_decay_or_params():
 def _muon_adamw(model, **kwargs):
     return lrgroups.LayerwiseOptimizer(
         model, {"adamw": torch.optim.AdamW, "muon": (torch.optim.Muon, {"lr": 0.02})}, lr=1e-3,
-        rules=[lrgroups.Rule(ndim=2, optimizer="muon"), lrgroups.head(optimizer="adamw")], **kwargs)
+        rules=[lrgroups.Rule(ndim=2, inner="muon"), lrgroups.head(inner="adamw")], **kwargs)
 
 
 def _mlp3():
@@ -565,7 +565,7 @@ def test_muon_for_hidden_weights_adamw_for_the_rest_in_one_optimizer():
     steps equal Muon and AdamW built by hand over the same split and stepped together."""
     model, reference = _mlp3(), _mlp3()
     opt = _muon_adamw(model)
-    routed = dict(zip(opt.explain().name, opt.explain().optimizer))
+    routed = dict(zip(opt.explain().name, opt.explain().optimizer, strict=True))
     assert routed == {"0.weight": "muon", "0.bias": "adamw", "1.weight": "adamw", "1.bias": "adamw",
                       "3.weight": "muon", "3.bias": "adamw", "5.weight": "adamw", "5.bias": "adamw"}
     assert opt.param_groups == opt.inners["adamw"].param_groups + opt.inners["muon"].param_groups
@@ -584,7 +584,7 @@ def test_muon_for_hidden_weights_adamw_for_the_rest_in_one_optimizer():
             stepped.zero_grad()
         for schedule in (scheduler, *hand):
             schedule.step()
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters(), strict=True))
     assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in adamw.param_groups + muon.param_groups]
 
 
@@ -606,14 +606,14 @@ def test_muon_adamw_freeze_unfreeze_and_resume_across_both():
     resumed = _muon_adamw(fresh)
     resumed.load_state_dict(saved_opt)
     _train(fresh, resumed, steps=2, seed=2)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters(), strict=True))
 
 
 def test_routing_to_an_unknown_optimizer_or_with_one_optimizer_fails_clearly():
     with pytest.raises(ValueError, match=r"unknown optimizer\(s\) \['lion'\]"):
-        lrgroups.LayerwiseOptimizer(_mlp3(), {"adamw": torch.optim.AdamW}, lr=1e-3, rules=[lrgroups.Rule(ndim=2, optimizer="lion")])
+        lrgroups.LayerwiseOptimizer(_mlp3(), {"adamw": torch.optim.AdamW}, lr=1e-3, rules=[lrgroups.Rule(ndim=2, inner="lion")])
     with pytest.raises(ValueError, match="pass a dict of optimizers"):
-        lrgroups.LayerwiseOptimizer(_mlp3(), torch.optim.AdamW, lr=1e-3, rules=[lrgroups.Rule(ndim=2, optimizer="muon")])
+        lrgroups.LayerwiseOptimizer(_mlp3(), torch.optim.AdamW, lr=1e-3, rules=[lrgroups.Rule(ndim=2, inner="muon")])
 
 
 def test_lbfgs_membership_change_after_stepping_is_refused_naming_it():
@@ -765,7 +765,7 @@ def test_unfreezing_under_an_optimizer_that_creates_state_in_its_constructor():
     bare = torch.optim.Adagrad(reference.parameters(), lr=0.1, initial_accumulator_value=0.5)
     _train(model, opt, steps=2)
     _train(reference, bare, steps=2)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters(), strict=True))
 
 
 def test_unfreezing_never_applies_a_stale_gradient():
@@ -844,7 +844,7 @@ def test_the_readme_muon_recipe_sends_embeddings_and_heads_to_adamw(architecture
         return not p.is_head and not isinstance(p.module, nn.Embedding)
 
     opt = lrgroups.LayerwiseOptimizer(model, {"adamw": torch.optim.AdamW, "muon": (torch.optim.Muon, {"lr": 0.02})},
-                                      lr=3e-4, rules=[lrgroups.Rule(ndim=2, where=hidden_matrix, optimizer="muon")])
+                                      lr=3e-4, rules=[lrgroups.Rule(ndim=2, where=hidden_matrix, inner="muon")])
     routes = opt.explain().set_index("name").optimizer
     embeddings = {n for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
     for name, route in routes.items():
@@ -917,7 +917,7 @@ def test_frozen_is_bitwise_untouched_after_refreeze(factory, kwargs):
         model(torch.randn(6, 4)).pow(2).mean().backward()
         opt.step()
         opt.zero_grad()
-    assert all(torch.equal(a, b) for a, b in zip(model[0].parameters(), snapshot))
+    assert all(torch.equal(a, b) for a, b in zip(model[0].parameters(), snapshot, strict=True))
     assert all(p.grad is None for p in model[0].parameters())
 
 
@@ -979,3 +979,18 @@ def test_frozen_norm_returns_to_train_mode_after_unfreeze_without_model_train():
     before = model[1].running_mean.clone()
     model(torch.randn(2, 3, 6, 6))
     assert not torch.equal(model[1].running_mean, before)
+
+
+def test_the_optimizer_keyword_is_a_deprecated_name_of_optimizer_cls():
+    """optimizer_cls is the class argument's name (positional or keyword); optimizer= still works
+    and warns; both, or neither, is a TypeError."""
+    model = _mlp3()
+    by_keyword = lrgroups.LayerwiseOptimizer(model, optimizer_cls=torch.optim.SGD, lr=0.1)
+    with pytest.deprecated_call(match="LayerwiseOptimizer.__init__.optimizer is deprecated, use optimizer_cls"):
+        old = lrgroups.LayerwiseOptimizer(model, optimizer=torch.optim.SGD, lr=0.1)
+    assert type(old.inner) is type(by_keyword.inner) is torch.optim.SGD
+    assert old.state_dict()["param_groups"] == by_keyword.state_dict()["param_groups"]
+    with pytest.raises(TypeError, match="give optimizer_cls= only"):
+        lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, optimizer=torch.optim.SGD, lr=0.1)
+    with pytest.raises(TypeError, match="needs optimizer_cls"):
+        lrgroups.LayerwiseOptimizer(model, lr=0.1)

@@ -24,7 +24,7 @@ def test_a_rule_matching_nothing_names_the_rule_and_the_closest_names():
 def test_no_match_message_without_a_probe_lists_a_sample_of_names():
     names = [f"{i}.weight" for i in range(10)]
     assert no_match_message("selection ndim=3", None, names) == (
-        "selection ndim=3 matches no parameter (the model has 10 parameters, e.g. 0.weight, 1.weight, 2.weight)")
+        "selection ndim=3 matches no parameter (the model has 10 parameters: 0.weight, 1.weight, 2.weight and 7 more)")
     assert str(NoMatchError("plain")) == "plain"  # not KeyError's quoted form
 
 
@@ -57,7 +57,7 @@ def test_a_rule_holds_its_selector_and_every_old_spelling_works():
     assert rule == lrgroups.Rule(selector=Selector(pattern="fc.*", ndim=2), lr=0.1, options={"momentum": 0.9}, name="x")
     assert repr(lrgroups.Rule("fc.*", lr=1e-3)) == (
         "Rule(pattern='fc.*', regex=None, module_type=None, ndim=None, depth=None, where=None, lr=0.001, "
-        "lr_mult=None, weight_decay=None, wd_mult=None, frozen=None, options=None, optimizer=None, name=None, "
+        "lr_mult=None, weight_decay=None, wd_mult=None, frozen=None, options=None, inner=None, name=None, "
         "allow_empty=False, needs_depth=False)")
     assert dataclasses.replace(rule, lr=0.2).lr == 0.2 and dataclasses.replace(rule, pattern="0.*").pattern == "0.*"
     assert pickle.loads(pickle.dumps(rule)) == rule
@@ -88,3 +88,27 @@ def test_one_no_match_error_for_a_selection_and_select_missing_empty():
         opt.select("0.*", missing="ignore")
     with pytest.raises(NoMatchError, match=r"stage 1 \(pattern='9\.\*'\) matches no parameter"):
         lrgroups.ProgressiveUnfreezing(opt, ["0.bias", "9.*"])
+
+
+def test_inner_names_a_rules_inner_optimizer_and_optimizer_is_its_deprecated_name():
+    """Rule(inner=name) routes to an inner optimizer by name; optimizer= (and reading rule.optimizer)
+    still work and warn; to_dict writes inner, and from_dict reads the optimizer key old data has."""
+    import pickle
+    import warnings
+
+    rule = lrgroups.Rule(ndim=2, inner="muon")
+    with pytest.deprecated_call(match="Rule.__init__.optimizer is deprecated, use inner"):
+        old = lrgroups.Rule(ndim=2, optimizer="muon")
+    assert old == rule and hash(old) == hash(rule) and old.inner == "muon"
+    with pytest.deprecated_call(match="Rule.optimizer is deprecated, use inner"):
+        assert rule.optimizer == "muon"
+    with pytest.raises(TypeError, match="give inner= only"):
+        lrgroups.Rule(ndim=2, inner="a", optimizer="b")
+    assert rule.to_dict() == {"ndim": 2, "inner": "muon"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reading old data is not a deprecated call
+        assert lrgroups.Rule.from_dict({"ndim": 2, "optimizer": "muon"}) == rule
+        assert lrgroups.Rule.from_dict({"kind": "head", "optimizer": "adamw"}).inner == "adamw"
+        assert pickle.loads(pickle.dumps(rule)) == rule
+    with pytest.raises(ValueError, match="unknown key"):
+        lrgroups.Rule.from_dict({"ndim": 2, "inner": "a", "optimizer": "b"})

@@ -37,7 +37,7 @@ def data_rules(draw) -> Rule:
         wd_mult=draw(optional(numbers)),
         frozen=draw(optional(st.booleans())),
         options=options,
-        optimizer=draw(optional(st.sampled_from(["adamw", "muon"]))),
+        inner=draw(optional(st.sampled_from(["adamw", "muon"]))),
         name=draw(optional(st.text("abc_ -", min_size=1, max_size=8))),
         allow_empty=draw(st.booleans()),
         needs_depth=draw(st.booleans()),
@@ -217,7 +217,7 @@ def test_the_hf_trainer_takes_rules_as_data_from_a_json_config(tmp_path):
                                           use_cpu=True, save_strategy="no", disable_tqdm=True)
     trainer = transformers.Trainer(
         model=_model(), args=args, train_dataset=_data(8, 0),
-        optimizer_cls_and_kwargs=(LayerwiseOptimizerFactory, {"optimizer": torch.optim.AdamW, "lr": 1e-3,
+        optimizer_cls_and_kwargs=(LayerwiseOptimizerFactory, {"optimizer_cls": torch.optim.AdamW, "lr": 1e-3,
                                                                 "weight_decay": 0.01, "rules": rules}))
     with contextlib.redirect_stdout(io.StringIO()):
         trainer.train()

@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 
 from benchmarks.__main__ import main
+from benchmarks.catalog import SUITES
 from benchmarks.cells import key_environment
 from benchmarks.replicate import write_replication
 from benchmarks.stats import VERDICTS
 from benchmarks.store import read_runs, sha256_file, write_runs
-from benchmarks.suites import SUITES
 from benchmarks.training import resolve_device
 from lrgroups import recipes
 
@@ -269,7 +269,7 @@ def test_suites_are_well_formed() -> None:
             names = [s.name for s in experiment.strategies]
             assert any("scratch" in n for n in names) and any("pixel" in n for n in names)
     quick, replication = SUITES["quick"], SUITES["quick_replication"]
-    for experiment, other in zip(quick.experiments, replication.experiments):
+    for experiment, other in zip(quick.experiments, replication.experiments, strict=True):
         assert len(experiment.seeds) >= 6 and not set(experiment.seeds) & set(other.seeds)
         if experiment.source.kind == "pretrain":
             assert experiment.independent_sources and other.independent_sources
@@ -292,10 +292,11 @@ def test_perf_is_forwarded_to_the_perf_runner(monkeypatch: pytest.MonkeyPatch) -
 
 def test_readme_verdict_table_is_the_committed_reference() -> None:
     """The README's verdict block is exactly what `report --readme` writes from results/quick."""
-    from benchmarks.report import readme_markers, readme_table
+    from benchmarks.blocks import markers
+    from benchmarks.report import readme_table
 
     root = Path(__file__).resolve().parents[1]
-    start, end = readme_markers("verdicts-quick")
+    start, end = markers("verdicts-quick")
     block = (root / "README.md").read_text().split(start, 1)[1].split(end, 1)[0].strip()
     assert block == readme_table(pd.read_csv(root / "results" / "quick" / "verdicts.csv")).strip()
 
@@ -317,6 +318,11 @@ def test_readme_numbers_about_the_committed_runs_are_the_runs_own() -> None:
     lrs = {(r["experiment"], r["target"], r["strategy"]): r["lr"] for r in registration["lrs"]}
     assert {(r.experiment, r.target, r.strategy): r.lr for r in base.itertuples()} == lrs
     assert base.groupby("experiment").seed.nunique().to_dict() == registration["seeds"]
+    futile = registration["futile"]
+    assert f"(`futile`: {', '.join(futile[:-1])} and {futile[-1]}," in quick_page
+    verdicts = pd.read_csv(root / "results" / "quick" / "verdicts.csv").set_index("hypothesis")
+    registered = verdicts.index.str.startswith("H")  # X-named hypotheses are exploratory by design
+    assert verdicts.loc[futile].exploratory.all() and not verdicts[registered & ~verdicts.index.isin(futile)].exploratory.any()
 
 
 def test_the_committed_replication_is_independent_of_the_reference() -> None:

@@ -84,7 +84,7 @@ def assert_same(a, b, where="") -> None:
             assert_same(a[key], b[key], f"{where}[{key!r}]")
     elif isinstance(a, (list, tuple)):
         assert type(a) is type(b) and len(a) == len(b), where
-        for index, (x, y) in enumerate(zip(a, b)):
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same(x, y, f"{where}[{index}]")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
@@ -110,9 +110,9 @@ def test_matches_bare_optimizer_bitwise(mode, info, optim_input, variant):
     bare = info.optim_cls(reference, **kwargs)
     _run(info, optimizer, params)
     _run(info, bare, reference)
-    for p, q in zip(params, reference):
+    for p, q in zip(params, reference, strict=True):
         assert torch.equal(p, q)
-    for p, q in zip(params, reference):
+    for p, q in zip(params, reference, strict=True):
         assert_same(optimizer.state[p], bare.state[q])
 
 
@@ -147,7 +147,7 @@ def test_tensor_lr_stays_a_tensor(mode, info, optim_input, variant):
     bare = info.optim_cls(reference, **dict(kwargs, lr=kwargs["lr"].clone()))
     _run(info, optimizer, params)
     _run(info, bare, reference)
-    for p, q in zip(params, reference):
+    for p, q in zip(params, reference, strict=True):
         assert torch.equal(p, q)
 
 
@@ -160,7 +160,7 @@ def test_step_is_noop_when_params_have_no_grad(mode, info, optim_input, variant)
     before = [p.detach().clone() for p in params]
     optimizer = build(mode, info, params, **_kwargs(optim_input))
     optimizer.step()
-    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
 
 
 @pytest.mark.parametrize("mode, info, optim_input, variant", CASES)
@@ -239,7 +239,7 @@ def test_state_dict_deterministic(mode, info, optim_input, variant):
     assert_same(loaded, state)
     _run(info, optimizer, params, steps=2)
     _run(info, other, twins, steps=2)
-    for p, q in zip(params, twins):
+    for p, q in zip(params, twins, strict=True):
         assert torch.equal(p, q)
     assert_same(optimizer.state_dict(), other.state_dict())
 
@@ -349,7 +349,7 @@ def test_deepcopy_and_pickle(mode, info, optim_input, variant):
     assert_same(clone.state_dict(), optimizer.state_dict())
     cloned_params = [p for group in clone.param_groups for p in group["params"]]
     assert len(cloned_params) == len(params)
-    assert all(torch.equal(p, q) for p, q in zip(cloned_params, params))
+    assert all(torch.equal(p, q) for p, q in zip(cloned_params, params, strict=True))
 
 
 @pytest.mark.parametrize("mode, info, optim_input, variant", CASES)

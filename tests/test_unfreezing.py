@@ -115,7 +115,7 @@ def test_hot_add_equivalence_under_every_scheduler(data, scheduler_name, optimiz
     hot = _run(tree, rules, factory, scheduler_name, selector, k, hot=True)
     cold = _run(reference_tree, rules, factory, scheduler_name, selector, k, hot=False)
     assert hot == cold
-    for (name, a), b in zip(tree.named_parameters(), reference_tree.parameters()):
+    for (name, a), b in zip(tree.named_parameters(), reference_tree.parameters(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -90,7 +90,7 @@ def make_closure(info, optimizer, params, seed: int = 0):
 
     def closure():
         optimizer.zero_grad()
-        loss = sum(((p - t) ** 2).sum() + (p**4).mean() for p, t in zip(params, targets))
+        loss = sum(((p - t) ** 2).sum() + (p**4).mean() for p, t in zip(params, targets, strict=True))
         loss.backward()
         if info.only_supports_sparse_grads:
             for p in params:

@@ -130,12 +130,12 @@ class Interleaved:
             base = self.samples[baseline]
             out["baseline"] = baseline
             out["ratio"] = {
-                name: list(median_interval([a / b for a, b in zip(s, base)]))
+                name: list(median_interval([a / b for a, b in zip(s, base, strict=True)]))
                 for name, s in self.samples.items()
                 if name != baseline
             }
             out["difference_s"] = {
-                name: list(median_interval([a - b for a, b in zip(s, base)]))
+                name: list(median_interval([a - b for a, b in zip(s, base, strict=True)]))
                 for name, s in self.samples.items()
                 if name != baseline
             }

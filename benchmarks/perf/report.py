@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 __all__ = ["render", "fmt_seconds", "fmt_ratio"]
@@ -74,11 +75,43 @@ def _profile_lines(title: str, rows: list[dict]) -> list[str]:
     )
 
 
+def _rendered(section: list[dict], title: str, intro: list[str], header: list[str],
+              row: Callable[[dict], tuple[list[Any], list[list[str]]]], *, skip_empty: bool = False,
+              after: Callable[[list[dict]], list[str]] | None = None) -> Section:
+    """A section of perf.md in the shape most share: ``## title``, the ``intro`` lines, one table row
+    per measurement (``row(info)``: its cells and its rows of the summary table), then the lines
+    ``after(section)`` adds (profiles); nothing at all for no measurement with ``skip_empty``."""
+    if skip_empty and not section:
+        return Section([], [])
+    rows, summary = [], []
+    for info in section:
+        cells, summaries = row(info)
+        rows.append(cells)
+        summary += summaries
+    lines = [f"## {title}", "", *intro, *_table(header, rows)]
+    return Section(lines + (after(section) if after is not None else []), summary)
+
+
 def _step(section: list[dict]) -> Section:
-    summary: list[list[str]] = []
-    lines = [
-        "## Step overhead",
-        "",
+    def row(info: dict) -> tuple[list[Any], list[list[str]]]:
+        ratio, control = info["ratio"]["wrapped"], info["ratio"]["bare_again"]
+        verdict = _verdict(ratio[0], info["goal"], ratio, control)
+        return ([info["model"], info["optimizer"], info["groups"], info["threads"],
+                 fmt_seconds(info["seconds"]["bare"][0]), fmt_seconds(info["seconds"]["wrapped"][0]),
+                 f"{info['difference_s']['wrapped'][0] * 1e6:+.1f} µs", fmt_ratio(ratio), f"{control[0]:.3f}",
+                 f"≤ {info['goal']:.2f}", verdict],
+                [[f"step overhead, {info['model']}, {info['optimizer']}", f"≤ {info['goal']:.2f}", f"{ratio[0]:.3f}",
+                  verdict]])
+
+    def profiles(section: list[dict]) -> list[str]:  # of the misses, and of the MLP
+        lines = []
+        for info in section:
+            verdict = row(info)[0][-1]
+            if (verdict != "PASS" or info["model"] == "mlp") and info.get("profile_extra"):
+                lines += _profile_lines(f"{info['model']} / {info['optimizer']}: {verdict}", info["profile_extra"])
+        return lines
+
+    return _rendered(section, "Step overhead", [
         "`LayerwiseOptimizer.step()` / the bare inner optimizer's `step()` with identical param groups, same "
         "tensors, random gradients set once (no forward/backward timed). *A/A* is a second bare optimizer "
         "timed alongside: its ratio to the first is the noise floor of this run. Δ is the paired per-step "
@@ -86,81 +119,31 @@ def _step(section: list[dict]) -> Section:
         "The tiny MLP runs on one CPU thread (its tensors never use a second one; with two, a loaded machine "
         "would time OpenMP waits instead of the step's overhead).",
         "",
-    ]
-    rows, misses = [], []
-    for info in section:
-        ratio, control = info["ratio"]["wrapped"], info["ratio"]["bare_again"]
-        verdict = _verdict(ratio[0], info["goal"], ratio, control)
-        rows.append(
-            [
-                info["model"],
-                info["optimizer"],
-                info["groups"],
-                info["threads"],
-                fmt_seconds(info["seconds"]["bare"][0]),
-                fmt_seconds(info["seconds"]["wrapped"][0]),
-                f"{info['difference_s']['wrapped'][0] * 1e6:+.1f} µs",
-                fmt_ratio(ratio),
-                f"{control[0]:.3f}",
-                f"≤ {info['goal']:.2f}",
-                verdict,
-            ]
-        )
-        summary.append([f"step overhead, {info['model']}, {info['optimizer']}", f"≤ {info['goal']:.2f}", f"{ratio[0]:.3f}", verdict])
-        if verdict != "PASS" or info["model"] == "mlp":
-            misses.append((info, verdict))
-    lines += _table(
-        ["model", "optimizer", "groups", "threads", "bare step", "wrapped step", "Δ/step", "ratio [95% CI]", "A/A", "goal", "result"],
-        rows,
-    )
-    for info, verdict in misses:
-        if info.get("profile_extra"):
-            title = f"{info['model']} / {info['optimizer']}: {verdict}"
-            lines += _profile_lines(title, info["profile_extra"])
-    return Section(lines, summary)
+    ], ["model", "optimizer", "groups", "threads", "bare step", "wrapped step", "Δ/step", "ratio [95% CI]", "A/A", "goal",
+        "result"], row, after=profiles)
 
 
 def _multi(section: list[dict]) -> Section:
-    summary: list[list[str]] = []
-    if not section:
-        return Section([], summary)
-    lines = [
-        "## Multi-optimizer step",
-        "",
+    def row(info: dict) -> tuple[list[Any], list[list[str]]]:
+        ratio, control = info["ratio"]["wrapped"], info["ratio"]["by_hand_again"]
+        verdict = _verdict(ratio[0], info["goal"], ratio, control)
+        return ([info["model"], info["optimizers"], info["groups"], info["threads"],
+                 fmt_seconds(info["seconds"]["by_hand"][0]), fmt_seconds(info["seconds"]["wrapped"][0]),
+                 fmt_ratio(ratio), f"{control[0]:.3f}", f"≤ {info['goal']:.2f}", verdict],
+                [[f"multi-optimizer step, {info['model']}, {info['optimizers']}: wrapped / by hand",
+                  f"≤ {info['goal']:.2f}", f"{ratio[0]:.3f}", verdict]])
+
+    return _rendered(section, "Multi-optimizer step", [
         "One `LayerwiseOptimizer` over Muon (2-D hidden weights) and foreach AdamW (the rest) / the same two "
         "optimizers with the same groups stepped by hand one after the other. *A/A*: a second pair stepped by "
         "hand.",
         "",
-    ]
-    rows = []
-    for info in section:
-        ratio, control = info["ratio"]["wrapped"], info["ratio"]["by_hand_again"]
-        verdict = _verdict(ratio[0], info["goal"], ratio, control)
-        rows.append(
-            [
-                info["model"],
-                info["optimizers"],
-                info["groups"],
-                info["threads"],
-                fmt_seconds(info["seconds"]["by_hand"][0]),
-                fmt_seconds(info["seconds"]["wrapped"][0]),
-                fmt_ratio(ratio),
-                f"{control[0]:.3f}",
-                f"≤ {info['goal']:.2f}",
-                verdict,
-            ]
-        )
-        summary.append([f"multi-optimizer step, {info['model']}, {info['optimizers']}: wrapped / by hand", f"≤ {info['goal']:.2f}", f"{ratio[0]:.3f}", verdict])
-    return Section(lines + _table(
-        ["model", "optimizers", "groups", "threads", "by hand", "wrapped", "ratio [95% CI]", "A/A", "goal", "result"], rows
-    ), summary)
+    ], ["model", "optimizers", "groups", "threads", "by hand", "wrapped", "ratio [95% CI]", "A/A", "goal", "result"],
+        row, skip_empty=True)
 
 
 def _layout(section: list[dict]) -> Section:
-    summary: list[list[str]] = []
-    lines = [
-        "## Group layout cost",
-        "",
+    intro = [
         "Layer-decayed AdamW (`layer_decay(0.75)`, `no_weight_decay()`): lrgroups' merged groups (the "
         "`LayerwiseOptimizer` itself) and one group per tensor with the same per-tensor settings (the "
         "mmengine way), each against one single group on the same parameters. The cost per extra group is "
@@ -168,52 +151,32 @@ def _layout(section: list[dict]) -> Section:
         "",
     ]
     if any(info["optimizer"] == "adamw_foreach" and info["ratio"]["per_tensor"][0] < 1 for info in section):
-        lines += [
+        intro += [
             "More groups come out *faster* than one group with foreach AdamW here: on the CPU each `_foreach_*` "
             "op of one huge group streams over every parameter from memory before the next op starts, while "
             "smaller groups apply all of AdamW's ops to a chunk that stays in cache.",
             "",
         ]
-    rows = []
-    for info in section:
+
+    def row(info: dict) -> tuple[list[Any], list[list[str]]]:
         merged, per_tensor = info["ratio"]["merged"], info["ratio"]["per_tensor"]
         verdict = _verdict(merged[0], info["goal"], merged)
         groups = info["groups"]
-        per_group = [
-            info["difference_s"][name][0] / max(groups[name] - 1, 1) for name in ("merged", "per_tensor")
-        ]
-        rows.append(
-            [
-                info["model"],
-                info["optimizer"],
-                f"{groups['merged']} / {groups['per_tensor']} / 1",
-                fmt_seconds(info["seconds"]["single"][0]),
-                fmt_ratio(merged),
-                fmt_ratio(per_tensor),
-                " / ".join(f"{cost * 1e6:+.0f} µs" for cost in per_group),
-                f"≤ {info['goal']:.2f}",
-                verdict,
-            ]
-        )
-        summary.append([f"group layout, {info['model']}, {info['optimizer']}: merged / single", f"≤ {info['goal']:.2f}", f"{merged[0]:.3f}", verdict])
-    lines += _table(
-        [
-            "model",
-            "optimizer",
-            "groups (merged / per-tensor / single)",
-            "single-group step",
-            "merged / single",
-            "per-tensor / single",
-            "cost per extra group (merged / per-tensor)",
-            "goal",
-            "result",
-        ],
-        rows,
-    )
-    for info in section:
-        if info.get("profile_extra"):
-            lines += _profile_lines(f"{info['model']} / {info['optimizer']} merged vs single", info["profile_extra"])
-    return Section(lines, summary)
+        per_group = [info["difference_s"][name][0] / max(groups[name] - 1, 1) for name in ("merged", "per_tensor")]
+        return ([info["model"], info["optimizer"], f"{groups['merged']} / {groups['per_tensor']} / 1",
+                 fmt_seconds(info["seconds"]["single"][0]), fmt_ratio(merged), fmt_ratio(per_tensor),
+                 " / ".join(f"{cost * 1e6:+.0f} µs" for cost in per_group), f"≤ {info['goal']:.2f}", verdict],
+                [[f"group layout, {info['model']}, {info['optimizer']}: merged / single", f"≤ {info['goal']:.2f}",
+                  f"{merged[0]:.3f}", verdict]])
+
+    def profiles(section: list[dict]) -> list[str]:
+        return [line for info in section if info.get("profile_extra")
+                for line in _profile_lines(f"{info['model']} / {info['optimizer']} merged vs single",
+                                           info["profile_extra"])]
+
+    return _rendered(section, "Group layout cost", intro, [
+        "model", "optimizer", "groups (merged / per-tensor / single)", "single-group step", "merged / single",
+        "per-tensor / single", "cost per extra group (merged / per-tensor)", "goal", "result"], row, after=profiles)
 
 
 def _build(large: list[dict], meta_vs_real: list[dict], families: list[dict]) -> Section:
@@ -250,7 +213,15 @@ def _build(large: list[dict], meta_vs_real: list[dict], families: list[dict]) ->
     for info in large:
         if info.get("profile"):
             lines += _profile_lines(f"build profile, {info['model']}", info["profile"])
+    families_section = _build_families(families)
+    return Section(lines + families_section.lines, summary + families_section.summary)
 
+
+def _build_families(families: list[dict]) -> Section:
+    """The build time over every timm family with ``group_matcher``: the distribution, the slowest five,
+    failures and fallbacks."""
+    summary: list[list[str]] = []
+    lines: list[str] = []
     ok = [f for f in families if f.get("status") == "ok"]
     failed = [f for f in families if f.get("status") in ("build_failed", "create_failed")]
     skipped = [f for f in families if f.get("status") == "no_group_matcher"]
@@ -311,55 +282,33 @@ def _build(large: list[dict], meta_vs_real: list[dict], families: list[dict]) ->
 
 
 def _unfreeze(section: list[dict]) -> Section:
-    summary: list[list[str]] = []
-    lines = [
-        "## Unfreeze time",
-        "",
+    def row(info: dict) -> tuple[list[Any], list[list[str]]]:
+        seconds = info["seconds"]
+        ms = seconds["unfreeze"][0] * 1e3
+        verdict = _verdict(ms, info["goal_ms"])
+        return ([info["model"], f"`{info['pattern']}` ({info['tensors']} tensors)",
+                 f"{ms:.3f} ms [{seconds['unfreeze'][1] * 1e3:.3f}, {seconds['unfreeze'][2] * 1e3:.3f}]",
+                 f"{seconds['freeze'][0] * 1e3:.3f} ms", f"{seconds['add_param_group'][0] * 1e3:.3f} ms",
+                 fmt_ratio(info["ratio"]["unfreeze"]), f"≤ {info['goal_ms']:.0f} ms", verdict],
+                [[f"unfreeze one block, {info['model']}", f"≤ {info['goal_ms']:.0f} ms", f"{ms:.3f} ms", verdict]])
+
+    def profiles(section: list[dict]) -> list[str]:
+        return [line for info in section if info.get("profile")
+                for line in _profile_lines("unfreeze + freeze profile", info["profile"])]
+
+    return _rendered(section, "Unfreeze time", [
         "Hot-adding one ViT-B block: all `blocks.*` frozen by a rule, then `opt.unfreeze('blocks.11.*')`, "
         "re-frozen (untimed) between samples; `freeze` timed the other way round; the reference is torch's "
         "`add_param_group` of the same tensors on a bare AdamW.",
         "",
-    ]
-    rows = []
-    for info in section:
-        seconds = info["seconds"]
-        ms = seconds["unfreeze"][0] * 1e3
-        verdict = _verdict(ms, info["goal_ms"])
-        rows.append(
-            [
-                info["model"],
-                f"`{info['pattern']}` ({info['tensors']} tensors)",
-                f"{ms:.3f} ms [{seconds['unfreeze'][1] * 1e3:.3f}, {seconds['unfreeze'][2] * 1e3:.3f}]",
-                f"{seconds['freeze'][0] * 1e3:.3f} ms",
-                f"{seconds['add_param_group'][0] * 1e3:.3f} ms",
-                fmt_ratio(info["ratio"]["unfreeze"]),
-                f"≤ {info['goal_ms']:.0f} ms",
-                verdict,
-            ]
-        )
-        summary.append([f"unfreeze one block, {info['model']}", f"≤ {info['goal_ms']:.0f} ms", f"{ms:.3f} ms", verdict])
-    lines += _table(["model", "selection", "unfreeze [95% CI]", "freeze", "add_param_group", "unfreeze / add_param_group", "goal", "result"], rows)
-    for info in section:
-        if info.get("profile"):
-            lines += _profile_lines("unfreeze + freeze profile", info["profile"])
-    return Section(lines, summary)
+    ], ["model", "selection", "unfreeze [95% CI]", "freeze", "add_param_group", "unfreeze / add_param_group", "goal",
+        "result"], row, after=profiles)
 
 
 def _memory(section: list[dict]) -> Section:
-    summary: list[list[str]] = []
-    lines = [
-        "## Memory",
-        "",
-        "Optimizer state after one step, `blocks.0-5` frozen: the wrapper's state bytes against the bare "
-        "inner optimizer built from the same groups and against what the optimizer needs by construction "
-        "(AdamW: 2 × trainable parameter bytes + one step scalar per tensor; SGD momentum: 1 ×). *Other "
-        "tensors* are tensors reachable from the wrapper that are neither model parameters nor optimizer "
-        "state (a copy would show there).",
-        "",
-    ]
-    rows = []
     mib = 2**20
-    for info in section:
+
+    def row(info: dict) -> tuple[list[Any], list[list[str]]]:
         equal = info["state_bytes"] == info["bare_state_bytes"] == info["expected_state_bytes"]
         no_copy = (
             info["group_params_are_model_params"]
@@ -369,91 +318,62 @@ def _memory(section: list[dict]) -> Section:
             and info["other_tensor_bytes"] == 0
         )
         verdict = "PASS" if equal and no_copy and info["frozen_with_state"] == 0 else "FAIL"
-        rows.append(
-            [
-                info["model"],
-                info["optimizer"],
-                f"{info['trainable_tensors']} / {info['frozen_tensors']}",
-                f"{info['trainable_param_bytes'] / mib:.2f} / {info['frozen_param_bytes'] / mib:.2f} MiB",
-                f"{info['state_bytes']:,}",
-                f"{info['bare_state_bytes']:,}",
-                f"{info['expected_state_bytes']:,}",
-                info["frozen_with_state"],
-                "yes" if info["group_params_are_model_params"] and info["group_params_share_model_storage"] else "NO",
-                f"{info['other_tensors']} ({info['other_tensor_bytes']} B)",
-                f"{info['ratio']['wrapped'][0]:.3f}",
-                verdict,
-            ]
-        )
-        summary.append([f"memory, {info['model']}, {info['optimizer']}", "state = bare = expected; no copy", f"{info['state_bytes'] / mib:.1f} MiB, {'equal' if equal else 'DIFFERS'}", verdict])
-    lines += _table(
-        [
-            "model",
-            "optimizer",
-            "tensors trainable / frozen",
-            "params trainable / frozen",
-            "state bytes",
-            "bare state bytes",
-            "expected",
-            "frozen with state",
-            "groups hold model's tensors (id, data_ptr)",
-            "other tensors",
-            "first step wrapped / bare",
-            "result",
-        ],
-        rows,
-    )
-    return Section(lines, summary)
+        return ([info["model"], info["optimizer"], f"{info['trainable_tensors']} / {info['frozen_tensors']}",
+                 f"{info['trainable_param_bytes'] / mib:.2f} / {info['frozen_param_bytes'] / mib:.2f} MiB",
+                 f"{info['state_bytes']:,}", f"{info['bare_state_bytes']:,}", f"{info['expected_state_bytes']:,}",
+                 info["frozen_with_state"],
+                 "yes" if info["group_params_are_model_params"] and info["group_params_share_model_storage"] else "NO",
+                 f"{info['other_tensors']} ({info['other_tensor_bytes']} B)", f"{info['ratio']['wrapped'][0]:.3f}",
+                 verdict],
+                [[f"memory, {info['model']}, {info['optimizer']}", "state = bare = expected; no copy",
+                  f"{info['state_bytes'] / mib:.1f} MiB, {'equal' if equal else 'DIFFERS'}", verdict]])
+
+    return _rendered(section, "Memory", [
+        "Optimizer state after one step, `blocks.0-5` frozen: the wrapper's state bytes against the bare "
+        "inner optimizer built from the same groups and against what the optimizer needs by construction "
+        "(AdamW: 2 × trainable parameter bytes + one step scalar per tensor; SGD momentum: 1 ×). *Other "
+        "tensors* are tensors reachable from the wrapper that are neither model parameters nor optimizer "
+        "state (a copy would show there).",
+        "",
+    ], ["model", "optimizer", "tensors trainable / frozen", "params trainable / frozen", "state bytes",
+        "bare state bytes", "expected", "frozen with state", "groups hold model's tensors (id, data_ptr)",
+        "other tensors", "first step wrapped / bare", "result"], row)
 
 
 def _norm_hooks(section: list[dict]) -> Section:
-    summary: list[list[str]] = []
-    if not section:
-        return Section([], summary)
-    lines = [
-        "## Frozen-norm hooks: what the rest of the process pays",
-        "",
+    def row(info: dict) -> tuple[list[Any], list[list[str]]]:
+        ratio = info["ratio"]["optimizer_alive"]
+        return ([info["model"], info["size"], f"{info['modules']}", fmt_seconds(info["seconds"]["no_optimizer"][0]),
+                 fmt_ratio(ratio)],
+                [[f"forward of another model while frozen-norm hooks are installed, {info['model']} {info['size']}",
+                  "report", f"{ratio[0]:.3f}", "—"]])
+
+    return _rendered(section, "Frozen-norm hooks: what the rest of the process pays", [
         "The eval forward of an unrelated resnet18 while a LayerwiseOptimizer with a frozen-BatchNorm rule is "
         "alive (its process-wide module hooks installed), against the same forward with none alive.",
         "",
-    ]
-    rows = []
-    for info in section:
-        ratio = info["ratio"]["optimizer_alive"]
-        rows.append([info["model"], info["size"], f"{info['modules']}", fmt_seconds(info["seconds"]["no_optimizer"][0]),
-                     fmt_ratio(ratio)])
-        summary.append([f"forward of another model while frozen-norm hooks are installed, {info['model']} {info['size']}",
-                        "report", f"{ratio[0]:.3f}", "—"])
-    lines += _table(["model", "input", "modules", "forward, none alive", "alive / none"], rows)
-    return Section(lines, summary)
+    ], ["model", "input", "modules", "forward, none alive", "alive / none"], row, skip_empty=True)
 
 
 def _monitor(section: list[dict]) -> Section:
-    summary: list[list[str]] = []
-    if not section:
-        return Section([], summary)
-    lines = [
-        "## Forgetting monitor",
-        "",
+    def row(info: dict) -> tuple[list[Any], list[list[str]]]:
+        seconds, ratio = info["seconds"], info["ratio"]
+        rare = ratio["monitor_every_100"]
+        verdict = _verdict(rare[0], info["goal"], rare)
+        return ([info["model"], info["optimizer"], f"{info['tensors']}", fmt_seconds(seconds["no_monitor"][0]),
+                 fmt_ratio(rare), fmt_ratio(ratio["monitor_every_step"]), f"≤ {info['goal']:.2f}", verdict],
+                [[f"forgetting monitor every 100 steps / none, {info['model']}", f"≤ {info['goal']:.2f}",
+                  f"{rare[0]:.3f}", verdict],
+                 [f"forgetting monitor every step / none, {info['model']}", "report",
+                  f"{ratio['monitor_every_step'][0]:.3f}", "—"]])
+
+    return _rendered(section, "Forgetting monitor", [
         "`opt.step()` with a `ForgettingMonitor` measuring every 100th step and one measuring every step, "
         "against the same step with no monitor (gradients set once; the ratio is against the step alone, an "
         "upper bound on the cost against a training step).",
         "",
-    ]
-    rows = []
-    for info in section:
-        seconds, ratio = info["seconds"], info["ratio"]
-        rare = ratio["monitor_every_100"]
-        verdict = _verdict(rare[0], info["goal"], rare)
-        rows.append([info["model"], info["optimizer"], f"{info['tensors']}", fmt_seconds(seconds["no_monitor"][0]),
-                     fmt_ratio(rare), fmt_ratio(ratio["monitor_every_step"]), f"≤ {info['goal']:.2f}", verdict])
-        summary.append([f"forgetting monitor every 100 steps / none, {info['model']}", f"≤ {info['goal']:.2f}",
-                        f"{rare[0]:.3f}", verdict])
-        summary.append([f"forgetting monitor every step / none, {info['model']}", "report",
-                        f"{ratio['monitor_every_step'][0]:.3f}", "—"])
-    lines += _table(["model", "optimizer", "tensors", "step, no monitor", "every 100 / none", "every step / none",
-                     "goal (every 100)", "result"], rows)
-    return Section(lines, summary)
+    ], ["model", "optimizer", "tensors", "step, no monitor", "every 100 / none", "every step / none",
+        "goal (every 100)", "result"], row, skip_empty=True)
 
 
 def _bandwidth(section: list[dict], cuda: bool) -> Section:

@@ -96,6 +96,26 @@ def main(argv: list[str] | None = None) -> int:
     from .harness import set_scale  # imports torch: only when measuring
 
     previous = set_scale(scale)
+    try:
+        code = int(pytest.main(_pytest_args(results_path, args.select)))
+    finally:
+        set_scale(previous)
+    if not results_path.exists():
+        print(f"pytest exited with {code} before writing {results_path}", file=sys.stderr)
+        return code or 1
+
+    from .report import render
+
+    env["load average at end (1 min)"] = f"{os.getloadavg()[0]:.2f}"
+    atomic_write(out / "environment.json", json.dumps(env, indent=2) + "\n")
+    results = json.loads(results_path.read_text())
+    atomic_write(out / "perf.md", render(results, env))
+    print(f"wrote {out / 'perf.md'} and {results_path}")
+    return code
+
+
+def _pytest_args(results_path: Path, select: str | None) -> list[str]:
+    """The pytest command line that runs the benchmarks (``-k select``) into ``results_path``."""
     pytest_args = [
         str(PERF_DIR),
         "--rootdir",
@@ -114,24 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         "--benchmark-group-by=group",
         "--benchmark-columns=median,iqr,min,max,rounds",
     ]
-    if args.select:
-        pytest_args += ["-k", args.select]
-    try:
-        code = int(pytest.main(pytest_args))
-    finally:
-        set_scale(previous)
-    if not results_path.exists():
-        print(f"pytest exited with {code} before writing {results_path}", file=sys.stderr)
-        return code or 1
-
-    from .report import render
-
-    env["load average at end (1 min)"] = f"{os.getloadavg()[0]:.2f}"
-    atomic_write(out / "environment.json", json.dumps(env, indent=2) + "\n")
-    results = json.loads(results_path.read_text())
-    atomic_write(out / "perf.md", render(results, env))
-    print(f"wrote {out / 'perf.md'} and {results_path}")
-    return code
+    if select:
+        pytest_args += ["-k", select]
+    return pytest_args
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def multi_wrapped(model: nn.Module) -> LayerwiseOptimizer:
         {"adamw": (torch.optim.AdamW, {"foreach": True}), "muon": torch.optim.Muon},
         lr=LR,
         weight_decay=WEIGHT_DECAY,
-        rules=layer_decay_rules(lrgroups.Rule(ndim=2, optimizer="muon"), lrgroups.head(optimizer="adamw")),
+        rules=layer_decay_rules(lrgroups.Rule(ndim=2, inner="muon"), lrgroups.head(inner="adamw")),
     )
 
 

@@ -2,10 +2,10 @@
 state in Trainer checkpoints, and every param group's lr in the logs.
 
 The Trainer builds a :class:`~lrgroups.LayerwiseOptimizer` itself from
-``optimizer_cls_and_kwargs=(LayerwiseOptimizerFactory, {"optimizer": torch.optim.AdamW, "lr": ...})``: it
+``optimizer_cls_and_kwargs=(LayerwiseOptimizerFactory, {"optimizer_cls": torch.optim.AdamW, "lr": ...})``: it
 calls the factory with the model it trains, also a fresh one from ``model_init`` on every ``train()``
 (transformers#6699). Without ``model_init``, ``(LayerwiseOptimizer, {"model": model, ...})`` works too
-(for a ``"model"`` key the Trainer calls ``LayerwiseOptimizer(model, optimizer=..., lr=...)``), but binds
+(for a ``"model"`` key the Trainer calls ``LayerwiseOptimizer(model, optimizer_cls=..., lr=...)``), but binds
 that instance: :class:`LayerwiseCallback` refuses an optimizer that steps another model than the
 Trainer's.
 
@@ -22,7 +22,7 @@ Example:
     >>> trainer = transformers.Trainer(
     ...     model=model, args=args, train_dataset=data,
     ...     optimizer_cls_and_kwargs=(LayerwiseOptimizerFactory, {
-    ...         "optimizer": torch.optim.AdamW, "lr": 1e-3, "rules": [lrgroups.layer_decay(0.5)]}),
+    ...         "optimizer_cls": torch.optim.AdamW, "lr": 1e-3, "rules": [lrgroups.layer_decay(0.5)]}),
     ...     callbacks=[LayerwiseCallback(unfreezing={"every_steps": 1, "depths_per_stage": 2})])
     >>> with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its logs
     ...     _ = trainer.train()
@@ -54,7 +54,7 @@ _log = logging.getLogger(__name__)
 
 _FACTORY_FIX = (
     "Let the Trainer build it over the model it trains: optimizer_cls_and_kwargs=(lrgroups.integrations."
-    "transformers.LayerwiseOptimizerFactory, {'optimizer': torch.optim.AdamW, 'lr': ..., 'rules': [...]}) "
+    "transformers.LayerwiseOptimizerFactory, {'optimizer_cls': torch.optim.AdamW, 'lr': ..., 'rules': [...]}) "
     "without a 'model' key (with model_init the Trainer trains a fresh model on every train(), and a 'model' "
     "key binds the instance made before)"
 )
@@ -72,7 +72,7 @@ class LayerwiseOptimizerFactory:
     Example:
         >>> import torch, torch.nn as nn, lrgroups
         >>> from lrgroups.integrations.transformers import LayerwiseOptimizerFactory
-        >>> opt = LayerwiseOptimizerFactory()(nn.Linear(2, 2), optimizer=torch.optim.AdamW, lr=1e-3)  # what the Trainer does
+        >>> opt = LayerwiseOptimizerFactory()(nn.Linear(2, 2), optimizer_cls=torch.optim.AdamW, lr=1e-3)  # what the Trainer does
         >>> isinstance(opt, lrgroups.LayerwiseOptimizer)
         True
 
