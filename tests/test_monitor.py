@@ -174,7 +174,7 @@ def test_lightning_callback_logs_the_measurements_at_their_steps(tmp_path):
     trainer = pl.Trainer(max_steps=6, callbacks=[callback], logger=CSVLogger(tmp_path), log_every_n_steps=1,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(Module(), data)
-    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    rows = list(csv.DictReader(next(tmp_path.rglob("metrics.csv")).read_text().splitlines()))
     logged = {int(r["step"]): r for r in rows if r.get("forgetting/distance/depth_0")}
     assert sorted(logged) == [2, 4, 6]
     frame = callback.monitor.frame().dropna(subset=["key"]).set_index(["step", "key"])

@@ -5,6 +5,7 @@ registries (``_NORM_OWNER``, ``_FROZEN_BY_SCHEDULES``) gave, now from owned stat
 from __future__ import annotations
 
 import ast
+import gc
 import importlib
 import pkgutil
 import re
@@ -47,8 +48,29 @@ def test_no_module_global_registry_of_objects():
                         found.append(f"{module.__name__}.{name}")
                         break
     assert found == []
-    sources = {path.name: path.read_text() for path in PACKAGE.rglob("*.py")}
-    assert not [name for name, text in sources.items() if re.search(r"_NORM_OWNER|_FROZEN_BY_SCHEDULES", text)]
+
+
+def test_nothing_lrgroups_holds_keeps_a_dropped_model_optimizer_or_schedule_alive():
+    """No registry holds on to what the user dropped: an optimizer (its norm hooks installed, a step
+    taken) and a schedule are collected once dropped while the model lives on, with or without
+    close(); the model, its norm layer, optimizer and schedule together once all are dropped."""
+    model = _bn_model()
+    for close in (False, True):
+        opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("1.*", frozen=True)])
+        schedule = lrgroups.ProgressiveUnfreezing(opt)
+        model(torch.randn(2, 3)).sum().backward()
+        opt.step()
+        refs = [weakref.ref(opt), weakref.ref(schedule)]
+        if close:
+            opt.close()
+        del opt, schedule
+        gc.collect()
+        assert [ref() for ref in refs] == [None, None], f"close={close}"
+    opt = lrgroups.LayerwiseOptimizer(model, torch.optim.SGD, lr=0.1, rules=[lrgroups.Rule("1.*", frozen=True)])
+    refs = [weakref.ref(x) for x in (model, model[1], opt, lrgroups.ProgressiveUnfreezing(opt))]
+    del model, opt
+    gc.collect()
+    assert [ref() for ref in refs] == [None] * 4
 
 
 def _hook_calls(text: str) -> list[tuple[str, bool]]:
@@ -69,14 +91,14 @@ def _hook_calls(text: str) -> list[tuple[str, bool]]:
 def test_every_hook_lrgroups_installs_has_a_kept_handle_and_only_norms_hooks_norm_layers():
     """Every register_*hook call in lrgroups keeps the handle it returns (none is a bare
     statement); forward hooks are installed by lrgroups.norms (norm layers), the temporary forward
-    trace (lrgroups.tracing) and head_features' one-call probe, each removed in a finally."""
+    trace (lrgroups.tracing) and head_features' one-call probe (lrgroups.probe), each removed in a finally."""
     forward = set()
     for path in PACKAGE.rglob("*.py"):
         for method, kept in _hook_calls(path.read_text()):
             assert kept, f"{path.name}: a {method} whose handle is dropped"
             if method.startswith("register_forward"):
                 forward.add(path.name)
-    assert forward <= {"norms.py", "tracing.py", "recipes.py"}
+    assert forward <= {"norms.py", "tracing.py", "probe.py"}
     assert "norms.py" in forward
 
 

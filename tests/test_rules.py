@@ -1,9 +1,15 @@
-"""lrgroups.rules: rules, selections and the plan (the pure part; the wrapper's use is in test_optimizer)."""
+"""lrgroups.rules: rules, selections and the plan (the pure part; the wrapper's use is in test_optimizer):
+composition, layer decay (gamma, depth, single-depth models, equivalence with timm), reserved options."""
 
 from __future__ import annotations
 
 import pytest
+import timm
+import torch
 import torch.nn as nn
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import module_trees
 
 import lrgroups
 from lrgroups.rules import NoMatchError, Selector, no_match_message
@@ -47,8 +53,6 @@ def test_a_rule_holds_its_selector_and_every_old_spelling_works():
     import dataclasses
     import pickle
 
-    import torch
-
     rule = lrgroups.Rule("fc.*", ndim=2, lr=0.1, options={"momentum": 0.9}, name="x")
     assert Selector not in type(rule).__mro__ and rule.selector == Selector(pattern="fc.*", ndim=2)
     assert (rule.pattern, rule.ndim, rule.regex, rule.criteria()) == ("fc.*", 2, None, "pattern='fc.*', ndim=2")
@@ -74,8 +78,6 @@ def test_a_rule_holds_its_selector_and_every_old_spelling_works():
 def test_one_no_match_error_for_a_selection_and_select_missing_empty():
     """Selector.no_match_error is the one message for a selection that matches nothing (a rule's names
     the rule, a schedule's stage names the stage); opt.select(..., missing="empty") returns {} instead."""
-    import torch
-
     names = ["0.weight", "0.bias"]
     assert str(Selector(pattern="0.wieght").no_match_error(names)).startswith(
         "selection pattern='0.wieght' matches no parameter; closest names: 0.weight")
@@ -112,3 +114,105 @@ def test_inner_names_a_rules_inner_optimizer_and_optimizer_is_its_deprecated_nam
         assert pickle.loads(pickle.dumps(rule)) == rule
     with pytest.raises(ValueError, match="unknown key"):
         lrgroups.Rule.from_dict({"ndim": 2, "inner": "a", "optimizer": "b"})
+@given(module_trees(), st.sampled_from([0.3, 0.5, 0.9, 1.0]))
+def test_layer_decay_lr_non_decreasing_with_depth(tree, gamma):
+    """Under layer decay, lr is a non-decreasing function of depth, equals base * gamma ** (max -
+    depth), and the top depth (the head) gets the base lr."""
+    depths = lrgroups.param_depths(tree)
+    if max(depths.values()) == 0:
+        with pytest.raises(ValueError, match="has no effect"):
+            lrgroups.plan(tree, lr=1e-3, rules=[lrgroups.layer_decay(gamma)])
+        return
+    rows = lrgroups.plan(tree, lr=1e-3, rules=[lrgroups.layer_decay(gamma)])
+    top = max(row.depth for row in rows)
+    ordered = sorted(rows, key=lambda row: row.depth)
+    assert all(a.lr <= b.lr for a, b in zip(ordered, ordered[1:], strict=False))  # strict=False: consecutive rows
+    assert all(row.lr == 1e-3 for row in rows if row.depth == top)
+    assert all(row.lr == pytest.approx(1e-3 * gamma ** (top - row.depth), rel=1e-12) for row in rows)
+
+
+def _one_model_per_timm_family() -> dict[str, str]:
+    """The first model name of each module timm registers models in (its public registry API)."""
+    families = {module: timm.list_models(module=module) for module in timm.list_modules()}
+    return {module: names[0] for module, names in families.items() if names}
+
+
+TIMM_ALL_FAMILIES = _one_model_per_timm_family()
+
+
+def test_the_timm_families_cover_the_common_architectures_with_group_matcher():
+    """The every-family check below is not vacuous for the architectures users fine-tune most: each is
+    one of its families and is checked against timm's grouping (it defines group_matcher)."""
+    common = {"vision_transformer", "resnet", "convnext", "efficientnet", "swin_transformer"}
+    assert common <= set(TIMM_ALL_FAMILIES)
+    for family in common:
+        with torch.device("meta"):
+            assert hasattr(timm.create_model(TIMM_ALL_FAMILIES[family], pretrained=False), "group_matcher"), family
+
+
+@pytest.mark.parametrize("family", sorted(TIMM_ALL_FAMILIES))
+def test_layer_decay_matches_timm_on_every_family(family):
+    """Every architecture family timm registers that defines group_matcher: layer_decay(gamma) and
+    no_weight_decay() equal timm's param_groups_layer_decay per parameter (models built on the meta
+    device, so this costs no memory). Families without group_matcher use lrgroups' generic
+    structural depth instead of timm's fallback (12 parameters per group, by name order)."""
+    from timm.optim import param_groups_layer_decay
+
+    with torch.device("meta"):
+        model = timm.create_model(TIMM_ALL_FAMILIES[family], pretrained=False)
+    if not hasattr(model, "group_matcher"):
+        assert max(lrgroups.param_depths(model).values()) > 0
+        return
+    expected = {}
+    no_wd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    for group in param_groups_layer_decay(model, weight_decay=0.05, no_weight_decay_list=no_wd, layer_decay=0.8):
+        for param in group["params"]:
+            expected[id(param)] = (group["lr_scale"], group["weight_decay"])
+    rows = lrgroups.plan(model, lr=1.0, weight_decay=0.05, rules=[lrgroups.layer_decay(0.8), lrgroups.no_weight_decay()])
+    params = dict(model.named_parameters())
+    for row in rows:
+        scale, decay = expected[id(params[row.name])]
+        assert (row.lr, row.weight_decay) == (pytest.approx(scale, rel=1e-12), decay), row.name
+
+
+def test_rule_composition_override_and_multiply():
+    """Later rules override earlier ones attribute by attribute; multipliers compose."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    rows = lrgroups.plan(
+        model, lr=1.0, weight_decay=0.1,
+        rules=[
+            lrgroups.Rule("0.*", lr_mult=0.5),
+            lrgroups.Rule("*.bias", lr_mult=0.5, weight_decay=0.0),
+            lrgroups.Rule("1.weight", lr=3.0, wd_mult=2.0),
+        ],
+    )
+    settings = {row.name: (row.lr, row.weight_decay, row.rules) for row in rows}
+    assert settings["0.weight"][:2] == (0.5, 0.1)
+    assert settings["0.bias"][:2] == (0.25, 0.0)
+    assert settings["1.bias"][:2] == (0.5, 0.0)
+    assert settings["1.weight"][:2] == (3.0, 0.2)
+    assert len(settings["0.bias"][2]) == 2
+
+
+@pytest.mark.parametrize("gamma", [0.0, -0.5, 1.5, float("nan")])
+def test_gamma_outside_unit_interval_raises(gamma):
+    with pytest.raises(ValueError, match=r"gamma must be in \(0, 1\]"):
+        lrgroups.layer_decay(gamma)
+
+
+def test_layer_decay_on_single_depth_model_raises():
+    """timm's fallback is silent for models whose parameters share one depth; ours is an error."""
+    with pytest.raises(ValueError, match="has no effect"):
+        lrgroups.LayerwiseOptimizer(nn.Linear(3, 3), torch.optim.SGD, lr=0.1, rules=[lrgroups.layer_decay(0.5)])
+
+
+def test_layer_decay_between_on_single_depth_model_raises_clearly():
+    with pytest.raises(ValueError, match="has no effect"):
+        lrgroups.plan(nn.Linear(3, 3), lr=0.1, rules=[lrgroups.layer_decay_between(1e-5, 1e-3)])
+
+
+def test_options_may_not_set_lr_weight_decay_or_params():
+    with pytest.raises(ValueError, match="use the rule's lr=/weight_decay= fields"):
+        lrgroups.Rule("x", options={"lr": 0.1})
+    with pytest.raises(TypeError, match="mapping"):
+        lrgroups.Rule("x", options=[("eps", 1e-6)])

@@ -132,6 +132,7 @@ def test_verdicts_come_first_with_the_required_columns(smoke) -> None:
 
 def test_every_target_has_scratch_and_pixel_baselines_and_a_gate(smoke) -> None:
     selected = pd.read_csv(smoke.out / "selected.csv")
+    assert len(selected)
     for (experiment, target), part in selected.groupby(["experiment", "target"]):
         assert part.strategy.str.contains("scratch").any() and part.strategy.str.contains("pixel").any()
     gates = pd.read_csv(smoke.out / "gates.csv")
@@ -143,6 +144,7 @@ def test_equal_tuning_selects_an_lr_per_strategy_and_flags_grid_edges(smoke) -> 
     runs = pd.read_csv(smoke.out / "runs.csv")
     parents = runs[(runs.kind != "derived") & (runs.budget_factor == 1)]
     suite = SUITES["smoke"]
+    assert len(parents) and parents.selected.any()
     for (experiment, strategy), part in parents.groupby(["experiment", "strategy"]):
         base = set(suite.experiment(experiment).grid(suite.experiment(experiment).strategy(strategy)))
         assert base <= set(part.lr)  # every base candidate ran; extensions only beyond it
@@ -159,6 +161,9 @@ def _in_unit_interval(value: float) -> bool:
 
 
 def test_every_metric_is_finite_and_in_range(smoke) -> None:
+    fields = ("val_accuracy", "test_accuracy", "ood_accuracy", "ood_cka", "retention_precise_bn")
+    assert {field for field in fields if any(field in record for record in smoke.final)} == set(fields)
+    assert any(r["strategy"].startswith("surgical") or r["strategy"] == "top_ft" for r in smoke.final)
     for record in smoke.final:
         for field in ("val_accuracy", "test_accuracy", "ood_accuracy", "ood_cka"):
             if field in record:
@@ -173,6 +178,8 @@ def test_every_metric_is_finite_and_in_range(smoke) -> None:
 
 def test_strategies_leave_their_marks(smoke) -> None:
     """The head-only and probe strategies keep the source weights; WiSE-FT's alpha 1 is the fine-tuned model."""
+    assert {"surgical_head", "linear_probe"} <= {record["strategy"] for record in smoke.final}
+    assert any(name.endswith("wise_1.0") for record in smoke.final for name in record.get("variants") or {})
     for record in smoke.final:
         if record["strategy"] == "surgical_head":
             assert record["retention_weights_only"] == pytest.approx(1) == record["retention_precise_bn"]
@@ -202,6 +209,7 @@ def test_dry_run_lists_cells_and_their_status(smoke, tmp_path: Path, capsys: pyt
     assert _run(smoke.out, "--dry-run") == 0
     listing = capsys.readouterr().out
     environment = key_environment(resolve_device("cpu", threads=1))
+    assert smoke.cells
     for cell in smoke.cells:
         assert f"{cell.key(environment)}  done" in listing
     assert _run(tmp_path / "fresh", "--dry-run") == 0

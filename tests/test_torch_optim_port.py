@@ -95,7 +95,7 @@ def _run(info, optimizer, params, steps: int = 3):
     losses = []
     for _ in range(steps):
         loss = optimizer.step(closure) if info.step_requires_closure else (closure(), optimizer.step())[0]
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
