@@ -103,7 +103,7 @@ class SizingRule:
 
         Example:
             >>> round(SizingRule(sd_confidence=0.8).sd_for_sizing(1.0, 8), 3)
-            1.331
+            1.353
         """
         if self.sd_confidence is None or not math.isfinite(sd):
             return sd
