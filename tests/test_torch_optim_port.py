@@ -123,10 +123,10 @@ def test_goes_right_direction(mode, info, optim_input, variant):
     params = make_params(info)
     optimizer = build(mode, info, params, **kwargs)
     closure = make_closure(info, optimizer, params)
-    initial = float(closure())
+    initial = float(closure().detach())
     for _ in range(5):
         optimizer.step(closure) if info.step_requires_closure else (closure(), optimizer.step())
-    final = float(closure())
+    final = float(closure().detach())
     if kwargs.get("maximize"):
         assert final > initial
     else:

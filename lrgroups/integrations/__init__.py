@@ -21,6 +21,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from .._util import first_names
 from ..optimizer import LayerwiseOptimizer
 
 __all__ = ["unwrap"]
@@ -66,7 +67,7 @@ def _check_belongs(optimizer: LayerwiseOptimizer, model: nn.Module, who: str, fi
     mine = {id(p) for p in model.parameters()}
     foreign = [name for name, param in optimizer.select(missing="empty").items() if id(param) not in mine]
     if foreign:
-        few = ", ".join(foreign[:3]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 3 else "")
+        few = first_names(foreign, 3)
         raise ValueError(
             f"the LayerwiseOptimizer steps parameters that are not {who}'s ({few}): it was built over another "
             f"model instance, so the model being trained would never change. {fix}"
