@@ -166,7 +166,7 @@ def test_step_is_noop_when_params_have_no_grad(mode, info, optim_input, variant)
 @pytest.mark.parametrize("mode, info, optim_input, variant", CASES)
 def test_param_groups_lr_zero_freezes_a_group(mode, info, optim_input, variant):
     """A group with lr 0 does not move while the other does (torch: test_param_groups_lr)."""
-    if not info.supports_param_groups or "lr" not in info.optim_cls([torch.zeros(2, 2, requires_grad=True)]).defaults:
+    if not info.supports_param_groups:
         pytest.skip(f"{info.name} takes one param group")
     kwargs = _kwargs(optim_input)
     kwargs.pop("lr", None)
@@ -187,7 +187,7 @@ def _error_cases():
             params = error_input.optimizer_error_input.params
             structural = (
                 isinstance(params, torch.Tensor)
-                or error_input.error_type is UserWarning
+                or "duplicate parameters" in error_input.error_regex
                 or "more than one parameter group" in error_input.error_regex
                 or "with/without names" in error_input.error_regex
             )
