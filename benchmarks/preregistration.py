@@ -136,15 +136,18 @@ def _selected(tuning: Suite, folder: Path) -> pd.DataFrame:
     return add_derived_metrics(mark_capped(tuning, select_lr(runs)))[0]
 
 
+def _fewest_seeds(probability: Callable[[int], float], *values: float) -> int | None:
+    """The fewest seeds n (MIN_SEEDS..MAX_SEEDS) with ``probability(n) >= TARGET_AGREEMENT``; None
+    when even MAX_SEEDS do not, or when one of ``values`` (the inputs it reads) is not finite."""
+    if not all(math.isfinite(v) for v in values):
+        return None
+    return next((n for n in range(MIN_SEEDS, MAX_SEEDS + 1) if probability(n) >= TARGET_AGREEMENT), None)
+
+
 def _seeds_for(effect: float, sd: float, min_effect: float, kind: str, level: float) -> int | None:
     """The fewest seeds (MIN_SEEDS..MAX_SEEDS) at which two independent runs agree with probability
     TARGET_AGREEMENT; None when even MAX_SEEDS do not."""
-    if not (math.isfinite(effect) and math.isfinite(sd)):
-        return None
-    for n in range(MIN_SEEDS, MAX_SEEDS + 1):
-        if agreement_probability(effect, sd, n, min_effect, level, kind) >= TARGET_AGREEMENT:
-            return n
-    return None
+    return _fewest_seeds(lambda n: agreement_probability(effect, sd, n, min_effect, level, kind), effect, sd)
 
 
 def _gate_seeds_for(margin: float, sd: float, required: float) -> int | None:
@@ -156,13 +159,8 @@ def _gate_seeds_for(margin: float, sd: float, required: float) -> int | None:
         >>> _gate_seeds_for(0.20, 0.03, 0.05), _gate_seeds_for(0.05, 0.03, 0.05)
         (6, None)
     """
-    if not (math.isfinite(margin) and math.isfinite(sd)):
-        return None
     state = "pass" if margin >= required else "fail"
-    for n in range(MIN_SEEDS, MAX_SEEDS + 1):
-        if gate_probability(state, margin, sd, n, required) >= TARGET_AGREEMENT:
-            return n
-    return None
+    return _fewest_seeds(lambda n: gate_probability(state, margin, sd, n, required), margin, sd)
 
 
 def sizing(tuning: Suite, runs: pd.DataFrame, rule: SizingRule | None = None) -> list[dict[str, Any]]:
