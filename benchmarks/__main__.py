@@ -394,6 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .perf.run import main as perf_main
 
         return int(perf_main(argv[1:]) or 0)
+    if argv and argv[0] == "gpu":
+        from .gpu import main as gpu_main
+
+        return gpu_main(argv[1:])
     args = _parser().parse_args(argv)
     args.argv = argv
     return args.func(args)

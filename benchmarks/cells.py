@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -66,8 +67,10 @@ CURVE_EVERY = 2
 
 
 def key_environment(device: Device) -> dict[str, Any]:
-    """What besides the config changes a cell's numbers: device type, torch threads, library versions."""
-    return {"device": device.type, "cpu_threads": device.threads, **versions()}
+    """What besides the config changes a cell's numbers: device type, torch threads, library versions
+    (and, for a GPU rehearsal on the CPU, that autocast and channels_last were on)."""
+    rehearsal = {"rehearsal": "bf16 autocast, channels_last"} if device.type == "cpu" and device.autocast else {}
+    return {"device": device.type, "cpu_threads": device.threads, **rehearsal, **versions()}
 
 
 def curve_area(steps: Sequence[int], values: Sequence[float], total: int) -> float:
@@ -131,11 +134,35 @@ class Inputs:
         return torch.cat(list(self.ood.values())) if self.ood else self.test
 
 
-def _inputs(cell: Cell, data: CellData, pretrained: bool, cache_dir: Path, environment: Mapping[str, Any]) -> Inputs:
+#: On CUDA, the model inputs of this many (experiment, target, seed) are kept on the device: a seed's
+#: cells (every strategy on a target) resize and normalise their images once, not once per cell.
+DEVICE_INPUTS_KEPT = 4
+_DEVICE_INPUTS: OrderedDict[tuple, Inputs] = OrderedDict()
+
+
+def _inputs(cell: Cell, data: CellData, pretrained: bool, cache_dir: Path, environment: Mapping[str, Any],
+            device: Device | None = None) -> Inputs:
+    """The cell's model inputs; on CUDA made once per (experiment, target, seed, pretrained) and kept
+    on the device (:data:`DEVICE_INPUTS_KEPT` of them, least recently used dropped): the same
+    numbers, without the per-cell resize and the host-to-device copy of every batch."""
+    on_device = device is not None and device.type == "cuda"
+    key = (cell.experiment.name, cell.experiment.backbone, cell.experiment.image_size, cell.target, cell.seed,
+           pretrained)
+    if on_device and key in _DEVICE_INPUTS:
+        _DEVICE_INPUTS.move_to_end(key)
+        return _DEVICE_INPUTS[key]
     get = partial(model_inputs, cell.experiment, cell.target, cell.seed, pretrained=pretrained, cache_dir=cache_dir,
                   environment=environment)
-    return Inputs(*(get(split_name=name, split=getattr(data, name)) for name in ("train", "val", "test")),
-                  {name: get(split_name=f"ood/{name}", split=split) for name, split in data.ood.items()})
+    inputs = Inputs(*(get(split_name=name, split=getattr(data, name)) for name in ("train", "val", "test")),
+                    {name: get(split_name=f"ood/{name}", split=split) for name, split in data.ood.items()})
+    if on_device:
+        assert device is not None
+        inputs = Inputs(*(t.to(device.torch) for t in (inputs.train, inputs.val, inputs.test)),
+                        {name: t.to(device.torch) for name, t in inputs.ood.items()})
+        _DEVICE_INPUTS[key] = inputs
+        while len(_DEVICE_INPUTS) > DEVICE_INPUTS_KEPT:
+            _DEVICE_INPUTS.popitem(last=False)
+    return inputs
 
 
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor, device: Device) -> float:
@@ -197,7 +224,7 @@ def finetune_cell(cell: Cell, data: CellData, device: Device, cache_dir: Path,
     experiment, strategy = cell.experiment, cell.strategy
     pretrained = strategy.kind == "finetune"
     model, source_head, source_meta = _start_model(cell, pretrained, cache_dir, environment, device)
-    x = _inputs(cell, data, pretrained, cache_dir, environment)
+    x = _inputs(cell, data, pretrained, cache_dir, environment, device)
     frozen_norms = (freeze_norm_stats(model) if pretrained and experiment.bn == "frozen" and batch_norms(model)
                     else None)
     tracks_source = data.source_test is not None and pretrained and experiment.measure_retention
@@ -295,6 +322,7 @@ def _train(cell: Cell, model: nn.Module, tuning: Any, x: Any, data: CellData, de
         train_step(model, tuning.optimizer, x.train[index], y_train[index], device)
         schedule.step()
         tuning.after_step()
+        device.synchronize()  # on CUDA the step's kernels, not their launches
         train_seconds += time.perf_counter() - started
         if step % budget.eval_every == 0 or step == budget.steps:
             evaluate(step)
@@ -378,6 +406,8 @@ def run_cell(cell: Cell, device: Device, cache_dir: Path, environment: Mapping[s
     kind = cell.strategy.kind
     if kind == "pixel":
         return pixel_cell(cell, data)
-    if kind == "probe":
-        return probe_cell(cell, data, device, cache_dir, environment)
-    return finetune_cell(cell, data, device, cache_dir, environment)
+    if device.type != "cuda":
+        return (probe_cell if kind == "probe" else finetune_cell)(cell, data, device, cache_dir, environment)
+    torch.cuda.reset_peak_memory_stats()
+    record = (probe_cell if kind == "probe" else finetune_cell)(cell, data, device, cache_dir, environment)
+    return {**record, "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20}

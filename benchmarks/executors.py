@@ -36,6 +36,8 @@ def init_worker(threads: int, cache_dir: Path, environment: Mapping[str, Any], d
     """Set this worker process up once: BLAS and torch threads, deterministic algorithms, the device,
     the cache folder and the environment every cell's key records."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # cuBLAS is deterministic only with a fixed workspace, set before its first handle (read at creation)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads)  # scikit-learn's BLAS too: no oversubscribed cores, numbers fixed by the thread count

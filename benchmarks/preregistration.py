@@ -73,6 +73,10 @@ TARGET_AGREEMENT = 0.9
 #: Never fewer confirmatory seeds per experiment than this, never more than MAX_SEEDS.
 MIN_SEEDS = 6
 MAX_SEEDS = 40
+#: Device seconds the GPU run's confirmatory stage may take: of a lent machine's 900 s, about 90 go to its
+#: start, 30 to the environment check, 60 to the CUDA smoke, 150 to the perf measurements and 170 to the
+#: pilot (:func:`benchmarks.gpu.plan`), the rest to the confirmatory cells and reports.
+GPU_CONFIRMATORY_SECONDS = 360.0
 #: Estimated worker-seconds (:func:`cost_model`) of the confirmatory stage's cells and source models,
 #: per confirmatory suite. Measured: the quick reference estimated at 844 took 525 s of wall time on
 #: 2 cores, guards and preparations included; so 870 keeps `make bench` (the run, then `replicate`)
@@ -80,7 +84,7 @@ MAX_SEEDS = 40
 #: reads each cell's fastest seed instead of the mean (``SizingRule.cost``): on that same reference the
 #: fastest seeds sum to 0.838 of the means for the cells and 0.805 for the source models, so its budget
 #: is 870 x 0.83 = 725 in those units.
-WORKER_SECONDS = {"quick": 725.0, "standard": 3000.0}
+WORKER_SECONDS = {"quick": 725.0, "standard": 3000.0, "gpu": GPU_CONFIRMATORY_SECONDS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +100,10 @@ class SizingRule:
     #: over its seeds, or ``"min"``, the fastest (timeit's rule: other load on the machine only adds
     #: time, so the minimum is the least disturbed measurement of a tuning run on a shared machine).
     cost: str = "mean"
+    #: The fewest confirmatory seeds per experiment; with ``refuse``, a budget that cannot pay for them
+    #: is an error (:class:`UnaffordableDesign`) instead of a registration that overruns it.
+    min_seeds: int = MIN_SEEDS
+    refuse: bool = False
 
     def sd_for_sizing(self, sd: float, units: int) -> float:
         """The sd the seeds are sized on: ``sd``, or its upper ``sd_confidence`` confidence limit
@@ -115,7 +123,12 @@ class SizingRule:
 #: The sizing rule of each confirmatory suite (the standard suite keeps the first rule, with which its
 #: committed registration and results were made).
 SIZING_RULES = {"quick": SizingRule(sd_confidence=0.8, gates=True, futility=True, cost="min"),
-                "standard": SizingRule()}
+                "standard": SizingRule(),
+                "gpu": SizingRule(futility=True, cost="min", min_seeds=8, refuse=True)}
+
+
+class UnaffordableDesign(ValueError):
+    """The confirmatory stage's fewest seeds cost more than its budget: the run is refused, not shrunk."""
 
 
 def confirmatory_name(tuning: Suite) -> str:
@@ -249,9 +262,10 @@ def cost_model(tuning: Suite, runs: pd.DataFrame, folder: Path, how: str = "mean
 
 
 def allocate(needs: Mapping[str, tuple[str, int | None]], names: list[str],
-             total: Callable[[Mapping[str, int]], float], budget: float) -> tuple[dict[str, int], list[str]]:
+             total: Callable[[Mapping[str, int]], float], budget: float,
+             min_seeds: int = MIN_SEEDS) -> tuple[dict[str, int], list[str]]:
     """Seeds per experiment and the hypotheses whose need is met: every experiment (``names``) at
-    MIN_SEEDS, then the needs (hypothesis -> (experiment, seeds)) met cheapest first (the increase of
+    ``min_seeds``, then the needs (hypothesis -> (experiment, seeds)) met cheapest first (the increase of
     ``total(seeds)``, the estimated worker-seconds) while ``total`` stays within ``budget``.
 
     Example:
@@ -259,7 +273,7 @@ def allocate(needs: Mapping[str, tuple[str, int | None]], names: list[str],
         >>> allocate({"H1": ("a", 8), "H2": ("b", 30), "H3": ("a", None)}, ["a", "b"], cost, 30.0)
         ({'a': 8, 'b': 6}, ['H1'])
     """
-    seeds = {name: MIN_SEEDS for name in names}
+    seeds = {name: min_seeds for name in names}
     open_ = {h: need for h, need in needs.items() if need[1] is not None}
     met = []
 
@@ -287,14 +301,16 @@ def version_of(registration: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def register(tuning: Suite, folder: Path) -> dict[str, Any]:
+def register(tuning: Suite, folder: Path, rule: SizingRule | None = None) -> dict[str, Any]:
     """The pre-registration that the finished tuning run in ``folder`` implies (see the module
     docstring): ``lrs`` (one row per experiment, target and strategy: the selected lr, its pooled
     validation accuracy, whether it sits at a grid edge and whether that edge is capped),
-    ``seeds`` per experiment, ``sizing`` per hypothesis, the estimated cost, where it came from.
+    ``seeds`` per experiment, ``sizing`` per hypothesis, the estimated cost, where it came from;
+    sized by ``rule`` (default: the confirmatory suite's :data:`SIZING_RULES` entry).
 
     Raises:
         ValueError: the folder holds no finished run of ``tuning``.
+        UnaffordableDesign: a ``refuse`` rule's fewest seeds cost more than the budget.
     """
     runs = _selected(tuning, folder)
     chosen = runs[runs.selected & (runs.kind != "derived")]
@@ -306,15 +322,21 @@ def register(tuning: Suite, folder: Path) -> dict[str, Any]:
     order = {(e.name, t.name, s.name): i for i, (e, t, s) in enumerate(
         (e, t, s) for e in tuning.experiments for t in e.targets for s in e.strategies)}
     lrs.sort(key=lambda r: order.get((r["experiment"], r["target"], r["strategy"]), len(order)))
-    rule = SIZING_RULES.get(confirmatory_name(tuning), SizingRule())
+    rule = rule or SIZING_RULES.get(confirmatory_name(tuning), SizingRule())
     sized = sizing(tuning, runs, rule)
     cost, total = cost_model(tuning, runs, folder, rule.cost)
     budget = WORKER_SECONDS.get(confirmatory_name(tuning), WORKER_SECONDS["quick"])
     futile = sorted(r["hypothesis"] for r in sized if rule.futility and r["seeds_needed"] is None
                     and not r["hypothesis"].startswith("gate "))
+    names = [e.name for e in tuning.experiments]
+    floor = total({name: rule.min_seeds for name in names})
+    if rule.refuse and floor > budget:
+        raise UnaffordableDesign(
+            f"{rule.min_seeds} seeds per experiment cost an estimated {floor:.0f} s on the tuning run's measured cells "
+            f"(fastest seed of each), over the {budget:.0f} s budget of {confirmatory_name(tuning)}; refusing to "
+            "register fewer seeds (they would decide nothing): make the cells cheaper or raise the budget")
     seeds, met = allocate({r["hypothesis"]: (r["experiment"], r["seeds_needed"]) for r in sized
-                           if r["hypothesis"] not in futile},
-                          [e.name for e in tuning.experiments], total, budget)
+                           if r["hypothesis"] not in futile}, names, total, budget, rule.min_seeds)
     for r in sized:
         r["need_met"] = r["hypothesis"] in met
     environment = json.loads((folder / "environment.json").read_text()) if (folder / "environment.json").exists() \
@@ -327,7 +349,7 @@ def register(tuning: Suite, folder: Path) -> dict[str, Any]:
         "written": datetime.date.today().isoformat(),
         "rule": "each strategy's lr: the best mean validation accuracy over the tuning seeds (ties: the smaller lr), "
                 "grid edges extended; seeds: the fewest at which two independent runs agree on every sized verdict "
-                f"with probability >= {TARGET_AGREEMENT} (min {MIN_SEEDS}, max {MAX_SEEDS}), the cheapest needs "
+                f"with probability >= {TARGET_AGREEMENT} (min {rule.min_seeds}, max {MAX_SEEDS}), the cheapest needs "
                 f"first within {budget:.0f} estimated worker-seconds" + _rule_text(rule),
         "lrs": lrs, "seeds": seeds,
         "cost_per_seed_worker_seconds": {k: round(v, 2) for k, v in cost.items()},

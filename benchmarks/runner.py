@@ -57,7 +57,7 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
               device_choice: str = "cpu", max_cells: int | None = None, progress: bool = True, command: str = "",
               report: Callable[[Path, Suite], None] | None = None, executor: str = "local",
               address: str | None = None, guards: bool = True, reuse: tuple[Path, ...] = (),
-              part: Part | None = None) -> Outcome:
+              part: Part | None = None, deadline: float | None = None) -> Outcome:
     """Run the suite's unfinished cells into ``out/runs.jsonl`` with ``workers`` processes of
     ``threads`` torch threads each (one process on CUDA), then, with ``guards``, the grid
     extensions and the budget check, then write the reports. A suite with a ``time_budget_s`` is
@@ -70,7 +70,8 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
     the cells of some experiments, targets and seeds (:class:`benchmarks.parts.Part`; the guards'
     cells too); the reports still cover the whole suite (*not run* where cells are missing).
     Preparations are made just before the cells that need them, only for those cells (with
-    ``max_cells``, for the cells that will run).
+    ``max_cells``, for the cells that will run). ``deadline`` (a ``time.monotonic()`` value): no cell
+    starts after it (in-process; a pool's started cells finish); the rest count as not done.
 
     Raises:
         RuntimeError: ``device_choice="cuda"`` without a CUDA device.
@@ -97,7 +98,7 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
         imap, close = executors.ray_executor(address, threads, cache_dir, environment, device.type)
     else:
         imap, close = executors.local_executor(workers, threads, cache_dir, environment, device.type)
-    run = _SuiteRun(suite, out / "runs.jsonl", environment, imap, records, max_cells, progress)
+    run = _SuiteRun(suite, out / "runs.jsonl", environment, imap, records, max_cells, progress, deadline)
     try:
         run.run_cells(part.select(suite.cells()), "grid")
         if guards:
@@ -138,6 +139,7 @@ class _SuiteRun:
     records: dict[str, dict[str, Any]]
     max_cells: int | None
     progress: bool
+    deadline: float | None = None
     invocation: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     outcome: Outcome = field(default_factory=Outcome)
     order: list[str] = field(default_factory=list)
@@ -149,7 +151,9 @@ class _SuiteRun:
         return self.records.get(key, {}).get("status") == "ok"
 
     def room(self) -> bool:
-        """Whether ``max_cells`` leaves room for another cell."""
+        """Whether ``max_cells`` and the deadline leave room for another cell."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return False
         return self.max_cells is None or self.outcome.computed + self.outcome.failed < self.max_cells
 
     def write(self) -> None:
@@ -197,6 +201,8 @@ class _SuiteRun:
             else:
                 self.outcome.computed += 1
             bar.update(1)
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                break  # the lazy in-process map starts no more cells
         bar.close()
         self.phases.append({"phase": phase, "cells": len(cells), "computed": len(pending),
                             "seconds": time.perf_counter() - phase_started})

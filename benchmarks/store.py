@@ -66,7 +66,8 @@ class CellRecord(TypedDict, total=False):
     test_accuracy: float
     val_accuracy: float
     # -- fine-tuning cells --
-    train_seconds: float
+    train_seconds: float  # the training steps alone (synchronised on CUDA)
+    peak_memory_mib: float  # CUDA cells: torch.cuda.max_memory_allocated over the cell
     trainable_at_end: int  # parameters trainable after the last step
     curve: dict[str, list[float]]  # step, val_accuracy; with forgetting tracked: forgetting_step, test_accuracy,
     #                                retention_precise_bn

@@ -22,6 +22,8 @@ from .store import cpu_name
 
 #: CPU threads of every CPU run: fixed so that the same command gives the same numbers.
 CPU_THREADS = 2
+#: The device choice that rehearses a GPU run on the CPU (:func:`resolve_device`).
+REHEARSAL = "cpu-as-cuda"
 #: Images per forward pass when evaluating.
 EVAL_BATCH = 256
 
@@ -60,12 +62,18 @@ class Device:
 
 def resolve_device(choice: str = "auto", threads: int = CPU_THREADS) -> Device:
     """``auto``: CUDA when present, else the CPU. On the CPU, fixes torch to ``threads`` threads.
+    ``REHEARSAL`` (``"cpu-as-cuda"``): the CPU with what CUDA cells ask for (bf16 autocast,
+    channels_last), to run a GPU run's code paths without a GPU (``benchmarks.gpu --rehearse``).
 
     Raises:
         ValueError: an unknown choice. RuntimeError: ``cuda`` without a CUDA device.
     """
-    if choice not in ("auto", "cpu", "cuda"):
+    if choice not in ("auto", "cpu", "cuda", REHEARSAL):
         raise ValueError(f"device must be auto, cpu or cuda, got {choice!r}")
+    if choice == REHEARSAL:
+        torch.set_num_threads(threads)
+        return Device("cpu", f"{cpu_name()} (GPU rehearsal: bf16 autocast, channels_last)", torch.get_num_threads(),
+                      autocast=True, channels_last=True)
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda":
