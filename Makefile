@@ -13,9 +13,13 @@ STAMP := $(VENV)/.installed
 # lrgroups is installed there. DOCS_EXTRA prints the docs extra of pyproject.toml, one requirement a line.
 DOCS_VENV := .venv-docs
 DOCS_STAMP := $(DOCS_VENV)/.installed
+# The wheels the GPU run carries (benchmarks.environment.CARRIED_WHEELS, read without the venv), for the lent
+# machine's Python 3.12 on x86-64 Linux.
+CARRIED_WHEELS = $(shell $(PYTHON) -c 'import sys; sys.path.insert(0, "."); from benchmarks.environment import CARRIED_WHEELS; print(*CARRIED_WHEELS)')
+WHEEL_PLATFORMS := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any
 DOCS_EXTRA := import sys; toml = __import__("tomllib" if sys.version_info >= (3, 11) else "tomli"); print(*toml.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["docs"], sep="\n")
 
-.PHONY: venv bench tuning reference replication standard standard-replication test docs docs-serve smoke perf gpu clean-venv
+.PHONY: venv bench tuning reference replication standard standard-replication test docs docs-serve smoke perf gpu gpu-wheels clean-venv
 
 venv: $(STAMP)
 
@@ -88,11 +92,21 @@ smoke: $(STAMP)
 perf: $(STAMP)
 	$(PY) -m benchmarks perf
 
-# The GPU check (one H200, about 8 minutes): CUDA perf ratios, then the gpu suite (seeds sized
-# from a timed first step) into results/gpu.
-gpu: $(STAMP)
-	$(PY) -m benchmarks perf --out results/perf/gpu
-	$(PY) -m benchmarks run --suite gpu --device cuda --out results/gpu
+# The GPU run, on the lent GPU machine (no package registry, no .venv: its own python3 and the carried wheels):
+# the device call is run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=600) after `make
+# gpu-wheels` here. benchmarks/gpu.sh installs the wheels, checks the environment (exit 3 on a problem), runs
+# `python -m benchmarks gpu` time-boxed into runs/gpu and results/perf/gpu (a second call resumes) and packs
+# them into $OUT. Here, without a GPU, it stops at the environment check; REHEARSE=1 rehearses on the CPU.
+gpu:
+	bash benchmarks/gpu.sh
+
+# The wheels the GPU machine lacks (benchmarks.environment.CARRIED_WHEELS), for its Python 3.12 on x86-64,
+# into the ignored folder .whl/ (emptied first: two versions of one package stop the install there); prints
+# their total size, which counts towards the call's 64 MiB with the working tree. No venv needed.
+gpu-wheels:
+	rm -rf .whl
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: $(WHEEL_PLATFORMS) -d .whl $(CARRIED_WHEELS)
+	@du -cb .whl/*.whl | awk 'END { printf "%d wheels in .whl/: %.1f MiB\n", NR - 1, $$1 / 1048576 }'
 
 clean-venv:
 	rm -rf $(VENV) $(DOCS_VENV)

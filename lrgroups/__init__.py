@@ -41,6 +41,10 @@ from .rules import (
 from .unfreezing import ProgressiveUnfreezing, depth_stages
 from .wise_ft import wise_ft
 
+#: The same as pyproject.toml's version (tests/test_bench_device.py checks); what benchmarks.store.versions
+#: records for lrgroups when it runs from a checkout on PYTHONPATH, not installed.
+__version__ = "0.1.0"
+
 __all__ = [
     "CheckpointMismatchError",
     "Decision",
