@@ -23,7 +23,16 @@ BYTES_PER_PARAM = 28
 @pytest.mark.skipif(not is_cuda(), reason="CUDA only")
 def test_adamw_bandwidth(benchmark) -> None:
     benchmark.group = "bandwidth"
-    model = model_for(MODEL)
+    adamw_bandwidth(benchmark, model_for(MODEL), model_name=MODEL, device=DEVICE, inner=10, rounds=scaled(60, 10),
+                    warmup=3, device_name=torch.cuda.get_device_name(DEVICE))
+
+
+def adamw_bandwidth(benchmark, model: torch.nn.Module, *, model_name: str, device: torch.device, inner: int,
+                    rounds: int, warmup: int, device_name: str) -> dict:
+    """Time the five variants of the module docstring on ``model`` (its parameters on ``device``) and
+    store the summary, the copy bandwidth (GB/s), the floor (seconds) and the achieved bandwidth of
+    each step (GB/s, at 28 bytes per parameter) in ``benchmark.extra_info`` (section "bandwidth");
+    returns the summary. ``device_name`` names the device in the report."""
     numel = sum(p.numel() for p in model.parameters())
     variants = {}
     keep = []
@@ -37,16 +46,16 @@ def test_adamw_bandwidth(benchmark) -> None:
         implementation = optimizer.split("_")[1]
         variants[f"single_{implementation}"] = single.step
         variants[f"layered_{implementation}"] = layered.step
-    source = torch.randn(numel, device=DEVICE)
+    source = torch.randn(numel, device=device)
     target = torch.empty_like(source)
     variants["copy"] = lambda: target.copy_(source)
-    timer = Interleaved(variants, device=DEVICE, inner=10, warmup=3)
-    summary = measure(benchmark, timer, scaled(60, 10), baseline="single_fused")
+    timer = Interleaved(variants, device=device, inner=inner, warmup=warmup)
+    summary = measure(benchmark, timer, rounds, baseline="single_fused")
     copy_gbs = 8 * numel / summary["seconds"]["copy"][0] / 1e9
     floor_s = BYTES_PER_PARAM * numel / (copy_gbs * 1e9)
     benchmark.extra_info.update(
         section="bandwidth",
-        model=MODEL,
+        model=model_name,
         numel=numel,
         groups=len(keep[0].param_groups),
         goal=GOAL,
@@ -55,5 +64,7 @@ def test_adamw_bandwidth(benchmark) -> None:
         achieved_gbs={
             name: BYTES_PER_PARAM * numel / seconds[0] / 1e9 for name, seconds in summary["seconds"].items() if name != "copy"
         },
-        device_name=torch.cuda.get_device_name(DEVICE),
+        device=device.type,
+        device_name=device_name,
     )
+    return summary

@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 __all__ = ["Variant", "Interleaved", "median_interval", "measure", "profile_per_call", "profile_diff", "scaled",
-           "set_scale"]
+           "set_scale", "set_time_share"]
 
 
 #: The fraction of the rounds and time budgets a run uses: 1 for the full run; ``--quick`` sets it to
@@ -45,6 +45,18 @@ def set_scale(scale: float) -> float:
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale!r}")
     previous, _SCALE["value"] = _SCALE["value"], float(scale)
+    return previous
+
+
+#: The most seconds one measurement's timed rounds may take, whatever its own budget: the CUDA mode's
+#: time box (``cuda.TimeBox``) sets it before each test; ``None``: no cap.
+_SHARE: dict[str, float | None] = {"value": None}
+
+
+def set_time_share(seconds: float | None) -> float | None:
+    """Cap the timed rounds of the next :func:`measure` at ``seconds`` (``None``: no cap); returns the
+    previous cap."""
+    previous, _SHARE["value"] = _SHARE["value"], seconds
     return previous
 
 
@@ -154,8 +166,8 @@ def measure(
     variants) and store the side-by-side summary in ``benchmark.extra_info``.
 
     The warmup rounds run first; the last one's duration caps the rounds at what fits in
-    ``budget_s`` (scaled like the rounds), never below ``min_rounds``, so a loaded machine makes the
-    run longer by a bounded amount instead of many times over.
+    ``budget_s`` (scaled like the rounds; capped by :func:`set_time_share`), never below ``min_rounds``,
+    so a loaded machine makes the run longer by a bounded amount instead of many times over.
     """
     last = 0.0
     for _ in range(timer.warmup):
@@ -163,6 +175,8 @@ def measure(
         timer.round()
         last = time.perf_counter() - start
     budget = budget_s * _SCALE["value"]
+    if _SHARE["value"] is not None:
+        budget = min(budget, _SHARE["value"])
     fitted = rounds if last <= 0 else max(min(rounds, min_rounds), min(rounds, int(budget / last)))
     benchmark.pedantic(timer.round, rounds=fitted, warmup_rounds=0, iterations=1)
     summary = timer.summary(baseline)

@@ -8,11 +8,16 @@ Example:
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["render", "fmt_seconds", "fmt_ratio"]
+__all__ = ["render", "fmt_seconds", "fmt_ratio", "CUDA_ROW", "cuda_docs_row", "with_cuda_row"]
+
+#: The docs' CUDA row (``docs/performance.md``), filled from ``results/perf/gpu/perf.json``.
+CUDA_ROW = "CUDA: layered fused AdamW / single-group fused AdamW, ViT-B"
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -406,6 +411,58 @@ def _bandwidth(section: list[dict], cuda: bool) -> Section:
     return Section(lines, summary)
 
 
+def _peak_memory(benchmarks: list[dict]) -> Section:
+    """The CUDA mode's peak memory per measurement (``peak_memory_bytes``); nothing for a run without it."""
+    infos = [b.get("extra_info", {}) for b in benchmarks]
+    infos = [info for info in infos if "peak_memory_bytes" in info and "section" in info]
+    if not infos:
+        return Section([], [])
+    rows = [[info["section"], info["model"], info.get("optimizer", "fused + foreach AdamW, copy"), info["device"],
+             "not on CUDA" if info["peak_memory_bytes"] is None else f"{info['peak_memory_bytes'] / 2**20:,.0f} MiB"]
+            for info in infos]
+    return Section(["## Peak device memory", "",
+                    "`torch.cuda.max_memory_allocated` over each measurement's timed rounds (reset before them): "
+                    "the model's parameters and gradients, every optimizer's state and the step's temporaries "
+                    "(\"not on CUDA\": the CPU rehearsal has no such counter).", "",
+                    *_table(["section", "model", "optimizer", "device", "peak"], rows)], [])
+
+
+def _cuda_measurement(results: dict[str, Any]) -> dict | None:
+    for bench in results.get("benchmarks", []):
+        info = bench.get("extra_info", {})
+        if info.get("section") == "bandwidth" and info.get("device", "cuda") == "cuda" and "layered_fused" in info.get(
+                "ratio", {}):
+            return info
+    return None
+
+
+def cuda_docs_row(gpu_perf_json: Path) -> str:
+    """The docs' CUDA row (:data:`CUDA_ROW`, a markdown table row) from a CUDA run's ``perf.json``: the
+    median ratio layered / single-group fused AdamW, on which GPU, and PASS/MISS/MISS* against the goal
+    (1.10); "not run" while the file is missing or holds no CUDA measurement (a CPU rehearsal's
+    records say ``device: cpu`` and do not count)."""
+    info = _cuda_measurement(json.loads(gpu_perf_json.read_text())) if gpu_perf_json.exists() else None
+    if info is None:
+        return f"| {CUDA_ROW} | ≤ 1.10 | not run | — |"
+    label = CUDA_ROW if info["model"] == "vit_base_patch16_224" else CUDA_ROW.replace("ViT-B", info["model"])
+    ratio = info["ratio"]["layered_fused"]
+    verdict = _verdict(ratio[0], info["goal"], ratio)
+    return f"| {label} | ≤ {info['goal']:.2f} | {ratio[0]:.3f} on {info['device_name']} | {verdict} |"
+
+
+def with_cuda_row(table: str, gpu_perf_json: Path) -> str:
+    """``table`` (the summary table of the CPU ``perf.md``) with its CUDA row replaced by
+    :func:`cuda_docs_row` of ``gpu_perf_json`` (appended when the table has none)."""
+    row = cuda_docs_row(gpu_perf_json)
+    lines = table.rstrip("\n").split("\n")
+    at = [i for i, line in enumerate(lines) if line.startswith("| CUDA: layered fused AdamW / single-group fused AdamW")]
+    if at:
+        lines[at[0]] = row
+    else:
+        lines.append(row)
+    return "\n".join(lines)
+
+
 def render(results: dict[str, Any], environment: dict[str, Any]) -> str:
     """The whole perf.md."""
     sections = _by_section(results.get("benchmarks", []))
@@ -419,6 +476,7 @@ def render(results: dict[str, Any], environment: dict[str, Any]) -> str:
         _monitor(sections.get("monitor", [])),
         _norm_hooks(sections.get("norm_hooks", [])),
         _bandwidth(sections.get("bandwidth", []), environment.get("cuda", False)),
+        _peak_memory(results.get("benchmarks", [])),
     ]
     body = [line for part in parts for line in part.lines]
     summary = [row for part in parts for row in part.summary]
@@ -438,9 +496,11 @@ def render(results: dict[str, Any], environment: dict[str, Any]) -> str:
         "is within this run's noise. Raw numbers: `perf.json` (pytest-benchmark; `extra_info` holds the "
         "side-by-side summaries).",
         "",
-        "## Environment",
-        "",
     ]
+    if environment.get("rehearsal"):
+        head += ["**A CUDA rehearsal on the CPU at a tiny size: it checks the CUDA mode's code path; its numbers are "
+                 "no GPU measurement.**", ""]
+    head += ["## Environment", ""]
     head += _table(["", ""], [[key, value] for key, value in environment.items() if key not in ("command", "cuda")])
     head += ["## Summary", ""]
     head += _table(["measurement", "goal", "measured", "result"], summary)
