@@ -85,7 +85,9 @@ def generate(name: str, results: Path = RESULTS) -> str:
     if kind == "agreement" and argument:
         return replication_summary((results / argument / "replication.md").read_text()).split("\n\n")[0]
     if name == "perf-table":
-        return perf_table(results / "perf" / "perf.md")
+        from .perf.report import with_cuda_row
+
+        return with_cuda_row(perf_table(results / "perf" / "perf.md"), results / "perf" / "gpu" / "perf.json")
     if name == "api-index":
         return api_index()
     if name == "deprecations":

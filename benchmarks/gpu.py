@@ -210,11 +210,11 @@ TOY_BUDGET = Budget(steps=2, batch_size=10, eval_every=1, warmup_steps=1)
 
 def toy(suite: Suite, seeds: int | None = None) -> Suite:
     """``suite`` at toy size: 32 px, 2 shots and 2 validation images per class, 3 test images per
-    class, a 4-step clean-source stage with no accuracy gate, :data:`TOY_BUDGET`; its first
+    class, one OOD corruption, a 4-step clean-source stage with no accuracy gate, :data:`TOY_BUDGET`; its first
     ``seeds`` seeds (all when None). The same cell kinds and code paths, in seconds."""
     experiments = []
     for e in suite.experiments:
-        targets = tuple(dataclasses.replace(t, shots=2, val_shots=2, test_pool=(0, 3)) for t in e.targets)
+        targets = tuple(dataclasses.replace(t, shots=2, val_shots=2, test_pool=(0, 3), ood=t.ood[:1]) for t in e.targets)
         source = (dataclasses.replace(e.source, steps=4, batch_size=10, warmup_steps=1, min_accuracy=0.0)
                   if e.source.trained else e.source)
         chosen = e.seeds if seeds is None else e.seeds[:seeds]
@@ -249,6 +249,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rehearse", action="store_true",
                         help="on the CPU with bf16 autocast and channels_last, every stage at toy size (not a result)")
     parser.add_argument("--skip-perf", action="store_true", help="leave the perf stage out")
+    parser.add_argument("--environment-checked", action="store_true",
+                        help="skip the environment check (benchmarks/gpu.sh has just run it)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan at --assume-step-ms; run nothing")
     parser.add_argument("--assume-step-ms", type=float, default=None,
                         help="with --dry-run: one Lite0 training step at 224 px, batch 64, in milliseconds")
@@ -287,12 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"GPU run{' REHEARSAL (CPU, toy size; not a result)' if call.rehearse else ''}: {args.seconds:.0f} s box")
     from .environment import check
 
-    problems = check(require_cuda=not call.rehearse)
+    problems = [] if args.environment_checked else check(require_cuda=not call.rehearse)
     if problems:
         print("environment problems:\n  " + "\n  ".join(problems), file=sys.stderr)
         return ENVIRONMENT_FAILED
-    if not _smoke(call):
-        return SMOKE_FAILED
+    smoke = _smoke(call)
+    if smoke != "passed":
+        return SMOKE_FAILED if smoke == "failed" else INCOMPLETE
     if not args.skip_perf:
         _perf(call)
     return _lee(call)
@@ -314,27 +317,29 @@ def _run(suite: Suite, out: Path, call: _Call, guards: bool = True, report: bool
                      report=write_reports if report else None, guards=guards, deadline=call.deadline)
 
 
-def _smoke(call: _Call) -> bool:
-    """Every cell kind of the GPU suites once, at toy size, on the device; whether all ran (recorded in
-    ``<runs>/gpu-smoke/smoke.json``, which later calls reuse)."""
+def _smoke(call: _Call) -> str:
+    """Every cell kind of the GPU suites once, at toy size, on the device: ``"passed"`` (recorded in
+    ``<runs>/gpu-smoke/smoke.json``, which later calls reuse), ``"failed"`` (a cell failed) or
+    ``"incomplete"`` (the time box stopped it)."""
     from .catalog import GPU_LP_FT, GPU_TUNING
 
     folder = call.runs / "gpu-smoke"
     record_path = folder / "smoke.json"
     if record_path.exists() and json.loads(record_path.read_text()).get("ok"):
         _say("smoke: passed in an earlier call")
-        return True
+        return "passed"
     _say("smoke: every cell kind at toy size")
     started, outcomes = time.perf_counter(), {}
     for suite in (GPU_TUNING, GPU_LP_FT):
         outcome = _run(one_lr(toy(suite, seeds=1)), folder / suite.name, call, guards=False, report=False)
         outcomes[suite.name] = dataclasses.asdict(outcome)
-    ok = all(o["failed"] == 0 and o["remaining"] == 0 for o in outcomes.values())
+    failed = any(o["failed"] for o in outcomes.values())
+    state = "failed" if failed else "incomplete" if any(o["remaining"] for o in outcomes.values()) else "passed"
     folder.mkdir(parents=True, exist_ok=True)
-    record_path.write_text(json.dumps({"ok": ok, "seconds": time.perf_counter() - started, "suites": outcomes,
-                                       "device": call.device_choice}, indent=2) + "\n")
-    _say(f"smoke: {'passed' if ok else 'FAILED (see the runs.jsonl errors under ' + str(folder) + ')'}")
-    return ok
+    record_path.write_text(json.dumps({"ok": state == "passed", "state": state, "seconds": time.perf_counter() - started,
+                                       "suites": outcomes, "device": call.device_choice}, indent=2) + "\n")
+    _say(f"smoke: {state}" + (f" (the errors are in the runs.jsonl files under {folder})" if failed else ""))
+    return state
 
 
 def _perf(call: _Call) -> None:
@@ -344,9 +349,8 @@ def _perf(call: _Call) -> None:
         _say("perf: done in an earlier call")
         return
     seconds = max(10, min(PERF_SECONDS, call.left() - 60))
-    command = [sys.executable, "-m", "benchmarks", "perf", "--cuda", "--out", str(out), "--seconds", f"{seconds:.0f}"]
-    if call.rehearse:
-        command.append("--allow-cpu")
+    mode = "--cuda-rehearsal" if call.rehearse else "--cuda"
+    command = [sys.executable, "-m", "benchmarks", "perf", mode, "--out", str(out), "--seconds", f"{seconds:.0f}"]
     _say("perf: " + " ".join(command[1:]))
     code = subprocess.run(command, cwd=ROOT, check=False, timeout=seconds + 60).returncode
     _say(f"perf: exit code {code}")
@@ -357,7 +361,7 @@ def _lee(call: _Call) -> int:
     from .catalog import GPU_FIRST_SEED, GPU_TUNING
     from .suites import confirmatory
 
-    pilot = toy(GPU_TUNING) if call.rehearse else GPU_TUNING
+    pilot = one_lr(toy(GPU_TUNING)) if call.rehearse else GPU_TUNING
     _say(f"pilot: {pilot.name} into {call.results / 'gpu-tuning'}")
     if _run(pilot, call.results / "gpu-tuning", call).remaining:
         _say("pilot: stopped at the time box; run the same command again to resume")
@@ -389,10 +393,10 @@ def _registration(pilot: Suite, call: _Call) -> dict[str, Any]:
     path = call.results / "gpu-tuning" / "preregistration.json"
     if path.exists():
         return json.loads(path.read_text())
-    rule = preregistration.SIZING_RULES["gpu"]
-    if call.rehearse:  # toy cells decide nothing; two seeds keep the rehearsal short
-        rule = dataclasses.replace(rule, min_seeds=2)
-    registration = preregistration.register(pilot, call.results / "gpu-tuning", rule)
+    rule, budget = preregistration.SIZING_RULES["gpu"], None
+    if call.rehearse:  # toy cells decide nothing: two seeds, no budget to meet needs with, keep the rehearsal short
+        rule, budget = dataclasses.replace(rule, min_seeds=2, refuse=False), 0.0
+    registration = preregistration.register(pilot, call.results / "gpu-tuning", rule, budget)
     preregistration.write(registration, path)
     if not call.rehearse:
         preregistration.write(registration, preregistration.path_for(pilot))

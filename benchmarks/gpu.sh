@@ -7,9 +7,11 @@
 # the call's 64). It uses the machine's own python3 (torch, timm, scikit-learn, ... are there), installs the
 # wheels into $SITE, checks the environment (python -m benchmarks.environment --require-cuda: exit 3 at
 # once on a problem), runs `python -m benchmarks gpu` time-boxed to what is left of LIMIT, and packs into
-# $OUT (what comes back): log.txt, runs-gpu.tgz (runs/gpu without cache/) and perf-gpu.tgz (results/perf/gpu).
-# runs/ is ignored by git, so it stays on the machine while it is warm: a second call of the same command
-# soon after resumes the run from runs/gpu (the machine goes back after 30 s idle, or 30 min held).
+# $OUT (what comes back): log.txt, gpu-tuning.tgz, gpu.tgz and perf-gpu.tgz (results/gpu-tuning, results/gpu,
+# results/perf/gpu, without cache/), gpu-smoke.tgz (runs/gpu-smoke) and gpu.json (the pre-registration the pilot
+# wrote, benchmarks/preregistration/gpu.json). Unpack the archives at the repository root and commit.
+# The folders stay on the machine while it is warm: a second call of the same command soon after resumes the
+# run where the first stopped (the machine goes back after 30 s idle, or 30 min held).
 #
 # Settings (environment variables):
 #   PYTHON=python3        the interpreter (tests point it at the project's .venv)
@@ -17,9 +19,9 @@
 #   OUT=/tmp/lrgroups-gpu-out   where log.txt and the archives go ($OUT on the machine: set by the tool)
 #   SITE=/tmp/site        where the carried wheels are installed (prepended to PYTHONPATH)
 #   WHEELS=.whl           the folder of carried wheels (none there: the packages must be importable already)
-#   RUNS=runs/gpu PERF=results/perf/gpu   the run's folders (--out, --perf-out), packed into $OUT
+#   RESULTS=results RUNS=runs   the run's folders (--results, --runs), packed into $OUT
 #   REHEARSE=1            a rehearsal without a GPU: no --require-cuda, and `gpu --rehearse`
-#   GPU_COMMAND=...       replaces the run's command (a shell string; SECONDS_LEFT, PYTHON, RUNS, PERF exported)
+#   GPU_COMMAND=...       replaces the run's command (a shell string; SECONDS_LEFT, PYTHON, RESULTS, RUNS exported)
 # Exit code: 3 when the wheels or the environment are not right, else the run's own exit code.
 set -u
 cd "$(dirname "$0")/.." || exit 3
@@ -30,9 +32,9 @@ PYTHON=${PYTHON:-python3}
 OUT=${OUT:-/tmp/lrgroups-gpu-out}
 SITE=${SITE:-/tmp/site}
 WHEELS=${WHEELS:-.whl}
-RUNS=${RUNS:-runs/gpu}
-PERF=${PERF:-results/perf/gpu}
-export PYTHON RUNS PERF PYTHONUNBUFFERED=1
+RESULTS=${RESULTS:-results}
+RUNS=${RUNS:-runs}
+export PYTHON RESULTS RUNS PYTHONUNBUFFERED=1
 unset OMP_NUM_THREADS  # all 16 cores there; the runner sets its own thread counts
 mkdir -p "$OUT" || exit 3
 
@@ -62,7 +64,7 @@ run_gpu() {
     echo "error: only $SECONDS_LEFT s left of LIMIT=$LIMIT for the run: not started"
     return 124
   fi
-  local command=${GPU_COMMAND:-"\"\$PYTHON\" -m benchmarks gpu --seconds $SECONDS_LEFT --out $RUNS --perf-out $PERF ${REHEARSE:+--rehearse}"}
+  local command=${GPU_COMMAND:-"\"\$PYTHON\" -m benchmarks gpu --seconds $SECONDS_LEFT --results $RESULTS --runs $RUNS --environment-checked ${REHEARSE:+--rehearse}"}
   say "the run, $SECONDS_LEFT s: $command"
   # the run keeps to --seconds itself; timeout is the backstop that keeps time for packing
   timeout -s INT -k 15 $(( SECONDS_LEFT + 10 )) bash -c "$command"
@@ -82,8 +84,11 @@ archive() {
 
 pack() {
   say "packing into $OUT"
-  archive runs-gpu.tgz "$RUNS"
-  archive perf-gpu.tgz "$PERF"
+  archive gpu-tuning.tgz "$RESULTS/gpu-tuning"
+  archive gpu.tgz "$RESULTS/gpu"
+  archive perf-gpu.tgz "$RESULTS/perf/gpu"
+  archive gpu-smoke.tgz "$RUNS/gpu-smoke"
+  [ -z "${REHEARSE:-}" ] && [ -f benchmarks/preregistration/gpu.json ] && cp benchmarks/preregistration/gpu.json "$OUT/"
   for file in "$OUT"/*; do  # the tool brings back files of at most 16 MiB
     [ "$(stat -c %s "$file")" -le $(( 16 * 1024 * 1024 )) ] || echo "warning: $file is over 16 MiB and will not come back"
   done

@@ -301,12 +301,14 @@ def version_of(registration: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def register(tuning: Suite, folder: Path, rule: SizingRule | None = None) -> dict[str, Any]:
+def register(tuning: Suite, folder: Path, rule: SizingRule | None = None,
+             budget: float | None = None) -> dict[str, Any]:
     """The pre-registration that the finished tuning run in ``folder`` implies (see the module
     docstring): ``lrs`` (one row per experiment, target and strategy: the selected lr, its pooled
     validation accuracy, whether it sits at a grid edge and whether that edge is capped),
     ``seeds`` per experiment, ``sizing`` per hypothesis, the estimated cost, where it came from;
-    sized by ``rule`` (default: the confirmatory suite's :data:`SIZING_RULES` entry).
+    sized by ``rule`` (default: the confirmatory suite's :data:`SIZING_RULES` entry) within ``budget``
+    estimated worker-seconds (default: its :data:`WORKER_SECONDS` entry).
 
     Raises:
         ValueError: the folder holds no finished run of ``tuning``.
@@ -325,7 +327,8 @@ def register(tuning: Suite, folder: Path, rule: SizingRule | None = None) -> dic
     rule = rule or SIZING_RULES.get(confirmatory_name(tuning), SizingRule())
     sized = sizing(tuning, runs, rule)
     cost, total = cost_model(tuning, runs, folder, rule.cost)
-    budget = WORKER_SECONDS.get(confirmatory_name(tuning), WORKER_SECONDS["quick"])
+    if budget is None:
+        budget = WORKER_SECONDS.get(confirmatory_name(tuning), WORKER_SECONDS["quick"])
     futile = sorted(r["hypothesis"] for r in sized if rule.futility and r["seeds_needed"] is None
                     and not r["hypothesis"].startswith("gate "))
     names = [e.name for e in tuning.experiments]

@@ -192,8 +192,8 @@ def test_the_imports_file_holds_every_process_modules(tmp_path: Path) -> None:
 def _gpu_sh(tmp_path: Path, python: str, **settings: str) -> tuple[subprocess.CompletedProcess, str]:
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": python, "REHEARSE": "1", "OUT": str(out), "WHEELS": str(tmp_path / "no-wheels"),
-           "SITE": str(tmp_path / "site"), "RUNS": str(tmp_path / "runs" / "gpu"),
-           "PERF": str(tmp_path / "perf" / "gpu"), "OMP_NUM_THREADS": "1", **settings}
+           "SITE": str(tmp_path / "site"), "RUNS": str(tmp_path / "runs"), "RESULTS": str(tmp_path / "results"),
+           "OMP_NUM_THREADS": "1", **settings}
     done = subprocess.run(["bash", str(GPU_SH)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     return done, (out / "log.txt").read_text()
 
@@ -201,14 +201,15 @@ def _gpu_sh(tmp_path: Path, python: str, **settings: str) -> tuple[subprocess.Co
 @pytest.mark.slow
 def test_gpu_sh_checks_the_environment_runs_the_command_and_packs(tmp_path: Path) -> None:
     command = (f"{shlex.quote(sys.executable)} -c 'import os; print(\"threads\", os.environ.get(\"OMP_NUM_THREADS\"))'"
-               " && mkdir -p $RUNS/cache && touch $RUNS/runs.jsonl $RUNS/cache/state.pt && echo seconds $SECONDS_LEFT"
+               " && mkdir -p $RESULTS/gpu/cache && touch $RESULTS/gpu/runs.jsonl $RESULTS/gpu/cache/state.pt"
+               " && echo seconds $SECONDS_LEFT"
                " && exit 5")  # the run's exit code is the script's
     done, log = _gpu_sh(tmp_path, sys.executable, GPU_COMMAND=command, LIMIT="300")
     assert done.returncode == 5, log
     assert "environment: ok" in log and "threads None" in log and "done: exit code 5" in log
     assert 200 < int(re.search(r"seconds (\d+)", log).group(1)) <= 300 - 30
-    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["log.txt", "runs-gpu.tgz"]
-    listing = subprocess.run(["tar", "tzf", str(tmp_path / "out" / "runs-gpu.tgz")], capture_output=True, text=True,
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["gpu.tgz", "log.txt"]
+    listing = subprocess.run(["tar", "tzf", str(tmp_path / "out" / "gpu.tgz")], capture_output=True, text=True,
                              check=True).stdout.split()
     assert listing == ["gpu/", "gpu/runs.jsonl"]  # without cache/
 

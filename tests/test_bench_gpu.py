@@ -1,108 +1,224 @@
-"""The GPU suite without a GPU: it dry-runs, its sizing is right, and its CUDA code paths (bf16
-autocast, channels_last, a whole EfficientNet-Lite fed images, probes on the model's device) run on
-the CPU through a Device that asks for them."""
+"""The GPU run without a GPU: its entry point (``benchmarks/gpu.sh`` -> ``python -m benchmarks gpu``)
+rehearsed on the CPU with bf16 autocast and channels_last through every cell kind and every stage,
+importing nothing the lent machine lacks; its plan (``--dry-run --assume-step-ms``) and the refusal
+below the power target; the Lee et al. design it runs (own clean source per seed, controls, a pilot
+that pre-registers the lrs); and the CUDA-only paths that can be exercised on the CPU."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks.__main__ import main
-from benchmarks.caches import ensure
-from benchmarks.catalog import SUITES
-from benchmarks.cells import run_cell
-from benchmarks.runner import preparations
-from benchmarks.sizing import MIN_SEEDS, seeds_that_fit, size_suite, time_one_step
-from benchmarks.suites import PROBE_CS, WISE_ALPHAS, Budget, Cell, Suite
-from benchmarks.training import Device
+from benchmarks import cells, gpu, preregistration
+from benchmarks.catalog import GPU_FIRST_SEED, GPU_LP_FT, GPU_PILOT_SEEDS, GPU_TUNING, SUITES
+from benchmarks.cells import key_environment
+from benchmarks.environment import undeclared
+from benchmarks.training import REHEARSAL, Device, resolve_device
 
-CPU_AS_GPU = Device("cpu", "cpu with bf16 autocast", 2, autocast=True, channels_last=True)
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tiny(experiment_name: str = "g_lp_ft_lite0_full"):
-    experiment = SUITES["gpu"].experiment(experiment_name)
-    target = dataclasses.replace(experiment.targets[0], shots=2, val_shots=2, test_pool=(0, 3))
-    return dataclasses.replace(experiment, targets=(target,), seeds=(0, 1), image_size=32,
-                               budget=Budget(steps=2, batch_size=10, eval_every=1, warmup_steps=1))
+# --- The rehearsal: the entry point end to end on the CPU ---------------------------------------------
 
 
-def test_gpu_suite_dry_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["run", "--suite", "gpu", "--dry-run", "--out", str(tmp_path / "gpu")]) == 0
-    listing = capsys.readouterr().out
-    assert "g_lp_ft_lite2_full" in listing and "g_surgical_lite0_full" in listing and "sized at run time" in listing
-    assert not (tmp_path / "gpu").exists()
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``bash benchmarks/gpu.sh`` with REHEARSE=1 (no wheels: this venv has the carried packages),
+    recording every module its processes import."""
+    tmp = tmp_path_factory.mktemp("gpu-rehearsal")
+    imports = tmp / "imports.json"
+    env = {**os.environ, "PYTHON": sys.executable, "REHEARSE": "1", "OUT": str(tmp / "out"),
+           "WHEELS": str(tmp / "no-wheels"), "SITE": str(tmp / "site"), "RESULTS": str(tmp / "results"),
+           "RUNS": str(tmp / "runs"), "LIMIT": "560", "LRGROUPS_IMPORTS_FILE": str(imports), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], cwd=tmp, env=env, capture_output=True,
+                          text=True, timeout=600)
+    return {"done": done, "log": (tmp / "out" / "log.txt").read_text(), "tmp": tmp, "imports": imports}
 
 
-def test_gpu_suite_without_cuda_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without a CUDA device (made so on a machine that has one), `--device cuda` stops before
-    writing anything, with exit code 2."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["run", "--suite", "gpu", "--device", "cuda", "--out", str(tmp_path / "gpu")]) == 2
-    assert "no CUDA device" in capsys.readouterr().err and not (tmp_path / "gpu").exists()
+def _records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "runs.jsonl").read_text().splitlines()]
 
 
-def test_gpu_suite_experiments_are_native_resolution_whole_networks() -> None:
-    sizes = {e.backbone: e.image_size for e in SUITES["gpu"].experiments}
-    assert sizes == {"lite0_full": 224, "lite2_full": 260}
-    assert SUITES["gpu"].time_budget_s is not None
+@pytest.mark.slow
+def test_the_rehearsal_runs_every_stage_and_exits_0(rehearsal: dict) -> None:
+    assert rehearsal["done"].returncode == 0, rehearsal["log"][-3000:]
+    log = rehearsal["log"]
+    for stage in ("environment: ok", "smoke: passed", "perf: exit code 0", "pilot:", "pre-registration",
+                  "confirmatory: 2 seeds", "done: reports in"):
+        assert stage in log, stage
+    out = sorted(p.name for p in (rehearsal["tmp"] / "out").iterdir())
+    assert out == ["gpu-smoke.tgz", "gpu-tuning.tgz", "gpu.tgz", "log.txt", "perf-gpu.tgz"]  # no gpu.json: rehearsal
 
 
-def test_seeds_that_fit() -> None:
-    seeds = {"a": tuple(range(8)), "b": tuple(range(4))}
-    # per seed: (0.01 * 100 + 0.02 * 100) * 1.5 = 4.5 s
-    assert seeds_that_fit({"a": 0.01, "b": 0.02}, {"a": 100, "b": 100}, seeds, budget_s=14.0) == {
-        "a": (0, 1, 2), "b": (0, 1, 2)}
-    assert seeds_that_fit({"a": 0.01, "b": 0.02}, {"a": 100, "b": 100}, seeds, budget_s=1000) == seeds
-    tight = seeds_that_fit({"a": 1.0, "b": 1.0}, {"a": 100, "b": 100}, seeds, budget_s=1.0)
-    assert all(len(s) == MIN_SEEDS for s in tight.values())
+@pytest.mark.slow
+def test_the_smoke_runs_every_cell_kind_with_autocast_and_channels_last(rehearsal: dict) -> None:
+    """Fine-tuning (full, surgical first and last), the lr-0 controls, scratch, pixel, the linear probe
+    and LP-FT with its WiSE-FT variants, on Lite0 and Lite2, after a clean-source stage, every one ok
+    and keyed as a rehearsal (bf16 autocast and channels_last on the CPU), never as a CPU result."""
+    smoke = rehearsal["tmp"] / "runs" / "gpu-smoke"
+    records = _records(smoke / "gpu_tuning") + _records(smoke / "gpu_lp_ft")
+    assert all(r["status"] == "ok" for r in records)
+    kinds = {(r["experiment"], r["strategy"]) for r in records}
+    assert {s.name for s in GPU_TUNING.experiments[0].strategies} <= {s for _, s in kinds}
+    assert {e.name for e in GPU_LP_FT.experiments} <= {e for e, _ in kinds}
+    assert {"lp_ft", "linear_probe", "ft"} <= {s for _, s in kinds}
+    assert any(r.get("variants") for r in records if r["strategy"] == "lp_ft")  # WiSE-FT
+    assert all(r["environment"]["rehearsal"] == "bf16 autocast, channels_last" for r in records)
+    environment = json.loads((smoke / "gpu_tuning" / "environment.json").read_text())
+    assert environment["autocast"] == "bfloat16" and environment["channels_last"] is True
+    assert [p["label"] for p in environment["preparations"]][0].startswith("source g_surgical_lite0")
 
 
-def test_timed_step_and_sizing_on_cpu_with_autocast_and_channels_last() -> None:
-    experiment = _tiny()
-    seconds = time_one_step(experiment, CPU_AS_GPU)
-    assert 0 < seconds < 30
-    suite = Suite("tiny-gpu", "test", (experiment,), time_budget_s=1e6)
-    sized, info = size_suite(suite, CPU_AS_GPU)
-    assert sized.experiments[0].seeds == (0, 1) and info["seeds"] == {experiment.name: 2}
+@pytest.mark.slow
+def test_the_rehearsal_imports_only_what_the_lent_machine_has(rehearsal: dict) -> None:
+    """Every process of the run (the script's checks, the run, the perf subprocess) imported only the
+    standard library, the project, the device image's packages and the carried wheels."""
+    modules = json.loads(rehearsal["imports"].read_text())
+    assert {"torch", "timm", "sklearn", "benchmarks", "lrgroups", "mlxtend", "pytest_benchmark"} <= set(modules)
+    assert undeclared(modules) == {}
 
 
-@pytest.mark.parametrize("strategy", ["ft", "lp_ft", "linear_probe"])
-def test_a_whole_lite0_cell_runs_with_bf16_autocast_and_channels_last(strategy: str, tmp_path: Path) -> None:
-    experiment = _tiny()
-    cell = Cell(experiment, experiment.targets[0], experiment.strategy(strategy), 0, experiment.strategy(strategy).grid[1])
-    for wave in preparations((experiment,)):  # the probes LP-FT and the linear probe read
-        for preparation in wave:
-            ensure(preparation, tmp_path, {}, CPU_AS_GPU)
-    record = run_cell(cell, CPU_AS_GPU, tmp_path, {})
-    for field in ("test_accuracy", "ood_accuracy"):
-        assert 0 <= record[field] <= 1 and math.isfinite(record[field])
-    if strategy == "lp_ft":
-        assert set(record["variants"]) == {f"lp_ft+wise_{a}" for a in WISE_ALPHAS}
-        assert record["probe_C"] in PROBE_CS and record["probe_train_ce"] > 0
+@pytest.mark.slow
+def test_the_pilot_preregisters_and_the_confirmatory_stage_runs_at_those_lrs(rehearsal: dict) -> None:
+    results = rehearsal["tmp"] / "results"
+    registration = json.loads((results / "gpu-tuning" / "preregistration.json").read_text())
+    assert registration["suite"] == "gpu" and registration["seeds"] == {"g_surgical_lite0": 2}
+    lrs = {r["strategy"]: r["lr"] for r in registration["lrs"]}
+    confirmatory = [r for r in _records(results / "gpu") if r["phase"] == "grid"]
+    assert {r["seed"] for r in confirmatory} == {GPU_FIRST_SEED, GPU_FIRST_SEED + 1}
+    assert all(r["lr"] == lrs[r["strategy"]] for r in confirmatory)
+    sources = {r["source_model"].get("source_seed") for r in confirmatory if r["strategy"] != "pixel"
+               and r["strategy"] != "scratch"}
+    assert sources == {GPU_FIRST_SEED, GPU_FIRST_SEED + 1}  # every seed its own clean-source model
+    assert (results / "gpu" / "summary.md").exists() and (results / "gpu" / "verdicts.csv").exists()
+    assert json.loads((results / "perf" / "gpu" / "environment.json").read_text())["rehearsal"]
 
 
-def test_the_surgical_experiment_starts_from_lite0_trained_on_the_clean_source(tmp_path: Path) -> None:
-    """Lee et al.'s clean-source stage: the surgical cells fine-tune the ImageNet Lite0 that was first
-    trained on clean Animal-MNIST (an ``adapt`` source, one per source seed, gated), with its head kept,
-    and measure forgetting of that clean source."""
-    full = SUITES["gpu"].experiment("g_surgical_lite0_full")
-    assert full.source.kind == "adapt" and full.keep_source_head and full.track_forgetting
-    assert len(full.source_seeds) == 2 and full.source.min_accuracy > 0
-    source = dataclasses.replace(full.source, steps=2, batch_size=8, train_pool=(300, 302), test_pool=(0, 2))
-    experiment = dataclasses.replace(_tiny("g_surgical_lite0_full"), source=source,
-                                     budget=Budget(steps=2, batch_size=10, eval_every=1, warmup_steps=1,
-                                                   forgetting_every=1))
-    waves = preparations((experiment,))
-    assert [p.kind for p in waves[0]] == ["source", "source"]
-    meta = ensure(waves[0][0], tmp_path, {}, CPU_AS_GPU)
-    assert meta["built_now"] and 0 <= meta["source_accuracy"] <= 1
-    ensure(waves[0][1], tmp_path, {}, CPU_AS_GPU)
-    strategy = experiment.strategy("surgical_first")
-    record = run_cell(Cell(experiment, experiment.targets[0], strategy, 0, strategy.grid[1]), CPU_AS_GPU, tmp_path, {})
-    assert record["source_model"]["source_seed"] == experiment.source_seeds[0]
-    assert math.isfinite(record["retention_precise_bn"]) and len(record["curve"]["retention_precise_bn"]) == 3
+@pytest.mark.slow
+def test_a_second_call_resumes_and_keeps_the_registration(rehearsal: dict) -> None:
+    """The same command again does nothing new: the smoke and every cell are reused, the registration
+    (lrs and seeds) is read back, not redone."""
+    tmp = rehearsal["tmp"]
+    path = tmp / "results" / "gpu-tuning" / "preregistration.json"
+    before = path.read_text()
+    again = subprocess.run([sys.executable, "-m", "benchmarks", "gpu", "--rehearse", "--skip-perf",
+                            "--environment-checked", "--results", str(tmp / "results"), "--runs", str(tmp / "runs")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "smoke: passed in an earlier call" in again.stdout and path.read_text() == before
+    environment = json.loads((tmp / "results" / "gpu" / "environment.json").read_text())
+    assert environment["computed"] == 0 and environment["skipped"] > 0
+
+
+@pytest.mark.slow
+def test_a_design_the_budget_cannot_pay_for_is_refused(rehearsal: dict) -> None:
+    """register() with the gpu rule (at least 8 seeds, refuse) on the rehearsal's measured pilot and a
+    budget below what 8 seeds cost raises instead of registering fewer seeds."""
+    pilot = gpu.one_lr(gpu.toy(GPU_TUNING))
+    folder = rehearsal["tmp"] / "results" / "gpu-tuning"
+    with pytest.raises(preregistration.UnaffordableDesign, match="8 seeds per experiment cost"):
+        preregistration.register(pilot, folder, preregistration.SIZING_RULES["gpu"], budget=1.0)
+    generous = preregistration.register(pilot, folder, preregistration.SIZING_RULES["gpu"], budget=1e6)
+    assert generous["seeds"]["g_surgical_lite0"] >= 8
+
+
+# --- The plan and the refusal below the power target -------------------------------------------------
+
+
+def test_dry_run_prints_the_seeds_and_minutes(capsys: pytest.CaptureFixture) -> None:
+    assert gpu.main(["--dry-run", "--assume-step-ms", "12"]) == 0
+    text = capsys.readouterr().out
+    assert "confirmatory seeds the device time pays for" in text and "min of the 15 min of device time" in text
+    for stage in ("start", "environment", "smoke", "perf", "pilot", "confirmatory"):
+        assert f"  {stage}" in text
+
+
+def test_dry_run_refuses_below_eight_seeds(capsys: pytest.CaptureFixture) -> None:
+    assert gpu.main(["--dry-run", "--assume-step-ms", "40"]) == gpu.REFUSED
+    assert "REFUSED: fewer than 8 seeds decide nothing" in capsys.readouterr().out
+    assert gpu.main(["--dry-run"]) == gpu.REFUSED  # no step time: nothing to plan on
+
+
+def test_the_plan_counts_everything_and_grows_with_the_step() -> None:
+    """Slower steps: more seconds for every stage that trains, fewer seeds that fit; the confirmatory
+    stage counts its cells, source models and guards (more than its grid cells' training alone)."""
+    fast, slow = gpu.plan(8.0), gpu.plan(16.0)
+    assert slow.stages["pilot"] > fast.stages["pilot"] and slow.seeds_that_fit < fast.seeds_that_fit
+    suite = gpu.confirmatory_of(GPU_TUNING, seeds=8)
+    training = sum(c.experiment.budget.steps * 0.012 for c in suite.cells() if c.strategy.kind != "pixel")
+    assert gpu.suite_seconds(suite, 0.012) > gpu.suite_seconds(suite, 0.012, guards=False) > training
+    with pytest.raises(ValueError, match="positive"):
+        gpu.plan(0)
+
+
+# --- The design --------------------------------------------------------------------------------------
+
+
+def test_the_pilot_is_lee_et_al_with_controls_and_own_clean_sources() -> None:
+    experiment = GPU_TUNING.experiments[0]
+    assert experiment.backbone == "lite0_full" and experiment.image_size == 224
+    assert experiment.source.kind == "adapt" and experiment.keep_source_head and experiment.bn == "train"
+    assert experiment.seeds == GPU_PILOT_SEEDS and experiment.independent_sources
+    assert {"surgical_first", "surgical_last", "full", "bn_only", "no_adaptation", "scratch", "pixel"} == {
+        s.name for s in experiment.strategies}
+    assert {s.name: s.fixed_lr for s in experiment.strategies if s.fixed_lr is not None} == {
+        "bn_only": 0.0, "no_adaptation": 0.0}
+    assert {h.name for h in GPU_TUNING.hypotheses} == {"G1a", "G1e", "G1f"}
+    assert all(h.name.startswith("X") or h.exploratory for h in GPU_LP_FT.hypotheses)
+
+
+def test_the_confirmatory_suite_exists_only_once_a_pilot_registered_it() -> None:
+    assert ("gpu" in SUITES) == (ROOT / "benchmarks" / "preregistration" / "gpu.json").exists()
+    suite = gpu.confirmatory_of(GPU_TUNING, seeds=8)
+    assert suite.experiments[0].seeds == tuple(range(GPU_FIRST_SEED, GPU_FIRST_SEED + 8))
+    assert suite.experiments[0].independent_sources
+
+
+# --- CUDA-only paths on the CPU ----------------------------------------------------------------------
+
+
+def test_a_rehearsal_device_asks_for_autocast_and_channels_last_and_is_keyed_apart() -> None:
+    device = resolve_device(REHEARSAL, threads=1)
+    assert device.type == "cpu" and device.autocast and device.channels_last
+    assert key_environment(device)["rehearsal"] and "rehearsal" not in key_environment(resolve_device("cpu", 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class _CudaOnCpu(Device):
+    """A Device that says ``cuda`` (the input cache's branch) but puts tensors on the CPU."""
+
+    @property
+    def torch(self) -> torch.device:
+        return torch.device("cpu")
+
+
+def test_inputs_are_made_once_per_seed_and_target_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA a seed's cells share their model inputs (made once, kept on the device, least recently
+    used dropped beyond DEVICE_INPUTS_KEPT); elsewhere every cell makes its own."""
+    made = []
+    monkeypatch.setattr(cells, "model_inputs", lambda *a, **k: made.append(k["split_name"]) or torch.zeros(1))
+    monkeypatch.setattr(cells, "_DEVICE_INPUTS", type(cells._DEVICE_INPUTS)())
+    suite = gpu.toy(GPU_TUNING)
+    experiment = suite.experiments[0]
+    data = type("Data", (), {"train": None, "val": None, "test": None, "ood": {}})()
+
+    def cell(seed: int) -> cells.Cell:
+        return cells.Cell(experiment, experiment.targets[0], experiment.strategies[0], seed, 1e-3)
+
+    cuda = _CudaOnCpu("cuda", "test", None, autocast=True, channels_last=True)
+    first = cells._inputs(cell(0), data, True, Path("."), {}, cuda)
+    assert cells._inputs(cell(0), data, True, Path("."), {}, cuda) is first and len(made) == 3
+    for seed in range(1, cells.DEVICE_INPUTS_KEPT + 1):
+        cells._inputs(cell(seed), data, True, Path("."), {}, cuda)
+    assert cells._inputs(cell(0), data, True, Path("."), {}, cuda) is not first  # dropped, made again
+    cpu = resolve_device("cpu", 1)
+    assert cells._inputs(cell(0), data, True, Path("."), {}, cpu) is not cells._inputs(cell(0), data, True,
+                                                                                       Path("."), {}, cpu)

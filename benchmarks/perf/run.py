@@ -20,6 +20,7 @@ the finished benchmarks when pytest is interrupted).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -28,6 +29,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     results_path.unlink(missing_ok=True)  # a run cut before pytest-benchmark writes must not report stale numbers
     try:
         if mode is None:
-            code = int(pytest.main(_pytest_args(results_path, args.select)))
+            with _only_our_plugins():
+                code = int(pytest.main(_pytest_args(results_path, args.select)))
         else:
             code = _run_cuda_mode(mode, env, results_path, args, start)
     finally:
@@ -189,8 +192,9 @@ def _run_cuda_mode(mode, env: dict[str, Any], results_path: Path, args: argparse
     env["torch threads"] = torch.get_num_threads()
     box.arm()
     try:
-        code = int(pytest.main([*_pytest_args(results_path, args.select, PERF_DIR / "bench_cuda.py"), "-W",
-                                NOTHING_SAVED], plugins=[box]))
+        with _only_our_plugins():
+            code = int(pytest.main([*_pytest_args(results_path, args.select, PERF_DIR / "bench_cuda.py"), "-W",
+                                    NOTHING_SAVED], plugins=[box]))
     except KeyboardInterrupt:  # the alarm fired outside pytest's own handling
         box.fired, code = True, 2
     finally:
@@ -209,18 +213,35 @@ def _run_cuda_mode(mode, env: dict[str, Any], results_path: Path, args: argparse
     return 124
 
 
+@contextlib.contextmanager
+def _only_our_plugins() -> Iterator[None]:
+    """PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 for the benchmarks' pytest (restored after)."""
+    previous = os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"]
+        else:
+            os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = previous
+
+
 def _pytest_args(results_path: Path, select: str | None, where: Path = PERF_DIR) -> list[str]:
-    """The pytest command line that runs the benchmarks in ``where`` (``-k select``) into ``results_path``."""
+    """The pytest command line that runs the benchmarks in ``where`` (``-k select``) into ``results_path``:
+    pytest-benchmark the one plugin loaded (with PYTEST_DISABLE_PLUGIN_AUTOLOAD set by :func:`_only_our_plugins`)
+    and the benchmarks' own ini (``bench.ini``, not the project's test settings), so that whatever else a machine
+    has installed neither loads nor changes the run."""
     pytest_args = [
         str(where),
+        "-c",
+        str(PERF_DIR / "bench.ini"),
         "--rootdir",
         str(ROOT),
         "-p",
+        "pytest_benchmark.plugin",
+        "-p",
         "no:cacheprovider",
-        "-o",
-        "addopts=",
-        "-o",
-        "python_files=bench_*.py",
         "-q",
         "--benchmark-json",
         str(results_path),
