@@ -95,8 +95,10 @@ perf: $(STAMP)
 # The GPU run, on the lent GPU machine (no package registry, no .venv: its own python3 and the carried wheels):
 # the device call is run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=600) after `make
 # gpu-wheels` here. benchmarks/gpu.sh installs the wheels, checks the environment (exit 3 on a problem), runs
-# `python -m benchmarks gpu` time-boxed into runs/gpu and results/perf/gpu (a second call resumes) and packs
-# them into $OUT. Here, without a GPU, it stops at the environment check; REHEARSE=1 rehearses on the CPU.
+# `python -m benchmarks gpu` time-boxed (smoke into runs/gpu-smoke, the CUDA perf ratios into results/perf/gpu,
+# the Lee et al. pilot into results/gpu-tuning and its pre-registration, the confirmatory seeds into results/gpu;
+# a second call resumes) and packs them into $OUT (docs/benchmarks/gpu.md). Here, without a GPU, it stops at
+# the environment check; REHEARSE=1 RESULTS=/tmp/g RUNS=/tmp/g rehearses every stage on the CPU at toy size.
 gpu:
 	bash benchmarks/gpu.sh
 

@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=("local", "ray"), default="local",
                      help="local processes (default) or Ray: one task per cell with --threads CPUs")
     run.add_argument("--address", help="with --executor ray: an existing cluster (default: start a local one)")
+    run.add_argument("--assume-step-ms", type=float, default=None,
+                     help="with --dry-run: estimate at this training step (ms, at the experiment's batch size) instead "
+                          "of timing one; for the GPU suites also print the GPU run's plan and refuse (exit 2) below "
+                          "8 confirmatory seeds")
     run.add_argument("--dry-run", action="store_true",
                      help="list the cells and whether each is done (or its backbone weights missing) and estimate "
                           "the time from measured step costs (warns at hours); run nothing")
@@ -123,12 +127,13 @@ WARN_HOURS_S = 3600.0
 
 
 def dry_run(suite: Suite | str, out: Path, threads: int, part: Part | None = None, cache_dir: Path | None = None,
-            workers: int = 1, device_choice: str = "cpu") -> None:
+            workers: int = 1, device_choice: str = "cpu", assume_step_ms: float | None = None) -> None:
     """Print every cell with its key and status (done / failed / pending, or ``missing weights``: a
     cell not done whose pretrained timm backbone has no weights in the local cache), then an
     estimate of the time the cells not done take (:func:`benchmarks.sizing.estimate`: measured
     cell times from ``out/runs.jsonl``, else one timed training step per experiment on the
-    device), with a warning at WARN_HOURS_S or more; runs no cell."""
+    device, or ``assume_step_ms`` per step without timing one), with a warning at WARN_HOURS_S or
+    more; runs no cell."""
     from .backbones import fetch_command, timm_model, weights_available
     from .runner import iter_pending
 
@@ -157,7 +162,7 @@ def dry_run(suite: Suite | str, out: Path, threads: int, part: Part | None = Non
               "the hypotheses' selected cells at twice the budget (benchmarks.selection)")
     print("hypotheses: " + "; ".join(f"{h.name} {h.comparison} on {h.target} ({h.metric})" for h in suite.hypotheses))
     _print_estimate(suite, out, [cell for cell, _, status in rows if status in ("pending", "failed")], threads,
-                    out / "cache" if cache_dir is None else cache_dir, workers, device_choice)
+                    out / "cache" if cache_dir is None else cache_dir, workers, device_choice, assume_step_ms)
 
 
 #: Images in the one training step ``--dry-run`` times per experiment (scaled linearly to the batch size).
@@ -165,7 +170,7 @@ ESTIMATE_BATCH = 4
 
 
 def _print_estimate(suite: Suite, out: Path, cells: list, threads: int, cache_dir: Path, workers: int,
-                    device_choice: str) -> None:
+                    device_choice: str, assume_step_ms: float | None = None) -> None:
     """The ``--dry-run`` time estimate of ``cells`` and what it rests on."""
     from .cells import key_environment
     from .runner import preparations
@@ -177,7 +182,8 @@ def _print_estimate(suite: Suite, out: Path, cells: list, threads: int, cache_di
     try:
         device = resolve_device(device_choice, threads=threads)
     except RuntimeError as error:
-        print(f"estimate timed on the CPU instead: {error}")
+        if assume_step_ms is None:
+            print(f"estimate timed on the CPU instead: {error}")
         device = resolve_device("cpu", threads=threads)
     if device.type == "cuda":
         workers = 1
@@ -186,12 +192,16 @@ def _print_estimate(suite: Suite, out: Path, cells: list, threads: int, cache_di
                if isinstance(p, SourceModel) and not p.path(cache_dir, environment).exists()]
     # One step at ESTIMATE_BATCH images, scaled to the batch size: seconds, not minutes, even for a GPU
     # suite's 224 px networks dry-run on a CPU.
-    guess = estimate(cells, read_runs(out / "runs.jsonl"), sources,
-                     lambda e: time_one_step(e, device, repeats=1, batch=ESTIMATE_BATCH))
+    step = ((lambda e: assume_step_ms / 1000) if assume_step_ms is not None
+            else (lambda e: time_one_step(e, device, repeats=1, batch=ESTIMATE_BATCH)))
+    guess = estimate(cells, read_runs(out / "runs.jsonl"), sources, step)
+    if assume_step_ms is not None and device_choice == "cuda":
+        workers = 1  # one process on CUDA
     wall = guess.seconds / max(1, workers)
+    how = (f"{device_choice}, a step assumed at {assume_step_ms:g} ms" if assume_step_ms is not None
+           else f"{device.type}, timed steps at {ESTIMATE_BATCH} images, scaled to the batch size")
     print(f"estimate: about {_duration(guess.seconds)} of computing, {_duration(wall)} wall time with {workers} "
-          f"worker(s) on {device.type} (timed steps at {ESTIMATE_BATCH} images, scaled to the batch size); from: "
-          f"{'; '.join(guess.basis) or 'nothing to run'}; "
+          f"worker(s) ({how}); from: {'; '.join(guess.basis) or 'nothing to run'}; "
           f"not counted: {'; '.join(guess.not_counted)}")
     if wall >= WARN_HOURS_S:
         print(f"WARNING: this run takes hours ({_duration(wall)}); run a part of it (--experiment, --target, "
@@ -354,7 +364,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.dry_run:
-        dry_run(suite, out, args.threads, part, args.cache, args.workers, args.device)
+        dry_run(suite, out, args.threads, part, args.cache, args.workers, args.device, args.assume_step_ms)
+        if args.assume_step_ms is not None and suite.name.startswith("gpu"):
+            from .gpu import REFUSED, plan, print_plan
+
+            return 0 if print_plan(plan(args.assume_step_ms)) else REFUSED
         return 0
     recorded = read_suite_record(out)
     if recorded is not None and recorded.name != suite.name:  # its runs.jsonl and reports are another suite's

@@ -88,6 +88,8 @@ def generate(name: str, results: Path = RESULTS) -> str:
         from .perf.report import with_cuda_row
 
         return with_cuda_row(perf_table(results / "perf" / "perf.md"), results / "perf" / "gpu" / "perf.json")
+    if name == "gpu-plan":
+        return gpu_plan_table()
     if name == "api-index":
         return api_index()
     if name == "deprecations":
@@ -97,7 +99,7 @@ def generate(name: str, results: Path = RESULTS) -> str:
         return "\n".join(["| where | deprecated name | use instead |", "|---|---|---|", *rows])
     raise ValueError(f"unknown generated block {name!r}: expected verdicts-<run>, across-<run>, claims-<strategy>, "
                      "replicability-<run>, replication-<folder>, agreement-<folder>, environment-<folder>, perf-table, "
-                     "api-index or deprecations")
+                     "gpu-plan, api-index or deprecations")
 
 
 def verdicts_block(folder: Path) -> str:
@@ -174,6 +176,26 @@ def short_citation(mirrors: str) -> str:
     """
     head = mirrors.split(":", 1)[0]
     return head[: head.rfind(")") + 1] if ")" in head else head.strip()
+
+
+#: The assumed Lite0 training steps (ms, 224 px, batch 64, bf16) the GPU page's plan table shows.
+GPU_PLAN_STEPS_MS = (6.0, 12.0, 20.0)
+
+
+def gpu_plan_table() -> str:
+    """The GPU run's plan (:func:`benchmarks.gpu.plan`) at each of GPU_PLAN_STEPS_MS: seconds per
+    stage, the total against the device time, and the confirmatory seeds that fit."""
+    from .gpu import DEVICE_SECONDS, MIN_CONFIRMATORY_SEEDS, plan
+
+    plans = [plan(ms) for ms in GPU_PLAN_STEPS_MS]
+    rows = ["| assumed step | " + " | ".join(plans[0].stages) + " | total | seeds that fit | verdict |",
+            "|---|" + "---|" * (len(plans[0].stages) + 3)]
+    for p in plans:
+        fits = p.seeds_that_fit >= MIN_CONFIRMATORY_SEEDS
+        rows.append(f"| {p.step_ms:g} ms | " + " | ".join(f"{v:.0f} s" for v in p.stages.values())
+                    + f" | {p.minutes:.1f} of {DEVICE_SECONDS / 60:.0f} min | {p.seeds_that_fit} | "
+                    + ("runs" if fits else f"refused (< {MIN_CONFIRMATORY_SEEDS})") + " |")
+    return "\n".join(rows)
 
 
 def perf_table(perf_md: Path) -> str:

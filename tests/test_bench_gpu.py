@@ -222,3 +222,30 @@ def test_inputs_are_made_once_per_seed_and_target_on_cuda(monkeypatch: pytest.Mo
     cpu = resolve_device("cpu", 1)
     assert cells._inputs(cell(0), data, True, Path("."), {}, cpu) is not cells._inputs(cell(0), data, True,
                                                                                        Path("."), {}, cpu)
+
+
+def test_run_dry_run_with_an_assumed_step_prints_the_gpu_plan(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``run --suite gpu_tuning --dry-run --device cuda --assume-step-ms X`` (no CUDA needed): the cells,
+    the estimate at the assumed step, the GPU run's plan; exit 2 when fewer than 8 seeds fit."""
+    from benchmarks.__main__ import main
+
+    argv = ["run", "--suite", "gpu_tuning", "--dry-run", "--device", "cuda", "--out", str(tmp_path / "g")]
+    assert main([*argv, "--assume-step-ms", "12"]) == 0
+    text = capsys.readouterr().out
+    assert "a step assumed at 12 ms" in text and "confirmatory seeds the device time pays for" in text
+    assert main([*argv, "--assume-step-ms", "40"]) == gpu.REFUSED and not (tmp_path / "g").exists()
+
+
+def test_the_gpu_page_states_the_numbers_the_code_uses() -> None:
+    """docs/benchmarks/gpu.md: its plan table is current, and its numbers are the code's."""
+    from benchmarks.blocks import blocks, gpu_plan_table
+    from benchmarks.catalog import _ANIMAL_CLEAN
+
+    page = (ROOT / "docs" / "benchmarks" / "gpu.md").read_text()
+    assert dict(blocks(page))["gpu-plan"] == gpu_plan_table()
+    assert f"seeds {GPU_PILOT_SEEDS[0]} and {GPU_PILOT_SEEDS[1]}" in page and f"seeds from {GPU_FIRST_SEED}" in page
+    assert f"at least {gpu.MIN_CONFIRMATORY_SEEDS} seeds" in page and f"{gpu.FIXED_CELL_SECONDS:g} s per cell" in page
+    assert f"gated at {_ANIMAL_CLEAN.min_accuracy:g} source accuracy" in page
+    assert (f"{gpu.INCOMPLETE} stopped at the time box" in page and f"{gpu.ENVIRONMENT_FAILED} environment" in page
+            and f"{gpu.SMOKE_FAILED} smoke failed" in page and f"{gpu.REFUSED}\nrefused" in page)
+    assert "No GPU run is committed yet" in page and not (ROOT / "results" / "gpu").exists()
