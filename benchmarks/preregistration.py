@@ -105,6 +105,16 @@ class SizingRule:
     min_seeds: int = MIN_SEEDS
     refuse: bool = False
 
+    def __post_init__(self) -> None:
+        """Raises ValueError for a cost reading other than mean or min, fewer than 2 seeds (no paired
+        interval), or a confidence outside (0, 1)."""
+        if self.cost not in ("mean", "min"):
+            raise ValueError(f"SizingRule.cost must be 'mean' or 'min', got {self.cost!r}")
+        if self.min_seeds < 2:
+            raise ValueError(f"SizingRule.min_seeds must be at least 2 (a paired interval), got {self.min_seeds}")
+        if self.sd_confidence is not None and not 0 < self.sd_confidence < 1:
+            raise ValueError(f"SizingRule.sd_confidence must lie in (0, 1), got {self.sd_confidence}")
+
     def sd_for_sizing(self, sd: float, units: int) -> float:
         """The sd the seeds are sized on: ``sd``, or its upper ``sd_confidence`` confidence limit
         over ``units`` tuning units (nan with fewer than 2).

@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from .report import write_reports
-from .stats import compatible, opposed
+from .stats import NOT_RUN, compatible, opposed
 from .store import atomic_write
 from .suites import Suite
 
@@ -40,12 +40,16 @@ _CARRIED = ("verdict", "effect", "unit", "units", "replication_probability")
 def compare_verdicts(reference: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """Per hypothesis of the reference: both verdicts and effects (and units and replication
     probabilities where recorded), ``same`` (the same word), ``compatible`` (the same word or one
-    implying the other) and ``opposed`` (the two verdicts exclude each other)."""
+    implying the other), ``opposed`` (the two verdicts exclude each other) and ``compared`` (both
+    runs ran it: a *not run* verdict of a partial run, or a hypothesis the new run lacks, is neither
+    agreement nor disagreement, and is counted apart)."""
     columns = ["hypothesis", *(c for c in _CARRIED if c in reference and c in new)]
     merged = reference[columns].merge(new[columns], on="hypothesis", how="left", suffixes=("_reference", "_new"))
     merged["same"] = merged.verdict_reference == merged.verdict_new
     merged["compatible"] = [compatible(str(a), str(b)) for a, b in zip(merged.verdict_reference, merged.verdict_new, strict=True)]
     merged["opposed"] = [opposed(str(a), str(b)) for a, b in zip(merged.verdict_reference, merged.verdict_new, strict=True)]
+    merged["compared"] = [NOT_RUN not in (str(a), str(b)) and str(b) != "nan"
+                          for a, b in zip(merged.verdict_reference, merged.verdict_new, strict=True)]
     return merged
 
 
@@ -105,9 +109,10 @@ def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite
     verdicts = compare_verdicts(reference_verdicts, new_verdicts)
     cells = compare_cells(pd.read_csv(reference_dir / "selected.csv"), pd.read_csv(new_dir / "selected.csv"))
     atomic_write(new_dir / "replication.csv", cells.to_csv(index=False, float_format="%.6g"))
-    same = bool(verdicts.compatible.all())
+    same = bool(verdicts.compatible.all()) and not bool((~verdicts.compared).any())
     across = compare_across(reference_dir / "across.csv", new_dir / "across.csv")
     opposed_rows = verdicts[verdicts.opposed]
+    shown, uncompared, verdicts = verdicts, verdicts[~verdicts.compared], verdicts[verdicts.compared]
 
     def probability(value: object) -> str:
         return f"{value:.2f}" if isinstance(value, float) and math.isfinite(value) else "–"
@@ -121,7 +126,9 @@ def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite
         f"({verdicts.compatible.mean():.0%}); the same word: {int(verdicts.same.sum())} of {len(verdicts)}; opposed "
         f"(no single true effect gives both): {int(verdicts.opposed.sum())}"
         f"{' (' + ', '.join(opposed_rows.hypothesis) + ')' if len(opposed_rows) else ''}; the rest: one run "
-        f"decided, the other undetermined or out of scope. Cells whose new mean test accuracy is consistent with "
+        f"decided, the other undetermined or out of scope."
+        f"{f' Not compared (a run has not run it): {len(uncompared)} (' + ', '.join(uncompared.hypothesis) + ').' if len(uncompared) else ''}"
+        f" Cells whose new mean test accuracy is consistent with "
         f"the reference (difference inside its 95% interval): {int(cells.consistent.sum())} of {len(cells)}; "
         f"inside the reference's own 95% interval: {int(cells.inside.sum())} of {len(cells)}; same lr: "
         f"{int(cells.same_lr.sum())} of {len(cells)}.",
@@ -133,7 +140,7 @@ def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite
           f"{r.effect_new:.3f} | {getattr(r, 'units_reference', '–')} | {getattr(r, 'units_new', '–')} | "
           f"{probability(getattr(r, 'replication_probability_reference', None))} | "
           f"{probability(getattr(r, 'replication_probability_new', None))} | {'yes' if r.compatible else 'NO'} | "
-          f"{'YES' if r.opposed else 'no'} |" for r in verdicts.itertuples()],
+          f"{'YES' if r.opposed else 'no'} |" for r in shown.itertuples()],
         "",
         *([f"Sign counts across families equal: {int(across.same.sum())} of {len(across)} (the pooled means are "
            "descriptive and carry no verdict).", "",

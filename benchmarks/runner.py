@@ -62,7 +62,8 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
     ``threads`` torch threads each (one process on CUDA), then, with ``guards``, the grid
     extensions and the budget check, then write the reports. A suite with a ``time_budget_s`` is
     first sized: one timed training step per experiment decides how many of its seeds run
-    (:func:`benchmarks.sizing.size_suite`). ``executor="ray"``: one Ray task per cell with
+    (:func:`benchmarks.sizing.size_suite`; written to ``out/sizing.json`` and reused when the run
+    resumes). ``executor="ray"``: one Ray task per cell with
     ``threads`` CPUs, on a local cluster or the one at ``address`` (``workers`` is not used); the
     numbers are the same as with local processes. ``reuse``: other run folders whose finished
     records of this suite's cells (the same config and environment key, any lr or budget factor)
@@ -86,7 +87,7 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
         workers = 1
     sizing = None
     if suite.time_budget_s is not None:
-        suite, sizing = size_suite(suite, device)
+        suite, sizing = _sized(suite, device, out / "sizing.json")
     if executor not in ("local", "ray"):
         raise ValueError(f"unknown executor {executor!r}; known: local, ray")
     environment = key_environment(device)
@@ -125,6 +126,23 @@ def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, thr
     if report is not None:
         report(out, suite)
     return outcome
+
+
+def _sized(suite: Suite, device: Any, path: Path) -> tuple[Suite, dict[str, Any]]:
+    """The suite sized to its time budget (:func:`benchmarks.sizing.size_suite`) the first time, its
+    seeds written to ``path``; on a resumed run, the seeds read back from it (the same cells, not a new
+    sizing from another timed step)."""
+    import dataclasses
+
+    if path.exists():
+        sizing = json.loads(path.read_text())
+        experiments = tuple(dataclasses.replace(e, seeds=tuple(sizing["seed_values"][e.name]))
+                            for e in suite.experiments)
+        return dataclasses.replace(suite, experiments=experiments), {**sizing, "resumed": True}
+    sized, sizing = size_suite(suite, device)
+    sizing["seed_values"] = {e.name: list(e.seeds) for e in sized.experiments}
+    atomic_write(path, to_json(sizing, indent=2))
+    return sized, sizing
 
 
 @dataclass

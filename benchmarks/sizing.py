@@ -1,6 +1,7 @@
-"""Sizing a suite to a time budget from a timed training step (the GPU suite: one step per
+"""Sizing a suite with a ``time_budget_s`` (a config's) from a timed training step (one step per
 experiment's backbone, bf16 autocast and channels_last on CUDA), before any cell runs; and the
-time estimate ``run --dry-run`` prints (:func:`estimate`).
+time estimate ``run --dry-run`` prints (:func:`estimate`). The built-in GPU run is planned by
+:mod:`benchmarks.gpu` instead (every evaluation and guard counted).
 
 Example:
     >>> seeds_that_fit({"a": 0.01}, {"a": 300}, {"a": (0, 1, 2, 3)}, budget_s=7.0)

@@ -412,7 +412,8 @@ def config_hash(config: Mapping[str, Any]) -> str:
 @dataclass(frozen=True)
 class Suite:
     """A named set of experiments and hypotheses; ``cells()`` lists every run, seeds outermost.
-    ``time_budget_s``: size the seeds at run time from a timed training step (the GPU suite).
+    ``time_budget_s``: size the seeds at run time from a timed training step (a config's suite; the
+    built-in GPU run sizes its confirmatory seeds from its pilot instead, :mod:`benchmarks.gpu`).
 
     Raises:
         ValueError: a hypothesis names an unknown experiment, target, strategy or metric.

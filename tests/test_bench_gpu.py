@@ -249,3 +249,35 @@ def test_the_gpu_page_states_the_numbers_the_code_uses() -> None:
     assert (f"{gpu.INCOMPLETE} stopped at the time box" in page and f"{gpu.ENVIRONMENT_FAILED} environment" in page
             and f"{gpu.SMOKE_FAILED} smoke failed" in page and f"{gpu.REFUSED}\nrefused" in page)
     assert "No GPU run is committed yet" in page and not (ROOT / "results" / "gpu").exists()
+
+
+# --- A config suite's time budget (benchmarks.sizing) ----------------------------------------------------
+
+
+def test_seeds_that_fit() -> None:
+    from benchmarks.sizing import MIN_SEEDS, seeds_that_fit
+
+    seeds = {"a": tuple(range(8)), "b": tuple(range(4))}
+    # per seed: (0.01 * 100 + 0.02 * 100) * 1.5 = 4.5 s
+    assert seeds_that_fit({"a": 0.01, "b": 0.02}, {"a": 100, "b": 100}, seeds, budget_s=14.0) == {
+        "a": (0, 1, 2), "b": (0, 1, 2)}
+    assert seeds_that_fit({"a": 0.01, "b": 0.02}, {"a": 100, "b": 100}, seeds, budget_s=1000) == seeds
+    tight = seeds_that_fit({"a": 1.0, "b": 1.0}, {"a": 100, "b": 100}, seeds, budget_s=1.0)
+    assert all(len(s) == MIN_SEEDS for s in tight.values())
+
+
+def test_a_sized_run_keeps_its_seeds_when_it_resumes(tmp_path: Path) -> None:
+    """The first call times a step (with autocast and channels_last) and writes the sized seeds; a
+    resumed call reads them back instead of sizing again (whatever a new timed step would say)."""
+    from benchmarks.runner import _sized
+
+    toy = gpu.toy(GPU_TUNING)
+    suite = dataclasses.replace(toy, experiments=(toy.experiments[0].with_seeds(tuple(range(6))),),
+                                time_budget_s=1e-9)  # nothing fits: the floor of 2 seeds
+    device = resolve_device(REHEARSAL, threads=1)
+    sized, info = _sized(suite, device, tmp_path / "sizing.json")
+    assert sized.experiments[0].seeds == (0, 1) and info["step_seconds"]["g_surgical_lite0"] > 0
+    roomy = dataclasses.replace(suite, time_budget_s=1e9)  # a new sizing would take all 6
+    resumed, again = _sized(roomy, device, tmp_path / "sizing.json")
+    assert resumed.experiments[0].seeds == (0, 1) and again["resumed"]
+    assert _sized(roomy, device, tmp_path / "fresh.json")[0].experiments[0].seeds == tuple(range(6))

@@ -290,3 +290,9 @@ def test_the_committed_preregistration_is_what_the_committed_tuning_run_implies(
     assert main(["preregister", "--tuning", str(root / "results" / "quick-tuning")]) == 0
     assert f"same lr selected: {len(committed['lrs'])} of {len(committed['lrs'])}" in capsys.readouterr().out
     assert main(["preregister", "--tuning", str(root / "no-such-run")]) == 2
+
+
+@pytest.mark.parametrize("bad", [{"cost": "median"}, {"min_seeds": 1}, {"sd_confidence": 1.0}])
+def test_a_sizing_rule_rejects_what_it_cannot_apply(bad: dict) -> None:
+    with pytest.raises(ValueError, match="SizingRule"):
+        preregistration.SizingRule(**bad)

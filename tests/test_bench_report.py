@@ -214,3 +214,19 @@ def test_hypotheses_whose_cells_did_not_run_are_not_run_not_out_of_scope() -> No
         assert math.isnan(table.loc[name, "p_holm"]) and math.isnan(table.loc[name, "replication_probability"])
     lines = replicability(table.reset_index()).splitlines()
     assert lines[1].startswith("- **Fragile** (0)") and lines[2] == "- **Not run** (3): H2; H3; H4."
+
+
+def test_replicate_counts_a_verdict_a_run_has_not_run_apart() -> None:
+    """A *not run* verdict (a partial run) is neither agreement nor disagreement: ``compared`` is false,
+    while compatible and opposed verdicts are compared as before."""
+    import pandas as pd
+
+    from benchmarks.replicate import compare_verdicts
+
+    reference = pd.DataFrame({"hypothesis": ["A", "B", "C"], "verdict": ["reproduced"] * 3, "effect": [0.1] * 3})
+    new = reference.assign(verdict=["reproduced", "not run", "contradicted"])
+    table = compare_verdicts(reference, new)
+    assert table.compared.tolist() == [True, False, True]
+    assert table.compatible.tolist() == [True, False, False] and table.opposed.tolist() == [False, False, True]
+    missing = compare_verdicts(reference, new[new.hypothesis != "A"])
+    assert missing.compared.tolist() == [False, False, True]
