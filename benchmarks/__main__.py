@@ -10,6 +10,7 @@
     python -m benchmarks config-reference [--write]   # every key of a suite config (benchmarks/configs/README.md)
     python -m benchmarks docs-tables [--check]        # the README's and docs' tables, from results/ (benchmarks.blocks)
     python -m benchmarks perf [ARGS...]       # forwarded to benchmarks.perf.run.main
+    python -m benchmarks gpu [ARGS...]        # forwarded to benchmarks.gpu.main (docs/benchmarks/gpu.md)
 
 ``run`` computes the suite's unfinished cells into ``<out>/runs.jsonl`` (default ``runs/<suite>``:
 the committed ``results/`` is written only when ``--out`` names it), records the suite in
@@ -66,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     tables = commands.add_parser("docs-tables", help="rewrite the generated tables of README.md and docs/ from results/")
     tables.add_argument("--check", action="store_true", help="only list the stale blocks; exit code 1 if any")
     commands.add_parser("perf", help="performance benchmarks (arguments go to benchmarks.perf.run)", add_help=False)
+    commands.add_parser("gpu", help="the GPU run on a lent GPU machine (arguments go to benchmarks.gpu)",
+                        add_help=False)
     for sub, default in ((run, f"default: {DEFAULT_SUITE}"),
                          (report, f"default: the one --out records; without --out: {DEFAULT_SUITE}"),
                          (replicate, "for both runs; default: the one each folder records")):

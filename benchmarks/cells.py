@@ -50,6 +50,7 @@ from lrgroups.depth import find_head
 from lrgroups.norms import batch_norms, freeze_norm_stats, precise_bn
 
 from . import metrics
+from .backbones import backbone
 from .probes import DEGENERATE_CE, best_probe, penultimate, probe_for, probe_model, set_probe_head
 from .sources import (
     CellData,
@@ -146,8 +147,9 @@ def _inputs(cell: Cell, data: CellData, pretrained: bool, cache_dir: Path, envir
     on the device (:data:`DEVICE_INPUTS_KEPT` of them, least recently used dropped): the same
     numbers, without the per-cell resize and the host-to-device copy of every batch."""
     on_device = device is not None and device.type == "cuda"
+    fed_features = backbone(cell.experiment.backbone).fed_features  # (pretrained: which cached features)
     key = (cell.experiment.name, cell.experiment.backbone, cell.experiment.image_size, cell.target, cell.seed,
-           pretrained)
+           pretrained if fed_features else None)
     if on_device and key in _DEVICE_INPUTS:
         _DEVICE_INPUTS.move_to_end(key)
         return _DEVICE_INPUTS[key]

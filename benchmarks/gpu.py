@@ -149,10 +149,10 @@ class Plan:
 
 def plan(step_ms: float, device_seconds: float = DEVICE_SECONDS) -> Plan:
     """The plan of the GPU run at a training step of ``step_ms`` milliseconds (Lite0, 224 px, batch
-    64, bf16 autocast): the machine's start, the environment check, the toy smoke, the perf
-    measurements, the pilot and the confirmatory stage at MIN_CONFIRMATORY_SEEDS seeds (every cell,
-    source model and guard counted, :func:`suite_seconds`), and how many confirmatory seeds the
-    device time left after the other stages pays for.
+    64, bf16 autocast): the machine's start, the environment check, the toy smoke, the pilot, the
+    confirmatory stage at MIN_CONFIRMATORY_SEEDS seeds (every cell, source model and guard counted,
+    :func:`suite_seconds`), the perf measurements and a second call's overhead (the run is longer
+    than one call), and how many confirmatory seeds the device time left after the rest pays for.
 
     Raises:
         ValueError: a step time that is not positive.
@@ -166,10 +166,10 @@ def plan(step_ms: float, device_seconds: float = DEVICE_SECONDS) -> Plan:
     one_seed = confirmatory_of(GPU_TUNING, seeds=1)
     per_seed = suite_seconds(one_seed, step_s, guards=False)
     confirmatory_s = suite_seconds(confirmatory_of(GPU_TUNING, seeds=MIN_CONFIRMATORY_SEEDS), step_s)
-    stages = {"start": START_SECONDS, "environment": ENVIRONMENT_SECONDS, "smoke": smoke, "perf": PERF_SECONDS,
-              "pilot": suite_seconds(GPU_TUNING, step_s)}
-    left = device_seconds - sum(stages.values()) - (confirmatory_s - MIN_CONFIRMATORY_SEEDS * per_seed)
-    stages["confirmatory"] = confirmatory_s
+    stages = {"start": START_SECONDS, "environment": ENVIRONMENT_SECONDS, "smoke": smoke,
+              "pilot": suite_seconds(GPU_TUNING, step_s), "confirmatory": confirmatory_s, "perf": PERF_SECONDS,
+              "second call": CALL_OVERHEAD_SECONDS}
+    left = device_seconds - sum(stages.values()) + MIN_CONFIRMATORY_SEEDS * per_seed
     return Plan(step_ms, stages, per_seed, max(0, int(left // per_seed)))
 
 
@@ -233,8 +233,12 @@ def one_lr(suite: Suite) -> Suite:
 
 # --- The run ------------------------------------------------------------------------------------------
 
-#: Exit code of a call that stopped at its time box with stages left: run the same command again.
-INCOMPLETE = 75
+#: Exit codes besides 0 (done) and the three above: a call stopped at its time box with stages left (run
+#: the same command again), and cells that failed (running again will not help: see their errors).
+INCOMPLETE, CELLS_FAILED = 75, 5
+#: Seconds a call spends outside ``python -m benchmarks gpu``: installing the wheels, the environment
+#: check, packing and the transfers, and the idle wait before a second call.
+CALL_OVERHEAD_SECONDS = 60.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -267,6 +271,7 @@ class _Call:
     threads: int
     deadline: float
     rehearse: bool
+    started: float = dataclasses.field(default_factory=time.monotonic)
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -274,8 +279,8 @@ class _Call:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks gpu``: the stages in order (see the module docstring); exit 0 when the
-    confirmatory stage and its reports are done, INCOMPLETE when the time box stopped it first (run
-    the same command again), ENVIRONMENT_FAILED, SMOKE_FAILED or REFUSED."""
+    confirmatory stage, its reports and the perf measurements are done, else INCOMPLETE (the time box
+    stopped it: run the same command again), CELLS_FAILED, ENVIRONMENT_FAILED, SMOKE_FAILED or REFUSED."""
     from .training import REHEARSAL
 
     args = _parser().parse_args(argv)
@@ -293,16 +298,39 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("environment problems:\n  " + "\n  ".join(problems), file=sys.stderr)
         return ENVIRONMENT_FAILED
+    try:
+        code = _stages(call, perf=not args.skip_perf)
+    finally:
+        _ledger(call)
+    return code
+
+
+def _stages(call: _Call, perf: bool) -> int:
+    """Smoke, the Lee et al. run, then perf (last: the decisive question first)."""
     smoke = _smoke(call)
     if smoke != "passed":
         return SMOKE_FAILED if smoke == "failed" else INCOMPLETE
-    if not args.skip_perf:
-        _perf(call)
-    return _lee(call)
+    code = _lee(call)
+    if code != 0 or not perf:
+        return code
+    return _perf(call)
 
 
 def _say(text: str) -> None:
     print(f"=== [{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _ledger(call: _Call) -> float:
+    """Add this call's seconds so far to ``<results>/gpu-tuning/device-time.json`` (one entry per call,
+    updated in place); returns the device seconds every call has used, each counted with
+    CALL_OVERHEAD_SECONDS, plus START_SECONDS for the machine's start."""
+    path = call.results / "gpu-tuning" / "device-time.json"
+    ledger = json.loads(path.read_text()) if path.exists() else {"calls": []}
+    entry = {"started": call.started, "seconds": round(time.monotonic() - call.started, 1)}
+    calls = [c for c in ledger["calls"] if c["started"] != call.started] + [entry]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"calls": calls}, indent=2) + "\n")
+    return START_SECONDS + sum(c["seconds"] + CALL_OVERHEAD_SECONDS for c in calls)
 
 
 def _run(suite: Suite, out: Path, call: _Call, guards: bool = True, report: bool = True) -> Any:
@@ -319,8 +347,9 @@ def _run(suite: Suite, out: Path, call: _Call, guards: bool = True, report: bool
 
 def _smoke(call: _Call) -> str:
     """Every cell kind of the GPU suites once, at toy size, on the device: ``"passed"`` (recorded in
-    ``<runs>/gpu-smoke/smoke.json``, which later calls reuse), ``"failed"`` (a cell failed) or
-    ``"incomplete"`` (the time box stopped it)."""
+    ``<runs>/gpu-smoke/smoke.json``, which later calls reuse), ``"failed"`` (a cell of the Lee et al.
+    run failed; a failure of the exploratory LP-FT kinds is reported, not fatal) or ``"incomplete"``
+    (the time box stopped it)."""
     from .catalog import GPU_LP_FT, GPU_TUNING
 
     folder = call.runs / "gpu-smoke"
@@ -333,27 +362,38 @@ def _smoke(call: _Call) -> str:
     for suite in (GPU_TUNING, GPU_LP_FT):
         outcome = _run(one_lr(toy(suite, seeds=1)), folder / suite.name, call, guards=False, report=False)
         outcomes[suite.name] = dataclasses.asdict(outcome)
-    failed = any(o["failed"] for o in outcomes.values())
-    state = "failed" if failed else "incomplete" if any(o["remaining"] for o in outcomes.values()) else "passed"
+    lee = outcomes[GPU_TUNING.name]
+    state = ("failed" if lee["failed"] else "incomplete" if any(o["remaining"] or o["cut"] for o in outcomes.values())
+             else "passed")
     folder.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps({"ok": state == "passed", "state": state, "seconds": time.perf_counter() - started,
                                        "suites": outcomes, "device": call.device_choice}, indent=2) + "\n")
-    _say(f"smoke: {state}" + (f" (the errors are in the runs.jsonl files under {folder})" if failed else ""))
+    failed = [name for name, o in outcomes.items() if o["failed"]]
+    _say(f"smoke: {state}" + (f"; cells failed in {', '.join(failed)} (errors in the runs.jsonl files under {folder})"
+                              if failed else ""))
     return state
 
 
-def _perf(call: _Call) -> None:
-    """The CUDA perf measurements into ``<results>/perf/gpu`` (a subprocess; skipped when done)."""
+def _perf(call: _Call) -> int:
+    """The CUDA perf measurements into ``<results>/perf/gpu`` (a subprocess; skipped when done):
+    0 when done, INCOMPLETE when the time box left too little for it."""
     out = call.results / "perf" / "gpu"
-    if (out / "perf.json").exists() and not call.rehearse:
+    if (out / "environment.json").exists() and not call.rehearse:
         _say("perf: done in an earlier call")
-        return
-    seconds = max(10, min(PERF_SECONDS, call.left() - 60))
+        return 0
+    seconds = min(PERF_SECONDS, call.left())
+    if seconds < 30:
+        _say(f"perf: {call.left():.0f} s left in this call; run the same command again for it")
+        return INCOMPLETE
     mode = "--cuda-rehearsal" if call.rehearse else "--cuda"
     command = [sys.executable, "-m", "benchmarks", "perf", mode, "--out", str(out), "--seconds", f"{seconds:.0f}"]
     _say("perf: " + " ".join(command[1:]))
-    code = subprocess.run(command, cwd=ROOT, check=False, timeout=seconds + 60).returncode
+    try:
+        code = subprocess.run(command, cwd=ROOT, check=False, timeout=seconds + 60).returncode
+    except subprocess.TimeoutExpired:
+        code = 124
     _say(f"perf: exit code {code}")
+    return 0 if code in (0, 124) else code  # 124: the finished benchmarks are written
 
 
 def _lee(call: _Call) -> int:
@@ -363,9 +403,9 @@ def _lee(call: _Call) -> int:
 
     pilot = one_lr(toy(GPU_TUNING)) if call.rehearse else GPU_TUNING
     _say(f"pilot: {pilot.name} into {call.results / 'gpu-tuning'}")
-    if _run(pilot, call.results / "gpu-tuning", call).remaining:
-        _say("pilot: stopped at the time box; run the same command again to resume")
-        return INCOMPLETE
+    code = _stage_code(_run(pilot, call.results / "gpu-tuning", call), "pilot")
+    if code:
+        return code
     try:
         registration = _registration(pilot, call)
     except ValueError as error:
@@ -373,36 +413,67 @@ def _lee(call: _Call) -> int:
         return REFUSED
     suite = confirmatory(pilot, registration, "gpu", GPU_FIRST_SEED)
     _say(f"confirmatory: {len(suite.experiments[0].seeds)} seeds into {call.results / 'gpu'}")
-    if _run(suite, call.results / "gpu", call).remaining:
-        _say("confirmatory: stopped at the time box; run the same command again to resume")
+    code = _stage_code(_run(suite, call.results / "gpu", call), "confirmatory")
+    if code == 0:
+        _say("confirmatory: done, reports in " + str(call.results / "gpu"))
+    return code
+
+
+def _stage_code(outcome: Any, stage: str) -> int:
+    """0 when the stage is done, CELLS_FAILED when a cell failed, INCOMPLETE when the time box stopped it."""
+    if outcome.failed:
+        print(f"{stage}: {outcome.failed} cells failed (their errors are in runs.jsonl); running again will not help",
+              file=sys.stderr)
+        return CELLS_FAILED
+    if outcome.remaining or outcome.cut:
+        _say(f"{stage}: stopped at the time box; run the same command again to resume")
         return INCOMPLETE
-    _say("done: reports in " + str(call.results / "gpu"))
     return 0
 
 
 def _registration(pilot: Suite, call: _Call) -> dict[str, Any]:
-    """The pilot's pre-registration: read back when an earlier call wrote it (a resumed run keeps its
-    lrs and seeds), else made (:func:`benchmarks.preregistration.register`) and written into the
-    pilot's folder and, unless rehearsing, to ``benchmarks/preregistration/gpu.json``.
+    """The pilot's pre-registration: read back when an earlier call wrote it (in the pilot's folder, or
+    the committed ``benchmarks/preregistration/gpu.json`` of the same pilot: a resumed run keeps its lrs
+    and seeds), else made (:func:`benchmarks.preregistration.register`) within the device time left
+    (:func:`confirmatory_budget`) and written to both places (the committed one unless rehearsing).
 
     Raises:
-        benchmarks.preregistration.UnaffordableDesign: MIN_CONFIRMATORY_SEEDS cost more than the budget.
+        benchmarks.preregistration.UnaffordableDesign: MIN_CONFIRMATORY_SEEDS cost more than that.
     """
     from . import preregistration
 
     path = call.results / "gpu-tuning" / "preregistration.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    rule, budget = preregistration.SIZING_RULES["gpu"], None
+    committed = preregistration.path_for(pilot)
+    for source in (path, *(() if call.rehearse else (committed,))):
+        if source.exists():
+            registration = json.loads(source.read_text())
+            if registration.get("tuning", {}).get("suite") == pilot.name:
+                for target in (path, *(() if call.rehearse else (committed,))):
+                    if not target.exists():
+                        preregistration.write(registration, target)
+                _say(f"pre-registration {registration['version']}: read back from {source}")
+                return registration
+    rule, budget = preregistration.SIZING_RULES["gpu"], confirmatory_budget(call)
     if call.rehearse:  # toy cells decide nothing: two seeds, no budget to meet needs with, keep the rehearsal short
         rule, budget = dataclasses.replace(rule, min_seeds=2, refuse=False), 0.0
     registration = preregistration.register(pilot, call.results / "gpu-tuning", rule, budget)
     preregistration.write(registration, path)
     if not call.rehearse:
-        preregistration.write(registration, preregistration.path_for(pilot))
-    _say(f"pre-registration {registration['version']}: seeds {registration['seeds']}, lrs "
+        preregistration.write(registration, committed)
+    _say(f"pre-registration {registration['version']}: seeds {registration['seeds']} within {budget:.0f} s, lrs "
          + ", ".join(f"{r['strategy']} {r['lr']:g}" for r in registration["lrs"]))
     return registration
+
+
+def confirmatory_budget(call: _Call) -> float:
+    """Device seconds the confirmatory cells and source models may take: the device time less what the
+    calls so far used (:func:`_ledger`), the pilot's measured budget check (the confirmatory stage runs
+    the same one), the perf stage when it is still to come, and one more call's overhead."""
+    used = _ledger(call)
+    environment = json.loads((call.results / "gpu-tuning" / "environment.json").read_text())
+    check = sum(p["seconds"] for p in environment.get("phases", []) if str(p["phase"]).startswith("budget"))
+    perf_left = 0.0 if (call.results / "perf" / "gpu" / "environment.json").exists() else PERF_SECONDS
+    return DEVICE_SECONDS - used - check - perf_left - CALL_OVERHEAD_SECONDS
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ archive() {
   local name=$1 folder=${2%/} base=.
   [ -d "$folder" ] || return 0
   case $folder in /*) base=$(dirname "$folder"); folder=$(basename "$folder");; esac
-  tar czf "$OUT/$name" -C "$base" --exclude="$folder/cache" --exclude=.partial "$folder" || echo "warning: $name failed"
+  tar czf "$OUT/$name" -C "$base" --exclude=cache --exclude=.partial "$folder" || echo "warning: $name failed"
 }
 
 pack() {

@@ -111,7 +111,6 @@ def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite
     atomic_write(new_dir / "replication.csv", cells.to_csv(index=False, float_format="%.6g"))
     same = bool(verdicts.compatible.all()) and not bool((~verdicts.compared).any())
     across = compare_across(reference_dir / "across.csv", new_dir / "across.csv")
-    opposed_rows = verdicts[verdicts.opposed]
     shown, uncompared, verdicts = verdicts, verdicts[~verdicts.compared], verdicts[verdicts.compared]
 
     def probability(value: object) -> str:
@@ -121,17 +120,7 @@ def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite
         f"# Replication of `{reference_dir}` (suite `{reference_suite.name}`) by `{new_dir}` "
         f"(suite `{new_suite.name}`)",
         "",
-        f"Confirmatory verdicts compatible (the same word, or one implying the other: contradicted and direction "
-        f"only each imply not reproduced): {int(verdicts.compatible.sum())} of {len(verdicts)} "
-        f"({verdicts.compatible.mean():.0%}); the same word: {int(verdicts.same.sum())} of {len(verdicts)}; opposed "
-        f"(no single true effect gives both): {int(verdicts.opposed.sum())}"
-        f"{' (' + ', '.join(opposed_rows.hypothesis) + ')' if len(opposed_rows) else ''}; the rest: one run "
-        f"decided, the other undetermined or out of scope."
-        f"{f' Not compared (a run has not run it): {len(uncompared)} (' + ', '.join(uncompared.hypothesis) + ').' if len(uncompared) else ''}"
-        f" Cells whose new mean test accuracy is consistent with "
-        f"the reference (difference inside its 95% interval): {int(cells.consistent.sum())} of {len(cells)}; "
-        f"inside the reference's own 95% interval: {int(cells.inside.sum())} of {len(cells)}; same lr: "
-        f"{int(cells.same_lr.sum())} of {len(cells)}.",
+        _summary(verdicts, uncompared, cells),
         "",
         "| hypothesis | verdict (reference) | verdict (new) | effect (reference) | effect (new) | units (reference) | "
         "(new) | replication probability (reference) | (new) | compatible | opposed |",
@@ -160,3 +149,23 @@ def write_replication(reference_dir: Path, new_dir: Path, reference_suite: Suite
     ]
     atomic_write(new_dir / "replication.md", "\n".join(lines))
     return same
+
+
+def _summary(verdicts: pd.DataFrame, uncompared: pd.DataFrame, cells: pd.DataFrame) -> str:
+    """The replication report's first paragraph: the compared verdicts' agreement under the nesting,
+    the opposed ones, those not compared, and the cells' consistency."""
+    opposed_rows = verdicts[verdicts.opposed]
+    return (
+        f"Confirmatory verdicts compatible (the same word, or one implying the other: contradicted and direction "
+        f"only each imply not reproduced): {int(verdicts.compatible.sum())} of {len(verdicts)} "
+        f"({verdicts.compatible.mean():.0%}); the same word: {int(verdicts.same.sum())} of {len(verdicts)}; opposed "
+        f"(no single true effect gives both): {int(verdicts.opposed.sum())}"
+        f"{' (' + ', '.join(opposed_rows.hypothesis) + ')' if len(opposed_rows) else ''}; the rest: one run "
+        f"decided, the other undetermined or out of scope."
+        + (f" Not compared (a run has not run it): {len(uncompared)} ({', '.join(uncompared.hypothesis)})."
+           if len(uncompared) else "")
+        + f" Cells whose new mean test accuracy is consistent with "
+        f"the reference (difference inside its 95% interval): {int(cells.consistent.sum())} of {len(cells)}; "
+        f"inside the reference's own 95% interval: {int(cells.inside.sum())} of {len(cells)}; same lr: "
+        f"{int(cells.same_lr.sum())} of {len(cells)}."
+    )

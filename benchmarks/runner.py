@@ -51,6 +51,8 @@ class Outcome:
     failed: int = 0
     remaining: int = 0
     seconds: float = 0.0
+    #: Whether the deadline stopped the run before its cells and guards were all done (run it again).
+    cut: bool = False
 
 
 def run_suite(suite: Suite, out: Path, cache_dir: Path, *, workers: int = 1, threads: int = 1,
@@ -168,9 +170,15 @@ class _SuiteRun:
     def ok(self, key: str) -> bool:
         return self.records.get(key, {}).get("status") == "ok"
 
+    def past_deadline(self) -> bool:
+        """Whether the deadline has passed (then the run is marked ``cut``)."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.outcome.cut = True
+        return self.outcome.cut
+
     def room(self) -> bool:
         """Whether ``max_cells`` and the deadline leave room for another cell."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if self.past_deadline():
             return False
         return self.max_cells is None or self.outcome.computed + self.outcome.failed < self.max_cells
 
@@ -199,6 +207,8 @@ class _SuiteRun:
         keys = [cell.key(self.environment) for cell in cells]
         self.order.extend(k for k in keys if k not in self.order)
         pending = [(i, cell) for i, (cell, key) in enumerate(zip(cells, keys, strict=True)) if not self.ok(key)]
+        if pending and self.past_deadline():
+            pending = []  # past the deadline: no preparation, no cell (planned: they count as not done)
         if self.max_cells is not None:
             pending = pending[: max(0, self.max_cells - self.outcome.computed - self.outcome.failed)]
         self.outcome.skipped += len(cells) - len([k for k in keys if not self.ok(k)])
@@ -219,7 +229,7 @@ class _SuiteRun:
             else:
                 self.outcome.computed += 1
             bar.update(1)
-            if self.deadline is not None and time.monotonic() >= self.deadline:
+            if self.past_deadline():
                 break  # the lazy in-process map starts no more cells
         bar.close()
         self.phases.append({"phase": phase, "cells": len(cells), "computed": len(pending),

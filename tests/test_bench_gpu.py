@@ -50,9 +50,12 @@ def _records(folder: Path) -> list[dict]:
 def test_the_rehearsal_runs_every_stage_and_exits_0(rehearsal: dict) -> None:
     assert rehearsal["done"].returncode == 0, rehearsal["log"][-3000:]
     log = rehearsal["log"]
-    for stage in ("environment: ok", "smoke: passed", "perf: exit code 0", "pilot:", "pre-registration",
-                  "confirmatory: 2 seeds", "done: reports in"):
-        assert stage in log, stage
+    stages = ("environment: ok", "smoke: passed", "pilot:", "pre-registration", "confirmatory: 2 seeds",
+              "confirmatory: done", "perf: exit code 0")
+    positions = [log.find(stage) for stage in stages]
+    assert all(i >= 0 for i in positions) and positions == sorted(positions), dict(zip(stages, positions, strict=True))
+    ledger = json.loads((rehearsal["tmp"] / "results" / "gpu-tuning" / "device-time.json").read_text())
+    assert len(ledger["calls"]) == 1 and ledger["calls"][0]["seconds"] > 0
     out = sorted(p.name for p in (rehearsal["tmp"] / "out").iterdir())
     assert out == ["gpu-smoke.tgz", "gpu-tuning.tgz", "gpu.tgz", "log.txt", "perf-gpu.tgz"]  # no gpu.json: rehearsal
 
@@ -247,7 +250,8 @@ def test_the_gpu_page_states_the_numbers_the_code_uses() -> None:
     assert f"at least {gpu.MIN_CONFIRMATORY_SEEDS} seeds" in page and f"{gpu.FIXED_CELL_SECONDS:g} s per cell" in page
     assert f"gated at {_ANIMAL_CLEAN.min_accuracy:g} source accuracy" in page
     assert (f"{gpu.INCOMPLETE} stopped at the time box" in page and f"{gpu.ENVIRONMENT_FAILED} environment" in page
-            and f"{gpu.SMOKE_FAILED} smoke failed" in page and f"{gpu.REFUSED}\nrefused" in page)
+            and f"{gpu.SMOKE_FAILED} smoke failed" in page and f"{gpu.REFUSED}\nrefused" in page
+            and f"{gpu.CELLS_FAILED} cells failed" in page)
     assert "No GPU run is committed yet" in page and not (ROOT / "results" / "gpu").exists()
 
 
@@ -281,3 +285,47 @@ def test_a_sized_run_keeps_its_seeds_when_it_resumes(tmp_path: Path) -> None:
     resumed, again = _sized(roomy, device, tmp_path / "sizing.json")
     assert resumed.experiments[0].seeds == (0, 1) and again["resumed"]
     assert _sized(roomy, device, tmp_path / "fresh.json")[0].experiments[0].seeds == tuple(range(6))
+
+
+# --- The time box and the exit codes -----------------------------------------------------------------
+
+
+def test_a_run_past_its_deadline_starts_nothing_and_says_it_was_cut(tmp_path: Path) -> None:
+    """No preparation and no cell after the deadline; every planned cell counts as not done, and the
+    outcome says the deadline cut it (the GPU run then exits INCOMPLETE, not 0)."""
+    import time
+
+    from benchmarks.catalog import SMOKE
+    from benchmarks.runner import run_suite
+
+    outcome = run_suite(SMOKE, tmp_path, tmp_path / "cache", progress=False, deadline=time.monotonic() - 1)
+    assert outcome.cut and outcome.computed == 0 and outcome.remaining == len(SMOKE.cells())
+    assert not (tmp_path / "cache").exists()  # no source model trained
+    assert gpu._stage_code(outcome, "pilot") == gpu.INCOMPLETE
+
+
+def test_failed_cells_stop_the_run_instead_of_asking_for_another_call() -> None:
+    from benchmarks.runner import Outcome
+
+    assert gpu._stage_code(Outcome(computed=3, failed=1, remaining=1), "pilot") == gpu.CELLS_FAILED
+    assert gpu._stage_code(Outcome(computed=4), "pilot") == 0
+
+
+def test_the_confirmatory_budget_is_the_device_time_the_calls_left(tmp_path: Path) -> None:
+    """Device time less the machine's start, every call so far with its overhead, the pilot's budget
+    check (the confirmatory stage runs the same one) and the perf stage still to come."""
+    import time
+
+    folder = tmp_path / "gpu-tuning"
+    folder.mkdir()
+    (folder / "device-time.json").write_text(json.dumps({"calls": [{"started": -1.0, "seconds": 200.0}]}))
+    (folder / "environment.json").write_text(json.dumps({"phases": [{"phase": "grid", "seconds": 150.0},
+                                                                    {"phase": "budget x2", "seconds": 20.0}]}))
+    call = gpu._Call(tmp_path, tmp_path, REHEARSAL, 1, time.monotonic() + 100, True)
+    budget = gpu.confirmatory_budget(call)
+    used = gpu.START_SECONDS + 2 * gpu.CALL_OVERHEAD_SECONDS + 200.0  # this call (about 0 s) and the earlier one
+    assert budget == pytest.approx(gpu.DEVICE_SECONDS - used - 20.0 - gpu.PERF_SECONDS - gpu.CALL_OVERHEAD_SECONDS,
+                                   abs=1.0)
+    (tmp_path / "perf" / "gpu").mkdir(parents=True)
+    (tmp_path / "perf" / "gpu" / "environment.json").write_text("{}")
+    assert gpu.confirmatory_budget(call) == pytest.approx(budget + gpu.PERF_SECONDS, abs=1.0)

@@ -83,7 +83,11 @@ def test_shell_command_is_real(page, command):
     elif words[:3] == ["python", "-m", "benchmarks"]:
         from benchmarks.__main__ import _parser
 
-        if words[3] != "perf":
+        if words[3] == "gpu":
+            from benchmarks.gpu import _parser as gpu_parser
+
+            gpu_parser().parse_args(words[4:])
+        elif words[3] != "perf":
             _parser().parse_args(words[3:])
     elif words[:2] == ["pip", "install"]:
         extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
