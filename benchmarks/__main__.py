@@ -66,9 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     reference = commands.add_parser("config-reference", help="the table of every key a suite config takes")
     tables = commands.add_parser("docs-tables", help="rewrite the generated tables of README.md and docs/ from results/")
     tables.add_argument("--check", action="store_true", help="only list the stale blocks; exit code 1 if any")
-    commands.add_parser("perf", help="performance benchmarks (arguments go to benchmarks.perf.run)", add_help=False)
-    commands.add_parser("gpu", help="the GPU run on a lent GPU machine (arguments go to benchmarks.gpu)",
-                        add_help=False)
+    for name, text in (("perf", "performance benchmarks (arguments go to benchmarks.perf.run)"),
+                       ("gpu", "the GPU run on a lent GPU machine (arguments go to benchmarks.gpu)")):
+        commands.add_parser(name, help=text, add_help=False)
     for sub, default in ((run, f"default: {DEFAULT_SUITE}"),
                          (report, f"default: the one --out records; without --out: {DEFAULT_SUITE}"),
                          (replicate, "for both runs; default: the one each folder records")):
@@ -82,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--readme", type=Path,
                         help="also write the tables into this README's verdicts-<suite> and across-<suite> blocks")
     reference.add_argument("--write", action="store_true", help="write it into benchmarks/configs/README.md")
+    _run_options(run)
+    for sub, command in ((run, _run), (report, _report), (replicate, _replicate), (preregister, _preregister),
+                         (reference, _config_reference), (tables, _docs_tables)):
+        sub.set_defaults(func=command)
+    return parser
+
+
+def _run_options(run: argparse.ArgumentParser) -> None:
+    """The ``run`` subcommand's options besides ``--suite``/``--config`` and ``--out``."""
     run.add_argument("--cache", type=Path, help="where source backbones and features are cached (default: <out>/cache)")
     run.add_argument("--workers", type=int, default=2, help="processes running cells (default 2; 1 on CUDA)")
     run.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
@@ -90,10 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=("local", "ray"), default="local",
                      help="local processes (default) or Ray: one task per cell with --threads CPUs")
     run.add_argument("--address", help="with --executor ray: an existing cluster (default: start a local one)")
-    run.add_argument("--assume-step-ms", type=float, default=None,
-                     help="with --dry-run: estimate at this training step (ms, at the experiment's batch size) instead "
-                          "of timing one; for the GPU suites also print the GPU run's plan and refuse (exit 2) below "
-                          "8 confirmatory seeds")
+    run.add_argument("--assume-step-ms", type=float, default=None, help="with --dry-run: estimate at this training "
+                     "step (ms, at the batch size) instead of timing one; for the GPU suites also print the GPU run's "
+                     "plan and refuse (exit 2) below 8 confirmatory seeds")
     run.add_argument("--dry-run", action="store_true",
                      help="list the cells and whether each is done (or its backbone weights missing) and estimate "
                           "the time from measured step costs (warns at hours); run nothing")
@@ -108,10 +116,6 @@ def _parser() -> argparse.ArgumentParser:
                      help="another run folder whose finished cells of this suite count as done (copied with their "
                           "provenance; repeatable)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for sub, command in ((run, _run), (report, _report), (replicate, _replicate), (preregister, _preregister),
-                         (reference, _config_reference), (tables, _docs_tables)):
-        sub.set_defaults(func=command)
-    return parser
 
 
 def _seeds(text: str) -> tuple[int, ...]:
