@@ -403,7 +403,7 @@ def _lee(call: _Call) -> int:
 
     pilot = one_lr(toy(GPU_TUNING)) if call.rehearse else GPU_TUNING
     _say(f"pilot: {pilot.name} into {call.results / 'gpu-tuning'}")
-    code = _stage_code(_run(pilot, call.results / "gpu-tuning", call), "pilot")
+    code = _stage_code(_run(pilot, call.results / "gpu-tuning", call), "pilot", call.results / "gpu-tuning")
     if code:
         return code
     try:
@@ -413,14 +413,44 @@ def _lee(call: _Call) -> int:
         return REFUSED
     suite = confirmatory(pilot, registration, "gpu", GPU_FIRST_SEED)
     _say(f"confirmatory: {len(suite.experiments[0].seeds)} seeds into {call.results / 'gpu'}")
-    code = _stage_code(_run(suite, call.results / "gpu", call), "confirmatory")
+    code = _stage_code(_run(suite, call.results / "gpu", call), "confirmatory", call.results / "gpu")
     if code == 0:
         _say("confirmatory: done, reports in " + str(call.results / "gpu"))
     return code
 
 
-def _stage_code(outcome: Any, stage: str) -> int:
-    """0 when the stage is done, CELLS_FAILED when a cell failed, INCOMPLETE when the time box stopped it."""
+def drop_mixed_sources(folder: Path) -> list[int]:
+    """The seeds of ``folder/runs.jsonl`` whose finished cells started from different clean-source
+    models (a call on a fresh machine retrains a seed's source, and CUDA does not retrain it bit for
+    bit), with the records of each such seed's older source dropped from the file (they run again, on
+    the current source, in the next call): a seed is one source model, one unit."""
+    from .store import read_runs, write_runs
+
+    records = read_runs(folder / "runs.jsonl")
+    latest: dict[int, tuple[str, str]] = {}
+    for r in records:
+        sha = (r.get("source_model") or {}).get("sha256")
+        if r.get("status") == "ok" and sha and (r["seed"] not in latest
+                                                 or str(r.get("finished_at")) >= latest[r["seed"]][0]):
+            latest[r["seed"]] = (str(r.get("finished_at")), sha)
+
+    def stale(r: Any) -> bool:
+        sha = (r.get("source_model") or {}).get("sha256")
+        return bool(sha) and r["seed"] in latest and sha != latest[r["seed"]][1]
+
+    mixed = sorted({r["seed"] for r in records if stale(r)})
+    if mixed:
+        write_runs(folder / "runs.jsonl", [r for r in records if not stale(r)])
+    return mixed
+
+
+def _stage_code(outcome: Any, stage: str, folder: Path | None = None) -> int:
+    """0 when the stage is done, CELLS_FAILED when a cell failed, INCOMPLETE when the time box stopped
+    it or when cells of a seed in ``folder`` started from two source models (:func:`drop_mixed_sources`)."""
+    if folder is not None and (mixed := drop_mixed_sources(folder)):
+        _say(f"{stage}: seeds {mixed} had cells from two clean-source models (a fresh machine retrained them); "
+             "the older ones dropped: run the same command again to rerun them")
+        return INCOMPLETE
     if outcome.failed:
         print(f"{stage}: {outcome.failed} cells failed (their errors are in runs.jsonl); running again will not help",
               file=sys.stderr)

@@ -329,3 +329,22 @@ def test_the_confirmatory_budget_is_the_device_time_the_calls_left(tmp_path: Pat
     (tmp_path / "perf" / "gpu").mkdir(parents=True)
     (tmp_path / "perf" / "gpu" / "environment.json").write_text("{}")
     assert gpu.confirmatory_budget(call) == pytest.approx(budget + gpu.PERF_SECONDS, abs=1.0)
+
+
+def test_a_seed_is_one_source_model_even_across_machines(tmp_path: Path) -> None:
+    """Records of a seed whose cells started from two clean-source models (a cold resume retrained it)
+    keep the newest source's; the older ones are dropped (they rerun), other seeds are untouched."""
+    from benchmarks.store import write_runs
+
+    def record(seed: int, strategy: str, sha: str, finished: str) -> dict:
+        return {"key": f"{seed}{strategy}", "seed": seed, "strategy": strategy, "status": "ok",
+                "finished_at": finished, "source_model": {"sha256": sha}}
+
+    write_runs(tmp_path / "runs.jsonl", [record(100, "full", "a", "2026-12-06T10:00:00"),
+                                         record(100, "surgical_first", "b", "2026-12-06T11:00:00"),
+                                         record(101, "full", "c", "2026-12-06T10:00:00"),
+                                         {"key": "pixel", "seed": 100, "strategy": "pixel", "status": "ok"}])
+    assert gpu.drop_mixed_sources(tmp_path) == [100]
+    kept = {r["key"] for r in _records(tmp_path)}
+    assert kept == {"100surgical_first", "101full", "pixel"}
+    assert gpu.drop_mixed_sources(tmp_path) == []
