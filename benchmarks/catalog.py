@@ -491,20 +491,9 @@ def _gpu_hypotheses() -> tuple[Hypothesis, ...]:
     """Lee et al. on the whole Lite0, low contrast (the input-level shift whose CPU verdicts replicate
     with probability 1.00, ``results/quick``): first > last, first >= full (non-inferiority), and
     first > BN statistics alone."""
-    lee_input = "input-level shifts (CIFAR-10-C, ImageNet-C): first block tuned best"
-    experiment = "g_surgical_lite0"
-    return (
-        Hypothesis("G1a", _LEE, experiment, "contrast10", "test_accuracy", "surgical_first", "surgical_last", 0.03,
-                   lee_input, _LEE_MIN),
-        Hypothesis("G1e", f"{_LEE}: tuning the first block matches or beats full fine-tuning", experiment,
-                   "contrast10", "test_accuracy", "surgical_first", "full", 0.03,
-                   "input-level shifts: surgical (first block) >= full fine-tuning (Table 1)",
-                   "non-inferiority margin: " + _LEE_MIN, kind="noninferiority"),
-        Hypothesis("G1f", "control: training the first block's weights adds to re-estimating its BatchNorm "
-                   "statistics", experiment, "contrast10", "test_accuracy", "surgical_first", "bn_only", 0.03,
-                   "not a published claim: Lee et al. tune weights; a BN network's gain can be its statistics alone",
-                   _NO_NUMBER.format("3 pp, as G1a")),
-    )
+    on_lite0 = dict(experiment="g_surgical_lite0", target="contrast10")
+    quick = {h.name: h for h in _q1_hypotheses(targets=("contrast",)) + _q1_control_hypotheses()}
+    return tuple(dataclasses.replace(quick[f"H1{letter}"], name=f"G1{letter}", **on_lite0) for letter in "aef")
 
 
 #: The GPU run's pilot (its tuning stage): every strategy on its lr grid on GPU_PILOT_SEEDS; ``python -m

@@ -408,8 +408,9 @@ def run_cell(cell: Cell, device: Device, cache_dir: Path, environment: Mapping[s
     kind = cell.strategy.kind
     if kind == "pixel":
         return pixel_cell(cell, data)
+    run = probe_cell if kind == "probe" else finetune_cell
     if device.type != "cuda":
-        return (probe_cell if kind == "probe" else finetune_cell)(cell, data, device, cache_dir, environment)
+        return run(cell, data, device, cache_dir, environment)
     torch.cuda.reset_peak_memory_stats()
-    record = (probe_cell if kind == "probe" else finetune_cell)(cell, data, device, cache_dir, environment)
+    record = run(cell, data, device, cache_dir, environment)
     return {**record, "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20}

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from .selection import BUDGET_CHECK_FACTOR, BUDGET_CHECK_SEEDS
-from .suites import Budget, Cell, Experiment, Suite
+from .suites import WISE_ALPHAS, Budget, Cell, Experiment, Suite
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A lent machine's device time, all calls together, and what its start costs (seconds).
@@ -79,7 +79,7 @@ def evaluated_images(cell: Cell) -> int:
     test = classes * (target.test_pool[1] - target.test_pool[0]) if target.test_pool else 0
     shifted = test * max(1, len(target.ood))
     evaluations = experiment.budget.steps // experiment.budget.eval_every + 1
-    wise = 11 * (test + test * len(target.ood)) if cell.strategy.wise else 0
+    wise = len(WISE_ALPHAS) * (test + test * len(target.ood)) if cell.strategy.wise else 0
     return evaluations * classes * target.val_shots + test + test * len(target.ood) + 2 * (
         shifted + classes * target.shots) + wise
 
@@ -179,9 +179,8 @@ def confirmatory_of(tuning: Suite, seeds: int) -> Suite:
     from .catalog import GPU_FIRST_SEED
     from .suites import confirmatory
 
-    lrs = [{"experiment": e.name, "target": t.name, "strategy": s.name,
-            "lr": e.grid(s, t)[len(e.grid(s, t)) // 2]} for e in tuning.experiments for t in e.targets
-           for s in e.strategies]
+    lrs = [{"experiment": e.name, "target": t, "strategy": s, "lr": lr} for e in tuning.experiments
+           for t, s, lr in _middle_lrs(e)]
     registration = {"lrs": lrs, "seeds": {e.name: seeds for e in tuning.experiments}, "version": "estimate"}
     return confirmatory(tuning, registration, "gpu", GPU_FIRST_SEED)
 
@@ -223,11 +222,15 @@ def toy(suite: Suite, seeds: int | None = None) -> Suite:
     return dataclasses.replace(suite, name=suite.name, experiments=tuple(experiments))
 
 
+def _middle_lrs(experiment: Experiment) -> list[tuple[str, str, float]]:
+    """``(target, strategy, lr)`` for every strategy on every target at the middle of its lr grid."""
+    return [(t.name, s.name, experiment.grid(s, t)[len(experiment.grid(s, t)) // 2])
+            for t in experiment.targets for s in experiment.strategies]
+
+
 def one_lr(suite: Suite) -> Suite:
     """``suite`` with every strategy at the middle of its lr grid only (a smoke needs each cell kind once)."""
-    experiments = tuple(dataclasses.replace(e, lrs=tuple((t.name, s.name, e.grid(s, t)[len(e.grid(s, t)) // 2])
-                                                          for t in e.targets for s in e.strategies))
-                        for e in suite.experiments)
+    experiments = tuple(dataclasses.replace(e, lrs=tuple(_middle_lrs(e))) for e in suite.experiments)
     return dataclasses.replace(suite, experiments=experiments)
 
 

@@ -20,7 +20,6 @@ the finished benchmarks when pytest is interrupted).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -29,9 +28,9 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from ..store import atomic_write, cpu_name, git_commit, versions
 
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     results_path.unlink(missing_ok=True)  # a run cut before pytest-benchmark writes must not report stale numbers
     try:
         if mode is None:
-            with _only_our_plugins():
+            with mock.patch.dict(os.environ, ONLY_OUR_PLUGINS):
                 code = int(pytest.main(_pytest_args(results_path, args.select)))
         else:
             code = _run_cuda_mode(mode, env, results_path, args, start)
@@ -192,7 +191,7 @@ def _run_cuda_mode(mode, env: dict[str, Any], results_path: Path, args: argparse
     env["torch threads"] = torch.get_num_threads()
     box.arm()
     try:
-        with _only_our_plugins():
+        with mock.patch.dict(os.environ, ONLY_OUR_PLUGINS):
             code = int(pytest.main([*_pytest_args(results_path, args.select, PERF_DIR / "bench_cuda.py"), "-W",
                                     NOTHING_SAVED], plugins=[box]))
     except KeyboardInterrupt:  # the alarm fired outside pytest's own handling
@@ -213,23 +212,13 @@ def _run_cuda_mode(mode, env: dict[str, Any], results_path: Path, args: argparse
     return 124
 
 
-@contextlib.contextmanager
-def _only_our_plugins() -> Iterator[None]:
-    """PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 for the benchmarks' pytest (restored after)."""
-    previous = os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
-    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"]
-        else:
-            os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = previous
+#: Set around the benchmarks' pytest: no installed plugin loads unless named (``-p``, :func:`_pytest_args`).
+ONLY_OUR_PLUGINS = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
 def _pytest_args(results_path: Path, select: str | None, where: Path = PERF_DIR) -> list[str]:
     """The pytest command line that runs the benchmarks in ``where`` (``-k select``) into ``results_path``:
-    pytest-benchmark the one plugin loaded (with PYTEST_DISABLE_PLUGIN_AUTOLOAD set by :func:`_only_our_plugins`)
+    pytest-benchmark the one plugin loaded (with :data:`ONLY_OUR_PLUGINS` in the environment)
     and the benchmarks' own ini (``bench.ini``, not the project's test settings), so that whatever else a machine
     has installed neither loads nor changes the run."""
     pytest_args = [
