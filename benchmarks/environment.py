@@ -334,16 +334,18 @@ def imported_distributions(modules: Iterable[str] | Mapping[str, object] = sys.m
 @lru_cache(maxsize=1)
 def _device_dependencies() -> frozenset[str]:
     """The distributions DEVICE_PACKAGES' installed versions here require, transitively (extras left out)."""
+    from packaging.requirements import Requirement  # pytest's own dependency: on the machine too
+
     found: set[str] = set()
     todo = list(DEVICE_PACKAGES)
     while todo:
         try:
-            requires = importlib.metadata.requires(todo.pop()) or []
+            requires = [Requirement(text) for text in importlib.metadata.requires(todo.pop()) or []]
         except importlib.metadata.PackageNotFoundError:
             continue
         for requirement in requires:
-            name = normalize(re.match(r"[A-Za-z0-9._-]+", requirement).group())
-            if "extra" not in requirement.partition(";")[2] and name not in found | DEVICE_PACKAGES:
+            name = normalize(requirement.name)
+            if "extra" not in str(requirement.marker or "") and name not in found | DEVICE_PACKAGES:
                 found.add(name)
                 todo.append(name)
     return frozenset(found)
