@@ -130,7 +130,7 @@ def unit_values(suite: Suite, runs: pd.DataFrame, experiment_name: str, values: 
     return values.groupby(source.to_numpy()).mean()
 
 
-def _differences(runs: pd.DataFrame, experiment: str, target: str, metric: str, better: str,
+def strategy_differences(runs: pd.DataFrame, experiment: str, target: str, metric: str, better: str,
                  worse: str) -> pd.Series:
     """``better - worse`` of ``metric`` per seed among ``runs`` (the seeds both sides have)."""
     part = runs[(runs.experiment == experiment) & (runs.target == target)]
@@ -142,9 +142,9 @@ def _differences(runs: pd.DataFrame, experiment: str, target: str, metric: str, 
 def seed_differences(runs: pd.DataFrame, h: Hypothesis) -> pd.Series:
     """The hypothesis' paired differences per seed among ``runs``: ``better - worse`` (for an
     interaction, the difference on ``h.target`` minus the one on ``h.versus``)."""
-    d = _differences(runs, h.experiment, h.target, h.metric, h.better, h.worse)
+    d = strategy_differences(runs, h.experiment, h.target, h.metric, h.better, h.worse)
     if h.versus:
-        other = _differences(runs, h.experiment, h.versus, h.metric, h.better, h.worse)
+        other = strategy_differences(runs, h.experiment, h.versus, h.metric, h.better, h.worse)
         seeds = sorted(set(d.index) & set(other.index))
         d = d[seeds] - other[seeds]
     return d
@@ -180,7 +180,7 @@ def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame
             sources = runs[(runs.experiment == experiment.name) & runs.source_accuracy.notna()]
             source_accuracy = float(sources.source_accuracy.min()) if len(sources) else math.nan
             source_ok = math.isnan(source_accuracy) or source_accuracy >= experiment.source.min_accuracy
-            d = unit_values(suite, runs, experiment.name, _differences(
+            d = unit_values(suite, runs, experiment.name, strategy_differences(
                 chosen, experiment.name, target.name, "test_accuracy", best.strategy, baseline.strategy))
             margin = float(d.mean()) if len(d) else math.nan
             sd = float(d.std(ddof=1)) if len(d) >= 2 else math.nan
@@ -208,10 +208,13 @@ def _preconditions(suite: Suite, runs: pd.DataFrame, h: Hypothesis) -> tuple[boo
     held, texts, again = True, [], []
     part = runs[(runs.experiment == h.experiment) & (runs.target == h.target)]
     for p in h.preconditions:
-        means = [part[part.strategy == name][p.metric].mean() for name in (p.better, p.worse)]
+        # both means over the seeds both sides ran (cells sized on their own run on different seeds)
+        sides = [part[part.strategy == name].set_index("seed")[p.metric].dropna() for name in (p.better, p.worse)]
+        paired = sorted(set(sides[0].index) & set(sides[1].index))
+        means = [float(side[paired].mean()) if paired else math.nan for side in sides]
         ok = bool(all(math.isfinite(m) for m in means) and means[0] >= means[1])
         held &= ok
-        d = unit_values(suite, runs, h.experiment, _differences(runs, h.experiment, h.target, p.metric, p.better,
+        d = unit_values(suite, runs, h.experiment, strategy_differences(runs, h.experiment, h.target, p.metric, p.better,
                                                                  p.worse))
         sd = float(d.std(ddof=1)) if len(d) >= 2 else math.nan
         again.append((ok, precondition_probability(ok, float(d.mean()) if len(d) else math.nan, sd, len(d))))

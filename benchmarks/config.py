@@ -91,7 +91,7 @@ BN_MODES = ("frozen", "train")
 #: a config does not set.
 TABLES: tuple[tuple[str, type, tuple[str, ...]], ...] = (
     ("(top level)", Suite, ("time_budget_s", "preregistration")),
-    ("[[experiments]]", Experiment, ("lrs", "skip")),
+    ("[[experiments]]", Experiment, ("lrs", "skip", "cell_seeds")),
     ("experiments.source", Source, ()),
     ("experiments.budget", Budget, ()),
     ("[[experiments.targets]]", Target, ()),

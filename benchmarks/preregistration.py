@@ -38,6 +38,16 @@ read 0.66; H2e's tuning sd was a fifth of the confirmatory one):
   sits on its minimum effect) is registered exploratory (``futile`` in the file): the confirmatory
   stage reports its interval and gives it no verdict, as the issue retiring H2c and H3d asked for
   such hypotheses. This is decided on the tuning stage alone, before any confirmatory cell runs.
+  The futile leave the Holm family, and the rest are sized at the first step of the family that
+  remains. A hypothesis one of whose preconditions fails on the tuning stage will read *out of
+  scope*: it is sized on that precondition (the seeds at which an independent run finds it failing
+  again, :func:`benchmarks.stats.precondition_probability`; ``sized_on`` in the file).
+- ``per_cell``: size every cell on its own (``cell_seeds`` in the file) instead of every experiment:
+  a need raises only the cells its verdict reads (:func:`cells_read`), the others stay at the minimum,
+  and the budget left then completes each hypothesis' cells to its most-seeded one
+  (:func:`complete_pairs`); every seed still pretrains its own source model.
+- ``curves_read_only``: the confirmatory stage measures the forgetting curve only where a
+  confirmatory, non-futile hypothesis reads it (``track_forgetting`` in the file).
 
 Example:
     >>> lrs = [{"experiment": "q2", "target": "t", "strategy": "full", "lr": 0.003}]
@@ -60,11 +70,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .analysis import add_derived_metrics, gates, seed_differences, selected_table
+from .analysis import add_derived_metrics, gates, seed_differences, selected_table, strategy_differences
 from .selection import mark_capped, runs_frame, select_lr
-from .stats import ALPHA, agreement_probability, gate_probability
+from .stats import ALPHA, agreement_probability, gate_probability, precondition_probability
 from .store import atomic_write, read_runs
-from .suites import PREREGISTRATION_DIR, Experiment, Suite
+from .suites import CURVE_METRICS, PREREGISTRATION_DIR, Experiment, Hypothesis, Suite
 
 #: Format of the pre-registration file.
 FORMAT = 1
@@ -77,14 +87,15 @@ MAX_SEEDS = 40
 #: GPU run itself computes its budget from the device time its calls have left
 #: (:func:`benchmarks.gpu.confirmatory_budget`).
 GPU_CONFIRMATORY_SECONDS = 360.0
-#: Estimated worker-seconds (:func:`cost_model`) of the confirmatory stage's cells and source models,
-#: per confirmatory suite. Measured: the quick reference estimated at 844 took 525 s of wall time on
-#: 2 cores, guards and preparations included; so 870 keeps `make bench` (the run, then `replicate`)
-#: within 10 minutes; 3000 gave the standard reference 1831 s (2,874 estimated). The quick suite's rule
-#: reads each cell's fastest seed instead of the mean (``SizingRule.cost``): on that same reference the
-#: fastest seeds sum to 0.838 of the means for the cells and 0.805 for the source models, so its budget
-#: is 870 x 0.83 = 725 in those units.
-WORKER_SECONDS = {"quick": 725.0, "standard": 3000.0, "gpu": GPU_CONFIRMATORY_SECONDS}
+#: Estimated worker-seconds (:func:`cost_model`, :func:`cell_cost_model`) of the confirmatory stage's
+#: cells and source models, per confirmatory suite, on the tuning run's measured cells. The quick
+#: suite's rule reads each cell's fastest tuning seed, and its confirmatory cells skip the forgetting
+#: curve the tuning cells measured (a Q2 cell about 40% faster than its estimate). Measured: a trial of
+#: the per-cell registration estimated at 1049 ran its cells, source models and guards in about 526 s
+#: of wall time on 2 cores (the 688 s it recorded include 162 s of grid completions the guard then
+#: still added, since fixed); 1100 leaves the pairs completed within `make bench`'s 10 minutes. 3000
+#: gave the standard reference 1831 s (2,874 estimated, every cell at its mean).
+WORKER_SECONDS = {"quick": 1100.0, "standard": 3000.0, "gpu": GPU_CONFIRMATORY_SECONDS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +115,13 @@ class SizingRule:
     #: is an error (:class:`UnaffordableDesign`) instead of a registration that overruns it.
     min_seeds: int = MIN_SEEDS
     refuse: bool = False
+    #: Size every cell on its own (``cell_seeds`` in the file): a hypothesis' need raises only the
+    #: cells it reads (both sides on its targets, its preconditions'), a gate's every strategy on its
+    #: target; every other cell stays at ``min_seeds``. Each seed still pretrains its own source model.
+    per_cell: bool = False
+    #: Measure the forgetting curve in the confirmatory stage only where a confirmatory, non-futile
+    #: hypothesis reads it (``track_forgetting`` in the file; :data:`benchmarks.suites.CURVE_METRICS`).
+    curves_read_only: bool = False
 
     def __post_init__(self) -> None:
         """Raises ValueError for a cost reading other than mean or min, fewer than 2 seeds (no paired
@@ -132,7 +150,8 @@ class SizingRule:
 
 #: The sizing rule of each confirmatory suite (the standard suite keeps the first rule, with which its
 #: committed registration and results were made).
-SIZING_RULES = {"quick": SizingRule(sd_confidence=0.8, gates=True, futility=True, cost="min"),
+SIZING_RULES = {"quick": SizingRule(sd_confidence=0.8, gates=True, futility=True, cost="min", per_cell=True,
+                                    curves_read_only=True),
                 "standard": SizingRule(),
                 # no futility: a 2-seed pilot's sd (1 degree of freedom) must not retire a hypothesis
                 "gpu": SizingRule(cost="min", min_seeds=8, refuse=True)}
@@ -187,6 +206,37 @@ def _gate_seeds_for(margin: float, sd: float, required: float) -> int | None:
     return _fewest_seeds(lambda n: gate_probability(state, margin, sd, n, required), margin, sd)
 
 
+def _failing_precondition(runs: pd.DataFrame, h: Hypothesis) -> pd.Series | None:
+    """The paired differences (per seed) of the first of ``h``'s preconditions that fails among
+    ``runs`` (its mean below 0), else None."""
+    for p in h.preconditions:
+        d = strategy_differences(runs, h.experiment, h.target, p.metric, p.better, p.worse)
+        if len(d) and float(d.mean()) < 0:
+            return d
+    return None
+
+
+def _hypothesis_sizing(chosen: pd.DataFrame, h: Hypothesis, rule: SizingRule, level: float) -> dict[str, Any]:
+    """One hypothesis' sizing row at the Holm ``level``: its tuning effect and sd, and the seeds a
+    confirmatory run needs; where a precondition fails on the tuning stage the verdict will read
+    *out of scope*, so the need is the seeds at which an independent run finds it failing again
+    with probability TARGET_AGREEMENT (``sized_on``: ``precondition``)."""
+    d = seed_differences(chosen, h)
+    effect = float(d.mean()) if len(d) else math.nan
+    sd = float(d.std(ddof=1)) if len(d) >= 2 else math.nan
+    sizing_sd = rule.sd_for_sizing(sd, len(d))
+    row = {"hypothesis": h.name, "experiment": h.experiment, "tuning_seeds": len(d), "effect": effect,
+           "sd": sd, "level": level}
+    if rule.sd_confidence is not None:
+        row["sizing_sd"] = sizing_sd
+    failing = _failing_precondition(chosen, h) if rule.futility else None
+    if failing is not None and len(failing) >= 2:
+        margin, p_sd = float(failing.mean()), rule.sd_for_sizing(float(failing.std(ddof=1)), len(failing))
+        need = _fewest_seeds(lambda n: precondition_probability(False, margin, p_sd, n), margin, p_sd)
+        return {**row, "sized_on": "precondition", "seeds_needed": need or MAX_SEEDS}
+    return {**row, "seeds_needed": _seeds_for(effect, sizing_sd, h.min_effect, h.kind, level)}
+
+
 def sizing(tuning: Suite, runs: pd.DataFrame, rule: SizingRule | None = None) -> list[dict[str, Any]]:
     """Per confirmatory hypothesis: the tuning stage's effect and sd over its seeds (each side at
     its selected lr) and the seeds the confirmatory stage needs; with ``rule.gates``, also one row
@@ -196,18 +246,11 @@ def sizing(tuning: Suite, runs: pd.DataFrame, rule: SizingRule | None = None) ->
     rule = rule or SizingRule()
     chosen = runs[runs.selected]
     confirmatory = [h for h in tuning.hypotheses if not h.exploratory]
-    level = ALPHA / max(1, len(confirmatory))
-    rows = []
-    for h in confirmatory:
-        d = seed_differences(chosen, h)
-        effect = float(d.mean()) if len(d) else math.nan
-        sd = float(d.std(ddof=1)) if len(d) >= 2 else math.nan
-        sizing_sd = rule.sd_for_sizing(sd, len(d))
-        row = {"hypothesis": h.name, "experiment": h.experiment, "tuning_seeds": len(d), "effect": effect,
-               "sd": sd, "level": level}
-        if rule.sd_confidence is not None:
-            row["sizing_sd"] = sizing_sd
-        rows.append({**row, "seeds_needed": _seeds_for(effect, sizing_sd, h.min_effect, h.kind, level)})
+    rows = [_hypothesis_sizing(chosen, h, rule, ALPHA / max(1, len(confirmatory))) for h in confirmatory]
+    if rule.futility:  # the futile leave the Holm family: the rest are sized at its first step's level
+        family = [h for h, r in zip(confirmatory, rows, strict=True) if r["seeds_needed"] is not None]
+        rows = [_hypothesis_sizing(chosen, h, rule, ALPHA / max(1, len(family))) if h in family else r
+                for h, r in zip(confirmatory, rows, strict=True)]
     if rule.gates:
         read = {(h.experiment, t) for h in confirmatory for t in (h.target, h.versus) if t}
         table = gates(tuning, runs, selected_table(runs))
@@ -272,25 +315,84 @@ def cost_model(tuning: Suite, runs: pd.DataFrame, folder: Path, how: str = "mean
     return {n: cells[n] + source.get(n, 0.0) for n in cells}, total
 
 
-def allocate(needs: Mapping[str, tuple[str, int | None]], names: list[str],
+def cell_name(experiment: str, target: str, strategy: str) -> str:
+    """The sizing unit of one cell of a per-cell registration: ``experiment/target/strategy``."""
+    return f"{experiment}/{target}/{strategy}"
+
+
+def _cells(tuning: Suite) -> list[tuple[str, str, str]]:
+    """Every (experiment, target, strategy) the tuning suite runs (its ``skip`` pairs left out)."""
+    return [(e.name, t.name, s.name) for e in tuning.experiments for t in e.targets for s in e.strategies
+            if (t.name, s.name) not in e.skip]
+
+
+def cells_read(tuning: Suite, row: Mapping[str, Any]) -> tuple[str, ...]:
+    """The cells (:func:`cell_name`) a sizing row's verdict reads: a hypothesis' two sides (and its
+    preconditions') on its targets; a gate (``gate <experiment>/<target>``) every strategy on its target.
+
+    Example:
+        >>> from benchmarks.catalog import QUICK_TUNING
+        >>> cells_read(QUICK_TUNING, {"hypothesis": "H2a", "experiment": "q2_ulmfit"})
+        ('q2_ulmfit/new_classes/discriminative', 'q2_ulmfit/new_classes/full')
+    """
+    name = str(row["hypothesis"])
+    if name.startswith("gate "):
+        experiment, target = name.removeprefix("gate ").split("/", 1)
+        return tuple(cell_name(*c) for c in _cells(tuning) if c[:2] == (experiment, target))
+    h = next(h for h in tuning.hypotheses if h.name == name)
+    targets = {h.target, h.versus} - {""}
+    named = {h.better, h.worse} | {n for p in h.preconditions for n in (p.better, p.worse)}
+    return tuple(sorted(cell_name(*c) for c in _cells(tuning)
+                        if c[0] == h.experiment and c[1] in targets and c[2] in named))
+
+
+def cell_cost_model(tuning: Suite, runs: pd.DataFrame, folder: Path, how: str = "mean") -> tuple[
+        dict[str, float], Callable[[Mapping[str, int]], float]]:
+    """(worker-seconds of one seed of each cell, ``total(seeds)``): :func:`cost_model` per cell, for
+    seed counts per cell (:func:`cell_name`): every cell's wall time (a WiSE-FT variant is part of
+    its fine-tuned cell's) times its seeds, plus one source model per seed of each group of
+    experiments sharing a source, as many as the group's most-seeded cell has."""
+    chosen = runs[runs.selected & (runs.kind != "derived")]
+    per_cell = chosen.groupby(["experiment", "target", "strategy"]).wall_seconds
+    seconds = (per_cell.min() if how == "min" else per_cell.mean()).to_dict()
+    costs = {cell_name(*c): float(seconds.get(c, 0.0)) for c in _cells(tuning)}
+    source = _source_seconds(tuning, folder, how)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for e in tuning.experiments:
+        if e.source.trained:
+            groups.setdefault(_source_group(e), []).append(e.name)
+
+    def total(seeds: Mapping[str, int]) -> float:
+        most = {name: max((n for c, n in seeds.items() if c.split("/", 1)[0] == name), default=0)
+                for names in groups.values() for name in names}
+        shared = sum(max(most[n] for n in names) * source[names[0]] for names in groups.values())
+        return sum(n * costs[c] for c, n in seeds.items()) + shared
+
+    return costs, total
+
+
+def allocate(needs: Mapping[str, tuple[str | tuple[str, ...], int | None]], names: list[str],
              total: Callable[[Mapping[str, int]], float], budget: float,
              min_seeds: int = MIN_SEEDS) -> tuple[dict[str, int], list[str]]:
-    """Seeds per experiment and the hypotheses whose need is met: every experiment (``names``) at
-    ``min_seeds``, then the needs (hypothesis -> (experiment, seeds)) met cheapest first (the increase of
+    """Seeds per unit of sizing (an experiment, or a cell ``experiment/target/strategy``) and the
+    hypotheses whose need is met: every unit (``names``) at ``min_seeds``, then the needs (hypothesis
+    -> (the unit, or the units, it reads; seeds)) met cheapest first (the increase of
     ``total(seeds)``, the estimated worker-seconds) while ``total`` stays within ``budget``.
 
     Example:
         >>> cost = lambda seeds: 1.0 * seeds["a"] + 2.0 * seeds["b"]
         >>> allocate({"H1": ("a", 8), "H2": ("b", 30), "H3": ("a", None)}, ["a", "b"], cost, 30.0)
         ({'a': 8, 'b': 6}, ['H1'])
+        >>> allocate({"H1": (("a", "b"), 7)}, ["a", "b"], cost, 30.0)
+        ({'a': 7, 'b': 7}, ['H1'])
     """
     seeds = {name: min_seeds for name in names}
     open_ = {h: need for h, need in needs.items() if need[1] is not None}
     met = []
 
     def raised(h: str) -> dict[str, int]:
-        experiment, n = open_[h]
-        return {**seeds, experiment: max(seeds[experiment], n)}
+        units, n = open_[h]
+        return {**seeds, **{u: max(seeds[u], n) for u in ((units,) if isinstance(units, str) else units)}}
 
     while open_:
         h = min(open_, key=lambda name: (total(raised(name)) - total(seeds), name))
@@ -302,12 +404,38 @@ def allocate(needs: Mapping[str, tuple[str, int | None]], names: list[str],
     return seeds, sorted(met)
 
 
+def complete_pairs(reads: Mapping[str, tuple[str, ...]], seeds: Mapping[str, int],
+                   total: Callable[[Mapping[str, int]], float], budget: float) -> dict[str, int]:
+    """Per-cell seeds after :func:`allocate`, the budget left spent on paired units already paid for:
+    a verdict's units are the seeds all its cells share, so a hypothesis (``reads``: hypothesis ->
+    the cells it reads) one of whose cells runs on more seeds than another gets the others raised to
+    it (their seeds' source models exist already), cheapest first, while ``total`` stays within ``budget``.
+
+    Example:
+        >>> cost = lambda seeds: 1.0 * seeds["a"] + 1.0 * seeds["b"] + 5.0 * seeds["c"]
+        >>> complete_pairs({"H1": ("a", "b"), "H2": ("a", "c")}, {"a": 9, "b": 6, "c": 6}, cost, 60.0)
+        {'a': 9, 'b': 9, 'c': 6}
+    """
+    seeds = dict(seeds)
+
+    def completed(cells: tuple[str, ...]) -> dict[str, int]:
+        return {**seeds, **{c: max(seeds[c] for c in cells) for c in cells}}
+
+    while True:
+        increments = sorted((total(completed(cells)) - total(seeds), h) for h, cells in reads.items()
+                            if completed(cells) != seeds and total(completed(cells)) <= budget)
+        if not increments:
+            return seeds
+        seeds = completed(reads[increments[0][1]])
+
+
 def version_of(registration: Mapping[str, Any]) -> str:
     """12 hex digits of the sha256 of the registration's lrs and seed counts (and its futile
     hypotheses, where the sizing rule registers them)."""
     design = {"lrs": registration["lrs"], "seeds": registration["seeds"]}
-    if "futile" in registration:
-        design["futile"] = registration["futile"]
+    for optional in ("futile", "cell_seeds", "track_forgetting"):
+        if optional in registration:
+            design[optional] = registration[optional]
     text = json.dumps(design, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -349,8 +477,21 @@ def register(tuning: Suite, folder: Path, rule: SizingRule | None = None,
             f"{rule.min_seeds} seeds per experiment cost an estimated {floor:.0f} s on the tuning run's measured cells "
             f"(fastest seed of each), over the {budget:.0f} s budget of {confirmatory_name(tuning)}; refusing to "
             "register fewer seeds (they would decide nothing): make the cells cheaper or raise the budget")
-    seeds, met = allocate({r["hypothesis"]: (r["experiment"], r["seeds_needed"]) for r in sized
-                           if r["hypothesis"] not in futile}, names, total, budget, rule.min_seeds)
+    needs = {r["hypothesis"]: (r["experiment"], r["seeds_needed"]) for r in sized if r["hypothesis"] not in futile}
+    cell_seeds: list[dict[str, Any]] = []
+    if rule.per_cell:
+        _, total = cell_cost_model(tuning, runs, folder, rule.cost)
+        needs = {h: (cells_read(tuning, {"hypothesis": h}), n) for h, (_, n) in needs.items()}
+        by_cell, met = allocate(needs, [cell_name(*c) for c in _cells(tuning)], total, budget, rule.min_seeds)
+        by_cell = complete_pairs({h: cells for h, (cells, _) in needs.items() if not h.startswith("gate ")},
+                                 by_cell, total, budget)
+        cell_seeds = [dict(zip(("experiment", "target", "strategy"), c.split("/", 2), strict=True), seeds=n)
+                      for c, n in by_cell.items()]
+        seeds = {name: max(r["seeds"] for r in cell_seeds if r["experiment"] == name) for name in names}
+        estimated = total(by_cell)
+    else:
+        seeds, met = allocate(needs, names, total, budget, rule.min_seeds)
+        estimated = total(seeds)
     for r in sized:
         r["need_met"] = r["hypothesis"] in met
     environment = json.loads((folder / "environment.json").read_text()) if (folder / "environment.json").exists() \
@@ -365,13 +506,18 @@ def register(tuning: Suite, folder: Path, rule: SizingRule | None = None,
                 "grid edges extended; seeds: the fewest at which two independent runs agree on every sized verdict "
                 f"with probability >= {TARGET_AGREEMENT} (min {rule.min_seeds}, max {MAX_SEEDS}), the cheapest needs "
                 f"first within {budget:.0f} estimated worker-seconds" + _rule_text(rule),
-        "lrs": lrs, "seeds": seeds,
+        "lrs": lrs, "seeds": seeds, **({"cell_seeds": cell_seeds} if rule.per_cell else {}),
         "cost_per_seed_worker_seconds": {k: round(v, 2) for k, v in cost.items()},
-        "estimated_worker_seconds": round(total(seeds), 1),
+        "estimated_worker_seconds": round(estimated, 1),
         "sizing": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in sized],
     }
     if rule.futility:
         registration["futile"] = futile
+    if rule.curves_read_only:
+        registration["track_forgetting"] = {
+            e.name: e.track_forgetting and any(h.experiment == e.name and h.metric in CURVE_METRICS and not h.exploratory
+                                               and h.name not in futile for h in tuning.hypotheses)
+            for e in tuning.experiments}
     registration["version"] = version_of(registration)
     return registration
 
@@ -386,6 +532,12 @@ def _rule_text(rule: SizingRule) -> str:
         parts.append(f"a hypothesis no seed count up to {MAX_SEEDS} decides is registered exploratory (futile)")
     if rule.cost == "min":
         parts.append("each cell's cost: its fastest tuning seed")
+    if rule.curves_read_only:
+        parts.append("the forgetting curve measured only where a confirmatory hypothesis reads it")
+    if rule.per_cell:
+        parts.append(f"every cell sized on its own: a need raises the cells its verdict reads, the rest stay at "
+                     f"{rule.min_seeds}, then the budget left completes each hypothesis' cells to its most-seeded one; "
+                     "every seed its own source model")
     return "".join(f"; {p}" for p in parts)
 
 

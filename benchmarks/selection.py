@@ -146,7 +146,7 @@ def mark_capped(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
 
 def grid_completions(suite: Suite, runs: pd.DataFrame) -> list[Cell]:
     """The cells that put every lr already run for a strategy (at the experiment's own budget) on
-    every seed of the experiment: a run whose seeds grew after its grid was extended (a tuning stage
+    every seed of the experiment it runs on (:meth:`benchmarks.suites.Experiment.seeds_of`): a run whose seeds grew after its grid was extended (a tuning stage
     given more seeds) would otherwise compare lrs by means over different seeds."""
     if runs.empty:
         return []
@@ -158,13 +158,14 @@ def grid_completions(suite: Suite, runs: pd.DataFrame) -> list[Cell]:
         strategy = experiment.strategy(strategy_name)
         for lr in sorted(set(part.lr)):
             have = set(part[part.lr == lr].seed)
-            cells += [Cell(experiment, target, strategy, seed, lr) for seed in experiment.seeds if seed not in have]
+            cells += [Cell(experiment, target, strategy, seed, lr)
+                      for seed in experiment.seeds_of(target_name, strategy_name) if seed not in have]
     return cells
 
 
 def grid_extensions(suite: Suite, runs: pd.DataFrame) -> list[Cell]:
     """The cells that extend every grid whose selected lr sits at an uncapped edge: one candidate
-    beyond that edge, for every seed of the experiment; and the cells that complete every lr
+    beyond that edge, for every seed the strategy runs on; and the cells that complete every lr
     already run on every seed (:func:`grid_completions`)."""
     if runs.empty:
         return []
@@ -179,7 +180,8 @@ def grid_extensions(suite: Suite, runs: pd.DataFrame) -> list[Cell]:
         side = "low" if part.lr.iloc[0] == lrs[0] else "high"
         lr = extend(lrs, side)
         target = next(t for t in experiment.targets if t.name == target_name)
-        cells += [Cell(experiment, target, experiment.strategy(strategy_name), seed, lr) for seed in experiment.seeds]
+        cells += [Cell(experiment, target, experiment.strategy(strategy_name), seed, lr)
+                  for seed in experiment.seeds_of(target_name, strategy_name)]
     return completions + cells
 
 

@@ -64,6 +64,9 @@ HYPOTHESIS_METRICS = ("test_accuracy", "ood_accuracy", "val_accuracy", "retentio
                       "retention_weights_only", "backward_transfer", "ood_cka", "test_cka", "id_cka", "val_auc",
                       "val_at_quarter", "retention_at_match", "effective_robustness")
 
+#: Metrics read from the forgetting curve (``Experiment.track_forgetting``): a confirmatory stage
+#: measures the curve only where a confirmatory hypothesis reads one of them.
+CURVE_METRICS = ("retention_at_match",)
 
 #: Kinds of hypothesis: the effect is at least the minimum effect, or above minus the margin.
 HYPOTHESIS_KINDS = ("superiority", "noninferiority")
@@ -233,6 +236,8 @@ class Experiment:
     matched-accuracy comparison). ``lrs``: pre-registered ``(target, strategy, lr)`` triples
     (:mod:`benchmarks.preregistration`): such a strategy runs at that lr only, on that target.
     ``skip``: ``(target, strategy)`` pairs that do not run (a control meaningless on that target).
+    ``cell_seeds``: pre-registered ``(target, strategy, n)``: that cell runs on the first ``n`` seeds
+    only (:meth:`seeds_of`; a registration sized per cell, :mod:`benchmarks.preregistration`).
     ``measure_retention``: measure source retention at the end of every cell (off where no
     hypothesis reads it: two precise-BN passes over the source data per cell saved). ``weights``:
     a ``timm:<name>`` backbone's pretrained weights from a local checkpoint file instead of the Hugging
@@ -258,9 +263,23 @@ class Experiment:
     skip: tuple[tuple[str, str], ...] = ()
     measure_retention: bool = True
     weights: str | None = None
+    cell_seeds: tuple[tuple[str, str, int], ...] = ()
 
     def strategy(self, name: str) -> Strategy:
         return next(s for s in self.strategies if s.name == name)
+
+    def seeds_of(self, target: str, strategy: str) -> tuple[int, ...]:
+        """The seeds the cell ``(target, strategy)`` runs on: the first ``n`` of ``seeds`` where
+        ``cell_seeds`` lists ``(target, strategy, n)`` (a pre-registration sized per cell), else all.
+
+        Example:
+            >>> e = Experiment("e", "q", "b", Source("imagenet"), (), (), (5, 6, 7), Budget(1, 1, 1, 0),
+            ...                cell_seeds=(("t", "full", 2),))
+            >>> e.seeds_of("t", "full"), e.seeds_of("t", "scratch")
+            ((5, 6), (5, 6, 7))
+        """
+        n = next((n for t, s, n in self.cell_seeds if t == target and s == strategy), len(self.seeds))
+        return self.seeds[:n]
 
     def grid(self, strategy: Strategy, target: Target | str | None = None) -> tuple[float, ...]:
         """A strategy's candidate lrs on ``target``: the pre-registered lr alone when ``lrs`` has
@@ -455,7 +474,7 @@ class Suite:
         return [Cell(e, target, strategy, seed, lr)
                 for seed in seeds for e in self.experiments if seed in e.seeds
                 for target in e.targets for strategy in e.strategies if (target.name, strategy.name) not in e.skip
-                for lr in e.grid(strategy, target)]
+                and seed in e.seeds_of(target.name, strategy.name) for lr in e.grid(strategy, target)]
 
     def replication(self, seed_offset: int = 100, source_seed_offset: int = 2) -> Suite:
         """The same suite on disjoint seeds (each + ``seed_offset``) and other source-pretraining
@@ -489,18 +508,23 @@ def preregistered(name: str) -> dict[str, Any] | None:
 
 def confirmatory(tuning: Suite, registration: Mapping[str, Any], name: str, first_seed: int) -> Suite:
     """The confirmatory stage of ``tuning``: each experiment on ``registration["seeds"][experiment]``
-    fresh seeds from ``first_seed`` (each with its own source model), every strategy at its
-    pre-registered lr only; the hypotheses the registration lists as ``futile`` (no seed count up
+    fresh seeds from ``first_seed`` (each with its own source model; a cell the registration sizes
+    on its own, ``cell_seeds``, on the first of them), every strategy at its pre-registered lr only,
+    the forgetting curve measured where ``registration["track_forgetting"]`` keeps it; the hypotheses the registration lists as ``futile`` (no seed count up
     to the maximum decides them, on the tuning stage's numbers) are exploratory."""
+    futile = set(registration.get("futile", ()))
+    hypotheses = tuple(dataclasses.replace(h, exploratory=True) if h.name in futile else h for h in tuning.hypotheses)
     experiments = []
     for e in tuning.experiments:
         lrs = tuple((r["target"], r["strategy"], float(r["lr"])) for r in registration["lrs"]
                     if r["experiment"] == e.name)
         seeds = tuple(range(first_seed, first_seed + int(registration["seeds"][e.name])))
-        experiments.append(dataclasses.replace(e.with_seeds(seeds), lrs=lrs))
+        cell_seeds = tuple((r["target"], r["strategy"], int(r["seeds"])) for r in registration.get("cell_seeds", ())
+                           if r["experiment"] == e.name)
+        curve = bool(registration.get("track_forgetting", {}).get(e.name, e.track_forgetting))
+        experiments.append(dataclasses.replace(e.with_seeds(seeds), lrs=lrs, cell_seeds=cell_seeds,
+                                               track_forgetting=e.track_forgetting and curve))
     seeds = ", ".join(f"{e.name} {len(e.seeds)}" for e in experiments)
-    futile = set(registration.get("futile", ()))
-    hypotheses = tuple(dataclasses.replace(h, exploratory=True) if h.name in futile else h for h in tuning.hypotheses)
     return dataclasses.replace(
         tuning, name=name, experiments=tuple(experiments), hypotheses=hypotheses,
         preregistration=str(registration.get("version", "")), futile=tuple(sorted(futile)),

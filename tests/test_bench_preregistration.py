@@ -23,6 +23,7 @@ from benchmarks.suites import (
     Cell,
     Experiment,
     Hypothesis,
+    Precondition,
     Source,
     Suite,
     Target,
@@ -82,6 +83,11 @@ def test_the_confirmatory_stage_runs_every_strategy_at_its_preregistered_lr_only
         run.setdefault((cell.experiment.name, cell.target.name, cell.strategy.name), set()).add(cell.lr)
     assert run == {key: {lr} for key, lr in lrs.items()}
     assert {e.name: len(e.seeds) for e in quick.experiments} == registration["seeds"]
+    seeds: dict[tuple[str, str, str], set[int]] = {}
+    for cell in quick.cells():
+        seeds.setdefault((cell.experiment.name, cell.target.name, cell.strategy.name), set()).add(cell.seed)
+    assert {k: len(v) for k, v in seeds.items()} == {(r["experiment"], r["target"], r["strategy"]): r["seeds"]
+                                                     for r in registration["cell_seeds"]}
 
 
 # --- the round trip on a small constructed tuning run ---------------------------------------------
@@ -212,6 +218,105 @@ def test_a_hypothesis_no_seed_count_decides_is_registered_exploratory(tmp_path: 
     monkeypatch.setitem(preregistration.SIZING_RULES, "toy", preregistration.SizingRule())
     old = preregistration.register(tuning, tmp_path / "tuning")
     assert "futile" not in old and "sizing_sd" not in old["sizing"][0]
+
+
+def _two_hypothesis_suite() -> Suite:
+    """The toy tuning suite with a second strategy pair: H reads b vs a, H2 reads c vs a (c with a
+    precondition on d), so a need of H raises a and b only."""
+    base = _tuning_suite()
+    experiment = dataclasses.replace(base.experiments[0], strategies=(
+        *base.experiments[0].strategies[:2], finetune("c", "full", lr=1e-3), finetune("d", "full", lr=1e-3),
+        *base.experiments[0].strategies[2:]))
+    precondition = Precondition("c", "d", "test_accuracy", "toy")
+    return dataclasses.replace(base, experiments=(experiment,), hypotheses=(
+        *base.hypotheses, Hypothesis("H2", "toy", "e", "new", "test_accuracy", "c", "a", 0.02, "toy",
+                                     preconditions=(precondition,))))
+
+
+def test_a_need_raises_only_the_cells_its_verdict_reads(tmp_path: Path, monkeypatch) -> None:
+    """Per-cell sizing: a hypothesis reads both its sides (and its preconditions'), a gate every
+    strategy on its target; the registration's ``cell_seeds`` raise those cells alone, the
+    confirmatory stage runs each cell on its first registered seeds (all of them still with their
+    own source models), and the version moves with the counts."""
+    tuning = _two_hypothesis_suite()
+    assert preregistration.cells_read(tuning, {"hypothesis": "H"}) == ("e/new/a", "e/new/b")
+    assert preregistration.cells_read(tuning, {"hypothesis": "H2"}) == ("e/new/a", "e/new/c", "e/new/d")
+    assert preregistration.cells_read(tuning, {"hypothesis": "gate e/new"}) == tuple(
+        f"e/new/{s}" for s in ("a", "b", "c", "d", "scratch", "pixel"))
+    _write_tuning_run(tuning, tmp_path / "tuning", {"a": 3e-3, "b": 1e-3, "c": 1e-3, "d": 1e-3, "scratch": 1e-2,
+                                                    "pixel": 1.0})
+    records = [json.loads(line) for line in (tmp_path / "tuning" / "runs.jsonl").read_text().splitlines()]
+    for r in records:  # b beats a by 0.04 +- 0.015 (a need above the minimum); c beats d (its precondition holds)
+        bump = {"b": 0.04 + 0.015 * (r["config"]["seed"] - 1), "c": 0.2, "d": 0.1}.get(r["config"]["strategy"]["name"])
+        r["test_accuracy"] += bump or 0.0
+    (tmp_path / "tuning" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    rule = preregistration.SizingRule(0.8, gates=True, futility=True, per_cell=True)
+    monkeypatch.setitem(preregistration.SIZING_RULES, "toy", rule)
+    registration = preregistration.register(tuning, tmp_path / "tuning", budget=1e6)
+    need = {r["hypothesis"]: r["seeds_needed"] for r in registration["sizing"]}
+    assert need["H"] > preregistration.MIN_SEEDS and need["H2"] == preregistration.MIN_SEEDS
+    counts = {r["strategy"]: r["seeds"] for r in registration["cell_seeds"]}
+    assert counts["a"] == counts["b"] == need["H"] == registration["seeds"]["e"]
+    # H2 reads a as well: the budget left completes its other cells to a's seeds; the gate's are not completed
+    assert counts["c"] == counts["d"] == need["H"] and counts["scratch"] == counts["pixel"] == preregistration.MIN_SEEDS
+    # every cell costs 1 s a seed here: a budget that pays for the needs alone leaves H2's cells at the minimum
+    needs_only = preregistration.register(tuning, tmp_path / "tuning", budget=2 * need["H"] + 4 * preregistration.MIN_SEEDS)
+    assert {r["strategy"]: r["seeds"] for r in needs_only["cell_seeds"]} == {
+        **counts, "c": preregistration.MIN_SEEDS, "d": preregistration.MIN_SEEDS}
+    confirm = confirmatory(tuning, registration, "toy", first_seed=100)
+    ran: dict[str, set[int]] = {}
+    for cell in confirm.cells():
+        ran.setdefault(cell.strategy.name, set()).add(cell.seed)
+    assert {s: len(seeds) for s, seeds in ran.items()} == counts
+    assert ran["scratch"] == set(range(100, 100 + preregistration.MIN_SEEDS)) < ran["a"]  # the first seeds
+    assert confirm.experiments[0].independent_sources
+    fewer = {**registration, "cell_seeds": [{**r, "seeds": preregistration.MIN_SEEDS} for r in registration["cell_seeds"]]}
+    assert preregistration.version_of(fewer) != registration["version"]
+    # a budget that pays for nothing above the minimum leaves every cell there
+    tight = preregistration.register(tuning, tmp_path / "tuning", budget=0.0)
+    assert {r["seeds"] for r in tight["cell_seeds"]} == {preregistration.MIN_SEEDS}
+    assert not any(r["need_met"] for r in tight["sizing"] if r["seeds_needed"] > preregistration.MIN_SEEDS)
+
+
+def test_a_hypothesis_whose_precondition_fails_is_sized_on_the_precondition(tmp_path: Path, monkeypatch) -> None:
+    """Its verdict will read out of scope: the need is the seeds at which an independent run finds
+    the precondition failing again (here clearly: the minimum), not the seeds its effect would need."""
+    tuning = _two_hypothesis_suite()
+    _write_tuning_run(tuning, tmp_path / "tuning", {"a": 3e-3, "b": 1e-3, "c": 1e-3, "d": 1e-3, "scratch": 1e-2,
+                                                    "pixel": 1.0})
+    records = [json.loads(line) for line in (tmp_path / "tuning" / "runs.jsonl").read_text().splitlines()]
+    for r in records:  # d beats c (the precondition fails); c vs a sits on H2's minimum effect
+        bump = {"c": 0.02 + 0.01 * (r["config"]["seed"] - 1), "d": 0.3}.get(r["config"]["strategy"]["name"])
+        r["test_accuracy"] += bump or 0.0
+    (tmp_path / "tuning" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    monkeypatch.setitem(preregistration.SIZING_RULES, "toy",
+                        preregistration.SizingRule(0.8, gates=True, futility=True, per_cell=True))
+    sized = {r["hypothesis"]: r for r in preregistration.register(tuning, tmp_path / "tuning")["sizing"]}
+    assert sized["H2"]["sized_on"] == "precondition" and sized["H2"]["seeds_needed"] == preregistration.MIN_SEEDS
+    assert "sized_on" not in sized["H"]
+
+
+def test_futile_hypotheses_leave_the_holm_family_they_are_sized_in() -> None:
+    """The quick registration sizes its decidable hypotheses at the first Holm step of the family the
+    confirmatory stage tests (the futile are exploratory there), not of every registered one."""
+    registration = json.loads(preregistration.path_for(SUITES["quick_tuning"]).read_text())
+    family = [r for r in registration["sizing"] if not r["hypothesis"].startswith("gate ")
+              and r["hypothesis"] not in registration["futile"]]
+    assert [r["level"] for r in family] == [pytest.approx(0.05 / len(family), abs=1e-6)] * len(family)
+    assert len(family) == sum(not h.exploratory for h in SUITES["quick"].hypotheses)
+
+
+def test_the_confirmatory_stage_measures_the_forgetting_curve_only_where_a_verdict_reads_it() -> None:
+    """The quick suite's forgetting hypotheses are futile (exploratory): its confirmatory cells skip the
+    curve (about 40% of a Q2 cell) and keep the end-point retention; the tuning stage keeps the curve
+    (the Pareto comparison over the grid), and the standard suite, whose forgetting verdicts are
+    confirmatory, is unchanged."""
+    registration = json.loads(preregistration.path_for(SUITES["quick_tuning"]).read_text())
+    assert {"H2e", "H2f"} <= set(registration["futile"]) and registration["track_forgetting"]["q2_ulmfit"] is False
+    assert SUITES["quick_tuning"].experiment("q2_ulmfit").track_forgetting
+    q2 = SUITES["quick"].experiment("q2_ulmfit")
+    assert not q2.track_forgetting and q2.measure_retention
+    assert SUITES["standard"].experiment("s2_resnet").track_forgetting
 
 
 # --- the controls -----------------------------------------------------------------------------------
