@@ -230,3 +230,15 @@ def test_replicate_counts_a_verdict_a_run_has_not_run_apart() -> None:
     assert table.compatible.tolist() == [True, False, False] and table.opposed.tolist() == [False, False, True]
     missing = compare_verdicts(reference, new[new.hypothesis != "A"])
     assert missing.compared.tolist() == [False, False, True]
+
+
+def test_grid_completions_keep_each_cell_to_its_registered_seeds() -> None:
+    """A confirmatory stage sized per cell runs ``b`` on the first seed only: the guards complete an
+    lr on the seeds its cell runs on, not on every seed of the experiment (a trial run asked for 275
+    cells the registration never paid for before this held)."""
+    experiment = dataclasses.replace(_EXPERIMENT, seeds=(0, 1, 2), cell_seeds=(("t", "b", 1),))
+    suite = Suite("s", "d", (experiment,))
+    rows = [("a", s, 1e-3, 0.5, 0.5, 1.0) for s in (0, 1, 2)] + [("b", 0, 1e-3, 0.5, 0.5, 1.0)]
+    assert grid_completions(suite, _runs(rows)) == []
+    rows = rows[1:]  # a's seed 0 missing: asked for; b still only on its one seed
+    assert [(c.strategy.name, c.seed) for c in grid_completions(suite, _runs(rows))] == [("a", 0)]

@@ -285,6 +285,20 @@ def test_recipes_page_prose_holds_on_the_committed_runs():
     accuracy = {s: selected.loc[("contrast", s), "test_accuracy"] for s in ("no_adaptation", "bn_only", "surgical_first")}
     assert accuracy["bn_only"] - accuracy["no_adaptation"] > (accuracy["surgical_first"] - accuracy["no_adaptation"]) / 2
     check_ulmfit_sentence(text)
+    check_quick_ulmfit_sentence(text)
+
+
+def check_quick_ulmfit_sentence(text: str) -> None:
+    """The recipes page's sentence on ULMFiT in the quick suite holds on results/quick and its replication."""
+    from benchmarks.stats import compatible
+
+    assert ("H2a, H2b and H2d read *not reproduced* in the committed reference and compatible words in its "
+            "replication") in text and "both runs' effects are negative" in text
+    runs = [pd.read_csv(ROOT / "results" / name / "verdicts.csv").set_index("hypothesis").loc[["H2a", "H2b", "H2d"]]
+            for name in ("quick", "quick-replication")]
+    assert (runs[0].verdict == "not reproduced").all()
+    assert all(compatible(a, b) for a, b in zip(runs[0].verdict, runs[1].verdict, strict=True))
+    assert all((run.effect < 0).all() for run in runs)
 
 
 ULMFIT_SENTENCE = ("In the standard suite's confirmatory run, no family reproduces ULMFiT's accuracy gain (every accuracy "

@@ -329,6 +329,14 @@ def test_readme_numbers_about_the_committed_runs_are_the_runs_own() -> None:
     lrs = {(r["experiment"], r["target"], r["strategy"]): r["lr"] for r in registration["lrs"]}
     assert {(r.experiment, r.target, r.strategy): r.lr for r in base.itertuples()} == lrs
     assert base.groupby("experiment").seed.nunique().to_dict() == registration["seeds"]
+    # every cell on the seeds its pre-registration gives it (the first of the experiment's seeds)
+    per_cell = base.groupby(["experiment", "target", "strategy"]).seed.nunique().to_dict()
+    assert per_cell == {(r["experiment"], r["target"], r["strategy"]): r["seeds"] for r in registration["cell_seeds"]}
+    contrast = {r["seeds"] for r in registration["cell_seeds"] if r["target"] == "contrast"
+                and r["strategy"] in ("surgical_first", "surgical_last", "full", "bn_only")}
+    noise = sorted(r["seeds"] for r in registration["cell_seeds"] if r["target"] == "noise" and r["strategy"] != "pixel")
+    assert f"Q1's contrast cells run on {contrast.pop()} seeds and its noise cells on {noise[0]} to {noise[-1]}" in \
+        quick_page and not contrast
     futile = registration["futile"]
     assert f"(`futile`: {', '.join(futile[:-1])} and {futile[-1]}," in quick_page
     assert f"(`futile`: {', '.join(futile[:-1])} and {futile[-1]}," in readme
