@@ -64,7 +64,7 @@ from .stats import (
     mean_ci,
 )
 from .store import atomic_write, read_runs
-from .suites import Suite
+from .suites import CURVE_METRICS, Suite
 
 #: The summary's Verdicts section of a suite without confirmatory hypotheses.
 NO_HYPOTHESES = ("No confirmatory hypotheses declared: a suite states them as `[[hypotheses]]` tables "
@@ -420,10 +420,14 @@ def _verdict_section(confirmatory: pd.DataFrame) -> list[str]:
 
 
 def _exploratory_section(suite: Suite, verdict_table: pd.DataFrame) -> list[str]:
+    unmeasured = [h.name for h in suite.hypotheses if h.exploratory and h.metric in CURVE_METRICS
+                  and not suite.experiment(h.experiment).track_forgetting]
     return [
         "## Exploratory comparisons (no verdict, not in the Holm family; unadjusted 95% interval)", "",
         *([f"Registered exploratory by the pre-registration (futile: on the tuning stage's numbers no seed count up "
            f"to the maximum decides them): {', '.join(suite.futile)}.", ""] if suite.futile else []),
+        *([f"Not measured in this run: {', '.join(unmeasured)} (the forgetting curve is measured only where a "
+           "confirmatory verdict reads it; the tuning stage measures it on every lr).", ""] if unmeasured else []),
         _table_or(verdict_table[verdict_table.exploratory],
                   {k: v for k, v in VERDICT_COLUMNS.items() if k not in ("p_holm", "verdict", "seeds_needed", "mde",
                                                                           "preconditions")},

@@ -8,6 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from bench_fixtures import prepared
@@ -317,6 +318,11 @@ def test_the_confirmatory_stage_measures_the_forgetting_curve_only_where_a_verdi
     q2 = SUITES["quick"].experiment("q2_ulmfit")
     assert not q2.track_forgetting and q2.measure_retention
     assert SUITES["standard"].experiment("s2_resnet").track_forgetting
+    root = Path(__file__).resolve().parents[1]
+    summary = (root / "results" / "quick" / "summary.md").read_text()
+    assert "Not measured in this run: H2e, H2f, X2a (the forgetting curve is measured only where" in summary
+    runs = pd.read_csv(root / "results" / "quick" / "runs.csv").query("experiment == 'q2_ulmfit' and kind == 'finetune'")
+    assert runs.retention_at_match.isna().all() and runs.retention_precise_bn.notna().all()
 
 
 # --- the controls -----------------------------------------------------------------------------------
