@@ -9,7 +9,7 @@ Example:
     ['q1_surgical', 'q2_ulmfit', 'q3_lp_ft']
     >>> q2 = SUITES["quick_replication"].experiment("q2_ulmfit")
     >>> q2.seeds[:3], q2.source_seeds[:3], q2.unit
-    ((200, 201, 202), (200, 201, 202), 'seed (own source model)')
+    ((600, 601, 602), (600, 601, 602), 'seed (own source model)')
 """
 
 from __future__ import annotations

@@ -443,6 +443,21 @@ def version_of(registration: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _per_cell_seeds(tuning: Suite, runs: pd.DataFrame, folder: Path, rule: SizingRule,
+                    needs: Mapping[str, tuple[str, int | None]], budget: float) -> tuple[list[dict[str, Any]], list[str], float]:
+    """(``cell_seeds`` rows, the needs met, the estimated worker-seconds) of a per-cell registration:
+    each need (hypothesis or gate -> (experiment, seeds)) raises the cells it reads (:func:`allocate`),
+    then :func:`complete_pairs` spends the budget left on the hypotheses' pairs."""
+    _, total = cell_cost_model(tuning, runs, folder, rule.cost)
+    reads = {h: (cells_read(tuning, {"hypothesis": h}), n) for h, (_, n) in needs.items()}
+    by_cell, met = allocate(reads, [cell_name(*c) for c in _cells(tuning)], total, budget, rule.min_seeds)
+    by_cell = complete_pairs({h: cells for h, (cells, _) in reads.items() if not h.startswith("gate ")},
+                             by_cell, total, budget)
+    rows = [dict(zip(("experiment", "target", "strategy"), c.split("/", 2), strict=True), seeds=n)
+            for c, n in by_cell.items()]
+    return rows, met, total(by_cell)
+
+
 def register(tuning: Suite, folder: Path, rule: SizingRule | None = None,
              budget: float | None = None) -> dict[str, Any]:
     """The pre-registration that the finished tuning run in ``folder`` implies (see the module
@@ -483,15 +498,8 @@ def register(tuning: Suite, folder: Path, rule: SizingRule | None = None,
     needs = {r["hypothesis"]: (r["experiment"], r["seeds_needed"]) for r in sized if r["hypothesis"] not in futile}
     cell_seeds: list[dict[str, Any]] = []
     if rule.per_cell:
-        _, total = cell_cost_model(tuning, runs, folder, rule.cost)
-        needs = {h: (cells_read(tuning, {"hypothesis": h}), n) for h, (_, n) in needs.items()}
-        by_cell, met = allocate(needs, [cell_name(*c) for c in _cells(tuning)], total, budget, rule.min_seeds)
-        by_cell = complete_pairs({h: cells for h, (cells, _) in needs.items() if not h.startswith("gate ")},
-                                 by_cell, total, budget)
-        cell_seeds = [dict(zip(("experiment", "target", "strategy"), c.split("/", 2), strict=True), seeds=n)
-                      for c, n in by_cell.items()]
+        cell_seeds, met, estimated = _per_cell_seeds(tuning, runs, folder, rule, needs, budget)
         seeds = {name: max(r["seeds"] for r in cell_seeds if r["experiment"] == name) for name in names}
-        estimated = total(by_cell)
     else:
         seeds, met = allocate(needs, names, total, budget, rule.min_seeds)
         estimated = total(seeds)
@@ -517,12 +525,17 @@ def register(tuning: Suite, folder: Path, rule: SizingRule | None = None,
     if rule.futility:
         registration["futile"] = futile
     if rule.curves_read_only:
-        registration["track_forgetting"] = {
-            e.name: e.track_forgetting and any(h.experiment == e.name and h.metric in CURVE_METRICS and not h.exploratory
-                                               and h.name not in futile for h in tuning.hypotheses)
-            for e in tuning.experiments}
+        registration["track_forgetting"] = _curves_read(tuning, futile)
     registration["version"] = version_of(registration)
     return registration
+
+
+def _curves_read(tuning: Suite, futile: list[str]) -> dict[str, bool]:
+    """Per experiment: whether its confirmatory stage measures the forgetting curve (it tracks one, and a
+    confirmatory hypothesis that is not futile reads a curve metric)."""
+    return {e.name: e.track_forgetting and any(h.experiment == e.name and h.metric in CURVE_METRICS and not h.exploratory
+                                               and h.name not in futile for h in tuning.hypotheses)
+            for e in tuning.experiments}
 
 
 def _rule_text(rule: SizingRule) -> str:

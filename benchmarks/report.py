@@ -427,7 +427,7 @@ def _exploratory_section(suite: Suite, verdict_table: pd.DataFrame) -> list[str]
         *([f"Registered exploratory by the pre-registration (futile: on the tuning stage's numbers no seed count up "
            f"to the maximum decides them): {', '.join(suite.futile)}.", ""] if suite.futile else []),
         *([f"Not measured in this run: {', '.join(unmeasured)} (the forgetting curve is measured only where a "
-           "confirmatory verdict reads it; the tuning stage measures it on every lr).", ""] if unmeasured else []),
+           "confirmatory verdict reads it; the tuning stage measures it).", ""] if unmeasured else []),
         _table_or(verdict_table[verdict_table.exploratory],
                   {k: v for k, v in VERDICT_COLUMNS.items() if k not in ("p_holm", "verdict", "seeds_needed", "mde",
                                                                           "preconditions")},

@@ -310,7 +310,7 @@ def test_futile_hypotheses_leave_the_holm_family_they_are_sized_in() -> None:
 def test_the_confirmatory_stage_measures_the_forgetting_curve_only_where_a_verdict_reads_it() -> None:
     """The quick suite's forgetting hypotheses are futile (exploratory): its confirmatory cells skip the
     curve (about 40% of a Q2 cell) and keep the end-point retention; the tuning stage keeps the curve
-    (the Pareto comparison over the grid), and the standard suite, whose forgetting verdicts are
+    (its forgetting figures, retention at matched accuracy), and the standard suite, whose forgetting verdicts are
     confirmatory, is unchanged."""
     registration = json.loads(preregistration.path_for(SUITES["quick_tuning"]).read_text())
     assert {"H2e", "H2f"} <= set(registration["futile"]) and registration["track_forgetting"]["q2_ulmfit"] is False
