@@ -157,9 +157,20 @@ def hypothesis_differences(suite: Suite, runs: pd.DataFrame, h: Hypothesis) -> t
     return unit_values(suite, runs, h.experiment, d), len(d)
 
 
+def _best_on_shared_seeds(chosen: pd.DataFrame, experiment: str, target: str, names: pd.Series) -> str:
+    """The strategy among ``names`` with the best mean test accuracy over the seeds all of them ran
+    (cells sized on their own run on different seeds: means over different seeds would not compare
+    like with like); over each one's own seeds where they share none."""
+    part = chosen[(chosen.experiment == experiment) & (chosen.target == target) & chosen.strategy.isin(set(names))]
+    wide = part.pivot_table(index="seed", columns="strategy", values="test_accuracy").dropna()
+    means = wide.mean() if len(wide) and wide.shape[1] == len(set(names)) else \
+        part.groupby("strategy").test_accuracy.mean()
+    return str(means.idxmax())
+
+
 def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """Per target: the best pretrained strategy against the best of scratch and pixel (each by mean
-    test accuracy at its selected lr), decided on an interval: the transfer gate passes when the
+    test accuracy at its selected lr, over the seeds the candidates share), decided on an interval: the transfer gate passes when the
     lower end of the 95% Student-t interval of their paired difference (per unit) is at least
     ``Experiment.gate_margin``, fails when its upper end is below it, and is undecided otherwise
     (:func:`benchmarks.stats.gate_state`), never on a point estimate; and the source gate (every
@@ -175,8 +186,10 @@ def gates(suite: Suite, runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame
             baselines = part[part.kind.isin(("scratch", "pixel"))].dropna(subset=["test_accuracy"])
             if pretrained.empty or baselines.empty:  # an unfinished suite: no gate yet
                 continue
-            best = pretrained.loc[pretrained.test_accuracy.idxmax()]
-            baseline = baselines.loc[baselines.test_accuracy.idxmax()]
+            best = pretrained[pretrained.strategy == _best_on_shared_seeds(chosen, experiment.name, target.name,
+                                                                           pretrained.strategy)].iloc[0]
+            baseline = baselines[baselines.strategy == _best_on_shared_seeds(chosen, experiment.name, target.name,
+                                                                             baselines.strategy)].iloc[0]
             sources = runs[(runs.experiment == experiment.name) & runs.source_accuracy.notna()]
             source_accuracy = float(sources.source_accuracy.min()) if len(sources) else math.nan
             source_ok = math.isnan(source_accuracy) or source_accuracy >= experiment.source.min_accuracy

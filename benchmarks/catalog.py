@@ -35,6 +35,7 @@ from .suites import (
     finetune,
     preregistered,
     scratch,
+    seed_range,
 )
 
 # --- Sources and targets -----------------------------------------------------------------------
@@ -289,7 +290,7 @@ QUICK_TUNING = Suite(
 
 def _quick(registration: Mapping[str, Any]) -> Suite:
     suite = confirmatory(QUICK_TUNING, registration, "quick", QUICK_FIRST_SEED)
-    n = {e.name: len(e.seeds) for e in suite.experiments}
+    n = {e.name: seed_range(e) for e in suite.experiments}
     return dataclasses.replace(suite, description=(
         "Three questions mirroring published findings, confirmatory stage: surgical fine-tuning "
         f"({n['q1_surgical']} seeds, with full fine-tuning and the BN-statistics-only and no-adaptation controls), "

@@ -38,8 +38,9 @@ read 0.66; H2e's tuning sd was a fifth of the confirmatory one):
   sits on its minimum effect) is registered exploratory (``futile`` in the file): the confirmatory
   stage reports its interval and gives it no verdict, as the issue retiring H2c and H3d asked for
   such hypotheses. This is decided on the tuning stage alone, before any confirmatory cell runs.
-  The futile leave the Holm family, and the rest are sized at the first step of the family that
-  remains. A hypothesis one of whose preconditions fails on the tuning stage will read *out of
+  The futile leave the Holm family, and the rest are sized at the first step of the family of the
+  confirmatory hypotheses that are not futile (conservative: one that reads *out of scope* leaves the
+  tested family only when the confirmatory stage is analysed). A hypothesis one of whose preconditions fails on the tuning stage will read *out of
   scope*: it is sized on that precondition (the seeds at which an independent run finds it failing
   again, :func:`benchmarks.stats.precondition_probability`; ``sized_on`` in the file).
 - ``per_cell``: size every cell on its own (``cell_seeds`` in the file) instead of every experiment:
@@ -93,8 +94,8 @@ GPU_CONFIRMATORY_SECONDS = 360.0
 #: curve the tuning cells measured (a Q2 cell about 40% faster than its estimate). Measured: a trial of
 #: the per-cell registration estimated at 1049 ran its cells, source models and guards in about 526 s
 #: of wall time on 2 cores (the 688 s it recorded include 162 s of grid completions the guard then
-#: still added, since fixed); at 1100 the committed reference (estimated 1099, the pairs completed)
-#: took 519 s, inside `make bench`'s 10 minutes. 3000 gave the standard reference 1831 s (2,874
+#: still added, since fixed); at 1100 the committed reference (estimated 1099: the Q1 pairs completed
+#: to 19 seeds, gradual unfreezing left at 15 against full's 21 when the budget ran out) took 519 s, inside `make bench`'s 10 minutes. 3000 gave the standard reference 1831 s (2,874
 #: estimated, every cell at its mean).
 WORKER_SECONDS = {"quick": 1100.0, "standard": 3000.0, "gpu": GPU_CONFIRMATORY_SECONDS}
 
@@ -250,7 +251,7 @@ def sizing(tuning: Suite, runs: pd.DataFrame, rule: SizingRule | None = None) ->
     chosen = runs[runs.selected]
     confirmatory = [h for h in tuning.hypotheses if not h.exploratory]
     rows = [_hypothesis_sizing(chosen, h, rule, ALPHA / max(1, len(confirmatory))) for h in confirmatory]
-    if rule.futility:  # the futile leave the Holm family: the rest are sized at its first step's level
+    if rule.futility:  # the futile leave the Holm family: the rest are sized at the first step of what remains
         family = [h for h, r in zip(confirmatory, rows, strict=True) if r["seeds_needed"] is not None]
         rows = [_hypothesis_sizing(chosen, h, rule, ALPHA / max(1, len(family))) if h in family else r
                 for h, r in zip(confirmatory, rows, strict=True)]
@@ -331,12 +332,15 @@ def _cells(tuning: Suite) -> list[tuple[str, str, str]]:
 
 def cells_read(tuning: Suite, row: Mapping[str, Any]) -> tuple[str, ...]:
     """The cells (:func:`cell_name`) a sizing row's verdict reads: a hypothesis' two sides (and its
-    preconditions') on its targets; a gate (``gate <experiment>/<target>``) every strategy on its target.
+    preconditions'; a WiSE-FT variant's parent cell) on its targets; a gate (``gate <experiment>/<target>``)
+    every strategy on its target.
 
     Example:
         >>> from benchmarks.catalog import QUICK_TUNING
         >>> cells_read(QUICK_TUNING, {"hypothesis": "H2a", "experiment": "q2_ulmfit"})
         ('q2_ulmfit/new_classes/discriminative', 'q2_ulmfit/new_classes/full')
+        >>> cells_read(QUICK_TUNING, {"hypothesis": "H3c"})  # wise variants and their precondition's sides
+        ('q3_lp_ft/animal10/top_lp_ft',)
     """
     name = str(row["hypothesis"])
     if name.startswith("gate "):
@@ -344,7 +348,8 @@ def cells_read(tuning: Suite, row: Mapping[str, Any]) -> tuple[str, ...]:
         return tuple(cell_name(*c) for c in _cells(tuning) if c[:2] == (experiment, target))
     h = next(h for h in tuning.hypotheses if h.name == name)
     targets = {h.target, h.versus} - {""}
-    named = {h.better, h.worse} | {n for p in h.preconditions for n in (p.better, p.worse)}
+    # a derived side (``top_lp_ft+wise_0.5``) is read from its parent's cell
+    named = {n.split("+")[0] for n in (h.better, h.worse, *(m for p in h.preconditions for m in (p.better, p.worse)))}
     return tuple(sorted(cell_name(*c) for c in _cells(tuning)
                         if c[0] == h.experiment and c[1] in targets and c[2] in named))
 
@@ -433,8 +438,9 @@ def complete_pairs(reads: Mapping[str, tuple[str, ...]], seeds: Mapping[str, int
 
 
 def version_of(registration: Mapping[str, Any]) -> str:
-    """12 hex digits of the sha256 of the registration's lrs and seed counts (and its futile
-    hypotheses, where the sizing rule registers them)."""
+    """12 hex digits of the sha256 of the registration's lrs and seed counts (and, where the sizing rule
+    registers them, its futile hypotheses, its per-cell seeds and which experiments measure the
+    forgetting curve)."""
     design = {"lrs": registration["lrs"], "seeds": registration["seeds"]}
     for optional in ("futile", "cell_seeds", "track_forgetting"):
         if optional in registration:

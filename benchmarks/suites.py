@@ -506,6 +506,14 @@ def preregistered(name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def seed_range(experiment: Experiment) -> str:
+    """How many seeds the experiment's cells run on: ``"9"``, or ``"6 to 19"`` where cells are sized
+    on their own (:attr:`Experiment.cell_seeds`)."""
+    counts = {len(experiment.seeds_of(t.name, s.name)) for t in experiment.targets for s in experiment.strategies
+              if (t.name, s.name) not in experiment.skip} or {len(experiment.seeds)}
+    return str(min(counts)) if len(counts) == 1 else f"{min(counts)} to {max(counts)}"
+
+
 def confirmatory(tuning: Suite, registration: Mapping[str, Any], name: str, first_seed: int) -> Suite:
     """The confirmatory stage of ``tuning``: each experiment on ``registration["seeds"][experiment]``
     fresh seeds from ``first_seed`` (each with its own source model; a cell the registration sizes
@@ -524,7 +532,7 @@ def confirmatory(tuning: Suite, registration: Mapping[str, Any], name: str, firs
         curve = bool(registration.get("track_forgetting", {}).get(e.name, e.track_forgetting))
         experiments.append(dataclasses.replace(e.with_seeds(seeds), lrs=lrs, cell_seeds=cell_seeds,
                                                track_forgetting=e.track_forgetting and curve))
-    seeds = ", ".join(f"{e.name} {len(e.seeds)}" for e in experiments)
+    seeds = ", ".join(f"{e.name} {seed_range(e)}" for e in experiments)
     return dataclasses.replace(
         tuning, name=name, experiments=tuple(experiments), hypotheses=hypotheses,
         preregistration=str(registration.get("version", "")), futile=tuple(sorted(futile)),

@@ -270,7 +270,7 @@ def test_a_need_raises_only_the_cells_its_verdict_reads(tmp_path: Path, monkeypa
         ran.setdefault(cell.strategy.name, set()).add(cell.seed)
     assert {s: len(seeds) for s, seeds in ran.items()} == counts
     assert ran["scratch"] == set(range(100, 100 + preregistration.MIN_SEEDS)) < ran["a"]  # the first seeds
-    assert confirm.experiments[0].independent_sources
+    assert len({cell.source.seed for cell in confirm.cells()}) == len(ran["a"])  # one source model a seed
     fewer = {**registration, "cell_seeds": [{**r, "seeds": preregistration.MIN_SEEDS} for r in registration["cell_seeds"]]}
     assert preregistration.version_of(fewer) != registration["version"]
     # a budget that pays for nothing above the minimum leaves every cell there
@@ -295,6 +295,30 @@ def test_a_hypothesis_whose_precondition_fails_is_sized_on_the_precondition(tmp_
     sized = {r["hypothesis"]: r for r in preregistration.register(tuning, tmp_path / "tuning")["sizing"]}
     assert sized["H2"]["sized_on"] == "precondition" and sized["H2"]["seeds_needed"] == preregistration.MIN_SEEDS
     assert "sized_on" not in sized["H"]
+
+
+def test_sizing_levels_and_curves_on_a_constructed_tuning_run(tmp_path: Path) -> None:
+    """On a toy: with one of two hypotheses futile, the other is sized at 0.05 / 1, not 0.05 / 2; the
+    forgetting curve is kept exactly when a confirmatory hypothesis that is not futile reads it."""
+    tuning = _two_hypothesis_suite()
+    _write_tuning_run(tuning, tmp_path / "tuning", {"a": 3e-3, "b": 1e-3, "c": 1e-3, "d": 1e-3, "scratch": 1e-2,
+                                                    "pixel": 1.0})
+    records = [json.loads(line) for line in (tmp_path / "tuning" / "runs.jsonl").read_text().splitlines()]
+    for r in records:  # b - a sits on H's minimum effect (futile); c beats a and d by far (H2 decided)
+        bump = {"b": 0.02 + 0.002 * (r["config"]["seed"] - 1), "c": 0.2}.get(r["config"]["strategy"]["name"])
+        r["test_accuracy"] += bump or 0.0
+    (tmp_path / "tuning" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    rule = preregistration.SizingRule(0.8, gates=True, futility=True)
+    rows = {r["hypothesis"]: r for r in preregistration.sizing(tuning, preregistration._selected(tuning, tmp_path / "tuning"),
+                                                                rule)}
+    assert rows["H"]["seeds_needed"] is None and rows["H"]["level"] == pytest.approx(0.05 / 2)
+    assert rows["H2"]["level"] == pytest.approx(0.05)
+    curved = dataclasses.replace(tuning, experiments=(dataclasses.replace(tuning.experiments[0], track_forgetting=True),),
+                                 hypotheses=(*tuning.hypotheses, Hypothesis("H3", "toy", "e", "new", "retention_at_match",
+                                                                            "c", "a", 0.02, "toy")))
+    assert preregistration._curves_read(curved, []) == {"e": True}
+    assert preregistration._curves_read(curved, ["H3"]) == {"e": False}
+    assert preregistration._curves_read(tuning, []) == {"e": False}  # no curve tracked at all
 
 
 def test_futile_hypotheses_leave_the_holm_family_they_are_sized_in() -> None:

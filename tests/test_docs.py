@@ -299,6 +299,8 @@ def check_quick_ulmfit_sentence(text: str) -> None:
     assert (runs[0].verdict == "not reproduced").all()
     assert all(compatible(a, b) for a, b in zip(runs[0].verdict, runs[1].verdict, strict=True))
     assert all((run.effect < 0).all() for run in runs)
+    assert "(discriminative rates' convergence, X2c, is exploratory)" in text
+    assert pd.read_csv(ROOT / "results" / "quick" / "verdicts.csv").set_index("hypothesis").loc["X2c", "exploratory"]
 
 
 ULMFIT_SENTENCE = ("In the standard suite's confirmatory run, no family reproduces ULMFiT's accuracy gain (every accuracy "
