@@ -277,6 +277,16 @@ def _source_group(experiment: Experiment) -> tuple[str, str]:
     return experiment.backbone, json.dumps(dataclasses.asdict(experiment.source), sort_keys=True, default=str)
 
 
+def _source_groups(tuning: Suite) -> dict[tuple[str, str], list[str]]:
+    """The experiments with a suite-trained source, grouped by the source model a seed shares
+    (:func:`_source_group`)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for e in tuning.experiments:
+        if e.source.trained:
+            groups.setdefault(_source_group(e), []).append(e.name)
+    return groups
+
+
 def _source_seconds(tuning: Suite, folder: Path, how: str = "mean") -> dict[str, float]:
     """Mean seconds to pretrain one source model, per experiment with a suite-trained source (from
     the tuning run's preparation records, labelled ``source <experiment> (source seed N)``; the
@@ -307,10 +317,7 @@ def cost_model(tuning: Suite, runs: pd.DataFrame, folder: Path, how: str = "mean
         per_cell = part.groupby(["target", "strategy"]).wall_seconds
         cells[e.name] = float((per_cell.min() if how == "min" else per_cell.mean()).sum()) if len(part) else 0.0
     source = _source_seconds(tuning, folder, how)
-    groups: dict[tuple[str, str], list[str]] = {}
-    for e in tuning.experiments:
-        if e.source.trained:
-            groups.setdefault(_source_group(e), []).append(e.name)
+    groups = _source_groups(tuning)
 
     def total(seeds: Mapping[str, int]) -> float:
         shared = sum(max(seeds[n] for n in names) * source[names[0]] for names in groups.values())
@@ -365,10 +372,7 @@ def cell_cost_model(tuning: Suite, runs: pd.DataFrame, folder: Path, how: str = 
     seconds = (per_cell.min() if how == "min" else per_cell.mean()).to_dict()
     costs = {cell_name(*c): float(seconds.get(c, 0.0)) for c in _cells(tuning)}
     source = _source_seconds(tuning, folder, how)
-    groups: dict[tuple[str, str], list[str]] = {}
-    for e in tuning.experiments:
-        if e.source.trained:
-            groups.setdefault(_source_group(e), []).append(e.name)
+    groups = _source_groups(tuning)
 
     def total(seeds: Mapping[str, int]) -> float:
         most = {name: max((n for c, n in seeds.items() if c.split("/", 1)[0] == name), default=0)
